@@ -1,0 +1,1 @@
+// The Lab layer: see README.md "Code layout".

@@ -1,0 +1,1 @@
+// The Mesh layer: see README.md "Code layout".

@@ -1,0 +1,1 @@
+// The Model layer: see README.md "Code layout".

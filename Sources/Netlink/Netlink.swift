@@ -1,0 +1,1 @@
+// The Netlink layer: see README.md "Code layout".

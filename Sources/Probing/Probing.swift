@@ -1,0 +1,1 @@
+// The Probing layer: see README.md "Code layout".

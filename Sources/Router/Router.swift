@@ -1,0 +1,1 @@
+// The Router layer: see README.md "Code layout".

@@ -1,0 +1,1 @@
+// The Routing layer: see README.md "Code layout".

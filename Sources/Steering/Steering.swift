@@ -1,0 +1,1 @@
+// The Steering layer: see README.md "Code layout".

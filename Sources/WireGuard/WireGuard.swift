@@ -1,0 +1,1 @@
+// The WireGuard layer: see README.md "Code layout".
