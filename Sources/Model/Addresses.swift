@@ -2,7 +2,7 @@
 ///
 /// Parsing accepts only the four-part dotted-decimal form ("192.0.2.1"): no octal, hex or shortened forms,
 /// which other parsers accept silently and which are a classic source of misrouted traffic.
-public struct IPv4Address: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+public struct IPv4Address: Hashable, Comparable, Sendable, TextCodable {
     public var value: UInt32
 
     public init(_ value: UInt32) { self.value = value }
@@ -37,26 +37,14 @@ public struct IPv4Address: Hashable, Comparable, Sendable, Codable, CustomString
     }
 
     public var description: String { bytes.map(String.init).joined(separator: ".") }
+    public init?(text: String) { self.init(text) }
+    public static let textForm = "an IPv4 address (a.b.c.d)"
 
     public static func < (lhs: IPv4Address, rhs: IPv4Address) -> Bool { lhs.value < rhs.value }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let address = IPv4Address(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "'\(text)' is not an IPv4 address"))
-        }
-        self = address
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
 }
 
 /// An IPv4 network prefix in canonical form (host bits zero), e.g. 10.99.0.0/16.
-public struct IPv4Prefix: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+public struct IPv4Prefix: Hashable, Comparable, Sendable, TextCodable {
     public let network: IPv4Address
     public let length: UInt8
 
@@ -97,28 +85,16 @@ public struct IPv4Prefix: Hashable, Comparable, Sendable, Codable, CustomStringC
     public func overlaps(_ other: IPv4Prefix) -> Bool { contains(other) || other.contains(self) }
 
     public var description: String { "\(network)/\(length)" }
+    public init?(text: String) { self.init(text) }
+    public static let textForm = "an IPv4 prefix (a.b.c.d/n, host bits zero)"
 
     public static func < (lhs: IPv4Prefix, rhs: IPv4Prefix) -> Bool {
         (lhs.network, lhs.length) < (rhs.network, rhs.length)
     }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let prefix = IPv4Prefix(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "'\(text)' is not an IPv4 prefix (a.b.c.d/n, host bits zero)"))
-        }
-        self = prefix
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
 }
 
 /// A UDP or TCP socket address ("192.0.2.1:51820").
-public struct SocketAddress4: Hashable, Sendable, Codable, CustomStringConvertible {
+public struct SocketAddress4: Hashable, Sendable, TextCodable {
     public var address: IPv4Address
     public var port: UInt16
 
@@ -137,4 +113,6 @@ public struct SocketAddress4: Hashable, Sendable, Codable, CustomStringConvertib
     }
 
     public var description: String { "\(address):\(port)" }
+    public init?(text: String) { self.init(text) }
+    public static let textForm = "an address and port (a.b.c.d:port)"
 }

@@ -1,7 +1,10 @@
-/// A transport protocol a policy can match. Raw values are IANA protocol numbers, as the kernel sees them.
-public enum TransportProtocol: UInt8, Sendable, Codable, CaseIterable, CustomStringConvertible {
-    case tcp = 6
-    case udp = 17
+/// A transport protocol a policy can match.
+public enum TransportProtocol: Hashable, Sendable, TextCodable, CaseIterable {
+    case tcp
+    case udp
+
+    /// The IANA protocol number, as the kernel sees it (meta l4proto).
+    public var number: UInt8 { self == .tcp ? 6 : 17 }
 
     public init?(name: some StringProtocol) {
         switch name.lowercased() {
@@ -12,24 +15,12 @@ public enum TransportProtocol: UInt8, Sendable, Codable, CaseIterable, CustomStr
     }
 
     public var description: String { self == .tcp ? "tcp" : "udp" }
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let value = TransportProtocol(name: text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "protocol '\(text)' is not tcp or udp"))
-        }
-        self = value
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
+    public init?(text: String) { self.init(name: text) }
+    public static let textForm = "a protocol (tcp or udp)"
 }
 
 /// An inclusive range of ports, "5060-5061" or "873".
-public struct PortRange: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+public struct PortRange: Hashable, Comparable, Sendable, TextCodable {
     public let lower: UInt16
     public let upper: UInt16
 
@@ -59,27 +50,10 @@ public struct PortRange: Hashable, Comparable, Sendable, Codable, CustomStringCo
     public func overlaps(_ other: PortRange) -> Bool { lower <= other.upper && other.lower <= upper }
 
     public var description: String { lower == upper ? "\(lower)" : "\(lower)-\(upper)" }
+    public init?(text: String) { self.init(text) }
+    public static let textForm = "a port or port range (1-65535)"
 
     public static func < (lhs: PortRange, rhs: PortRange) -> Bool { (lhs.lower, lhs.upper) < (rhs.lower, rhs.upper) }
-
-    public init(from decoder: any Decoder) throws {
-        let text: String
-        if let number = try? decoder.singleValueContainer().decode(Int.self) {
-            text = String(number)
-        } else {
-            text = try decoder.singleValueContainer().decode(String.self)
-        }
-        guard let range = PortRange(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "'\(text)' is not a port or port range (1-65535)"))
-        }
-        self = range
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
 }
 
 /// One protocol with destination ports: "udp 5060-5061". Empty `ports` means every port of the protocol.
@@ -133,7 +107,7 @@ public struct TrafficMatch: Hashable, Sendable, Codable {
 }
 
 /// How a policy chooses among the usable paths to a destination.
-public enum Strategy: Hashable, Sendable, Codable, CustomStringConvertible {
+public enum Strategy: Hashable, Sendable, TextCodable {
     case lowestLatency
     case highestBandwidth
     case lowestLoss
@@ -171,23 +145,11 @@ public enum Strategy: Hashable, Sendable, Codable, CustomStringConvertible {
         }
     }
 
+    public init?(text: String) { self.init(text) }
+    public static var textForm: String { "one of \(allNames.joined(separator: ", "))" }
+
     public static let allNames = ["lowest-latency", "highest-bandwidth", "lowest-loss", "best-score",
                                   "load-balance", "fixed:LABEL"]
-
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let value = Strategy(text) else {
-            throw DecodingError.dataCorrupted(.init(
-                codingPath: decoder.codingPath,
-                debugDescription: "strategy '\(text)' is not one of \(Strategy.allNames.joined(separator: ", "))"))
-        }
-        self = value
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
 }
 
 /// Service-level limits: a path breaking any of them is avoided while another path meets them all.
