@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "Store", dependencies: ["Model", .product(name: "GRDB", package: "GRDB.swift")]),
         // WireGuard: one protocol, kernel and userspace (wireguard-go + UAPI) backends.
         .target(name: "WireGuard", dependencies: [
-            "Model", "Netlink", .product(name: "Crypto", package: "swift-crypto"),
+            "Model", "Netlink", "CNetfilter", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Announcements, authentication, discovery, peers, paths and tunnels.
@@ -65,7 +65,7 @@ let package = Package(
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model"]),
-        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model"]),
+        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
         .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
