@@ -2,5 +2,6 @@
 // for what Swift cannot import (macros). No logic lives here.
 #ifndef CNETFILTER_H
 #define CNETFILTER_H
+#include "CNetfilterLab.h"
 #include "CNetfilterWireGuard.h"
 #endif
