@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model"]),
-        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter"]),
+        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Lab"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
         .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
