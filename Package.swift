@@ -72,7 +72,7 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model"]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Lab"]),
-        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
+        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model"]),
