@@ -2,43 +2,59 @@ import Foundation
 import Model
 import WireGuard
 
-/// What a site tells the mesh about itself, once a second: who it is, its WireGuard key, its overlay address,
-/// the LAN prefixes behind it and the endpoints (one per uplink) where its tunnels listen.
-///
-/// The wire form is documented in docs/MESH.md and produced only by `AnnouncementCodec`.
-public struct Announcement: Hashable, Sendable {
+/// Who a site is and where it can be reached: everything an announcement says except its freshness.
+public struct SiteDescription: Hashable, Sendable {
     public var siteID: SiteID
     public var name: String
     public var publicKey: WireGuardKey
     public var overlay: IPv4Address
     public var lanPrefixes: [IPv4Prefix]
+    /// One per uplink: the label and the address and port where that uplink's tunnel listens.
     public var endpoints: [Endpoint]
-    /// Strictly increasing per site, across restarts (see `AnnouncementCounter`); receivers drop anything
-    /// not newer than what they last accepted from that site.
-    public var counter: UInt64
-    /// When it was sent, in milliseconds since the Unix epoch; receivers drop it outside their time window.
-    public var timestampMilliseconds: UInt64
 
     public init(siteID: SiteID, name: String, publicKey: WireGuardKey, overlay: IPv4Address,
-                lanPrefixes: [IPv4Prefix] = [], endpoints: [Endpoint] = [], counter: UInt64,
-                timestampMilliseconds: UInt64) {
+                lanPrefixes: [IPv4Prefix] = [], endpoints: [Endpoint] = []) {
         self.siteID = siteID
         self.name = name
         self.publicKey = publicKey
         self.overlay = overlay
         self.lanPrefixes = lanPrefixes
         self.endpoints = endpoints
+    }
+}
+
+/// What a site tells the mesh about itself, once a second: its description plus a counter and a timestamp
+/// that make every announcement fresh. The wire form is documented in docs/MESH.md and produced only by
+/// `AnnouncementCodec`.
+@dynamicMemberLookup
+public struct Announcement: Hashable, Sendable {
+    public var site: SiteDescription
+    /// Strictly increasing per site, across restarts (see `AnnouncementCounter`); receivers drop anything
+    /// not newer than what they last accepted from that site.
+    public var counter: UInt64
+    /// When it was sent, in milliseconds since the Unix epoch; receivers drop it outside their time window.
+    public var timestampMilliseconds: UInt64
+
+    public init(site: SiteDescription, counter: UInt64, timestampMilliseconds: UInt64) {
+        self.site = site
         self.counter = counter
         self.timestampMilliseconds = timestampMilliseconds
     }
 
-    public var timestamp: Date { Date(timeIntervalSince1970: Double(timestampMilliseconds) / 1000) }
-
-    /// Same site description, ignoring counter and timestamp: what decides whether a site "changed".
-    public func describesSameSite(as other: Announcement) -> Bool {
-        siteID == other.siteID && name == other.name && publicKey == other.publicKey && overlay == other.overlay
-            && lanPrefixes == other.lanPrefixes && endpoints == other.endpoints
+    public init(siteID: SiteID, name: String, publicKey: WireGuardKey, overlay: IPv4Address,
+                lanPrefixes: [IPv4Prefix] = [], endpoints: [Endpoint] = [], counter: UInt64,
+                timestampMilliseconds: UInt64) {
+        self.init(site: SiteDescription(siteID: siteID, name: name, publicKey: publicKey, overlay: overlay,
+                                        lanPrefixes: lanPrefixes, endpoints: endpoints),
+                  counter: counter, timestampMilliseconds: timestampMilliseconds)
     }
+
+    public subscript<T>(dynamicMember path: WritableKeyPath<SiteDescription, T>) -> T {
+        get { site[keyPath: path] }
+        set { site[keyPath: path] = newValue }
+    }
+
+    public var timestamp: Date { Date(timeIntervalSince1970: Double(timestampMilliseconds) / 1000) }
 }
 
 /// Produces the announcement counter: starts at the wall clock in microseconds and adds one per
@@ -80,8 +96,11 @@ public enum AnnouncementRejection: String, Error, Hashable, Sendable, CaseIterab
     case malformed
     /// The timestamp is outside the accepted window around our clock.
     case stale
-    /// The counter is not newer than the last one accepted from that site.
+    /// The counter is older than the last one accepted from that site.
     case replayed
+    /// The same counter as the last accepted one: a second copy (one arrives per uplink on a shared
+    /// segment, and per peer path) or a replay of the latest. Harmless; counted, never logged.
+    case duplicate
     /// Our own announcement (multicast loopback, or a peer that reflects it).
     case fromSelf
     /// An active site's id announced with a different WireGuard key.

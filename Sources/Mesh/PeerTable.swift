@@ -62,7 +62,9 @@ public struct PeerTable: Sendable {
         guard id != localSiteID else { throw .fromSelf }
         if let localPublicKey, announcement.publicKey == localPublicKey { throw .keyConflict }
         guard abs(announcement.timestamp.timeIntervalSince(now)) <= settings.timestampWindow else { throw .stale }
-        if let last = lastCounters[id], announcement.counter <= last.counter { throw .replayed }
+        if let last = lastCounters[id], announcement.counter <= last.counter {
+            throw announcement.counter == last.counter ? .duplicate : .replayed
+        }
         let existing = sites[id]
         if let existing, existing.announcement.publicKey != announcement.publicKey { throw .idConflict }
         if sites.values.contains(where: { $0.announcement.siteID != id && $0.announcement.publicKey == announcement.publicKey }) {
@@ -77,7 +79,7 @@ public struct PeerTable: Sendable {
         }
         sites[id]!.announcement = announcement
         sites[id]!.lastSeen = now
-        return existing.announcement.describesSameSite(as: announcement)
+        return existing.announcement.site == announcement.site
             ? [] : [.siteChanged(old: existing.announcement, new: announcement)]
     }
 

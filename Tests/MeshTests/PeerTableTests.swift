@@ -36,11 +36,14 @@ struct PeerTableTests {
         var table = PeerTable(localSiteID: local)
         let remote = SiteID()
         _ = try table.accept(announcement(remote, counter: 5, at: t0), now: t0)
-        #expect(throws: AnnouncementRejection.replayed) { try table.accept(announcement(remote, counter: 5, at: t0), now: t0) }
+        #expect(throws: AnnouncementRejection.duplicate) { try table.accept(announcement(remote, counter: 5, at: t0), now: t0) }
         #expect(throws: AnnouncementRejection.replayed) { try table.accept(announcement(remote, counter: 4, at: t0), now: t0) }
         _ = table.expire(now: t0 + 10)
-        #expect(throws: AnnouncementRejection.replayed) {
+        #expect(throws: AnnouncementRejection.duplicate) {
             try table.accept(announcement(remote, counter: 5, at: t0 + 10), now: t0 + 10)
+        }
+        #expect(throws: AnnouncementRejection.replayed) {
+            try table.accept(announcement(remote, counter: 3, at: t0 + 10), now: t0 + 10)
         }
     }
 
