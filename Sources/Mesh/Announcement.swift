@@ -96,7 +96,7 @@ public enum AnnouncementRejection: String, Error, Hashable, Sendable, CaseIterab
     case malformed
     /// The timestamp is outside the accepted window around our clock.
     case stale
-    /// The counter is older than the last one accepted from that site.
+    /// The counter is older than the last one accepted from that site and not one of its recent ones.
     case replayed
     /// The same counter as the last accepted one: a second copy (one arrives per uplink on a shared
     /// segment, and per peer path) or a replay of the latest. Harmless; counted, never logged.

@@ -47,7 +47,10 @@ public struct PeerTable: Sendable {
     public let localPublicKey: WireGuardKey?
     public var settings: Settings
     public private(set) var sites: [SiteID: Site] = [:]
-    private var lastCounters: [SiteID: (counter: UInt64, at: Date)] = [:]
+    private var lastCounters: [SiteID: (counter: UInt64, at: Date, recent: [UInt64])] = [:]
+    /// Accepted counters remembered per site to tell a late second copy (sent on another uplink, overtaken
+    /// by a newer announcement) from a replay.
+    static let recentCounters = 8
 
     public init(localSiteID: SiteID, localPublicKey: WireGuardKey? = nil, settings: Settings = Settings()) {
         self.localSiteID = localSiteID
@@ -63,7 +66,7 @@ public struct PeerTable: Sendable {
         if let localPublicKey, announcement.publicKey == localPublicKey { throw .keyConflict }
         guard abs(announcement.timestamp.timeIntervalSince(now)) <= settings.timestampWindow else { throw .stale }
         if let last = lastCounters[id], announcement.counter <= last.counter {
-            throw announcement.counter == last.counter ? .duplicate : .replayed
+            throw last.recent.contains(announcement.counter) ? .duplicate : .replayed
         }
         let existing = sites[id]
         if let existing, existing.announcement.publicKey != announcement.publicKey { throw .idConflict }
@@ -102,7 +105,8 @@ public struct PeerTable: Sendable {
     }
 
     private mutating func rememberCounter(_ counter: UInt64, for id: SiteID, at now: Date) {
-        lastCounters[id] = (counter, now)
+        let recent = ((lastCounters[id]?.recent ?? []) + [counter]).suffix(Self.recentCounters)
+        lastCounters[id] = (counter, now, Array(recent))
         guard lastCounters.count > settings.maxReplayEntries else { return }
         // Forget the longest-silent site that is not active (active ones are never evicted).
         if let victim = lastCounters.filter({ sites[$0.key] == nil }).min(by: { $0.value.at < $1.value.at })?.key {

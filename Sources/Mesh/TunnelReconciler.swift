@@ -34,6 +34,18 @@ public actor TunnelReconciler {
     private let logger: Logger
     private var addresses: [InterfaceAddress]
     private var applied: [String: PlannedInterface] = [:]
+    /// Peers added (or re-created) that have not completed a handshake yet, per interface.
+    private var awaitingHandshake: [String: [WireGuardKey: Nudge]] = [:]
+
+    private struct Nudge {
+        var due: ContinuousClock.Instant
+        var backoff: Duration
+    }
+
+    /// First nudge of a peer without a handshake after this long (a handshake takes one round trip); then
+    /// 2x, up to `maxNudgeBackoff`.
+    public static let firstNudge: Duration = .milliseconds(400)
+    public static let maxNudgeBackoff: Duration = .seconds(8)
 
     /// `addresses` go on every tunnel interface (the site's overlay address as a /32).
     public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [InterfaceAddress],
@@ -57,6 +69,7 @@ public actor TunnelReconciler {
             do {
                 try await backend.deleteInterface(named: name)
                 applied[name] = nil
+                awaitingHandshake[name] = nil
                 report.deleted.append(name)
                 logger.info("tunnel interface removed", metadata: ["interface": "\(name)"])
             } catch {
@@ -74,13 +87,21 @@ public actor TunnelReconciler {
                     try await backend.bringUp(interface.name, addresses: addresses)
                     report.updated.append(interface.name)
                 } else {
-                    try await backend.start(interface.name, configuration: configuration(interface), addresses: addresses)
+                    // Up first, peers second: wireguard-go sends its first keepalive (and so the handshake)
+                    // when a peer is added to an up interface, not when a configured one comes up.
+                    var empty = configuration(interface)
+                    empty.peers = []
+                    try await backend.start(interface.name, configuration: empty, addresses: addresses)
+                    if !interface.peers.isEmpty {
+                        try await backend.configure(interface.name, DeviceUpdate(peers: interface.peers.map(PeerUpdate.init(setting:))))
+                    }
                     report.created.append(interface.name)
                     logger.info("tunnel interface created", metadata: [
                         "interface": "\(interface.name)", "uplink": "\(interface.uplink)", "port": "\(interface.listenPort)",
                         "peers": "\(interface.peers.count)",
                     ])
                 }
+                trackFreshPeers(from: applied[interface.name], to: interface)
                 applied[interface.name] = interface
             } catch {
                 report.failures[interface.name] = String(describing: error)
@@ -90,6 +111,55 @@ public actor TunnelReconciler {
             }
         }
         return report
+    }
+
+    /// Re-creates, in one set per interface, the peers that were added but have not completed a handshake
+    /// since their last nudge. Two sites that add each other at the same moment send crossing initiations:
+    /// each consumes the other's, which discards its own pending handshake, so both responses are refused
+    /// and WireGuard waits its 5 s retry (seen in the lab). A first initiation can also hit a site that does
+    /// not know us yet. Removing and re-adding the peer sends a fresh initiation at once (after 0.4 s, then
+    /// 0.8, 1.6 ... 8 s). Only the side with the smaller public key nudges, so nudges never cross again.
+    /// Returns how many peers were nudged. The tunnel driver calls it every tick.
+    @discardableResult
+    public func nudgeStalledHandshakes() async -> Int {
+        let now = ContinuousClock.now
+        var nudged = 0
+        for (name, peers) in awaitingHandshake where peers.values.contains(where: { now >= $0.due }) {
+            guard let interface = applied[name], let state = try? await backend.state(of: name) else { continue }
+            var update = DeviceUpdate()
+            for (key, nudge) in peers {
+                guard let planned = interface.peers.first(where: { $0.publicKey == key }),
+                      let live = state.peer(key), live.lastHandshake == nil else {
+                    awaitingHandshake[name]?[key] = nil
+                    continue
+                }
+                guard now >= nudge.due else { continue }
+                update.peers += [.removing(key), PeerUpdate(setting: planned)]
+                let backoff = min(nudge.backoff * 2, Self.maxNudgeBackoff)
+                awaitingHandshake[name]?[key] = Nudge(due: now + backoff, backoff: backoff)
+            }
+            if awaitingHandshake[name]?.isEmpty == true { awaitingHandshake[name] = nil }
+            guard !update.peers.isEmpty else { continue }
+            do {
+                try await backend.configure(name, update)
+                nudged += update.peers.count / 2
+            } catch {
+                logger.warning("handshake nudge failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+            }
+        }
+        return nudged
+    }
+
+    private func trackFreshPeers(from before: PlannedInterface?, to after: PlannedInterface) {
+        let ours = privateKey.publicKey.bytes
+        let old = Dictionary((before?.peers ?? []).map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
+        let due = ContinuousClock.now + Self.firstNudge
+        for peer in after.peers where ours.lexicographicallyPrecedes(peer.publicKey.bytes)
+            && (old[peer.publicKey] == nil || old[peer.publicKey]! != peer.endpoint) {
+            awaitingHandshake[after.name, default: [:]][peer.publicKey] = Nudge(due: due, backoff: Self.firstNudge)
+        }
+        let kept = Set(after.peers.map(\.publicKey))
+        awaitingHandshake[after.name] = awaitingHandshake[after.name]?.filter { kept.contains($0.key) }
     }
 
     /// Deletes every interface this reconciler applied (shutdown).

@@ -13,7 +13,7 @@ final class EventLog: @unchecked Sendable {
     var all: [MeshEvent] { lock.withLock { events } }
 }
 
-final class DiscoverySite: @unchecked Sendable {
+final class DiscoverySite: NamespacedSite, @unchecked Sendable {
     let namespace: NetworkNamespace
     let executor: NamespaceExecutor
     let description: SiteDescription
@@ -74,14 +74,7 @@ struct DiscoveryRootTests {
         return (hub, sites)
     }
 
-    func tearDown(_ hub: NetworkNamespace, _ sites: [DiscoverySite]) async {
-        for site in sites {
-            await site.stop()
-            site.executor.shutdown()
-            site.namespace.delete()
-        }
-        hub.delete()
-    }
+    func tearDown(_ hub: NetworkNamespace, _ sites: [DiscoverySite]) async { await tearDownLab(hub, sites) }
 
     func waitUntil(_ limit: Duration, _ condition: () -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + limit

@@ -86,3 +86,14 @@ struct PeerTableTests {
         #expect(table.sites.count == 2)
     }
 }
+
+extension PeerTableTests {
+    @Test func aLateSecondCopyIsADuplicateNotAReplay() throws {
+        var table = PeerTable(localSiteID: local)
+        let remote = SiteID()
+        _ = try table.accept(announcement(remote, counter: 10, at: t0), now: t0)
+        _ = try table.accept(announcement(remote, counter: 11, at: t0), now: t0)  // overtook the copy of 10 on uplink 2
+        #expect(throws: AnnouncementRejection.duplicate) { try table.accept(announcement(remote, counter: 10, at: t0), now: t0) }
+        #expect(throws: AnnouncementRejection.replayed) { try table.accept(announcement(remote, counter: 9, at: t0), now: t0) }
+    }
+}

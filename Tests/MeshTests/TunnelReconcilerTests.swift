@@ -81,10 +81,13 @@ struct TunnelReconcilerTests {
         let first = await reconciler.apply(try plan([east]))
         #expect(first.created == ["wg-hq0", "wg-hq1"])
         #expect(backend.recorded.first == .create("wg-hq0"))
+        // Created up and empty, then the peers are added (so wireguard-go handshakes at once).
         guard case .configure("wg-hq0", let full) = backend.recorded[1] else { Issue.record("expected a full configure"); return }
         #expect(full.replacePeers && full.privateKey == key.secret && full.listenPort == 51830 && full.fwmark == 0x0100_0000)
-        #expect(full.peers.first?.endpoint == east.endpoints[0].address)  // endpoint set with the peer, before traffic
-        #expect(backend.recorded.contains(.bringUp("wg-hq0", overlay)))
+        #expect(full.peers.isEmpty)
+        #expect(backend.recorded[2] == .bringUp("wg-hq0", overlay))
+        guard case .configure("wg-hq0", let peers) = backend.recorded[3] else { Issue.record("expected the peers"); return }
+        #expect(peers.peers.first?.endpoint == east.endpoints[0].address)  // endpoint set with the peer, before traffic
 
         // Same plan again: nothing at all is sent.
         backend.reset()
@@ -156,5 +159,28 @@ struct TunnelReconcilerTests {
         let retry = await reconciler.apply(try plan([remoteSite(1, labels: ["isp", "lte"])]))
         #expect(retry.failures.isEmpty)
         #expect(retry.updated == ["wg-hq0"] || retry.created == ["wg-hq0"])
+    }
+}
+
+extension TunnelReconcilerTests {
+    /// Crossing first initiations stall both sides for WireGuard's 5 s retry; the side with the smaller
+    /// public key re-creates the peer (remove + add in one set) so a fresh initiation goes out.
+    @Test func onlyTheSmallerKeyNudgesAStalledFirstHandshake() async throws {
+        let backend = RecordingBackend()
+        var middle = WireGuardPrivateKey()
+        while !(2...0xfe).contains(middle.publicKey.bytes[0]) { middle = WireGuardPrivateKey() }
+        let reconciler = TunnelReconciler(backend: backend, privateKey: middle, addresses: overlay)
+        let low = remoteSite(1, labels: ["isp"])     // key bytes 0x01...: smaller than almost any key
+        var high = remoteSite(2, labels: ["isp"])
+        high.publicKey = WireGuardKey(bytes: [UInt8](repeating: 0xff, count: 32))!
+        _ = await reconciler.apply(try plan([low, high]))
+        backend.reset()
+        #expect(await reconciler.nudgeStalledHandshakes() == 0)  // not due yet
+        try await Task.sleep(for: TunnelReconciler.firstNudge + .milliseconds(50))
+        #expect(await reconciler.nudgeStalledHandshakes() == 1)
+        let highPeer = try plan([low, high]).interfaces[0].peers.first { $0.publicKey == high.publicKey }!
+        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(high.publicKey), PeerUpdate(setting: highPeer)]))])
+        // Backed off: not again right away.
+        #expect(await reconciler.nudgeStalledHandshakes() == 0)
     }
 }
