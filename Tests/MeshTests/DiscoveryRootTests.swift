@@ -163,3 +163,54 @@ struct DiscoveryRootTests {
         await #expect(throws: DiscoveryError.noSuchUplink("ptnonexist0")) { try await service.run() }
     }
 }
+
+extension DiscoveryRootTests {
+    /// Hostile datagrams sent to a running service over the network: each is dropped and counted under its
+    /// reason, and the service keeps accepting a real site afterwards.
+    @Test func hostileDatagramsAreCountedByReasonAndServiceKeepsRunningRoot() async throws {
+        let (hub, sites) = try makeSites(2)
+        let key = MeshKey.generate()
+        let settings = DiscoverySettings(uplinks: ["eth0"], interval: .milliseconds(300))
+        do {
+            let target = sites[0]
+            try target.start(settings, authentication: .key(key))
+            try await Task.sleep(for: .milliseconds(100))
+            let codec = AnnouncementCodec(authentication: .key(key))
+            let now = UInt64(Date().timeIntervalSince1970 * 1000)
+            let attacker = try UDPSocket(in: sites[1].namespace)
+            let to = "\(target.address)"
+            func send(_ bytes: [UInt8]) { attacker.send(bytes, to: to, port: 51821) }
+
+            let stranger = SiteDescription(siteID: SiteID(), name: "stranger", publicKey: WireGuardPrivateKey().publicKey,
+                                           overlay: IPv4Address(10, 99, 9, 9))
+            let valid = try codec.encode(Announcement(site: stranger, counter: 100, timestampMilliseconds: now))
+            send(Array(valid.prefix(40)))                                                            // truncated
+            send([UInt8](repeating: 0x41, count: 1500))                                              // oversized
+            send(try AnnouncementCodec(authentication: .key(MeshKey.generate())).encode(
+                Announcement(site: stranger, counter: 1, timestampMilliseconds: now)))               // badMAC
+            send(try codec.encode(Announcement(site: target.description, counter: UInt64.max - 1, timestampMilliseconds: now)))  // fromSelf
+            send(try codec.encode(Announcement(site: stranger, counter: 1, timestampMilliseconds: now - 3_600_000)))  // stale
+            send(valid)                                                                              // accepted
+            try await Task.sleep(for: .milliseconds(50))
+            send(try codec.encode(Announcement(site: stranger, counter: 99, timestampMilliseconds: now)))  // replayed
+            var impostor = stranger
+            impostor.publicKey = WireGuardPrivateKey().publicKey
+            send(try codec.encode(Announcement(site: impostor, counter: 200, timestampMilliseconds: now)))  // idConflict
+
+            let expected: [AnnouncementRejection] = [.truncated, .oversized, .badMAC, .fromSelf, .stale, .replayed, .idConflict]
+            let counted = await waitUntil(.seconds(2)) {
+                let drops = target.service.statistics.drops
+                return expected.allSatisfy { drops[$0, default: 0] >= 1 }
+            }
+            #expect(counted, "\(target.service.statistics.drops)")
+            #expect(target.activeIDs == [stranger.siteID])
+            // The service still works: the real neighbour is found.
+            try sites[1].start(settings, authentication: .key(key))
+            #expect(await waitUntil(.seconds(2)) { target.activeIDs.contains(sites[1].description.siteID) })
+        } catch {
+            await tearDown(hub, sites)
+            throw error
+        }
+        await tearDown(hub, sites)
+    }
+}

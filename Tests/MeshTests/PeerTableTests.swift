@@ -97,3 +97,14 @@ extension PeerTableTests {
         #expect(throws: AnnouncementRejection.replayed) { try table.accept(announcement(remote, counter: 9, at: t0), now: t0) }
     }
 }
+
+struct PeerAddressTests {
+    @Test func parsesLiteralsAndResolvesNames() throws {
+        #expect(try DiscoverySettings.resolvePeer("192.0.2.7:51821") == SocketAddress4("192.0.2.7:51821"))
+        #expect(try DiscoverySettings.resolvePeer("localhost:51821") == SocketAddress4("127.0.0.1:51821"))
+        for bad in ["192.0.2.7", "host:", ":51821", "host:0", "host:70000", "host:x"] {
+            #expect(throws: PeerAddressError.malformed(bad)) { try DiscoverySettings.resolvePeer(bad) }
+        }
+        #expect(throws: PeerAddressError.self) { try DiscoverySettings.resolvePeer("no-such-host.invalid:51821") }
+    }
+}
