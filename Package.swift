@@ -69,6 +69,6 @@ let package = Package(
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
         .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
     ]
 )
