@@ -76,6 +76,6 @@ let package = Package(
         .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model"]),
-        .testTarget(name: "RouterTests", dependencies: ["Router", "Model"]),
+        .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
     ]
 )
