@@ -112,8 +112,20 @@ import Testing
                                       detectionMs: 120, switchMs: 0.05)
             try fixture.store.recordFailover(event)
             #expect(try fixture.store.failoverEvents() == [event])
+            let ethernet = PathKey(site: fixture.east, localLabel: "ethernet", remoteLabel: "ethernet")
+            let lte = PathKey(site: fixture.east, localLabel: "lte", remoteLabel: "lte")
+            #expect(try fixture.store.pathIDs() == [ethernet: fixture.paths[0], lte: fixture.paths[1]])
+            let byKey = FailoverEvent(time: Fixture.now.addingTimeInterval(1), policy: "bulk", fromPath: nil, toPath: nil,
+                                      reason: "sla", switchMs: 0.04)
+            let gone = PathKey(site: fixture.east, localLabel: "gone", remoteLabel: "gone")
+            try fixture.store.recordFailovers([(byKey, lte, ethernet), (byKey, gone, nil)])
+            let events = try fixture.store.failoverEvents()
+            #expect(events.count == 3)
+            #expect(events[1].fromPath == fixture.paths[1] && events[1].toPath == fixture.paths[0])
+            #expect(events[1].destination == fixture.east)
+            #expect(events[0].fromPath == nil && events[0].toPath == nil)
             try fixture.store.removePath(fixture.paths[0])
-            #expect(try fixture.store.failoverEvents().first?.fromPath == nil)
+            #expect(try fixture.store.failoverEvents().last?.fromPath == nil)
         }
     }
 }
