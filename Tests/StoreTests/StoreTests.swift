@@ -278,3 +278,23 @@ import Testing
         }
     }
 }
+
+@Suite struct DatabaseLockTests {
+    @Test func oneHolderAtATimeAndReleasedOnClose() throws {
+        try withTemporaryDirectory { dir in
+            let files = StoreFiles(database: dir + "/hq.db")
+            #expect(!DatabaseLock.isHeld(for: files))
+            var lock: DatabaseLock? = try DatabaseLock.acquire(for: files)
+            #expect(DatabaseLock.isHeld(for: files))
+            #expect(fileMode(files.lock) == 0o600)
+            // flock conflicts between open file descriptions, so a second acquire in this process is refused too.
+            #expect(throws: DatabaseLockError.held(database: files.database, lockPath: files.lock, pid: getpid())) {
+                try DatabaseLock.acquire(for: files)
+            }
+            withExtendedLifetime(lock) {}
+            lock = nil
+            #expect(!DatabaseLock.isHeld(for: files))
+            #expect(try DatabaseLock.acquire(for: files).path == files.lock)
+        }
+    }
+}
