@@ -2,4 +2,5 @@
 // for what Swift cannot import (macros). No logic lives here.
 #ifndef CNETFILTER_H
 #define CNETFILTER_H
+#include "CNetfilterLab.h"
 #endif
