@@ -10,6 +10,20 @@ public struct ProbeTarget: Hashable, Sendable {
         /// SO_MARK: probes carry this mark, and the path's ip rule / table carries them.
         case mark(UInt32)
         case interfaceAndMark(String, UInt32)
+
+        var device: String? {
+            switch self {
+            case .interface(let name), .interfaceAndMark(let name, _): name
+            case .mark: nil
+            }
+        }
+
+        var mark: UInt32? {
+            switch self {
+            case .mark(let mark), .interfaceAndMark(_, let mark): mark
+            case .interface: nil
+            }
+        }
     }
 
     /// The caller's name for the path (carried in every event), e.g. "wg-hq0>east".
@@ -25,6 +39,14 @@ public struct ProbeTarget: Hashable, Sendable {
         self.remote = remote
         self.pinning = pinning
         self.source = source
+    }
+}
+
+extension DatagramSocket {
+    /// A socket that sends only through the target's path.
+    convenience init(pinnedTo target: ProbeTarget) throws(ProbeSocketError) {
+        try self.init(bindTo: target.source ?? IPv4Address(0), device: target.pinning.device,
+                      mark: target.pinning.mark)
     }
 }
 
@@ -72,14 +94,7 @@ public final class PathProber: @unchecked Sendable {
         self.target = target
         self.configuration = configuration
         self.metricsInterval = metricsInterval
-        let device: String?
-        let mark: UInt32?
-        switch target.pinning {
-        case .interface(let name): (device, mark) = (name, nil)
-        case .mark(let value): (device, mark) = (nil, value)
-        case .interfaceAndMark(let name, let value): (device, mark) = (name, value)
-        }
-        socket = try DatagramSocket(bindTo: target.source ?? IPv4Address(0), device: device, mark: mark)
+        socket = try DatagramSocket(pinnedTo: target)
         monitor = PathMonitor(configuration: configuration, session: UInt32.random(in: 1...UInt32.max),
                               firstSequence: UInt32.random(in: 0...UInt32.max), start: .now())
         (events, continuation) = AsyncStream.makeStream(of: PathEvent.self, bufferingPolicy: .bufferingNewest(1024))
