@@ -70,12 +70,12 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "CNetfilter"]),
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "Model"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Lab"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
+        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model", "Lab"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model"]),
-        .testTarget(name: "RouterTests", dependencies: ["Router", "Model"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
+        .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
     ]
 )
