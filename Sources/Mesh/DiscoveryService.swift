@@ -107,6 +107,9 @@ public final class DiscoveryService: Sendable {
 
     public var statistics: DiscoveryStatistics { state.withLock { $0.statistics } }
 
+    /// What this site announces now.
+    public var local: SiteDescription { state.withLock { $0.local } }
+
     /// The active sites' latest announcements, sorted by site id.
     public var sites: [Announcement] { state.withLock { $0.table.announcements } }
 

@@ -87,12 +87,24 @@ public struct PlannedPath: Hashable, Sendable {
     public var peer: WireGuardKey
     /// What the path's routing table should send into `interface`: the remote overlay /32 and LAN prefixes.
     public var destinations: [IPv4Prefix]
+
+    /// The path's stable name (site, local label, remote label), as the store and steering key paths.
+    public var key: PathKey { PathKey(site: remoteSite, localLabel: uplink.label, remoteLabel: remoteEndpoint.label) }
 }
 
 /// Desired tunnels: interfaces (with their peers) and the paths they carry. A value: print it, diff it.
 public struct TunnelPlan: Hashable, Sendable {
     public var interfaces: [PlannedInterface]
     public var paths: [PlannedPath]
+    /// LAN prefixes left out because a site with a smaller id announces the same prefix (WireGuard allows
+    /// one peer per allowed IP on an interface), as "prefix: kept for A, dropped for B" lines to log.
+    public var conflicts: [String]
+
+    public init(interfaces: [PlannedInterface], paths: [PlannedPath], conflicts: [String] = []) {
+        self.interfaces = interfaces
+        self.paths = paths
+        self.conflicts = conflicts
+    }
 }
 
 /// Local uplinks x remote sites' endpoints -> tunnels. Pure.
@@ -120,7 +132,23 @@ public enum TunnelPlanner {
         guard uplinks.count <= TunnelSettings.maxUplinks else { throw .tooManyUplinks(uplinks.count) }
         var labels = Set<String>()
         for uplink in uplinks where !labels.insert(uplink.label).inserted { throw .duplicateLabel(uplink.label) }
-        let sortedRemotes = remotes.sorted { $0.siteID < $1.siteID }
+        // Identical prefixes on two peers of one interface: WireGuard would silently move the prefix to the
+        // last one configured. The smaller site id keeps it; overlapping but different prefixes are fine
+        // (longest match).
+        var owners: [IPv4Prefix: SiteDescription] = [:]
+        var conflicts: [String] = []
+        let sortedRemotes = remotes.sorted { $0.siteID < $1.siteID }.map { remote in
+            var kept = remote
+            kept.lanPrefixes = remote.lanPrefixes.filter { prefix in
+                if let owner = owners[prefix], owner.siteID != remote.siteID {
+                    conflicts.append("\(prefix): kept for \(owner.name) (\(owner.siteID)), dropped for \(remote.name) (\(remote.siteID))")
+                    return false
+                }
+                owners[prefix] = remote
+                return true
+            }
+            return kept
+        }
         var interfaces: [PlannedInterface] = []
         var paths: [PlannedPath] = []
 
@@ -166,7 +194,7 @@ public enum TunnelPlanner {
         }
         interfaces.sort { $0.name < $1.name }
         paths.sort { ($0.interface, $0.remoteSite) < ($1.interface, $1.remoteSite) }
-        return TunnelPlan(interfaces: interfaces, paths: paths)
+        return TunnelPlan(interfaces: interfaces, paths: paths, conflicts: conflicts)
     }
 
     private static func peerConfiguration(_ remote: SiteDescription, endpoint: SocketAddress4,

@@ -56,6 +56,21 @@ public actor TunnelReconciler {
         self.logger = logger
     }
 
+    /// Changes the addresses every tunnel interface carries (the overlay moved): adds the new ones to every
+    /// applied interface, then removes the old ones. Used when a site with a smaller id claims our overlay.
+    public func setAddresses(_ new: [InterfaceAddress]) async {
+        let old = addresses.filter { !new.contains($0) }
+        addresses = new
+        for name in applied.keys.sorted() {
+            do {
+                try await backend.bringUp(name, addresses: new)
+                try await backend.removeAddresses(old, from: name)
+            } catch {
+                logger.warning("tunnel address change failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
     /// The interfaces as last applied.
     public var interfaces: [PlannedInterface] { applied.values.sorted { $0.name < $1.name } }
 

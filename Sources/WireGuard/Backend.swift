@@ -33,6 +33,9 @@ public protocol WireGuardBackend: Sendable {
     /// Brings the interface up and gives it these addresses (existing equal addresses are kept).
     func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError)
 
+    /// Takes addresses off the interface (absent ones are ignored).
+    func removeAddresses(_ addresses: [InterfaceAddress], from name: String) async throws(WireGuardError)
+
     /// Reads configuration, latest handshakes and transfer counters.
     func state(of name: String) async throws(WireGuardError) -> InterfaceState
 
@@ -59,6 +62,8 @@ public enum WireGuardBackendChoice: String, Sendable, CaseIterable, CustomString
 public protocol LinkControl: Sendable {
     func setUp(_ interface: String) throws(WireGuardError)
     func addAddress(_ address: InterfaceAddress, to interface: String) throws(WireGuardError)
+    /// No error when the address is not there.
+    func removeAddress(_ address: InterfaceAddress, from interface: String) throws(WireGuardError)
 }
 
 /// `LinkControl` over rtnetlink (RTM_NEWLINK IFF_UP, RTM_NEWADDR with CREATE|REPLACE). Opens a socket per
@@ -80,10 +85,38 @@ public struct RouteNetlinkLinks: LinkControl {
                                                        index: index, sequence: socket.nextSequence()))
     }
 
+    public func removeAddress(_ address: InterfaceAddress, from interface: String) throws(WireGuardError) {
+        let index = try Self.index(of: interface)
+        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
+        do {
+            _ = try socket.request("remove address \(address) from \(interface)",
+                                   RouteNetlink.deleteAddress(address.address, prefixLength: address.prefixLength,
+                                                              index: index, sequence: socket.nextSequence()))
+        } catch .netlink(_, let code) where code == EADDRNOTAVAIL {
+            return
+        }
+    }
+
     static func index(of interface: String) throws(WireGuardError) -> Int32 {
         let index = if_nametoindex(interface)
         guard index != 0 else { throw .noSuchInterface(interface) }
         return Int32(bitPattern: index)
+    }
+}
+
+/// The link half of a backend: both backends do addresses and link state the same way.
+protocol LinkBackedBackend: WireGuardBackend {
+    var links: any LinkControl { get }
+}
+
+extension LinkBackedBackend {
+    public func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError) {
+        for address in addresses { try links.addAddress(address, to: name) }
+        try links.setUp(name)
+    }
+
+    public func removeAddresses(_ addresses: [InterfaceAddress], from name: String) async throws(WireGuardError) {
+        for address in addresses { try links.removeAddress(address, from: name) }
     }
 }
 

@@ -6,11 +6,11 @@ import Foundation
 ///
 /// Creating it probes the kernel: it fails with `.kernelUnsupported` when the family does not exist.
 /// Each call opens a netlink socket, sends one or a few messages and waits for their acks.
-public struct KernelWireGuard: WireGuardBackend {
+public struct KernelWireGuard: LinkBackedBackend {
     public var kind: WireGuardBackendKind { .kernel }
     /// The generic netlink family id the kernel assigned to "wireguard".
     public let family: UInt16
-    private let links: any LinkControl
+    let links: any LinkControl
 
     public init(links: any LinkControl = RouteNetlinkLinks()) throws(WireGuardError) {
         family = try KernelWireGuard.resolveFamily()
@@ -65,11 +65,6 @@ public struct KernelWireGuard: WireGuardBackend {
                 throw .rejected(interface: name, ConfigurationErrno(code: Int64(code)))
             }
         }
-    }
-
-    public func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError) {
-        for address in addresses { try links.addAddress(address, to: name) }
-        try links.setUp(name)
     }
 
     public func state(of name: String) async throws(WireGuardError) -> InterfaceState {

@@ -295,6 +295,13 @@ enum RouteNetlink {
                              attributes: [])
     }
 
+    /// RTM_DELADDR: `ip addr del ADDR/LEN dev NAME`.
+    static func deleteAddress(_ address: IPv4Address, prefixLength: UInt8, index: Int32, sequence: UInt32) -> [UInt8] {
+        var message = addAddress(address, prefixLength: prefixLength, index: index, sequence: sequence)
+        message.replaceSubrange(4..<8, with: hostBytes(UInt16(RTM_DELADDR)) + hostBytes(UInt16(NLM_F_REQUEST | NLM_F_ACK)))
+        return message
+    }
+
     /// RTM_NEWADDR, CREATE|REPLACE (idempotent): `ip addr replace ADDR/LEN dev NAME`.
     static func addAddress(_ address: IPv4Address, prefixLength: UInt8, index: Int32, sequence: UInt32) -> [UInt8] {
         // struct ifaddrmsg: family, prefixlen, flags, scope, index.

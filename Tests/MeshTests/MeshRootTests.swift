@@ -14,7 +14,7 @@ final class MeshLabSite: NamespacedSite, @unchecked Sendable {
     let executor: NamespaceExecutor
     let key = WireGuardPrivateKey()
     let id = SiteID()
-    let overlay: IPv4Address
+    var overlay: IPv4Address
     let backend = UserspaceWireGuard()
     let settings: TunnelSettings
     let uplinks = [Uplink(interface: "eth0", label: "isp"), Uplink(interface: "eth1", label: "lte")]
@@ -46,8 +46,7 @@ final class MeshLabSite: NamespacedSite, @unchecked Sendable {
                                           addresses: [InterfaceAddress(overlay, prefixLength: 32)], logger: logger)
         self.discovery = discovery
         self.reconciler = reconciler
-        let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
-                                  localEndpoints: localEndpoints, settings: settings,
+        let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks, settings: settings,
                                   logger: logger)
         let executor = self.executor
         task = Task {
@@ -191,6 +190,55 @@ struct MeshRootTests {
             }
             #expect(back)
             print("mesh: restarted site re-peered after \(ContinuousClock.now - restarted)")
+        } catch {
+            await tearDown(hub, sites)
+            throw error
+        }
+        await tearDown(hub, sites)
+    }
+
+    /// Two sites start with the same overlay address: the one with the larger id moves (announces the new
+    /// address and re-addresses its interfaces), and the tunnel carries traffic between the two addresses.
+    @Test func anOverlayCollisionIsResolvedByTheLargerIDMovingRoot() async throws {
+        let (hub, sites) = try makeLab(2)
+        let key = MeshKey.generate()
+        do {
+            let (small, large) = sites[0].id < sites[1].id ? (sites[0], sites[1]) : (sites[1], sites[0])
+            // Both start on the smaller id's own address, as a hash collision would have it.
+            large.overlay = small.overlay
+            for site in sites { try site.start(meshKey: key) }
+            let deadline = ContinuousClock.now + .seconds(5)
+            while large.discovery.local.overlay == small.overlay && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let moved = large.discovery.local.overlay
+            #expect(moved != small.overlay)
+            #expect(small.discovery.local.overlay == small.overlay)
+            #expect(moved == OverlayAddressing.choose(for: large.id, known: [small.id: small.overlay]))
+            var addresses = ""
+            while !(addresses.contains("\(moved)/32") && !addresses.contains("\(small.overlay)/32"))
+                    && ContinuousClock.now < deadline + .seconds(1) {
+                addresses = try large.namespace.ip("-4", "-o", "addr", "show", "dev", large.interfaceNames[0])
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(addresses.contains("\(moved)/32") && !addresses.contains("\(small.overlay)/32"))
+            // The small site learns the new address and routes to it through the tunnel.
+            var peered = false
+            while !peered && ContinuousClock.now < deadline + .seconds(3) {
+                let state = try await small.backend.state(of: small.interfaceNames[0])
+                peered = state.peer(large.key.publicKey)?.allowedIPs.contains(IPv4Prefix(moved, length: 32)) == true
+                if !peered { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(peered)
+            try small.namespace.ip("route", "replace", "\(moved)/32", "dev", small.interfaceNames[0])
+            let receiver = try UDPSocket(in: large.namespace, bindTo: "\(moved)", port: 40002)
+            let sender = try UDPSocket(in: small.namespace)
+            var arrived = false
+            for _ in 0..<5 where !arrived {
+                sender.send(Array("hello".utf8), to: "\(moved)", port: 40002)
+                arrived = receiver.receive(timeout: .milliseconds(600)) != nil
+            }
+            #expect(arrived)
         } catch {
             await tearDown(hub, sites)
             throw error

@@ -11,6 +11,7 @@ final class RecordingBackend: WireGuardBackend {
         case create(String)
         case configure(String, DeviceUpdate)
         case bringUp(String, [InterfaceAddress])
+        case removeAddresses(String, [InterfaceAddress])
         case delete(String)
     }
 
@@ -49,6 +50,10 @@ final class RecordingBackend: WireGuardBackend {
 
     func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError) {
         calls.withLock { $0.append(.bringUp(name, addresses)) }
+    }
+
+    func removeAddresses(_ addresses: [InterfaceAddress], from name: String) async throws(WireGuardError) {
+        calls.withLock { $0.append(.removeAddresses(name, addresses)) }
     }
 
     func state(of name: String) async throws(WireGuardError) -> InterfaceState {
@@ -182,5 +187,18 @@ extension TunnelReconcilerTests {
         #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(high.publicKey), PeerUpdate(setting: highPeer)]))])
         // Backed off: not again right away.
         #expect(await reconciler.nudgeStalledHandshakes() == 0)
+    }
+}
+
+extension TunnelReconcilerTests {
+    @Test func movingTheOverlayAddsTheNewAddressThenRemovesTheOld() async throws {
+        let backend = RecordingBackend()
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        _ = await reconciler.apply(try plan([remoteSite(1, labels: ["isp"])]))
+        backend.reset()
+        let moved = [InterfaceAddress(IPv4Address(10, 99, 7, 7), prefixLength: 32)]
+        await reconciler.setAddresses(moved)
+        #expect(backend.recorded == [.bringUp("wg-hq0", moved), .removeAddresses("wg-hq0", overlay),
+                                     .bringUp("wg-hq1", moved), .removeAddresses("wg-hq1", overlay)])
     }
 }

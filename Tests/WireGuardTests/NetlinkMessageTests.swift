@@ -44,6 +44,12 @@ struct NetlinkMessageTests {
         #expect(bytes == expected)
     }
 
+    @Test func deleteAddressIsTheSameMessageAsRTM_DELADDR() {
+        let bytes = RouteNetlink.deleteAddress(IPv4Address(10, 99, 0, 1), prefixLength: 32, index: 5, sequence: 9)
+        #expect(bytes == u32(40) + u16(21 /* RTM_DELADDR */) + u16(0x0005) + u32(9) + u32(0)
+            + [2, 32, 0, 0] + u32(5) + u16(8) + u16(2) + [10, 99, 0, 1] + u16(8) + u16(1) + [10, 99, 0, 1])
+    }
+
     @Test func setUpAndDelete() {
         #expect(RouteNetlink.setUp(index: 3, sequence: 1) ==
             u32(32) + u16(16) + u16(0x0005) + u32(1) + u32(0) + [0, 0] + u16(0) + u32(3) + u32(1 /* IFF_UP */) + u32(1))
