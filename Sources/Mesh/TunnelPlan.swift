@@ -16,16 +16,18 @@ public struct TunnelSettings: Sendable, Equatable {
     /// `--interface`: interface names are this prefix plus a suffix; unique per site machine-wide
     /// (wireguard-go's UAPI sockets are global).
     public var interfacePrefix: String
-    /// Listen port of uplink slot s (1-based) is basePort + 10 * s: 51830, 51840, ... (51821-51823 stay free
-    /// for discovery, probes and bandwidth tests).
-    public var basePort: UInt16
+    /// `--listen-port`: the first tunnel's port. Same-label: uplink slot s (1-based) listens on
+    /// listenPort + 10 (s - 1): 51820, 51830, ... 51960. All-pairs: slot s owns the block starting at
+    /// listenPort + 200 + 10 (s - 1) (52020, 52030, ...), pair j listening on block + j. Either way the
+    /// ports 51821-51823 (discovery, probes, bandwidth tests) stay free.
+    public var listenPort: UInt16
     public var pairing: PathPairing
     public var persistentKeepalive: UInt16
 
-    public init(interfacePrefix: String = "wg-sdwan", basePort: UInt16 = 51820, pairing: PathPairing = .sameLabel,
+    public init(interfacePrefix: String = "wg-sdwan", listenPort: UInt16 = 51820, pairing: PathPairing = .sameLabel,
                 persistentKeepalive: UInt16 = 25) {
         self.interfacePrefix = interfacePrefix
-        self.basePort = basePort
+        self.listenPort = listenPort
         self.pairing = pairing
         self.persistentKeepalive = persistentKeepalive
     }
@@ -38,7 +40,10 @@ public struct TunnelSettings: Sendable, Equatable {
     /// (`ip rule fwmark slot<<24/0x0f000000 -> table 6100+slot`).
     public static func fwmark(slot: UInt8) -> UInt32 { UInt32(slot) << 24 }
 
-    public func listenPort(slot: UInt8) -> UInt16 { basePort &+ 10 &* UInt16(slot) }
+    /// The port uplink `slot` announces: its interface's (same-label) or its block's base (all-pairs).
+    public func listenPort(slot: UInt8) -> UInt16 {
+        listenPort &+ (pairing == .allPairs ? 200 : 0) &+ 10 &* UInt16(slot - 1)
+    }
 
     /// `<prefix><slot-1>` (same-label) or `<prefix><slot-1>x<remote endpoint index>` (all-pairs).
     public func interfaceName(slot: UInt8, remoteIndex: Int?) -> String {
