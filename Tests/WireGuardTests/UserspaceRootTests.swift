@@ -146,6 +146,39 @@ struct UserspaceRootTests {
         await cleanUp([a, b])
     }
 
+    /// After a crash the next run finds wireguard-go still running: it adopts it (same process, config kept)
+    /// and can still remove it, although the process is not its child.
+    @Test func aSurvivingInterfaceIsAdoptedAndRemovableByANewBackendRoot() async throws {
+        let (a, b) = try makeSides()
+        do {
+            let config = configuration(a, peer: b)
+            try await a.run {
+                try await $0.start(a.interface, configuration: config, addresses: [InterfaceAddress(a.overlay, prefixLength: 24)])
+            }
+            let pid = try #require(a.backend.processID(of: a.interface))
+            let successor = UserspaceWireGuard()
+            try await withTaskExecutorPreference(a.executor) { try await successor.createInterface(named: a.interface) }
+            #expect(successor.processID(of: a.interface) == nil)  // adopted, not started
+            let state = try await successor.state(of: a.interface)
+            #expect(state.publicKey == a.key.publicKey && state.peers.count == 1)
+            try await withTaskExecutorPreference(a.executor) { try await successor.deleteInterface(named: a.interface) }
+            // wireguard-go exits when its TUN link is deleted; the first backend reaps it.
+            let deadline = ContinuousClock.now + .seconds(3)
+            var exited = false
+            while !exited && ContinuousClock.now < deadline {
+                var status: Int32 = 0
+                exited = waitpid(pid, &status, WNOHANG) == pid
+                if !exited { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(exited)
+            #expect(try !a.namespace.ip("-o", "link").contains(a.interface))
+        } catch {
+            await cleanUp([a, b])
+            throw error
+        }
+        await cleanUp([a, b])
+    }
+
     @Test func missingExecutableAndBadNamesAreTypedErrors() async throws {
         let backend = UserspaceWireGuard(executable: "/nonexistent/wireguard-go")
         await #expect(throws: WireGuardError.spawnFailed(executable: "/nonexistent/wireguard-go", errno: ENOENT)) {
