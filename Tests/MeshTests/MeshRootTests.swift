@@ -30,14 +30,20 @@ final class MeshLabSite: NamespacedSite, @unchecked Sendable {
         settings = TunnelSettings(interfacePrefix: prefix)
     }
 
+    /// Read from the namespace's interfaces, the way the daemon does.
     var localEndpoints: [Endpoint] {
-        TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["eth0": IPv4Address(10, 77, 1, index),
-                                                                  "eth1": IPv4Address(10, 77, 2, index)], settings: settings)
+        get throws {
+            let names = uplinks.map(\.interface)
+            let addresses = try namespace.perform { UplinkAddresses.current(for: names) }
+            return TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: addresses, settings: settings)
+        }
     }
 
     func start(meshKey: MeshKey) throws {
+        let endpoints = try localEndpoints
+        #expect(endpoints.map(\.address.address) == [IPv4Address(10, 77, 1, index), IPv4Address(10, 77, 2, index)])
         let description = SiteDescription(siteID: id, name: "site\(index)", publicKey: key.publicKey, overlay: overlay,
-                                          endpoints: localEndpoints)
+                                          endpoints: endpoints)
         var logger = Logger(label: "site\(index)")
         logger.logLevel = .warning
         let discovery = try DiscoveryService(local: description, settings: DiscoverySettings(uplinks: ["eth0", "eth1"]),
