@@ -111,6 +111,15 @@ struct TunnelPlanTests {
         #expect(plan.paths.first { $0.remoteSite == second.siteID }?.key == PathKey(site: second.siteID, localLabel: "isp", remoteLabel: "isp"))
     }
 
+    @Test func aFullPoolDoesNotLoopForever() {
+        let pool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 30)  // hosts .1 and .2
+        let ids = (0..<3).map { _ in SiteID() }.sorted()
+        let full: [SiteID: IPv4Address] = [ids[0]: IPv4Address(10, 99, 0, 1), ids[1]: IPv4Address(10, 99, 0, 2)]
+        let chosen = OverlayAddressing.choose(for: ids[2], in: pool, known: full)
+        #expect(pool.contains(chosen))
+        #expect(OverlayAddressing.choose(for: ids[1], in: pool, known: [ids[0]: IPv4Address(10, 99, 0, 1)]) == IPv4Address(10, 99, 0, 2))
+    }
+
     @Test func planErrors() {
         #expect(throws: TunnelPlanError.duplicateLabel("isp")) {
             try TunnelPlanner.plan(uplinks: [uplinks[0], Uplink(interface: "eth1", label: "isp")], localEndpoints: [], remotes: [], settings: settings)
