@@ -80,7 +80,7 @@ import Testing
             let before = try store.metricsCount()
             try store.insertMetrics(batch)
             #expect(try store.metricsCount() == before + 5)
-            #expect(try store.pruneMetrics(now: now) == 2)
+            #expect(try store.pruneMetrics(now: now, chunk: 1) == 2)
             #expect(try store.pruneMetrics(retention: 3600, now: now) == 1)
             #expect(try store.metrics(of: fixture.paths[0]).allSatisfy { $0.measuredAt >= now.addingTimeInterval(-3600) })
 
