@@ -295,6 +295,11 @@ import Testing
             lock = nil
             #expect(!DatabaseLock.isHeld(for: files))
             #expect(try DatabaseLock.acquire(for: files).path == files.lock)
+            let nowhere = StoreFiles(database: dir + "/missing/hq.db")
+            #expect(throws: DatabaseLockError.cannotOpen(path: nowhere.lock,
+                                                         reason: "directory \(dir)/missing does not exist: create it first")) {
+                try DatabaseLock.acquire(for: nowhere)
+            }
         }
     }
 }
