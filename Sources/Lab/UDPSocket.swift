@@ -1,3 +1,4 @@
+import CNetfilter
 import Glibc
 
 /// A minimal IPv4 UDP socket for tests and measurements inside lab namespaces (open it with
