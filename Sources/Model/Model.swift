@@ -1,1 +1,0 @@
-// The Model layer: see README.md "Code layout".

@@ -1,0 +1,153 @@
+import Foundation
+
+/// A site's stable identity, created once and kept across restarts. Printed as a lowercase UUID.
+public struct SiteID: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    public let uuid: UUID
+
+    public init(_ uuid: UUID = UUID()) { self.uuid = uuid }
+
+    public init?(_ text: String) {
+        guard let uuid = UUID(uuidString: text) else { return nil }
+        self.uuid = uuid
+    }
+
+    public var description: String { uuid.uuidString.lowercased() }
+
+    public static func < (lhs: SiteID, rhs: SiteID) -> Bool { lhs.description < rhs.description }
+}
+
+/// A local uplink: the interface the encrypted traffic of a path leaves by, and its label ("isp-a", "lte").
+public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var interface: String
+    public var label: String
+
+    public init(interface: String, label: String) {
+        self.interface = interface
+        self.label = label
+    }
+
+    /// Parses the `--uplink IFACE[=LABEL]` form; the label defaults to the interface name.
+    public init?(argument: String) {
+        let parts = argument.split(separator: "=", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), Uplink.isValidInterfaceName(parts[0]) else { return nil }
+        let label = parts.count == 2 ? parts[1] : parts[0]
+        guard Policy.isValidName(label) else { return nil }
+        self.init(interface: String(parts[0]), label: String(label))
+    }
+
+    /// Linux interface names: 1-15 bytes, no '/', whitespace or ':'.
+    public static func isValidInterfaceName(_ name: some StringProtocol) -> Bool {
+        (1...15).contains(name.utf8.count) && name != "." && name != ".."
+            && name.allSatisfy { $0.isASCII && !$0.isWhitespace && $0 != "/" && $0 != ":" }
+    }
+
+    public var description: String { "\(interface)=\(label)" }
+}
+
+/// Where a remote site can be reached: one of its uplinks, as it announced it.
+public struct Endpoint: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var label: String
+    public var address: SocketAddress4
+
+    public init(label: String, address: SocketAddress4) {
+        self.label = label
+        self.address = address
+    }
+
+    public var description: String { "\(address) (\(label))" }
+}
+
+/// The health of a path as the prober judges it.
+public enum PathStatus: String, Sendable, Codable, CaseIterable, Comparable {
+    case up
+    case degraded
+    case down
+
+    /// Up < degraded < down, so sorting puts healthy paths first.
+    public static func < (lhs: PathStatus, rhs: PathStatus) -> Bool {
+        let order: [PathStatus] = [.up, .degraded, .down]
+        return order.firstIndex(of: lhs)! < order.firstIndex(of: rhs)!
+    }
+}
+
+/// One measurement of a path, as stored in `path_metrics`. `bandwidthMbps` is nil until a bandwidth test
+/// has completed on this path.
+public struct PathMetrics: Hashable, Sendable, Codable {
+    public var latencyMs: Double
+    public var jitterMs: Double
+    public var lossPct: Double
+    public var bandwidthMbps: Double?
+    public var score: Double
+
+    public init(latencyMs: Double, jitterMs: Double, lossPct: Double, bandwidthMbps: Double? = nil,
+                score: Double) {
+        self.latencyMs = latencyMs
+        self.jitterMs = jitterMs
+        self.lossPct = lossPct
+        self.bandwidthMbps = bandwidthMbps
+        self.score = score
+    }
+}
+
+/// Times as the database and the status report show them: UTC, 'YYYY-MM-DD HH:MM:SS'.
+public enum UTCTime {
+    public static func format(_ date: Date) -> String {
+        var time = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        return String(format: "%04d-%02d-%02d %02d:%02d:%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
+                      Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+    }
+
+    /// Parses exactly 'YYYY-MM-DD HH:MM:SS' (UTC); nil for anything else.
+    public static func parse(_ text: String) -> Date? {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 19, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-"),
+              bytes[10] == UInt8(ascii: " "), bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":")
+        else { return nil }
+        func number(_ range: Range<Int>) -> Int32? {
+            var value: Int32 = 0
+            for byte in bytes[range] {
+                guard (48...57).contains(byte) else { return nil }
+                value = value * 10 + Int32(byte - 48)
+            }
+            return value
+        }
+        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
+              let hour = number(11..<13), let minute = number(14..<16), let second = number(17..<19),
+              (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61
+        else { return nil }
+        var parts = tm()
+        parts.tm_year = year - 1900
+        parts.tm_mon = month - 1
+        parts.tm_mday = day
+        parts.tm_hour = hour
+        parts.tm_min = minute
+        parts.tm_sec = second
+        let seconds = timegm(&parts)
+        guard format(Date(timeIntervalSince1970: TimeInterval(seconds))) == text else { return nil }
+        return Date(timeIntervalSince1970: TimeInterval(seconds))
+    }
+}
+
+/// Names one path: a local uplink (by label) paired with a remote site's endpoint (by label). Stable across
+/// restarts and independent of the kernel slot or database row the path happens to get.
+public struct PathKey: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    public var site: SiteID
+    public var localLabel: String
+    public var remoteLabel: String
+
+    public init(site: SiteID, localLabel: String, remoteLabel: String) {
+        self.site = site
+        self.localLabel = localLabel
+        self.remoteLabel = remoteLabel
+    }
+
+    public static func < (lhs: PathKey, rhs: PathKey) -> Bool {
+        (lhs.site, lhs.localLabel, lhs.remoteLabel) < (rhs.site, rhs.localLabel, rhs.remoteLabel)
+    }
+
+    public var description: String {
+        localLabel == remoteLabel ? "\(localLabel)->\(site)" : "\(localLabel)/\(remoteLabel)->\(site)"
+    }
+}
