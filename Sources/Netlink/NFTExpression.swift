@@ -14,6 +14,8 @@ public enum NFTExpression: Hashable, Sendable {
     case cmp(sreg: NFTRegister, op: UInt32, data: [UInt8])
     /// dreg = (sreg & mask) ^ xor, over `mask.count` bytes.
     case bitwise(sreg: NFTRegister, dreg: NFTRegister, mask: [UInt8], xor: [UInt8])
+    /// dreg = sreg >> shift, per 32-bit word over `length` bytes.
+    case shiftRight(sreg: NFTRegister, dreg: NFTRegister, length: UInt32, shift: UInt32)
     case byteorder(sreg: NFTRegister, dreg: NFTRegister, op: UInt32, length: UInt32, size: UInt32)
     case lookup(sreg: NFTRegister, set: String, setID: UInt32?, dreg: NFTRegister?)
     case immediate(dreg: NFTRegister, data: NFTData)
@@ -27,7 +29,7 @@ public enum NFTExpression: Hashable, Sendable {
         case .ct, .ctSet: "ct"
         case .payload: "payload"
         case .cmp: "cmp"
-        case .bitwise: "bitwise"
+        case .bitwise, .shiftRight: "bitwise"
         case .byteorder: "byteorder"
         case .lookup: "lookup"
         case .immediate: "immediate"
@@ -65,9 +67,16 @@ public enum NFTExpression: Hashable, Sendable {
             case let .bitwise(sreg, dreg, mask, xor):
                 d.putBigU32(t(NFTA_BITWISE_SREG.rawValue), sreg)
                 d.putBigU32(t(NFTA_BITWISE_DREG.rawValue), dreg)
+                d.putBigU32(t(NFTA_BITWISE_OP.rawValue), UInt32(NFT_BITWISE_MASK_XOR.rawValue))
                 d.putBigU32(t(NFTA_BITWISE_LEN.rawValue), UInt32(mask.count))
                 d.nested(t(NFTA_BITWISE_MASK.rawValue)) { $0.put(t(NFTA_DATA_VALUE.rawValue), mask) }
                 d.nested(t(NFTA_BITWISE_XOR.rawValue)) { $0.put(t(NFTA_DATA_VALUE.rawValue), xor) }
+            case let .shiftRight(sreg, dreg, length, shift):
+                d.putBigU32(t(NFTA_BITWISE_SREG.rawValue), sreg)
+                d.putBigU32(t(NFTA_BITWISE_DREG.rawValue), dreg)
+                d.putBigU32(t(NFTA_BITWISE_OP.rawValue), UInt32(NFT_BITWISE_RSHIFT.rawValue))
+                d.putBigU32(t(NFTA_BITWISE_LEN.rawValue), length)
+                d.nested(t(NFTA_BITWISE_DATA.rawValue)) { $0.put(t(NFTA_DATA_VALUE.rawValue), shift.hostBytes) }
             case let .byteorder(sreg, dreg, op, length, size):
                 d.putBigU32(t(NFTA_BYTEORDER_SREG.rawValue), sreg)
                 d.putBigU32(t(NFTA_BYTEORDER_DREG.rawValue), dreg)

@@ -150,6 +150,9 @@ public struct NFTElement: Hashable, Sendable {
     public var data: NFTData?
     public var flags: UInt32
 
+    /// NFT_SET_ELEM_INTERVAL_END: this element closes an interval (rbtree sets).
+    public static let flagIntervalEnd = UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue)
+
     public init(key: [UInt8], keyEnd: [UInt8]? = nil, data: NFTData? = nil, flags: UInt32 = 0) {
         self.key = key
         self.keyEnd = keyEnd
