@@ -51,7 +51,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // Network-namespace topologies and the WAN emulator (used by `lab`, tests and bench).
-        .target(name: "Lab", dependencies: ["Model", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "Lab", dependencies: ["Model", "CNetfilter", .product(name: "Logging", package: "swift-log")]),
         // The command line: every subcommand, testable without the executable.
         .target(name: "CLI", dependencies: [
             "Model", "Store", "Router", "Lab",

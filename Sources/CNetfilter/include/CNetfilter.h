@@ -7,8 +7,6 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/socket.h>
-#include <sched.h>
-#include <linux/sched.h>
 #include <errno.h>
 // glibc first: linux/libc-compat.h then skips its duplicate in_addr/sockaddr_in definitions.
 #include <netinet/in.h>
@@ -60,8 +58,7 @@ static inline struct nlmsghdr *cnf_nftnl_set_nlmsg_build_hdr(char *buf, uint16_t
 static inline uint32_t cnf_nlmsg_align(uint32_t len) { return NLMSG_ALIGN(len); }
 static inline uint32_t cnf_nla_align(uint32_t len) { return NLA_ALIGN(len); }
 
-// setns(2) and unshare(2) need _GNU_SOURCE in <sched.h>, which a Swift module map does not define.
-int setns(int fd, int nstype);
-static inline int cnf_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+// The Lab's wrappers (setns, pipe2, recvmmsg, ethtool); cnf_setns_net is shared by Netlink and Lab.
+#include "CNetfilterLab.h"
 
 #endif
