@@ -126,7 +126,7 @@ public enum SteeringCompiler {
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
-                          .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 2, size: 1),
+                          .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2),
                           .payload(base: NFT.transportHeader, offset: 2, length: 2, dreg: NFT.reg32_01),
                           .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
                 }
