@@ -92,14 +92,14 @@ public enum NFTExpression: Hashable, Sendable {
                 d.putBigU32(t(NFTA_IMMEDIATE_DREG.rawValue), dreg)
                 d.nested(t(NFTA_IMMEDIATE_DATA.rawValue)) { NFTables.encodeData(data, into: &$0) }
             case .counter:
-                d.putBigU64(t(NFTA_COUNTER_BYTES.rawValue), 0)
-                d.putBigU64(t(NFTA_COUNTER_PACKETS.rawValue), 0)
+                break // nft sends an empty counter: the kernel starts it at zero
             case let .jhash(sreg, length, dreg, modulus, seed):
                 d.putBigU32(t(NFTA_HASH_SREG.rawValue), sreg)
                 d.putBigU32(t(NFTA_HASH_DREG.rawValue), dreg)
                 d.putBigU32(t(NFTA_HASH_LEN.rawValue), length)
                 d.putBigU32(t(NFTA_HASH_MODULUS.rawValue), modulus)
                 d.putBigU32(t(NFTA_HASH_SEED.rawValue), seed)
+                d.putBigU32(t(NFTA_HASH_OFFSET.rawValue), 0)
                 d.putBigU32(t(NFTA_HASH_TYPE.rawValue), UInt32(NFT_HASH_JENKINS.rawValue))
             }
         }

@@ -59,18 +59,18 @@ public enum NFTables {
 
     // MARK: chains
 
-    /// NFT_MSG_NEWCHAIN (CREATE). Base chains carry NFTA_CHAIN_HOOK, POLICY and TYPE.
+    /// NFT_MSG_NEWCHAIN (CREATE). Base chains carry TYPE, POLICY and HOOK (in nft's order).
     public static func newChain(_ chain: NFTChain) -> NetlinkMessage {
         message(UInt32(NFT_MSG_NEWCHAIN.rawValue), chain.family, flags: NetlinkFlag.create) { a in
             a.putString(t(NFTA_CHAIN_TABLE.rawValue), chain.table)
             a.putString(t(NFTA_CHAIN_NAME.rawValue), chain.name)
             if let hook = chain.hook {
+                a.putString(t(NFTA_CHAIN_TYPE.rawValue), hook.type)
+                a.putBigU32(t(NFTA_CHAIN_POLICY.rawValue), hook.policy)
                 a.nested(t(NFTA_CHAIN_HOOK.rawValue)) { h in
                     h.putBigU32(t(NFTA_HOOK_HOOKNUM.rawValue), hook.hook)
                     h.putBigU32(t(NFTA_HOOK_PRIORITY.rawValue), UInt32(bitPattern: hook.priority))
                 }
-                a.putBigU32(t(NFTA_CHAIN_POLICY.rawValue), hook.policy)
-                a.putString(t(NFTA_CHAIN_TYPE.rawValue), hook.type)
             }
             if let u = chain.userdata { a.put(t(NFTA_CHAIN_USERDATA.rawValue), u) }
         }
@@ -144,8 +144,10 @@ public enum NFTables {
             a.putString(t(NFTA_SET_ELEM_LIST_SET.rawValue), set)
             if let setID { a.putBigU32(t(NFTA_SET_ELEM_LIST_SET_ID.rawValue), setID) }
             a.nested(t(NFTA_SET_ELEM_LIST_ELEMENTS.rawValue)) { list in
-                for e in elements {
-                    list.nested(t(NFTA_LIST_ELEM.rawValue)) { el in
+                // libnftnl numbers the list entries 1, 2, 3... (the kernel ignores the type); we do the same
+                // so our bytes equal nft's.
+                for (index, e) in elements.enumerated() {
+                    list.nested(UInt16(truncatingIfNeeded: index + 1)) { el in
                         if e.flags != 0 { el.putBigU32(t(NFTA_SET_ELEM_FLAGS.rawValue), e.flags) }
                         el.nested(t(NFTA_SET_ELEM_KEY.rawValue)) { $0.put(t(NFTA_DATA_VALUE.rawValue), e.key) }
                         if let end = e.keyEnd {

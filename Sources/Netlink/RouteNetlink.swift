@@ -133,7 +133,8 @@ public enum RouteNetlink {
         p.append(route.protocolTag)
         p.append(verb == .delete ? UInt8(RT_SCOPE_NOWHERE.rawValue)
                  : route.gateway == nil ? UInt8(RT_SCOPE_LINK.rawValue) : UInt8(RT_SCOPE_UNIVERSE.rawValue))
-        p.append(UInt8(RTN_UNICAST))
+        // A delete matches any route type, as iproute2 sends it (RTN_UNSPEC).
+        p.append(verb == .delete ? UInt8(RTN_UNSPEC) : UInt8(RTN_UNICAST))
         p.appendHost(UInt32(0))
         var a = AttributeWriter()
         a.put(t(RTA_DST.rawValue), route.destination.bigEndianBytes)

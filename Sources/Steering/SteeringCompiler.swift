@@ -70,7 +70,7 @@ public enum SteeringCompiler {
                            flags: NFTSet.flagMap | NFTSet.flagInterval | NFTSet.flagConcat,
                            keyType: 7 << 6 | 19 /* ipv4_addr . mark */, keyLength: 8,
                            dataType: NFTSet.verdictDataType, dataLength: 0, fieldLengths: [4, 4],
-                           userdata: concatUserdata + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                           userdata: NFTUserdata.u32(0, 0) + NFTUserdata.u32(1, 0) + concatTypeofBlob + NFTUserdata.u32(6, 0)
                                + NFTUserdata.comment("remote prefix . class -> path", type: NFTUserdata.setCommentType))
         var steerElements: [NFTElement] = []
         for choice in plan.choices {
@@ -114,8 +114,8 @@ public enum SteeringCompiler {
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
-                          .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc, 0, 0, 0], xor: [0, 0, 0, 0]),
-                          .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 4, shift: 2),
+                          .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
+                          .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2),
                           .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
                 }
                 if !m.services.isEmpty {
@@ -187,7 +187,8 @@ public enum SteeringCompiler {
 
     /// nft's set userdata for concatenated interval keys (key byte order, then a typeof blob nft 1.0.6
     /// writes for `type a . b` sets); copied from what nft sends so `nft list` shows our sets like its own.
-    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
+    static let concatTypeofBlob = NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
+    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + concatTypeofBlob
 
     static let ipv4Only: [NFTExpression] = [
         .meta(key: NFT.metaNFProto, dreg: NFT.reg1),
@@ -213,7 +214,8 @@ public enum SteeringCompiler {
         var ranges: [(UInt64, UInt64)] = []
         for p in prefixes.sorted() {
             let lo = UInt64(p.network.value), hi = UInt64(p.last.value) + 1
-            if let last = ranges.last, lo <= last.1 { ranges[ranges.count - 1].1 = max(last.1, hi) } else { ranges.append((lo, hi)) }
+            // Overlaps merge; adjacent ranges stay separate, as nft sends them (no auto-merge).
+            if let last = ranges.last, lo < last.1 { ranges[ranges.count - 1].1 = max(last.1, hi) } else { ranges.append((lo, hi)) }
         }
         let end = NFTElement.flagIntervalEnd
         var out: [NFTElement] = []
