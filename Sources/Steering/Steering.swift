@@ -21,6 +21,8 @@ public final class Steering {
     private var lastPlan: SteeringPlan?
     private var lastRuleset: SteeringRuleset?
     private var interfaceIndex: [String: Int32] = [:]
+    private var structureKey: StructureKey?
+    private var structure: SteeringRuleset?
 
     /// Opens netlink sockets in the current namespace (nil) or in /var/run/netns/NAME.
     public convenience init(netns: String? = nil) throws(SteeringError) {
@@ -40,24 +42,42 @@ public final class Steering {
     /// Makes the kernel match `plan`. Returns what changed (`elementsOnly` for a pure re-steer).
     @discardableResult
     public func apply(_ plan: SteeringPlan) throws(SteeringError) -> SteeringChanges {
-        let ruleset: SteeringRuleset
-        if plan == lastPlan, let lastRuleset { ruleset = lastRuleset } else { ruleset = try SteeringCompiler.compile(plan) }
+        let ruleset = try compile(plan)
         do {
             let changes = try converge(to: ruleset)
             lastPlan = plan
             lastRuleset = ruleset
             return changes
         } catch let first {
+            if case .invalidPlan = first { throw first }
+            if case .missingInterface = first { throw first }
             // The kernel state may have changed behind our back: read it again and retry once.
             installed = nil
             interfaceIndex = [:]
-            if case .invalidPlan = first { throw first }
-            if case .missingInterface = first { throw first }
             let changes = try converge(to: ruleset)
             lastPlan = plan
             lastRuleset = ruleset
             return changes
         }
+    }
+
+    /// Compiles with the structure (classes, paths, destinations) cached: a re-steer only rebuilds choices.
+    private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
+        if plan == lastPlan, let lastRuleset { return lastRuleset }
+        let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations)
+        if key != structureKey || structure == nil {
+            structure = try SteeringCompiler.compileStructure(plan)
+            structureKey = key
+        }
+        var ruleset = structure!
+        try SteeringCompiler.addChoices(plan, to: &ruleset)
+        return ruleset
+    }
+
+    private struct StructureKey: Equatable {
+        var classes: [SteeringPlan.TrafficClass]
+        var paths: [SteeringPlan.SteeringPath]
+        var destinations: [SteeringPlan.Destination]
     }
 
     /// Re-reads the kernel and converges to the last applied plan (repairs drift); with no plan applied
@@ -128,7 +148,14 @@ public final class Steering {
             let route = try kernelRoute(r)
             try kernel { () throws(NetlinkError) in try routing.route(route, .delete) }
         }
-        installed = Self.afterApply(ruleset)
+        if diff.changes.elementsOnly {
+            // The re-steer fast path: only map contents changed; keep the rest of what we know.
+            var known = state
+            for map in ruleset.maps { known.mapElements[map.set.name] = map.elements }
+            installed = known
+        } else {
+            installed = Self.afterApply(ruleset)
+        }
         return diff.changes
     }
 

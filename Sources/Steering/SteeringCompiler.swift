@@ -7,9 +7,14 @@ import Netlink
 /// Datapath (per packet, flat in the number of policies):
 /// prerouting/output -> `steer`: a flow without a class (ct mark bits 0) jumps once to `classify`, whose
 /// rules (one per class match, set lookups inside) write the class id into the ct mark; then every packet
-/// looks up (destination address . class) in the interval map `steer` and goes to `<class>_path<slot>`,
-/// which sets the path's packet mark and counts, or to `lb_<class>_<site>`, which hashes the flow's
-/// addresses into a bucket map. Only mark bits under 0x00ff0000 are written.
+/// looks its destination up in the interval map `sites` (remote prefix -> `site_<name>` chain), where the
+/// class bits of the ct mark select, in the hash map `site_<name>`, the chain `<class>_path<slot>` (sets the
+/// path's packet mark, counts) or `lb_<class>_<site>` (hashes the flow's addresses into a bucket map).
+/// Only mark bits under 0x00ff0000 are written.
+///
+/// Why two lookups and not one `ip daddr . class` interval map: a re-steer replaces elements, and the
+/// kernel commits an element replace in a hash map in ~8 us but in a concatenated-interval (pipapo) map
+/// in ~75 us on this machine (bench/results/resteer.txt); the destination map changes only with the sites.
 public enum SteeringCompiler {
     static let family = SteeringNames.family
     static let table = SteeringNames.table
@@ -19,14 +24,21 @@ public enum SteeringCompiler {
     public static let fingerprintUserdataType: UInt8 = 0xf0
 
     public static func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
-        let problems = plan.problems()
+        var r = try compileStructure(plan)
+        try addChoices(plan, to: &r)
+        return r
+    }
+
+    /// The part of the ruleset that depends on classes, paths and destinations only (not on choices):
+    /// Steering caches it, so a re-steer compiles nothing but map elements.
+    public static func compileStructure(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
+        let problems = plan.structureProblems()
         guard problems.isEmpty else { throw .invalidPlan(problems) }
 
         var chains: [NFTChain] = []
         var rules: [String: [NFTRule]] = [:]
         var staticSets: [SteeringRuleset.StaticSet] = []
         var maps: [SteeringRuleset.Map] = []
-        let siteName = Dictionary(uniqueKeysWithValues: plan.destinations.map { ($0.site, $0.name) })
 
         // Per (class, path): set the path mark and count. Created for every pair so that moving a class
         // is an element change only.
@@ -41,53 +53,30 @@ public enum SteeringCompiler {
             }
         }
 
-        // Load balancing: one chain + bucket map per (site, class) that is balanced.
-        for choice in plan.choices {
-            guard case .buckets(let slots) = choice.target,
-                  let c = plan.classes.first(where: { $0.id == choice.classID }), let site = siteName[choice.site] else { continue }
-            let name = SteeringNames.balanceChain(c.name, site)
+        // Per site: a chain whose class -> path hash map is what a re-steer changes.
+        var sitesElements: [(IPv4Prefix, NFTVerdict)] = []
+        for d in plan.destinations {
+            let name = SteeringNames.siteChain(d.name)
             let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
                              userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
-                                 + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
-            let elements = slots.enumerated().map { i, slot in
-                NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(SteeringNames.classPathChain(c.name, slot))))
-            }
-            maps.append(.init(set: map, elements: elements))
+                                 + NFTUserdata.comment("class -> path to \(d.name)", type: NFTUserdata.setCommentType))
+            maps.append(.init(set: map, elements: []))
             chains.append(NFTChain(family: family, table: table, name: name,
-                                   userdata: NFTUserdata.comment("class \(c.name) to \(site): load balanced")))
-            let e: [NFTExpression] = ipv4Only + [
-                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: 2),
-                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: 13),
-                .jhash(sreg: 2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
+                                   userdata: NFTUserdata.comment("to site \(d.name) (\(d.site))")))
+            rules[name] = [rule(name, [
+                .ct(key: NFT.ctMark, dreg: NFT.reg1),
+                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
                 .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
-            ]
-            rules[name] = [rule(name, e, comment: nil, sets: [map])]
+            ], comment: nil, sets: [map])]
+            for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
         }
-
-        // The per-packet map: (remote prefix . class) -> path or balancer.
-        let steer = NFTSet(family: family, table: table, name: SteeringNames.steerMap,
-                           flags: NFTSet.flagMap | NFTSet.flagInterval | NFTSet.flagConcat,
-                           keyType: 7 << 6 | 19 /* ipv4_addr . mark */, keyLength: 8,
-                           dataType: NFTSet.verdictDataType, dataLength: 0, fieldLengths: [4, 4],
-                           userdata: NFTUserdata.u32(0, 0) + NFTUserdata.u32(1, 0) + concatTypeofBlob + NFTUserdata.u32(6, 0)
-                               + NFTUserdata.comment("remote prefix . class -> path", type: NFTUserdata.setCommentType))
-        var steerElements: [NFTElement] = []
-        for choice in plan.choices {
-            guard let c = plan.classes.first(where: { $0.id == choice.classID }),
-                  let d = plan.destinations.first(where: { $0.site == choice.site }) else { continue }
-            let verdict: NFTVerdict
-            switch choice.target {
-            case .path(let slot): verdict = .goto(SteeringNames.classPathChain(c.name, slot))
-            case .buckets: verdict = .goto(SteeringNames.balanceChain(c.name, d.name))
-            }
-            for prefix in d.prefixes.sorted() {
-                steerElements.append(NFTElement(key: prefix.network.bytes + c.ctMark.bigEndianBytes,
-                                                keyEnd: prefix.last.bytes + c.ctMark.bigEndianBytes,
-                                                data: .verdict(verdict)))
-            }
-        }
-        maps.append(.init(set: steer, elements: steerElements))
+        let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
+                           flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: 7 /* ipv4_addr */, keyLength: 4,
+                           dataType: NFTSet.verdictDataType, dataLength: 0,
+                           userdata: NFTUserdata.u32(0, 2) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                               + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
+        let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owner: SteeringNames.steerChain)
 
         // Classification, once per flow, first match wins (class order = policy priority).
         var classify: [NFTRule] = []
@@ -101,7 +90,7 @@ public enum SteeringCompiler {
                 if ipFields { e += ipv4Only }
                 for (prefixes, suffix, offset) in [(m.sources, "src", UInt32(12)), (m.destinations, "dst", UInt32(16))] where !prefixes.isEmpty {
                     let s = prefixSet("\(base)_\(suffix)", comment: "policy \(c.name): \(suffix == "src" ? "source" : "destination") prefixes")
-                    staticSets.append(.init(set: s, elements: intervalElements(prefixes)))
+                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owner: SteeringNames.classifyChain))
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1),
@@ -110,7 +99,7 @@ public enum SteeringCompiler {
                 if !m.dscp.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
                                    userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }))
+                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owner: SteeringNames.classifyChain))
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
@@ -122,7 +111,7 @@ public enum SteeringCompiler {
                     let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
                                    keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
                                    userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: serviceElements(m.services)))
+                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owner: SteeringNames.classifyChain))
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
@@ -142,6 +131,7 @@ public enum SteeringCompiler {
         chains.append(NFTChain(family: family, table: table, name: SteeringNames.classifyChain,
                                userdata: NFTUserdata.comment("once per flow: policy -> class id in ct mark")))
         rules[SteeringNames.classifyChain] = classify
+        staticSets.append(sitesSet)
 
         chains.append(NFTChain(family: family, table: table, name: SteeringNames.steerChain,
                                userdata: NFTUserdata.comment("per packet: class + destination -> path mark")))
@@ -154,11 +144,8 @@ public enum SteeringCompiler {
             ], comment: "new flow: classify once"),
             rule(SteeringNames.steerChain, ipv4Only + [
                 .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
-                .ct(key: NFT.ctMark, dreg: NFT.reg32_01),
-                .bitwise(sreg: NFT.reg32_01, dreg: NFT.reg32_01, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
-                .byteorder(sreg: NFT.reg32_01, dreg: NFT.reg32_01, op: NFT.hton, length: 4, size: 4),
-                .lookup(sreg: NFT.reg1, set: SteeringNames.steerMap, setID: nil, dreg: NFT.verdictRegister),
-            ], comment: "remote destination: to the class's path", sets: [steer]),
+                .lookup(sreg: NFT.reg1, set: SteeringNames.sitesMap, setID: nil, dreg: NFT.verdictRegister),
+            ], comment: "remote destination: to its site", sets: [sites], elements: [sitesSet.elements]),
         ]
 
         for (name, hook, type) in [(SteeringNames.preroutingChain, NFTHook.prerouting, "filter"),
@@ -185,10 +172,60 @@ public enum SteeringCompiler {
             chains: chains, rules: rules, staticSets: staticSets, maps: maps, ipRules: ipRules, routes: routes)
     }
 
+    /// Adds what the choices decide: the `steer` map's elements and, for balanced choices, the bucket
+    /// chains and maps. Cheap: no set declarations or class rules are rebuilt.
+    public static func addChoices(_ plan: SteeringPlan, to r: inout SteeringRuleset) throws(SteeringError) {
+        let problems = plan.choiceProblems()
+        guard problems.isEmpty else { throw .invalidPlan(problems) }
+        let siteName = Dictionary(plan.destinations.map { ($0.site, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let classByID = Dictionary(plan.classes.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let destinationBySite = Dictionary(plan.destinations.map { ($0.site, $0) }, uniquingKeysWith: { a, _ in a })
+        var chains: [NFTChain] = []
+        var rules: [String: [NFTRule]] = [:]
+        var maps: [SteeringRuleset.Map] = []
+        // Load balancing: one chain + bucket map per (site, class) that is balanced.
+        for choice in plan.choices {
+            guard case .buckets(let slots) = choice.target,
+                  let c = classByID[choice.classID], let site = siteName[choice.site] else { continue }
+            let name = SteeringNames.balanceChain(c.name, site)
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+                             keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
+                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                                 + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
+            let elements = slots.enumerated().map { i, slot in
+                NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(SteeringNames.classPathChain(c.name, slot))))
+            }
+            maps.append(.init(set: map, elements: elements))
+            chains.append(NFTChain(family: family, table: table, name: name,
+                                   userdata: NFTUserdata.comment("class \(c.name) to \(site): load balanced")))
+            let e: [NFTExpression] = ipv4Only + [
+                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: 2),
+                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: 13),
+                .jhash(sreg: 2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
+                .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
+            ]
+            rules[name] = [rule(name, e, comment: nil, sets: [map])]
+        }
+
+        var siteElements: [String: [NFTElement]] = [:]
+        for choice in plan.choices {
+            guard let c = classByID[choice.classID], let d = destinationBySite[choice.site] else { continue }
+            let verdict: NFTVerdict
+            switch choice.target {
+            case .path(let slot): verdict = .goto(SteeringNames.classPathChain(c.name, slot))
+            case .buckets: verdict = .goto(SteeringNames.balanceChain(c.name, d.name))
+            }
+            siteElements[SteeringNames.siteChain(d.name), default: []].append(NFTElement(key: c.ctMark.hostBytes, data: .verdict(verdict)))
+        }
+        r.chains += chains
+        r.rules.merge(rules) { _, new in new }
+        for i in r.maps.indices { if let e = siteElements[r.maps[i].set.name] { r.maps[i].elements = e } }
+        r.maps += maps
+    }
+
     /// nft's set userdata for concatenated interval keys (key byte order, then a typeof blob nft 1.0.6
     /// writes for `type a . b` sets); copied from what nft sends so `nft list` shows our sets like its own.
-    static let concatTypeofBlob = NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
-    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + concatTypeofBlob
+    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
 
     static let ipv4Only: [NFTExpression] = [
         .meta(key: NFT.metaNFProto, dreg: NFT.reg1),
@@ -210,19 +247,24 @@ public enum SteeringCompiler {
     /// Interval set elements as nft sends them for the rbtree backend: each merged range is a start element
     /// and an end element (first address after the range, flagged INTERVAL_END), with a leading end element
     /// at 0.0.0.0 when the first range does not start there.
-    static func intervalElements(_ prefixes: [IPv4Prefix]) -> [NFTElement] {
-        var ranges: [(UInt64, UInt64)] = []
-        for p in prefixes.sorted() {
+    static func intervalElements(_ prefixes: [(IPv4Prefix, NFTVerdict?)]) -> [NFTElement] {
+        var ranges: [(lo: UInt64, hi: UInt64, data: NFTVerdict?)] = []
+        for (p, data) in prefixes.sorted(by: { $0.0 < $1.0 }) {
             let lo = UInt64(p.network.value), hi = UInt64(p.last.value) + 1
-            // Overlaps merge; adjacent ranges stay separate, as nft sends them (no auto-merge).
-            if let last = ranges.last, lo < last.1 { ranges[ranges.count - 1].1 = max(last.1, hi) } else { ranges.append((lo, hi)) }
+            // Overlaps merge (sets only: maps are validated overlap-free); adjacent ranges stay separate,
+            // as nft sends them (no auto-merge).
+            if let last = ranges.last, lo < last.hi {
+                ranges[ranges.count - 1].hi = max(last.hi, hi)
+            } else {
+                ranges.append((lo, hi, data))
+            }
         }
         let end = NFTElement.flagIntervalEnd
         var out: [NFTElement] = []
-        if let first = ranges.first, first.0 != 0 { out.append(NFTElement(key: [0, 0, 0, 0], flags: end)) }
-        for (lo, hi) in ranges {
-            out.append(NFTElement(key: UInt32(lo).bigEndianBytes))
-            if hi <= UInt64(UInt32.max) { out.append(NFTElement(key: UInt32(hi).bigEndianBytes, flags: end)) }
+        if let first = ranges.first, first.lo != 0 { out.append(NFTElement(key: [0, 0, 0, 0], flags: end)) }
+        for r in ranges {
+            out.append(NFTElement(key: UInt32(r.lo).bigEndianBytes, data: r.data.map(NFTData.verdict)))
+            if r.hi <= UInt64(UInt32.max) { out.append(NFTElement(key: UInt32(r.hi).bigEndianBytes, flags: end)) }
         }
         return out
     }

@@ -84,9 +84,9 @@ struct SteeringDiff {
             let have = installed.ruleFingerprints[d.name] ?? []
             if installed.chains[d.name] != nil && !recreated.contains(d.name) && want != have { reloaded.append(d.name) }
         }
-        let rebuiltStatic = Set(desired.staticSets.map(\.set.name)).filter { name in
-            installed.sets[name] != nil && (changedSets.contains(name) || reloaded.contains(SteeringNames.classifyChain))
-        }
+        let rebuiltStatic = Set(desired.staticSets.filter { s in
+            installed.sets[s.set.name] != nil && (changedSets.contains(s.set.name) || reloaded.contains(s.owner))
+        }.map(\.set.name))
 
         if !installed.tableExists {
             b.append(NetlinkRequest(NFTables.newTable(desired.table), "create table \(where_)"))
@@ -128,7 +128,13 @@ struct SteeringDiff {
             b.append(NetlinkRequest(NFTables.deleteChain(family: family, table: table, name: name), "delete chain \(where_) \(name)"))
             c.chainsDeleted.append(name)
         }
-        // 4. New sets (with their elements), new chains.
+        // 4. New chains (set elements and rules may point at them), then new sets with their elements.
+        var newChains: [String] = []
+        for d in desired.chains where installed.chains[d.name] == nil || recreated.contains(d.name) {
+            b.append(NetlinkRequest(NFTables.newChain(d), "create chain \(where_) \(d.name)"))
+            newChains.append(d.name)
+        }
+        c.chainsCreated = newChains
         let createdSets = desired.staticSets.filter { installed.sets[$0.set.name] == nil || rebuiltStatic.contains($0.set.name) }
         var setID: UInt32 = 1
         for s in createdSets {
@@ -148,12 +154,6 @@ struct SteeringDiff {
             b.append(NetlinkRequest(NFTables.newSet(set), "create map \(where_) \(set.name)"))
             c.setsCreated.append(set.name)
         }
-        var newChains: [String] = []
-        for d in desired.chains where installed.chains[d.name] == nil || recreated.contains(d.name) {
-            b.append(NetlinkRequest(NFTables.newChain(d), "create chain \(where_) \(d.name)"))
-            newChains.append(d.name)
-        }
-        c.chainsCreated = newChains
         // 5. Map elements (their verdicts need the chains above), then rules (they need sets and chains).
         for (name, elements) in adds {
             for m in NFTables.elementMessages(elements, family: family, table: table, set: name) {

@@ -20,6 +20,8 @@ public struct SteeringRuleset: Sendable, Equatable {
     public struct StaticSet: Sendable, Equatable {
         public var set: NFTSet
         public var elements: [NFTElement]
+        /// The chain whose rule looks the set up: reloading that chain rebuilds the set.
+        public var owner: String
     }
 
     public struct Map: Sendable, Equatable {
@@ -40,7 +42,7 @@ public struct SteeringRuleset: Sendable, Equatable {
 public enum SteeringNames {
     public static let table = "patronus"
     public static let family = NFTFamily.inet
-    public static let steerMap = "steer"
+    public static let sitesMap = "sites"
     public static let classifyChain = "classify"
     public static let steerChain = "steer"
     public static let preroutingChain = "prerouting"
@@ -54,5 +56,6 @@ public enum SteeringNames {
     public static let hashSeed: UInt32 = 0x7061_7472
 
     public static func classPathChain(_ className: String, _ slot: UInt8) -> String { "\(className)_path\(slot)" }
+    public static func siteChain(_ siteName: String) -> String { "site_\(siteName)" }
     public static func balanceChain(_ className: String, _ siteName: String) -> String { "lb_\(className)_\(siteName)" }
 }

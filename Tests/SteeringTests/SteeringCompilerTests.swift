@@ -152,8 +152,8 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
         let after = try SteeringCompiler.compile(referencePlan(voip: 2))
         let diff = SteeringDiff(installed: Steering.afterApply(before), desired: after)
         #expect(diff.changes.elementsOnly)
-        // One prefix per destination prefix of the branch (2), each a delete + an add, in one batch.
-        #expect(diff.changes.elementsDeleted == 2 && diff.changes.elementsAdded == 2)
+        // One element of the branch's class -> path map, replaced (delete + add) in one batch.
+        #expect(diff.changes.elementsDeleted == 1 && diff.changes.elementsAdded == 1)
         #expect(diff.batch.map(\.message.type) == [0x0a0e, 0x0a0c])
     }
 
