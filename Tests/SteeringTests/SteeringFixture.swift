@@ -125,3 +125,47 @@ final class SteeringFixture {
         usleep(30_000)
     }
 }
+
+/// What `nft -j` / `ip -j` show, reduced to what the tests compare.
+struct KernelView {
+    var tables: [String] = []            // "family name"
+    var chains: [String] = []            // chains of inet patronus
+    var rulesPerChain: [String: Int] = [:]
+    var sets: [String] = []              // sets and maps of inet patronus
+    var mapElements: [String: [String]] = [:] // map -> "key:target"
+    var ipRules: [[String: Any]] = []
+    var routes: [Int: [[String: Any]]] = [:]
+
+    static func read(_ ns: NetworkNamespace, tables routeTables: [Int]) throws -> KernelView {
+        var v = KernelView()
+        let json = try JSONSerialization.jsonObject(with: Data(try ns.check(["nft", "-j", "list", "ruleset"]).utf8)) as? [String: Any]
+        for item in json?["nftables"] as? [[String: Any]] ?? [] {
+            if let t = item["table"] as? [String: Any] { v.tables.append("\(t["family"]!) \(t["name"]!)") }
+            let inOurs = { (o: [String: Any]) in o["table"] as? String == "patronus" && o["family"] as? String == "inet" }
+            if let c = item["chain"] as? [String: Any], inOurs(c) { v.chains.append(c["name"] as! String) }
+            if let r = item["rule"] as? [String: Any], inOurs(r) { v.rulesPerChain[r["chain"] as! String, default: 0] += 1 }
+            for kind in ["set", "map"] {
+                guard let s = item[kind] as? [String: Any], inOurs(s) else { continue }
+                v.sets.append(s["name"] as! String)
+                if kind == "map" {
+                    v.mapElements[s["name"] as! String] = (s["elem"] as? [[Any]] ?? []).map { pair in
+                        let target = ((pair[1] as? [String: Any])?["goto"] as? [String: Any])?["target"] ?? "?"
+                        return "\(pair[0]):\(target)"
+                    }
+                }
+            }
+        }
+        v.ipRules = try JSONSerialization.jsonObject(with: Data(try ns.check(["ip", "-j", "rule"]).utf8)) as? [[String: Any]] ?? []
+        for t in routeTables {
+            let out = try ns.check(["ip", "-j", "route", "show", "table", String(t)])
+            v.routes[t] = try JSONSerialization.jsonObject(with: Data((out.isEmpty ? "[]" : out).utf8)) as? [[String: Any]] ?? []
+        }
+        return v
+    }
+
+    /// Our rules (protocol 77) as "priority fwmark/mask table".
+    var ourRules: [String] {
+        ipRules.filter { "\($0["protocol"] ?? "")" == "77" }
+            .map { "\($0["priority"]!) \($0["fwmark"] ?? "")/\($0["fwmask"] ?? "") \($0["table"]!)" }.sorted()
+    }
+}
