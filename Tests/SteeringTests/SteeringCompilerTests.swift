@@ -192,3 +192,18 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
         #expect(diff.changes.chainsReloaded == ["classify"])
     }
 }
+
+@Suite struct ReferenceRulesetTests {
+    /// Without root the kernel cannot print the ruleset, but every object the compiler makes for the
+    /// reference plan must be in the committed text (the root test compares it byte for byte).
+    @Test func referenceRulesetNamesEveryCompiledObject() throws {
+        let text = try String(contentsOfFile: referenceRulesetPath(), encoding: .utf8)
+        let r = try SteeringCompiler.compile(referencePlan())
+        for c in r.chains { #expect(text.contains("\tchain \(c.name) {"), "chain \(c.name)") }
+        for s in r.staticSets { #expect(text.contains("\(s.set.flags & NFTSet.flagMap != 0 ? "map" : "set") \(s.set.name) {"), "set \(s.set.name)") }
+        for m in r.maps { #expect(text.contains("\tmap \(m.set.name) {"), "map \(m.set.name)") }
+        for rule in r.rules.values.flatMap({ $0 }) {
+            if let comment = NFTUserdata.comment(in: rule.userdata) { #expect(text.contains("comment \"\(comment)\""), "\(comment)") }
+        }
+    }
+}

@@ -228,3 +228,33 @@ func benchExecutable() -> String {
     }
     return dir.appendingPathComponent("patronus-bench").path
 }
+
+@Suite(.serialized) struct ReferenceRulesetRootTests {
+    /// rules/reference-ruleset.nft is `nft list table inet patronus` after applying `referencePlan()`
+    /// (counters zeroed). The compiler must keep producing exactly it; regenerate deliberately with
+    /// PATRONUS_WRITE_REFERENCE=1 swift test --filter rootReferenceRuleset.
+    @Test(.enabled(if: isRoot)) func rootReferenceRulesetIsWhatTheCompilerInstalls() throws {
+        let ns = try NetworkNamespace.create(label: "stref")
+        defer { ns.delete() }
+        for name in ["wg-b-isp", "wg-b-lte", "wg-c-isp", "wg-c-lte"] {
+            try ns.ip("link", "add", name, "type", "veth", "peer", "name", name + "p")
+            try ns.setUp(name)
+        }
+        let steering = try Steering(netns: ns.name)
+        try steering.apply(referencePlan())
+        let listing = try ns.check(["nft", "list", "table", "inet", "patronus"])
+        let normalized = listing.replacingOccurrences(of: #"packets \d+ bytes \d+"#, with: "packets 0 bytes 0", options: .regularExpression)
+        let path = referenceRulesetPath()
+        if ProcessInfo.processInfo.environment["PATRONUS_WRITE_REFERENCE"] == "1" {
+            try normalized.write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        let committed = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(normalized == committed, "the compiled ruleset differs from rules/reference-ruleset.nft")
+        try steering.removeAll()
+    }
+}
+
+func referenceRulesetPath() -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("rules/reference-ruleset.nft").path
+}
