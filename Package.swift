@@ -65,6 +65,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "patronus-router", dependencies: ["CLI"]),
+        // Steering benchmarks (re-steer latency vs the nft CLI, churn for crash tests); driven by bench/*.sh.
+        .executableTarget(name: "patronus-bench", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
 
         .testTarget(name: "ModelTests", dependencies: ["Model"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "CNetfilter"]),
