@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "Store", dependencies: ["Model", .product(name: "GRDB", package: "GRDB.swift")]),
         // WireGuard: one protocol, kernel and userspace (wireguard-go + UAPI) backends.
         .target(name: "WireGuard", dependencies: [
-            "Model", "Netlink", .product(name: "Crypto", package: "swift-crypto"),
+            "Model", "Netlink", "CNetfilter", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Announcements, authentication, discovery, peers, paths and tunnels.
@@ -73,8 +73,8 @@ let package = Package(
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
-        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model"]),
-        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
+        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Lab"]),
+        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model", "Lab"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),

@@ -1,0 +1,122 @@
+import CNetfilter
+import Foundation
+import Model
+
+/// An address on an interface, host bits kept ("10.99.3.1/16").
+public struct InterfaceAddress: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPv4Address
+    public var prefixLength: UInt8
+
+    public init(_ address: IPv4Address, prefixLength: UInt8) {
+        precondition(prefixLength <= 32, "prefix length \(prefixLength) is over 32")
+        self.address = address
+        self.prefixLength = prefixLength
+    }
+
+    public var description: String { "\(address)/\(prefixLength)" }
+}
+
+/// One way of running WireGuard interfaces: the kernel module or wireguard-go. Both show up in `wg show`.
+///
+/// Calls for different interfaces may run concurrently; calls for one interface should be serialized by the
+/// caller (the tunnel reconciler does). Each call costs a few syscalls, except `createInterface` on the
+/// userspace backend, which starts a process and waits (typically 20-100 ms) for its UAPI socket.
+public protocol WireGuardBackend: Sendable {
+    var kind: WireGuardBackendKind { get }
+
+    /// Creates the interface, or adopts it when one of that name already runs (e.g. left by a crash).
+    func createInterface(named name: String) async throws(WireGuardError)
+
+    /// Applies a change (keys, port, mark, peers) to an existing interface.
+    func configure(_ name: String, _ update: DeviceUpdate) async throws(WireGuardError)
+
+    /// Brings the interface up and gives it these addresses (existing equal addresses are kept).
+    func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError)
+
+    /// Reads configuration, latest handshakes and transfer counters.
+    func state(of name: String) async throws(WireGuardError) -> InterfaceState
+
+    /// Removes the interface (and stops its process); no error when it does not exist.
+    func deleteInterface(named name: String) async throws(WireGuardError)
+}
+
+public enum WireGuardBackendKind: String, Sendable, CaseIterable {
+    case kernel
+    case userspace
+}
+
+/// The `--wireguard kernel|userspace|auto` flag.
+public enum WireGuardBackendChoice: String, Sendable, CaseIterable, CustomStringConvertible {
+    case kernel
+    case userspace
+    case auto
+
+    public var description: String { rawValue }
+}
+
+/// Link-level operations both backends need: bring a link up and put addresses on it. The default
+/// implementation speaks rtnetlink itself; the daemon may pass the Netlink layer's instead.
+public protocol LinkControl: Sendable {
+    func setUp(_ interface: String) throws(WireGuardError)
+    func addAddress(_ address: InterfaceAddress, to interface: String) throws(WireGuardError)
+}
+
+/// `LinkControl` over rtnetlink (RTM_NEWLINK IFF_UP, RTM_NEWADDR with CREATE|REPLACE). Opens a socket per
+/// call: these run a few times per interface lifetime.
+public struct RouteNetlinkLinks: LinkControl {
+    public init() {}
+
+    public func setUp(_ interface: String) throws(WireGuardError) {
+        let index = try Self.index(of: interface)
+        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
+        _ = try socket.request("set \(interface) up", RouteNetlink.setUp(index: index, sequence: socket.nextSequence()))
+    }
+
+    public func addAddress(_ address: InterfaceAddress, to interface: String) throws(WireGuardError) {
+        let index = try Self.index(of: interface)
+        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
+        _ = try socket.request("add address \(address) to \(interface)",
+                               RouteNetlink.addAddress(address.address, prefixLength: address.prefixLength,
+                                                       index: index, sequence: socket.nextSequence()))
+    }
+
+    static func index(of interface: String) throws(WireGuardError) -> Int32 {
+        let index = if_nametoindex(interface)
+        guard index != 0 else { throw .noSuchInterface(interface) }
+        return Int32(bitPattern: index)
+    }
+}
+
+extension WireGuardBackend {
+    /// Creates, configures (replacing everything) and brings up an interface in one call.
+    public func start(_ name: String, configuration: InterfaceConfiguration,
+                      addresses: [InterfaceAddress]) async throws(WireGuardError) {
+        try await createInterface(named: name)
+        try await configure(name, DeviceUpdate(replacingWith: configuration))
+        try await bringUp(name, addresses: addresses)
+    }
+}
+
+func validateInterfaceName(_ name: String) throws(WireGuardError) {
+    guard Uplink.isValidInterfaceName(name) else { throw .invalidInterfaceName(name) }
+}
+
+/// Picks the backend for `--wireguard`.
+public enum WireGuardBackendSelector {
+    /// `auto` probes the kernel for the "wireguard" generic netlink family (which also autoloads the module)
+    /// and falls back to wireguard-go; `kernel` fails with `.kernelUnsupported` when the probe fails.
+    public static func make(_ choice: WireGuardBackendChoice, links: any LinkControl = RouteNetlinkLinks(),
+                            wireguardGo: String = UserspaceWireGuard.defaultExecutable)
+        throws(WireGuardError) -> any WireGuardBackend
+    {
+        switch choice {
+        case .userspace:
+            return UserspaceWireGuard(executable: wireguardGo, links: links)
+        case .kernel:
+            return try KernelWireGuard(links: links)
+        case .auto:
+            if let kernel = try? KernelWireGuard(links: links) { return kernel }
+            return UserspaceWireGuard(executable: wireguardGo, links: links)
+        }
+    }
+}
