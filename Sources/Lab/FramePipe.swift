@@ -140,6 +140,7 @@ final class FramePipe: @unchecked Sendable {
                    pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
         while synchronize() {
             transmitDue(now: Self.monotonicNanoseconds())
+            publishCounters() // before sleeping, so status never lags behind an idle pipe
             var timeout = timespec()
             var timeoutPointer: UnsafeMutablePointer<timespec>? = nil
             if count > 0 {
@@ -152,8 +153,7 @@ final class FramePipe: @unchecked Sendable {
                 return cnf_ppoll(&fds, 2, timeoutPointer)
             }
             if ready < 0 {
-                if errno == EINTR { continue }
-                counters.droppedOther += 1
+                if errno != EINTR { usleep(10_000) } // ENOMEM and the like: back off, never spin
                 continue
             }
             if fds[1].revents != 0 {
@@ -162,19 +162,30 @@ final class FramePipe: @unchecked Sendable {
             }
             if fds[0].revents & Int16(POLLIN) != 0 {
                 receiveBatch(now: Self.monotonicNanoseconds())
-            } else if fds[0].revents & Int16(POLLERR | POLLNVAL | POLLHUP) != 0 {
-                // The interface went away (namespace deleted): nothing more will come.
-                usleep(10_000)
+            } else if fds[0].revents & Int16(POLLERR) != 0 {
+                // E.g. ENETDOWN when the interface goes away: reading SO_ERROR clears it, so the next
+                // ppoll sleeps again instead of returning at once forever.
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(rx, SOL_SOCKET, SO_ERROR, &error, &length)
+                counters.droppedOther += 1
+            } else if fds[0].revents & Int16(POLLNVAL | POLLHUP) != 0 {
+                usleep(10_000) // cannot happen while the pipe owns an open socket; never spin if it does
             }
         }
         count = 0
     }
 
-    /// Publishes counters, picks up a new impairment. Returns false when asked to stop.
+    private func publishCounters() {
+        lock.lock()
+        sharedCounters = counters
+        lock.unlock()
+    }
+
+    /// Picks up a new impairment. Returns false when asked to stop.
     private func synchronize() -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        sharedCounters = counters
         if requestedGeneration != generation {
             generation = requestedGeneration
             if requested.rateMbit != impairment.rateMbit { linkFreeAt = 0 }

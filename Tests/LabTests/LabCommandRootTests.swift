@@ -36,6 +36,23 @@ import Testing
         return found
     }
 
+    /// One SOCK_SEQPACKET exchange with the emulator daemon; returns the answer ("" if none).
+    func sendRaw(_ bytes: [UInt8], to path: String) throws -> String {
+        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
+        defer { close(fd) }
+        var address = try WANEmulatorDaemon.unixAddress(path)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(connected == 0)
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var timeout = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 1 << 18)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+    }
+
     func rootNamespaceLinks() throws -> [String] {
         try Subprocess.check(["ip", "-o", "link", "show"]).split(separator: "\n")
             .map { $0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces) }.sorted()
@@ -59,6 +76,15 @@ import Testing
             #expect(status.stdout.contains("running"))
             let impair = try lab("impair", "east", "isp-b", "--delay", "5", "--direction", "in")
             #expect(impair.succeeded && impair.stdout.contains("east/isp-b: in delay 5 ms, out clean"), "\(impair.stdout) \(impair.stderr)")
+
+            if round == 1 {
+                // Garbage on the control socket gets an error answer; the daemon keeps serving.
+                let answer = try sendRaw(Array("{not json".utf8), to: "\(stateRoot)/\(instance)/wan.sock")
+                #expect(answer.contains("malformed request"))
+                _ = try sendRaw([UInt8](repeating: 0xff, count: 70_000), to: "\(stateRoot)/\(instance)/wan.sock")
+                #expect(try lab("status").stdout.contains("emulator: pid"), "status after garbage")
+                #expect(try lab("status").stdout.contains("delay 5 ms"), "the daemon kept its state")
+            }
 
             let down = try lab("down")
             #expect(down.succeeded, "round \(round): \(down.stderr)")
