@@ -39,17 +39,14 @@ final class FramePipe: @unchecked Sendable {
     private var stopping = false
 
     // Owned by the pipe thread.
-    private var impairment = Impairment.none
+    private var model: LinkModel
     private var generation: UInt64 = 0
     private var counters = PipeCounters()
-    private var random: SplitMix64
     private let slots: UnsafeMutableRawPointer
     private let lengths: UnsafeMutablePointer<Int>
     private let exitTimes: UnsafeMutablePointer<UInt64>
     private var head = 0
     private var count = 0
-    private var linkFreeAt: UInt64 = 0
-    private var lastExit: UInt64 = 0
     private let messages: UnsafeMutablePointer<MultipleMessageHeader>
     private let vectors: UnsafeMutablePointer<iovec>
     private let addresses: UnsafeMutablePointer<sockaddr_ll>
@@ -71,7 +68,7 @@ final class FramePipe: @unchecked Sendable {
         self.rx = rx
         self.tx = tx
         self.capacity = capacity
-        random = SplitMix64(seed: seed)
+        model = LinkModel(seed: seed)
         slots = UnsafeMutableRawPointer.allocate(byteCount: capacity * Self.slotSize, alignment: 64)
         lengths = .allocate(capacity: capacity)
         exitTimes = .allocate(capacity: capacity)
@@ -188,8 +185,7 @@ final class FramePipe: @unchecked Sendable {
         defer { lock.unlock() }
         if requestedGeneration != generation {
             generation = requestedGeneration
-            if requested.rateMbit != impairment.rateMbit { linkFreeAt = 0 }
-            impairment = requested
+            model.impairment = requested
         }
         return !stopping
     }
@@ -237,31 +233,15 @@ final class FramePipe: @unchecked Sendable {
         count += kept
     }
 
-    /// Decides the fate of one arriving frame: its exit time, or nil (dropped and counted).
+    /// Counts a frame the model dropped; returns its exit time otherwise.
     private func admit(length: Int, now: UInt64) -> UInt64? {
-        if impairment.cut {
-            counters.droppedCut += 1
-            return nil
+        switch model.admit(length: length, now: now) {
+        case let .leaves(at): return at
+        case .dropped(.cut): counters.droppedCut += 1
+        case .dropped(.loss): counters.droppedLoss += 1
+        case .dropped(.queue): counters.droppedQueue += 1
         }
-        if impairment.lossPercent > 0 && random.nextUnit() * 100 < impairment.lossPercent {
-            counters.droppedLoss += 1
-            return nil
-        }
-        var leaves = now
-        if let rate = impairment.rateMbit {
-            let start = max(now, linkFreeAt)
-            if Double(start - now) > impairment.queueLimitMs * 1e6 {
-                counters.droppedQueue += 1
-                return nil
-            }
-            linkFreeAt = start + UInt64(Double(length * 8) * 1000 / rate)
-            leaves = linkFreeAt
-        }
-        var delay = impairment.delayMs
-        if impairment.jitterMs > 0 { delay += impairment.jitterMs * random.nextNormal() }
-        let exit = max(leaves + UInt64(max(0, delay) * 1e6), lastExit)
-        lastExit = exit
-        return exit
+        return nil
     }
 
     private func transmitDue(now: UInt64) {
@@ -269,7 +249,7 @@ final class FramePipe: @unchecked Sendable {
             // One sendmmsg covers the due frames up to the ring's end.
             var n = 0
             while n < min(count, Self.batch, capacity - head) && exitTimes[head + n] <= now { n += 1 }
-            if impairment.cut {
+            if model.impairment.cut {
                 counters.droppedCut += UInt64(n)
                 head = (head + n) % capacity
                 count -= n
@@ -304,6 +284,53 @@ final class FramePipe: @unchecked Sendable {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}
+
+/// The fate of frames on one direction of an emulated link: the model of `Impairment`, as a value with no
+/// I/O (times are CLOCK_MONOTONIC nanoseconds), so it is unit-tested without root or packets.
+struct LinkModel {
+    enum DropReason: Equatable { case cut, loss, queue }
+    enum Fate: Equatable {
+        case leaves(at: UInt64)
+        case dropped(DropReason)
+    }
+
+    var impairment = Impairment.none {
+        didSet {
+            // A new rate starts with an idle bottleneck; frames already held keep their exit times.
+            if impairment.rateMbit != oldValue.rateMbit { linkFreeAt = 0 }
+        }
+    }
+    private var random: SplitMix64
+    /// When the rate limiter's bottleneck has finished the last admitted frame.
+    private var linkFreeAt: UInt64 = 0
+    /// Exit time of the last admitted frame: nobody leaves before it (order is kept).
+    private var lastExit: UInt64 = 0
+
+    init(seed: UInt64) {
+        random = SplitMix64(seed: seed)
+    }
+
+    /// Decides the fate of a frame of `length` bytes (the whole Ethernet frame) arriving at `now`.
+    mutating func admit(length: Int, now: UInt64) -> Fate {
+        if impairment.cut { return .dropped(.cut) }
+        if impairment.lossPercent > 0 && random.nextUnit() * 100 < impairment.lossPercent {
+            return .dropped(.loss)
+        }
+        var leaves = now
+        if let rate = impairment.rateMbit {
+            let start = max(now, linkFreeAt)
+            if Double(start - now) > impairment.queueLimitMs * 1e6 { return .dropped(.queue) }
+            // bits / (rate x 10^6 bit/s), in nanoseconds.
+            linkFreeAt = start + UInt64(Double(length * 8) * 1000 / rate)
+            leaves = linkFreeAt
+        }
+        var delay = impairment.delayMs
+        if impairment.jitterMs > 0 { delay += impairment.jitterMs * random.nextNormal() }
+        let exit = max(leaves + UInt64(max(0, delay) * 1e6), lastExit)
+        lastExit = exit
+        return .leaves(at: exit)
     }
 }
 
