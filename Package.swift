@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
-        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
+        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model", "Lab"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
         .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),

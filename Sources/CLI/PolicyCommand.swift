@@ -101,10 +101,7 @@ struct PolicyCommand: ParsableCommand {
         @OptionGroup var options: DatabaseOption
         @Argument(help: "The policy's name.") var name: String
 
-        func run() throws {
-            try options.openForWriting().removePolicy(named: name)
-            FileHandle.standardOutput.write(Data("removed policy \(name)\n".utf8))
-        }
+        func run() throws { try PolicyCommand.edit(options, "removed", name) { try $0.removePolicy(named: name) } }
     }
 
     struct Enable: ParsableCommand {
@@ -112,10 +109,7 @@ struct PolicyCommand: ParsableCommand {
         @OptionGroup var options: DatabaseOption
         @Argument(help: "The policy's name.") var name: String
 
-        func run() throws {
-            try options.openForWriting().setPolicyEnabled(named: name, true)
-            FileHandle.standardOutput.write(Data("enabled policy \(name)\n".utf8))
-        }
+        func run() throws { try PolicyCommand.edit(options, "enabled", name) { try $0.setPolicyEnabled(named: name, true) } }
     }
 
     struct Disable: ParsableCommand {
@@ -123,10 +117,13 @@ struct PolicyCommand: ParsableCommand {
         @OptionGroup var options: DatabaseOption
         @Argument(help: "The policy's name.") var name: String
 
-        func run() throws {
-            try options.openForWriting().setPolicyEnabled(named: name, false)
-            FileHandle.standardOutput.write(Data("disabled policy \(name)\n".utf8))
-        }
+        func run() throws { try PolicyCommand.edit(options, "disabled", name) { try $0.setPolicyEnabled(named: name, false) } }
+    }
+
+    /// Applies one edit to a named policy and confirms it on stdout.
+    static func edit(_ options: DatabaseOption, _ done: String, _ name: String, _ change: (Store) throws -> Void) throws {
+        try change(options.openForWriting())
+        FileHandle.standardOutput.write(Data("\(done) policy \(name)\n".utf8))
     }
 
     static func number(_ value: Double) -> String { String(format: "%g", value) }

@@ -31,12 +31,35 @@ public struct FailoverEvent: Hashable, Sendable {
 
 extension Store {
     public func recordFailover(_ event: FailoverEvent) throws(StoreError) {
-        try write("record a failover event") { db in
-            try db.execute(sql: """
-                INSERT INTO failover_events (time, policy, dst_site, from_path, to_path, reason, detection_ms, switch_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [event.time.utcText, event.policy, event.destination?.description, event.fromPath,
-                                 event.toPath, event.reason, event.detectionMs, event.switchMs])
+        try write("record a failover event") { db in try insert(event, db) }
+    }
+
+    private func insert(_ event: FailoverEvent, _ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO failover_events (time, policy, dst_site, from_path, to_path, reason, detection_ms, switch_ms)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [event.time.utcText, event.policy, event.destination?.description, event.fromPath,
+                             event.toPath, event.reason, event.detectionMs, event.switchMs])
+    }
+
+    /// Records several events in one transaction, naming paths by key (as the failover loop does); a key
+    /// without a row (a path already removed) is stored as NULL rather than failing the batch.
+    public func recordFailovers(_ events: [(event: FailoverEvent, from: PathKey?, to: PathKey?)]) throws(StoreError) {
+        guard !events.isEmpty else { return }
+        try write("record \(events.count) failover events") { db in
+            func id(_ key: PathKey?) throws -> PathID? {
+                guard let key else { return nil }
+                return try PathID.fetchOne(db, sql: """
+                    SELECT id FROM paths WHERE dst_site = ? AND local_label = ? AND remote_label = ?
+                    """, arguments: [key.site.description, key.localLabel, key.remoteLabel])
+            }
+            for (event, from, to) in events {
+                var resolved = event
+                resolved.destination = event.destination ?? from?.site ?? to?.site
+                resolved.fromPath = try id(from) ?? event.fromPath
+                resolved.toPath = try id(to) ?? event.toPath
+                try insert(resolved, db)
+            }
         }
     }
 

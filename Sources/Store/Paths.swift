@@ -17,6 +17,11 @@ public struct PathRecord: Hashable, Sendable {
     public var localUplink: Uplink
     public var remoteEndpoint: Endpoint
     public var updatedAt: Date
+
+    /// The path's stable name (destination, local label, remote label), the same one routing uses.
+    public var key: PathKey {
+        PathKey(site: destination, localLabel: localUplink.label, remoteLabel: remoteEndpoint.label)
+    }
 }
 
 /// One `path_metrics` row to insert.
@@ -34,7 +39,8 @@ public struct MetricsSample: Hashable, Sendable {
 
 extension Store {
     /// Inserts or refreshes the path from the local site over `uplink` to `endpoint` of site `destination`,
-    /// keyed by (destination, uplink interface, endpoint label), and returns its id, stable across calls.
+    /// keyed like `PathKey` by (destination, uplink label, endpoint label), and returns its id, stable across
+    /// calls; the uplink's interface and the endpoint's address are refreshed.
     /// A new path starts `down` with no score; an existing one keeps its status and score.
     public func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String,
                            now: Date = Date()) throws(StoreError) -> PathID {
@@ -46,9 +52,9 @@ extension Store {
                 INSERT INTO paths (src_site, dst_site, status, wg_interface, local_uplink, local_label,
                                    remote_label, remote_endpoint, updated_at)
                 VALUES (?, ?, 'down', ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (dst_site, local_uplink, remote_label) DO UPDATE SET
+                ON CONFLICT (dst_site, local_label, remote_label) DO UPDATE SET
                     src_site = excluded.src_site, wg_interface = excluded.wg_interface,
-                    local_label = excluded.local_label, remote_endpoint = excluded.remote_endpoint,
+                    local_uplink = excluded.local_uplink, remote_endpoint = excluded.remote_endpoint,
                     updated_at = excluded.updated_at
                 RETURNING id
                 """, arguments: [local, destination.description, wgInterface, uplink.interface, uplink.label,
@@ -73,6 +79,11 @@ extension Store {
 
     public func paths() throws(StoreError) -> [PathRecord] {
         try read("read paths") { db in try Row.fetchAll(db, sql: "SELECT * FROM paths ORDER BY id").map(Store.path) }
+    }
+
+    /// The row id of every path by its key, for callers that name paths by `PathKey`.
+    public func pathIDs() throws(StoreError) -> [PathKey: PathID] {
+        Dictionary(try paths().map { ($0.key, $0.id) }, uniquingKeysWith: { first, _ in first })
     }
 
     // MARK: Metrics

@@ -50,7 +50,7 @@ enum Schema {
                     remote_label TEXT NOT NULL,
                     remote_endpoint TEXT NOT NULL,
                     updated_at TEXT NOT NULL,
-                    UNIQUE (dst_site, local_uplink, remote_label)
+                    UNIQUE (dst_site, local_label, remote_label)
                 );
 
                 CREATE TABLE path_metrics (

@@ -31,6 +31,24 @@ struct CommandTests {
         }
     }
 
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/sqlite3")))
+    func aNewerSchemaIsRefusedUntouched() throws {
+        try withTemporaryDirectory { dir in
+            let database = dir + "/new.db"
+            try Store.open(path: database).loadDefaultPoliciesIfNew(Policy.defaults())
+            let insert = try run(["/usr/bin/sqlite3", database, "INSERT INTO grdb_migrations VALUES ('v9-future');"],
+                                 executable: "/usr/bin/env")
+            #expect(insert.status == 0, "\(insert.stderr)")
+            let before = fileBytes(database)
+            for arguments in [["status", "--database", database], ["policy", "disable", "--database", database, "bulk"]] {
+                let result = try run(arguments)
+                #expect(result.status == 1 && result.stderrLines.count == 1, "\(result.stderr)")
+                #expect(result.stderr.contains("written by a newer patronus-router") && result.stderr.contains("v9-future"))
+            }
+            #expect(fileBytes(database) == before)
+        }
+    }
+
     @Test func aMalformedPolicyTouchesNothing() throws {
         try withTemporaryDirectory { dir in
             let path = dir + "/p.db"

@@ -112,8 +112,20 @@ import Testing
                                       detectionMs: 120, switchMs: 0.05)
             try fixture.store.recordFailover(event)
             #expect(try fixture.store.failoverEvents() == [event])
+            let ethernet = PathKey(site: fixture.east, localLabel: "ethernet", remoteLabel: "ethernet")
+            let lte = PathKey(site: fixture.east, localLabel: "lte", remoteLabel: "lte")
+            #expect(try fixture.store.pathIDs() == [ethernet: fixture.paths[0], lte: fixture.paths[1]])
+            let byKey = FailoverEvent(time: Fixture.now.addingTimeInterval(1), policy: "bulk", fromPath: nil, toPath: nil,
+                                      reason: "sla", switchMs: 0.04)
+            let gone = PathKey(site: fixture.east, localLabel: "gone", remoteLabel: "gone")
+            try fixture.store.recordFailovers([(byKey, lte, ethernet), (byKey, gone, nil)])
+            let events = try fixture.store.failoverEvents()
+            #expect(events.count == 3)
+            #expect(events[1].fromPath == fixture.paths[1] && events[1].toPath == fixture.paths[0])
+            #expect(events[1].destination == fixture.east)
+            #expect(events[0].fromPath == nil && events[0].toPath == nil)
             try fixture.store.removePath(fixture.paths[0])
-            #expect(try fixture.store.failoverEvents().first?.fromPath == nil)
+            #expect(try fixture.store.failoverEvents().last?.fromPath == nil)
         }
     }
 }
@@ -263,6 +275,26 @@ import Testing
             #expect(report.contains("Active sites: 0"))
             #expect(report.contains("Active paths: 0 (Up: 0, Degraded: 0, Down: 0)"))
             #expect(!report.contains("Best path"))
+        }
+    }
+}
+
+@Suite struct DatabaseLockTests {
+    @Test func oneHolderAtATimeAndReleasedOnClose() throws {
+        try withTemporaryDirectory { dir in
+            let files = StoreFiles(database: dir + "/hq.db")
+            #expect(!DatabaseLock.isHeld(for: files))
+            var lock: DatabaseLock? = try DatabaseLock.acquire(for: files)
+            #expect(DatabaseLock.isHeld(for: files))
+            #expect(fileMode(files.lock) == 0o600)
+            // flock conflicts between open file descriptions, so a second acquire in this process is refused too.
+            #expect(throws: DatabaseLockError.held(database: files.database, lockPath: files.lock, pid: getpid())) {
+                try DatabaseLock.acquire(for: files)
+            }
+            withExtendedLifetime(lock) {}
+            lock = nil
+            #expect(!DatabaseLock.isHeld(for: files))
+            #expect(try DatabaseLock.acquire(for: files).path == files.lock)
         }
     }
 }
