@@ -113,8 +113,12 @@ public struct LabController: Sendable {
                 state.controlSocket = controlPath
             }
             if routers {
+                // One mesh key for the whole lab, in the state directory (0600, removed by `lab down`).
+                let meshKey = "\(directory)/mesh.key"
+                try Subprocess.check([executable, "mesh-key", "generate", "--output", meshKey])
                 for site in plan.sites {
-                    let argv = plan.routerArguments(site: site.name, executable: executable, stateDirectory: directory)
+                    let argv = plan.routerArguments(site: site.name, executable: executable, stateDirectory: directory,
+                                                    meshKey: meshKey)
                     let router = try startRouter(argv, in: topology.router(site.name), log: "\(directory)/\(site.name).log")
                     started.append(router)
                     state.routers[site.name] = RecordedProcess(pid: router.pid, role: "router \(site.name)")
@@ -146,8 +150,7 @@ public struct LabController: Sendable {
         while ContinuousClock.now < deadline {
             if (try? client.status()) != nil { return process }
             if let status = Subprocess.exitStatusIfExited(pid) {
-                let log = (try? String(contentsOfFile: "\(stateDirectory)/wan-emulator.log", encoding: .utf8)) ?? ""
-                let last = log.split(separator: "\n").last.map(String.init) ?? ""
+                let last = Self.lastLine(of: "\(stateDirectory)/wan-emulator.log")
                 throw LabError.emulator("the emulator daemon exited with status \(status): \(last)")
             }
             usleep(20_000)
@@ -166,9 +169,15 @@ public struct LabController: Sendable {
         let pid = process.pid
         usleep(200_000)
         if let status = Subprocess.exitStatusIfExited(pid) {
-            throw LabError.commandFailed(argv: argv, status: status, stderr: "see \(log)")
+            // The log goes with the rollback: quote its last line.
+            throw LabError.commandFailed(argv: argv, status: status, stderr: Self.lastLine(of: log))
         }
         return process
+    }
+
+    static func lastLine(of path: String) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").last.map(String.init) ?? ""
     }
 
     // MARK: down

@@ -46,9 +46,10 @@ import Testing
 
     @Test func routerCommandLineIsTheRealRunCommand() throws {
         let plan = try LabPlan.make(instance: "lab")
-        #expect(plan.routerArguments(site: "hq", executable: "/usr/bin/patronus-router", stateDirectory: "/run/x") == [
-            "/usr/bin/patronus-router", "run", "--site-name", "hq", "--database", "/run/x/hq.db",
-            "--uplink", "wan-a=isp-a", "--uplink", "wan-b=isp-b", "--lan", "10.10.1.0/24",
+        #expect(plan.routerArguments(site: "hq", executable: "/usr/bin/patronus-router", stateDirectory: "/run/x",
+                                     meshKey: "/run/x/mesh.key") == [
+            "/usr/bin/patronus-router", "run", "--site-name", "hq", "--database", "/run/x/hq.db", "--interface", "wg-hq",
+            "--uplink", "wan-a=isp-a", "--uplink", "wan-b=isp-b", "--lan", "10.10.1.0/24", "--mesh-key", "/run/x/mesh.key",
         ])
     }
 }
