@@ -12,6 +12,13 @@ public struct PipeCounters: Codable, Equatable, Sendable {
     public var droppedQueue: UInt64 = 0
     /// Larger than a slot (should not happen with offloads off) or failed to send.
     public var droppedOther: UInt64 = 0
+    /// Dropped by the kernel before the emulator read them: its AF_PACKET receive buffer was full, i.e.
+    /// the emulator could not keep up (PACKET_STATISTICS). Not an impairment: a measurement artefact.
+    public var droppedKernel: UInt64 = 0
+
+    public var dropped: UInt64 { droppedLoss + droppedCut + droppedQueue + droppedOther + droppedKernel }
+
+    public init() {}
 }
 
 /// One direction of one emulated link: frames read from `rx` are held per `Impairment` and written to `tx`
@@ -36,6 +43,7 @@ final class FramePipe: @unchecked Sendable {
     private var requested = Impairment.none
     private var requestedGeneration: UInt64 = 0
     private var sharedCounters = PipeCounters()
+    private var kernelDrops: UInt64 = 0
     private var stopping = false
 
     // Owned by the pipe thread.
@@ -122,7 +130,15 @@ final class FramePipe: @unchecked Sendable {
     var statistics: PipeCounters {
         lock.lock()
         defer { lock.unlock() }
-        return sharedCounters
+        // Reading PACKET_STATISTICS resets the kernel's counters, so they are summed here, under the lock.
+        var kernel = tpacket_stats()
+        var length = socklen_t(MemoryLayout<tpacket_stats>.size)
+        if getsockopt(rx, Int32(SOL_PACKET), PACKET_STATISTICS, &kernel, &length) == 0 {
+            kernelDrops += UInt64(kernel.tp_drops)
+        }
+        var counters = sharedCounters
+        counters.droppedKernel = kernelDrops
+        return counters
     }
 
     private func poke() {

@@ -314,8 +314,7 @@ public struct LabController: Sendable {
         let status = (try? control(for: state).status()) ?? []
         if status.isEmpty { lines.append("(the emulator did not answer)") }
         for link in status {
-            let dropped = [link.inboundCounters, link.outboundCounters]
-                .map { $0.droppedLoss + $0.droppedCut + $0.droppedQueue + $0.droppedOther }
+            let dropped = [link.inboundCounters.dropped, link.outboundCounters.dropped]
             lines.append("\(pad(link.id.description, 15)) \(pad(link.inbound.description, 32)) \(pad(link.outbound.description, 32)) \(dropped[0])/\(dropped[1])")
         }
         lines.append("")
