@@ -154,16 +154,16 @@ final class FramePipe: @unchecked Sendable {
         while synchronize() {
             transmitDue(now: Self.monotonicNanoseconds())
             publishCounters() // before sleeping, so status never lags behind an idle pipe
-            var timeout = timespec()
-            var timeoutPointer: UnsafeMutablePointer<timespec>? = nil
+            // Sleep until a frame arrives, a control change pokes us, or the head frame is due; with
+            // nothing held, sleep without a timeout.
+            let ready: Int32
             if count > 0 {
                 let now = Self.monotonicNanoseconds()
                 let wait = exitTimes[head] > now ? exitTimes[head] - now : 0
-                timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
-            }
-            let ready = withUnsafeMutablePointer(to: &timeout) { pointer in
-                if count > 0 { timeoutPointer = pointer }
-                return cnf_ppoll(&fds, 2, timeoutPointer)
+                var timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
+                ready = cnf_ppoll(&fds, 2, &timeout)
+            } else {
+                ready = cnf_ppoll(&fds, 2, nil)
             }
             if ready < 0 {
                 if errno != EINTR { usleep(10_000) } // ENOMEM and the like: back off, never spin

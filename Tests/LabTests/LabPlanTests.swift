@@ -87,6 +87,16 @@ import Testing
         #expect(NetemControl.netemArguments(Impairment(cut: true)) == ["netem", "limit", "100000", "loss", "100.0%"])
     }
 
+    @Test func trimmedSpreadIgnoresAFewHiccups() {
+        var random = SplitMix64(seed: 5)
+        var values = (0..<1000).map { _ in 60 + 14 * random.nextNormal() }
+        let clean = Statistics.trimmedStandardDeviation(values)
+        #expect(abs(clean - Statistics.standardDeviation(values)) < 0.01, "nothing trimmed from normal data")
+        values += [400, 500, 900]
+        #expect(abs(Statistics.trimmedStandardDeviation(values) - clean) < 0.2)
+        #expect(Statistics.standardDeviation(values) > 30)
+    }
+
     @Test func generatorDrawsHaveTheRightMoments() {
         var random = SplitMix64(seed: 42)
         let normals = (0..<20_000).map { _ in random.nextNormal() }
