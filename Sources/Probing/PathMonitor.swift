@@ -147,14 +147,14 @@ public struct PathMonitor: Sendable {
     public mutating func sendFailed() { counters.sendErrors += 1 }
 
     public var quality: PathHealth.Quality {
-        PathHealth.Quality(latencyMs: rtt.median, jitterMs: rtt.jitter, lossPct: loss.percent,
+        PathHealth.Quality(latencyMs: rtt.median, jitterMs: rtt.oneWayJitter, lossPct: loss.percent,
                            lossSamples: loss.count)
     }
 
     /// The current metrics; a down path reports 100% loss and score 0, latency and jitter as last measured.
     public func metrics(bandwidthMbps: Double? = nil) -> PathMetrics {
         let latency = rtt.median ?? rtt.smoothed ?? 0
-        let jitter = rtt.jitter
+        let jitter = rtt.oneWayJitter
         let lossPct = status == .down ? 100 : loss.percent
         let score = status == .down || rtt.median == nil
             ? 0 : PathScore.score(latencyMs: latency, jitterMs: jitter, lossPct: lossPct)

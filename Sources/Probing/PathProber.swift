@@ -143,6 +143,9 @@ public final class PathProber: @unchecked Sendable {
     private func tick() async {
         var nextMetricsAt = MonotonicInstant.now() + metricsInterval
         while !Task.isCancelled {
+            // Replies that arrived while this task or the receive thread was descheduled are handled before
+            // any probe is declared missed; their kernel timestamps keep them on time.
+            while let datagram = socket.receive(maximumSize: ProbePacket.size, wait: false) { handle(datagram) }
             let now = MonotonicInstant.now()
             let packets = lock.withLock {
                 for change in monitor.advance(to: now) { publish(change) }

@@ -206,7 +206,7 @@ struct SimulatedPath {
         #expect(slow.changes.map(\.to) == [.degraded])
         var jittery = SimulatedPath()
         jittery.run(for: .seconds(6)) { _, _ in
-            [.milliseconds(Int64.random(in: 20...250, using: &random))]
+            [.milliseconds(Int64.random(in: 20...300, using: &random))]
         }
         #expect(jittery.changes.contains { change in
             if case .jitterAbove = change.reason { return change.to == .degraded }
