@@ -128,7 +128,8 @@ public final class PathProber: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Probes until the calling task is cancelled, then closes the socket and finishes `events`.
+    /// Probes until the calling task is cancelled or `stop()` is called, then closes the socket and finishes
+    /// `events`. Call it once.
     public func run() async {
         let receiver = ReceiveLoop(socket: socket, name: "probe-\(target.name)", maximumSize: ProbePacket.size) {
             [self] datagram in handle(datagram)
@@ -136,9 +137,17 @@ public final class PathProber: @unchecked Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await receiver.run() }
             group.addTask { await self.tick() }
+            group.addTask { await self.stopSignal.wait() }
+            await group.next()
+            group.cancelAll()
         }
         continuation.finish()
     }
+
+    /// Ends `run()` (at once if it has not started yet). Idempotent.
+    public func stop() { stopSignal.fire() }
+
+    private let stopSignal = StopSignal()
 
     private func tick() async {
         var nextMetricsAt = MonotonicInstant.now() + metricsInterval
@@ -179,6 +188,37 @@ public final class PathProber: @unchecked Sendable {
             if let change = monitor.receive(packet, at: datagram.receivedAt) { publish(change) }
         } catch {
             monitor.drop(error)
+        }
+    }
+}
+
+/// A one-shot signal an async task can wait for; waiting also ends when the waiting task is cancelled.
+final class StopSignal: @unchecked Sendable {
+    private let lock = NSLock()
+    private var fired = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func fire() {
+        let resumed: [CheckedContinuation<Void, Never>] = lock.withLock {
+            fired = true
+            defer { waiters = [] }
+            return waiters
+        }
+        for waiter in resumed { waiter.resume() }
+    }
+
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = lock.withLock {
+                    if fired { return true }
+                    waiters.append(continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            fire()
         }
     }
 }
