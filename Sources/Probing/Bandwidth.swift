@@ -130,6 +130,7 @@ public final class BandwidthReceiver: @unchecked Sendable {
             [self] datagram in handle(datagram)
         }
         await loop.run()
+        socket.close()
     }
 
     private func handle(_ datagram: Datagram) {

@@ -270,7 +270,9 @@ extension DatagramSocket {
 }
 
 /// Runs a blocking receive loop on its own thread (one thread per socket, woken by the kernel, no polling)
-/// and hands each datagram to `handler`. `run()` returns when its task is cancelled; the socket is closed then.
+/// and hands each datagram to `handler`. `run()` returns when its task is cancelled and the thread has left
+/// the socket. The owner closes the socket once nothing else uses it: closing it here could let another
+/// task send through a reused descriptor number.
 struct ReceiveLoop: Sendable {
     let socket: DatagramSocket
     let name: String
@@ -282,7 +284,6 @@ struct ReceiveLoop: Sendable {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 let thread = Thread {
                     while let datagram = socket.receive(maximumSize: maximumSize) { handler(datagram) }
-                    socket.close()
                     done.resume()
                 }
                 thread.name = name

@@ -74,8 +74,8 @@ public struct PathEvent: Hashable, Sendable {
 /// timer at the probe's deadline, not when a later reply shows up), metrics at most every `metricsInterval`.
 ///
 /// Cost: one socket, one thread blocked in recvmsg, and one task that sleeps until the next send or deadline
-/// (about 20 wakeups/s at the default interval); no polling, no database. Memory: a 512-entry ring and two
-/// 100-sample windows.
+/// (about 20 wakeups/s at the default interval); no polling, no database. Memory: a 512-entry ring, a 100-sample RTT
+/// window and a 200-packet loss window.
 public final class PathProber: @unchecked Sendable {
     public let target: ProbeTarget
     public let configuration: ProbeConfiguration
@@ -141,6 +141,7 @@ public final class PathProber: @unchecked Sendable {
             await group.next()
             group.cancelAll()
         }
+        socket.close()
         continuation.finish()
     }
 

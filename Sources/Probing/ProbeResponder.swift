@@ -51,6 +51,7 @@ public final class ProbeResponder: @unchecked Sendable {
             [self] datagram in handle(datagram)
         }
         await loop.run()
+        socket.close()
     }
 
     private func handle(_ datagram: Datagram) {

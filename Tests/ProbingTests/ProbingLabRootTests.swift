@@ -210,4 +210,43 @@ func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, va
     }
 
     func f(_ value: Double) -> String { String(format: "%.1f", value) }
+
+    /// bench/probe-false-downs: minutes of 2% random loss on each direction of a path; every status change
+    /// is a false one. Runs only when PATRONUS_BENCH_FALSE_DOWN_OUT names the results file.
+    @Test(.enabled(if: getuid() == 0 && ProcessInfo.processInfo.environment["PATRONUS_BENCH_FALSE_DOWN_OUT"] != nil),
+          .timeLimit(.minutes(30)))
+    func probeFalseDownBenchRoot() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let output = environment["PATRONUS_BENCH_FALSE_DOWN_OUT"]!
+        let minutes = Int(environment["PATRONUS_BENCH_MINUTES"] ?? "") ?? 10
+        let probed = try ProbedLab()
+        defer { probed.stop() }
+        #expect(await probed.waitUp())
+        try probed.impair(ImpairmentChange(delayMs: 10, lossPercent: 2))
+        let before = probed.recorder.all.count
+        let countersBefore = probed.prober.counters
+        try await Task.sleep(for: .seconds(Int64(minutes * 60)))
+        let changes = probed.recorder.all.dropFirst(before).compactMap(\.change)
+        let counters = probed.prober.counters
+        let probes = counters.probesSent - countersBefore.probesSent
+        let packets = counters.packetsSent - countersBefore.packetsSent
+        let misses = counters.misses - countersBefore.misses
+        let report = """
+        # bench/probe-false-downs
+
+        Command: `sudo bench/probe-false-downs` (PATRONUS_BENCH_MINUTES=\(minutes)). Lab: 2 sites, 1 uplink, userspace
+        WAN emulator, 10 ms delay and 2% random loss on each direction of hq's uplink (about 4% of probes lose
+        the request or the reply). Default ProbeConfiguration. Date: \(UTCTime.format(Date())) UTC.
+
+        - duration: \(minutes) min; probes: \(probes); packets (with suspect-mode copies): \(packets) (+\(String(format: "%.1f", Double(packets - probes) / Double(max(1, probes)) * 100))%)
+        - probes missed (no copy answered in time): \(misses)
+        - status changes (all false): \(changes.count) \(changes.map { "\($0.from)->\($0.to) (\($0.reason))" })
+        - downs: \(changes.filter { $0.to == .down }.count); degraded: \(changes.filter { $0.to == .degraded }.count)
+        - final metrics: \(probed.prober.metrics)
+
+        """
+        try report.write(toFile: output, atomically: true, encoding: .utf8)
+        print(report)
+        #expect(changes.filter { $0.to == .down }.isEmpty)
+    }
 }
