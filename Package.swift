@@ -67,7 +67,9 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model"]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
-        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model", "Lab"]),
+        .testTarget(name: "ProbingTests", dependencies: [
+            "Probing", "Model", "Lab", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model"]),
     ]

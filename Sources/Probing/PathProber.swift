@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Model
 
 /// Where a path's probes go and how they are kept on that path.
@@ -87,10 +88,13 @@ public final class PathProber: @unchecked Sendable {
     private let lock = NSLock()
     private var monitor: PathMonitor
     private var bandwidthMbps: Double?
+    private let dropLog: DropLog
 
     /// Opens the pinned socket now, so a missing interface or permission is reported at once.
     public init(target: ProbeTarget, configuration: ProbeConfiguration = ProbeConfiguration(),
-                metricsInterval: Duration = .seconds(1)) throws(ProbeSocketError) {
+                metricsInterval: Duration = .seconds(1),
+                logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
+        dropLog = DropLog(logger: logger, component: "prober \(target.name)")
         self.target = target
         self.configuration = configuration
         self.metricsInterval = metricsInterval
@@ -181,15 +185,22 @@ public final class PathProber: @unchecked Sendable {
     }
 
     private func handle(_ datagram: Datagram) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard datagram.source == target.remote else { monitor.drop(.unknownPeer); return }
-        do {
-            let packet = try ProbePacket.decode(datagram.bytes)
-            if let change = monitor.receive(packet, at: datagram.receivedAt) { publish(change) }
-        } catch {
-            monitor.drop(error)
+        let dropped: ProbePacket.Rejection? = lock.withLock {
+            let before = monitor.counters.drops
+            if datagram.source != target.remote {
+                monitor.drop(.unknownPeer)
+            } else {
+                do throws(ProbePacket.Rejection) {
+                    let packet = try ProbePacket.decode(datagram.bytes)
+                    if let change = monitor.receive(packet, at: datagram.receivedAt) { publish(change) }
+                } catch {
+                    monitor.drop(error)
+                }
+            }
+            let after = monitor.counters.drops
+            return after.total == before.total ? nil : ProbePacket.Rejection.allCases.first { after[$0] > before[$0] }
         }
+        if let dropped { dropLog.dropped(dropped, from: datagram.source) }
     }
 }
 
