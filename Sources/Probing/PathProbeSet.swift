@@ -89,6 +89,19 @@ public final class PathProbeSet: @unchecked Sendable {
         lock.withLock { probers[path] }?.recordBandwidth(mbps: mbps)
     }
 
+    /// Runs a receiver-measured bandwidth test over a path (same pinning and remote address as its probes,
+    /// the receiver's port) and records the result in the path's metrics. Nil for an unknown path.
+    public func measureBandwidth(path: String, test: BandwidthTest = BandwidthTest(),
+                                 receiverPort: UInt16 = 51823) async throws(BandwidthTest.Failure)
+        -> BandwidthEstimate? {
+        guard let prober = lock.withLock({ probers[path] }) else { return nil }
+        var target = prober.target
+        target.remote.port = receiverPort
+        let estimate = try await test.run(target: target)
+        prober.recordBandwidth(mbps: estimate.mbps)
+        return estimate
+    }
+
     /// Runs every prober, present and future, until the calling task is cancelled; then stops them all and
     /// finishes `events`. Call it once.
     public func run() async {

@@ -201,6 +201,11 @@ struct ProbeTopology {
         #expect(recorder.all.dropFirst(afterRemoval).count >= 2) // pa0's metrics keep coming
         #expect(set.paths == ["pa0>b"])
         #expect(set.snapshot()["pa0>b"]?.status == .up)
+        // (measureBandwidth opens its socket in the caller's namespace, the test's root one here, so only the
+        // unknown-path case is checked; BandwidthTests measures through real token buckets.)
+        #expect(try await set.measureBandwidth(path: "nosuch") == nil)
+        set.recordBandwidth(path: "pa0>b", mbps: 42)
+        #expect(set.snapshot()["pa0>b"]?.metrics.bandwidthMbps == 42)
         running.cancel()
         await reading.value // finishes with run()
     }
