@@ -129,3 +129,25 @@ public enum UTCTime {
         return Date(timeIntervalSince1970: TimeInterval(seconds))
     }
 }
+
+/// Names one path: a local uplink (by label) paired with a remote site's endpoint (by label). Stable across
+/// restarts and independent of the kernel slot or database row the path happens to get.
+public struct PathKey: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    public var site: SiteID
+    public var localLabel: String
+    public var remoteLabel: String
+
+    public init(site: SiteID, localLabel: String, remoteLabel: String) {
+        self.site = site
+        self.localLabel = localLabel
+        self.remoteLabel = remoteLabel
+    }
+
+    public static func < (lhs: PathKey, rhs: PathKey) -> Bool {
+        (lhs.site, lhs.localLabel, lhs.remoteLabel) < (rhs.site, rhs.localLabel, rhs.remoteLabel)
+    }
+
+    public var description: String {
+        localLabel == remoteLabel ? "\(localLabel)->\(site)" : "\(localLabel)/\(remoteLabel)->\(site)"
+    }
+}

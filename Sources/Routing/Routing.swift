@@ -1,1 +1,0 @@
-// The Routing layer: see README.md "Code layout".
