@@ -75,7 +75,9 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Lab"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model", "Lab"]),
+        .testTarget(name: "ProbingTests", dependencies: [
+            "Probing", "Model", "Lab", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
         .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
