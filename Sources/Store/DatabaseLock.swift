@@ -18,7 +18,13 @@ public final class DatabaseLock: Sendable {
     public static func acquire(for files: StoreFiles) throws(DatabaseLockError) -> DatabaseLock {
         let path = files.lock
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .cannotOpen(path: path, reason: String(cString: strerror(errno))) }
+        guard fd >= 0 else {
+            let directory = (path as NSString).deletingLastPathComponent
+            if errno == ENOENT, !directory.isEmpty {
+                throw .cannotOpen(path: path, reason: "directory \(directory) does not exist: create it first")
+            }
+            throw .cannotOpen(path: path, reason: String(cString: strerror(errno)))
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let reason = errno
             var buffer = [UInt8](repeating: 0, count: 32)

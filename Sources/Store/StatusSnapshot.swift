@@ -127,11 +127,7 @@ extension Store {
             let sites = try Row.fetchAll(db, sql: "SELECT * FROM sites ORDER BY name, id").map(Store.site)
             let endpoints = try Row.fetchAll(db, sql: "SELECT * FROM endpoints ORDER BY label").map(Store.endpoint)
             let paths = try Row.fetchAll(db, sql: "SELECT * FROM paths ORDER BY id").map(Store.path)
-            let latest = try Row.fetchAll(db, sql: """
-                SELECT m.* FROM path_metrics m
-                WHERE m.id = (SELECT id FROM path_metrics WHERE path_id = m.path_id
-                              ORDER BY measured_at DESC, id DESC LIMIT 1)
-                """).map(Store.sample)
+            let latest = try Row.fetchAll(db, sql: Store.latestMetricsSQL).map(Store.sample)
             let metrics = Dictionary(latest.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
             let names = Dictionary(sites.map { ($0.id, $0.name) }, uniquingKeysWith: { first, _ in first })
 

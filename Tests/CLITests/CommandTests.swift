@@ -23,6 +23,17 @@ struct CommandTests {
         }
     }
 
+    @Test func anUnopenableDatabaseIsOneLine() throws {
+        try withTemporaryDirectory { dir in
+            let result = try run(["status", "--database", dir])
+            #expect(result.status == 1 && result.stderrLines.count == 1)
+            #expect(result.stderr == "error: cannot open database \(dir): not a regular file\n")
+            let nowhere = try run(["policy", "add", "--database", dir + "/no/x.db", "--name", "a", "--priority", "1",
+                                   "--strategy", "best-score"])
+            #expect(nowhere.status == 1 && nowhere.stderr.contains("does not exist: create it first"))
+        }
+    }
+
     @Test func statusOfAMissingDatabaseCreatesNothing() throws {
         try withTemporaryDirectory { dir in
             let result = try run(["status", "--database", dir + "/none.db"])

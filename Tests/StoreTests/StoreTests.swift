@@ -80,7 +80,7 @@ import Testing
             let before = try store.metricsCount()
             try store.insertMetrics(batch)
             #expect(try store.metricsCount() == before + 5)
-            #expect(try store.pruneMetrics(now: now) == 2)
+            #expect(try store.pruneMetrics(now: now, chunk: 1) == 2)
             #expect(try store.pruneMetrics(retention: 3600, now: now) == 1)
             #expect(try store.metrics(of: fixture.paths[0]).allSatisfy { $0.measuredAt >= now.addingTimeInterval(-3600) })
 
@@ -295,6 +295,11 @@ import Testing
             lock = nil
             #expect(!DatabaseLock.isHeld(for: files))
             #expect(try DatabaseLock.acquire(for: files).path == files.lock)
+            let nowhere = StoreFiles(database: dir + "/missing/hq.db")
+            #expect(throws: DatabaseLockError.cannotOpen(path: nowhere.lock,
+                                                         reason: "directory \(dir)/missing does not exist: create it first")) {
+                try DatabaseLock.acquire(for: nowhere)
+            }
         }
     }
 }
