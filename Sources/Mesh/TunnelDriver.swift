@@ -59,7 +59,7 @@ public struct TunnelDriver: Sendable {
             logger.error("cannot announce the new overlay address", metadata: ["error": "\(error)"])
             return nil
         }
-        await reconciler.setAddresses([InterfaceAddress(chosen, prefixLength: 32)])
+        await reconciler.setAddresses([TunnelAddress(chosen, prefixLength: 32)])
         return chosen
     }
 

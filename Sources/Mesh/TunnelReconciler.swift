@@ -32,7 +32,7 @@ public actor TunnelReconciler {
     private let backend: any WireGuardBackend
     private let privateKey: WireGuardPrivateKey
     private let logger: Logger
-    private var addresses: [InterfaceAddress]
+    private var addresses: [TunnelAddress]
     private var applied: [String: PlannedInterface] = [:]
     /// Peers added (or re-created) that have not completed a handshake yet, per interface.
     private var awaitingHandshake: [String: [WireGuardKey: Nudge]] = [:]
@@ -64,7 +64,7 @@ public actor TunnelReconciler {
     public static let maxNudgeBackoff: Duration = .seconds(8)
 
     /// `addresses` go on every tunnel interface (the site's overlay address as a /32).
-    public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [InterfaceAddress],
+    public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [TunnelAddress],
                 logger: Logger = Logger(label: "patronus.mesh.tunnels")) {
         self.backend = backend
         self.privateKey = privateKey
@@ -74,11 +74,11 @@ public actor TunnelReconciler {
 
     /// Changes the addresses every tunnel interface carries (the overlay moved): adds the new ones to every
     /// applied interface, then removes the old ones. Used when a site with a smaller id claims our overlay.
-    public func setAddresses(_ new: [InterfaceAddress]) async {
+    public func setAddresses(_ new: [TunnelAddress]) async {
         await exclusively { await setAddressesNow(new) }
     }
 
-    private func setAddressesNow(_ new: [InterfaceAddress]) async {
+    private func setAddressesNow(_ new: [TunnelAddress]) async {
         let old = addresses.filter { !new.contains($0) }
         addresses = new
         for name in applied.keys.sorted() {

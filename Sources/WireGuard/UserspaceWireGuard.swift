@@ -80,12 +80,7 @@ public final class UserspaceWireGuard: LinkBackedBackend {
         }
         // Not ours (adopted after a restart): removing the TUN link makes wireguard-go exit.
         guard if_nametoindex(name) != 0 else { return }
-        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
-        do {
-            _ = try socket.request("delete link \(name)", RouteNetlink.deleteLink(name: name, sequence: socket.nextSequence()))
-        } catch .netlink(_, let code) where code == ENODEV {
-            return
-        }
+        try WireGuardLinks.deleteLink(named: name)
     }
 
     private func reapIfExited(_ name: String) {

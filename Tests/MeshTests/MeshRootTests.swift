@@ -51,7 +51,7 @@ final class MeshLabSite: NamespacedSite, @unchecked Sendable {
         let discovery = try DiscoveryService(local: description, settings: DiscoverySettings(uplinks: ["eth0", "eth1"]),
                                              authentication: .key(meshKey), logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: key,
-                                          addresses: [InterfaceAddress(overlay, prefixLength: 32)], logger: logger)
+                                          addresses: [TunnelAddress(overlay, prefixLength: 32)], logger: logger)
         self.discovery = discovery
         self.reconciler = reconciler
         let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks, settings: settings, overlayPool: pool,

@@ -10,8 +10,8 @@ final class RecordingBackend: WireGuardBackend {
     enum Call: Equatable {
         case create(String)
         case configure(String, DeviceUpdate)
-        case bringUp(String, [InterfaceAddress])
-        case removeAddresses(String, [InterfaceAddress])
+        case bringUp(String, [TunnelAddress])
+        case removeAddresses(String, [TunnelAddress])
         case delete(String)
     }
 
@@ -48,11 +48,11 @@ final class RecordingBackend: WireGuardBackend {
         }
     }
 
-    func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError) {
+    func bringUp(_ name: String, addresses: [TunnelAddress]) async throws(WireGuardError) {
         calls.withLock { $0.append(.bringUp(name, addresses)) }
     }
 
-    func removeAddresses(_ addresses: [InterfaceAddress], from name: String) async throws(WireGuardError) {
+    func removeAddresses(_ addresses: [TunnelAddress], from name: String) async throws(WireGuardError) {
         calls.withLock { $0.append(.removeAddresses(name, addresses)) }
     }
 
@@ -71,7 +71,7 @@ struct TunnelReconcilerTests {
     let key = WireGuardPrivateKey()
     let uplinks = [Uplink(interface: "eth0", label: "isp"), Uplink(interface: "wwan0", label: "lte")]
     let settings = TunnelSettings(interfacePrefix: "wg-hq")
-    let overlay = [InterfaceAddress(IPv4Address(10, 99, 0, 50), prefixLength: 32)]
+    let overlay = [TunnelAddress(IPv4Address(10, 99, 0, 50), prefixLength: 32)]
 
     func plan(_ remotes: [SiteDescription]) throws -> TunnelPlan {
         let local = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["eth0": IPv4Address(198, 51, 100, 1),
@@ -196,7 +196,7 @@ extension TunnelReconcilerTests {
         let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
         _ = await reconciler.apply(try plan([remoteSite(1, labels: ["isp"])]))
         backend.reset()
-        let moved = [InterfaceAddress(IPv4Address(10, 99, 7, 7), prefixLength: 32)]
+        let moved = [TunnelAddress(IPv4Address(10, 99, 7, 7), prefixLength: 32)]
         await reconciler.setAddresses(moved)
         #expect(backend.recorded == [.bringUp("wg-hq0", moved), .removeAddresses("wg-hq0", overlay),
                                      .bringUp("wg-hq1", moved), .removeAddresses("wg-hq1", overlay)])

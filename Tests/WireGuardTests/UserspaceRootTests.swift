@@ -73,7 +73,7 @@ struct UserspaceRootTests {
                 let config = configuration(local, peer: peer)
                 try await local.run {
                     try await $0.start(local.interface, configuration: config,
-                                       addresses: [InterfaceAddress(local.overlay, prefixLength: 24)])
+                                       addresses: [TunnelAddress(local.overlay, prefixLength: 24)])
                 }
             }
             // Starting again adopts the running process instead of failing or restarting it.
@@ -125,11 +125,11 @@ struct UserspaceRootTests {
             wrong.peers[0].endpoint = SocketAddress4(IPv4Address(192, 168, 77, 9), port: b.port)
             let initial = wrong
             try await a.run {
-                try await $0.start(a.interface, configuration: initial, addresses: [InterfaceAddress(a.overlay, prefixLength: 24)])
+                try await $0.start(a.interface, configuration: initial, addresses: [TunnelAddress(a.overlay, prefixLength: 24)])
             }
             let config = configuration(b, peer: a)
             try await b.run {
-                try await $0.start(b.interface, configuration: config, addresses: [InterfaceAddress(b.overlay, prefixLength: 24)])
+                try await $0.start(b.interface, configuration: config, addresses: [TunnelAddress(b.overlay, prefixLength: 24)])
             }
             #expect(try !crosses(from: a, to: b, attempts: 1))
             let fixed = configuration(a, peer: b).peers[0]
@@ -153,7 +153,7 @@ struct UserspaceRootTests {
         do {
             let config = configuration(a, peer: b)
             try await a.run {
-                try await $0.start(a.interface, configuration: config, addresses: [InterfaceAddress(a.overlay, prefixLength: 24)])
+                try await $0.start(a.interface, configuration: config, addresses: [TunnelAddress(a.overlay, prefixLength: 24)])
             }
             let pid = try #require(a.backend.processID(of: a.interface))
             let successor = UserspaceWireGuard()
