@@ -205,6 +205,27 @@ public actor TunnelReconciler {
         awaitingHandshake[after.name] = awaitingHandshake[after.name]?.filter { kept.contains($0.key) }
     }
 
+    /// Deletes WireGuard interfaces named with `prefix` that this reconciler does not manage: what a crashed
+    /// run left and no plan wants (a planned one is adopted by `apply` instead). Call once at start, after
+    /// the first `apply`. Returns the names removed.
+    @discardableResult
+    public func removeStale(prefix: String) async -> [String] {
+        await exclusively {
+            guard let found = try? await backend.interfaces(withPrefix: prefix) else { return [] }
+            var removed: [String] = []
+            for name in found where applied[name] == nil {
+                do {
+                    try await backend.deleteInterface(named: name)
+                    removed.append(name)
+                    logger.notice("removed a tunnel interface left by an earlier run", metadata: ["interface": "\(name)"])
+                } catch {
+                    logger.warning("cannot remove a stale tunnel interface", metadata: ["interface": "\(name)", "error": "\(error)"])
+                }
+            }
+            return removed
+        }
+    }
+
     /// Deletes every interface this reconciler applied (shutdown; stop the `TunnelDriver` first).
     public func removeAll() async {
         _ = await apply(TunnelPlan(interfaces: [], paths: []))

@@ -61,6 +61,10 @@ final class RecordingBackend: WireGuardBackend {
         return state
     }
 
+    func interfaces(withPrefix prefix: String) async throws(WireGuardError) -> [String] {
+        interfaces.withLock { $0.keys.filter { $0.hasPrefix(prefix) }.sorted() }
+    }
+
     func deleteInterface(named name: String) async throws(WireGuardError) {
         calls.withLock { $0.append(.delete(name)) }
         interfaces.withLock { _ = $0.removeValue(forKey: name) }
@@ -200,5 +204,17 @@ extension TunnelReconcilerTests {
         await reconciler.setAddresses(moved)
         #expect(backend.recorded == [.bringUp("wg-hq0", moved), .removeAddresses("wg-hq0", overlay),
                                      .bringUp("wg-hq1", moved), .removeAddresses("wg-hq1", overlay)])
+    }
+}
+
+extension TunnelReconcilerTests {
+    @Test func staleInterfacesFromAnEarlierRunAreRemovedButPlannedOnesAdopted() async throws {
+        let backend = RecordingBackend()
+        for name in ["wg-hq0", "wg-hq7", "wg-other0"] { try await backend.createInterface(named: name) }
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        _ = await reconciler.apply(try plan([remoteSite(1, labels: ["isp", "lte"])]))
+        backend.reset()
+        #expect(await reconciler.removeStale(prefix: "wg-hq") == ["wg-hq7"])
+        #expect(backend.recorded == [.delete("wg-hq7")])
     }
 }

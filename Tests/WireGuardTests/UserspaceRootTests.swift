@@ -157,6 +157,11 @@ struct UserspaceRootTests {
             }
             let pid = try #require(a.backend.processID(of: a.interface))
             let successor = UserspaceWireGuard()
+            // Listing sees only this namespace's interfaces, although UAPI sockets are machine-wide.
+            let config2 = configuration(b, peer: a)
+            try await b.run { try await $0.start(b.interface, configuration: config2, addresses: []) }
+            let listed = try await withTaskExecutorPreference(a.executor) { try await successor.interfaces(withPrefix: "ptwg") }
+            #expect(listed == [a.interface])
             try await withTaskExecutorPreference(a.executor) { try await successor.createInterface(named: a.interface) }
             #expect(successor.processID(of: a.interface) == nil)  // adopted, not started
             let state = try await successor.state(of: a.interface)
