@@ -21,10 +21,10 @@ import Netlink
                                            "site_branch", "classify", "steer", "prerouting", "output"]
         #expect(Set(v.chains) == expectedChains)
         #expect(v.rulesPerChain["classify"] == 4)
-        #expect(v.rulesPerChain["steer"] == 2)
+        #expect(v.rulesPerChain["steer"] == 3)
         #expect(v.rulesPerChain["site_branch"] == 1)
         let ruleCount = v.rulesPerChain.values.reduce(0, +)
-        #expect(ruleCount == 15) // 6 path chains + site + 4 classify + 2 steer + 2 base
+        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 3 steer + 2 base
         let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch"]
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
