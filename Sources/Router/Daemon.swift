@@ -118,7 +118,8 @@ public struct Daemon: Sendable {
 
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime),
-            ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime),
+            ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
+                         logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
@@ -165,6 +166,7 @@ struct ProbeService: Service {
     let responder: ProbeResponder
     let bandwidthReceiver: BandwidthReceiver
     let runtime: SiteRuntime
+    let logger: Logger
 
     func run() async throws {
         try await untilShutdown {
@@ -175,7 +177,33 @@ struct ProbeService: Service {
                 group.addTask {
                     for await event in probes.events { await runtime.pathEvent(event) }
                 }
+                group.addTask { await measureBandwidth() }
             }
+        }
+    }
+}
+
+extension ProbeService {
+    /// Bandwidth tests, one at a time: each path once it first comes up, then every path every 15 minutes.
+    func measureBandwidth() async {
+        var lastRound = ContinuousClock.now
+        while !Task.isCancelled {
+            if ContinuousClock.now - lastRound > .seconds(900) {
+                await runtime.remeasureBandwidth()
+                lastRound = .now
+            }
+            guard let path = await runtime.nextBandwidthTest() else {
+                try? await Task.sleep(for: .milliseconds(500))
+                continue
+            }
+            do {
+                if let estimate = try await probes.measureBandwidth(path: path) {
+                    logger.info("bandwidth measured", metadata: ["path": "\(path)", "mbps": "\(String(format: "%.1f", estimate.mbps))"])
+                }
+            } catch {
+                logger.notice("bandwidth test on \(path) failed: \(error)")
+            }
+            try? await Task.sleep(for: .milliseconds(300))
         }
     }
 }

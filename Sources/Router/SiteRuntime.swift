@@ -22,6 +22,7 @@ actor SiteRuntime {
     private var lastTopology: [PathBinding] = []
     private var lastSites: [RemoteSite] = []
     private var bandwidthMeasured: Set<String> = []
+    private var bandwidthQueue: [String] = []
 
     struct PlannedRoute: Hashable {
         var key: PathKey
@@ -162,20 +163,25 @@ actor SiteRuntime {
             }
             if change.to == .up, !bandwidthMeasured.contains(event.path) {
                 bandwidthMeasured.insert(event.path)
-                let probes = self.probes
-                let logger = self.logger
-                Task {
-                    do {
-                        if let estimate = try await probes.measureBandwidth(path: event.path) {
-                            logger.info("bandwidth measured", metadata: ["path": "\(event.path)",
-                                                                         "mbps": "\(String(format: "%.1f", estimate.mbps))"])
-                        }
-                    } catch {
-                        logger.notice("bandwidth test on \(event.path) failed: \(error)")
-                    }
-                }
+                bandwidthQueue.append(event.path)
             }
         }
+    }
+
+    /// The next path whose bandwidth should be measured, if any. Tests run one at a time per site: trains on
+    /// several paths at once would share the uplinks and measure each other.
+    func nextBandwidthTest() -> String? {
+        while !bandwidthQueue.isEmpty {
+            let name = bandwidthQueue.removeFirst()
+            if paths[name] != nil { return name }
+        }
+        return nil
+    }
+
+    /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
+    /// test costs the path a short burst).
+    func remeasureBandwidth() {
+        for name in paths.keys.sorted() where !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
     }
 
     /// One metrics row per path, all in one transaction; scores and statuses refreshed with them.
