@@ -5,7 +5,7 @@ import PackageDescription
 
 let package = Package(
     name: "patronus-router",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "patronus-router", targets: ["patronus-router"]),
     ],
@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // C shim: libnftnl, libmnl and linux uapi headers; static inline wrappers for macros. No logic.
@@ -49,6 +51,10 @@ let package = Package(
             "Model", "Netlink", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         // Network-namespace topologies and the WAN emulator (used by `lab`, tests and bench).
         .target(name: "Lab", dependencies: ["Model", "CNetfilter", .product(name: "Logging", package: "swift-log")]),
@@ -66,11 +72,12 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "CNetfilter"]),
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "Model"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
-        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model"]),
+        .testTarget(name: "ProbingTests", dependencies: ["Probing", "Model", "Lab"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
+        .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
     ]
 )

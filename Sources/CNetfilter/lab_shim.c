@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -9,21 +10,26 @@
 #include <linux/sockios.h>
 #include "CNetfilterLab.h"
 
-_Static_assert(sizeof(struct cnf_mmsghdr) == sizeof(struct mmsghdr), "cnf_mmsghdr layout");
 
 int cnf_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 
 int cnf_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
-int cnf_recvmmsg(int fd, struct cnf_mmsghdr *vector, unsigned int count, int flags, struct timespec *timeout) {
-    return recvmmsg(fd, (struct mmsghdr *)vector, count, flags, timeout);
+int cnf_ppoll(struct pollfd *fds, unsigned long count, const struct timespec *timeout) {
+    return ppoll(fds, count, timeout, NULL);
 }
 
-int cnf_sendmmsg(int fd, struct cnf_mmsghdr *vector, unsigned int count, int flags) {
+int cnf_recvmmsg(int fd, void *vector, unsigned int count, int flags) {
+    return recvmmsg(fd, (struct mmsghdr *)vector, count, flags, NULL);
+}
+
+int cnf_sendmmsg(int fd, void *vector, unsigned int count, int flags) {
     return sendmmsg(fd, (struct mmsghdr *)vector, count, flags);
 }
 
-int cnf_ethtool_value(int fd, const char *name, uint32_t cmd, uint32_t *data) {
+unsigned long cnf_mmsghdr_size(void) { return sizeof(struct mmsghdr); }
+
+int cnf_ethtool_value(int fd, const char *name, __u32 cmd, __u32 *data) {
     struct ethtool_value value = { .cmd = cmd, .data = *data };
     struct ifreq request;
     memset(&request, 0, sizeof request);

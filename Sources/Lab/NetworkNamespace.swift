@@ -174,10 +174,11 @@ public final class NetworkNamespace: @unchecked Sendable, CustomStringConvertibl
 
     /// Adds a route; `destination` may be "default". At least one of `via`/`device` must be given.
     public func addRoute(_ destination: String, via gateway: String? = nil, device: String? = nil,
-                         table: Int? = nil) throws(LabError) {
+                         metric: Int? = nil, table: Int? = nil) throws(LabError) {
         var args = ["route", "add", destination]
         if let gateway { args += ["via", gateway] }
         if let device { args += ["dev", device] }
+        if let metric { args += ["metric", String(metric)] }
         if let table { args += ["table", String(table)] }
         try Subprocess.check(["ip", "-n", name] + args)
     }

@@ -1,3 +1,3 @@
 import CLI
 
-await PatronusRouter.main()
+await PatronusRouter.runMain()

@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Model
+import Router
+
+/// `patronus-router run`: the seed's flags with its defaults, and ours.
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the router for this site (needs CAP_NET_ADMIN).",
+        discussion: "Prints a network status report every 30 seconds; stops cleanly on SIGTERM or Ctrl+C.")
+
+    @Option(help: "Name of this site (required).")
+    var siteName: String
+
+    @Option(help: "WireGuard listen port.")
+    var listenPort: UInt16 = RouterConfiguration.defaultListenPort
+
+    @Option(help: "Database file path.")
+    var database: String = RouterConfiguration.defaultDatabasePath
+
+    @Option(help: "WireGuard interface name (or prefix of the per-path tunnel names).")
+    var interface: String = RouterConfiguration.defaultInterfaceName
+
+    @Option(help: "Multicast group for discovery.", transform: ArgumentParsing.socketAddress)
+    var multicastGroup: SocketAddress4 = RouterConfiguration.defaultMulticastGroup
+
+    @Flag(help: "Enable debug logging.")
+    var debug = false
+
+    @Option(help: ArgumentHelp("An uplink to use, with an optional label (repeatable; default: detect).",
+                               valueName: "iface[=label]"), transform: ArgumentParsing.uplink)
+    var uplink: [Uplink] = []
+
+    @Option(help: ArgumentHelp("A LAN prefix this site announces (repeatable).", valueName: "cidr"),
+            transform: ArgumentParsing.prefix)
+    var lan: [IPv4Prefix] = []
+
+    @Option(help: ArgumentHelp("The shared mesh key file (from `mesh-key generate`).", valueName: "path"))
+    var meshKey: String?
+
+    @Flag(help: "Accept unauthenticated announcements (lab and debugging only).")
+    var insecureNoAuth = false
+
+    @Option(help: ArgumentHelp("A peer to announce to by unicast (repeatable).", valueName: "host:port"),
+            transform: ArgumentParsing.socketAddress)
+    var peer: [SocketAddress4] = []
+
+    @Option(help: ArgumentHelp("Probe interval per path, in milliseconds.", valueName: "ms"))
+    var probeInterval: Int = Int(RouterConfiguration.defaultProbeInterval / .milliseconds(1))
+
+    @Option(help: ArgumentHelp("Serve metrics on this address.", valueName: "addr:port"),
+            transform: ArgumentParsing.socketAddress)
+    var metricsListen: SocketAddress4?
+
+    init() {}
+
+    /// The validated configuration these flags describe.
+    var routerConfiguration: RouterConfiguration {
+        RouterConfiguration(siteName: siteName, listenPort: listenPort, databasePath: database,
+                            interfaceName: interface, multicastGroup: multicastGroup, debug: debug, uplinks: uplink,
+                            lanPrefixes: lan, meshKeyPath: meshKey, insecureNoAuth: insecureNoAuth, peers: peer,
+                            probeInterval: .milliseconds(probeInterval), metricsListen: metricsListen)
+    }
+
+    func validate() throws {
+        do { try routerConfiguration.validate() } catch { throw ValidationError(error.description) }
+    }
+
+    func run() async throws {
+        let level: Logger.Level = debug ? .debug : .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        try await Daemon(configuration: routerConfiguration, logger: Logger(label: "patronus")).run()
+    }
+}

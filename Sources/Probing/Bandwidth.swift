@@ -1,0 +1,275 @@
+import Foundation
+import Model
+
+/// The receiver's measurement of one packet train, sent back to the train's sender.
+///
+/// Wire form: a ``ProbePacket`` header (kind `report`, the test's session, sequence = train index) followed by
+/// a fixed 32-byte body: packets (UInt32), bytes (UInt64), span ns (UInt64), rate bit/s (UInt64), reserved
+/// (UInt32, zero). 52 bytes in all; anything else is rejected.
+public struct TrainReport: Hashable, Sendable {
+    public var session: UInt32
+    public var train: UInt32
+    /// Packets of the train that arrived.
+    public var packets: UInt32
+    /// IP bytes (UDP payload + 28) of the packets that the rate is computed over.
+    public var bytes: UInt64
+    /// Arrival time from the first to the last packet the rate is computed over.
+    public var spanNanoseconds: UInt64
+    /// The rate the receiver computed from arrival times: `bytes * 8 / span`. 0 when it could not.
+    public var bitsPerSecond: UInt64
+
+    public static let size = ProbePacket.size + 32
+
+    public init(session: UInt32, train: UInt32, packets: UInt32, bytes: UInt64, spanNanoseconds: UInt64,
+                bitsPerSecond: UInt64) {
+        self.session = session
+        self.train = train
+        self.packets = packets
+        self.bytes = bytes
+        self.spanNanoseconds = spanNanoseconds
+        self.bitsPerSecond = bitsPerSecond
+    }
+
+    public func encoded() -> [UInt8] {
+        var bytes = ProbePacket(kind: .report, session: session, sequence: train).encoded(padTo: TrainReport.size)
+        WireWord.put(packets, into: &bytes, at: 20)
+        WireWord.put64(self.bytes, into: &bytes, at: 24)
+        WireWord.put64(spanNanoseconds, into: &bytes, at: 32)
+        WireWord.put64(bitsPerSecond, into: &bytes, at: 40)
+        return bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(ProbePacket.Rejection) -> TrainReport {
+        guard bytes.count == size else { throw .truncated }
+        let header = try ProbePacket.decode(bytes, allowPadding: true)
+        guard header.kind == .report else { throw .unexpectedKind }
+        guard header.senderStamp == 0, header.responderHold == 0, WireWord.get(bytes, 48) == 0 else {
+            throw .badFlags
+        }
+        return TrainReport(session: header.session, train: header.sequence, packets: WireWord.get(bytes, 20),
+                           bytes: WireWord.get64(bytes, 24), spanNanoseconds: WireWord.get64(bytes, 32),
+                           bitsPerSecond: WireWord.get64(bytes, 40))
+    }
+}
+
+/// How a train's arrivals become a rate, on the receiver. Pure.
+///
+/// The first eighth of the packets (at least one) is skipped: they may pass a token bucket's burst allowance
+/// or an idle queue at line rate and would inflate the estimate. Rate = IP bytes of the packets after the
+/// skipped ones x 8 / (last arrival - last skipped arrival). Duplicated indices are ignored.
+public struct TrainMeasurement: Sendable {
+    public let session: UInt32
+    public let train: UInt32
+    public let length: Int
+    private var arrivals: [(index: UInt32, at: MonotonicInstant, ipBytes: Int)] = []
+    private var seen = Set<UInt32>()
+    public private(set) var lastArrival: MonotonicInstant
+
+    public init(session: UInt32, train: UInt32, length: Int, start: MonotonicInstant) {
+        self.session = session
+        self.train = train
+        self.length = max(1, length)
+        lastArrival = start
+    }
+
+    public mutating func arrived(index: UInt32, at time: MonotonicInstant, payloadBytes: Int) {
+        guard Int(index) < length, seen.insert(index).inserted else { return }
+        arrivals.append((index, time, payloadBytes + 28))
+        lastArrival = max(lastArrival, time)
+    }
+
+    public var report: TrainReport {
+        let ordered = arrivals.sorted { $0.at < $1.at }
+        let skip = max(1, ordered.count / 8)
+        guard ordered.count > skip else {
+            return TrainReport(session: session, train: train, packets: UInt32(ordered.count), bytes: 0,
+                               spanNanoseconds: 0, bitsPerSecond: 0)
+        }
+        let counted = ordered[skip...]
+        let bytes = counted.reduce(0) { $0 + UInt64($1.ipBytes) }
+        let span = ordered.last!.at.nanoseconds - ordered[skip - 1].at.nanoseconds
+        let rate = span > 0 ? UInt64(Double(bytes) * 8 * 1e9 / Double(span)) : 0
+        return TrainReport(session: session, train: train, packets: UInt32(ordered.count), bytes: bytes,
+                           spanNanoseconds: span, bitsPerSecond: rate)
+    }
+}
+
+/// The bandwidth-test receiver on UDP 51823: measures trains from arrival times and reports each back,
+/// through the interface the train came in on. Trains are identified by (source, session, train index);
+/// at most 16 are tracked at once (oldest evicted) and each is forgotten 5 s after its last packet.
+/// Train packets: a ``ProbePacket`` header (kind `train`, sequence = packet index, sender stamp =
+/// train index << 16 | train length) padded to the train's packet size; the end-of-train flag asks for the
+/// report (sent again for every repeated request). Untrusted input is dropped and counted like the responder's.
+public final class BandwidthReceiver: @unchecked Sendable {
+    public struct Configuration: Hashable, Sendable {
+        public var port: UInt16 = 51823
+        public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        public init() {}
+    }
+
+    private struct Key: Hashable { var source: SocketAddress4; var session: UInt32; var train: UInt32 }
+
+    public let configuration: Configuration
+    private let socket: DatagramSocket
+    private let lock = NSLock()
+    private var trains: [Key: TrainMeasurement] = [:]
+    private var drops = ProbeDrops()
+    private var reports: UInt64 = 0
+    static let maximumPacket = 1472
+
+    public init(configuration: Configuration = Configuration()) throws(ProbeSocketError) {
+        self.configuration = configuration
+        socket = try DatagramSocket(port: configuration.port, packetInfo: true, receiveBuffer: 4 << 20)
+    }
+
+    public var statistics: (reports: UInt64, drops: ProbeDrops) { lock.withLock { (reports, drops) } }
+
+    /// Receives until the calling task is cancelled; the socket is closed when it returns.
+    public func run() async {
+        let loop = ReceiveLoop(socket: socket, name: "bandwidth-receiver", maximumSize: Self.maximumPacket) {
+            [self] datagram in handle(datagram)
+        }
+        await loop.run()
+    }
+
+    private func handle(_ datagram: Datagram) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
+            drops.count(.unknownPeer)
+            return
+        }
+        guard datagram.bytes.count <= Self.maximumPacket else { drops.count(.truncated); return }
+        let packet: ProbePacket
+        do {
+            packet = try ProbePacket.decode(datagram.bytes, allowPadding: true)
+        } catch {
+            drops.count(error)
+            return
+        }
+        guard packet.kind == .train else { drops.count(.unexpectedKind); return }
+        let trainIndex = packet.senderStamp >> 16
+        let length = Int(packet.senderStamp & 0xffff)
+        guard length > 0, packet.sequence < UInt32(length) || packet.isEndOfTrain else {
+            drops.count(.badFlags)
+            return
+        }
+        let key = Key(source: datagram.source, session: packet.session, train: trainIndex)
+        let now = datagram.receivedAt
+        trains = trains.filter { now - $0.value.lastArrival < .seconds(5) }
+        if trains[key] == nil {
+            if trains.count >= 16, let oldest = trains.min(by: { $0.value.lastArrival < $1.value.lastArrival }) {
+                trains[oldest.key] = nil
+            }
+            trains[key] = TrainMeasurement(session: packet.session, train: trainIndex, length: length, start: now)
+        }
+        if packet.isEndOfTrain {
+            let report = trains[key]!.report.encoded()
+            let failed = datagram.interfaceIndex > 0
+                ? socket.send(report, to: datagram.source, viaInterface: datagram.interfaceIndex,
+                              from: datagram.destination)
+                : socket.send(report, to: datagram.source)
+            if failed == nil { reports += 1 }
+        } else {
+            trains[key]!.arrived(index: packet.sequence, at: now, payloadBytes: datagram.bytes.count)
+        }
+    }
+}
+
+/// One bandwidth estimate of a path: the median of the receiver-reported rates of its trains.
+public struct BandwidthEstimate: Hashable, Sendable {
+    public var mbps: Double
+    public var reports: [TrainReport]
+    /// Bytes this test put on the path (train packets, IP level), to keep its share of the path visible.
+    public var bytesSent: Int
+}
+
+/// Runs a receiver-measured bandwidth test over one path: a few short trains of back-to-back packets, each
+/// measured by the remote ``BandwidthReceiver`` from arrival times. The sender's own send rate is never used.
+///
+/// Bounded: default 3 trains x 100 packets x 1200 bytes = 368 kB per test (IP level), about 0.5 kbit/s on
+/// average when run every 10 minutes. Run it at path start and then rarely (the daemon decides).
+public struct BandwidthTest: Sendable {
+    public var trains = 3
+    public var packetsPerTrain = 100
+    public var payloadBytes = 1200
+    public var gapBetweenTrains: Duration = .milliseconds(100)
+    public var reportTimeout: Duration = .milliseconds(500)
+
+    public init() {}
+
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        case socket(ProbeSocketError)
+        case noReport(train: Int)
+
+        public var description: String {
+            switch self {
+            case .socket(let error): "bandwidth test: \(error)"
+            case .noReport(let train):
+                "bandwidth test: no report for train \(train); is a BandwidthReceiver listening on the remote site?"
+            }
+        }
+    }
+
+    /// Measures the path to `target` (its `remote` port should be the receiver's, 51823) with the target's
+    /// pinning. Throws if no train was reported.
+    public func run(target: ProbeTarget) async throws(Failure) -> BandwidthEstimate {
+        let socket: DatagramSocket
+        do {
+            socket = try DatagramSocket(pinnedTo: target)
+        } catch {
+            throw .socket(error)
+        }
+        return try await run(socket: socket, remote: target.remote)
+    }
+
+    /// Reports that have arrived, by train index.
+    private final class Mailbox: @unchecked Sendable {
+        let lock = NSLock()
+        var reports: [UInt32: TrainReport] = [:]
+        func get(_ train: UInt32) -> TrainReport? { lock.withLock { reports[train] } }
+        func put(_ report: TrainReport) { lock.withLock { reports[report.train] = report } }
+    }
+
+    func run(socket: DatagramSocket, remote: SocketAddress4) async throws(Failure) -> BandwidthEstimate {
+        let session = UInt32.random(in: 1...UInt32.max)
+        let mailbox = Mailbox()
+        let loop = ReceiveLoop(socket: socket, name: "bandwidth-test", maximumSize: TrainReport.size) { datagram in
+            guard datagram.source == remote, let report = try? TrainReport.decode(datagram.bytes),
+                  report.session == session else { return }
+            mailbox.put(report)
+        }
+        let receiving = Task { await loop.run() }
+        defer { receiving.cancel() }
+        let length = UInt32(min(max(packetsPerTrain, 2), 0xffff))
+        let size = min(max(payloadBytes, ProbePacket.size), BandwidthReceiver.maximumPacket)
+        var reports: [TrainReport] = []
+        var bytesSent = 0
+        for train in 0..<UInt32(max(1, min(trains, 0xffff))) {
+            let stamp = train << 16 | length
+            for index in 0..<length {
+                let packet = ProbePacket(kind: .train, session: session, sequence: index, senderStamp: stamp)
+                if socket.send(packet.encoded(padTo: size), to: remote) == nil { bytesSent += size + 28 }
+            }
+            // Ask for the report until it comes (the request or the report may be lost).
+            let request = ProbePacket(kind: .train, session: session, sequence: length, senderStamp: stamp,
+                                      isEndOfTrain: true).encoded()
+            let deadline = MonotonicInstant.now() + reportTimeout
+            var nextRequest = MonotonicInstant.now()
+            while mailbox.get(train) == nil, MonotonicInstant.now() < deadline {
+                if MonotonicInstant.now() >= nextRequest {
+                    _ = socket.send(request, to: remote)
+                    nextRequest = MonotonicInstant.now() + .milliseconds(100)
+                }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+            if let report = mailbox.get(train), report.bitsPerSecond > 0 { reports.append(report) }
+            try? await Task.sleep(for: gapBetweenTrains)
+        }
+        guard !reports.isEmpty else { throw .noReport(train: 0) }
+        let rates = reports.map(\.bitsPerSecond).sorted()
+        let median = rates.count % 2 == 1
+            ? Double(rates[rates.count / 2]) : Double(rates[rates.count / 2 - 1] + rates[rates.count / 2]) / 2
+        return BandwidthEstimate(mbps: median / 1e6, reports: reports, bytesSent: bytesSent)
+    }
+}

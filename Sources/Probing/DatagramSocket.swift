@@ -1,0 +1,267 @@
+import Foundation
+import Glibc
+import Model
+
+/// A socket operation that failed, with the errno and what to do about it.
+public struct ProbeSocketError: Error, Equatable, CustomStringConvertible, Sendable {
+    public var operation: String
+    public var errno: Int32
+
+    public init(_ operation: String, errno: Int32) {
+        self.operation = operation
+        self.errno = errno
+    }
+
+    public var description: String {
+        var text = "\(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+        switch errno {
+        case EPERM, EACCES: text += "; SO_BINDTODEVICE and SO_MARK need CAP_NET_ADMIN / CAP_NET_RAW: run as root"
+        case EADDRINUSE: text += "; another process (or responder) already listens on that port"
+        case ENODEV: text += "; the interface does not exist (yet): create the tunnel before its prober"
+        default: break
+        }
+        return text
+    }
+}
+
+/// One received datagram with where it came from and on which interface it arrived.
+struct Datagram: Sendable {
+    var bytes: [UInt8]
+    var source: SocketAddress4
+    /// The interface it came in on and the address it was sent to (IP_PKTINFO; 0 / nil when not enabled).
+    var interfaceIndex: Int32
+    var destination: IPv4Address?
+    var receivedAt: MonotonicInstant
+}
+
+/// An IPv4 UDP socket with the few options probing needs. The descriptor is closed by `close()` (idempotent)
+/// or deinit. Blocking reads are woken by `shutdownReads()`, which makes the receive loop end.
+final class DatagramSocket: @unchecked Sendable {
+    let fd: Int32
+    private let lock = NSLock()
+    private var closed = false
+    private var shutDown = false
+
+    /// Opens a UDP socket bound to `address:port` (port 0: ephemeral).
+    /// `device` pins it with SO_BINDTODEVICE, `mark` sets SO_MARK, `packetInfo` enables IP_PKTINFO.
+    init(bindTo address: IPv4Address = IPv4Address(0), port: UInt16 = 0, device: String? = nil,
+         mark: UInt32? = nil, packetInfo: Bool = false, receiveBuffer: Int? = nil) throws(ProbeSocketError) {
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ProbeSocketError("socket(AF_INET, SOCK_DGRAM)", errno: errno) }
+        do throws(ProbeSocketError) {
+            if let device {
+                let rc = device.withCString { name in
+                    setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, socklen_t(strlen(name) + 1))
+                }
+                guard rc == 0 else { throw ProbeSocketError("SO_BINDTODEVICE \(device)", errno: errno) }
+            }
+            if let mark { try setOption(SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), "SO_MARK \(mark)") }
+            if packetInfo { try setOption(Int32(IPPROTO_IP), IP_PKTINFO, 1, "IP_PKTINFO") }
+            if let receiveBuffer { try setOption(SOL_SOCKET, SO_RCVBUF, Int32(receiveBuffer), "SO_RCVBUF") }
+            var sa = DatagramSocket.socketAddress(SocketAddress4(address, port: port))
+            let rc = withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard rc == 0 else { throw ProbeSocketError("bind \(address):\(port)", errno: errno) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    private func setOption(_ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws(ProbeSocketError) {
+        var value = value
+        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+            throw ProbeSocketError(label, errno: errno)
+        }
+    }
+
+    func close() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !closed else { return }
+        closed = true
+        Glibc.close(fd)
+    }
+
+    /// Wakes a thread blocked in `receive()`; it then returns nil.
+    func shutdownReads() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !closed else { return }
+        shutDown = true
+        _ = shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    var localPort: UInt16 {
+        var sa = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return UInt16(bigEndian: sa.sin_port)
+    }
+
+    static func socketAddress(_ address: SocketAddress4) -> sockaddr_in {
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = address.port.bigEndian
+        sa.sin_addr.s_addr = address.address.value.bigEndian
+        return sa
+    }
+
+    /// Sends one datagram; returns the errno when the kernel refuses it.
+    func send(_ bytes: [UInt8], to destination: SocketAddress4) -> Int32? {
+        var sa = DatagramSocket.socketAddress(destination)
+        let sent = bytes.withUnsafeBytes { buffer in
+            withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, buffer.baseAddress, buffer.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        return sent == bytes.count ? nil : (sent < 0 ? errno : EMSGSIZE)
+    }
+
+    // Control-message layout, computed here because the CMSG_* macros do not import into Swift:
+    // a cmsghdr (16 bytes on LP64) followed by the data, each aligned to sizeof(size_t).
+    private static let alignment = MemoryLayout<Int>.size
+    private static func aligned(_ length: Int) -> Int { (length + alignment - 1) & ~(alignment - 1) }
+    private static let headerLength = aligned(MemoryLayout<cmsghdr>.size)
+    private static let pktinfoSpace = headerLength + aligned(MemoryLayout<in_pktinfo>.size)
+
+    /// Sends one datagram that leaves by interface `interfaceIndex` with source address `source`
+    /// (IP_PKTINFO on sendmsg), so a reply takes the tunnel its request came in by.
+    func send(_ bytes: [UInt8], to destination: SocketAddress4, viaInterface interfaceIndex: Int32,
+              from source: IPv4Address?) -> Int32? {
+        var sa = DatagramSocket.socketAddress(destination)
+        var control = [UInt8](repeating: 0, count: DatagramSocket.pktinfoSpace)
+        control.withUnsafeMutableBytes { raw in
+            var header = cmsghdr()
+            header.cmsg_len = DatagramSocket.headerLength + MemoryLayout<in_pktinfo>.size
+            header.cmsg_level = Int32(IPPROTO_IP)
+            header.cmsg_type = IP_PKTINFO
+            raw.storeBytes(of: header, as: cmsghdr.self)
+            var info = in_pktinfo()
+            info.ipi_ifindex = interfaceIndex
+            info.ipi_spec_dst.s_addr = (source?.value ?? 0).bigEndian
+            raw.baseAddress!.advanced(by: DatagramSocket.headerLength)
+                .copyMemory(from: &info, byteCount: MemoryLayout<in_pktinfo>.size)
+        }
+        var payload = bytes
+        let sent = payload.withUnsafeMutableBytes { buffer in
+            control.withUnsafeMutableBytes { controlBuffer in
+                withUnsafeMutablePointer(to: &sa) { address in
+                    var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+                    return withUnsafeMutablePointer(to: &vector) { vectorPointer in
+                        var message = msghdr()
+                        message.msg_name = UnsafeMutableRawPointer(address)
+                        message.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
+                        message.msg_iov = vectorPointer
+                        message.msg_iovlen = 1
+                        message.msg_control = controlBuffer.baseAddress
+                        message.msg_controllen = controlBuffer.count
+                        return sendmsg(fd, &message, 0)
+                    }
+                }
+            }
+        }
+        return sent == bytes.count ? nil : (sent < 0 ? errno : EMSGSIZE)
+    }
+
+    /// Blocks for one datagram. Returns nil once the socket is shut down or closed. Datagrams longer than
+    /// `maximumSize` arrive truncated to `maximumSize + 1` bytes, so strict decoders reject them.
+    func receive(maximumSize: Int) -> Datagram? {
+        var buffer = [UInt8](repeating: 0, count: maximumSize + 1)
+        var control = [UInt8](repeating: 0, count: DatagramSocket.pktinfoSpace + 64)
+        var sa = sockaddr_in()
+        while true {
+            let (count, controlLength) = buffer.withUnsafeMutableBytes { payload in
+                control.withUnsafeMutableBytes { controlBuffer in
+                    withUnsafeMutablePointer(to: &sa) { address in
+                        var vector = iovec(iov_base: payload.baseAddress, iov_len: payload.count)
+                        return withUnsafeMutablePointer(to: &vector) { vectorPointer in
+                            var message = msghdr()
+                            message.msg_name = UnsafeMutableRawPointer(address)
+                            message.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
+                            message.msg_iov = vectorPointer
+                            message.msg_iovlen = 1
+                            message.msg_control = controlBuffer.baseAddress
+                            message.msg_controllen = controlBuffer.count
+                            let count = recvmsg(fd, &message, 0)
+                            return (count, Int(message.msg_controllen))
+                        }
+                    }
+                }
+            }
+            let receivedAt = MonotonicInstant.now()
+            if count < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            // A zero-length read is how a shut-down socket wakes us (or an empty datagram, which the
+            // decoders reject).
+            if count == 0 && isShutDown { return nil }
+            let source = SocketAddress4(IPv4Address(UInt32(bigEndian: sa.sin_addr.s_addr)),
+                                        port: UInt16(bigEndian: sa.sin_port))
+            var datagram = Datagram(bytes: Array(buffer[0..<count]), source: source, interfaceIndex: 0,
+                                    destination: nil, receivedAt: receivedAt)
+            DatagramSocket.parsePacketInfo(control, length: controlLength, into: &datagram)
+            return datagram
+        }
+    }
+
+    private var isShutDown: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return closed || shutDown
+    }
+
+    private static func parsePacketInfo(_ control: [UInt8], length: Int, into datagram: inout Datagram) {
+        var offset = 0
+        let limit = min(length, control.count)
+        control.withUnsafeBytes { raw in
+            while offset + headerLength <= limit {
+                let header = raw.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self)
+                let cmsgLength = Int(header.cmsg_len)
+                guard cmsgLength >= headerLength, offset + cmsgLength <= limit else { return }
+                if header.cmsg_level == Int32(IPPROTO_IP), header.cmsg_type == IP_PKTINFO,
+                   cmsgLength >= headerLength + MemoryLayout<in_pktinfo>.size {
+                    let info = raw.loadUnaligned(fromByteOffset: offset + headerLength, as: in_pktinfo.self)
+                    datagram.interfaceIndex = info.ipi_ifindex
+                    datagram.destination = IPv4Address(UInt32(bigEndian: info.ipi_addr.s_addr))
+                }
+                offset += aligned(cmsgLength)
+            }
+        }
+    }
+}
+
+/// Runs a blocking receive loop on its own thread (one thread per socket, woken by the kernel, no polling)
+/// and hands each datagram to `handler`. `run()` returns when its task is cancelled; the socket is closed then.
+struct ReceiveLoop: Sendable {
+    let socket: DatagramSocket
+    let name: String
+    let maximumSize: Int
+    let handler: @Sendable (Datagram) -> Void
+
+    func run() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                let thread = Thread {
+                    while let datagram = socket.receive(maximumSize: maximumSize) { handler(datagram) }
+                    socket.close()
+                    done.resume()
+                }
+                thread.name = name
+                thread.start()
+            }
+        } onCancel: {
+            socket.shutdownReads()
+        }
+    }
+}

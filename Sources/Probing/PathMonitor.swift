@@ -1,0 +1,176 @@
+import Model
+
+/// How one path is probed. Defaults: docs/PROBING.md.
+public struct ProbeConfiguration: Hashable, Sendable {
+    /// Time between probes.
+    public var interval: Duration = .milliseconds(50)
+    /// Packets per probe once a probe has been missed (suspect mode); 1 disables it. A probe is missed only
+    /// when every copy is lost, which makes a false down at random loss p about p^5 instead of p^3.
+    public var suspectCopies = 2
+    /// Probe timeout = smoothed RTT + max(4 x RTT variation, this margin), within the bounds below.
+    public var timeoutMargin: Duration = .milliseconds(10)
+    public var minimumTimeout: Duration = .milliseconds(5)
+    public var maximumTimeout: Duration = .seconds(1)
+    /// The timeout before the first reply has given an RTT.
+    public var initialTimeout: Duration = .seconds(1)
+    /// Samples in the RTT window and resolved packets in the loss window (100 = 5 s at 50 ms).
+    public var window = 100
+    public var health = HealthPolicy()
+
+    public init() {}
+}
+
+/// Counters of one prober, for the status report and tests.
+public struct ProbeCounters: Hashable, Sendable {
+    public var probesSent: UInt64 = 0
+    public var packetsSent: UInt64 = 0
+    public var repliesOnTime: UInt64 = 0
+    public var repliesLate: UInt64 = 0
+    public var duplicates: UInt64 = 0
+    public var misses: UInt64 = 0
+    public var sendErrors: UInt64 = 0
+    public var drops = ProbeDrops()
+
+    public init() {}
+}
+
+/// Everything a prober knows about one path, as a value driven by the clock and by replies: what to send,
+/// what a reply means, when the next thing must happen, and the path's metrics and status. No I/O, so every
+/// sequence of events can be replayed in a unit test; ``PathProber`` adds the socket and the timer.
+public struct PathMonitor: Sendable {
+    public let configuration: ProbeConfiguration
+    public let session: UInt32
+    public private(set) var nextSequence: UInt32
+    public private(set) var nextSendAt: MonotonicInstant
+    public private(set) var consecutiveMisses = 0
+    public private(set) var lastReplyAt: MonotonicInstant?
+    public private(set) var counters = ProbeCounters()
+    public private(set) var rtt: RTTEstimator
+    public private(set) var loss: LossWindow
+    public private(set) var health: PathHealth
+    private var ledger = ProbeLedger()
+
+    public init(configuration: ProbeConfiguration = ProbeConfiguration(), session: UInt32,
+                firstSequence: UInt32 = 0, start: MonotonicInstant) {
+        self.configuration = configuration
+        self.session = session
+        nextSequence = firstSequence
+        nextSendAt = start
+        rtt = RTTEstimator(capacity: configuration.window)
+        loss = LossWindow(capacity: configuration.window)
+        health = PathHealth(policy: configuration.health)
+    }
+
+    public var status: PathStatus { health.status }
+
+    /// The timeout a probe sent now gets.
+    public var timeout: Duration {
+        guard let srtt = rtt.smoothed else { return configuration.initialTimeout }
+        let margin = max(Duration.nanoseconds(Int64(4 * rtt.variation * 1e6)), configuration.timeoutMargin)
+        let value = Duration.nanoseconds(Int64(srtt * 1e6)) + margin
+        return min(max(value, configuration.minimumTimeout), configuration.maximumTimeout)
+    }
+
+    /// When ``advance(to:)`` must next run: the next send or the earliest probe deadline.
+    public var nextWakeup: MonotonicInstant {
+        guard let deadline = ledger.nextDeadline else { return nextSendAt }
+        return min(deadline, nextSendAt)
+    }
+
+    /// The packets to send now (empty if it is not yet time), recorded as sent. In suspect mode (after a miss,
+    /// until the next in-time reply) a probe is sent as `suspectCopies` packets.
+    public mutating func probesDue(at now: MonotonicInstant) -> [ProbePacket] {
+        guard now >= nextSendAt else { return [] }
+        let sequence = nextSequence
+        nextSequence &+= 1
+        // Next send on the interval grid; after a stall, restart from now rather than bursting to catch up.
+        nextSendAt = nextSendAt + configuration.interval
+        if nextSendAt <= now { nextSendAt = now + configuration.interval }
+        let copies = consecutiveMisses > 0 ? max(1, min(configuration.suspectCopies, 8)) : 1
+        ledger.sent(sequence: sequence, at: now, deadline: now + timeout, copies: copies)
+        counters.probesSent += 1
+        counters.packetsSent += UInt64(copies)
+        let stamp = UInt32(truncatingIfNeeded: now.nanoseconds)
+        return (0..<copies).map { copy in
+            ProbePacket(kind: .request, session: session, sequence: sequence, senderStamp: stamp,
+                        isCopy: copy > 0)
+        }
+    }
+
+    /// Expires probes whose deadline passed and re-evaluates the status. Call at ``nextWakeup``.
+    public mutating func advance(to now: MonotonicInstant) -> [PathStatusChange] {
+        var changes: [PathStatusChange] = []
+        for expiry in ledger.expire(at: now) {
+            for _ in 0..<expiry.lostCopies { loss.record(lost: true) }
+            if expiry.missed {
+                consecutiveMisses += 1
+                counters.misses += 1
+            }
+            if let change = evaluate(at: now, answered: false) { changes.append(change) }
+        }
+        if changes.isEmpty, let change = evaluate(at: now, answered: false) { changes.append(change) }
+        return changes
+    }
+
+    /// Handles one decoded datagram from the probed peer. Drops (counted) anything that is not an answer to
+    /// a probe of this session.
+    public mutating func receive(_ packet: ProbePacket, at now: MonotonicInstant) -> PathStatusChange? {
+        guard packet.kind == .reply else { counters.drops.count(.unexpectedKind); return nil }
+        guard packet.session == session else { counters.drops.count(.unknownSession); return nil }
+        let hold = Duration.nanoseconds(Int64(packet.responderHold))
+        switch ledger.match(sequence: packet.sequence, stamp: packet.senderStamp, copy: packet.isCopy ? 1 : 0,
+                            hold: hold, at: now) {
+        case .nothing:
+            counters.drops.count(.replyToNothing)
+            return nil
+        case .duplicate:
+            counters.duplicates += 1
+            return nil
+        case .late(let sample):
+            counters.repliesLate += 1
+            rtt.add(sample.milliseconds)
+            return nil
+        case .onTime(let sample, let first):
+            counters.repliesOnTime += 1
+            rtt.add(sample.milliseconds)
+            loss.record(lost: false)
+            lastReplyAt = now
+            if first { consecutiveMisses = 0 }
+            return evaluate(at: now, answered: first)
+        }
+    }
+
+    /// Counts a datagram that failed to decode or came from the wrong address.
+    public mutating func drop(_ reason: ProbePacket.Rejection) { counters.drops.count(reason) }
+
+    /// Counts a send that the kernel refused (interface down, no route): the probe simply goes unanswered.
+    public mutating func sendFailed() { counters.sendErrors += 1 }
+
+    public var quality: PathHealth.Quality {
+        PathHealth.Quality(latencyMs: rtt.median, jitterMs: rtt.jitter, lossPct: loss.percent,
+                           lossSamples: loss.count)
+    }
+
+    /// The current metrics; a down path reports 100% loss and score 0, latency and jitter as last measured.
+    public func metrics(bandwidthMbps: Double? = nil) -> PathMetrics {
+        let latency = rtt.median ?? rtt.smoothed ?? 0
+        let jitter = rtt.jitter
+        let lossPct = status == .down ? 100 : loss.percent
+        let score = status == .down || rtt.median == nil
+            ? 0 : PathScore.score(latencyMs: latency, jitterMs: jitter, lossPct: lossPct)
+        return PathMetrics(latencyMs: latency, jitterMs: jitter, lossPct: lossPct, bandwidthMbps: bandwidthMbps,
+                           score: score)
+    }
+
+    private mutating func evaluate(at now: MonotonicInstant, answered: Bool) -> PathStatusChange? {
+        let change = health.evaluate(at: now, consecutiveMisses: consecutiveMisses, answered: answered,
+                                     quality: quality, lastReplyAt: lastReplyAt)
+        // While down and not yet recovering, the windows hold only what follows the start of the next run of
+        // replies, so the status after recovery is judged on the recovered path, not on the outage.
+        if health.status == .down, health.streakStart == nil {
+            loss.clear()
+            rtt.clearWindow()
+        }
+        return change
+    }
+}

@@ -1,0 +1,109 @@
+/// What a prober has sent and what became of it: matches replies to probes and expires probes at their
+/// deadline. A value with no clock of its own: every call takes the current instant.
+///
+/// Guarantees: each (sequence, copy) is resolved once, as answered-in-time or lost; late and duplicate
+/// replies are recognised and never resolve anything again; sequence numbers may wrap (entries match by full
+/// sequence, not by order); a reply must echo the stamp of what was sent. Cost: a fixed ring of `capacity`
+/// entries (default 512, i.e. late replies are recognised for 25 s at 50 ms), and a scan of the few
+/// unresolved probes per expiry.
+public struct ProbeLedger: Sendable {
+    struct Entry: Sendable {
+        var sequence: UInt32
+        var sentAt: MonotonicInstant
+        var deadline: MonotonicInstant
+        var copies: UInt8
+        var answered: UInt8 = 0
+        var expired = false
+        var stamp: UInt32 { UInt32(truncatingIfNeeded: sentAt.nanoseconds) }
+    }
+
+    /// What one reply turned out to be.
+    public enum Match: Equatable, Sendable {
+        /// In time; `first` when it is the first reply for its sequence (that one resets the miss count).
+        case onTime(rtt: Duration, first: Bool)
+        /// After its probe's deadline: a valid RTT sample, but the probe stays lost.
+        case late(rtt: Duration)
+        /// This copy was already answered.
+        case duplicate
+        /// Never sent, left the ring, or the stamp does not match.
+        case nothing
+    }
+
+    /// A probe whose deadline passed: `lostCopies` packets are lost; `missed` when no copy was answered.
+    public struct Expiry: Equatable, Sendable {
+        public var sequence: UInt32
+        public var lostCopies: Int
+        public var missed: Bool
+        public var sentAt: MonotonicInstant
+    }
+
+    private var ring: [Entry?]
+    private var unresolved: [UInt32] = []
+
+    public init(capacity: Int = 512) {
+        precondition(capacity > 0, "the ledger needs room for one probe")
+        ring = Array(repeating: nil, count: capacity)
+    }
+
+    private func slot(_ sequence: UInt32) -> Int { Int(sequence % UInt32(ring.count)) }
+
+    /// Records a probe sent as `copies` packets (1, or 2 in suspect mode) with its deadline.
+    public mutating func sent(sequence: UInt32, at time: MonotonicInstant, deadline: MonotonicInstant,
+                              copies: Int) {
+        let index = slot(sequence)
+        if let old = ring[index] {
+            // The ring wrapped onto an older probe; only an unresolved one (a timeout longer than capacity x
+            // interval) is still listed, and it must not expire against the new entry.
+            unresolved.removeAll { $0 == old.sequence }
+        }
+        ring[index] = Entry(sequence: sequence, sentAt: time, deadline: deadline,
+                            copies: UInt8(clamping: max(1, min(copies, 8))))
+        unresolved.append(sequence)
+    }
+
+    private func fullMask(_ copies: UInt8) -> UInt8 { UInt8(truncatingIfNeeded: (1 << Int(copies)) - 1) }
+
+    /// Matches a reply. `hold` (the responder's processing time) is subtracted from the RTT unless it is not
+    /// smaller than the round trip itself (a confused responder), in which case the raw round trip counts.
+    public mutating func match(sequence: UInt32, stamp: UInt32, copy: Int, hold: Duration,
+                               at now: MonotonicInstant) -> Match {
+        let index = slot(sequence)
+        guard var entry = ring[index], entry.sequence == sequence, entry.stamp == stamp,
+              copy >= 0, copy < Int(entry.copies), now >= entry.sentAt else { return .nothing }
+        let bit = UInt8(1) << UInt8(copy)
+        guard entry.answered & bit == 0 else { return .duplicate }
+        let first = entry.answered == 0
+        entry.answered |= bit
+        ring[index] = entry
+        var rtt = now - entry.sentAt
+        if hold > .zero, hold < rtt { rtt -= hold }
+        if entry.expired { return .late(rtt: rtt) }
+        if entry.answered == fullMask(entry.copies) { unresolved.removeAll { $0 == sequence } }
+        return .onTime(rtt: rtt, first: first)
+    }
+
+    /// Expires every unresolved probe whose deadline is at or before `now`, in send order.
+    public mutating func expire(at now: MonotonicInstant) -> [Expiry] {
+        var expired: [Expiry] = []
+        var still: [UInt32] = []
+        for sequence in unresolved {
+            let index = slot(sequence)
+            guard var entry = ring[index], entry.sequence == sequence else { continue }
+            guard entry.deadline <= now else { still.append(sequence); continue }
+            entry.expired = true
+            ring[index] = entry
+            let answered = entry.answered.nonzeroBitCount
+            expired.append(Expiry(sequence: sequence, lostCopies: Int(entry.copies) - answered,
+                                  missed: answered == 0, sentAt: entry.sentAt))
+        }
+        unresolved = still
+        return expired.sorted { $0.sentAt < $1.sentAt }
+    }
+
+    /// The earliest deadline of an unresolved probe, if any.
+    public var nextDeadline: MonotonicInstant? {
+        unresolved.compactMap { ring[slot($0)]?.deadline }.min()
+    }
+
+    public var unresolvedCount: Int { unresolved.count }
+}

@@ -1,0 +1,85 @@
+import Foundation
+import Model
+
+/// Answers probes on UDP 51822 (all local addresses), each reply leaving by the interface its request came in
+/// on (IP_PKTINFO on receive and on sendmsg) with the request's destination as source, so a probe that came
+/// through one tunnel is answered through that same tunnel even when routing would prefer another.
+///
+/// Every datagram is untrusted: sources outside `allowedSources` (`unknownPeer`), malformed datagrams, and
+/// messages that are not requests are dropped and counted. A reply is never larger than its request, so the
+/// responder cannot amplify. Cost: one socket and one thread blocked in recvmsg; ~2 syscalls per probe.
+public final class ProbeResponder: @unchecked Sendable {
+    public struct Configuration: Hashable, Sendable {
+        public var port: UInt16 = 51822
+        public var bindAddress = IPv4Address(0)
+        /// Requests from other sources are dropped. Default: the overlay pool, i.e. only through tunnels.
+        public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+
+        public init() {}
+    }
+
+    /// What the responder did, for the status report and tests.
+    public struct Statistics: Hashable, Sendable {
+        public var answered: UInt64 = 0
+        public var sendErrors: UInt64 = 0
+        public var drops = ProbeDrops()
+    }
+
+    public let configuration: Configuration
+    private let socket: DatagramSocket
+    private let lock = NSLock()
+    private var stats = Statistics()
+
+    /// Opens and binds the socket now, so a port conflict is reported at start, not later.
+    public init(configuration: Configuration = Configuration()) throws(ProbeSocketError) {
+        self.configuration = configuration
+        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port, packetInfo: true)
+    }
+
+    /// The bound port (useful when configured with port 0).
+    public var port: UInt16 { socket.localPort }
+
+    public var statistics: Statistics {
+        lock.lock()
+        defer { lock.unlock() }
+        return stats
+    }
+
+    /// Answers until the calling task is cancelled; the socket is closed when it returns.
+    public func run() async {
+        let loop = ReceiveLoop(socket: socket, name: "probe-responder", maximumSize: ProbePacket.size) {
+            [self] datagram in handle(datagram)
+        }
+        await loop.run()
+    }
+
+    private func handle(_ datagram: Datagram) {
+        guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
+            count(.unknownPeer)
+            return
+        }
+        let request: ProbePacket
+        do {
+            request = try ProbePacket.decode(datagram.bytes)
+        } catch {
+            count(error)
+            return
+        }
+        guard request.kind == .request else { count(.unexpectedKind); return }
+        let hold = MonotonicInstant.now().nanoseconds &- datagram.receivedAt.nanoseconds
+        let reply = request.reply(holdNanoseconds: hold).encoded()
+        let failed = datagram.interfaceIndex > 0
+            ? socket.send(reply, to: datagram.source, viaInterface: datagram.interfaceIndex,
+                          from: datagram.destination)
+            : socket.send(reply, to: datagram.source)
+        lock.lock()
+        if failed == nil { stats.answered += 1 } else { stats.sendErrors += 1 }
+        lock.unlock()
+    }
+
+    private func count(_ reason: ProbePacket.Rejection) {
+        lock.lock()
+        stats.drops.count(reason)
+        lock.unlock()
+    }
+}

@@ -1,1 +1,0 @@
-// The Probing layer: see README.md "Code layout".

@@ -1,1 +1,0 @@
-// The Router layer: see README.md "Code layout".

@@ -1,0 +1,155 @@
+import Model
+import Prometheus
+import Synchronization
+
+/// One path as the metrics endpoint shows it.
+public struct PathSample: Hashable, Sendable {
+    public var path: String
+    public var site: String
+    public var uplink: String
+    public var status: PathStatus
+    public var metrics: PathMetrics?
+    /// Cumulative bytes through the path's tunnel peer, as WireGuard counts them.
+    public var transmitBytes: UInt64
+    public var receiveBytes: UInt64
+
+    public init(path: String, site: String, uplink: String, status: PathStatus, metrics: PathMetrics?,
+                transmitBytes: UInt64, receiveBytes: UInt64) {
+        self.path = path
+        self.site = site
+        self.uplink = uplink
+        self.status = status
+        self.metrics = metrics
+        self.transmitBytes = transmitBytes
+        self.receiveBytes = receiveBytes
+    }
+}
+
+/// One traffic class towards one site: where it goes and what our nft counters saw.
+public struct ClassSample: Hashable, Sendable {
+    public var policy: String
+    public var site: String
+    public var path: String
+    public var packets: UInt64
+    public var bytes: UInt64
+
+    public init(policy: String, site: String, path: String, packets: UInt64, bytes: UInt64) {
+        self.policy = policy
+        self.site = site
+        self.path = path
+        self.packets = packets
+        self.bytes = bytes
+    }
+}
+
+/// Everything the exporter publishes, taken in one piece so a scrape never sees half an update.
+public struct RouterSample: Sendable {
+    public var paths: [PathSample] = []
+    public var classes: [ClassSample] = []
+    public var failovers: UInt64 = 0
+    /// (component, reason) -> dropped datagrams, e.g. ("discovery", "bad-mac").
+    public var drops: [DropKey: UInt64] = [:]
+
+    public struct DropKey: Hashable, Sendable {
+        public var component: String
+        public var reason: String
+        public init(component: String, reason: String) {
+            self.component = component
+            self.reason = reason
+        }
+    }
+
+    public init() {}
+}
+
+/// Turns router samples into Prometheus series. Gauges for levels; counters for kernel and WireGuard counts,
+/// advanced by the difference between two readings (a reading that went backwards, after a table or tunnel
+/// was recreated, counts from zero). Series of paths and classes that disappear are unregistered.
+public final class RouterMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    // The daemon updates under this lock; the HTTP handler only reads the registry, which locks itself.
+    private let series = Mutex(Series())
+
+    private struct Series: ~Copyable {
+        var gauges: [String: Gauge] = [:]
+        var counters: [String: (counter: Counter, last: UInt64)] = [:]
+    }
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+    }
+
+    public func update(_ sample: RouterSample) {
+        series.withLock { (series: inout Series) in
+            var seenGauges = Set<String>()
+            var seenCounters = Set<String>()
+            func gauge(_ name: String, _ help: String, _ labels: [(String, String)], _ value: Double) {
+                let id = Self.identity(name, labels)
+                seenGauges.insert(id)
+                let g = series.gauges[id] ?? registry.makeGauge(descriptor: Self.descriptor(name, help), labels: labels)
+                series.gauges[id] = g
+                g.set(value)
+            }
+            func counter(_ name: String, _ help: String, _ labels: [(String, String)], _ absolute: UInt64) {
+                let id = Self.identity(name, labels)
+                seenCounters.insert(id)
+                var entry = series.counters[id] ?? (registry.makeCounter(descriptor: Self.descriptor(name, help), labels: labels), 0)
+                let delta = absolute >= entry.last ? absolute - entry.last : absolute
+                if delta > 0 { entry.counter.increment(by: Int64(clamping: delta)) }
+                entry.last = absolute
+                series.counters[id] = entry
+            }
+
+            for path in sample.paths {
+                let labels = [("path", path.path), ("site", path.site), ("uplink", path.uplink)]
+                for status in PathStatus.allCases {
+                    gauge("path_status", "1 for the path's current status (up, degraded, down)",
+                          labels + [("status", status.rawValue)], path.status == status ? 1 : 0)
+                }
+                if let m = path.metrics {
+                    gauge("path_latency_ms", "Round-trip time through the tunnel", labels, m.latencyMs)
+                    gauge("path_jitter_ms", "Round-trip time variation", labels, m.jitterMs)
+                    gauge("path_loss_percent", "Probe loss over the estimator window", labels, m.lossPct)
+                    gauge("path_score", "Path score 0-100", labels, m.score)
+                    if let bandwidth = m.bandwidthMbps {
+                        gauge("path_bandwidth_mbps", "Receiver-measured bandwidth", labels, bandwidth)
+                    }
+                }
+                counter("path_transmit_bytes_total", "Bytes sent to the path's tunnel peer", labels,
+                        path.transmitBytes)
+                counter("path_receive_bytes_total", "Bytes received from the path's tunnel peer", labels,
+                        path.receiveBytes)
+            }
+            for cls in sample.classes {
+                let labels = [("policy", cls.policy), ("site", cls.site)]
+                gauge("class_selected_path", "1 on the path a policy's traffic to a site takes",
+                      labels + [("path", cls.path)], 1)
+                counter("class_packets_total", "Packets steered for the policy (nft counter)", labels, cls.packets)
+                counter("class_bytes_total", "Bytes steered for the policy (nft counter)", labels, cls.bytes)
+            }
+            counter("failovers_total", "Selections moved to another path", [], sample.failovers)
+            for (key, count) in sample.drops {
+                counter("dropped_datagrams_total", "Untrusted datagrams rejected, by reason",
+                        [("component", key.component), ("reason", key.reason)], count)
+            }
+
+            for (id, g) in series.gauges where !seenGauges.contains(id) {
+                registry.unregisterGauge(g)
+                series.gauges[id] = nil
+            }
+            for (id, entry) in series.counters where !seenCounters.contains(id) {
+                registry.unregisterCounter(entry.counter)
+                series.counters[id] = nil
+            }
+        }
+    }
+
+    /// Our series all live in the `patronus_` namespace; `name` is the rest, unit included.
+    private static func descriptor(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "patronus", metricName: name, unitName: "", helpText: help)
+    }
+
+    private static func identity(_ name: String, _ labels: [(String, String)]) -> String {
+        name + "{" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") + "}"
+    }
+}

@@ -1,0 +1,107 @@
+import Model
+
+/// A remote site as the planner needs it: its name (for nft comments) and the prefixes behind it (overlay
+/// address and announced LANs), reachable over every path to it.
+public struct RemoteSite: Hashable, Sendable {
+    public var id: SiteID
+    public var name: String
+    public var prefixes: [IPv4Prefix]
+
+    public init(id: SiteID, name: String, prefixes: [IPv4Prefix]) {
+        self.id = id
+        self.name = name
+        self.prefixes = prefixes
+    }
+}
+
+/// A path as the kernel knows it: its slot and the tunnel interface its traffic leaves by.
+public struct PathBinding: Hashable, Sendable {
+    public var key: PathKey
+    public var slot: UInt8
+    public var interface: String
+
+    public init(key: PathKey, slot: UInt8, interface: String) {
+        self.key = key
+        self.slot = slot
+        self.interface = interface
+    }
+}
+
+/// Hands out small numbers that must stay the same for a name as long as it exists: class ids (they live in
+/// the conntrack marks of flows already classified) and path slots (they live in packet marks and table
+/// numbers). A released number is reused only after every never-used one, so a stale conntrack mark from a
+/// deleted class is unlikely to meet a new class with its id.
+public struct StableNumbering<Name: Hashable & Sendable>: Sendable {
+    public private(set) var assigned: [Name: UInt8] = [:]
+    private var released: [UInt8] = []
+    private var next: Int
+    private let range: ClosedRange<Int>
+
+    public init(range: ClosedRange<Int>) {
+        self.range = range
+        self.next = range.lowerBound
+    }
+
+    /// Gives every name in `names` a number (keeping existing ones), releases names no longer present.
+    /// Returns nil for names that could not get a number because the range is exhausted.
+    public mutating func update(_ names: some Sequence<Name>) -> [Name: UInt8] {
+        let wanted = Set(names)
+        for (name, number) in assigned where !wanted.contains(name) {
+            assigned[name] = nil
+            released.append(number)
+        }
+        for name in names where assigned[name] == nil {
+            if next <= range.upperBound {
+                assigned[name] = UInt8(next)
+                next += 1
+            } else if !released.isEmpty {
+                assigned[name] = released.removeFirst()
+            }
+        }
+        return assigned
+    }
+}
+
+/// Turns the engine's selections into the SteeringPlan the Steering layer applies. Pure.
+public enum SteeringPlanner {
+    /// - Parameters:
+    ///   - policies: enabled policies in priority order (lowest number first): classes match in that order.
+    ///   - classIDs: the stable id of each policy name (see `StableNumbering`).
+    ///   - sites: remote sites with their prefixes; sites without a path get no destination.
+    ///   - paths: the kernel binding of every known path.
+    ///   - selections: the engine's current decision.
+    public static func plan(policies: [Policy], classIDs: [String: UInt8], sites: [RemoteSite],
+                            paths: [PathBinding], selections: [SelectionKey: Selection]) -> SteeringPlan {
+        let ordered = policies.filter { $0.enabled && classIDs[$0.name] != nil }
+            .sorted { ($0.priority, $0.name) < ($1.priority, $1.name) }
+        let classes = ordered.map {
+            SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match])
+        }
+        let slotOf = Dictionary(uniqueKeysWithValues: paths.map { ($0.key, $0.slot) })
+        let steeringPaths = paths.sorted { $0.slot < $1.slot }.map {
+            SteeringPlan.SteeringPath(slot: $0.slot, interface: $0.interface, site: $0.key.site, key: $0.key)
+        }
+        let reachable = Set(paths.map(\.key.site))
+        let destinations = sites.filter { reachable.contains($0.id) }.sorted { $0.id < $1.id }.map {
+            SteeringPlan.Destination(site: $0.id, name: $0.name, prefixes: $0.prefixes.sorted())
+        }
+        var choices: [SteeringPlan.Choice] = []
+        for site in destinations {
+            for policy in ordered {
+                guard let selection = selections[SelectionKey(site: site.site, policy: policy.name)] else { continue }
+                let target: SteeringPlan.Target?
+                switch selection {
+                case .single(let key):
+                    target = slotOf[key].map { .path($0) }
+                case .buckets(let keys):
+                    let slots = keys.compactMap { slotOf[$0] }
+                    target = slots.count == keys.count ? .buckets(slots) : nil
+                }
+                if let target {
+                    choices.append(SteeringPlan.Choice(site: site.site, classID: classIDs[policy.name]!, target: target))
+                }
+            }
+        }
+        return SteeringPlan(classes: classes, paths: steeringPaths, destinations: destinations, choices: choices)
+    }
+}

@@ -1,0 +1,171 @@
+import Foundation
+import GRDB
+import Model
+
+/// Everything the status report shows, read in one transaction. Its JSON form (`status --json`) is a
+/// stable, versioned schema documented in docs/STATUS-JSON.md: keys are snake_case like the database
+/// columns, keys without a value are omitted, and `schema_version` grows only on incompatible changes.
+public struct StatusSnapshot: Codable, Hashable, Sendable {
+    public static let currentSchemaVersion = 1
+
+    public struct Site: Codable, Hashable, Sendable {
+        public var id: String
+        public var name: String
+        public var status: String
+        public var lastSeen: String
+        public var overlayAddress: String?
+        public var lanPrefixes: [String]
+        public var endpoints: [EndpointSummary]
+    }
+
+    public struct EndpointSummary: Codable, Hashable, Sendable {
+        public var label: String
+        public var address: String
+        public var port: Int
+    }
+
+    public struct PathCounts: Codable, Hashable, Sendable {
+        public var total: Int
+        public var up: Int
+        public var degraded: Int
+        public var down: Int
+    }
+
+    public struct Path: Codable, Hashable, Sendable {
+        public var id: Int64
+        public var srcSite: String
+        public var srcName: String
+        public var dstSite: String
+        public var dstName: String
+        public var status: String
+        public var wgInterface: String
+        public var localUplink: String
+        public var localLabel: String
+        public var remoteLabel: String
+        public var remoteEndpoint: String
+        public var score: Double?
+        public var latencyMs: Double?
+        public var jitterMs: Double?
+        public var packetLossPct: Double?
+        public var bandwidthMbps: Double?
+        public var measuredAt: String?
+    }
+
+    public var schemaVersion: Int
+    public var generatedAt: String
+    public var localSite: Site?
+    /// Remote sites whose status is active, by name.
+    public var activeSites: [Site]
+    public var inactiveSites: Int
+    public var pathCounts: PathCounts
+    public var paths: [Path]
+    /// The highest-scoring path that is not down; nil when none is scored.
+    public var bestPath: Int64?
+    /// The lowest-scoring scored path.
+    public var worstPath: Int64?
+
+    /// Pretty, key-sorted JSON with a trailing newline.
+    public func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        // Encoding plain strings, numbers and arrays cannot fail.
+        return String(decoding: try! encoder.encode(self), as: UTF8.self) + "\n"
+    }
+
+    public static func decode(json: Data) throws -> StatusSnapshot {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(StatusSnapshot.self, from: json)
+    }
+
+    /// The seed's "Network Status Report" layout.
+    public func report() -> String {
+        let rule = String(repeating: "═", count: 55)
+        var lines = [rule, "Network Status Report", rule]
+        if let local = localSite { lines.append("Local site: \(local.name) (ID: \(local.id))") }
+        lines.append("Active sites: \(activeSites.count)")
+        for site in activeSites {
+            lines.append("  • \(site.name) (ID: \(site.id))")
+            for endpoint in site.endpoints {
+                lines.append("    - Endpoint: \(endpoint.address):\(endpoint.port) (\(endpoint.label))")
+            }
+        }
+        lines.append("")
+        lines.append("Active paths: \(pathCounts.total) (Up: \(pathCounts.up), Degraded: \(pathCounts.degraded), "
+                     + "Down: \(pathCounts.down))")
+        if let best = paths.first(where: { $0.id == bestPath }) { lines.append("  Best path: \(Self.describe(best))") }
+        if let worst = paths.first(where: { $0.id == worstPath }) { lines.append("  Worst path: \(Self.describe(worst))") }
+        if pathCounts.total > 0, bestPath == nil, worstPath == nil { lines.append("  No path measured yet") }
+        lines.append(rule)
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func describe(_ path: Path) -> String {
+        let via = path.localLabel == path.remoteLabel ? path.localLabel : "\(path.localLabel)→\(path.remoteLabel)"
+        func number(_ value: Double?, _ unit: String) -> String {
+            guard let value else { return "n/a" }
+            return formatNumber(value) + unit
+        }
+        return "\(path.srcName) → \(path.dstName) via \(via) (score: \(number(path.score, "")), "
+            + "latency: \(number(path.latencyMs, "ms")), loss: \(number(path.packetLossPct, "%")))"
+    }
+
+    /// Up to two decimals, trailing zeros dropped: 98, 12.5, 0.05.
+    static func formatNumber(_ value: Double) -> String {
+        var text = String(format: "%.2f", value)
+        while text.hasSuffix("0") { text.removeLast() }
+        if text.hasSuffix(".") { text.removeLast() }
+        return text == "-0" ? "0" : text
+    }
+}
+
+extension Store {
+    /// Reads the whole status in one read transaction, so counts and lists agree with each other.
+    public func statusSnapshot(now: Date = Date()) throws(StoreError) -> StatusSnapshot {
+        try read("read status") { db in
+            let sites = try Row.fetchAll(db, sql: "SELECT * FROM sites ORDER BY name, id").map(Store.site)
+            let endpoints = try Row.fetchAll(db, sql: "SELECT * FROM endpoints ORDER BY label").map(Store.endpoint)
+            let paths = try Row.fetchAll(db, sql: "SELECT * FROM paths ORDER BY id").map(Store.path)
+            let latest = try Row.fetchAll(db, sql: Store.latestMetricsSQL).map(Store.sample)
+            let metrics = Dictionary(latest.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
+            let names = Dictionary(sites.map { ($0.id, $0.name) }, uniquingKeysWith: { first, _ in first })
+
+            func summary(_ site: SiteRecord) -> StatusSnapshot.Site {
+                StatusSnapshot.Site(
+                    id: site.id.description, name: site.name, status: site.status.rawValue,
+                    lastSeen: site.lastSeen.utcText, overlayAddress: site.overlayAddress?.description,
+                    lanPrefixes: site.lanPrefixes.map(\.description),
+                    endpoints: endpoints.filter { $0.site == site.id }.map {
+                        .init(label: $0.endpoint.label, address: $0.endpoint.address.address.description,
+                              port: Int($0.endpoint.address.port))
+                    })
+            }
+            let remote = sites.filter { !$0.isLocal }
+            let pathSummaries = paths.map { path in
+                let sample = metrics[path.id]
+                return StatusSnapshot.Path(
+                    id: path.id, srcSite: path.source.description, srcName: names[path.source] ?? "?",
+                    dstSite: path.destination.description, dstName: names[path.destination] ?? "?",
+                    status: path.status.rawValue, wgInterface: path.wgInterface,
+                    localUplink: path.localUplink.interface, localLabel: path.localUplink.label,
+                    remoteLabel: path.remoteEndpoint.label, remoteEndpoint: path.remoteEndpoint.address.description,
+                    score: path.score ?? sample?.metrics.score, latencyMs: sample?.metrics.latencyMs,
+                    jitterMs: sample?.metrics.jitterMs, packetLossPct: sample?.metrics.lossPct,
+                    bandwidthMbps: sample?.metrics.bandwidthMbps, measuredAt: sample?.measuredAt.utcText)
+            }
+            let scored = pathSummaries.filter { $0.score != nil }
+            let best = scored.filter { $0.status != PathStatus.down.rawValue }
+                .max { ($0.score!, -$0.id) < ($1.score!, -$1.id) }
+            let worst = scored.min { ($0.score!, $0.id) < ($1.score!, $1.id) }
+            func count(_ status: PathStatus) -> Int { paths.count { $0.status == status } }
+            return StatusSnapshot(
+                schemaVersion: StatusSnapshot.currentSchemaVersion, generatedAt: now.utcText,
+                localSite: sites.first(where: \.isLocal).map(summary),
+                activeSites: remote.filter { $0.status == .active }.map(summary),
+                inactiveSites: remote.count { $0.status == .inactive },
+                pathCounts: .init(total: paths.count, up: count(.up), degraded: count(.degraded), down: count(.down)),
+                paths: pathSummaries, bestPath: best?.id, worstPath: worst?.id)
+        }
+    }
+}

@@ -1,0 +1,17 @@
+/// The files a router keeps beside its database. Names derive from the database path so several routers
+/// (e.g. hq.db and east.db in one folder, as in the lab) never share a key or a lock.
+public struct StoreFiles: Hashable, Sendable {
+    public let database: String
+
+    public init(database: String) { self.database = database }
+
+    /// Held with flock by the running daemon: one writer per database.
+    public var lock: String { database + ".lock" }
+    /// The WireGuard private key (base64, 0600), created on first start.
+    public var privateKey: String { database + ".wg-key" }
+    /// The mesh key that authenticates announcements (base64, 0600), created on first start unless
+    /// `--mesh-key` names a shared one.
+    public var meshKey: String { database + ".mesh-key" }
+    public var wal: String { database + "-wal" }
+    public var sharedMemory: String { database + "-shm" }
+}

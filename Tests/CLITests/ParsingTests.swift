@@ -1,0 +1,166 @@
+import ArgumentParser
+import Foundation
+import Testing
+@testable import CLI
+import Model
+import Router
+
+@Suite struct RunParsingTests {
+    func parseRun(_ arguments: [String]) throws -> RunCommand {
+        try #require(try PatronusRouter.parseAsRoot(["run"] + arguments) as? RunCommand)
+    }
+
+    func error(_ arguments: [String]) -> String? {
+        do {
+            _ = try PatronusRouter.parseAsRoot(arguments)
+            return nil
+        } catch {
+            return PatronusRouter.oneLineMessage(for: error)
+        }
+    }
+
+    @Test func seedDefaults() throws {
+        let configuration = try parseRun(["--site-name", "test-site"]).routerConfiguration
+        #expect(configuration == RouterConfiguration(siteName: "test-site"))
+        #expect(configuration.listenPort == 51820)
+        #expect(configuration.databasePath == "sdwan.db")
+        #expect(configuration.interfaceName == "wg-sdwan")
+        #expect(configuration.multicastGroup.description == "239.255.77.77:51821")
+        #expect(!configuration.debug)
+        #expect(configuration.probeInterval == .milliseconds(50))
+        #expect(configuration.statusInterval == .seconds(30))
+    }
+
+    @Test func seedExampleCommandLines() throws {
+        let hq = try parseRun(["--site-name", "headquarters", "--listen-port", "51820", "--database",
+                               "/var/lib/patronus/hq.db", "--interface", "wg-hq"]).routerConfiguration
+        #expect(hq.siteName == "headquarters" && hq.databasePath == "/var/lib/patronus/hq.db" && hq.interfaceName == "wg-hq")
+        let test = try parseRun(["--site-name", "test-site", "--database", "/tmp/sdwan-test.db", "--debug"])
+        #expect(test.routerConfiguration.debug)
+    }
+
+    @Test func ourFlags() throws {
+        let configuration = try parseRun([
+            "--site-name", "hq", "--uplink", "eth0=isp-a", "--uplink", "wwan0=lte", "--lan", "192.168.1.0/24",
+            "--lan", "192.168.5.0/24", "--mesh-key", "/etc/patronus/mesh.key", "--peer", "192.0.2.7:51821",
+            "--probe-interval", "100", "--metrics-listen", "127.0.0.1:9477", "--multicast-group", "239.1.2.3:4000",
+        ]).routerConfiguration
+        #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte")])
+        #expect(configuration.lanPrefixes.map(\.description) == ["192.168.1.0/24", "192.168.5.0/24"])
+        #expect(configuration.meshKeyPath == "/etc/patronus/mesh.key")
+        #expect(configuration.peers.map(\.description) == ["192.0.2.7:51821"])
+        #expect(configuration.probeInterval == .milliseconds(100))
+        #expect(configuration.metricsListen?.description == "127.0.0.1:9477")
+        #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
+        #expect(Daemon.unsupportedFlags(configuration) == ["--uplink", "--lan", "--mesh-key", "--peer", "--probe-interval",
+                                                          "--metrics-listen"])
+        #expect(Daemon.unsupportedFlags(RouterConfiguration(siteName: "hq")).isEmpty)
+    }
+
+    @Test func everyBadFlagIsOneClearLine() throws {
+        let cases: [([String], String)] = [
+            (["run"], "--site-name"),
+            (["run", "--site-name", "hq", "--bogus"], "--bogus"),
+            (["run", "--site-name", "bad name"], "--site-name"),
+            (["run", "--site-name", "hq", "--listen-port", "0"], "--listen-port"),
+            (["run", "--site-name", "hq", "--listen-port", "70000"], "--listen-port"),
+            (["run", "--site-name", "hq", "--listen-port", "x"], "--listen-port"),
+            (["run", "--site-name", "hq", "--interface", "a-very-long-interface"], "--interface"),
+            (["run", "--site-name", "hq", "--multicast-group", "10.0.0.1:51821"], "multicast"),
+            (["run", "--site-name", "hq", "--multicast-group", "239.255.77.77"], "--multicast-group"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=a b"], "--uplink"),
+            (["run", "--site-name", "hq", "--uplink", "eth0", "--uplink", "eth0=x"], "twice"),
+            (["run", "--site-name", "hq", "--uplink", "wg-sdwan0"], "own tunnels"),
+            (["run", "--site-name", "hq", "--lan", "10.99.3.0/24"], "overlay pool"),
+            (["run", "--site-name", "hq", "--lan", "192.168.1.1/24"], "--lan"),
+            (["run", "--site-name", "hq", "--lan", "192.168.0.0/16", "--lan", "192.168.1.0/24"], "overlaps"),
+            (["run", "--site-name", "hq", "--peer", "example.org:1"], "--peer"),
+            (["run", "--site-name", "hq", "--peer", "239.1.1.1:1"], "unicast"),
+            (["run", "--site-name", "hq", "--probe-interval", "5"], "--probe-interval"),
+            (["run", "--site-name", "hq", "--probe-interval", "20000"], "--probe-interval"),
+            (["run", "--site-name", "hq", "--metrics-listen", "127.0.0.1"], "--metrics-listen"),
+            (["run", "--site-name", "hq", "--mesh-key", "k", "--insecure-no-auth"], "--insecure-no-auth"),
+            (["run", "--site-name", "hq", "--database", ""], "--database"),
+            (["status", "--jsn"], "--jsn"),
+            (["policy", "frobnicate"], "frobnicate"),
+            (["mesh-key", "generate", "--output"], "--output"),
+        ]
+        for (arguments, expected) in cases {
+            let message = try #require(error(arguments), "\(arguments) was accepted")
+            #expect(message.contains(expected), "\(arguments): \(message)")
+            #expect(!message.contains("\n"), "\(arguments): \(message)")
+        }
+    }
+}
+
+@Suite struct PolicyParsingTests {
+    func parseAdd(_ arguments: [String]) throws -> PolicyCommand.Add {
+        try #require(try PatronusRouter.parseAsRoot(["policy", "add"] + arguments) as? PolicyCommand.Add)
+    }
+
+    @Test func addBuildsTheWholePolicy() throws {
+        let add = try parseAdd(["--name", "voip2", "--priority", "90", "--strategy", "lowest-latency",
+                                "--match", "udp:5060-5061,16384-32767", "--match", "tcp:5060-5061", "--dscp", "46",
+                                "--dscp", "34,26", "--src", "192.168.1.0/24", "--dst", "10.20.0.0/16",
+                                "--max-latency", "150", "--max-jitter", "30", "--max-loss", "1", "--disabled",
+                                "--database", "/tmp/x.db"])
+        let policy = add.policy
+        #expect(policy.name == "voip2" && policy.priority == 90 && policy.strategy == .lowestLatency && !policy.enabled)
+        #expect(policy.match.services == [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
+                                          ServiceMatch(.tcp, [PortRange(5060, 5061)])])
+        #expect(policy.match.dscp == [46, 34, 26])
+        #expect(policy.match.sources == [IPv4Prefix("192.168.1.0/24")!])
+        #expect(policy.match.destinations == [IPv4Prefix("10.20.0.0/16")!])
+        #expect(policy.sla == SLA(maxLatencyMs: 150, maxJitterMs: 30, maxLossPct: 1))
+        #expect(add.options.database == "/tmp/x.db")
+        let fixed = try parseAdd(["--name", "pin", "--priority", "5", "--strategy", "fixed:isp-a"])
+        #expect(fixed.policy.strategy == .fixed(uplinkLabel: "isp-a") && fixed.policy.match.matchesEverything)
+    }
+
+    @Test func malformedPoliciesAreRefusedInOneLine() throws {
+        let base = ["policy", "add", "--name", "p", "--priority", "5", "--strategy", "best-score"]
+        let cases: [([String], String)] = [
+            (["policy", "add", "--name", "p", "--priority", "5", "--strategy", "fastest"], "fastest"),
+            (base + ["--match", "icmp"], "--match"),
+            (base + ["--match", "udp:0"], "--match"),
+            (base + ["--match", "udp:10-5"], "--match"),
+            (base + ["--dscp", "64"], "--dscp"),
+            (base + ["--src", "10.0.0.1/8"], "--src"),
+            (base + ["--max-loss", "150"], "max loss"),
+            (base + ["--max-latency=-1"], "max latency"),
+            (base + ["--max-jitter", "0"], "max jitter"),
+            (["policy", "add", "--name", "9lives", "--priority", "5", "--strategy", "best-score"], "policy name"),
+            (["policy", "add", "--name", "p", "--priority", "0", "--strategy", "best-score"], "priority"),
+            (["policy", "add", "--name", "p", "--strategy", "best-score"], "--priority"),
+            (["policy", "remove"], "<name>"),
+        ]
+        for (arguments, expected) in cases {
+            do {
+                _ = try PatronusRouter.parseAsRoot(arguments)
+                Issue.record("\(arguments) was accepted")
+            } catch {
+                let message = PatronusRouter.oneLineMessage(for: error)
+                #expect(message.contains(expected), "\(arguments): \(message)")
+                #expect(!message.contains("\n"))
+            }
+        }
+    }
+
+    @Test func otherCommandsParse() throws {
+        let status = try #require(try PatronusRouter.parseAsRoot(["status", "--database", "a.db", "--json"]) as? StatusCommand)
+        #expect(status.database == "a.db" && status.json)
+        #expect((try PatronusRouter.parseAsRoot(["status"]) as? StatusCommand)?.database == "sdwan.db")
+        #expect((try PatronusRouter.parseAsRoot(["policy", "disable", "bulk"]) as? PolicyCommand.Disable)?.name == "bulk")
+        #expect((try PatronusRouter.parseAsRoot(["policy", "list", "--json"]) as? PolicyCommand.List)?.json == true)
+        let generate = try #require(try PatronusRouter.parseAsRoot(["mesh-key", "generate", "--output", "k", "--force"])
+            as? MeshKeyCommand.Generate)
+        #expect(generate.output == "k" && generate.force)
+    }
+
+    @Test func capabilityParsing() {
+        #expect(ProcessCapabilities.hasNetAdmin(procStatus: "Name:\tx\nCapEff:\t000001ffffffffff\n"))
+        #expect(!ProcessCapabilities.hasNetAdmin(procStatus: "CapEff:\t0000000000000000\n"))
+        #expect(ProcessCapabilities.hasNetAdmin(procStatus: "CapEff:\t0000000000001000\n"))
+        #expect(!ProcessCapabilities.hasNetAdmin(procStatus: "CapEff:\tzz\n"))
+    }
+}

@@ -1,0 +1,97 @@
+import Testing
+@testable import Lab
+
+@Suite struct LabPlanTests {
+    @Test func defaultPlanHasThreeSitesTwoISPs() throws {
+        let plan = try LabPlan.make(instance: "lab")
+        #expect(plan.sites.map(\.name) == ["hq", "east", "west"])
+        #expect(plan.isps.map(\.label) == ["isp-a", "isp-b"])
+        #expect(plan.uplinks.count == 6)
+        #expect(plan.namespaceNames == ["ptlab-isp-a", "ptlab-isp-b", "ptlab-hq", "ptlab-hq-lan",
+                                        "ptlab-east", "ptlab-east-lan", "ptlab-west", "ptlab-west-lan"])
+        let eastB = try plan.uplink(site: "east", named: "isp-b")
+        #expect(eastB.address == "100.64.2.2" && eastB.routerInterface == "wan-b")
+        #expect(eastB.siteFacing == "s-east" && eastB.emulatorFacing == "e-east" && eastB.bridgePort == "b-east")
+        #expect(plan.site(named: "west")?.lanPrefix == "10.10.3.0/24")
+        #expect(plan.isps[1].gateway == "100.64.2.254")
+    }
+
+    @Test func uplinksResolveByLabelLetterOrInterface() throws {
+        let plan = try LabPlan.make(instance: "x")
+        #expect(try plan.uplink(site: "hq", named: "b").isp == "isp-b")
+        #expect(try plan.uplink(site: "hq", named: "wan-a").isp == "isp-a")
+        #expect(throws: LabError.self) { try plan.uplink(site: "mars", named: "isp-a") }
+        #expect(throws: LabError.self) { try plan.uplink(site: "hq", named: "isp-c") }
+    }
+
+    @Test func manySitesGetGeneratedNamesThatFitInterfaceNames() throws {
+        let plan = try LabPlan.make(instance: "x", sites: 16, uplinks: 6)
+        #expect(plan.sites.last?.name == "site16")
+        for uplink in plan.uplinks {
+            for name in [uplink.routerInterface, uplink.siteFacing, uplink.emulatorFacing, uplink.bridgePort, uplink.netemBridge] {
+                #expect(name.utf8.count <= 15)
+            }
+        }
+        #expect(Set(plan.namespaceNames).count == plan.namespaceNames.count)
+    }
+
+    @Test func absurdSizesAndNamesAreRejected() {
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", sites: 0) }
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", sites: 17) }
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", uplinks: 0) }
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", uplinks: 7) }
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "Lab/1") }
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "") }
+    }
+
+    @Test func routerCommandLineIsTheRealRunCommand() throws {
+        let plan = try LabPlan.make(instance: "lab")
+        #expect(plan.routerArguments(site: "hq", executable: "/usr/bin/patronus-router", stateDirectory: "/run/x") == [
+            "/usr/bin/patronus-router", "run", "--site-name", "hq", "--database", "/run/x/hq.db",
+            "--uplink", "wan-a=isp-a", "--uplink", "wan-b=isp-b", "--lan", "10.10.1.0/24",
+        ])
+    }
+}
+
+@Suite struct ImpairmentTests {
+    @Test func changesApplyOnlyTheGivenFields() {
+        var link = ImpairmentChange(delayMs: 30).applied(to: .none)
+        link = ImpairmentChange(lossPercent: 5).applied(to: link)
+        #expect(link == Impairment(delayMs: 30, lossPercent: 5))
+        link = ImpairmentChange(cut: true).applied(to: link)
+        #expect(link.cut && link.delayMs == 30)
+        link = ImpairmentChange(cut: false).applied(to: link)
+        #expect(!link.cut && link.lossPercent == 5)
+        link = ImpairmentChange(rateMbit: 20).applied(to: link)
+        #expect(link.rateMbit == 20)
+        link = ImpairmentChange(rateMbit: 0).applied(to: link)
+        #expect(link.rateMbit == nil)
+        #expect(ImpairmentChange(clear: true).applied(to: link) == .none)
+        #expect(link.description == "delay 30 ms, loss 5%")
+    }
+
+    @Test func negativeNonFiniteAndAbsurdValuesAreRejected() {
+        for change in [ImpairmentChange(delayMs: -1), ImpairmentChange(delayMs: 10_001), ImpairmentChange(jitterMs: -0.5),
+                       ImpairmentChange(lossPercent: 101), ImpairmentChange(lossPercent: .nan),
+                       ImpairmentChange(rateMbit: -20), ImpairmentChange(rateMbit: 0.001), ImpairmentChange(rateMbit: 1e9),
+                       ImpairmentChange(rateMbit: .infinity)] {
+            #expect(throws: LabError.self) { try change.validate() }
+        }
+        #expect(throws: Never.self) { try ImpairmentChange(delayMs: 0, jitterMs: 10, lossPercent: 100, rateMbit: 0).validate() }
+    }
+
+    @Test func netemArgumentsFollowTheImpairment() {
+        #expect(NetemControl.netemArguments(Impairment(delayMs: 30, jitterMs: 10, lossPercent: 5, rateMbit: 20)) ==
+                ["netem", "limit", "100000", "delay", "30.0ms", "10.0ms", "distribution", "normal", "loss", "5.0%", "rate", "20000kbit"])
+        #expect(NetemControl.netemArguments(Impairment(cut: true)) == ["netem", "limit", "100000", "loss", "100.0%"])
+    }
+
+    @Test func generatorDrawsHaveTheRightMoments() {
+        var random = SplitMix64(seed: 42)
+        let normals = (0..<20_000).map { _ in random.nextNormal() }
+        #expect(abs(normals.reduce(0, +) / 20_000) < 0.03)
+        #expect(abs(Statistics.standardDeviation(normals) - 1) < 0.03)
+        let hits = (0..<20_000).filter { _ in random.nextUnit() < 0.05 }.count
+        #expect((800...1200).contains(hits))
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import Lab
+import Model
+import Testing
+@testable import Probing
+
+@Suite struct BandwidthTests {
+    let t0 = MonotonicInstant(nanoseconds: 1_000_000_000)
+
+    @Test func reportGoldenBytesAndStrictDecode() throws {
+        let report = TrainReport(session: 0x0A0B_0C0D, train: 2, packets: 100, bytes: 0x1_0000_0001,
+                                 spanNanoseconds: 48_000_000, bitsPerSecond: 20_000_000)
+        let bytes = report.encoded()
+        #expect(bytes.count == 52)
+        #expect(Array(bytes[0..<12]) == [0x50, 0x52, 0x01, 0x04, 0x0A, 0x0B, 0x0C, 0x0D, 0, 0, 0, 2])
+        #expect(Array(bytes[20..<32]) == [0, 0, 0, 100, 0, 0, 0, 1, 0, 0, 0, 1])
+        #expect(try TrainReport.decode(bytes) == report)
+        func reason(_ bytes: [UInt8]) -> ProbePacket.Rejection? {
+            do { _ = try TrainReport.decode(bytes); return nil } catch { return error }
+        }
+        #expect(reason(Array(bytes.prefix(51))) == .truncated)
+        #expect(reason(bytes + [0]) == .truncated)
+        var reserved = bytes
+        reserved[51] = 1
+        #expect(reason(reserved) == .badFlags)
+        var kind = bytes
+        kind[3] = 0x02
+        #expect(reason(kind) == .unexpectedKind)
+    }
+
+    @Test func rateComesFromArrivalTimesAndSkipsTheBurstHead() {
+        // 100 packets of 1200 bytes: the first 8 arrive back to back (a token bucket's burst), the rest
+        // every 491.2 us, i.e. 1228 IP bytes at 20 Mbit/s.
+        var train = TrainMeasurement(session: 1, train: 0, length: 100, start: t0)
+        var time = t0
+        for index in 0..<100 {
+            time = time + (index < 8 ? .microseconds(10) : .nanoseconds(491_200))
+            train.arrived(index: UInt32(index), at: time, payloadBytes: 1200)
+        }
+        train.arrived(index: 5, at: time + .seconds(1), payloadBytes: 1200) // duplicate: ignored
+        train.arrived(index: 100, at: time, payloadBytes: 1200) // out of range: ignored
+        let report = train.report
+        #expect(report.packets == 100)
+        #expect(abs(Double(report.bitsPerSecond) - 20e6) / 20e6 < 0.01, "\(report.bitsPerSecond)")
+    }
+
+    @Test func tooFewPacketsGiveNoRate() {
+        var train = TrainMeasurement(session: 1, train: 0, length: 10, start: t0)
+        train.arrived(index: 0, at: t0, payloadBytes: 1200)
+        #expect(train.report.bitsPerSecond == 0)
+    }
+
+    @Test(.enabled(if: getuid() == 0), .timeLimit(.minutes(1)))
+    func receiverMeasuredBandwidthThroughTokenBucketsRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        try topology.a.check(["tc", "qdisc", "add", "dev", "pa0", "root", "tbf", "rate", "20mbit", "burst",
+                              "32kbit", "latency", "50ms"])
+        try topology.a.check(["tc", "qdisc", "add", "dev", "pa1", "root", "tbf", "rate", "80mbit", "burst",
+                              "32kbit", "latency", "50ms"])
+        let receiver = try topology.b.perform { try BandwidthReceiver() }
+        let receiving = Task { await receiver.run() }
+        defer { receiving.cancel() }
+        let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51823)
+        let test = BandwidthTest()
+        var estimates: [String: Double] = [:]
+        for device in ["pa0", "pa1"] {
+            let target = ProbeTarget(name: device, remote: remote, pinning: .interface(device))
+            let socket = try topology.a.perform { try DatagramSocket(pinnedTo: target) }
+            let estimate = try await test.run(socket: socket, remote: remote)
+            estimates[device] = estimate.mbps
+            #expect(estimate.reports.count == 3)
+            #expect(estimate.bytesSent == 3 * 100 * 1228)
+        }
+        let slow = try #require(estimates["pa0"])
+        let fast = try #require(estimates["pa1"])
+        #expect(abs(slow - 20) / 20 <= 0.15, "20 Mbit/s path measured \(slow)")
+        #expect(abs(fast - 80) / 80 <= 0.15, "80 Mbit/s path measured \(fast)")
+        #expect(slow < fast)
+        #expect(receiver.statistics.drops.total == 0)
+        print("bandwidth: tbf 20 Mbit/s -> \(slow) Mbit/s, tbf 80 Mbit/s -> \(fast) Mbit/s")
+    }
+}

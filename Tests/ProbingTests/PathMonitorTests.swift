@@ -1,0 +1,336 @@
+import Model
+import Testing
+@testable import Probing
+
+/// Deterministic pseudo-random numbers (SplitMix64), so every simulated run is reproducible.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A simulated path driving a PathMonitor exactly as PathProber does: wake at nextWakeup, advance, send what
+/// is due; replies arrive after the delay `network` returns (nil: lost), possibly several times.
+struct SimulatedPath {
+    var monitor: PathMonitor
+    var now: MonotonicInstant
+    var changes: [PathStatusChange] = []
+    private var inFlight: [(at: MonotonicInstant, packet: ProbePacket)] = []
+
+    init(configuration: ProbeConfiguration = ProbeConfiguration(), firstSequence: UInt32 = 0) {
+        now = MonotonicInstant(nanoseconds: 5_000_000_000)
+        monitor = PathMonitor(configuration: configuration, session: 0xC0FFEE, firstSequence: firstSequence,
+                              start: now)
+    }
+
+    /// `network(packet, sendTime)` gives the reply delays of one packet: [] when lost, two for a duplicate.
+    mutating func run(for span: Duration, network: (ProbePacket, MonotonicInstant) -> [Duration]) {
+        let end = now + span
+        while true {
+            let arrival = inFlight.min { $0.at < $1.at }
+            let wake = monitor.nextWakeup
+            if let arrival, arrival.at <= wake {
+                guard arrival.at <= end else { break }
+                now = max(now, arrival.at)
+                inFlight.removeAll { $0.at == arrival.at && $0.packet == arrival.packet }
+                if let change = monitor.receive(arrival.packet, at: now) { changes.append(change) }
+                continue
+            }
+            guard wake <= end else { break }
+            now = max(now, wake)
+            changes += monitor.advance(to: now)
+            for packet in monitor.probesDue(at: now) {
+                for delay in network(packet, now) {
+                    inFlight.append((now + delay, packet.reply(holdNanoseconds: 0)))
+                }
+            }
+        }
+        now = end
+    }
+
+    var downs: [PathStatusChange] { changes.filter { $0.to == .down } }
+}
+
+@Suite struct PathMonitorTests {
+    let rtt20: (ProbePacket, MonotonicInstant) -> [Duration] = { _, _ in [.milliseconds(20)] }
+
+    @Test func aHealthyPathComesUpAndMeasuresItsRTT() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        #expect(path.changes.map(\.to) == [.up])
+        #expect(path.changes[0].at - MonotonicInstant(nanoseconds: 5_000_000_000) <= .milliseconds(600))
+        let metrics = path.monitor.metrics()
+        #expect(metrics.latencyMs == 20)
+        #expect(metrics.jitterMs == 0)
+        #expect(metrics.lossPct == 0)
+        #expect(metrics.score > 99)
+        #expect(path.monitor.timeout == .milliseconds(30)) // srtt 20 + max(4 x 0, 10 ms margin)
+        #expect(path.monitor.counters.probesSent == 41) // at 0, 50, ..., 2000 ms
+    }
+
+    @Test func aCutIsDetectedByTheTimerWithinThreeIntervalsPlusTimeout() {
+        for phase in stride(from: 0, to: 50, by: 7) {
+            var path = SimulatedPath()
+            path.run(for: .seconds(2), network: rtt20)
+            path.run(for: .milliseconds(phase), network: rtt20)
+            let cut = path.now
+            // Replies already in flight at the cut are lost too: the cut is on the path, not at the sender.
+            path.run(for: .seconds(1)) { _, sent in sent + .milliseconds(10) < cut ? [.milliseconds(20)] : [] }
+            #expect(path.downs.count == 1)
+            let detection = path.downs[0].at - cut
+            // Bound: 3 intervals + 1 RTT + the 10 ms timeout margin.
+            #expect(detection <= .milliseconds(150 + 20 + 10), "phase \(phase): \(detection)")
+            #expect(path.downs[0].reason == .consecutiveMisses(3))
+            #expect(path.monitor.metrics().lossPct == 100 && path.monitor.metrics().score == 0)
+        }
+    }
+
+    @Test func restoreBringsThePathUpOnlyAfterTheHold() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.run(for: .seconds(1)) { _, _ in [] }
+        let restore = path.now
+        path.run(for: .seconds(5), network: rtt20)
+        let ups = path.changes.filter { $0.to == .up && $0.at > restore }
+        #expect(ups.count == 1)
+        let delay = ups[0].at - restore
+        #expect(delay >= .seconds(3) && delay <= .milliseconds(3100), "\(delay)")
+        #expect(path.monitor.metrics().lossPct == 0) // judged on the recovered path, not the outage
+    }
+
+    @Test func aFlappingPathStaysDown() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        for _ in 0..<10 {
+            path.run(for: .seconds(1)) { _, _ in [] }
+            path.run(for: .seconds(1), network: rtt20)
+        }
+        #expect(path.changes.map(\.to) == [.up, .down])
+    }
+
+    @Test func twoPercentRandomLossCausesNoFalseDownInTenMinutes() {
+        for seed in UInt64(1)...5 {
+            var random = SeededRandom(seed: seed)
+            var path = SimulatedPath()
+            path.run(for: .seconds(600)) { _, _ in
+                Double.random(in: 0..<1, using: &random) < 0.02 ? [] : [.milliseconds(20)]
+            }
+            #expect(path.changes.map(\.to) == [.up], "seed \(seed): \(path.changes)")
+            #expect(path.monitor.counters.probesSent == 12001)
+        }
+    }
+
+    @Test func fivePercentLossIsMeasuredAsFourToSixPercent() {
+        var random = SeededRandom(seed: 42)
+        var path = SimulatedPath()
+        var estimates: [Double] = []
+        path.run(for: .seconds(2), network: rtt20)
+        for _ in 0..<120 {
+            path.run(for: .seconds(1)) { _, _ in
+                Double.random(in: 0..<1, using: &random) < 0.05 ? [] : [.milliseconds(20)]
+            }
+            estimates.append(path.monitor.loss.percent)
+        }
+        let mean = estimates.reduce(0, +) / Double(estimates.count)
+        #expect(mean >= 4 && mean <= 6, "\(mean)")
+        #expect(path.downs.isEmpty)
+    }
+
+    @Test func reorderingAndDuplicatesCostNothing() {
+        var random = SeededRandom(seed: 7)
+        var path = SimulatedPath()
+        path.run(for: .seconds(10)) { _, _ in
+            // 20-28 ms, so consecutive replies overtake each other; every reply arrives twice.
+            let delay = Duration.microseconds(Int64.random(in: 20_000...28_000, using: &random))
+            return [delay, delay + .milliseconds(1)]
+        }
+        let counters = path.monitor.counters
+        #expect(counters.duplicates == counters.repliesOnTime)
+        #expect(path.monitor.loss.percent == 0)
+        #expect(counters.drops.total == 0)
+        let median = path.monitor.metrics().latencyMs
+        #expect(median > 22 && median < 26)
+    }
+
+    @Test func sequenceNumbersWrapWithoutAGlitch() {
+        var path = SimulatedPath(firstSequence: UInt32.max - 20)
+        path.run(for: .seconds(5), network: rtt20)
+        #expect(path.monitor.nextSequence == 80)
+        #expect(path.changes.map(\.to) == [.up])
+        #expect(path.monitor.counters.drops.total == 0 && path.monitor.loss.percent == 0)
+    }
+
+    @Test func lateRepliesCountAsLostOnceAndStillTeachTheTimeout() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        // Latency jumps to 300 ms: probes time out, the path goes down, late replies grow the timeout, and
+        // the path comes back once the timeout covers the new RTT.
+        path.run(for: .seconds(8)) { _, _ in [.milliseconds(300)] }
+        #expect(path.monitor.counters.repliesLate > 0)
+        #expect(path.changes.map(\.to) == [.up, .down, .up])
+        #expect(path.monitor.timeout > .milliseconds(300))
+        let metrics = path.monitor.metrics()
+        #expect(metrics.latencyMs == 300 && metrics.lossPct == 0)
+        let counters = path.monitor.counters
+        // Every packet resolved exactly once: on time or lost.
+        #expect(counters.packetsSent >= counters.repliesOnTime + UInt64(path.monitor.loss.lost))
+    }
+
+    @Test func highLossDegradesAndRecoveryTakesTheHold() {
+        var random = SeededRandom(seed: 3)
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.run(for: .seconds(10)) { _, _ in
+            Double.random(in: 0..<1, using: &random) < 0.25 ? [] : [.milliseconds(20)]
+        }
+        #expect(path.changes.map(\.to).prefix(2) == [.up, .degraded])
+        guard case .lossAbove = path.changes[1].reason else {
+            Issue.record("expected a loss reason, got \(path.changes[1].reason)")
+            return
+        }
+        path.run(for: .seconds(12), network: rtt20)
+        #expect(path.changes.last?.to == .up)
+        #expect(path.monitor.status == .up)
+    }
+
+    @Test func highLatencyAndJitterDegrade() {
+        var random = SeededRandom(seed: 5)
+        var slow = SimulatedPath()
+        slow.run(for: .seconds(4)) { _, _ in [.milliseconds(450)] }
+        #expect(slow.changes.map(\.to) == [.degraded])
+        var jittery = SimulatedPath()
+        jittery.run(for: .seconds(6)) { _, _ in
+            [.milliseconds(Int64.random(in: 20...250, using: &random))]
+        }
+        #expect(jittery.changes.contains { change in
+            if case .jitterAbove = change.reason { return change.to == .degraded }
+            return false
+        })
+    }
+
+    @Test func repliesThatAreNotOursAreCounted() {
+        var path = SimulatedPath()
+        path.run(for: .milliseconds(60), network: rtt20)
+        let now = path.now
+        _ = path.monitor.receive(ProbePacket(kind: .reply, session: 1, sequence: 0), at: now)
+        _ = path.monitor.receive(ProbePacket(kind: .request, session: 0xC0FFEE, sequence: 0), at: now)
+        _ = path.monitor.receive(ProbePacket(kind: .reply, session: 0xC0FFEE, sequence: 999), at: now)
+        _ = path.monitor.receive(ProbePacket(kind: .reply, session: 0xC0FFEE, sequence: 1, senderStamp: 1), at: now)
+        path.monitor.drop(.badMagic)
+        let drops = path.monitor.counters.drops
+        #expect(drops[.unknownSession] == 1)
+        #expect(drops[.unexpectedKind] == 1)
+        #expect(drops[.replyToNothing] == 2)
+        #expect(drops[.badMagic] == 1)
+    }
+
+    @Test func suspectModeSendsCopiesOnlyAfterAMiss() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(1), network: rtt20)
+        #expect(path.monitor.counters.packetsSent == path.monitor.counters.probesSent)
+        var dropped = false
+        path.run(for: .seconds(1)) { packet, _ in
+            if !dropped { dropped = true; return [] }
+            return [.milliseconds(20)]
+        }
+        // One miss: the probes sent before the next in-time reply go out twice.
+        #expect(path.monitor.counters.packetsSent == path.monitor.counters.probesSent + 1)
+        #expect(path.monitor.consecutiveMisses == 0)
+    }
+}
+
+@Suite struct PathHealthTests {
+    let t0 = MonotonicInstant(nanoseconds: 1_000_000_000)
+    let good = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 0, lossSamples: 100)
+
+    @Test func firstUpUsesTheShortHold() {
+        var health = PathHealth()
+        #expect(health.status == .down)
+        #expect(health.evaluate(at: t0, consecutiveMisses: 0, answered: false, quality: good,
+                                lastReplyAt: nil) == nil)
+        #expect(health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: good,
+                                lastReplyAt: t0) == nil)
+        #expect(health.evaluate(at: t0 + .milliseconds(499), consecutiveMisses: 0, answered: true,
+                                quality: good, lastReplyAt: nil) == nil)
+        let change = health.evaluate(at: t0 + .milliseconds(500), consecutiveMisses: 0, answered: true,
+                                     quality: good, lastReplyAt: nil)
+        #expect(change?.to == .up)
+    }
+
+    @Test func aSingleMissDuringRecoveryIsToleratedTwoInARowRestartTheHold() {
+        var policy = HealthPolicy()
+        policy.firstUpHold = .seconds(3)
+        var health = PathHealth(policy: policy)
+        _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+        _ = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 1, answered: false, quality: good,
+                            lastReplyAt: nil)
+        #expect(health.streakStart == t0)
+        _ = health.evaluate(at: t0 + .seconds(2), consecutiveMisses: 2, answered: false, quality: good,
+                            lastReplyAt: nil)
+        #expect(health.streakStart == nil)
+    }
+
+    @Test func recoveringWithBadQualityGoesToDegraded() {
+        var health = PathHealth()
+        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 30)
+        _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: lossy, lastReplyAt: nil)
+        let change = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: lossy,
+                                     lastReplyAt: nil)
+        #expect(change?.to == .degraded)
+        #expect(change?.reason == .lossAbove(percent: 15, thresholdPct: 10))
+    }
+
+    @Test func degradeNeedsASustainedCrossingAndHysteresisBand() {
+        var health = PathHealth()
+        _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+        _ = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: good,
+                            lastReplyAt: nil)
+        #expect(health.status == .up)
+        let slow = PathHealth.Quality(latencyMs: 450, jitterMs: 1, lossPct: 0, lossSamples: 100)
+        var time = t0 + .seconds(2)
+        #expect(health.evaluate(at: time, consecutiveMisses: 0, answered: true, quality: slow,
+                                lastReplyAt: nil) == nil)
+        time = time + .milliseconds(900)
+        _ = health.evaluate(at: time, consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+        time = time + .milliseconds(200)
+        _ = health.evaluate(at: time, consecutiveMisses: 0, answered: true, quality: slow, lastReplyAt: nil)
+        time = time + .milliseconds(999)
+        #expect(health.evaluate(at: time, consecutiveMisses: 0, answered: true, quality: slow,
+                                lastReplyAt: nil) == nil)
+        time = time + .milliseconds(1)
+        #expect(health.evaluate(at: time, consecutiveMisses: 0, answered: true, quality: slow,
+                                lastReplyAt: nil)?.to == .degraded)
+        // 350 ms is under the degrade threshold but not under the recovery threshold: stays degraded.
+        let between = PathHealth.Quality(latencyMs: 350, jitterMs: 1, lossPct: 0, lossSamples: 100)
+        for step in 1...100 {
+            #expect(health.evaluate(at: time + .milliseconds(step * 100), consecutiveMisses: 0, answered: true,
+                                    quality: between, lastReplyAt: nil) == nil)
+        }
+        time = time + .seconds(11)
+        _ = health.evaluate(at: time, consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+        #expect(health.evaluate(at: time + .seconds(3), consecutiveMisses: 0, answered: true, quality: good,
+                                lastReplyAt: nil)?.to == .up)
+    }
+
+    @Test func downIsImmediateFromAnyStatus() {
+        for start in [PathStatus.up, .degraded] {
+            var health = PathHealth()
+            _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+            let quality = start == .up
+                ? good : PathHealth.Quality(latencyMs: 500, jitterMs: 1, lossPct: 0, lossSamples: 100)
+            _ = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: quality,
+                                lastReplyAt: nil)
+            #expect(health.status == start)
+            let change = health.evaluate(at: t0 + .seconds(2), consecutiveMisses: 3, answered: false,
+                                         quality: quality, lastReplyAt: t0)
+            #expect(change == PathStatusChange(from: start, to: .down, reason: .consecutiveMisses(3),
+                                               at: t0 + .seconds(2), lastReplyAt: t0))
+        }
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import Lab
+import Model
+import Testing
+@testable import Probing
+
+/// Collects a prober's events and lets a test wait for one.
+final class EventRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [PathEvent] = []
+
+    func append(_ event: PathEvent) { lock.withLock { events.append(event) } }
+    var all: [PathEvent] { lock.withLock { events } }
+
+    /// Polls the recorded events (test code only) until one after index `from` matches.
+    func wait(for timeout: Duration, from: Int = 0, _ matches: (PathEvent) -> Bool) async -> PathEvent? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let event = all.dropFirst(from).first(where: matches) { return event }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return nil
+    }
+}
+
+/// Two namespaces joined by veths: `a` probes, `b` responds. b's overlay address 10.99.9.2 is on its loopback
+/// and reachable over both veths.
+struct ProbeTopology {
+    let a: NetworkNamespace
+    let b: NetworkNamespace
+
+    init() throws {
+        a = try NetworkNamespace.create(label: "proba")
+        do {
+            b = try NetworkNamespace.create(label: "probb")
+        } catch {
+            a.delete()
+            throw error
+        }
+        do {
+            try a.addVeth("pa0", peer: "pb0", in: b)
+            try a.addVeth("pa1", peer: "pb1", in: b)
+            try a.addAddress("10.99.1.1/24", to: "pa0")
+            try a.addAddress("10.99.2.1/24", to: "pa1")
+            try b.addAddress("10.99.1.2/24", to: "pb0")
+            try b.addAddress("10.99.2.2/24", to: "pb1")
+            try b.addAddress("10.99.9.2/32", to: "lo")
+            try a.addRoute("10.99.9.2/32", via: "10.99.1.2", device: "pa0")
+        } catch {
+            delete()
+            throw error
+        }
+    }
+
+    func delete() {
+        a.delete()
+        b.delete()
+    }
+}
+
+@Suite(.serialized) struct ProbingRootTests {
+    static let isRoot = getuid() == 0
+
+    @Test(.enabled(if: isRoot), .timeLimit(.minutes(1)))
+    func proberMeasuresDetectsACutAndRecoversAfterTheHoldRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        let responder = try topology.b.perform { try ProbeResponder() }
+        let target = ProbeTarget(name: "pa0>b", remote: SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51822),
+                                 pinning: .interface("pa0"))
+        let prober = try topology.a.perform { try PathProber(target: target, metricsInterval: .milliseconds(500)) }
+        let recorder = EventRecorder()
+        let responding = Task { await responder.run() }
+        let probing = Task { await prober.run() }
+        let reading = Task { for await event in prober.events { recorder.append(event) } }
+        defer {
+            probing.cancel()
+            responding.cancel()
+        }
+
+        let up = await recorder.wait(for: .seconds(3)) { $0.change?.to == .up }
+        #expect(up != nil, "never came up: \(prober.counters)")
+        try await Task.sleep(for: .seconds(2))
+        // A veth round trip is tens of microseconds; the emulator tests check accuracy at WAN delays.
+        let metrics = prober.metrics
+        #expect(metrics.lossPct == 0)
+        #expect(metrics.latencyMs > 0 && metrics.latencyMs < 1, "latency \(metrics.latencyMs) ms")
+
+        // Cut: b silently drops probe requests.
+        let before = recorder.all.count
+        try topology.b.check(["nft", "add table inet ptcut; add chain inet ptcut input "
+                                + "{ type filter hook input priority 0; udp dport 51822 drop; }"])
+        let cutAt = MonotonicInstant.now()
+        let down = await recorder.wait(for: .seconds(2), from: before) { $0.change?.to == .down }
+        let detection = try #require(down?.change).at - cutAt
+        let rtt = Duration.nanoseconds(Int64(metrics.latencyMs * 1e6))
+        // 3 intervals + 1 RTT + the 10 ms timeout margin, + 25 ms for a loaded 2-core test machine.
+        #expect(detection <= .milliseconds(150 + 10 + 25) + rtt, "detection \(detection)")
+        #expect(down?.change?.reason == .consecutiveMisses(3))
+
+        let beforeRestore = recorder.all.count
+        try topology.b.check(["nft", "delete table inet ptcut"])
+        let restoredAt = MonotonicInstant.now()
+        let upAgain = await recorder.wait(for: .seconds(6), from: beforeRestore) { $0.change?.to == .up }
+        let recovery = try #require(upAgain?.change).at - restoredAt
+        #expect(recovery >= .seconds(3) && recovery <= .milliseconds(3300), "recovery \(recovery)")
+
+        probing.cancel()
+        responding.cancel()
+        await reading.value // the stream finishes when run() returns
+        #expect(prober.counters.drops.total == 0)
+        #expect(responder.statistics.drops.total == 0)
+        #expect(responder.statistics.answered > 100)
+    }
+
+    @Test(.enabled(if: isRoot), .timeLimit(.minutes(1)))
+    func responderRepliesThroughTheInterfaceTheProbeCameInOnRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        // b would route replies to a's pa1 address via pb0; only IP_PKTINFO keeps them on pb1, and a prober
+        // pinned to pa1 only hears replies that come back on pa1.
+        try topology.b.addRoute("10.99.2.1/32", via: "10.99.1.1", device: "pb0")
+        let responder = try topology.b.perform { try ProbeResponder() }
+        let target = ProbeTarget(name: "pa1>b", remote: SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51822),
+                                 pinning: .interface("pa1"))
+        let prober = try topology.a.perform { try PathProber(target: target) }
+        let responding = Task { await responder.run() }
+        let probing = Task { await prober.run() }
+        defer {
+            probing.cancel()
+            responding.cancel()
+        }
+        try await Task.sleep(for: .seconds(1))
+        let counters = prober.counters
+        #expect(counters.repliesOnTime >= 15, "\(counters)")
+        #expect(prober.status == .up)
+        let viaPb1 = try topology.b.check(["cat", "/sys/class/net/pb1/statistics/tx_packets"])
+        #expect((Int(viaPb1.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= 15)
+    }
+
+    @Test(.enabled(if: isRoot), .timeLimit(.minutes(1)))
+    func hostileDatagramsAreDroppedAndCountedRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        var configuration = ProbeResponder.Configuration()
+        configuration.allowedSources = [IPv4Prefix(IPv4Address(10, 99, 1, 0), length: 24)]
+        let responder = try topology.b.perform { [configuration] in try ProbeResponder(configuration: configuration) }
+        let responding = Task { await responder.run() }
+        defer { responding.cancel() }
+        let sender = try UDPSocket(in: topology.a, bindTo: "10.99.1.1")
+        let outsider = try UDPSocket(in: topology.a, bindTo: "10.99.2.1")
+        let good = ProbePacket(kind: .request, session: 1, sequence: 1).encoded()
+        var badMagic = good
+        badMagic[0] = 0
+        let datagrams: [[UInt8]] = [[], [1, 2, 3], good + [0], badMagic,
+                                    ProbePacket(kind: .reply, session: 1, sequence: 1).encoded(), good]
+        for bytes in datagrams { sender.send(bytes, to: "10.99.9.2", port: 51822) }
+        outsider.send(good, to: "10.99.9.2", port: 51822)
+        let reply = sender.receive(timeout: .seconds(2))
+        #expect(reply.map { try? ProbePacket.decode($0.bytes) }??.kind == .reply)
+        try await Task.sleep(for: .milliseconds(200))
+        let stats = responder.statistics
+        #expect(stats.answered == 1)
+        #expect(stats.drops[.truncated] == 3)
+        #expect(stats.drops[.badMagic] == 1)
+        #expect(stats.drops[.unexpectedKind] == 1)
+        #expect(stats.drops[.unknownPeer] == 1)
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+@testable import Model
+@testable import Routing
+
+private let east = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e1")!)
+private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2")!)
+
+@Suite struct StableNumberingTests {
+    @Test func keepsNumbersAndReusesReleasedOnesLast() {
+        var numbers = StableNumbering<String>(range: 1...3)
+        #expect(numbers.update(["voip", "bulk"]) == ["voip": 1, "bulk": 2])
+        #expect(numbers.update(["bulk", "voip", "default"]) == ["voip": 1, "bulk": 2, "default": 3])
+        // "bulk" goes away; a new name gets its number only because the range is exhausted.
+        #expect(numbers.update(["voip", "default", "video"]) == ["voip": 1, "default": 3, "video": 2])
+        // Exhausted: a fourth name gets nothing rather than a number in use.
+        let full = numbers.update(["voip", "default", "video", "extra"])
+        #expect(full["extra"] == nil)
+        #expect(Set(full.values).count == full.count)
+    }
+}
+
+@Suite struct SteeringPlannerTests {
+    @Test func buildsAValidPlanFromSelections() throws {
+        let voip = Policy(name: "voip", priority: 10, match: TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061)])]),
+                          strategy: .lowestLatency)
+        let fallback = Policy(name: "default", priority: 1000, strategy: .bestScore)
+        var off = Policy(name: "off", priority: 5, strategy: .bestScore)
+        off.enabled = false
+        let a = PathKey(site: east, localLabel: "isp-a", remoteLabel: "isp-a")
+        let b = PathKey(site: east, localLabel: "isp-b", remoteLabel: "isp-b")
+        let paths = [PathBinding(key: b, slot: 2, interface: "wg-hq1"), PathBinding(key: a, slot: 1, interface: "wg-hq0")]
+        let sites = [RemoteSite(id: east, name: "east", prefixes: [IPv4Prefix("10.99.0.2/32")!, IPv4Prefix("192.168.20.0/24")!]),
+                     RemoteSite(id: west, name: "west", prefixes: [IPv4Prefix("10.99.0.3/32")!])]
+        let selections: [SelectionKey: Selection] = [
+            SelectionKey(site: east, policy: "voip"): .single(a),
+            SelectionKey(site: east, policy: "default"): .buckets([a, b, b, a]),
+        ]
+        let plan = SteeringPlanner.plan(policies: [fallback, off, voip], classIDs: ["voip": 1, "default": 2, "off": 3],
+                                        sites: sites, paths: paths, selections: selections)
+        #expect(plan.problems() == [])
+        #expect(plan.classes.map(\.name) == ["voip", "default"])
+        #expect(plan.paths.map(\.slot) == [1, 2])
+        #expect(plan.destinations.map(\.name) == ["east"], "west has no path yet")
+        #expect(plan.choices == [
+            SteeringPlan.Choice(site: east, classID: 1, target: .path(1)),
+            SteeringPlan.Choice(site: east, classID: 2, target: .buckets([1, 2, 2, 1])),
+        ])
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The ONE list of Debian packages patronus-router needs to build, test and run its lab; `.ci/run` and
+# `scripts/demo` both install from here. `scripts/deps.sh --list` prints the list without installing.
+#   libnftnl-dev libmnl-dev  netlink/nftables from Swift (CNetfilter shim links them)
+#   libsqlite3-dev           the system SQLite that GRDB links
+#   sqlite3                  the user's query tool; a test runs the seed's queries with it
+#   nftables iproute2 wireguard-tools   `nft -j`, `ip -j`, `wg`: tests verify what we installed
+#   wireguard-go             the userspace WireGuard backend (no kernel module on these machines)
+#   iperf3 socat rsync sip-tester ethtool   real traffic and peers for lab, tests and bench
+set -euo pipefail
+PACKAGES=(libnftnl-dev libmnl-dev libsqlite3-dev sqlite3 nftables iproute2 wireguard-tools wireguard-go
+          iperf3 socat rsync sip-tester ethtool)
+if [[ "${1:-}" == "--list" ]]; then
+    printf '%s\n' "${PACKAGES[@]}"
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "scripts/deps.sh: run as root (apt-get install)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${PACKAGES[@]}"
