@@ -62,7 +62,7 @@ final class SteeringFixture {
     }
 
     /// Three classes (voip, bulk, default) over two paths.
-    func plan(voip: UInt8 = 1, bulk: UInt8 = 2, other: UInt8 = 1) -> SteeringPlan {
+    func plan(voip: UInt8 = 1, bulk: UInt8 = 2, other: UInt8 = 1, otherTarget: SteeringPlan.Target? = nil) -> SteeringPlan {
         SteeringPlan(
             classes: [
                 .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
@@ -78,7 +78,7 @@ final class SteeringFixture {
             choices: [
                 .init(site: site, classID: 1, target: .path(voip)),
                 .init(site: site, classID: 2, target: .path(bulk)),
-                .init(site: site, classID: 3, target: .path(other)),
+                .init(site: site, classID: 3, target: otherTarget ?? .path(other)),
             ])
     }
 
@@ -102,8 +102,8 @@ final class SteeringFixture {
     }
 
     /// Sends `count` UDP datagrams from `ns` to 10.20.0.5:port (from one socket: one flow).
-    func sendUDP(from ns: NetworkNamespace, port: UInt16, count: Int = 5, mark: UInt32? = nil) throws {
-        let socket = try UDPSocket(in: ns)
+    func sendUDP(from ns: NetworkNamespace, port: UInt16, count: Int = 5, mark: UInt32? = nil, source: String = "0.0.0.0") throws {
+        let socket = try UDPSocket(in: ns, bindTo: source)
         if var mark {
             _ = setsockopt(socket.fd, SOL_SOCKET, SO_MARK, &mark, socklen_t(4))
         }

@@ -202,6 +202,27 @@ import Netlink
         }
     }
 
+    @Test(.enabled(if: isRoot)) func rootLoadBalancedClassSpreadsFlowsAndOnlyTheLeavingPathsBucketsMove() throws {
+        let f = try SteeringFixture()
+        let sources = (10..<42).map { "10.1.0.\($0)" }
+        for s in sources { try f.client.ip("addr", "add", "\(s)/32", "dev", "lan0") }
+        let steering = try f.steering()
+        let spread: [UInt8] = (0..<16).map { $0 % 2 == 0 ? 1 : 2 }
+        try steering.apply(f.plan(otherTarget: .buckets(spread)))
+        for s in sources { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
+        let (first1, first2) = (try f.count(f.peer1, "other"), try f.count(f.peer2, "other"))
+        #expect(first1 + first2 == 3 * sources.count)
+        #expect(first1 > 0 && first2 > 0, "32 address pairs all hashed to one path")
+
+        // Path 2 leaves the balanced set: exactly its 8 buckets move, as element replaces.
+        let changes = try steering.apply(f.plan(otherTarget: .buckets(Array(repeating: 1, count: 16))))
+        #expect(changes.elementsOnly && changes.elementsDeleted == 8 && changes.elementsAdded == 8)
+        for s in sources { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
+        #expect(try f.count(f.peer1, "other") == first1 + 3 * sources.count)
+        #expect(try f.count(f.peer2, "other") == first2)
+        try steering.removeAll()
+    }
+
     /// What `patronus-bench churn` applies first (see Sources/patronus-bench): 2 paths, 3 classes.
     func churnPlan() -> SteeringPlan {
         let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
