@@ -157,7 +157,9 @@ struct KernelView {
         }
         v.ipRules = try JSONSerialization.jsonObject(with: Data(try ns.check(["ip", "-j", "rule"]).utf8)) as? [[String: Any]] ?? []
         for t in routeTables {
-            let out = try ns.check(["ip", "-j", "route", "show", "table", String(t)])
+            // A table that never held a route does not exist: iproute2 then fails ("Dump terminated").
+            let result = try ns.run(["ip", "-j", "route", "show", "table", String(t)])
+            let out = result.succeeded ? result.stdout : "[]"
             v.routes[t] = try JSONSerialization.jsonObject(with: Data((out.isEmpty ? "[]" : out).utf8)) as? [[String: Any]] ?? []
         }
         return v

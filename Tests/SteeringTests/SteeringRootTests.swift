@@ -223,6 +223,29 @@ import Netlink
         try steering.removeAll()
     }
 
+    @Test(.enabled(if: isRoot)) func rootAMissingOrVanishedTunnelDoesNotBlockTheRest() throws {
+        let f = try SteeringFixture()
+        var plan = f.plan()
+        plan.paths.append(.init(slot: 3, interface: "pc", site: f.site))
+        let steering = try f.steering()
+        // Path 3's interface does not exist yet: everything else is applied, its route waits.
+        let first = try steering.apply(plan)
+        #expect(first.routesSkipped.map(\.interface) == ["pc"])
+        #expect(try KernelView.read(f.router, tables: [6203]).ourRules.count == 3)
+        try f.router.ip("link", "add", "pc", "type", "veth", "peer", "name", "pcp")
+        try f.router.setUp("pc")
+        try f.router.setUp("pcp")
+        let second = try steering.apply(plan)
+        #expect(second.routesAdded.map(\.interface) == ["pc"])
+        #expect(try KernelView.read(f.router, tables: [6203]).routes[6203]?.count == 1)
+        // The tunnel disappears (its routes go with it); dropping the path from the plan still succeeds.
+        try f.router.ip("link", "del", "pc")
+        let third = try steering.apply(f.plan())
+        #expect(third.ipRulesDeleted.count == 1)
+        #expect(try KernelView.read(f.router, tables: [6203]).ourRules.count == 2)
+        try steering.removeAll()
+    }
+
     /// What `patronus-bench churn` applies first (see Sources/patronus-bench): 2 paths, 3 classes.
     func churnPlan() -> SteeringPlan {
         let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
