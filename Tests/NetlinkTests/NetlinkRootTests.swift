@@ -33,6 +33,13 @@ let isRoot = getuid() == 0
     }
 }
 
+/// Runs a libnftnl builder into a scratch buffer and returns the payload after the 16-byte nlmsghdr.
+func libnftnlPayload(_ build: (UnsafeMutablePointer<CChar>) -> UnsafeMutablePointer<nlmsghdr>) -> [UInt8] {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let length = buffer.withUnsafeMutableBufferPointer { Int(build($0.baseAddress!).pointee.nlmsg_len) }
+    return buffer[16..<length].map { UInt8(bitPattern: $0) }
+}
+
 @Suite struct LibnftnlCrossCheckTests {
     /// libnftnl (what nft uses) builds the same NEWTABLE payload as `NFTables.newTable`.
     @Test func tableMatchesLibnftnl() throws {
@@ -40,13 +47,11 @@ let isRoot = getuid() == 0
         defer { nftnl_table_free(table) }
         nftnl_table_set_str(table, UInt16(NFTNL_TABLE_NAME.rawValue), "patronus")
         nftnl_table_set_u32(table, UInt16(NFTNL_TABLE_FLAGS.rawValue), 0)
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let length = buffer.withUnsafeMutableBufferPointer { p -> Int in
-            let nlh = cnf_nftnl_table_nlmsg_build_hdr(p.baseAddress, UInt16(NFT_MSG_NEWTABLE.rawValue), UInt16(NFPROTO_INET), 0, 1)!
+        let theirs = libnftnlPayload { buffer in
+            let nlh = cnf_nftnl_table_nlmsg_build_hdr(buffer, UInt16(NFT_MSG_NEWTABLE.rawValue), UInt16(NFPROTO_INET), 0, 1)!
             nftnl_table_nlmsg_build_payload(nlh, table)
-            return Int(nlh.pointee.nlmsg_len)
+            return nlh
         }
-        let theirs = Array(buffer[16..<length].map { UInt8(bitPattern: $0) })
         #expect(theirs == NFTables.newTable(NFTTable(family: .inet, name: "patronus")).payload)
     }
 
@@ -61,13 +66,11 @@ let isRoot = getuid() == 0
         nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_POLICY.rawValue), UInt32(NF_ACCEPT))
         nftnl_chain_set_u32(chain, UInt16(NFTNL_CHAIN_HOOKNUM.rawValue), UInt32(NF_INET_LOCAL_OUT.rawValue))
         nftnl_chain_set_s32(chain, UInt16(NFTNL_CHAIN_PRIO.rawValue), -150)
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let length = buffer.withUnsafeMutableBufferPointer { p -> Int in
-            let nlh = cnf_nftnl_chain_nlmsg_build_hdr(p.baseAddress, UInt16(NFT_MSG_NEWCHAIN.rawValue), UInt16(NFPROTO_INET), 0, 1)!
+        let theirs = libnftnlPayload { buffer in
+            let nlh = cnf_nftnl_chain_nlmsg_build_hdr(buffer, UInt16(NFT_MSG_NEWCHAIN.rawValue), UInt16(NFPROTO_INET), 0, 1)!
             nftnl_chain_nlmsg_build_payload(nlh, chain)
-            return Int(nlh.pointee.nlmsg_len)
+            return nlh
         }
-        let theirs = Array(buffer[16..<length].map { UInt8(bitPattern: $0) })
         let ours = NFTables.newChain(NFTChain(family: .inet, table: "patronus", name: "output",
                                               hook: NFTHook(hook: NFTHook.output, priority: -150, type: "route"))).payload
         func attributes(_ payload: [UInt8]) throws -> [String] {
