@@ -118,6 +118,30 @@ public final class Steering {
         return c
     }
 
+    /// Packets and bytes per class and path (the `<class>_path<slot>` chains), and new flows per class (the
+    /// `classify` rules), read from the kernel in one dump. For the status report and metrics.
+    public func counters() throws(SteeringError) -> SteeringCounters {
+        let rules: [NFTables.ListedRule]
+        do { rules = try nftables.rules(family: SteeringNames.family, table: SteeringNames.table) } catch {
+            if error.errno == 2 { return SteeringCounters() } // no table: nothing counted
+            throw .kernel(error)
+        }
+        var out = SteeringCounters()
+        let plan = lastPlan
+        for r in rules {
+            guard let (packets, bytes) = r.counter else { continue }
+            if r.chain == SteeringNames.classifyChain {
+                let comment = NFTUserdata.comment(in: r.userdata) ?? ""
+                let name = comment.hasPrefix("class ") ? String(comment.dropFirst("class ".count)) : comment
+                out.flowsPerClass[name, default: 0] += packets
+            } else if let c = plan?.classes.first(where: { r.chain.hasPrefix($0.name + "_path") }),
+                      let slot = UInt8(r.chain.dropFirst(c.name.count + "_path".count)) {
+                out.paths.append(.init(className: c.name, slot: slot, packets: packets, bytes: bytes))
+            }
+        }
+        return out
+    }
+
     /// What is installed, as last read or maintained.
     public func currentState() throws(SteeringError) -> InstalledState {
         if let installed { return installed }
@@ -220,5 +244,26 @@ public final class Steering {
         s.ipRules = r.ipRules
         s.routes = r.routes
         return s
+    }
+}
+
+/// Counters of the installed ruleset (see `Steering.counters()`).
+public struct SteeringCounters: Hashable, Sendable {
+    public struct PathCounter: Hashable, Sendable {
+        public var className: String
+        public var slot: UInt8
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    /// Packets/bytes steered per (class, path).
+    public var paths: [PathCounter] = []
+    /// First packets classified per class (= flows), by class name; "no policy matched: not steered" too.
+    public var flowsPerClass: [String: UInt64] = [:]
+
+    public init() {}
+
+    public func packets(className: String, slot: UInt8) -> UInt64 {
+        paths.first { $0.className == className && $0.slot == slot }?.packets ?? 0
     }
 }

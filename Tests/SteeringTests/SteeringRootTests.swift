@@ -59,6 +59,10 @@ import Netlink
         #expect(voip1 == 10 && voip2 == 0)
         #expect(bulk2 >= 1 && bulk1 == 0)
         #expect(other1 == 5 && other2 == 0)
+        let counters = try steering.counters()
+        #expect(counters.packets(className: "voip", slot: 1) == 10)
+        #expect(counters.packets(className: "default", slot: 1) == 5)
+        #expect(counters.flowsPerClass["voip"] == 2 && counters.flowsPerClass["default"] == 1)
 
         // Swap every class; new and existing flows follow the map.
         let changes = try steering.apply(f.plan(voip: 2, bulk: 1, other: 2))
