@@ -18,8 +18,35 @@ let isRoot = getuid() == 0
         let rtnl = try RouteNetlinkClient()
         let lo = try rtnl.link(named: "lo")
         #expect(lo.index == 1 && lo.isUp)
+        #expect(try rtnl.link(index: 1).name == "lo")
         #expect(try rtnl.links().contains { $0.name == "lo" })
         #expect(throws: NetlinkError.self) { try rtnl.link(named: "nonexistent0") }
+    }
+
+    @Test(.enabled(if: isRoot)) func rootLinkUpDownAddressAndRoutesInANamedNamespace() throws {
+        let ns = "ptnl\(getpid())"
+        #expect(system("ip netns add \(ns) && ip -n \(ns) link add vt0 type veth peer name vt1") == 0)
+        defer { _ = system("ip netns del \(ns)") }
+        let rtnl = try RouteNetlinkClient(netns: ns)
+        let vt0 = try rtnl.link(named: "vt0")
+        #expect(!vt0.isUp)
+        try rtnl.setLink(index: vt0.index, up: true)
+        #expect(try rtnl.link(index: vt0.index).isUp)
+        try rtnl.addAddress(InterfaceAddress(interfaceIndex: vt0.index, address: 0xc000_0201, prefixLength: 24))
+        #expect(try rtnl.addresses().contains(InterfaceAddress(interfaceIndex: vt0.index, address: 0xc000_0201, prefixLength: 24)))
+        let route = IPRoute(destination: 0x0a14_0000, prefixLength: 16, table: 6201, outputInterface: vt0.index, gateway: 0xc000_0202, protocolTag: 77)
+        try rtnl.route(route, .add)
+        #expect(throws: NetlinkError.self) { try rtnl.route(route, .add) } // EXCL: EEXIST
+        try rtnl.route(route, .replace)
+        #expect(try rtnl.routes(table: 6201) == [route])
+        let rule = IPRule(priority: 6210, fwmark: 0x10000, fwmask: 0xff0000, table: 6201, protocolTag: 77)
+        try rtnl.addRule(rule)
+        #expect(try rtnl.rules().filter { $0.protocolTag == 77 } == [rule])
+        try rtnl.deleteRule(rule)
+        try rtnl.route(route, .delete)
+        #expect(try rtnl.routes(table: 6201).isEmpty)
+        try rtnl.setLink(index: vt0.index, up: false)
+        #expect(try !rtnl.link(index: vt0.index).isUp)
     }
 
     @Test func aMissingNamespaceIsATypedErrorWithAFix() {
