@@ -92,8 +92,20 @@ final class SteeringFixture {
 
     func steering() throws -> Steering { try Steering(netns: router.name) }
 
-    /// Value of named counter `name` in `peer` (packets).
+    /// Value of named counter `name` in `peer` (packets), once it has stopped changing (packets still in
+    /// flight on a loaded machine must not make a test flaky).
     func count(_ peer: NetworkNamespace, _ name: String) throws -> Int {
+        var last = try readCount(peer, name)
+        for _ in 0..<40 {
+            usleep(50_000)
+            let now = try readCount(peer, name)
+            if now == last { return now }
+            last = now
+        }
+        return last
+    }
+
+    private func readCount(_ peer: NetworkNamespace, _ name: String) throws -> Int {
         let out = try peer.check(["nft", "-j", "list", "counter", "inet", "count", name])
         let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
         let items = json?["nftables"] as? [[String: Any]] ?? []

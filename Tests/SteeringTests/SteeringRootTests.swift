@@ -97,7 +97,7 @@ import Netlink
             while sent.running {
                 if voipSocket.send(payload, to: "10.20.0.5", port: 5060) { sent.voip += 1 }
                 if otherSocket.send(payload, to: "10.20.0.5", port: 9999) { sent.other += 1 }
-                usleep(200) // ~5000 packets/s per class
+                usleep(400) // ~2000 packets/s per class: steady, and far below what a loaded CI machine forwards
             }
             done.signal()
         }.start()
@@ -114,7 +114,7 @@ import Netlink
         let voip1 = try f.count(f.peer1, "voip"), voip2 = try f.count(f.peer2, "voip")
         let other1 = try f.count(f.peer1, "other"), other2 = try f.count(f.peer2, "other")
         #expect(switches == 30)
-        #expect(sent.other > 1000)
+        #expect(sent.other > 500)
         #expect(other1 == sent.other && other2 == 0, "other class lost \(sent.other - other1) of \(sent.other)")
         #expect(voip1 > 0 && voip2 > 0)
         #expect(voip1 + voip2 == sent.voip, "moved class lost \(sent.voip - voip1 - voip2) of \(sent.voip)")
@@ -158,11 +158,11 @@ import Netlink
         try foreignIntact()
         try f.sendUDP(from: f.client, port: 5060)
         try f.sendUDP(from: f.router, port: 5060, mark: 0x0000_0042)
+        #expect(try f.count(f.peer2, "voip") == 10) // also waits until the packets are through
         let listing = try f.router.check(["nft", "list", "table", "ip", "foreign"])
         #expect(listing.contains("meta mark 0x80020042 counter packets 5 "), "\(listing)")
         #expect(listing.contains("meta mark 0x00020042 counter packets 5 "), "\(listing)")
         #expect(listing.contains("ct mark 0x00010007 counter packets 10 "), "\(listing)")
-        #expect(try f.count(f.peer2, "voip") == 10)
 
         try steering.apply(f.plan(voip: 1, bulk: 1, other: 2)) // re-apply with changes
         try foreignIntact()
