@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
-        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Lab"]),
+        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Netlink", "Lab"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "ProbingTests", dependencies: [
             "Probing", "Model", "Lab", .product(name: "Logging", package: "swift-log"),

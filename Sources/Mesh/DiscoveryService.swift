@@ -96,16 +96,18 @@ public final class DiscoveryService: Sendable {
     /// Changes what this site announces (e.g. an uplink's address changed); announces at once if it differs.
     public func update(_ local: SiteDescription) throws(AnnouncementCodec.EncodingError) {
         _ = try codec.encode(Announcement(site: local, counter: 0, timestampMilliseconds: 0))
-        let wake = state.withLock { state -> Int32 in
-            guard state.local != local else { return -1 }
+        state.withLock { state in
+            guard state.local != local else { return }
             state.local = local
             state.announceNow = true
-            return state.wakeFD
+            Self.wake(state)
         }
-        if wake >= 0 { signal(wake) }
     }
 
     public var statistics: DiscoveryStatistics { state.withLock { $0.statistics } }
+
+    /// What this site announces now.
+    public var local: SiteDescription { state.withLock { $0.local } }
 
     /// The active sites' latest announcements, sorted by site id.
     public var sites: [Announcement] { state.withLock { $0.table.announcements } }
@@ -144,16 +146,18 @@ public final class DiscoveryService: Sendable {
     }
 
     private func stop() {
-        let wake = state.withLock { state -> Int32 in
+        state.withLock { state in
             state.stopping = true
-            return state.wakeFD
+            Self.wake(state)
         }
-        if wake >= 0 { signal(wake) }
     }
 
-    private func signal(_ fd: Int32) {
+    /// Wakes the I/O thread's poll. Called with the lock held, so `run` cannot close the descriptor (and
+    /// the number cannot be reused) in between; the socket is non-blocking, so this never waits.
+    private static func wake(_ state: borrowing State) {
+        guard state.wakeFD >= 0 else { return }
         var one: UInt64 = 1
-        _ = write(fd, &one, 8)
+        _ = send(state.wakeFD, &one, 8, Int32(MSG_DONTWAIT))
     }
 
     /// Everything the I/O thread does, with the service's state.

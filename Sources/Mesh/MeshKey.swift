@@ -1,9 +1,9 @@
 import Crypto
 import Foundation
-import WireGuard
 
 /// The 32-byte mesh secret every site of one mesh shares; announcements carry an HMAC-SHA256 under it.
-/// Its description never shows the secret.
+/// Its description never shows the secret. The key file itself is `Store.SecretFile`'s (one base64 line,
+/// mode 0600, created once): `MeshKey(bytes: try SecretFile.loadOrCreate(at: path).bytes)`.
 public struct MeshKey: Sendable, Equatable, CustomStringConvertible {
     public static let length = 32
     private let bytes: [UInt8]
@@ -29,15 +29,6 @@ public struct MeshKey: Sendable, Equatable, CustomStringConvertible {
     /// A fresh random key from the system CSPRNG.
     public static func generate() -> MeshKey {
         MeshKey(bytes: SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) })!
-    }
-
-    /// The key in `path`, created (mode 0600, atomically) when missing; `created` tells the caller to say
-    /// once that other sites need a copy of it.
-    public static func loadOrCreate(at path: String) throws(SecretFileError) -> (key: MeshKey, created: Bool) {
-        let (raw, created) = try SecretFile.loadOrCreate(at: path) {
-            WireGuardKey(bytes: MeshKey.generate().bytes)!
-        }
-        return (MeshKey(bytes: raw.bytes)!, created)
     }
 
     public var description: String { "mesh key (hidden)" }

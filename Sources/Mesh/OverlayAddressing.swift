@@ -26,12 +26,16 @@ public enum OverlayAddressing {
     public static func choose(for id: SiteID, in pool: IPv4Prefix = defaultPool,
                               known: [SiteID: IPv4Address]) -> IPv4Address {
         let claimedBySmaller = Set(known.filter { $0.key < id }.map(\.value))
-        var attempt: UInt32 = 0
-        while true {
+        for attempt in UInt32(0)..<1024 {
             let address = candidate(for: id, in: pool, attempt: attempt)
-            // Bounded in practice: the pool holds far more addresses than sites (maxSites 256).
-            if !claimedBySmaller.contains(address) || attempt == UInt32.max { return address }
-            attempt += 1
+            if !claimedBySmaller.contains(address) { return address }
         }
+        // A nearly full (or tiny) pool: the first free host in order, still deterministic. A full pool
+        // leaves the collision in place rather than looping forever.
+        for offset in UInt32(1)..<UInt32(pool.size - 1) {
+            let address = IPv4Address(pool.network.value + offset)
+            if !claimedBySmaller.contains(address) { return address }
+        }
+        return candidate(for: id, in: pool, attempt: 0)
     }
 }

@@ -16,16 +16,18 @@ public struct TunnelSettings: Sendable, Equatable {
     /// `--interface`: interface names are this prefix plus a suffix; unique per site machine-wide
     /// (wireguard-go's UAPI sockets are global).
     public var interfacePrefix: String
-    /// Listen port of uplink slot s (1-based) is basePort + 10 * s: 51830, 51840, ... (51821-51823 stay free
-    /// for discovery, probes and bandwidth tests).
-    public var basePort: UInt16
+    /// `--listen-port`: the first tunnel's port. Same-label: uplink slot s (1-based) listens on
+    /// listenPort + 10 (s - 1): 51820, 51830, ... 51960. All-pairs: slot s owns the block starting at
+    /// listenPort + 200 + 10 (s - 1) (52020, 52030, ...), pair j listening on block + j. Either way the
+    /// ports 51821-51823 (discovery, probes, bandwidth tests) stay free.
+    public var listenPort: UInt16
     public var pairing: PathPairing
     public var persistentKeepalive: UInt16
 
-    public init(interfacePrefix: String = "wg-sdwan", basePort: UInt16 = 51820, pairing: PathPairing = .sameLabel,
+    public init(interfacePrefix: String = "wg-sdwan", listenPort: UInt16 = 51820, pairing: PathPairing = .sameLabel,
                 persistentKeepalive: UInt16 = 25) {
         self.interfacePrefix = interfacePrefix
-        self.basePort = basePort
+        self.listenPort = listenPort
         self.pairing = pairing
         self.persistentKeepalive = persistentKeepalive
     }
@@ -38,7 +40,10 @@ public struct TunnelSettings: Sendable, Equatable {
     /// (`ip rule fwmark slot<<24/0x0f000000 -> table 6100+slot`).
     public static func fwmark(slot: UInt8) -> UInt32 { UInt32(slot) << 24 }
 
-    public func listenPort(slot: UInt8) -> UInt16 { basePort &+ 10 &* UInt16(slot) }
+    /// The port uplink `slot` announces: its interface's (same-label) or its block's base (all-pairs).
+    public func listenPort(slot: UInt8) -> UInt16 {
+        listenPort &+ (pairing == .allPairs ? 200 : 0) &+ 10 &* UInt16(slot - 1)
+    }
 
     /// `<prefix><slot-1>` (same-label) or `<prefix><slot-1>x<remote endpoint index>` (all-pairs).
     public func interfaceName(slot: UInt8, remoteIndex: Int?) -> String {
@@ -87,12 +92,24 @@ public struct PlannedPath: Hashable, Sendable {
     public var peer: WireGuardKey
     /// What the path's routing table should send into `interface`: the remote overlay /32 and LAN prefixes.
     public var destinations: [IPv4Prefix]
+
+    /// The path's stable name (site, local label, remote label), as the store and steering key paths.
+    public var key: PathKey { PathKey(site: remoteSite, localLabel: uplink.label, remoteLabel: remoteEndpoint.label) }
 }
 
 /// Desired tunnels: interfaces (with their peers) and the paths they carry. A value: print it, diff it.
 public struct TunnelPlan: Hashable, Sendable {
     public var interfaces: [PlannedInterface]
     public var paths: [PlannedPath]
+    /// LAN prefixes left out because a site with a smaller id announces the same prefix (WireGuard allows
+    /// one peer per allowed IP on an interface), as "prefix: kept for A, dropped for B" lines to log.
+    public var conflicts: [String]
+
+    public init(interfaces: [PlannedInterface], paths: [PlannedPath], conflicts: [String] = []) {
+        self.interfaces = interfaces
+        self.paths = paths
+        self.conflicts = conflicts
+    }
 }
 
 /// Local uplinks x remote sites' endpoints -> tunnels. Pure.
@@ -120,7 +137,23 @@ public enum TunnelPlanner {
         guard uplinks.count <= TunnelSettings.maxUplinks else { throw .tooManyUplinks(uplinks.count) }
         var labels = Set<String>()
         for uplink in uplinks where !labels.insert(uplink.label).inserted { throw .duplicateLabel(uplink.label) }
-        let sortedRemotes = remotes.sorted { $0.siteID < $1.siteID }
+        // Identical prefixes on two peers of one interface: WireGuard would silently move the prefix to the
+        // last one configured. The smaller site id keeps it; overlapping but different prefixes are fine
+        // (longest match).
+        var owners: [IPv4Prefix: SiteDescription] = [:]
+        var conflicts: [String] = []
+        let sortedRemotes = remotes.sorted { $0.siteID < $1.siteID }.map { remote in
+            var kept = remote
+            kept.lanPrefixes = remote.lanPrefixes.filter { prefix in
+                if let owner = owners[prefix], owner.siteID != remote.siteID {
+                    conflicts.append("\(prefix): kept for \(owner.name) (\(owner.siteID)), dropped for \(remote.name) (\(remote.siteID))")
+                    return false
+                }
+                owners[prefix] = remote
+                return true
+            }
+            return kept
+        }
         var interfaces: [PlannedInterface] = []
         var paths: [PlannedPath] = []
 
@@ -166,7 +199,7 @@ public enum TunnelPlanner {
         }
         interfaces.sort { $0.name < $1.name }
         paths.sort { ($0.interface, $0.remoteSite) < ($1.interface, $1.remoteSite) }
-        return TunnelPlan(interfaces: interfaces, paths: paths)
+        return TunnelPlan(interfaces: interfaces, paths: paths, conflicts: conflicts)
     }
 
     private static func peerConfiguration(_ remote: SiteDescription, endpoint: SocketAddress4,

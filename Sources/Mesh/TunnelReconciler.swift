@@ -32,7 +32,7 @@ public actor TunnelReconciler {
     private let backend: any WireGuardBackend
     private let privateKey: WireGuardPrivateKey
     private let logger: Logger
-    private var addresses: [InterfaceAddress]
+    private var addresses: [TunnelAddress]
     private var applied: [String: PlannedInterface] = [:]
     /// Peers added (or re-created) that have not completed a handshake yet, per interface.
     private var awaitingHandshake: [String: [WireGuardKey: Nudge]] = [:]
@@ -42,18 +42,53 @@ public actor TunnelReconciler {
         var backoff: Duration
     }
 
+    /// Actor methods are re-entrant at every `await`: without this, an event-driven `apply` and the ticker's
+    /// could interleave and leave an older plan applied, or a nudge could re-add a peer just removed.
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    private func exclusively<T>(_ body: () async -> T) async -> T {
+        if busy {
+            await withCheckedContinuation { waiting.append($0) }
+        }
+        busy = true
+        defer {
+            if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+        }
+        return await body()
+    }
+
     /// First nudge of a peer without a handshake after this long (a handshake takes one round trip); then
     /// 2x, up to `maxNudgeBackoff`.
     public static let firstNudge: Duration = .milliseconds(400)
     public static let maxNudgeBackoff: Duration = .seconds(8)
 
     /// `addresses` go on every tunnel interface (the site's overlay address as a /32).
-    public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [InterfaceAddress],
+    public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [TunnelAddress],
                 logger: Logger = Logger(label: "patronus.mesh.tunnels")) {
         self.backend = backend
         self.privateKey = privateKey
         self.addresses = addresses
         self.logger = logger
+    }
+
+    /// Changes the addresses every tunnel interface carries (the overlay moved): adds the new ones to every
+    /// applied interface, then removes the old ones. Used when a site with a smaller id claims our overlay.
+    public func setAddresses(_ new: [TunnelAddress]) async {
+        await exclusively { await setAddressesNow(new) }
+    }
+
+    private func setAddressesNow(_ new: [TunnelAddress]) async {
+        let old = addresses.filter { !new.contains($0) }
+        addresses = new
+        for name in applied.keys.sorted() {
+            do {
+                try await backend.bringUp(name, addresses: new)
+                try await backend.removeAddresses(old, from: name)
+            } catch {
+                logger.warning("tunnel address change failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+            }
+        }
     }
 
     /// The interfaces as last applied.
@@ -63,6 +98,10 @@ public actor TunnelReconciler {
     /// on the next call.
     @discardableResult
     public func apply(_ plan: TunnelPlan) async -> ReconcileReport {
+        await exclusively { await applyNow(plan) }
+    }
+
+    private func applyNow(_ plan: TunnelPlan) async -> ReconcileReport {
         var report = ReconcileReport()
         let planned = Set(plan.interfaces.map(\.name))
         for name in applied.keys.sorted() where !planned.contains(name) {
@@ -122,6 +161,10 @@ public actor TunnelReconciler {
     /// Returns how many peers were nudged. The tunnel driver calls it every tick.
     @discardableResult
     public func nudgeStalledHandshakes() async -> Int {
+        await exclusively { await nudgeNow() }
+    }
+
+    private func nudgeNow() async -> Int {
         let now = ContinuousClock.now
         var nudged = 0
         for (name, peers) in awaitingHandshake where peers.values.contains(where: { now >= $0.due }) {
@@ -162,7 +205,7 @@ public actor TunnelReconciler {
         awaitingHandshake[after.name] = awaitingHandshake[after.name]?.filter { kept.contains($0.key) }
     }
 
-    /// Deletes every interface this reconciler applied (shutdown).
+    /// Deletes every interface this reconciler applied (shutdown; stop the `TunnelDriver` first).
     public func removeAll() async {
         _ = await apply(TunnelPlan(interfaces: [], paths: []))
     }

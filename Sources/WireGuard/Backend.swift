@@ -1,9 +1,11 @@
 import CNetfilter
 import Foundation
+import Netlink
 import Model
 
-/// An address on an interface, host bits kept ("10.99.3.1/16").
-public struct InterfaceAddress: Hashable, Sendable, CustomStringConvertible {
+/// An address to put on a tunnel interface, host bits kept ("10.99.3.1/32"). By name, unlike the Netlink
+/// layer's `InterfaceAddress` (by kernel index): the backends resolve the index when they apply it.
+public struct TunnelAddress: Hashable, Sendable, CustomStringConvertible {
     public var address: IPv4Address
     public var prefixLength: UInt8
 
@@ -31,7 +33,10 @@ public protocol WireGuardBackend: Sendable {
     func configure(_ name: String, _ update: DeviceUpdate) async throws(WireGuardError)
 
     /// Brings the interface up and gives it these addresses (existing equal addresses are kept).
-    func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError)
+    func bringUp(_ name: String, addresses: [TunnelAddress]) async throws(WireGuardError)
+
+    /// Takes addresses off the interface (absent ones are ignored).
+    func removeAddresses(_ addresses: [TunnelAddress], from name: String) async throws(WireGuardError)
 
     /// Reads configuration, latest handshakes and transfer counters.
     func state(of name: String) async throws(WireGuardError) -> InterfaceState
@@ -58,39 +63,74 @@ public enum WireGuardBackendChoice: String, Sendable, CaseIterable, CustomString
 /// implementation speaks rtnetlink itself; the daemon may pass the Netlink layer's instead.
 public protocol LinkControl: Sendable {
     func setUp(_ interface: String) throws(WireGuardError)
-    func addAddress(_ address: InterfaceAddress, to interface: String) throws(WireGuardError)
+    func addAddress(_ address: TunnelAddress, to interface: String) throws(WireGuardError)
+    /// No error when the address is not there.
+    func removeAddress(_ address: TunnelAddress, from interface: String) throws(WireGuardError)
 }
 
-/// `LinkControl` over rtnetlink (RTM_NEWLINK IFF_UP, RTM_NEWADDR with CREATE|REPLACE). Opens a socket per
-/// call: these run a few times per interface lifetime.
+/// `LinkControl` over the Netlink layer's rtnetlink client (RTM_NEWLINK IFF_UP, RTM_NEWADDR, RTM_DELADDR).
+/// Opens a socket per call (in the calling thread's namespace): these run a few times per interface lifetime.
 public struct RouteNetlinkLinks: LinkControl {
     public init() {}
 
     public func setUp(_ interface: String) throws(WireGuardError) {
-        let index = try Self.index(of: interface)
-        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
-        _ = try socket.request("set \(interface) up", RouteNetlink.setUp(index: index, sequence: socket.nextSequence()))
+        do {
+            let client = try RouteNetlinkClient()
+            try client.setLink(index: try client.link(named: interface).index, up: true)
+        } catch {
+            throw error.errno == ENODEV ? .noSuchInterface(interface) : .netlink(error)
+        }
     }
 
-    public func addAddress(_ address: InterfaceAddress, to interface: String) throws(WireGuardError) {
-        let index = try Self.index(of: interface)
-        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
-        _ = try socket.request("add address \(address) to \(interface)",
-                               RouteNetlink.addAddress(address.address, prefixLength: address.prefixLength,
-                                                       index: index, sequence: socket.nextSequence()))
+    public func addAddress(_ address: TunnelAddress, to interface: String) throws(WireGuardError) {
+        do {
+            let client = try RouteNetlinkClient()
+            try client.addAddress(try Self.netlinkAddress(address, on: client.link(named: interface).index))
+        } catch where error.errno == EEXIST {
+            return  // already there: adding is idempotent
+        } catch {
+            throw error.errno == ENODEV ? .noSuchInterface(interface) : .netlink(error)
+        }
     }
 
-    static func index(of interface: String) throws(WireGuardError) -> Int32 {
-        let index = if_nametoindex(interface)
-        guard index != 0 else { throw .noSuchInterface(interface) }
-        return Int32(bitPattern: index)
+    public func removeAddress(_ address: TunnelAddress, from interface: String) throws(WireGuardError) {
+        do {
+            let client = try RouteNetlinkClient()
+            let message = RouteNetlink.addressMessage(try Self.netlinkAddress(address, on: client.link(named: interface).index),
+                                                      delete: true)
+            try client.connection.perform([NetlinkRequest(message, "remove address \(address) from \(interface)")])
+        } catch where error.errno == EADDRNOTAVAIL {
+            return
+        } catch {
+            throw error.errno == ENODEV ? .noSuchInterface(interface) : .netlink(error)
+        }
+    }
+
+    static func netlinkAddress(_ address: TunnelAddress, on index: Int32) -> InterfaceAddress {
+        InterfaceAddress(interfaceIndex: index, address: address.address.value, prefixLength: address.prefixLength)
+    }
+}
+
+/// The link half of a backend: both backends do addresses and link state the same way.
+protocol LinkBackedBackend: WireGuardBackend {
+    var links: any LinkControl { get }
+}
+
+extension LinkBackedBackend {
+    public func bringUp(_ name: String, addresses: [TunnelAddress]) async throws(WireGuardError) {
+        for address in addresses { try links.addAddress(address, to: name) }
+        try links.setUp(name)
+    }
+
+    public func removeAddresses(_ addresses: [TunnelAddress], from name: String) async throws(WireGuardError) {
+        for address in addresses { try links.removeAddress(address, from: name) }
     }
 }
 
 extension WireGuardBackend {
     /// Creates, configures (replacing everything) and brings up an interface in one call.
     public func start(_ name: String, configuration: InterfaceConfiguration,
-                      addresses: [InterfaceAddress]) async throws(WireGuardError) {
+                      addresses: [TunnelAddress]) async throws(WireGuardError) {
         try await createInterface(named: name)
         try await configure(name, DeviceUpdate(replacingWith: configuration))
         try await bringUp(name, addresses: addresses)

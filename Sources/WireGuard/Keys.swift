@@ -80,6 +80,12 @@ public struct WireGuardPrivateKey: Sendable, CustomStringConvertible {
         self.init(WireGuardKey(bytes: raw)!)!
     }
 
+    /// The raw 32 bytes, as `Store.SecretFile` reads them from the key file (the `wg genkey` format).
+    public init?(bytes: [UInt8]) {
+        guard let key = WireGuardKey(bytes: bytes) else { return nil }
+        self.init(key)
+    }
+
     public init?(_ key: WireGuardKey) {
         guard let parsed = try? Curve25519.KeyAgreement.PrivateKey(rawRepresentation: key.bytes) else {
             return nil
@@ -89,87 +95,4 @@ public struct WireGuardPrivateKey: Sendable, CustomStringConvertible {
     }
 
     public var description: String { "private key for \(publicKey)" }
-}
-
-/// Why a secret file could not be used. Each case names the file and the fix.
-public enum SecretFileError: Error, Equatable, CustomStringConvertible {
-    case unreadable(path: String, errno: Int32)
-    case malformed(path: String)
-    case tooOpen(path: String, mode: UInt32)
-    case notCreated(path: String, errno: Int32)
-
-    public var description: String {
-        switch self {
-        case .unreadable(let path, let code):
-            "cannot read secret file \(path): \(String(cString: strerror(code))); check it exists and is readable by this user"
-        case .malformed(let path):
-            "secret file \(path) does not hold one base64 32-byte key; restore it from a backup or remove it to create a new one"
-        case .tooOpen(let path, let mode):
-            "secret file \(path) has mode \(String(mode, radix: 8)): others can read it; run 'chmod 600 \(path)'"
-        case .notCreated(let path, let code):
-            "cannot create secret file \(path): \(String(cString: strerror(code))); check the directory exists and is writable"
-        }
-    }
-}
-
-/// A 32-byte secret kept in a file as one base64 line (the `wg genkey` format), mode 0600.
-///
-/// `loadOrCreate` creates the file only when none exists, atomically (a temporary file linked into place), so
-/// two starts racing never end up with different keys and an existing key is never overwritten.
-public enum SecretFile {
-    /// Reads the key in `path`; refuses a file that group or others can read.
-    public static func load(from path: String) throws(SecretFileError) -> WireGuardKey {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .unreadable(path: path, errno: errno) }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw .unreadable(path: path, errno: errno) }
-        guard info.st_mode & 0o077 == 0 else { throw .tooOpen(path: path, mode: info.st_mode & 0o7777) }
-        var buffer = [UInt8](repeating: 0, count: 128)
-        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard count >= 0 else { throw .unreadable(path: path, errno: errno) }
-        var text = String(decoding: buffer[..<count], as: UTF8.self)
-        while text.last == "\n" || text.last == "\r" || text.last == " " { text.removeLast() }
-        guard let key = WireGuardKey(base64: text) else { throw .malformed(path: path) }
-        return key
-    }
-
-    /// Loads the key in `path`, or stores `make()` there when no file exists. `created` says which happened,
-    /// so the caller can tell the operator once that a new secret exists.
-    public static func loadOrCreate(at path: String, make: () -> WireGuardKey) throws(SecretFileError)
-        -> (key: WireGuardKey, created: Bool)
-    {
-        if access(path, F_OK) == 0 { return (try load(from: path), false) }
-        let key = make()
-        let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .notCreated(path: path, errno: errno) }
-        let line = Array((key.base64 + "\n").utf8)
-        let written = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let writeErrno = errno
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard written == line.count, synced else {
-            unlink(temporary)
-            throw .notCreated(path: path, errno: written < 0 ? writeErrno : EIO)
-        }
-        // link() fails with EEXIST when another process created the file first: then theirs wins.
-        let linked = link(temporary, path)
-        let linkErrno = errno
-        unlink(temporary)
-        if linked != 0 {
-            if linkErrno == EEXIST { return (try load(from: path), false) }
-            throw .notCreated(path: path, errno: linkErrno)
-        }
-        return (key, true)
-    }
-
-    /// The WireGuard private key in `path`, created on first use.
-    public static func privateKey(at path: String) throws(SecretFileError) -> (key: WireGuardPrivateKey,
-                                                                                  created: Bool)
-    {
-        let (raw, created) = try loadOrCreate(at: path) { WireGuardPrivateKey().secret }
-        guard let key = WireGuardPrivateKey(raw) else { throw .malformed(path: path) }
-        return (key, created)
-    }
 }

@@ -8,13 +8,13 @@ import Synchronization
 /// UAPI sockets live in one machine-wide directory, so interface names must be unique across network
 /// namespaces. An interface whose socket already answers is adopted, not restarted. Deleting stops the
 /// process (SIGTERM, then SIGKILL after `stopTimeout`) and reaps it; wireguard-go removes its TUN on exit.
-public final class UserspaceWireGuard: WireGuardBackend {
+public final class UserspaceWireGuard: LinkBackedBackend {
     public static let defaultExecutable = "/usr/bin/wireguard-go"
 
     public var kind: WireGuardBackendKind { .userspace }
     public let executable: String
     public let runDirectory: String
-    private let links: any LinkControl
+    let links: any LinkControl
     private let children = Mutex<[String: pid_t]>([:])
     public let startTimeout: Duration
     public let stopTimeout: Duration
@@ -69,11 +69,6 @@ public final class UserspaceWireGuard: WireGuardBackend {
         try client(name).set(update)
     }
 
-    public func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError) {
-        for address in addresses { try links.addAddress(address, to: name) }
-        try links.setUp(name)
-    }
-
     public func state(of name: String) async throws(WireGuardError) -> InterfaceState {
         try client(name).get()
     }
@@ -85,12 +80,7 @@ public final class UserspaceWireGuard: WireGuardBackend {
         }
         // Not ours (adopted after a restart): removing the TUN link makes wireguard-go exit.
         guard if_nametoindex(name) != 0 else { return }
-        let socket = try NetlinkSocket(protocol: NETLINK_ROUTE, name: "rtnetlink")
-        do {
-            _ = try socket.request("delete link \(name)", RouteNetlink.deleteLink(name: name, sequence: socket.nextSequence()))
-        } catch .netlink(_, let code) where code == ENODEV {
-            return
-        }
+        try WireGuardLinks.deleteLink(named: name)
     }
 
     private func reapIfExited(_ name: String) {

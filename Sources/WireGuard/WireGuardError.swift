@@ -1,4 +1,5 @@
 import Foundation
+import Netlink
 
 /// The error code a WireGuard configuration protocol answered with (UAPI `errno=N`, netlink error).
 public enum ConfigurationErrno: Hashable, Sendable, CustomStringConvertible {
@@ -36,7 +37,7 @@ public enum ConfigurationErrno: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Why a WireGuard operation failed. Each case names the interface or socket and says what to check.
-public enum WireGuardError: Error, Hashable, CustomStringConvertible {
+public enum WireGuardError: Error, Equatable, CustomStringConvertible {
     case socketUnavailable(path: String, errno: Int32)
     case io(path: String, operation: String, errno: Int32)
     case timedOut(path: String)
@@ -47,7 +48,8 @@ public enum WireGuardError: Error, Hashable, CustomStringConvertible {
     case spawnFailed(executable: String, errno: Int32)
     case processExited(interface: String, status: Int32)
     case notReady(interface: String, waitedMilliseconds: Int)
-    case netlink(operation: String, errno: Int32)
+    /// A netlink exchange failed; the Netlink layer's error names the operation, errno and fix.
+    case netlink(NetlinkError)
     case malformedNetlink(detail: String)
     case kernelUnsupported
     case noSuchInterface(String)
@@ -74,8 +76,8 @@ public enum WireGuardError: Error, Hashable, CustomStringConvertible {
             "wireguard-go for \(interface) exited with status \(status); is the TUN device (/dev/net/tun) available and the name free?"
         case .notReady(let interface, let waited):
             "wireguard-go for \(interface) did not open its UAPI socket within \(waited) ms"
-        case .netlink(let operation, let code):
-            "netlink \(operation) failed: \(String(cString: strerror(code)))"
+        case .netlink(let error):
+            error.description
         case .malformedNetlink(let detail):
             "the kernel answered a malformed netlink message: \(detail)"
         case .kernelUnsupported:

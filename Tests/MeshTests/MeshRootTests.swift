@@ -13,8 +13,10 @@ final class MeshLabSite: NamespacedSite, @unchecked Sendable {
     let namespace: NetworkNamespace
     let executor: NamespaceExecutor
     let key = WireGuardPrivateKey()
-    let id = SiteID()
-    let overlay: IPv4Address
+    var id = SiteID()
+    /// The overlay pool; tests shrink it to force collisions.
+    var pool = OverlayAddressing.defaultPool
+    var overlay: IPv4Address
     let backend = UserspaceWireGuard()
     let settings: TunnelSettings
     let uplinks = [Uplink(interface: "eth0", label: "isp"), Uplink(interface: "eth1", label: "lte")]
@@ -30,24 +32,29 @@ final class MeshLabSite: NamespacedSite, @unchecked Sendable {
         settings = TunnelSettings(interfacePrefix: prefix)
     }
 
+    /// Read from the namespace's interfaces, the way the daemon does.
     var localEndpoints: [Endpoint] {
-        TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["eth0": IPv4Address(10, 77, 1, index),
-                                                                  "eth1": IPv4Address(10, 77, 2, index)], settings: settings)
+        get throws {
+            let names = uplinks.map(\.interface)
+            let addresses = try namespace.perform { UplinkAddresses.current(for: names) }
+            return TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: addresses, settings: settings)
+        }
     }
 
     func start(meshKey: MeshKey) throws {
+        let endpoints = try localEndpoints
+        #expect(endpoints.map(\.address.address) == [IPv4Address(10, 77, 1, index), IPv4Address(10, 77, 2, index)])
         let description = SiteDescription(siteID: id, name: "site\(index)", publicKey: key.publicKey, overlay: overlay,
-                                          endpoints: localEndpoints)
+                                          endpoints: endpoints)
         var logger = Logger(label: "site\(index)")
         logger.logLevel = .warning
         let discovery = try DiscoveryService(local: description, settings: DiscoverySettings(uplinks: ["eth0", "eth1"]),
                                              authentication: .key(meshKey), logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: key,
-                                          addresses: [InterfaceAddress(overlay, prefixLength: 32)], logger: logger)
+                                          addresses: [TunnelAddress(overlay, prefixLength: 32)], logger: logger)
         self.discovery = discovery
         self.reconciler = reconciler
-        let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
-                                  localEndpoints: localEndpoints, settings: settings,
+        let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks, settings: settings, overlayPool: pool,
                                   logger: logger)
         let executor = self.executor
         task = Task {
@@ -191,6 +198,61 @@ struct MeshRootTests {
             }
             #expect(back)
             print("mesh: restarted site re-peered after \(ContinuousClock.now - restarted)")
+        } catch {
+            await tearDown(hub, sites)
+            throw error
+        }
+        await tearDown(hub, sites)
+    }
+
+    /// Two sites whose ids hash to the same overlay address (a /30 pool makes that likely): the one with
+    /// the larger id moves (announces the new address and re-addresses its interfaces), the smaller keeps
+    /// it, and the tunnel carries traffic between the two addresses.
+    @Test func anOverlayCollisionIsResolvedByTheLargerIDMovingRoot() async throws {
+        let (hub, sites) = try makeLab(2)
+        let key = MeshKey.generate()
+        let pool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 30)
+        do {
+            repeat { sites[1].id = SiteID() } while OverlayAddressing.candidate(for: sites[1].id, in: pool, attempt: 0)
+                != OverlayAddressing.candidate(for: sites[0].id, in: pool, attempt: 0)
+            for site in sites {
+                site.pool = pool
+                site.overlay = OverlayAddressing.choose(for: site.id, in: pool, known: [:])
+            }
+            let (small, large) = sites[0].id < sites[1].id ? (sites[0], sites[1]) : (sites[1], sites[0])
+            #expect(small.overlay == large.overlay)
+            for site in sites { try site.start(meshKey: key) }
+            let deadline = ContinuousClock.now + .seconds(5)
+            while large.discovery.local.overlay == small.overlay && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let moved = large.discovery.local.overlay
+            #expect(moved != small.overlay && pool.contains(moved))
+            #expect(small.discovery.local.overlay == small.overlay)
+            var addresses = ""
+            while !(addresses.contains("\(moved)/32") && !addresses.contains("\(small.overlay)/32"))
+                    && ContinuousClock.now < deadline + .seconds(1) {
+                addresses = try large.namespace.run(["ip", "-4", "-o", "addr", "show", "dev", large.interfaceNames[0]]).stdout
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(addresses.contains("\(moved)/32") && !addresses.contains("\(small.overlay)/32"))
+            // The small site learns the new address and routes to it through the tunnel.
+            var peered = false
+            while !peered && ContinuousClock.now < deadline + .seconds(3) {
+                let state = try? await small.backend.state(of: small.interfaceNames[0])
+                peered = state?.peer(large.key.publicKey)?.allowedIPs.contains(IPv4Prefix(moved, length: 32)) == true
+                if !peered { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(peered)
+            try small.namespace.ip("route", "replace", "\(moved)/32", "dev", small.interfaceNames[0])
+            let receiver = try UDPSocket(in: large.namespace, bindTo: "\(moved)", port: 40002)
+            let sender = try UDPSocket(in: small.namespace)
+            var arrived = false
+            for _ in 0..<5 where !arrived {
+                sender.send(Array("hello".utf8), to: "\(moved)", port: 40002)
+                arrived = receiver.receive(timeout: .milliseconds(600)) != nil
+            }
+            #expect(arrived)
         } catch {
             await tearDown(hub, sites)
             throw error

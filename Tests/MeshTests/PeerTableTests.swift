@@ -108,3 +108,11 @@ struct PeerAddressTests {
         #expect(throws: PeerAddressError.self) { try DiscoverySettings.resolvePeer("no-such-host.invalid:51821") }
     }
 }
+
+struct UplinkAddressesTests {
+    @Test func readsLoopbackAndSkipsUnknownInterfaces() {
+        let found = UplinkAddresses.current(for: ["lo", "ptnonexistent0"])
+        #expect(found["lo"] == IPv4Address(127, 0, 0, 1))
+        #expect(found["ptnonexistent0"] == nil)
+    }
+}

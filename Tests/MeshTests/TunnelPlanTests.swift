@@ -24,12 +24,17 @@ struct TunnelPlanTests {
     @Test func schemeNamesPortsAndMarks() {
         #expect(settings.interfaceName(slot: 1, remoteIndex: nil) == "wg-hq0")
         #expect(settings.interfaceName(slot: 2, remoteIndex: 3) == "wg-hq1x3")
-        #expect(settings.listenPort(slot: 1) == 51830)
-        #expect(settings.listenPort(slot: 15) == 51970)
+        #expect(settings.listenPort(slot: 1) == 51820)
+        #expect(settings.listenPort(slot: 2) == 51830)
+        #expect(settings.listenPort(slot: 15) == 51960)
+        var all = settings
+        all.pairing = .allPairs
+        #expect(all.listenPort(slot: 1) == 52020)
+        #expect(!(51821...51823).contains(settings.listenPort(slot: 1)) && all.listenPort(slot: 15) + 7 < 52200)
         #expect(TunnelSettings.fwmark(slot: 2) == 0x0200_0000)
         #expect(TunnelSettings.fwmark(slot: 15) & ~TunnelSettings.markMask == 0)
-        #expect(local == [Endpoint(label: "isp", address: SocketAddress4("198.51.100.1:51830")!),
-                          Endpoint(label: "lte", address: SocketAddress4("203.0.113.1:51840")!)])
+        #expect(local == [Endpoint(label: "isp", address: SocketAddress4("198.51.100.1:51820")!),
+                          Endpoint(label: "lte", address: SocketAddress4("203.0.113.1:51830")!)])
         // An uplink without an address is not announced.
         #expect(TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["wwan0": IPv4Address(203, 0, 113, 1)], settings: settings).map(\.label) == ["lte"])
     }
@@ -40,7 +45,7 @@ struct TunnelPlanTests {
         let plan = try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: local, remotes: [west, east], settings: settings)
         #expect(plan.interfaces.map(\.name) == ["wg-hq0", "wg-hq1"])
         let isp = plan.interfaces[0]
-        #expect(isp.listenPort == 51830 && isp.fwmark == 0x0100_0000 && isp.slot == 1)
+        #expect(isp.listenPort == 51820 && isp.fwmark == 0x0100_0000 && isp.slot == 1)
         #expect(isp.peers.map(\.publicKey) == [east.publicKey, west.publicKey])
         #expect(isp.peers[0].endpoint == east.endpoints[0].address)
         #expect(isp.peers[0].allowedIPs == [IPv4Prefix("10.99.0.1/32")!, IPv4Prefix("192.168.20.0/24")!])
@@ -58,22 +63,31 @@ struct TunnelPlanTests {
     @Test func allPairsGivesEveryCombinationItsOwnInterfaceAndBothSidesAgree() throws {
         var all = settings
         all.pairing = .allPairs
-        let east = remoteSite(1, labels: ["isp", "lte"])
-        let plan = try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: local, remotes: [east], settings: all)
+        let eastSettings = TunnelSettings(interfacePrefix: "wg-e", listenPort: 51820, pairing: .allPairs)
+        let eastUplinks = [Uplink(interface: "a", label: "isp"), Uplink(interface: "b", label: "lte")]
+        var east = remoteSite(1, labels: [])
+        east.endpoints = TunnelPlanner.localEndpoints(uplinks: eastUplinks, addresses: ["a": IPv4Address(192, 0, 2, 1), "b": IPv4Address(192, 0, 3, 1)],
+                                                      settings: eastSettings)
+        let ourEndpoints = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["eth0": IPv4Address(198, 51, 100, 1),
+                                                                                      "wwan0": IPv4Address(203, 0, 113, 1)], settings: all)
+        #expect(ourEndpoints.map(\.address.port) == [52020, 52030])
+        let plan = try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: ourEndpoints, remotes: [east], settings: all)
         #expect(plan.interfaces.map(\.name) == ["wg-hq0x0", "wg-hq0x1", "wg-hq1x0", "wg-hq1x1"])
-        #expect(plan.interfaces.map(\.listenPort) == [51830, 51831, 51840, 51841])
+        #expect(plan.interfaces.map(\.listenPort) == [52020, 52021, 52030, 52031])
         #expect(plan.paths.count == 4)
-        // From east's side: its uplink j toward our endpoint k targets our port base_k + j and listens on
-        // its base_j + k; check our interface (k, j) listens where east sends, and sends where east listens.
+        // East plans from our announcement; each of our interfaces must send where its east counterpart
+        // listens, and listen where that counterpart sends.
         let hq = SiteDescription(siteID: SiteID(), name: "hq", publicKey: WireGuardKey(bytes: [UInt8](repeating: 99, count: 32))!,
-                                 overlay: IPv4Address(10, 99, 0, 99), endpoints: local)
-        let eastPlan = try TunnelPlanner.plan(uplinks: [Uplink(interface: "a", label: "isp"), Uplink(interface: "b", label: "lte")],
-                                              localEndpoints: east.endpoints, remotes: [hq],
-                                              settings: TunnelSettings(interfacePrefix: "wg-e", basePort: 51820, pairing: .allPairs))
+                                 overlay: IPv4Address(10, 99, 0, 99), endpoints: ourEndpoints)
+        let eastPlan = try TunnelPlanner.plan(uplinks: eastUplinks, localEndpoints: east.endpoints, remotes: [hq], settings: eastSettings)
         for ours in plan.interfaces {
-            let peerEndpoint = ours.peers[0].endpoint!
-            let theirs = try #require(eastPlan.interfaces.first { $0.listenPort == peerEndpoint.port && east.endpoints.contains { $0.address.address == peerEndpoint.address } })
-            #expect(theirs.peers[0].endpoint?.port == ours.listenPort)
+            let target = try #require(ours.peers[0].endpoint)
+            let eastAddress = try #require(east.endpoints.first { $0.address.address == target.address }).address.address
+            let ourAddress = ourEndpoints[Int(ours.slot) - 1].address.address
+            let theirs = try #require(eastPlan.interfaces.first {
+                $0.listenPort == target.port && east.endpoints[Int($0.slot) - 1].address.address == eastAddress
+            })
+            #expect(theirs.peers[0].endpoint == SocketAddress4(ourAddress, port: ours.listenPort))
         }
     }
 
@@ -82,6 +96,28 @@ struct TunnelPlanTests {
                                           remotes: [remoteSite(1, labels: ["isp", "lte"])], settings: settings)
         #expect(plan.interfaces[1].peers.isEmpty)
         #expect(plan.paths.count == 1)
+    }
+
+    @Test func anIdenticalLANPrefixStaysWithTheSmallerSiteID() throws {
+        let shared = IPv4Prefix("192.168.50.0/24")!
+        let first = remoteSite(1, labels: ["isp"], lan: [shared, IPv4Prefix("192.168.51.0/24")!])
+        let second = remoteSite(2, labels: ["isp"], lan: [shared, IPv4Prefix("192.168.0.0/16")!])
+        let plan = try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: local, remotes: [second, first], settings: settings)
+        let peers = plan.interfaces[0].peers
+        #expect(peers.first { $0.publicKey == first.publicKey }?.allowedIPs.contains(shared) == true)
+        // Overlapping but different prefixes are fine (longest match); only the identical one is dropped.
+        #expect(peers.first { $0.publicKey == second.publicKey }?.allowedIPs == [IPv4Prefix(second.overlay, length: 32), IPv4Prefix("192.168.0.0/16")!])
+        #expect(plan.conflicts.count == 1 && plan.conflicts[0].hasPrefix("192.168.50.0/24: kept for site1"))
+        #expect(plan.paths.first { $0.remoteSite == second.siteID }?.key == PathKey(site: second.siteID, localLabel: "isp", remoteLabel: "isp"))
+    }
+
+    @Test func aFullPoolDoesNotLoopForever() {
+        let pool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 30)  // hosts .1 and .2
+        let ids = (0..<3).map { _ in SiteID() }.sorted()
+        let full: [SiteID: IPv4Address] = [ids[0]: IPv4Address(10, 99, 0, 1), ids[1]: IPv4Address(10, 99, 0, 2)]
+        let chosen = OverlayAddressing.choose(for: ids[2], in: pool, known: full)
+        #expect(pool.contains(chosen))
+        #expect(OverlayAddressing.choose(for: ids[1], in: pool, known: [ids[0]: IPv4Address(10, 99, 0, 1)]) == IPv4Address(10, 99, 0, 2))
     }
 
     @Test func planErrors() {

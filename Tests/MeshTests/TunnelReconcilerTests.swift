@@ -10,7 +10,8 @@ final class RecordingBackend: WireGuardBackend {
     enum Call: Equatable {
         case create(String)
         case configure(String, DeviceUpdate)
-        case bringUp(String, [InterfaceAddress])
+        case bringUp(String, [TunnelAddress])
+        case removeAddresses(String, [TunnelAddress])
         case delete(String)
     }
 
@@ -47,8 +48,12 @@ final class RecordingBackend: WireGuardBackend {
         }
     }
 
-    func bringUp(_ name: String, addresses: [InterfaceAddress]) async throws(WireGuardError) {
+    func bringUp(_ name: String, addresses: [TunnelAddress]) async throws(WireGuardError) {
         calls.withLock { $0.append(.bringUp(name, addresses)) }
+    }
+
+    func removeAddresses(_ addresses: [TunnelAddress], from name: String) async throws(WireGuardError) {
+        calls.withLock { $0.append(.removeAddresses(name, addresses)) }
     }
 
     func state(of name: String) async throws(WireGuardError) -> InterfaceState {
@@ -66,7 +71,7 @@ struct TunnelReconcilerTests {
     let key = WireGuardPrivateKey()
     let uplinks = [Uplink(interface: "eth0", label: "isp"), Uplink(interface: "wwan0", label: "lte")]
     let settings = TunnelSettings(interfacePrefix: "wg-hq")
-    let overlay = [InterfaceAddress(IPv4Address(10, 99, 0, 50), prefixLength: 32)]
+    let overlay = [TunnelAddress(IPv4Address(10, 99, 0, 50), prefixLength: 32)]
 
     func plan(_ remotes: [SiteDescription]) throws -> TunnelPlan {
         let local = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["eth0": IPv4Address(198, 51, 100, 1),
@@ -83,7 +88,7 @@ struct TunnelReconcilerTests {
         #expect(backend.recorded.first == .create("wg-hq0"))
         // Created up and empty, then the peers are added (so wireguard-go handshakes at once).
         guard case .configure("wg-hq0", let full) = backend.recorded[1] else { Issue.record("expected a full configure"); return }
-        #expect(full.replacePeers && full.privateKey == key.secret && full.listenPort == 51830 && full.fwmark == 0x0100_0000)
+        #expect(full.replacePeers && full.privateKey == key.secret && full.listenPort == 51820 && full.fwmark == 0x0100_0000)
         #expect(full.peers.isEmpty)
         #expect(backend.recorded[2] == .bringUp("wg-hq0", overlay))
         guard case .configure("wg-hq0", let peers) = backend.recorded[3] else { Issue.record("expected the peers"); return }
@@ -182,5 +187,18 @@ extension TunnelReconcilerTests {
         #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(high.publicKey), PeerUpdate(setting: highPeer)]))])
         // Backed off: not again right away.
         #expect(await reconciler.nudgeStalledHandshakes() == 0)
+    }
+}
+
+extension TunnelReconcilerTests {
+    @Test func movingTheOverlayAddsTheNewAddressThenRemovesTheOld() async throws {
+        let backend = RecordingBackend()
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        _ = await reconciler.apply(try plan([remoteSite(1, labels: ["isp"])]))
+        backend.reset()
+        let moved = [TunnelAddress(IPv4Address(10, 99, 7, 7), prefixLength: 32)]
+        await reconciler.setAddresses(moved)
+        #expect(backend.recorded == [.bringUp("wg-hq0", moved), .removeAddresses("wg-hq0", overlay),
+                                     .bringUp("wg-hq1", moved), .removeAddresses("wg-hq1", overlay)])
     }
 }

@@ -11,6 +11,8 @@ struct KeyTests {
         let secret = try #require(WireGuardKey(hex: alicePrivateHex))
         let key = try #require(WireGuardPrivateKey(secret))
         #expect(key.publicKey.hex == alicePublicHex)
+        #expect(WireGuardPrivateKey(bytes: secret.bytes)?.publicKey == key.publicKey)
+        #expect(WireGuardPrivateKey(bytes: [1, 2, 3]) == nil)
         #expect(!key.description.contains(secret.base64))
     }
 
@@ -34,35 +36,5 @@ struct KeyTests {
         #expect(a.publicKey != b.publicKey)
         #expect(a.secret.bytes[0] & 7 == 0)
         #expect(a.secret.bytes[31] & 0xc0 == 0x40)
-    }
-
-    @Test func secretFileIsCreatedOnceWithMode600() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pt-key-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("wg.key").path
-        let first = try SecretFile.privateKey(at: path)
-        #expect(first.created)
-        let second = try SecretFile.privateKey(at: path)
-        #expect(!second.created)
-        #expect(second.key.publicKey == first.key.publicKey)
-        var info = stat()
-        #expect(stat(path, &info) == 0)
-        #expect(info.st_mode & 0o777 == 0o600)
-        // The file is readable by `wg pubkey`: one base64 line.
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(text == first.key.secret.base64 + "\n")
-    }
-
-    @Test func secretFileRefusesOpenModeAndGarbage() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("pt-key-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
-        defer { unlink(path) }
-        _ = FileManager.default.createFile(atPath: path, contents: Data("not a key\n".utf8), attributes: [.posixPermissions: 0o600])
-        #expect(throws: SecretFileError.malformed(path: path)) { try SecretFile.load(from: path) }
-        chmod(path, 0o644)
-        #expect(throws: SecretFileError.tooOpen(path: path, mode: 0o644)) { try SecretFile.load(from: path) }
-        #expect(throws: SecretFileError.unreadable(path: path + ".missing", errno: ENOENT)) {
-            try SecretFile.load(from: path + ".missing")
-        }
     }
 }

@@ -1,6 +1,7 @@
 import CNetfilter
 import Foundation
 import Model
+import Netlink
 import Testing
 @testable import WireGuard
 
@@ -10,6 +11,15 @@ import Testing
 struct NetlinkMessageTests {
     func u32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
     func u16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
+
+    /// The bytes `NetlinkConnection` puts on the wire for `message`: REQUEST plus ACK (perform, get) or
+    /// DUMP (dump), and the sequence number.
+    func sent(_ message: NetlinkMessage, sequence: UInt32, dump: Bool = false) -> [UInt8] {
+        var m = message
+        m.sequence = sequence
+        m.flags |= NetlinkFlag.request | (dump ? NetlinkFlag.dump : NetlinkFlag.ack)
+        return m.encoded()
+    }
 
     @Test func headerConstantsMatchTheUAPIHeader() {
         #expect(WG_GENL_NAME == "wireguard")
@@ -22,7 +32,7 @@ struct NetlinkMessageTests {
     }
 
     @Test func createLinkMatchesIproute2() {
-        let bytes = RouteNetlink.createWireGuardLink(name: "wgx0", sequence: 7)
+        let bytes = sent(WireGuardLinks.create(name: "wgx0"), sequence: 7)
         let expected: [UInt8] =
             u32(64) + u16(16 /* RTM_NEWLINK */) + u16(0x0001 | 0x0004 | 0x0200 | 0x0400 /* REQUEST|ACK|EXCL|CREATE */)
             + u32(7) + u32(0)
@@ -33,35 +43,22 @@ struct NetlinkMessageTests {
         #expect(bytes == expected)
     }
 
-    @Test func addAddressMatchesIproute2() {
-        let bytes = RouteNetlink.addAddress(IPv4Address(10, 99, 0, 1), prefixLength: 16, index: 5, sequence: 9)
-        let expected: [UInt8] =
-            u32(40) + u16(20 /* RTM_NEWADDR */) + u16(0x0001 | 0x0004 | 0x0100 | 0x0400 /* REQUEST|ACK|REPLACE|CREATE */)
-            + u32(9) + u32(0)
-            + [2 /* AF_INET */, 16 /* prefixlen */, 0 /* flags */, 0 /* RT_SCOPE_UNIVERSE */] + u32(5 /* index */)
-            + u16(8) + u16(2 /* IFA_LOCAL */) + [10, 99, 0, 1]
-            + u16(8) + u16(1 /* IFA_ADDRESS */) + [10, 99, 0, 1]
-        #expect(bytes == expected)
-    }
-
-    @Test func setUpAndDelete() {
-        #expect(RouteNetlink.setUp(index: 3, sequence: 1) ==
-            u32(32) + u16(16) + u16(0x0005) + u32(1) + u32(0) + [0, 0] + u16(0) + u32(3) + u32(1 /* IFF_UP */) + u32(1))
-        #expect(RouteNetlink.deleteLink(name: "wgx0", sequence: 2) ==
+    @Test func deleteLink() {
+        #expect(sent(WireGuardLinks.delete(name: "wgx0"), sequence: 2) ==
             u32(44) + u16(17 /* RTM_DELLINK */) + u16(0x0005) + u32(2) + u32(0) + [UInt8](repeating: 0, count: 16)
             + u16(9) + u16(3) + Array("wgx0".utf8) + [0, 0, 0, 0])
     }
 
     @Test func getFamily() {
-        #expect(WireGuardNetlink.getFamily(sequence: 3) ==
+        #expect(sent(WireGuardNetlink.getFamily(), sequence: 3) ==
             u32(36) + u16(0x10 /* GENL_ID_CTRL */) + u16(0x0005) + u32(3) + u32(0)
             + [3 /* CTRL_CMD_GETFAMILY */, 1 /* version */, 0, 0]
             + u16(14) + u16(2 /* CTRL_ATTR_FAMILY_NAME */) + Array("wireguard".utf8) + [0] + [0, 0])
     }
 
     @Test func getDeviceIsADumpByName() {
-        #expect(WireGuardNetlink.getDevice(family: 0x1d, interface: "wg-hq0", sequence: 4) ==
-            u32(32) + u16(0x1d) + u16(0x0001 | 0x0004 | 0x0300 /* REQUEST|ACK|DUMP */) + u32(4) + u32(0)
+        #expect(sent(WireGuardNetlink.getDevice(family: 0x1d, interface: "wg-hq0"), sequence: 4, dump: true) ==
+            u32(32) + u16(0x1d) + u16(0x0001 | 0x0300 /* REQUEST|DUMP */) + u32(4) + u32(0)
             + [0 /* WG_CMD_GET_DEVICE */, 1, 0, 0]
             + u16(11) + u16(2 /* WGDEVICE_A_IFNAME */) + Array("wg-hq0".utf8) + [0] + [0])
     }
@@ -73,7 +70,7 @@ struct NetlinkMessageTests {
             PeerUpdate(publicKey: peerKey, endpoint: SocketAddress4("192.0.2.1:51831")!, persistentKeepalive: 25,
                        replaceAllowedIPs: true, allowedIPs: [IPv4Prefix("10.99.1.2/32")!]),
         ])
-        let messages = WireGuardNetlink.setDevice(family: 0x1d, interface: "wg0", update: update, firstSequence: 10)
+        let messages = WireGuardNetlink.setDevice(family: 0x1d, interface: "wg0", update: update)
         #expect(messages.count == 1)
         let allowedIP: [UInt8] = u16(28) + u16(0x8000 /* NESTED, index 0 */)
             + u16(6) + u16(1 /* FAMILY */) + u16(2 /* AF_INET */) + [0, 0]
@@ -94,22 +91,19 @@ struct NetlinkMessageTests {
             + u16(UInt16(4 + peer.count)) + u16(0x8000 /* peer 0 */) + peer
         let expected = u32(UInt32(20 + attributes.count)) + u16(0x1d) + u16(0x0005) + u32(10) + u32(0)
             + [1 /* WG_CMD_SET_DEVICE */, 1, 0, 0] + attributes
-        #expect(messages[0] == expected)
+        #expect(sent(messages[0], sequence: 10) == expected)
     }
 
     @Test func largeUpdatesSplitWithDeviceFieldsFirstOnly() throws {
         let peers = (0..<40).map { i in PeerUpdate.removing(WireGuardKey(bytes: [UInt8](repeating: UInt8(i), count: 32))!) }
         let messages = WireGuardNetlink.setDevice(family: 0x1d, interface: "wg0",
-                                                  update: DeviceUpdate(listenPort: 1, replacePeers: true, peers: peers),
-                                                  firstSequence: 100)
+                                                  update: DeviceUpdate(listenPort: 1, replacePeers: true, peers: peers))
         #expect(messages.count == 3)
-        let sequences = messages.map { Attribute(type: 0, payload: $0[8..<12]).u32 }
-        #expect(sequences == [100, 101, 102])
-        // The listen port attribute (type 6) only appears in the first message.
+        // The listen port (6) and flags (5) attributes only appear in the first message.
         for (index, message) in messages.enumerated() {
-            let attributes = try Attribute.parse(message[20...])
-            #expect(attributes.contains { $0.type == 6 } == (index == 0))
-            #expect(attributes.contains { $0.type == 5 } == (index == 0))
+            let attributes = try AttributeList(parsing: Array(message.payload.dropFirst(4)))
+            #expect((attributes[UInt16(6)] != nil) == (index == 0))
+            #expect((attributes[UInt16(5)] != nil) == (index == 0))
         }
     }
 
@@ -117,33 +111,33 @@ struct NetlinkMessageTests {
         let key = WireGuardKey(bytes: [UInt8](repeating: 0xbb, count: 32))!
         func allowed(_ a: [UInt8], _ len: UInt8) -> [UInt8] {
             var w = AttributeWriter()
-            w.nest(0) { e in
-                e.append(1, u16: 2)
-                e.append(2, a)
-                e.append(3, u8: len)
+            w.nested(0) { e in
+                e.put(1, u16(2))
+                e.put(2, a)
+                e.putU8(3, len)
             }
             return w.bytes
         }
-        func message(first: Bool, allowedIPs: [UInt8]) -> ArraySlice<UInt8> {
+        func message(first: Bool, allowedIPs: [UInt8]) -> NetlinkMessage {
             var w = AttributeWriter()
             if first {
-                w.append(4, [UInt8](repeating: 0xcc, count: 32))
-                w.append(6, u16: 51830)
-                w.append(7, u32: 7)
+                w.put(4, [UInt8](repeating: 0xcc, count: 32))
+                w.put(6, u16(51830))
+                w.putHostU32(7, 7)
             }
-            w.nest(8) { list in
-                list.nest(0) { p in
-                    p.append(1, key.bytes)
+            w.nested(8) { list in
+                list.nested(0) { p in
+                    p.put(1, key.bytes)
                     if first {
-                        p.append(4, WireGuardNetlink.sockaddrIn(SocketAddress4("192.0.2.9:4000")!))
-                        p.append(6, u32(1_700_000_000) + u32(0) + u32(0) + u32(0))
-                        p.append(7, withUnsafeBytes(of: UInt64(10)) { Array($0) })
-                        p.append(8, withUnsafeBytes(of: UInt64(20)) { Array($0) })
+                        p.put(4, WireGuardNetlink.sockaddrIn(SocketAddress4("192.0.2.9:4000")!))
+                        p.put(6, u32(1_700_000_000) + u32(0) + u32(0) + u32(0))
+                        p.put(7, withUnsafeBytes(of: UInt64(10)) { Array($0) })
+                        p.put(8, withUnsafeBytes(of: UInt64(20)) { Array($0) })
                     }
-                    p.append(9 | 0x8000, allowedIPs)
+                    p.put(9 | 0x8000, allowedIPs)
                 }
             }
-            return ([1, 1, 0, 0] + w.bytes)[...]
+            return NetlinkMessage(type: 0x1d, flags: 0, payload: [1, 1, 0, 0] + w.bytes)
         }
         let state = try WireGuardNetlink.parseDevice([message(first: true, allowedIPs: allowed([10, 99, 0, 2], 32)),
                                                       message(first: false, allowedIPs: allowed([192, 168, 1, 0], 24))])
@@ -156,10 +150,16 @@ struct NetlinkMessageTests {
         #expect(state.peers[0].rxBytes == 10 && state.peers[0].txBytes == 20)
     }
 
-    @Test func truncatedAttributesAreRejected() {
-        #expect(throws: WireGuardError.self) { try Attribute.parse([UInt8]([200, 0, 1, 0, 1, 2])[...]) }
-        #expect(throws: WireGuardError.self) { try Attribute.parse([UInt8]([2, 0, 1, 0])[...]) }
-        #expect(throws: WireGuardError.self) { try WireGuardNetlink.parseDevice([[1, 1][...]]) }
+    @Test func truncatedDumpsAreRejected() {
+        #expect(throws: WireGuardError.self) {
+            try WireGuardNetlink.parseDevice([NetlinkMessage(type: 0x1d, flags: 0, payload: [1, 1, 0, 0, 200, 0, 1, 0, 1, 2])])
+        }
+        #expect(throws: WireGuardError.self) { try WireGuardNetlink.parseDevice([NetlinkMessage(type: 0x1d, flags: 0, payload: [1, 1])]) }
+        // A peer without its key.
+        #expect(throws: WireGuardError.malformedNetlink(detail: "peer without a public key")) {
+            try WireGuardNetlink.parseDevice([NetlinkMessage(type: 0x1d, flags: 0,
+                                                             payload: [1, 1, 0, 0] + u16(12) + u16(0x8008) + u16(8) + u16(0x8000) + u16(4) + u16(5))])
+        }
     }
 
     @Test func autoFallsBackToUserspaceWithoutTheKernelModule() throws {

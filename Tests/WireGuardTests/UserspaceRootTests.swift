@@ -73,7 +73,7 @@ struct UserspaceRootTests {
                 let config = configuration(local, peer: peer)
                 try await local.run {
                     try await $0.start(local.interface, configuration: config,
-                                       addresses: [InterfaceAddress(local.overlay, prefixLength: 24)])
+                                       addresses: [TunnelAddress(local.overlay, prefixLength: 24)])
                 }
             }
             // Starting again adopts the running process instead of failing or restarting it.
@@ -125,11 +125,11 @@ struct UserspaceRootTests {
             wrong.peers[0].endpoint = SocketAddress4(IPv4Address(192, 168, 77, 9), port: b.port)
             let initial = wrong
             try await a.run {
-                try await $0.start(a.interface, configuration: initial, addresses: [InterfaceAddress(a.overlay, prefixLength: 24)])
+                try await $0.start(a.interface, configuration: initial, addresses: [TunnelAddress(a.overlay, prefixLength: 24)])
             }
             let config = configuration(b, peer: a)
             try await b.run {
-                try await $0.start(b.interface, configuration: config, addresses: [InterfaceAddress(b.overlay, prefixLength: 24)])
+                try await $0.start(b.interface, configuration: config, addresses: [TunnelAddress(b.overlay, prefixLength: 24)])
             }
             #expect(try !crosses(from: a, to: b, attempts: 1))
             let fixed = configuration(a, peer: b).peers[0]
@@ -139,6 +139,39 @@ struct UserspaceRootTests {
             let start = ContinuousClock.now
             #expect(try crosses(from: a, to: b, attempts: 1))
             #expect(ContinuousClock.now - start < .seconds(1))
+        } catch {
+            await cleanUp([a, b])
+            throw error
+        }
+        await cleanUp([a, b])
+    }
+
+    /// After a crash the next run finds wireguard-go still running: it adopts it (same process, config kept)
+    /// and can still remove it, although the process is not its child.
+    @Test func aSurvivingInterfaceIsAdoptedAndRemovableByANewBackendRoot() async throws {
+        let (a, b) = try makeSides()
+        do {
+            let config = configuration(a, peer: b)
+            try await a.run {
+                try await $0.start(a.interface, configuration: config, addresses: [TunnelAddress(a.overlay, prefixLength: 24)])
+            }
+            let pid = try #require(a.backend.processID(of: a.interface))
+            let successor = UserspaceWireGuard()
+            try await withTaskExecutorPreference(a.executor) { try await successor.createInterface(named: a.interface) }
+            #expect(successor.processID(of: a.interface) == nil)  // adopted, not started
+            let state = try await successor.state(of: a.interface)
+            #expect(state.publicKey == a.key.publicKey && state.peers.count == 1)
+            try await withTaskExecutorPreference(a.executor) { try await successor.deleteInterface(named: a.interface) }
+            // wireguard-go exits when its TUN link is deleted; the first backend reaps it.
+            let deadline = ContinuousClock.now + .seconds(3)
+            var exited = false
+            while !exited && ContinuousClock.now < deadline {
+                var status: Int32 = 0
+                exited = waitpid(pid, &status, WNOHANG) == pid
+                if !exited { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(exited)
+            #expect(try !a.namespace.ip("-o", "link").contains(a.interface))
         } catch {
             await cleanUp([a, b])
             throw error
