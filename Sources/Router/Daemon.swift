@@ -30,7 +30,7 @@ public struct Daemon: Sendable {
         defer { withExtendedLifetime(lock) {} }
         let store = try Store.open(path: files.database)
         let siteID = try store.ensureLocalSite(name: configuration.siteName)
-        let privateKey = try WireGuard.SecretFile.privateKey(at: files.privateKey).key
+        let privateKey = try Self.privateKey(at: files.privateKey)
         let authentication = try meshAuthentication(files: files)
         if try store.loadDefaultPoliciesIfNew(Policy.defaults()) {
             logger.info("loaded the default policies into \(files.database)")
@@ -38,7 +38,7 @@ public struct Daemon: Sendable {
 
         let inventory = try InterfaceInventory.read()
         let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
-        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, basePort: configuration.listenPort)
+        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort)
         let endpoints = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: inventory.primaryAddresses,
                                                      settings: tunnelSettings)
         let overlay = OverlayAddressing.choose(for: siteID, known: [:])
@@ -53,7 +53,7 @@ public struct Daemon: Sendable {
         let steering = try KernelSteering(logger: logger)
         let backend = try WireGuardBackendSelector.make(.auto)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
-                                          addresses: [WireGuard.InterfaceAddress(overlay, prefixLength: 32)])
+                                          addresses: [TunnelAddress(overlay, prefixLength: 32)])
         do {
             try await steering.pinUplinks(uplinks.enumerated().map {
                 UplinkPinning.Binding(slot: UInt8($0.offset + 1), interface: $0.element.interface)
@@ -76,11 +76,19 @@ public struct Daemon: Sendable {
             return .insecure
         }
         let path = configuration.meshKeyPath ?? files.meshKey
-        let (key, created) = try MeshKey.loadOrCreate(at: path)
+        let (bytes, created) = try SecretFile.loadOrCreate(at: path)
+        guard let key = MeshKey(bytes: bytes) else { throw DaemonError.malformedKey(path) }
         if created {
             logger.notice("created the mesh key \(path): every other site needs a copy of this file (--mesh-key \(path))")
         }
         return .key(key)
+    }
+
+    /// The site's WireGuard private key, created once (0600) beside the database.
+    static func privateKey(at path: String) throws -> WireGuardPrivateKey {
+        let bytes = try SecretFile.loadOrCreate(at: path).bytes
+        guard let key = WireGuardPrivateKey(bytes: bytes) else { throw DaemonError.malformedKey(path) }
+        return key
     }
 
     private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
@@ -94,7 +102,7 @@ public struct Daemon: Sendable {
                                         group: configuration.multicastGroup),
             authentication: authentication, logger: logger)
         let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
-                                  localEndpoints: endpoints, settings: tunnelSettings, logger: logger)
+                                  settings: tunnelSettings, logger: logger)
         var responderConfiguration = ProbeResponder.Configuration()
         responderConfiguration.replyMark = SteeringPlan.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
@@ -242,9 +250,12 @@ struct HousekeepingService: Service {
 
 public enum DaemonError: Error, Equatable, CustomStringConvertible {
     case missingCapability(String)
+    case malformedKey(String)
 
     public var description: String {
         switch self {
+        case .malformedKey(let path):
+            "\(path) does not hold a 32-byte key in base64: restore it from a backup, or move it away to create a new one"
         case .missingCapability(let name):
             "\(name) is missing: run as root (sudo) or grant it (setcap cap_net_admin+ep or AmbientCapabilities=CAP_NET_ADMIN)"
         }
