@@ -79,7 +79,7 @@ let package = Package(
             "Probing", "Model", "Lab", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router"]),
         .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
     ]
 )

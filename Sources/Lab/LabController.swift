@@ -54,7 +54,7 @@ public struct LabState: Codable, Equatable, Sendable {
 public struct LabController: Sendable {
     /// Whether `lab up` starts `patronus-router run` in each site. Off until the router daemon exists; the
     /// lead turns it on (or `lab up --routers` does) and `routerArguments` gives each site's command line.
-    public static let routersByDefault = false
+    public static let routersByDefault = true
 
     public var instance: String
     public var stateRoot: String

@@ -286,17 +286,38 @@ public enum NFTables {
         public var handle: UInt64
         public var userdata: [UInt8]?
         public var expressionNames: [String]
+        /// The rule's first counter expression, if it has one: (packets, bytes).
+        public var counter: (packets: UInt64, bytes: UInt64)?
+
+        public static func == (a: ListedRule, b: ListedRule) -> Bool {
+            a.family == b.family && a.table == b.table && a.chain == b.chain && a.handle == b.handle
+                && a.userdata == b.userdata && a.expressionNames == b.expressionNames
+                && a.counter?.packets == b.counter?.packets && a.counter?.bytes == b.counter?.bytes
+        }
+
+        public func hash(into h: inout Hasher) {
+            h.combine(chain)
+            h.combine(handle)
+        }
     }
 
     public static func parseRule(_ m: NetlinkMessage) throws(NetlinkError) -> ListedRule? {
         guard let (f, a) = try attributes(m, UInt32(NFT_MSG_NEWRULE.rawValue)) else { return nil }
         var names: [String] = []
+        var counter: (UInt64, UInt64)?
         if let exprs = try a[NFTA_RULE_EXPRESSIONS.rawValue]?.nested() {
-            for e in exprs.attributes { names.append(try e.nested()[NFTA_EXPR_NAME.rawValue]?.string ?? "?") }
+            for e in exprs.attributes {
+                let expr = try e.nested()
+                let name = expr[NFTA_EXPR_NAME.rawValue]?.string ?? "?"
+                names.append(name)
+                if name == "counter", counter == nil, let data = try expr[NFTA_EXPR_DATA.rawValue]?.nested() {
+                    counter = (data[NFTA_COUNTER_PACKETS.rawValue]?.bigU64 ?? 0, data[NFTA_COUNTER_BYTES.rawValue]?.bigU64 ?? 0)
+                }
+            }
         }
         return ListedRule(family: f, table: a[NFTA_RULE_TABLE.rawValue]?.string ?? "", chain: a[NFTA_RULE_CHAIN.rawValue]?.string ?? "",
                           handle: a[NFTA_RULE_HANDLE.rawValue]?.bigU64 ?? 0, userdata: a[NFTA_RULE_USERDATA.rawValue]?.value,
-                          expressionNames: names)
+                          expressionNames: names, counter: counter)
     }
 }
 

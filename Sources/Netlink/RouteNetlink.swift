@@ -179,6 +179,14 @@ public enum RouteNetlink {
         return NetlinkMessage(type: UInt16(RTM_GETLINK), flags: 0, payload: [UInt8](repeating: 0, count: 16) + a.bytes)
     }
 
+    /// RTM_GETLINK for one index (ifi_index), answered with one RTM_NEWLINK or ENODEV.
+    public static func getLinkMessage(index: Int32) -> NetlinkMessage {
+        var p: [UInt8] = [UInt8(AF_UNSPEC), 0, 0, 0]
+        p.appendHost(index)
+        p += [UInt8](repeating: 0, count: 8)
+        return NetlinkMessage(type: UInt16(RTM_GETLINK), flags: 0, payload: p)
+    }
+
     /// RTM_NEWLINK changing only IFF_UP (ifi_change = IFF_UP), as `ip link set dev X up|down`.
     public static func setLinkUpMessage(index: Int32, up: Bool) -> NetlinkMessage {
         var p: [UInt8] = [UInt8(AF_UNSPEC), 0]
@@ -256,6 +264,13 @@ public final class RouteNetlinkClient {
         for m in replies { if let link = try RouteNetlink.parseLink(m) { return link } }
         throw NetlinkError(errno: ENODEV, operation: "look up interface \(name)")
     }
+    /// The interface with `index`; throws ENODEV when there is none.
+    public func link(index: Int32) throws(NetlinkError) -> Link {
+        let replies = try connection.get(NetlinkRequest(RouteNetlink.getLinkMessage(index: index), "look up interface #\(index)"))
+        for m in replies { if let link = try RouteNetlink.parseLink(m) { return link } }
+        throw NetlinkError(errno: ENODEV, operation: "look up interface #\(index)")
+    }
+
     public func setLink(index: Int32, up: Bool) throws(NetlinkError) {
         try connection.perform([NetlinkRequest(RouteNetlink.setLinkUpMessage(index: index, up: up), "set link #\(index) \(up ? "up" : "down")")])
     }

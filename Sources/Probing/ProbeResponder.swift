@@ -15,6 +15,9 @@ public final class ProbeResponder: @unchecked Sendable {
         public var bindAddress = IPv4Address(0)
         /// Requests from other sources are dropped. Default: the overlay pool, i.e. only through tunnels.
         public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        /// SO_MARK for replies. The daemon sets the steering layer's "pinned" mark, so its own nft chain leaves
+        /// the reply alone and the incoming interface (IP_PKTINFO) decides, not the policy for the destination.
+        public var replyMark: UInt32?
 
         public init() {}
     }
@@ -38,7 +41,8 @@ public final class ProbeResponder: @unchecked Sendable {
                 logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
         self.configuration = configuration
         dropLog = DropLog(logger: logger, component: "probe responder")
-        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port, packetInfo: true)
+        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port,
+                                    mark: configuration.replyMark, packetInfo: true)
     }
 
     /// The bound port (useful when configured with port 0).

@@ -108,17 +108,38 @@ public final class Steering {
             c.tableDeleted = true
             c.batchMessages = 1
         }
-        for r in state.ipRules { try kernel { () throws(NetlinkError) in try routing.deleteRule(r) } }
+        for r in state.ipRules { try deleteRule(r) }
         c.ipRulesDeleted = state.ipRules
-        for r in state.routes {
-            let route = try kernelRoute(r)
-            try kernel { () throws(NetlinkError) in try routing.route(route, .delete) }
-        }
+        for r in state.routes { try deleteRoute(r) }
         c.routesDeleted = state.routes
         installed = InstalledState()
         lastPlan = nil
         lastRuleset = nil
         return c
+    }
+
+    /// Packets and bytes per class and path (the `<class>_path<slot>` chains), and new flows per class (the
+    /// `classify` rules), read from the kernel in one dump. For the status report and metrics.
+    public func counters() throws(SteeringError) -> SteeringCounters {
+        let rules: [NFTables.ListedRule]
+        do { rules = try nftables.rules(family: SteeringNames.family, table: SteeringNames.table) } catch {
+            if error.errno == 2 { return SteeringCounters() } // no table: nothing counted
+            throw .kernel(error)
+        }
+        var out = SteeringCounters()
+        let plan = lastPlan
+        for r in rules {
+            guard let (packets, bytes) = r.counter else { continue }
+            if r.chain == SteeringNames.classifyChain {
+                let comment = NFTUserdata.comment(in: r.userdata) ?? ""
+                let name = comment.hasPrefix("class ") ? String(comment.dropFirst("class ".count)) : comment
+                out.flowsPerClass[name, default: 0] += packets
+            } else if let c = plan?.classes.first(where: { r.chain.hasPrefix($0.name + "_path") }),
+                      let slot = UInt8(r.chain.dropFirst(c.name.count + "_path".count)) {
+                out.paths.append(.init(className: c.name, slot: slot, packets: packets, bytes: bytes))
+            }
+        }
+        return out
     }
 
     /// What is installed, as last read or maintained.
@@ -136,19 +157,30 @@ public final class Steering {
         let diff = SteeringDiff(installed: state, desired: ruleset)
         // Until this converge completes, what is installed is unknown: a failure makes the next call re-read.
         installed = nil
+        var changes = diff.changes
         // Routes and rules first, so a mark never points at an empty table; deletions last.
         for r in diff.changes.routesAdded {
-            let route = try kernelRoute(r)
+            let route: IPRoute
+            do {
+                route = try kernelRoute(r)
+            } catch .missingInterface {
+                // The tunnel is not up (yet): its packets fall through the empty table to the main one.
+                // Everything else is applied; the next apply adds the route once the interface exists.
+                changes.routesAdded.removeAll { $0 == r }
+                changes.routesSkipped.append(r)
+                continue
+            }
             try kernel { () throws(NetlinkError) in try routing.route(route, .replace) }
         }
         for r in diff.changes.ipRulesAdded { try kernel { () throws(NetlinkError) in try routing.addRule(r) } }
         try kernel { () throws(NetlinkError) in try nftables.commit(diff.batch) }
-        for r in diff.changes.ipRulesDeleted { try kernel { () throws(NetlinkError) in try routing.deleteRule(r) } }
-        for r in diff.changes.routesDeleted {
-            let route = try kernelRoute(r)
-            try kernel { () throws(NetlinkError) in try routing.route(route, .delete) }
-        }
-        if diff.changes.elementsOnly {
+        for r in diff.changes.ipRulesDeleted { try deleteRule(r) }
+        for r in diff.changes.routesDeleted { try deleteRoute(r) }
+        if !changes.routesSkipped.isEmpty {
+            var known = Self.afterApply(ruleset)
+            known.routes.removeAll { changes.routesSkipped.contains($0) }
+            installed = known
+        } else if diff.changes.elementsOnly {
             // The re-steer fast path: only map contents changed; keep the rest of what we know.
             var known = state
             for map in ruleset.maps { known.mapElements[map.set.name] = map.elements }
@@ -156,7 +188,23 @@ public final class Steering {
         } else {
             installed = Self.afterApply(ruleset)
         }
-        return diff.changes
+        return changes
+    }
+
+    /// Deleting what is already gone is success: the goal is its absence.
+    private func deleteRule(_ r: IPRule) throws(SteeringError) {
+        do { try routing.deleteRule(r) } catch {
+            if error.errno != 2 /* ENOENT */ { throw .kernel(error) }
+        }
+    }
+
+    /// A route whose interface is gone went with it (the kernel flushes a device's routes).
+    private func deleteRoute(_ r: SteeringRuleset.Route) throws(SteeringError) {
+        let route: IPRoute
+        do { route = try kernelRoute(r) } catch .missingInterface { return }
+        do { try routing.route(route, .delete) } catch {
+            if error.errno != 3 /* ESRCH */ && error.errno != 2 /* ENOENT */ { throw .kernel(error) }
+        }
     }
 
     private func kernel<T>(_ body: () throws(NetlinkError) -> T) throws(SteeringError) -> T {
@@ -196,5 +244,26 @@ public final class Steering {
         s.ipRules = r.ipRules
         s.routes = r.routes
         return s
+    }
+}
+
+/// Counters of the installed ruleset (see `Steering.counters()`).
+public struct SteeringCounters: Hashable, Sendable {
+    public struct PathCounter: Hashable, Sendable {
+        public var className: String
+        public var slot: UInt8
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    /// Packets/bytes steered per (class, path).
+    public var paths: [PathCounter] = []
+    /// First packets classified per class (= flows), by class name; "no policy matched: not steered" too.
+    public var flowsPerClass: [String: UInt64] = [:]
+
+    public init() {}
+
+    public func packets(className: String, slot: UInt8) -> UInt64 {
+        paths.first { $0.className == className && $0.slot == slot }?.packets ?? 0
     }
 }

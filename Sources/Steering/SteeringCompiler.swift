@@ -136,6 +136,13 @@ public enum SteeringCompiler {
         chains.append(NFTChain(family: family, table: table, name: SteeringNames.steerChain,
                                userdata: NFTUserdata.comment("per packet: class + destination -> path mark")))
         rules[SteeringNames.steerChain] = [
+            // A packet whose mark already names a path (a probe pinned with SO_MARK = slot << 16) keeps it.
+            rule(SteeringNames.steerChain, [
+                .meta(key: NFT.metaMark, dreg: NFT.reg1),
+                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+                .cmp(sreg: NFT.reg1, op: NFT.neq, data: [0, 0, 0, 0]),
+                .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
+            ], comment: "already pinned to a path (probes): keep"),
             rule(SteeringNames.steerChain, [
                 .ct(key: NFT.ctMark, dreg: NFT.reg1),
                 .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),

@@ -17,6 +17,8 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
     public var ipRulesDeleted: [IPRule] = []
     public var routesAdded: [SteeringRuleset.Route] = []
     public var routesDeleted: [SteeringRuleset.Route] = []
+    /// Routes not installed because their path's interface does not exist yet (retried on the next apply).
+    public var routesSkipped: [SteeringRuleset.Route] = []
     /// nf_tables messages in the one batch (0 when nothing changed).
     public var batchMessages = 0
 
@@ -46,6 +48,7 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
         if elementsAdded + elementsDeleted > 0 { parts.append("elements +\(elementsAdded) -\(elementsDeleted)") }
         if !ipRulesAdded.isEmpty || !ipRulesDeleted.isEmpty { parts.append("ip rules +\(ipRulesAdded.count) -\(ipRulesDeleted.count)") }
         if !routesAdded.isEmpty || !routesDeleted.isEmpty { parts.append("routes +\(routesAdded.count) -\(routesDeleted.count)") }
+        if !routesSkipped.isEmpty { parts.append("routes waiting for interfaces: \(Set(routesSkipped.map(\.interface)).sorted().joined(separator: ","))") }
         return parts.joined(separator: "; ")
     }
 }

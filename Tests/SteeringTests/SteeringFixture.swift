@@ -62,7 +62,7 @@ final class SteeringFixture {
     }
 
     /// Three classes (voip, bulk, default) over two paths.
-    func plan(voip: UInt8 = 1, bulk: UInt8 = 2, other: UInt8 = 1) -> SteeringPlan {
+    func plan(voip: UInt8 = 1, bulk: UInt8 = 2, other: UInt8 = 1, otherTarget: SteeringPlan.Target? = nil) -> SteeringPlan {
         SteeringPlan(
             classes: [
                 .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
@@ -78,7 +78,7 @@ final class SteeringFixture {
             choices: [
                 .init(site: site, classID: 1, target: .path(voip)),
                 .init(site: site, classID: 2, target: .path(bulk)),
-                .init(site: site, classID: 3, target: .path(other)),
+                .init(site: site, classID: 3, target: otherTarget ?? .path(other)),
             ])
     }
 
@@ -92,8 +92,20 @@ final class SteeringFixture {
 
     func steering() throws -> Steering { try Steering(netns: router.name) }
 
-    /// Value of named counter `name` in `peer` (packets).
+    /// Value of named counter `name` in `peer` (packets), once it has stopped changing (packets still in
+    /// flight on a loaded machine must not make a test flaky).
     func count(_ peer: NetworkNamespace, _ name: String) throws -> Int {
+        var last = try readCount(peer, name)
+        for _ in 0..<40 {
+            usleep(50_000)
+            let now = try readCount(peer, name)
+            if now == last { return now }
+            last = now
+        }
+        return last
+    }
+
+    private func readCount(_ peer: NetworkNamespace, _ name: String) throws -> Int {
         let out = try peer.check(["nft", "-j", "list", "counter", "inet", "count", name])
         let json = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any]
         let items = json?["nftables"] as? [[String: Any]] ?? []
@@ -102,8 +114,8 @@ final class SteeringFixture {
     }
 
     /// Sends `count` UDP datagrams from `ns` to 10.20.0.5:port (from one socket: one flow).
-    func sendUDP(from ns: NetworkNamespace, port: UInt16, count: Int = 5, mark: UInt32? = nil) throws {
-        let socket = try UDPSocket(in: ns)
+    func sendUDP(from ns: NetworkNamespace, port: UInt16, count: Int = 5, mark: UInt32? = nil, source: String = "0.0.0.0") throws {
+        let socket = try UDPSocket(in: ns, bindTo: source)
         if var mark {
             _ = setsockopt(socket.fd, SOL_SOCKET, SO_MARK, &mark, socklen_t(4))
         }
@@ -157,7 +169,9 @@ struct KernelView {
         }
         v.ipRules = try JSONSerialization.jsonObject(with: Data(try ns.check(["ip", "-j", "rule"]).utf8)) as? [[String: Any]] ?? []
         for t in routeTables {
-            let out = try ns.check(["ip", "-j", "route", "show", "table", String(t)])
+            // A table that never held a route does not exist: iproute2 then fails ("Dump terminated").
+            let result = try ns.run(["ip", "-j", "route", "show", "table", String(t)])
+            let out = result.succeeded ? result.stdout : "[]"
             v.routes[t] = try JSONSerialization.jsonObject(with: Data((out.isEmpty ? "[]" : out).utf8)) as? [[String: Any]] ?? []
         }
         return v

@@ -21,10 +21,10 @@ import Netlink
                                            "site_branch", "classify", "steer", "prerouting", "output"]
         #expect(Set(v.chains) == expectedChains)
         #expect(v.rulesPerChain["classify"] == 4)
-        #expect(v.rulesPerChain["steer"] == 2)
+        #expect(v.rulesPerChain["steer"] == 3)
         #expect(v.rulesPerChain["site_branch"] == 1)
         let ruleCount = v.rulesPerChain.values.reduce(0, +)
-        #expect(ruleCount == 15) // 6 path chains + site + 4 classify + 2 steer + 2 base
+        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 3 steer + 2 base
         let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch"]
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
@@ -59,6 +59,14 @@ import Netlink
         #expect(voip1 == 10 && voip2 == 0)
         #expect(bulk2 >= 1 && bulk1 == 0)
         #expect(other1 == 5 && other2 == 0)
+        let counters = try steering.counters()
+        #expect(counters.packets(className: "voip", slot: 1) == 10)
+        #expect(counters.packets(className: "default", slot: 1) == 5)
+        #expect(counters.flowsPerClass["voip"] == 2 && counters.flowsPerClass["default"] == 1)
+
+        // A packet already pinned to path 2 by its socket mark (how probes measure one path) keeps it.
+        try f.sendUDP(from: f.router, port: 9999, count: 4, mark: 0x0002_0000)
+        #expect(try f.count(f.peer2, "other") == 4)
 
         // Swap every class; new and existing flows follow the map.
         let changes = try steering.apply(f.plan(voip: 2, bulk: 1, other: 2))
@@ -69,7 +77,7 @@ import Netlink
         try f.sendUDP(from: f.router, port: 5060)
         #expect(try f.count(f.peer2, "voip") == 10)
         #expect(try f.count(f.peer1, "bulk") >= 1)
-        #expect(try f.count(f.peer2, "other") == 5)
+        #expect(try f.count(f.peer2, "other") == 4 + 5)
         try steering.removeAll()
     }
 
@@ -93,7 +101,7 @@ import Netlink
             while sent.running {
                 if voipSocket.send(payload, to: "10.20.0.5", port: 5060) { sent.voip += 1 }
                 if otherSocket.send(payload, to: "10.20.0.5", port: 9999) { sent.other += 1 }
-                usleep(200) // ~5000 packets/s per class
+                usleep(400) // ~2000 packets/s per class: steady, and far below what a loaded CI machine forwards
             }
             done.signal()
         }.start()
@@ -110,7 +118,7 @@ import Netlink
         let voip1 = try f.count(f.peer1, "voip"), voip2 = try f.count(f.peer2, "voip")
         let other1 = try f.count(f.peer1, "other"), other2 = try f.count(f.peer2, "other")
         #expect(switches == 30)
-        #expect(sent.other > 1000)
+        #expect(sent.other > 500)
         #expect(other1 == sent.other && other2 == 0, "other class lost \(sent.other - other1) of \(sent.other)")
         #expect(voip1 > 0 && voip2 > 0)
         #expect(voip1 + voip2 == sent.voip, "moved class lost \(sent.voip - voip1 - voip2) of \(sent.voip)")
@@ -154,11 +162,11 @@ import Netlink
         try foreignIntact()
         try f.sendUDP(from: f.client, port: 5060)
         try f.sendUDP(from: f.router, port: 5060, mark: 0x0000_0042)
+        #expect(try f.count(f.peer2, "voip") == 10) // also waits until the packets are through
         let listing = try f.router.check(["nft", "list", "table", "ip", "foreign"])
         #expect(listing.contains("meta mark 0x80020042 counter packets 5 "), "\(listing)")
         #expect(listing.contains("meta mark 0x00020042 counter packets 5 "), "\(listing)")
         #expect(listing.contains("ct mark 0x00010007 counter packets 10 "), "\(listing)")
-        #expect(try f.count(f.peer2, "voip") == 10)
 
         try steering.apply(f.plan(voip: 1, bulk: 1, other: 2)) // re-apply with changes
         try foreignIntact()
@@ -200,6 +208,50 @@ import Netlink
             #expect(v.routes[6201]?.count == 1 && v.routes[6202]?.count == 1 && v.routes[6203]?.isEmpty == true)
             #expect(try steering.apply(target).isEmpty)
         }
+    }
+
+    @Test(.enabled(if: isRoot)) func rootLoadBalancedClassSpreadsFlowsAndOnlyTheLeavingPathsBucketsMove() throws {
+        let f = try SteeringFixture()
+        let sources = (10..<42).map { "10.1.0.\($0)" }
+        for s in sources { try f.client.ip("addr", "add", "\(s)/32", "dev", "lan0") }
+        let steering = try f.steering()
+        let spread: [UInt8] = (0..<16).map { $0 % 2 == 0 ? 1 : 2 }
+        try steering.apply(f.plan(otherTarget: .buckets(spread)))
+        for s in sources { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
+        let (first1, first2) = (try f.count(f.peer1, "other"), try f.count(f.peer2, "other"))
+        #expect(first1 + first2 == 3 * sources.count)
+        #expect(first1 > 0 && first2 > 0, "32 address pairs all hashed to one path")
+
+        // Path 2 leaves the balanced set: exactly its 8 buckets move, as element replaces.
+        let changes = try steering.apply(f.plan(otherTarget: .buckets(Array(repeating: 1, count: 16))))
+        #expect(changes.elementsOnly && changes.elementsDeleted == 8 && changes.elementsAdded == 8)
+        for s in sources { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
+        #expect(try f.count(f.peer1, "other") == first1 + 3 * sources.count)
+        #expect(try f.count(f.peer2, "other") == first2)
+        try steering.removeAll()
+    }
+
+    @Test(.enabled(if: isRoot)) func rootAMissingOrVanishedTunnelDoesNotBlockTheRest() throws {
+        let f = try SteeringFixture()
+        var plan = f.plan()
+        plan.paths.append(.init(slot: 3, interface: "pc", site: f.site))
+        let steering = try f.steering()
+        // Path 3's interface does not exist yet: everything else is applied, its route waits.
+        let first = try steering.apply(plan)
+        #expect(first.routesSkipped.map(\.interface) == ["pc"])
+        #expect(try KernelView.read(f.router, tables: [6203]).ourRules.count == 3)
+        try f.router.ip("link", "add", "pc", "type", "veth", "peer", "name", "pcp")
+        try f.router.setUp("pc")
+        try f.router.setUp("pcp")
+        let second = try steering.apply(plan)
+        #expect(second.routesAdded.map(\.interface) == ["pc"])
+        #expect(try KernelView.read(f.router, tables: [6203]).routes[6203]?.count == 1)
+        // The tunnel disappears (its routes go with it); dropping the path from the plan still succeeds.
+        try f.router.ip("link", "del", "pc")
+        let third = try steering.apply(f.plan())
+        #expect(third.ipRulesDeleted.count == 1)
+        #expect(try KernelView.read(f.router, tables: [6203]).ourRules.count == 2)
+        try steering.removeAll()
     }
 
     /// What `patronus-bench churn` applies first (see Sources/patronus-bench): 2 paths, 3 classes.
