@@ -124,6 +124,11 @@ struct MeshRootTests {
             sender.send(Array("probe \(attempt)".utf8), to: "\(to.overlay)", port: 40001)
             if let got = await receiver.nextDatagram(within: .milliseconds(700)), got.address == "\(from.overlay)" { return true }
         }
+        // Say what WireGuard saw, for the failure report.
+        let theirs = interface.replacingOccurrences(of: from.settings.interfacePrefix, with: to.settings.interfacePrefix)
+        for name in [interface, theirs] {
+            print("wg show \(name) dump:\n" + ((try? Subprocess.check(["wg", "show", name, "dump"])) ?? "unavailable"))
+        }
         return false
     }
 
