@@ -205,7 +205,8 @@ extension ProbeService {
                 continue
             }
             do {
-                if let estimate = try await probes.measureBandwidth(path: path) {
+                if let estimate = try await probes.measureBandwidth(path: path,
+                                                                    sharingUplink: await runtime.pathsSharingUplink(with: path)) {
                     logger.info("bandwidth measured", metadata: ["path": "\(path)", "mbps": "\(String(format: "%.1f", estimate.mbps))"])
                 }
             } catch {

@@ -178,6 +178,12 @@ actor SiteRuntime {
         return nil
     }
 
+    /// The other paths whose probes leave by the same local uplink as `name` (a bandwidth test on it loads them too).
+    func pathsSharingUplink(with name: String) -> [String] {
+        guard let label = paths[name]?.key.localLabel else { return [] }
+        return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
+    }
+
     /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
     /// test costs the path a short burst).
     func remeasureBandwidth() {

@@ -337,3 +337,36 @@ struct SimulatedPath {
         }
     }
 }
+
+@Suite struct BandwidthTestExcuseTests {
+    let rtt20: (ProbePacket, MonotonicInstant) -> [Duration] = { _, _ in [.milliseconds(20)] }
+
+    /// Our own bandwidth test fills the uplink's queue: probes sent meanwhile come back very late or not at
+    /// all. Excused, they neither take the path down nor count as loss or RTT samples.
+    @Test func probesDuringOurOwnBandwidthTestAreExcused() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        let start = path.now
+        path.monitor.excuse(until: start + .milliseconds(1000))  // the test, then the queue draining
+        // 600 ms of silence (a full queue), then replies 200 ms late for the rest of the window.
+        path.run(for: .milliseconds(800)) { _, sent in sent < start + .milliseconds(600) ? [] : [.milliseconds(200)] }
+        path.run(for: .seconds(2), network: rtt20)
+        #expect(path.downs.isEmpty)
+        #expect(path.changes.filter { $0.to == .degraded }.isEmpty)
+        let metrics = path.monitor.metrics()
+        #expect(metrics.lossPct == 0)
+        #expect(metrics.latencyMs == 20)
+    }
+
+    /// The excuse ends: a real cut right after is detected as usual.
+    @Test func aCutAfterTheExcuseIsStillDetected() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.monitor.excuse(until: path.now + .milliseconds(300))
+        path.run(for: .milliseconds(300), network: rtt20)
+        let cut = path.now
+        path.run(for: .seconds(1)) { _, _ in [] }
+        #expect(path.downs.count == 1)
+        #expect(path.downs[0].at - cut <= .milliseconds(180))
+    }
+}
