@@ -149,7 +149,11 @@ public struct PathMonitor: Sendable {
             return nil
         case .late(let sample):
             counters.repliesLate += 1
-            if !isExcused(sentAt: now + (.zero - sample)) { rtt.add(sample.milliseconds) }
+            // Too late for the miss count (that is what makes failover fast), but delivered: not a loss.
+            if !isExcused(sentAt: now + (.zero - sample)) {
+                rtt.add(sample.milliseconds)
+                loss.reviseLatestLoss()
+            }
             return nil
         case .onTime(let sample, let first):
             counters.repliesOnTime += 1

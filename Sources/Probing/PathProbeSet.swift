@@ -89,6 +89,12 @@ public final class PathProbeSet: @unchecked Sendable {
         lock.withLock { probers[path] }?.recordBandwidth(mbps: mbps)
     }
 
+    /// Excuses the probes of `paths` for `duration` (a bandwidth test, ours or a remote site's, is loading
+    /// their uplink; see ``PathMonitor/excusedUntil``). Unknown names are ignored.
+    public func excuse(_ paths: [String], for duration: Duration) {
+        for prober in lock.withLock({ paths.compactMap { probers[$0] } }) { prober.excuse(for: duration) }
+    }
+
     /// Runs a receiver-measured bandwidth test over a path (same pinning and remote address as its probes,
     /// the receiver's port) and records the result in the path's metrics. Nil for an unknown path.
     ///

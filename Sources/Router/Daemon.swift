@@ -106,7 +106,6 @@ public struct Daemon: Sendable {
         var responderConfiguration = ProbeResponder.Configuration()
         responderConfiguration.replyMark = SteeringPlan.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
-        let bandwidthReceiver = try BandwidthReceiver(logger: logger)
         let probes = PathProbeSet()
         let failoverLogger = logger
         let controller = Controller(applier: steering, logger: logger) { records in
@@ -122,6 +121,13 @@ public struct Daemon: Sendable {
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(store: store, controller: controller, probes: probes,
                                   probeInterval: configuration.probeInterval, logger: logger)
+        // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
+        let bandwidthReceiver = try BandwidthReceiver(logger: logger) { interfaceIndex in
+            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+            guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
+            let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            Task { await runtime.trainArriving(through: interface) }
+        }
         let metrics = RouterMetrics()
 
         var services: [any Service] = [

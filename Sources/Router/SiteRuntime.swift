@@ -184,6 +184,13 @@ actor SiteRuntime {
         return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
     }
 
+    /// A remote site's bandwidth train is arriving through `interface`: excuse the probes of every path that
+    /// leaves by the same uplink for a moment (one train plus the queue draining).
+    func trainArriving(through interface: String) {
+        guard let label = paths.values.first(where: { $0.binding.interface == interface })?.key.localLabel else { return }
+        probes.excuse(paths.filter { $0.value.key.localLabel == label }.map(\.key), for: .milliseconds(500))
+    }
+
     /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
     /// test costs the path a short burst).
     func remeasureBandwidth() {

@@ -370,3 +370,30 @@ struct SimulatedPath {
         #expect(path.downs[0].at - cut <= .milliseconds(180))
     }
 }
+
+@Suite struct LateRepliesAreNotLossTests {
+    @Test func reviseTurnsTheLatestLossIntoADelivery() {
+        var window = LossWindow(capacity: 4)
+        for lost in [true, false, true, false] { window.record(lost: lost) }
+        #expect(window.percent == 50)
+        window.reviseLatestLoss()
+        #expect(window.percent == 25)
+        window.reviseLatestLoss()
+        window.reviseLatestLoss()
+        #expect(window.percent == 0)
+        window.record(lost: false)  // the ring wrapped: still consistent
+        #expect(window.lost == 0 && window.count == 4)
+    }
+
+    /// Replies 60 ms late on a 20 ms path (a queue behind a burst): misses for the down detector, but after
+    /// the replies arrive the loss estimate shows delay, not loss.
+    @Test func lateRepliesCountAsDelayNotLoss() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(3)) { _, _ in [.milliseconds(20)] }
+        let start = path.now
+        path.run(for: .milliseconds(120)) { _, sent in sent >= start ? [.milliseconds(90)] : [.milliseconds(20)] }
+        path.run(for: .seconds(1)) { _, _ in [.milliseconds(20)] }
+        #expect(path.monitor.counters.repliesLate >= 2)
+        #expect(path.monitor.metrics().lossPct == 0)
+    }
+}
