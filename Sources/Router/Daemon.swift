@@ -200,6 +200,8 @@ struct ProbeService: Service {
 extension ProbeService {
     /// Bandwidth tests, one at a time: each path once it first comes up, then every path every 15 minutes.
     func measureBandwidth() async {
+        // Sites that start together would otherwise test at the same moment and measure each other.
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...2000)))
         var lastRound = ContinuousClock.now
         while !Task.isCancelled {
             if ContinuousClock.now - lastRound > .seconds(900) {

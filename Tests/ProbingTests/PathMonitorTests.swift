@@ -281,7 +281,7 @@ struct SimulatedPath {
 
     @Test func recoveringWithBadQualityGoesToDegraded() {
         var health = PathHealth()
-        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 60)
+        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 120)
         _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: lossy, lastReplyAt: nil)
         let change = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: lossy,
                                      lastReplyAt: nil)
