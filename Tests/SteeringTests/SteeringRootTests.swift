@@ -18,13 +18,14 @@ import Netlink
         let v = try KernelView.read(f.router, tables: [6201, 6202])
         #expect(v.tables == ["inet patronus"])
         let expectedChains: Set<String> = ["voip_path1", "voip_path2", "bulk_path1", "bulk_path2", "default_path1", "default_path2",
-                                           "site_branch", "classify", "steer", "prerouting", "output"]
+                                           "site_branch", "classify", "prerouting", "output"]
         #expect(Set(v.chains) == expectedChains)
         #expect(v.rulesPerChain["classify"] == 4)
-        #expect(v.rulesPerChain["steer"] == 3)
+        #expect(v.rulesPerChain["prerouting"] == 2)
+        #expect(v.rulesPerChain["output"] == 3)
         #expect(v.rulesPerChain["site_branch"] == 1)
         let ruleCount = v.rulesPerChain.values.reduce(0, +)
-        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 3 steer + 2 base
+        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 2 prerouting + 3 output
         let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch"]
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
