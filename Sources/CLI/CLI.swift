@@ -6,7 +6,7 @@ public struct PatronusRouter: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "patronus-router",
         abstract: "An SD-WAN site router for Linux.",
-        subcommands: [RunCommand.self, StatusCommand.self, PolicyCommand.self, MeshKeyCommand.self]
+        subcommands: [RunCommand.self, StatusCommand.self, PolicyCommand.self, MeshKeyCommand.self, LabCommand.self]
     )
     public init() {}
 

@@ -12,6 +12,13 @@ public struct PipeCounters: Codable, Equatable, Sendable {
     public var droppedQueue: UInt64 = 0
     /// Larger than a slot (should not happen with offloads off) or failed to send.
     public var droppedOther: UInt64 = 0
+    /// Dropped by the kernel before the emulator read them: its AF_PACKET receive buffer was full, i.e.
+    /// the emulator could not keep up (PACKET_STATISTICS). Not an impairment: a measurement artefact.
+    public var droppedKernel: UInt64 = 0
+
+    public var dropped: UInt64 { droppedLoss + droppedCut + droppedQueue + droppedOther + droppedKernel }
+
+    public init() {}
 }
 
 /// One direction of one emulated link: frames read from `rx` are held per `Impairment` and written to `tx`
@@ -36,20 +43,18 @@ final class FramePipe: @unchecked Sendable {
     private var requested = Impairment.none
     private var requestedGeneration: UInt64 = 0
     private var sharedCounters = PipeCounters()
+    private var kernelDrops: UInt64 = 0
     private var stopping = false
 
     // Owned by the pipe thread.
-    private var impairment = Impairment.none
+    private var model: LinkModel
     private var generation: UInt64 = 0
     private var counters = PipeCounters()
-    private var random: SplitMix64
     private let slots: UnsafeMutableRawPointer
     private let lengths: UnsafeMutablePointer<Int>
     private let exitTimes: UnsafeMutablePointer<UInt64>
     private var head = 0
     private var count = 0
-    private var linkFreeAt: UInt64 = 0
-    private var lastExit: UInt64 = 0
     private let messages: UnsafeMutablePointer<MultipleMessageHeader>
     private let vectors: UnsafeMutablePointer<iovec>
     private let addresses: UnsafeMutablePointer<sockaddr_ll>
@@ -71,7 +76,7 @@ final class FramePipe: @unchecked Sendable {
         self.rx = rx
         self.tx = tx
         self.capacity = capacity
-        random = SplitMix64(seed: seed)
+        model = LinkModel(seed: seed)
         slots = UnsafeMutableRawPointer.allocate(byteCount: capacity * Self.slotSize, alignment: 64)
         lengths = .allocate(capacity: capacity)
         exitTimes = .allocate(capacity: capacity)
@@ -125,7 +130,15 @@ final class FramePipe: @unchecked Sendable {
     var statistics: PipeCounters {
         lock.lock()
         defer { lock.unlock() }
-        return sharedCounters
+        // Reading PACKET_STATISTICS resets the kernel's counters, so they are summed here, under the lock.
+        var kernel = tpacket_stats()
+        var length = socklen_t(MemoryLayout<tpacket_stats>.size)
+        if getsockopt(rx, Int32(SOL_PACKET), PACKET_STATISTICS, &kernel, &length) == 0 {
+            kernelDrops += UInt64(kernel.tp_drops)
+        }
+        var counters = sharedCounters
+        counters.droppedKernel = kernelDrops
+        return counters
     }
 
     private func poke() {
@@ -140,20 +153,20 @@ final class FramePipe: @unchecked Sendable {
                    pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
         while synchronize() {
             transmitDue(now: Self.monotonicNanoseconds())
-            var timeout = timespec()
-            var timeoutPointer: UnsafeMutablePointer<timespec>? = nil
+            publishCounters() // before sleeping, so status never lags behind an idle pipe
+            // Sleep until a frame arrives, a control change pokes us, or the head frame is due; with
+            // nothing held, sleep without a timeout.
+            let ready: Int32
             if count > 0 {
                 let now = Self.monotonicNanoseconds()
                 let wait = exitTimes[head] > now ? exitTimes[head] - now : 0
-                timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
-            }
-            let ready = withUnsafeMutablePointer(to: &timeout) { pointer in
-                if count > 0 { timeoutPointer = pointer }
-                return cnf_ppoll(&fds, 2, timeoutPointer)
+                var timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
+                ready = cnf_ppoll(&fds, 2, &timeout)
+            } else {
+                ready = cnf_ppoll(&fds, 2, nil)
             }
             if ready < 0 {
-                if errno == EINTR { continue }
-                counters.droppedOther += 1
+                if errno != EINTR { usleep(10_000) } // ENOMEM and the like: back off, never spin
                 continue
             }
             if fds[1].revents != 0 {
@@ -162,23 +175,33 @@ final class FramePipe: @unchecked Sendable {
             }
             if fds[0].revents & Int16(POLLIN) != 0 {
                 receiveBatch(now: Self.monotonicNanoseconds())
-            } else if fds[0].revents & Int16(POLLERR | POLLNVAL | POLLHUP) != 0 {
-                // The interface went away (namespace deleted): nothing more will come.
-                usleep(10_000)
+            } else if fds[0].revents & Int16(POLLERR) != 0 {
+                // E.g. ENETDOWN when the interface goes away: reading SO_ERROR clears it, so the next
+                // ppoll sleeps again instead of returning at once forever.
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(rx, SOL_SOCKET, SO_ERROR, &error, &length)
+                counters.droppedOther += 1
+            } else if fds[0].revents & Int16(POLLNVAL | POLLHUP) != 0 {
+                usleep(10_000) // cannot happen while the pipe owns an open socket; never spin if it does
             }
         }
         count = 0
     }
 
-    /// Publishes counters, picks up a new impairment. Returns false when asked to stop.
+    private func publishCounters() {
+        lock.lock()
+        sharedCounters = counters
+        lock.unlock()
+    }
+
+    /// Picks up a new impairment. Returns false when asked to stop.
     private func synchronize() -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        sharedCounters = counters
         if requestedGeneration != generation {
             generation = requestedGeneration
-            if requested.rateMbit != impairment.rateMbit { linkFreeAt = 0 }
-            impairment = requested
+            model.impairment = requested
         }
         return !stopping
     }
@@ -226,31 +249,15 @@ final class FramePipe: @unchecked Sendable {
         count += kept
     }
 
-    /// Decides the fate of one arriving frame: its exit time, or nil (dropped and counted).
+    /// Counts a frame the model dropped; returns its exit time otherwise.
     private func admit(length: Int, now: UInt64) -> UInt64? {
-        if impairment.cut {
-            counters.droppedCut += 1
-            return nil
+        switch model.admit(length: length, now: now) {
+        case let .leaves(at): return at
+        case .dropped(.cut): counters.droppedCut += 1
+        case .dropped(.loss): counters.droppedLoss += 1
+        case .dropped(.queue): counters.droppedQueue += 1
         }
-        if impairment.lossPercent > 0 && random.nextUnit() * 100 < impairment.lossPercent {
-            counters.droppedLoss += 1
-            return nil
-        }
-        var leaves = now
-        if let rate = impairment.rateMbit {
-            let start = max(now, linkFreeAt)
-            if Double(start - now) > impairment.queueLimitMs * 1e6 {
-                counters.droppedQueue += 1
-                return nil
-            }
-            linkFreeAt = start + UInt64(Double(length * 8) * 1000 / rate)
-            leaves = linkFreeAt
-        }
-        var delay = impairment.delayMs
-        if impairment.jitterMs > 0 { delay += impairment.jitterMs * random.nextNormal() }
-        let exit = max(leaves + UInt64(max(0, delay) * 1e6), lastExit)
-        lastExit = exit
-        return exit
+        return nil
     }
 
     private func transmitDue(now: UInt64) {
@@ -258,7 +265,7 @@ final class FramePipe: @unchecked Sendable {
             // One sendmmsg covers the due frames up to the ring's end.
             var n = 0
             while n < min(count, Self.batch, capacity - head) && exitTimes[head + n] <= now { n += 1 }
-            if impairment.cut {
+            if model.impairment.cut {
                 counters.droppedCut += UInt64(n)
                 head = (head + n) % capacity
                 count -= n
@@ -293,6 +300,53 @@ final class FramePipe: @unchecked Sendable {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}
+
+/// The fate of frames on one direction of an emulated link: the model of `Impairment`, as a value with no
+/// I/O (times are CLOCK_MONOTONIC nanoseconds), so it is unit-tested without root or packets.
+struct LinkModel {
+    enum DropReason: Equatable { case cut, loss, queue }
+    enum Fate: Equatable {
+        case leaves(at: UInt64)
+        case dropped(DropReason)
+    }
+
+    var impairment = Impairment.none {
+        didSet {
+            // A new rate starts with an idle bottleneck; frames already held keep their exit times.
+            if impairment.rateMbit != oldValue.rateMbit { linkFreeAt = 0 }
+        }
+    }
+    private var random: SplitMix64
+    /// When the rate limiter's bottleneck has finished the last admitted frame.
+    private var linkFreeAt: UInt64 = 0
+    /// Exit time of the last admitted frame: nobody leaves before it (order is kept).
+    private var lastExit: UInt64 = 0
+
+    init(seed: UInt64) {
+        random = SplitMix64(seed: seed)
+    }
+
+    /// Decides the fate of a frame of `length` bytes (the whole Ethernet frame) arriving at `now`.
+    mutating func admit(length: Int, now: UInt64) -> Fate {
+        if impairment.cut { return .dropped(.cut) }
+        if impairment.lossPercent > 0 && random.nextUnit() * 100 < impairment.lossPercent {
+            return .dropped(.loss)
+        }
+        var leaves = now
+        if let rate = impairment.rateMbit {
+            let start = max(now, linkFreeAt)
+            if Double(start - now) > impairment.queueLimitMs * 1e6 { return .dropped(.queue) }
+            // bits / (rate x 10^6 bit/s), in nanoseconds.
+            linkFreeAt = start + UInt64(Double(length * 8) * 1000 / rate)
+            leaves = linkFreeAt
+        }
+        var delay = impairment.delayMs
+        if impairment.jitterMs > 0 { delay += impairment.jitterMs * random.nextNormal() }
+        let exit = max(leaves + UInt64(max(0, delay) * 1e6), lastExit)
+        lastExit = exit
+        return .leaves(at: exit)
     }
 }
 

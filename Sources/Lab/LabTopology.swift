@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 
 /// A whole SD-WAN on one machine: the namespaces, veths, bridges and addresses of a `LabPlan`, plus the
 /// WAN emulation between every site and its ISPs. One implementation for `lab up`, the tests and bench/.
@@ -50,9 +51,10 @@ public final class LabTopology: @unchecked Sendable {
 
     deinit { teardown() }
 
-    /// A lab with a random instance name (for tests): `LabTopology.build(sites: 2)`.
+    /// A lab with a unique instance name `t<pid>x<random>` (base 36; for tests): `LabTopology.build(sites: 2)`.
     public static func build(sites: Int = 3, uplinks: Int = 2, options: Options = Options()) throws -> LabTopology {
-        let instance = "t" + String(UInt32.random(in: 0 ... .max), radix: 36)
+        // The pid in the name tells, in `ip netns list`, which process a lab belongs to.
+        let instance = "t" + String(getpid(), radix: 36) + "x" + String(UInt32.random(in: 0 ... 0xFF_FFFF), radix: 36)
         return try build(LabPlan.make(instance: instance, sites: sites, uplinks: uplinks), options: options)
     }
 

@@ -41,8 +41,10 @@ public final class NetworkNamespace: @unchecked Sendable, CustomStringConvertibl
     public init(creatingNamed name: String) throws(LabError) {
         guard Self.isValidName(name) else { throw .invalidArgument("bad namespace name '\(name)'") }
         self.name = name
-        try Subprocess.check(["ip", "netns", "add", name])
-        cleanup = CleanupHandle("netns \(name)") { NetworkNamespace.remove(named: name) }
+        cleanup = try LabCleanup.shared.creating { () throws(LabError) -> CleanupHandle in
+            try Subprocess.check(["ip", "netns", "add", name])
+            return CleanupHandle("netns \(name)") { NetworkNamespace.remove(named: name) }
+        }
         do {
             try ip("link", "set", "lo", "up")
         } catch {
@@ -88,7 +90,15 @@ public final class NetworkNamespace: @unchecked Sendable, CustomStringConvertibl
         let pids = (try? Subprocess.run(["ip", "netns", "pids", name]))?.stdout
             .split(whereSeparator: \.isWhitespace).compactMap { pid_t($0) } ?? []
         ProcessTermination.terminate(pids, grace: grace)
-        _ = try? Subprocess.run(["ip", "netns", "delete", name])
+        var failure = ""
+        for attempt in 0..<3 {
+            if attempt > 0 { usleep(50_000) }
+            guard let result = try? Subprocess.run(["ip", "netns", "delete", name]) else { continue }
+            if result.succeeded || !exists(name) { return }
+            failure = result.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        // Teardown must not stop half-way, so this does not throw; but a leak is said out loud.
+        FileHandle.standardError.write(Data("lab: could not delete namespace \(name): \(failure)\n".utf8))
     }
 
     // MARK: Commands
@@ -110,11 +120,24 @@ public final class NetworkNamespace: @unchecked Sendable, CustomStringConvertibl
         try Subprocess.check(["ip", "-n", name] + args)
     }
 
-    /// Starts `argv` in the background inside the namespace. The returned process is killed by its
-    /// `terminate()`, its deinit, `LabCleanup`, and in any case when the namespace is deleted.
+    /// Starts `argv` in the background inside the namespace, and returns once it is inside (so deleting
+    /// the namespace right after finds and kills it). The returned process is killed by its `terminate()`,
+    /// its deinit, `LabCleanup`, and in any case when the namespace is deleted.
     public func spawn(_ argv: [String], logPath: String? = nil) throws(LabError) -> LabProcess {
-        let pid = try Subprocess.spawn(["ip", "netns", "exec", name] + argv, logPath: logPath)
-        return LabProcess(pid: pid, label: "\(argv.first ?? "?") in \(name)")
+        let process = try LabCleanup.shared.creating { () throws(LabError) -> LabProcess in
+            let pid = try Subprocess.spawn(["ip", "netns", "exec", name] + argv, logPath: logPath)
+            return LabProcess(pid: pid, label: "\(argv.first ?? "?") in \(name)")
+        }
+        var target = stat()
+        guard stat(path, &target) == 0 else { return process }
+        let deadline = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < deadline {
+            var current = stat()
+            if stat("/proc/\(process.pid)/ns/net", &current) != 0 { break } // exited already
+            if current.st_ino == target.st_ino && current.st_dev == target.st_dev { break }
+            usleep(1_000)
+        }
+        return process
     }
 
     /// Runs `body` on a fresh thread that has joined this namespace, and returns its result. Sockets

@@ -26,6 +26,10 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     public static let tableBase: UInt32 = 6200
     /// The ip-rule priority of the per-path `fwmark -> table` rules (inside our band 6200-6299).
     public static let rulePriority: UInt32 = 6210
+    /// A packet carrying any value under `markMask` when it reaches our chains is already pinned to a path by
+    /// its sender (SO_MARK) and is not steered again. This value (slot 255) has no ip rule: the main table and
+    /// the socket's outgoing interface decide. The probe responder replies with it.
+    public static let pinnedMark: UInt32 = 0x00ff_0000
     /// Class id that marks a flow no policy matched: classified once, never steered.
     public static let unclassifiedID: UInt8 = 255
 

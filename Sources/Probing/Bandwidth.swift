@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Model
 
 /// The receiver's measurement of one packet train, sent back to the train's sender.
@@ -117,8 +118,12 @@ public final class BandwidthReceiver: @unchecked Sendable {
     private var reports: UInt64 = 0
     static let maximumPacket = 1472
 
-    public init(configuration: Configuration = Configuration()) throws(ProbeSocketError) {
+    private let dropLog: DropLog
+
+    public init(configuration: Configuration = Configuration(),
+                logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
         self.configuration = configuration
+        dropLog = DropLog(logger: logger, component: "bandwidth receiver")
         socket = try DatagramSocket(port: configuration.port, packetInfo: true, receiveBuffer: 4 << 20)
     }
 
@@ -130,29 +135,33 @@ public final class BandwidthReceiver: @unchecked Sendable {
             [self] datagram in handle(datagram)
         }
         await loop.run()
+        socket.close()
     }
 
     private func handle(_ datagram: Datagram) {
-        lock.lock()
-        defer { lock.unlock() }
+        if let reason = lock.withLock({ measure(datagram) }) { dropLog.dropped(reason, from: datagram.source) }
+    }
+
+    /// Called with the lock held; returns the drop reason, if dropped.
+    private func measure(_ datagram: Datagram) -> ProbePacket.Rejection? {
         guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
             drops.count(.unknownPeer)
-            return
+            return .unknownPeer
         }
-        guard datagram.bytes.count <= Self.maximumPacket else { drops.count(.truncated); return }
+        guard datagram.bytes.count <= Self.maximumPacket else { drops.count(.truncated); return .truncated }
         let packet: ProbePacket
         do {
             packet = try ProbePacket.decode(datagram.bytes, allowPadding: true)
         } catch {
             drops.count(error)
-            return
+            return error
         }
-        guard packet.kind == .train else { drops.count(.unexpectedKind); return }
+        guard packet.kind == .train else { drops.count(.unexpectedKind); return .unexpectedKind }
         let trainIndex = packet.senderStamp >> 16
         let length = Int(packet.senderStamp & 0xffff)
         guard length > 0, packet.sequence < UInt32(length) || packet.isEndOfTrain else {
             drops.count(.badFlags)
-            return
+            return .badFlags
         }
         let key = Key(source: datagram.source, session: packet.session, train: trainIndex)
         let now = datagram.receivedAt
@@ -173,6 +182,7 @@ public final class BandwidthReceiver: @unchecked Sendable {
         } else {
             trains[key]!.arrived(index: packet.sequence, at: now, payloadBytes: datagram.bytes.count)
         }
+        return nil
     }
 }
 

@@ -42,8 +42,15 @@ final class DatagramSocket: @unchecked Sendable {
     private var closed = false
     private var shutDown = false
 
+    /// SO_TIMESTAMPNS on 64-bit Linux (the header picks _OLD or _NEW by sizeof(time_t), a macro Swift cannot
+    /// import): 35, and the control message of the same type carries a struct timespec (CLOCK_REALTIME).
+    static let timestampOption: Int32 = 35
+
     /// Opens a UDP socket bound to `address:port` (port 0: ephemeral).
     /// `device` pins it with SO_BINDTODEVICE, `mark` sets SO_MARK, `packetInfo` enables IP_PKTINFO.
+    /// Kernel receive timestamps (SO_TIMESTAMPNS) are always on: a datagram's arrival time is when the kernel
+    /// got it, not when a (possibly descheduled) thread read it, so a busy CPU does not turn into latency
+    /// or into replies that look late.
     init(bindTo address: IPv4Address = IPv4Address(0), port: UInt16 = 0, device: String? = nil,
          mark: UInt32? = nil, packetInfo: Bool = false, receiveBuffer: Int? = nil) throws(ProbeSocketError) {
         fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -57,6 +64,7 @@ final class DatagramSocket: @unchecked Sendable {
             }
             if let mark { try setOption(SOL_SOCKET, SO_MARK, Int32(bitPattern: mark), "SO_MARK \(mark)") }
             if packetInfo { try setOption(Int32(IPPROTO_IP), IP_PKTINFO, 1, "IP_PKTINFO") }
+            try setOption(SOL_SOCKET, DatagramSocket.timestampOption, 1, "SO_TIMESTAMPNS")
             if let receiveBuffer { try setOption(SOL_SOCKET, SO_RCVBUF, Int32(receiveBuffer), "SO_RCVBUF") }
             var sa = DatagramSocket.socketAddress(SocketAddress4(address, port: port))
             let rc = withUnsafePointer(to: &sa) {
@@ -133,6 +141,7 @@ final class DatagramSocket: @unchecked Sendable {
     private static func aligned(_ length: Int) -> Int { (length + alignment - 1) & ~(alignment - 1) }
     private static let headerLength = aligned(MemoryLayout<cmsghdr>.size)
     private static let pktinfoSpace = headerLength + aligned(MemoryLayout<in_pktinfo>.size)
+    private static let timestampSpace = headerLength + aligned(MemoryLayout<timespec>.size)
 
     /// Sends one datagram that leaves by interface `interfaceIndex` with source address `source`
     /// (IP_PKTINFO on sendmsg), so a reply takes the tunnel its request came in by.
@@ -173,11 +182,12 @@ final class DatagramSocket: @unchecked Sendable {
         return sent == bytes.count ? nil : (sent < 0 ? errno : EMSGSIZE)
     }
 
-    /// Blocks for one datagram. Returns nil once the socket is shut down or closed. Datagrams longer than
-    /// `maximumSize` arrive truncated to `maximumSize + 1` bytes, so strict decoders reject them.
-    func receive(maximumSize: Int) -> Datagram? {
+    /// Blocks for one datagram (or, with `wait` false, returns nil when none is queued). Returns nil once the
+    /// socket is shut down or closed. Datagrams longer than `maximumSize` arrive truncated to
+    /// `maximumSize + 1` bytes, so strict decoders reject them.
+    func receive(maximumSize: Int, wait: Bool = true) -> Datagram? {
         var buffer = [UInt8](repeating: 0, count: maximumSize + 1)
-        var control = [UInt8](repeating: 0, count: DatagramSocket.pktinfoSpace + 64)
+        var control = [UInt8](repeating: 0, count: DatagramSocket.pktinfoSpace + DatagramSocket.timestampSpace + 64)
         var sa = sockaddr_in()
         while true {
             let (count, controlLength) = buffer.withUnsafeMutableBytes { payload in
@@ -192,7 +202,7 @@ final class DatagramSocket: @unchecked Sendable {
                             message.msg_iovlen = 1
                             message.msg_control = controlBuffer.baseAddress
                             message.msg_controllen = controlBuffer.count
-                            let count = recvmsg(fd, &message, 0)
+                            let count = recvmsg(fd, &message, wait ? 0 : Int32(MSG_DONTWAIT))
                             return (count, Int(message.msg_controllen))
                         }
                     }
@@ -200,7 +210,7 @@ final class DatagramSocket: @unchecked Sendable {
             }
             let receivedAt = MonotonicInstant.now()
             if count < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR && wait { continue }
                 return nil
             }
             // A zero-length read is how a shut-down socket wakes us (or an empty datagram, which the
@@ -229,6 +239,11 @@ final class DatagramSocket: @unchecked Sendable {
                 let header = raw.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self)
                 let cmsgLength = Int(header.cmsg_len)
                 guard cmsgLength >= headerLength, offset + cmsgLength <= limit else { return }
+                if header.cmsg_level == SOL_SOCKET, header.cmsg_type == timestampOption,
+                   cmsgLength >= headerLength + MemoryLayout<timespec>.size {
+                    let stamp = raw.loadUnaligned(fromByteOffset: offset + headerLength, as: timespec.self)
+                    datagram.receivedAt = monotonic(fromRealtime: stamp, readAt: datagram.receivedAt)
+                }
                 if header.cmsg_level == Int32(IPPROTO_IP), header.cmsg_type == IP_PKTINFO,
                    cmsgLength >= headerLength + MemoryLayout<in_pktinfo>.size {
                     let info = raw.loadUnaligned(fromByteOffset: offset + headerLength, as: in_pktinfo.self)
@@ -241,8 +256,23 @@ final class DatagramSocket: @unchecked Sendable {
     }
 }
 
+extension DatagramSocket {
+    /// Maps a kernel CLOCK_REALTIME arrival stamp onto the monotonic clock: the arrival was
+    /// (realtime now - stamp) before `readAt`. A stamp in the future or over 10 s old means the wall clock
+    /// stepped in between; then the read time is the best we have.
+    static func monotonic(fromRealtime stamp: timespec, readAt: MonotonicInstant) -> MonotonicInstant {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let age = (Int64(now.tv_sec) - Int64(stamp.tv_sec)) * 1_000_000_000 + (Int64(now.tv_nsec) - Int64(stamp.tv_nsec))
+        guard age >= 0, age < 10_000_000_000 else { return readAt }
+        return readAt + .nanoseconds(-age)
+    }
+}
+
 /// Runs a blocking receive loop on its own thread (one thread per socket, woken by the kernel, no polling)
-/// and hands each datagram to `handler`. `run()` returns when its task is cancelled; the socket is closed then.
+/// and hands each datagram to `handler`. `run()` returns when its task is cancelled and the thread has left
+/// the socket. The owner closes the socket once nothing else uses it: closing it here could let another
+/// task send through a reused descriptor number.
 struct ReceiveLoop: Sendable {
     let socket: DatagramSocket
     let name: String
@@ -254,7 +284,6 @@ struct ReceiveLoop: Sendable {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 let thread = Thread {
                     while let datagram = socket.receive(maximumSize: maximumSize) { handler(datagram) }
-                    socket.close()
                     done.resume()
                 }
                 thread.name = name

@@ -5,7 +5,8 @@
 /// - `smoothed` / `variation` follow RFC 6298 (gains 1/8 and 1/4) and set the probe timeout.
 /// - `jitter` is RFC 3550's interarrival jitter estimator applied to RTT samples in arrival order:
 ///   J += (|R(i) - R(i-1)| - J) / 16. It measures round-trip delay variation, which needs no clock
-///   agreement between the sites.
+///   agreement between the sites. `oneWayJitter` = jitter / sqrt(2) is what the path reports: the
+///   per-direction figure if both directions vary alike (independent variations add in quadrature).
 /// Cost: O(capacity) memory; `median` sorts a copy of the window (100 doubles), called once per metrics update.
 public struct RTTEstimator: Sendable {
     public let capacity: Int
@@ -46,6 +47,8 @@ public struct RTTEstimator: Sendable {
     }
 
     public var count: Int { samples.count }
+
+    public var oneWayJitter: Double { jitter / 2.0.squareRoot() }
 
     public var mean: Double? { samples.isEmpty ? nil : samples.reduce(0, +) / Double(samples.count) }
 

@@ -45,7 +45,7 @@ public struct HealthPolicy: Hashable, Sendable {
     public var degradedJitterMs = 50.0
     public var recoveredJitterMs = 30.0
     /// Loss is judged only over at least this many resolved packets (one loss in 5 is not 20%).
-    public var minimumLossSamples = 20
+    public var minimumLossSamples = 50
 
     public init() {}
 }
@@ -59,14 +59,18 @@ public struct PathStatusChange: Hashable, Sendable {
     public var at: MonotonicInstant
     /// For changes to down: when the last reply arrived before the silence (nil if there never was one).
     public var lastReplyAt: MonotonicInstant?
+    /// For changes to down: when the first probe of the miss run was sent. The outage began before it and
+    /// after the last answered probe was sent; `at - firstMissSentAt` is the detection time seen from it.
+    public var firstMissSentAt: MonotonicInstant?
 
     public init(from: PathStatus, to: PathStatus, reason: StatusReason, at: MonotonicInstant,
-                lastReplyAt: MonotonicInstant? = nil) {
+                lastReplyAt: MonotonicInstant? = nil, firstMissSentAt: MonotonicInstant? = nil) {
         self.from = from
         self.to = to
         self.reason = reason
         self.at = at
         self.lastReplyAt = lastReplyAt
+        self.firstMissSentAt = firstMissSentAt
     }
 }
 

@@ -13,8 +13,11 @@ public struct ProbeConfiguration: Hashable, Sendable {
     public var maximumTimeout: Duration = .seconds(1)
     /// The timeout before the first reply has given an RTT.
     public var initialTimeout: Duration = .seconds(1)
-    /// Samples in the RTT window and resolved packets in the loss window (100 = 5 s at 50 ms).
-    public var window = 100
+    /// RTT samples in the latency window (100 = 5 s at 50 ms).
+    public var rttWindow = 100
+    /// Resolved packets in the loss window (200 = 10 s at 50 ms): long enough that random loss does not look
+    /// like a degraded path (docs/PROBING.md "Status").
+    public var lossWindow = 200
     public var health = HealthPolicy()
 
     public init() {}
@@ -44,6 +47,8 @@ public struct PathMonitor: Sendable {
     public private(set) var nextSendAt: MonotonicInstant
     public private(set) var consecutiveMisses = 0
     public private(set) var lastReplyAt: MonotonicInstant?
+    /// Send time of the first probe of the current miss run.
+    public private(set) var missRunStartedAt: MonotonicInstant?
     public private(set) var counters = ProbeCounters()
     public private(set) var rtt: RTTEstimator
     public private(set) var loss: LossWindow
@@ -56,8 +61,8 @@ public struct PathMonitor: Sendable {
         self.session = session
         nextSequence = firstSequence
         nextSendAt = start
-        rtt = RTTEstimator(capacity: configuration.window)
-        loss = LossWindow(capacity: configuration.window)
+        rtt = RTTEstimator(capacity: configuration.rttWindow)
+        loss = LossWindow(capacity: configuration.lossWindow)
         health = PathHealth(policy: configuration.health)
     }
 
@@ -103,6 +108,7 @@ public struct PathMonitor: Sendable {
         for expiry in ledger.expire(at: now) {
             for _ in 0..<expiry.lostCopies { loss.record(lost: true) }
             if expiry.missed {
+                if consecutiveMisses == 0 { missRunStartedAt = expiry.sentAt }
                 consecutiveMisses += 1
                 counters.misses += 1
             }
@@ -147,14 +153,14 @@ public struct PathMonitor: Sendable {
     public mutating func sendFailed() { counters.sendErrors += 1 }
 
     public var quality: PathHealth.Quality {
-        PathHealth.Quality(latencyMs: rtt.median, jitterMs: rtt.jitter, lossPct: loss.percent,
+        PathHealth.Quality(latencyMs: rtt.median, jitterMs: rtt.oneWayJitter, lossPct: loss.percent,
                            lossSamples: loss.count)
     }
 
     /// The current metrics; a down path reports 100% loss and score 0, latency and jitter as last measured.
     public func metrics(bandwidthMbps: Double? = nil) -> PathMetrics {
         let latency = rtt.median ?? rtt.smoothed ?? 0
-        let jitter = rtt.jitter
+        let jitter = rtt.oneWayJitter
         let lossPct = status == .down ? 100 : loss.percent
         let score = status == .down || rtt.median == nil
             ? 0 : PathScore.score(latencyMs: latency, jitterMs: jitter, lossPct: lossPct)
@@ -163,8 +169,9 @@ public struct PathMonitor: Sendable {
     }
 
     private mutating func evaluate(at now: MonotonicInstant, answered: Bool) -> PathStatusChange? {
-        let change = health.evaluate(at: now, consecutiveMisses: consecutiveMisses, answered: answered,
+        var change = health.evaluate(at: now, consecutiveMisses: consecutiveMisses, answered: answered,
                                      quality: quality, lastReplyAt: lastReplyAt)
+        if change?.to == .down { change?.firstMissSentAt = missRunStartedAt }
         // While down and not yet recovering, the windows hold only what follows the start of the next run of
         // replies, so the status after recovery is judged on the recovered path, not on the outage.
         if health.status == .down, health.streakStart == nil {

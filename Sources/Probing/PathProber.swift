@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Model
 
 /// Where a path's probes go and how they are kept on that path.
@@ -74,8 +75,8 @@ public struct PathEvent: Hashable, Sendable {
 /// timer at the probe's deadline, not when a later reply shows up), metrics at most every `metricsInterval`.
 ///
 /// Cost: one socket, one thread blocked in recvmsg, and one task that sleeps until the next send or deadline
-/// (about 20 wakeups/s at the default interval); no polling, no database. Memory: a 512-entry ring and two
-/// 100-sample windows.
+/// (about 20 wakeups/s at the default interval); no polling, no database. Memory: a 512-entry ring, a 100-sample RTT
+/// window and a 200-packet loss window.
 public final class PathProber: @unchecked Sendable {
     public let target: ProbeTarget
     public let configuration: ProbeConfiguration
@@ -87,10 +88,13 @@ public final class PathProber: @unchecked Sendable {
     private let lock = NSLock()
     private var monitor: PathMonitor
     private var bandwidthMbps: Double?
+    private let dropLog: DropLog
 
     /// Opens the pinned socket now, so a missing interface or permission is reported at once.
     public init(target: ProbeTarget, configuration: ProbeConfiguration = ProbeConfiguration(),
-                metricsInterval: Duration = .seconds(1)) throws(ProbeSocketError) {
+                metricsInterval: Duration = .seconds(1),
+                logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
+        dropLog = DropLog(logger: logger, component: "prober \(target.name)")
         self.target = target
         self.configuration = configuration
         self.metricsInterval = metricsInterval
@@ -128,7 +132,8 @@ public final class PathProber: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Probes until the calling task is cancelled, then closes the socket and finishes `events`.
+    /// Probes until the calling task is cancelled or `stop()` is called, then closes the socket and finishes
+    /// `events`. Call it once.
     public func run() async {
         let receiver = ReceiveLoop(socket: socket, name: "probe-\(target.name)", maximumSize: ProbePacket.size) {
             [self] datagram in handle(datagram)
@@ -136,13 +141,25 @@ public final class PathProber: @unchecked Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await receiver.run() }
             group.addTask { await self.tick() }
+            group.addTask { await self.stopSignal.wait() }
+            await group.next()
+            group.cancelAll()
         }
+        socket.close()
         continuation.finish()
     }
+
+    /// Ends `run()` (at once if it has not started yet). Idempotent.
+    public func stop() { stopSignal.fire() }
+
+    private let stopSignal = StopSignal()
 
     private func tick() async {
         var nextMetricsAt = MonotonicInstant.now() + metricsInterval
         while !Task.isCancelled {
+            // Replies that arrived while this task or the receive thread was descheduled are handled before
+            // any probe is declared missed; their kernel timestamps keep them on time.
+            while let datagram = socket.receive(maximumSize: ProbePacket.size, wait: false) { handle(datagram) }
             let now = MonotonicInstant.now()
             let packets = lock.withLock {
                 for change in monitor.advance(to: now) { publish(change) }
@@ -168,14 +185,52 @@ public final class PathProber: @unchecked Sendable {
     }
 
     private func handle(_ datagram: Datagram) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard datagram.source == target.remote else { monitor.drop(.unknownPeer); return }
-        do {
-            let packet = try ProbePacket.decode(datagram.bytes)
-            if let change = monitor.receive(packet, at: datagram.receivedAt) { publish(change) }
-        } catch {
-            monitor.drop(error)
+        let dropped: ProbePacket.Rejection? = lock.withLock {
+            let before = monitor.counters.drops
+            if datagram.source != target.remote {
+                monitor.drop(.unknownPeer)
+            } else {
+                do throws(ProbePacket.Rejection) {
+                    let packet = try ProbePacket.decode(datagram.bytes)
+                    if let change = monitor.receive(packet, at: datagram.receivedAt) { publish(change) }
+                } catch {
+                    monitor.drop(error)
+                }
+            }
+            let after = monitor.counters.drops
+            return after.total == before.total ? nil : ProbePacket.Rejection.allCases.first { after[$0] > before[$0] }
+        }
+        if let dropped { dropLog.dropped(dropped, from: datagram.source) }
+    }
+}
+
+/// A one-shot signal an async task can wait for; waiting also ends when the waiting task is cancelled.
+final class StopSignal: @unchecked Sendable {
+    private let lock = NSLock()
+    private var fired = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func fire() {
+        let resumed: [CheckedContinuation<Void, Never>] = lock.withLock {
+            fired = true
+            defer { waiters = [] }
+            return waiters
+        }
+        for waiter in resumed { waiter.resume() }
+    }
+
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = lock.withLock {
+                    if fired { return true }
+                    waiters.append(continuation)
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        } onCancel: {
+            fire()
         }
     }
 }

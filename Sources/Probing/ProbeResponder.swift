@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Model
 
 /// Answers probes on UDP 51822 (all local addresses), each reply leaving by the interface its request came in
@@ -14,6 +15,9 @@ public final class ProbeResponder: @unchecked Sendable {
         public var bindAddress = IPv4Address(0)
         /// Requests from other sources are dropped. Default: the overlay pool, i.e. only through tunnels.
         public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        /// SO_MARK for replies. The daemon sets the steering layer's "pinned" mark, so its own nft chain leaves
+        /// the reply alone and the incoming interface (IP_PKTINFO) decides, not the policy for the destination.
+        public var replyMark: UInt32?
 
         public init() {}
     }
@@ -29,11 +33,16 @@ public final class ProbeResponder: @unchecked Sendable {
     private let socket: DatagramSocket
     private let lock = NSLock()
     private var stats = Statistics()
+    private let dropLog: DropLog
 
-    /// Opens and binds the socket now, so a port conflict is reported at start, not later.
-    public init(configuration: Configuration = Configuration()) throws(ProbeSocketError) {
+    /// Opens and binds the socket now, so a port conflict is reported at start, not later. Drops are logged
+    /// to `logger` at most once per 10 s.
+    public init(configuration: Configuration = Configuration(),
+                logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
         self.configuration = configuration
-        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port, packetInfo: true)
+        dropLog = DropLog(logger: logger, component: "probe responder")
+        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port,
+                                    mark: configuration.replyMark, packetInfo: true)
     }
 
     /// The bound port (useful when configured with port 0).
@@ -51,21 +60,22 @@ public final class ProbeResponder: @unchecked Sendable {
             [self] datagram in handle(datagram)
         }
         await loop.run()
+        socket.close()
     }
 
     private func handle(_ datagram: Datagram) {
         guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
-            count(.unknownPeer)
+            count(.unknownPeer, datagram)
             return
         }
         let request: ProbePacket
         do {
             request = try ProbePacket.decode(datagram.bytes)
         } catch {
-            count(error)
+            count(error, datagram)
             return
         }
-        guard request.kind == .request else { count(.unexpectedKind); return }
+        guard request.kind == .request else { count(.unexpectedKind, datagram); return }
         let hold = MonotonicInstant.now().nanoseconds &- datagram.receivedAt.nanoseconds
         let reply = request.reply(holdNanoseconds: hold).encoded()
         let failed = datagram.interfaceIndex > 0
@@ -77,9 +87,8 @@ public final class ProbeResponder: @unchecked Sendable {
         lock.unlock()
     }
 
-    private func count(_ reason: ProbePacket.Rejection) {
-        lock.lock()
-        stats.drops.count(reason)
-        lock.unlock()
+    private func count(_ reason: ProbePacket.Rejection, _ datagram: Datagram) {
+        lock.withLock { stats.drops.count(reason) }
+        dropLog.dropped(reason, from: datagram.source)
     }
 }

@@ -4,6 +4,8 @@
 //   patronus-bench churn                  applies two different plans alternately forever (crash tests)
 //   patronus-bench apply POLICIES ENTRIES applies a plan with POLICIES classes holding ENTRIES match
 //                                         entries in total, then exits (datapath bench)
+//   patronus-bench stream-send HOST PORT PPS SECONDS / stream-recv PORT SECONDS
+//                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.
 import Foundation
 import Glibc
@@ -59,6 +61,20 @@ func fail(_ message: String) -> Never {
 
 let args = CommandLine.arguments
 switch args.count > 1 ? args[1] : "" {
+case "stream-send":
+    // stream-send HOST PORT PPS SECONDS
+    guard args.count == 6, let port = UInt16(args[3]), let pps = Int(args[4]), pps > 0, let seconds = Double(args[5]) else {
+        fail("usage: patronus-bench stream-send HOST PORT PPS SECONDS")
+    }
+    do { try Stream.send(host: args[2], port: port, pps: pps, seconds: seconds) } catch { fail("stream-send: \(error)") }
+
+case "stream-recv":
+    // stream-recv PORT SECONDS
+    guard args.count == 4, let port = UInt16(args[2]), let seconds = Double(args[3]) else {
+        fail("usage: patronus-bench stream-recv PORT SECONDS")
+    }
+    do { try Stream.receive(port: port, seconds: seconds) } catch { fail("stream-recv: \(error)") }
+
 case "resteer":
     let n = args.count > 2 ? Int(args[2]) ?? 1000 : 1000
     do {

@@ -29,6 +29,11 @@ import Testing
         #expect(status.count == 6)
         let hqA = try #require(status.first { $0.id == UplinkID(site: "hq", uplink: "isp-a") })
         #expect(hqA.outboundCounters.forwarded >= 10)
+        for link in status {
+            for counters in [link.inboundCounters, link.outboundCounters] {
+                #expect(counters.received == counters.forwarded, "\(link.id): every frame of a clean link passes")
+            }
+        }
 
         lab.teardown()
         #expect(NetworkNamespace.list(prefix: prefix).isEmpty)

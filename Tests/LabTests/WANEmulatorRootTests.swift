@@ -40,9 +40,9 @@ import Testing
         try lab.impair(site: "hq", uplink: "isp-a", ImpairmentChange(delayMs: 30, jitterMs: 10))
         // 40 ms apart: the order-keeping clamp would need two draws 40 ms apart (p ~ 0.2%).
         let rtts = try roundTrips(lab, count: 250, interval: .milliseconds(40)).compactMap { $0 }
-        let spread = Statistics.robustStandardDeviation(rtts)
+        let spread = Statistics.trimmedStandardDeviation(rtts)
         let expected = 10 * 2.0.squareRoot()
-        print("jitter 10 ms each way: RTT median \(Statistics.median(rtts)) ms, robust stddev \(spread) ms, sample stddev \(Statistics.standardDeviation(rtts)) ms, expected \(expected)")
+        print("jitter 10 ms each way: RTT median \(Statistics.median(rtts)) ms, stddev \(spread) ms (trimmed at 5 robust sigma; plain \(Statistics.standardDeviation(rtts)), MAD-based \(Statistics.robustStandardDeviation(rtts))), expected \(expected)")
         #expect(abs(spread - expected) <= 0.3 * expected, "RTT stddev \(spread) ms, expected \(expected) +/- 30%")
         #expect(abs(Statistics.median(rtts) - 60) <= 4)
     }
@@ -64,15 +64,18 @@ import Testing
         defer { lab.teardown() }
         _ = try roundTrips(lab, count: 5)
         try lab.impair(site: "hq", uplink: "isp-a", ImpairmentChange(rateMbit: 20), directions: [.outbound])
-        let server = try lab.router("east").spawn(["iperf3", "-s", "-1", "-B", Self.east, "-p", "5201"])
+        let server = try lab.router("east").spawn(["iperf3", "-s", "-B", Self.east, "-p", "5201"])
         defer { server.terminate() }
+        // The server needs a moment to listen; the client says "Connection refused" until then.
         var result = CommandResult(status: -1, stdout: "", stderr: "")
-        for _ in 0..<50 {
+        for _ in 0..<30 {
             result = try lab.router("hq").run(["iperf3", "-c", Self.east, "-p", "5201", "-t", "5", "-O", "1", "-J"])
-            if result.succeeded || !result.stdout.contains("Connection refused") { break }
-            usleep(100_000)
+            if result.succeeded { break }
+            // Refused: not listening yet. Anything else (a control-channel hiccup on a loaded machine):
+            // a fresh attempt is fine, the measurement is of the emulator, not of iperf3's handshake.
+            usleep(result.stdout.contains("Connection refused") ? 100_000 : 500_000)
         }
-        #expect(result.succeeded, "iperf3: \(result.stdout.suffix(300)) \(result.stderr)")
+        #expect(result.succeeded, "iperf3: \(result.stdout.suffix(400)) \(result.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         let end = try #require(json["end"] as? [String: Any])
         let received = try #require(end["sum_received"] as? [String: Any])

@@ -81,3 +81,46 @@ import Testing
         print("bandwidth: tbf 20 Mbit/s -> \(slow) Mbit/s, tbf 80 Mbit/s -> \(fast) Mbit/s")
     }
 }
+
+@Suite struct ThroughputMeterTests {
+    let t0 = MonotonicInstant(nanoseconds: 1_000_000_000)
+
+    @Test func averagesOverTheWindowAndRestartsOnReset() {
+        var meter = ThroughputMeter(window: .seconds(2))
+        #expect(meter.sample(receivedBytes: 0, transmittedBytes: 0, at: t0) == nil)
+        var result: Throughput?
+        for second in 1...5 { // 1.25 MB/s in, 0.25 MB/s out
+            result = meter.sample(receivedBytes: UInt64(second) * 1_250_000, transmittedBytes: UInt64(second) * 250_000,
+                                  at: t0 + .seconds(Int64(second)))
+        }
+        #expect(result == Throughput(receiveMbps: 10, transmitMbps: 2))
+        // The counter went backwards: start again.
+        #expect(meter.sample(receivedBytes: 100, transmittedBytes: 100, at: t0 + .seconds(6)) == nil)
+        let after = meter.sample(receivedBytes: 100 + 125_000, transmittedBytes: 100, at: t0 + .seconds(7))
+        #expect(after == Throughput(receiveMbps: 1, transmitMbps: 0))
+    }
+
+    @Test func readsInterfaceCountersFromSysfs() {
+        #expect(ThroughputMeter.interfaceCounters("lo") != nil)
+        #expect(ThroughputMeter.interfaceCounters("../../etc") == nil)
+        #expect(ThroughputMeter.interfaceCounters("nosuch-if0") == nil)
+    }
+}
+
+@Suite struct KernelTimestampTests {
+    @Test func realtimeStampsMapOntoTheMonotonicClock() {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let readAt = MonotonicInstant(nanoseconds: 50_000_000_000)
+        var stamp = now
+        stamp.tv_sec -= 1 // arrived a second before it was read
+        let mapped = DatagramSocket.monotonic(fromRealtime: stamp, readAt: readAt)
+        #expect(readAt - mapped >= .seconds(1) && readAt - mapped < .milliseconds(1100))
+        var future = now
+        future.tv_sec += 5 // the wall clock stepped back: keep the read time
+        #expect(DatagramSocket.monotonic(fromRealtime: future, readAt: readAt) == readAt)
+        var ancient = now
+        ancient.tv_sec -= 60
+        #expect(DatagramSocket.monotonic(fromRealtime: ancient, readAt: readAt) == readAt)
+    }
+}

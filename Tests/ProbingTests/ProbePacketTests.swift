@@ -1,3 +1,6 @@
+import Foundation
+import Logging
+import Model
 import Testing
 @testable import Probing
 
@@ -82,5 +85,35 @@ import Testing
         #expect(drops[.unknownSession] == 0)
         #expect(drops.total == 3)
         #expect(drops.description == "badMagic=2 replyToNothing=1")
+    }
+}
+
+@Suite struct DropLogTests {
+    /// Collects log lines.
+    final class Lines: @unchecked Sendable {
+        let lock = NSLock()
+        var lines: [String] = []
+    }
+
+    struct Capture: LogHandler {
+        let lines: Lines
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            lines.lock.withLock { lines.lines.append(event.message.description) }
+        }
+    }
+
+    @Test func oneLinePerPeriodWithTheSums() {
+        let lines = Lines()
+        let log = DropLog(logger: Logger(label: "test") { _ in Capture(lines: lines) }, component: "probe responder",
+                          every: .seconds(60))
+        let source = SocketAddress4(IPv4Address(10, 99, 0, 7), port: 4000)
+        for _ in 0..<1000 { log.dropped(.badMagic, from: source) }
+        #expect(lines.lines == ["probe responder dropped 1 datagram(s): badMagic=1; last from 10.99.0.7:4000"])
     }
 }

@@ -166,4 +166,47 @@ struct ProbeTopology {
         #expect(stats.drops[.unexpectedKind] == 1)
         #expect(stats.drops[.unknownPeer] == 1)
     }
+
+    @Test(.enabled(if: isRoot), .timeLimit(.minutes(1)))
+    func aProbeSetMergesEventsAndRemovesPathsRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        let responder = try topology.b.perform { try ProbeResponder() }
+        let responding = Task { await responder.run() }
+        defer { responding.cancel() }
+        let set = PathProbeSet(metricsInterval: .milliseconds(200))
+        let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51822)
+        try topology.a.perform {
+            try set.add(ProbeTarget(name: "pa0>b", remote: remote, pinning: .interface("pa0")))
+            try set.add(ProbeTarget(name: "pa1>b", remote: remote, pinning: .interface("pa1")))
+        }
+        #expect(throws: PathProbeSet.Failure.duplicate("pa0>b")) {
+            try topology.a.perform { try set.add(ProbeTarget(name: "pa0>b", remote: remote, pinning: .interface("pa0"))) }
+        }
+        #expect(throws: PathProbeSet.Failure.self) {
+            try topology.a.perform { try set.add(ProbeTarget(name: "x", remote: remote, pinning: .interface("nosuch0"))) }
+        }
+        let recorder = EventRecorder()
+        let running = Task { await set.run() }
+        let reading = Task { for await event in set.events { recorder.append(event) } }
+        let bothUp = await recorder.wait(for: .seconds(3)) { _ in
+            Set(recorder.all.filter { $0.change?.to == .up }.map(\.path)) == ["pa0>b", "pa1>b"]
+        }
+        #expect(bothUp != nil)
+        set.remove("pa1>b")
+        try await Task.sleep(for: .milliseconds(300))
+        let afterRemoval = recorder.all.count
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(recorder.all.dropFirst(afterRemoval).allSatisfy { $0.path == "pa0>b" })
+        #expect(recorder.all.dropFirst(afterRemoval).count >= 2) // pa0's metrics keep coming
+        #expect(set.paths == ["pa0>b"])
+        #expect(set.snapshot()["pa0>b"]?.status == .up)
+        // (measureBandwidth opens its socket in the caller's namespace, the test's root one here, so only the
+        // unknown-path case is checked; BandwidthTests measures through real token buckets.)
+        #expect(try await set.measureBandwidth(path: "nosuch") == nil)
+        set.recordBandwidth(path: "pa0>b", mbps: 42)
+        #expect(set.snapshot()["pa0>b"]?.metrics.bandwidthMbps == 42)
+        running.cancel()
+        await reading.value // finishes with run()
+    }
 }

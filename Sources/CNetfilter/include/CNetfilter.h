@@ -61,4 +61,5 @@ static inline uint32_t cnf_nla_align(uint32_t len) { return NLA_ALIGN(len); }
 // The Lab's wrappers (setns, pipe2, recvmmsg, ethtool); cnf_setns_net is shared by Netlink and Lab.
 #include "CNetfilterLab.h"
 
+#include "CNetfilterWireGuard.h"
 #endif

@@ -1,0 +1,161 @@
+import ArgumentParser
+import Foundation
+import Lab
+
+/// `patronus-router lab`: a whole SD-WAN on one machine (see docs/LAB.md).
+public struct LabCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "lab",
+        abstract: "A whole SD-WAN on one machine: sites, LAN hosts and ISPs in network namespaces, with a WAN emulator.",
+        subcommands: [Up.self, Down.self, Status.self, Impair.self, WANEmulatorCommand.self]
+    )
+    public init() {}
+
+    /// Options every lab subcommand takes.
+    struct Common: ParsableArguments {
+        @Option(help: ArgumentHelp("Lab instance name (namespaces are pt<instance>-*).", visibility: .hidden))
+        var instance = "lab"
+        @Option(help: ArgumentHelp("Where lab state lives.", visibility: .hidden))
+        var stateRoot = "/run/patronus-lab"
+
+        var controller: LabController { LabController(instance: instance, stateRoot: stateRoot) }
+    }
+
+    /// Runs `body`; a lab error becomes one line on stderr and exit status 1.
+    static func reporting(_ body: () throws -> Void) throws {
+        do {
+            try body()
+        } catch let error as LabError {
+            FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    struct Up: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Build the lab (fails if one is up).")
+        @OptionGroup var common: Common
+        @Option(help: "Number of sites (1-16): hq, east, west, north, south, central, site7...")
+        var sites = 3
+        @Option(help: "Uplinks per site (1-6), labels isp-a, isp-b, ...")
+        var uplinks = 2
+        @Flag(inversion: .prefixedNo,
+              help: "Start `patronus-router run` in every site (--no-routers: the topology alone, static routes between the LANs).")
+        var routers = LabController.routersByDefault
+
+        func run() throws {
+            try LabCommand.reporting {
+                let state = try common.controller.up(sites: sites, uplinks: uplinks, routers: routers)
+                let plan = state.plan
+                print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN emulation: \(state.backend.rawValue)")
+                if state.routers.isEmpty {
+                    print("routers: not started: `patronus-router run` is not available yet, so the lab is the topology alone, with static routes between the LANs over \(plan.isps[0].label)")
+                } else {
+                    print("routers: \(state.routers.keys.sorted().joined(separator: ", ")) running (logs in \(common.controller.stateDirectory))")
+                }
+                let first = plan.sites[0]
+                print("look inside: sudo ip netns exec \(plan.routerNamespace(first.name)) ip addr")
+                if plan.sites.count > 1 {
+                    print("             sudo ip netns exec \(plan.hostNamespace(first.name)) ping \(plan.sites[1].hostAddress)")
+                }
+                print("impair:      sudo patronus-router lab impair \(first.name) \(plan.isps[0].label) --delay 30 --loss 1")
+                print("status:      sudo patronus-router lab status")
+                print("tear down:   sudo patronus-router lab down")
+            }
+        }
+    }
+
+    struct Down: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove the lab: namespaces, processes, sockets, state.")
+        @OptionGroup var common: Common
+
+        func run() throws {
+            try LabCommand.reporting {
+                let removal = try common.controller.down()
+                print("lab '\(common.instance)' is down: removed \(removal.namespaces.count) namespaces, \(removal.processes.count) processes\(removal.stateDirectory ? ", its state" : "")")
+            }
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show the lab's sites, uplinks and impairments.")
+        @OptionGroup var common: Common
+        @Flag(help: "Print the state and per-uplink counters as JSON.")
+        var json = false
+
+        func run() throws {
+            try LabCommand.reporting {
+                let controller = common.controller
+                if json {
+                    let state = try controller.read()
+                    let links = (try? controller.impairmentStatus()) ?? []
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                    struct Report: Encodable { var state: LabState; var links: [EmulatedLinkStatus] }
+                    print(String(decoding: try encoder.encode(Report(state: state, links: links)), as: UTF8.self))
+                } else {
+                    print(try controller.statusReport())
+                }
+            }
+        }
+    }
+
+    struct Impair: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change one uplink's delay, jitter, loss, rate, or cut/restore it.",
+            discussion: "Only the given settings change. --restore lifts a cut and keeps the rest; --clear resets the uplink first.")
+        @OptionGroup var common: Common
+        @Argument(help: "Site name (hq, east, ...).") var site: String
+        @Argument(help: "Uplink: isp-a, a or wan-a.") var uplink: String
+        @Option(parsing: .unconditional, help: "One-way delay in ms (0-10000).") var delay: Double?
+        @Option(parsing: .unconditional, help: "Jitter (normal standard deviation) in ms (0-5000).") var jitter: Double?
+        @Option(parsing: .unconditional, help: "Random loss in percent (0-100).") var loss: Double?
+        @Option(parsing: .unconditional, help: "Rate limit in Mbit/s (0.01-10000; 0 removes it).") var rate: Double?
+        @Flag(help: "Blackhole the uplink.") var cut = false
+        @Flag(help: "Lift a cut.") var restore = false
+        @Flag(help: "Reset the uplink to a clean link before applying the other settings.") var clear = false
+        @Option(help: "in (isp -> site), out (site -> isp) or both.") var direction = "both"
+
+        func run() throws {
+            try LabCommand.reporting {
+                if cut && restore { throw LabError.invalidArgument("--cut and --restore contradict each other: give one") }
+                let directions: Set<TrafficDirection>
+                switch direction {
+                case "both": directions = [.inbound, .outbound]
+                case "in": directions = [.inbound]
+                case "out": directions = [.outbound]
+                default: throw LabError.invalidArgument("--direction '\(direction)' must be in, out or both")
+                }
+                let change = ImpairmentChange(delayMs: delay, jitterMs: jitter, lossPercent: loss, rateMbit: rate,
+                                              cut: cut ? true : (restore ? false : nil), clear: clear)
+                let links = try common.controller.impair(site: site, uplink: uplink, change, directions: directions)
+                let plan = try common.controller.read().plan
+                let id = try plan.uplink(site: site, named: uplink).id
+                if let link = links.first(where: { $0.id == id }) {
+                    print("\(id): in \(link.inbound), out \(link.outbound)")
+                }
+            }
+        }
+    }
+
+    /// The userspace WAN emulator daemon `lab up` starts; not for direct use.
+    struct WANEmulatorCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "wan-emulator", abstract: "Run the userspace WAN emulator (started by `lab up`).",
+            shouldDisplay: false)
+        @Option(help: "Control socket path.") var control: String
+        @Option(help: "SITE/UPLINK=NAMESPACE:SITE_IF:BRIDGE_IF, repeated.") var link: [String] = []
+
+        func run() throws {
+            try LabCommand.reporting {
+                let links = try link.map { spec throws(LabError) in try EmulatedLinkSpec(parsing: spec) }
+                do {
+                    try WANEmulatorDaemon.run(controlPath: control, links: links)
+                } catch let error as LabError {
+                    throw error
+                } catch {
+                    throw LabError.emulator("\(error)")
+                }
+            }
+        }
+    }
+}
