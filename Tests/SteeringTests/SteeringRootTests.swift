@@ -255,6 +255,27 @@ import Netlink
         try steering.removeAll()
     }
 
+    @Test(.enabled(if: isRoot)) func rootDriftBehindOurBackIsRepaired() throws {
+        let f = try SteeringFixture()
+        let steering = try f.steering()
+        try steering.apply(f.plan(voip: 1))
+        // An admin flushes everything and deletes one of our rules: the next re-steer finds its cached view
+        // wrong (the kernel says ENOENT), re-reads the kernel and rebuilds, in the same call.
+        try f.router.check(["nft", "flush", "ruleset"])
+        try f.router.ip("rule", "del", "priority", "6210", "fwmark", "0x10000/0xff0000", "table", "6201")
+        let changes = try steering.apply(f.plan(voip: 2))
+        #expect(changes.tableCreated && changes.ipRulesAdded.count == 1)
+        var v = try KernelView.read(f.router, tables: [6201, 6202])
+        #expect(v.mapElements["site_branch"]?.contains("65536:voip_path2") == true)
+        #expect(v.ourRules.count == 2)
+        // reconcile() repairs drift without a new plan.
+        try f.router.ip("route", "del", "10.20.0.0/16", "table", "6202")
+        #expect(try steering.reconcile().routesAdded.count == 1)
+        v = try KernelView.read(f.router, tables: [6201, 6202])
+        #expect(v.routes[6202]?.count == 1)
+        try steering.removeAll()
+    }
+
     /// What `patronus-bench churn` applies first (see Sources/patronus-bench): 2 paths, 3 classes.
     func churnPlan() -> SteeringPlan {
         let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
