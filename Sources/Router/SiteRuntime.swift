@@ -42,10 +42,6 @@ actor SiteRuntime {
         PathKey(site: path.remoteSite, localLabel: path.uplink.label, remoteLabel: path.remoteEndpoint.label)
     }
 
-    static func probeName(_ key: PathKey, siteName: String) -> String {
-        key.localLabel == key.remoteLabel ? "\(key.localLabel)->\(siteName)" : "\(key.localLabel)/\(key.remoteLabel)->\(siteName)"
-    }
-
     /// A new tunnel plan: every path it carries gets a slot, a row, a prober; paths that left lose theirs.
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async {
         let numbers = slots.update(plan.paths.map(Self.key(of:)))
@@ -56,7 +52,7 @@ actor SiteRuntime {
                 logger.error("no steering slot left for path \(key): at most 254 paths")
                 continue
             }
-            let name = Self.probeName(key, siteName: path.remoteName)
+            let name = key.name(siteName: path.remoteName)
             routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
                                         path: path)
         }
