@@ -6,14 +6,15 @@ LAB_STATE=${LAB_STATE:-/run/patronus-lab/lab}
 # Paths of SITE that are up, from its database.
 lab_paths_up() { "$BIN" status --database "$LAB_STATE/$1.db" | sed -n 's/.*(Up: \([0-9]*\),.*/\1/p'; }
 
-# Waits until SITE has WANT paths up (default 60 s); prints the seconds it took.
+# Waits until SITE has WANT paths up (default 60 s); prints the seconds it took (to 0.1 s).
 lab_wait_up() {
-    local site=$1 want=$2 limit=${3:-60} start=$SECONDS
+    local site=$1 want=$2 limit=${3:-60} start
+    start=$(date +%s%N)
     until [[ "$(lab_paths_up "$site")" == "$want" ]]; do
-        (( SECONDS - start < limit )) || { echo "$site: $(lab_paths_up "$site") of $want paths up after ${limit}s" >&2; return 1; }
-        sleep 0.2
+        (( ($(date +%s%N) - start) / 1000000000 < limit )) || { echo "$site: $(lab_paths_up "$site") of $want paths up after ${limit}s" >&2; return 1; }
+        sleep 0.1
     done
-    echo $((SECONDS - start))
+    awk -v ns=$(( $(date +%s%N) - start )) 'BEGIN { printf "%.1f\n", ns / 1e9 }'
 }
 
 # The path slot SITE's kernel uses for CLASS towards DEST (from nft: the classify chain's ct mark for the
