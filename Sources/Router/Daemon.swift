@@ -4,6 +4,7 @@ import Mesh
 import Model
 import Probing
 import ServiceLifecycle
+import Steering
 import Store
 import WireGuard
 
@@ -49,7 +50,7 @@ public struct Daemon: Sendable {
             "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
         ])
 
-        let forwarding = try KernelSetting.enableIPv4Forwarding()
+        let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         let steering = try KernelSteering(logger: logger)
         let backend = try WireGuardBackendSelector.make(.auto)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
@@ -129,7 +130,8 @@ public struct Daemon: Sendable {
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
                          logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
-                                responder: responder, logger: logger),
+                                responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
+                                reconciler: reconciler, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
@@ -223,11 +225,15 @@ struct HousekeepingService: Service {
     let discovery: DiscoveryService
     let metrics: RouterMetrics
     let responder: ProbeResponder
+    let bandwidthReceiver: BandwidthReceiver
+    let steering: KernelSteering
+    let reconciler: TunnelReconciler
     let logger: Logger
 
     func run() async throws {
         try await untilShutdown {
             var ticks = 0
+            var countersFailed = false
             while true {
                 try await Task.sleep(for: .milliseconds(200))
                 do { try await controller.tick() } catch { logger.error("steering tick failed: \(error)") }
@@ -240,9 +246,24 @@ struct HousekeepingService: Service {
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
                 }
+                for (component, counts) in [("probe", responder.statistics.drops.counts),
+                                            ("bandwidth", bandwidthReceiver.statistics.drops.counts)] {
+                    for (reason, count) in counts { drops[.init(component: component, reason: reason.rawValue)] = count }
+                }
                 let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                var counters = SteeringCounters()
+                do {
+                    counters = try await steering.counters()
+                    countersFailed = false
+                } catch {
+                    // Once per outage, not every 5 s.
+                    if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
+                    countersFailed = true
+                }
+                let tunnels = await reconciler.states()
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
-                                                    selections: await controller.currentSelections, siteNames: names))
+                                                    selections: await controller.currentSelections, siteNames: names,
+                                                    counters: counters, tunnels: tunnels))
             }
         }
     }
