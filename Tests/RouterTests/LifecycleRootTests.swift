@@ -33,7 +33,7 @@ final class RouterPair {
         try b.addAddress("198.51.100.2/24", to: "pe1")
         for (ns, lan, first, second) in [(a, "10.20.1.1/24", "192.0.2.2", "198.51.100.2"),
                                          (b, "10.20.2.1/24", "192.0.2.1", "198.51.100.1")] {
-            _ = try ns.ip("link", "add", "lan0", "type", "dummy")
+            _ = try ns.ip("link", "add", "lan0", "type", "bridge")
             try ns.addAddress(lan, to: "lan0")
             try ns.setUp("lan0")
             _ = try ns.ip("route", "add", "default", "via", first, "metric", "100")
@@ -64,6 +64,12 @@ final class RouterPair {
         _ = try a.ip("route", "add", "203.0.113.0/24", "via", "198.51.100.2", "table", "6201")
     }
 
+    /// Waits for IPv6 duplicate address detection on the new links: its end adds local routes, which
+    /// would otherwise differ between a baseline and a later snapshot.
+    func settle() {
+        Ops.waitUntil(timeout: .seconds(10)) { ((try? a.check(["ip", "-6", "addr", "show", "tentative"])) ?? "x").isEmpty }
+    }
+
     var databaseA: String { "\(directory)/a.db" }
     var logA: String { "\(directory)/a.log" }
 
@@ -77,7 +83,9 @@ final class RouterPair {
          "pe0=isp-a", "--uplink", "pe1=isp-b", "--lan", "10.20.2.0/24", "--mesh-key", "\(directory)/mesh.key"]
     }
 
-    func startA() throws { routerA = try Ops.startRouter(in: a.name, argumentsA, log: logA) }
+    func startA(notifySocket: String? = nil) throws {
+        routerA = try Ops.startRouter(in: a.name, argumentsA, log: logA, notifySocket: notifySocket)
+    }
     func startB() throws { routerB = try Ops.startRouter(in: b.name, argumentsB, log: "\(directory)/b.log") }
 
     /// Both paths of `a` are up in its database.
@@ -167,6 +175,20 @@ struct OwnState: Equatable {
         return OwnState(table: table, rules: rules, routes: routes, links: links,
                         wireguardProcesses: Ops.processes(named: "wireguard-go", inNamespace: ns.name).count)
     }
+
+    func difference(from other: OwnState) -> String {
+        var out: [String] = []
+        for (name, mine, theirs) in [("nft", table, other.table), ("rule", rules, other.rules),
+                                     ("route", routes, other.routes), ("link", links, other.links)] {
+            for item in mine where !theirs.contains(item) { out.append("\(name) only now: \(item)") }
+            for item in theirs where !mine.contains(item) { out.append("\(name) only before: \(item)") }
+            if mine.count != theirs.count { out.append("\(name): \(mine.count) now vs \(theirs.count) before") }
+        }
+        if wireguardProcesses != other.wireguardProcesses {
+            out.append("wireguard-go: \(wireguardProcesses) now vs \(other.wireguardProcesses) before")
+        }
+        return out.joined(separator: "\n")
+    }
 }
 
 @Suite(.serialized, .enabled(if: Ops.canRun, "needs root, wireguard-go and the built patronus-router"))
@@ -176,7 +198,7 @@ struct LifecycleRootTests {
     @Test func sigtermLeavesTheNamespaceExactlyAsBeforeStartRoot() throws {
         let pair = try RouterPair()
         try pair.addForeignState()
-        usleep(500_000) // IPv6 link-local routes of the new links settle before the baseline
+        pair.settle()
         let before = try KernelSnapshot.take(pair.a)
         try pair.startB()
         try pair.startA()
@@ -201,7 +223,8 @@ struct LifecycleRootTests {
         #expect(status == 0, "\(pair.log(pair.logA).suffix(1000))")
         #expect(stopMs < 2000, "stopped in \(stopMs) ms")
         let after = try KernelSnapshot.take(pair.a)
-        #expect(after == before, "\(after.difference(from: before))")
+        let restored = after == before
+        #expect(restored, "\(after.difference(from: before))")
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name).isEmpty)
         let sockets = (try? FileManager.default.contentsOfDirectory(atPath: "/var/run/wireguard")) ?? []
         #expect(!sockets.contains { $0.hasPrefix(pair.tunnelA) }, "UAPI sockets removed: \(sockets)")
@@ -213,7 +236,7 @@ struct LifecycleRootTests {
     @Test func killNineThenRestartAdoptsAndConvergesRoot() throws {
         let pair = try RouterPair()
         try pair.addForeignState()
-        usleep(500_000)
+        pair.settle()
         let before = try KernelSnapshot.take(pair.a)
         try pair.startB()
         try pair.startA()
@@ -234,19 +257,28 @@ struct LifecycleRootTests {
         #expect(Ops.waitForExit(pair.routerA!, timeout: .seconds(5)) == 128 + SIGKILL)
         pair.routerA = nil
         let orphaned = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
-        #expect(orphaned == running, "a dead router leaves its state in place")
+        let leftInPlace = orphaned == running
+        #expect(leftInPlace, "a dead router leaves its state in place:\n\(orphaned.difference(from: running))")
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name) == wireguardBefore)
 
+        let notify = try NotifyListener()
+        let logLength = pair.log(pair.logA).count
         let restarted = ContinuousClock.now
-        try pair.startA()
+        try pair.startA(notifySocket: notify.path)
+        // READY=1 comes once the restarted router has read and rewritten the kernel state (its first plan,
+        // before discovery): only from then on does "equal to before" mean converged.
+        #expect(notify.wait(for: "READY=1", timeout: .seconds(10)))
+        let readyMs = Ops.milliseconds(since: restarted)
         var now = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
         let converged = Ops.waitUntil(timeout: .seconds(20)) {
             now = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
             return now == running
         }
         let convergeMs = Ops.milliseconds(since: restarted)
-        print("ops: restart after kill -9 converged in \(String(format: "%.0f", convergeMs)) ms")
-        #expect(converged, "state after restart differs: \(now) vs \(running)")
+        print("ops: restart after kill -9: READY after \(String(format: "%.0f", readyMs)) ms, converged after \(String(format: "%.0f", convergeMs)) ms")
+        print("ops: restarted router's log:\n" + String(pair.log(pair.logA).dropFirst(logLength)).split(separator: "\n")
+            .filter { $0.hasPrefix("20") }.prefix(30).joined(separator: "\n"))
+        #expect(converged, "state after restart differs:\n\(now.difference(from: running))")
         #expect(convergeMs <= 2000, "converged in \(convergeMs) ms")
         // Nothing duplicated: the counts equal the first run's (OwnState lists keep duplicates), the adopted
         // wireguard-go processes are the same ones, and the database did not grow path rows.
@@ -265,7 +297,8 @@ struct LifecycleRootTests {
         print("ops: SIGTERM of the restarted router to exit \(String(format: "%.0f", stopMs)) ms")
         #expect(status == 0 && stopMs < 2000, "status \(String(describing: status)) after \(stopMs) ms")
         let after = try KernelSnapshot.take(pair.a)
-        #expect(after == before, "\(after.difference(from: before))")
+        let restored = after == before
+        #expect(restored, "\(after.difference(from: before))")
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name).isEmpty, "adopted wireguard-go stopped")
     }
 }

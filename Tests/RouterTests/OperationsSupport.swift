@@ -63,8 +63,12 @@ enum Ops {
 
     /// Starts the router in `namespace` (`ip netns exec` execs, so the pid is the router's), in its own
     /// session, appending to `log`.
-    static func startRouter(in namespace: String, _ arguments: [String], log: String) throws -> pid_t {
-        try Subprocess.spawn(["ip", "netns", "exec", namespace, binary!] + arguments, logPath: log, newSession: true)
+    static func startRouter(in namespace: String, _ arguments: [String], log: String,
+                            notifySocket: String? = nil) throws -> pid_t {
+        // `env` and `ip netns exec` both exec, so the pid stays the router's.
+        let environment = notifySocket.map { ["env", "NOTIFY_SOCKET=\($0)"] } ?? []
+        return try Subprocess.spawn(environment + ["ip", "netns", "exec", namespace, binary!] + arguments, logPath: log,
+                                    newSession: true)
     }
 
     /// Waits up to `timeout` for our child `pid` to exit; its status, or nil if it still runs.
@@ -106,6 +110,41 @@ extension ProcessTermination {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return true }
         return stat[stat.index(after: close)...].drop(while: { $0 == " " }).first == "Z"
+    }
+}
+
+/// A systemd-style notify socket (AF_UNIX datagrams) to learn when the daemon says READY=1.
+final class NotifyListener {
+    let path: String
+    let fd: Int32
+
+    init() throws {
+        path = "/tmp/pt-notify-\(getpid())-\(UInt32.random(in: 0 ... .max)).sock"
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard fd >= 0, bound == 0 else { throw LabError.systemCall("bind \(path)", errno: errno) }
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Waits up to `timeout` for a datagram containing `state`.
+    func wait(for state: String, timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        var buffer = [UInt8](repeating: 0, count: 512)
+        while ContinuousClock.now < deadline {
+            let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+            if n > 0, String(decoding: buffer[0..<n], as: UTF8.self).contains(state) { return true }
+            usleep(5_000)
+        }
+        return false
     }
 }
 
