@@ -68,7 +68,13 @@ struct LabOperationsRootTests {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent()
         let schema = try String(contentsOf: root.appendingPathComponent("docs/STATUS-JSON.md"), encoding: .utf8)
-        let status = try #require(Ops.status(database: lab.database("hq")))
+        // Metrics rows are written every 5 s: wait for the first, so measured paths carry their numbers.
+        var measured: [String: Any]?
+        Ops.waitUntil(timeout: .seconds(8)) {
+            measured = Ops.status(database: lab.database("hq"))
+            return (measured?["paths"] as? [[String: Any]])?.allSatisfy { $0["measured_at"] != nil } == true
+        }
+        let status = try #require(measured)
         #expect(status["schema_version"] as? Int == 1)
         var printed = Set(status.keys)
         let sites = (status["active_sites"] as? [[String: Any]] ?? []) + [status["local_site"] as? [String: Any] ?? [:]]
@@ -252,6 +258,9 @@ struct LabOperationsRootTests {
         }
         print("ops: drops counted: discovery \(Int(discovery)), probe \(Int(probe)) of \(sent * 3 / 5) and \(sent * 2 / 5) sent")
         #expect(counted, "discovery \(discovery), probe \(probe) of \(sent) sent")
-        #expect(lab.upPaths("hq") == 1, "the path stayed up")
+        let after = logLines().dropFirst(floodStart)
+        #expect(Ops.waitUntil(timeout: .seconds(5)) { lab.upPaths("hq") == 1 },
+                "the path is up again: \(Ops.status(database: lab.database("hq"))?["paths"] ?? "")\n\(after.joined(separator: "\n"))")
+        print("ops: log records since the flood began:\n" + after.joined(separator: "\n"))
     }
 }
