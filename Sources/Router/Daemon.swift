@@ -53,6 +53,8 @@ public struct Daemon: Sendable {
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         let steering = try KernelSteering(logger: logger)
         let backend = try WireGuardBackendSelector.make(.auto)
+        await StaleTunnels.remove(prefix: configuration.interfaceName, uplinkCount: uplinks.count, backend: backend,
+                                  logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
                                           addresses: [TunnelAddress(overlay, prefixLength: 32)])
         do {

@@ -48,3 +48,22 @@ import Testing
         }
     }
 }
+
+/// Which leftover interfaces a restart removes: only names of our scheme beyond the configured uplinks.
+@Suite struct StaleTunnelTests {
+    @Test func namesOfOurSchemeOnly() {
+        #expect(StaleTunnels.uplinkIndex(of: "wg-hq0", prefix: "wg-hq") == 0)
+        #expect(StaleTunnels.uplinkIndex(of: "wg-hq12", prefix: "wg-hq") == 12)
+        #expect(StaleTunnels.uplinkIndex(of: "wg-hq1x3", prefix: "wg-hq") == 1)
+        for name in ["wg-hq", "wg-hqx1", "wg-hq1x", "wg-hq1y2", "wg-hqa", "wg-east0", "eth0", "wg-hq٣"] {
+            #expect(StaleTunnels.uplinkIndex(of: name, prefix: "wg-hq") == nil, "\(name)")
+        }
+        #expect(StaleTunnels.uplinkIndex(of: "x0", prefix: "") == nil)
+    }
+
+    @Test func staleAreThoseBeyondTheConfiguredUplinks() {
+        let names = ["lo", "up0", "wg-hq0", "wg-hq1", "wg-hq2x0", "wg-hq0x1", "wg-hqa"]
+        #expect(StaleTunnels.stale(names, prefix: "wg-hq", uplinkCount: 1) == ["wg-hq1", "wg-hq2x0"])
+        #expect(StaleTunnels.stale(names, prefix: "wg-hq", uplinkCount: 3).isEmpty)
+    }
+}

@@ -83,8 +83,10 @@ final class RouterPair {
          "pe0=isp-a", "--uplink", "pe1=isp-b", "--lan", "10.20.2.0/24", "--mesh-key", "\(directory)/mesh.key"]
     }
 
-    func startA(notifySocket: String? = nil) throws {
-        routerA = try Ops.startRouter(in: a.name, argumentsA, log: logA, notifySocket: notifySocket)
+    func startA(notifySocket: String? = nil, onlyFirstUplink: Bool = false) throws {
+        var arguments = argumentsA
+        if onlyFirstUplink, let index = arguments.firstIndex(of: "up1=isp-b") { arguments.removeSubrange(index - 1...index) }
+        routerA = try Ops.startRouter(in: a.name, arguments, log: logA, notifySocket: notifySocket)
     }
     func startB() throws { routerB = try Ops.startRouter(in: b.name, argumentsB, log: "\(directory)/b.log") }
 
@@ -270,12 +272,14 @@ struct LifecycleRootTests {
         #expect(notify.wait(for: "READY=1", timeout: .seconds(10)))
         let readyMs = Ops.milliseconds(since: restarted)
         var now = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
+        var differedAfterReady = false
         let converged = Ops.waitUntil(timeout: .seconds(20)) {
             now = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
+            if now != running { differedAfterReady = true }
             return now == running
         }
         let convergeMs = Ops.milliseconds(since: restarted)
-        print("ops: restart after kill -9: READY after \(String(format: "%.0f", readyMs)) ms, converged after \(String(format: "%.0f", convergeMs)) ms")
+        print("ops: restart after kill -9: READY after \(String(format: "%.0f", readyMs)) ms, converged after \(String(format: "%.0f", convergeMs)) ms (rebuilt in between: \(differedAfterReady))")
         print("ops: restarted router's log:\n" + String(pair.log(pair.logA).dropFirst(logLength)).split(separator: "\n")
             .filter { $0.hasPrefix("20") }.prefix(30).joined(separator: "\n"))
         #expect(converged, "state after restart differs:\n\(now.difference(from: running))")
@@ -300,5 +304,44 @@ struct LifecycleRootTests {
         let restored = after == before
         #expect(restored, "\(after.difference(from: before))")
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name).isEmpty, "adopted wireguard-go stopped")
+    }
+
+    /// The dead run had two uplinks, the restart is configured with one: the second uplink's tunnel
+    /// interface, its wireguard-go, its pinning rule and routes and its paths' steering state are removed
+    /// at start, not left behind forever; SIGTERM then restores the namespace as before the first start.
+    @Test func restartWithFewerUplinksCleansWhatTheDeadRunLeftRoot() throws {
+        let pair = try RouterPair()
+        try pair.addForeignState()
+        pair.settle()
+        let before = try KernelSnapshot.take(pair.a)
+        try pair.startB()
+        try pair.startA()
+        try #require(Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp() }, "\(pair.log(pair.logA).suffix(2000))")
+        kill(pair.routerA!, SIGKILL)
+        _ = Ops.waitForExit(pair.routerA!, timeout: .seconds(5))
+        pair.routerA = nil
+        #expect(OwnState.take(pair.a, tunnelPrefix: pair.tunnelA).links.count == 2)
+
+        let notify = try NotifyListener()
+        let restarted = ContinuousClock.now
+        try pair.startA(notifySocket: notify.path, onlyFirstUplink: true)
+        #expect(notify.wait(for: "READY=1", timeout: .seconds(10)))
+        var state = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
+        let cleaned = Ops.waitUntil(timeout: .seconds(10)) {
+            state = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
+            return state.links == [pair.tunnelA + "0"] && state.wireguardProcesses == 1
+                && !state.rules.contains { $0.contains("0x2000000") } && !state.routes.contains { $0.contains("\"6102\"") }
+        }
+        print("ops: restart with one uplink fewer: the stale tunnel gone after \(String(format: "%.0f", Ops.milliseconds(since: restarted))) ms")
+        #expect(cleaned, "left: \(state)")
+        #expect(Ops.waitUntil(timeout: .seconds(10)) { pair.pathsUp(1) })
+
+        kill(pair.routerA!, SIGTERM)
+        #expect(Ops.waitForExit(pair.routerA!, timeout: .seconds(10)) == 0)
+        pair.routerA = nil
+        let after = try KernelSnapshot.take(pair.a)
+        let restored = after == before
+        #expect(restored, "\(after.difference(from: before))")
+        #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name).isEmpty)
     }
 }
