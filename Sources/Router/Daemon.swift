@@ -133,7 +133,8 @@ public struct Daemon: Sendable {
                          logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
-                                reconciler: reconciler, logger: logger),
+                                reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
+                                logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
@@ -220,7 +221,8 @@ extension ProbeService {
     }
 }
 
-/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s).
+/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s): paths,
+/// selections, drop counters, and (with the endpoint on) our nft counters and WireGuard transfer counters.
 struct HousekeepingService: Service {
     let controller: Controller
     let runtime: SiteRuntime
@@ -230,6 +232,8 @@ struct HousekeepingService: Service {
     let bandwidthReceiver: BandwidthReceiver
     let steering: KernelSteering
     let reconciler: TunnelReconciler
+    /// Only the metrics endpoint shows nft and WireGuard counters: without it, no dump every 5 s.
+    let readsKernelCounters: Bool
     let logger: Logger
 
     func run() async throws {
@@ -254,15 +258,18 @@ struct HousekeepingService: Service {
                 }
                 let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
                 var counters = SteeringCounters()
-                do {
-                    counters = try await steering.counters()
-                    countersFailed = false
-                } catch {
-                    // Once per outage, not every 5 s.
-                    if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
-                    countersFailed = true
+                var tunnels: [String: InterfaceState] = [:]
+                if readsKernelCounters {
+                    do {
+                        counters = try await steering.counters()
+                        countersFailed = false
+                    } catch {
+                        // Once per outage, not every 5 s.
+                        if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
+                        countersFailed = true
+                    }
+                    tunnels = await reconciler.states()
                 }
-                let tunnels = await reconciler.states()
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,
                                                     counters: counters, tunnels: tunnels))
