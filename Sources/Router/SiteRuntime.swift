@@ -122,13 +122,12 @@ actor SiteRuntime {
                                                       overlayAddress: site.overlay, publicKey: site.publicKey.base64,
                                                       lanPrefixes: site.lanPrefixes))
                 try store.replaceEndpoints(of: site.siteID, with: site.endpoints)
-                if case .siteAppeared = event {
-                    logger.info("site appeared", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
-                                                            "endpoints": "\(site.endpoints.map(\.description))"])
-                }
+                // Discovery already logged the change at info (one line per state change): details only.
+                logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
+                                                         "endpoints": "\(site.endpoints.map(\.description))"])
             case .siteExpired(let announcement):
                 try store.setSiteStatus(announcement.site.siteID, .inactive)
-                logger.info("site expired", metadata: ["site": "\(announcement.site.name)"])
+                logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
             }
         } catch {
             logger.error("recording site event: \(error)")

@@ -280,8 +280,10 @@ struct LifecycleRootTests {
         }
         let convergeMs = Ops.milliseconds(since: restarted)
         print("ops: restart after kill -9: READY after \(String(format: "%.0f", readyMs)) ms, converged after \(String(format: "%.0f", convergeMs)) ms (rebuilt in between: \(differedAfterReady))")
-        print("ops: restarted router's log:\n" + String(pair.log(pair.logA).dropFirst(logLength)).split(separator: "\n")
-            .filter { $0.hasPrefix("20") }.prefix(30).joined(separator: "\n"))
+        let restartLog = String(pair.log(pair.logA).dropFirst(logLength)).split(separator: "\n").filter { $0.hasPrefix("20") }
+        print("ops: restarted router's log:\n" + restartLog.prefix(30).joined(separator: "\n"))
+        // One line per state change: the peer appearing is logged once, not by every layer that hears of it.
+        #expect(restartLog.filter { $0.contains("site appeared") }.count == 1, "\(restartLog.joined(separator: "\n"))")
         #expect(converged, "state after restart differs:\n\(now.difference(from: running))")
         #expect(convergeMs <= 2000, "converged in \(convergeMs) ms")
         // Nothing duplicated: the counts equal the first run's (OwnState lists keep duplicates), the adopted
