@@ -83,8 +83,8 @@ final class RouterPair {
          "pe0=isp-a", "--uplink", "pe1=isp-b", "--lan", "10.20.2.0/24", "--mesh-key", "\(directory)/mesh.key"]
     }
 
-    func startA(notifySocket: String? = nil, onlyFirstUplink: Bool = false) throws {
-        var arguments = argumentsA
+    func startA(notifySocket: String? = nil, onlyFirstUplink: Bool = false, extra: [String] = []) throws {
+        var arguments = argumentsA + extra
         if onlyFirstUplink, let index = arguments.firstIndex(of: "up1=isp-b") { arguments.removeSubrange(index - 1...index) }
         routerA = try Ops.startRouter(in: a.name, arguments, log: logA, notifySocket: notifySocket)
     }
@@ -324,9 +324,10 @@ struct LifecycleRootTests {
         pair.routerA = nil
         #expect(OwnState.take(pair.a, tunnelPrefix: pair.tunnelA).links.count == 2)
 
+        let firstRun = pair.log(pair.logA)
         let notify = try NotifyListener()
         let restarted = ContinuousClock.now
-        try pair.startA(notifySocket: notify.path, onlyFirstUplink: true)
+        try pair.startA(notifySocket: notify.path, onlyFirstUplink: true, extra: ["--debug"])
         #expect(notify.wait(for: "READY=1", timeout: .seconds(10)))
         var state = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
         let cleaned = Ops.waitUntil(timeout: .seconds(10)) {
@@ -337,6 +338,10 @@ struct LifecycleRootTests {
         print("ops: restart with one uplink fewer: the stale tunnel gone after \(String(format: "%.0f", Ops.milliseconds(since: restarted))) ms")
         #expect(cleaned, "left: \(state)")
         #expect(Ops.waitUntil(timeout: .seconds(10)) { pair.pathsUp(1) })
+        // Info shows state changes only; --debug (the restart) adds the detail, e.g. every steering batch.
+        let records = { (text: String) in text.split(separator: "\n").filter { $0.hasPrefix("20") } }
+        #expect(!records(firstRun).contains { $0.contains(" debug ") })
+        #expect(records(String(pair.log(pair.logA).dropFirst(firstRun.count))).contains { $0.contains(" debug ") && $0.contains("steering applied") })
 
         kill(pair.routerA!, SIGTERM)
         #expect(Ops.waitForExit(pair.routerA!, timeout: .seconds(10)) == 0)
