@@ -109,7 +109,6 @@ public struct Daemon: Sendable {
         var responderConfiguration = ProbeResponder.Configuration()
         responderConfiguration.replyMark = SteeringPlan.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
-        let bandwidthReceiver = try BandwidthReceiver(logger: logger)
         let probes = PathProbeSet()
         let failoverLogger = logger
         let controller = Controller(applier: steering, logger: logger) { records in
@@ -125,6 +124,13 @@ public struct Daemon: Sendable {
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(store: store, controller: controller, probes: probes,
                                   probeInterval: configuration.probeInterval, logger: logger)
+        // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
+        let bandwidthReceiver = try BandwidthReceiver(logger: logger) { interfaceIndex in
+            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+            guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
+            let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            Task { await runtime.trainArriving(through: interface) }
+        }
         let metrics = RouterMetrics()
 
         var services: [any Service] = [
@@ -199,6 +205,8 @@ struct ProbeService: Service {
 extension ProbeService {
     /// Bandwidth tests, one at a time: each path once it first comes up, then every path every 15 minutes.
     func measureBandwidth() async {
+        // Sites that start together would otherwise test at the same moment and measure each other.
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...2000)))
         var lastRound = ContinuousClock.now
         while !Task.isCancelled {
             if ContinuousClock.now - lastRound > .seconds(900) {
@@ -210,7 +218,8 @@ extension ProbeService {
                 continue
             }
             do {
-                if let estimate = try await probes.measureBandwidth(path: path) {
+                if let estimate = try await probes.measureBandwidth(path: path,
+                                                                    sharingUplink: await runtime.pathsSharingUplink(with: path)) {
                     logger.info("bandwidth measured", metadata: ["path": "\(path)", "mbps": "\(String(format: "%.1f", estimate.mbps))"])
                 }
             } catch {

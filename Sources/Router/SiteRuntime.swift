@@ -44,10 +44,6 @@ actor SiteRuntime {
         PathKey(site: path.remoteSite, localLabel: path.uplink.label, remoteLabel: path.remoteEndpoint.label)
     }
 
-    static func probeName(_ key: PathKey, siteName: String) -> String {
-        key.localLabel == key.remoteLabel ? "\(key.localLabel)->\(siteName)" : "\(key.localLabel)/\(key.remoteLabel)->\(siteName)"
-    }
-
     /// A new tunnel plan: every path it carries gets a slot, a row, a prober; paths that left lose theirs.
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async {
         let numbers = slots.update(plan.paths.map(Self.key(of:)))
@@ -58,7 +54,7 @@ actor SiteRuntime {
                 logger.error("no steering slot left for path \(key): at most 254 paths")
                 continue
             }
-            let name = Self.probeName(key, siteName: path.remoteName)
+            let name = key.name(siteName: path.remoteName)
             routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
                                         path: path)
         }
@@ -177,6 +173,19 @@ actor SiteRuntime {
             if paths[name] != nil { return name }
         }
         return nil
+    }
+
+    /// The other paths whose probes leave by the same local uplink as `name` (a bandwidth test on it loads them too).
+    func pathsSharingUplink(with name: String) -> [String] {
+        guard let label = paths[name]?.key.localLabel else { return [] }
+        return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
+    }
+
+    /// A remote site's bandwidth train is arriving through `interface`: excuse the probes of every path that
+    /// leaves by the same uplink for a moment (one train plus the queue draining).
+    func trainArriving(through interface: String) {
+        guard let label = paths.values.first(where: { $0.binding.interface == interface })?.key.localLabel else { return }
+        probes.excuse(paths.filter { $0.value.key.localLabel == label }.map(\.key), for: .milliseconds(500))
     }
 
     /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
