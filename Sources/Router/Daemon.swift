@@ -284,6 +284,9 @@ struct HousekeepingService: Service {
                                                     counters: counters, tunnels: tunnels))
             }
         }
+        // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers
+        // (ProbeService, started before this one) still hold them here.
+        await runtime.writeMetrics()
     }
 }
 

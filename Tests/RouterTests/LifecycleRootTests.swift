@@ -216,12 +216,21 @@ struct LifecycleRootTests {
         let wireguard = Ops.processes(named: "wireguard-go", inNamespace: pair.a.name)
         #expect(wireguard.count == 2, "one wireguard-go per uplink")
 
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        let signalledAt = formatter.string(from: Date())
         let signalled = ContinuousClock.now
         kill(pair.routerA!, SIGTERM)
         let status = Ops.waitForExit(pair.routerA!, timeout: .seconds(10))
         let stopMs = Ops.milliseconds(since: signalled)
         pair.routerA = nil
         print("ops: SIGTERM to exit \(String(format: "%.0f", stopMs)) ms")
+        // The last measurements were flushed on the way out (rows are otherwise written every 5 s).
+        let newest = ((Ops.status(database: pair.databaseA)?["paths"] as? [[String: Any]]) ?? [])
+            .compactMap { $0["measured_at"] as? String }.max() ?? ""
+        #expect(newest >= signalledAt, "newest metrics row \(newest), signal at \(signalledAt): \(pair.log(pair.logA).suffix(1500))")
         #expect(status == 0, "\(pair.log(pair.logA).suffix(1000))")
         #expect(stopMs < 2000, "stopped in \(stopMs) ms")
         let after = try KernelSnapshot.take(pair.a)
