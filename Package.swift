@@ -80,6 +80,6 @@ let package = Package(
         ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router"]),
-        .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
+        .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing", "Lab"]),
     ]
 )

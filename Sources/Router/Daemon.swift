@@ -4,6 +4,7 @@ import Mesh
 import Model
 import Probing
 import ServiceLifecycle
+import Steering
 import Store
 import WireGuard
 
@@ -49,9 +50,11 @@ public struct Daemon: Sendable {
             "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
         ])
 
-        let forwarding = try KernelSetting.enableIPv4Forwarding()
+        let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         let steering = try KernelSteering(logger: logger)
         let backend = try WireGuardBackendSelector.make(.auto)
+        await StaleTunnels.remove(prefix: configuration.interfaceName, uplinkCount: uplinks.count, backend: backend,
+                                  logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
                                           addresses: [TunnelAddress(overlay, prefixLength: 32)])
         do {
@@ -135,7 +138,9 @@ public struct Daemon: Sendable {
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
                          logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
-                                responder: responder, logger: logger),
+                                responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
+                                reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
+                                logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
@@ -225,18 +230,25 @@ extension ProbeService {
     }
 }
 
-/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s).
+/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s): paths,
+/// selections, drop counters, and (with the endpoint on) our nft counters and WireGuard transfer counters.
 struct HousekeepingService: Service {
     let controller: Controller
     let runtime: SiteRuntime
     let discovery: DiscoveryService
     let metrics: RouterMetrics
     let responder: ProbeResponder
+    let bandwidthReceiver: BandwidthReceiver
+    let steering: KernelSteering
+    let reconciler: TunnelReconciler
+    /// Only the metrics endpoint shows nft and WireGuard counters: without it, no dump every 5 s.
+    let readsKernelCounters: Bool
     let logger: Logger
 
     func run() async throws {
         try await untilShutdown {
             var ticks = 0
+            var countersFailed = false
             while true {
                 try await Task.sleep(for: .milliseconds(200))
                 do { try await controller.tick() } catch { logger.error("steering tick failed: \(error)") }
@@ -249,11 +261,32 @@ struct HousekeepingService: Service {
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
                 }
+                for (component, counts) in [("probe", responder.statistics.drops.counts),
+                                            ("bandwidth", bandwidthReceiver.statistics.drops.counts)] {
+                    for (reason, count) in counts { drops[.init(component: component, reason: reason.rawValue)] = count }
+                }
                 let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                var counters = SteeringCounters()
+                var tunnels: [String: InterfaceState] = [:]
+                if readsKernelCounters {
+                    do {
+                        counters = try await steering.counters()
+                        countersFailed = false
+                    } catch {
+                        // Once per outage, not every 5 s.
+                        if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
+                        countersFailed = true
+                    }
+                    tunnels = await reconciler.states()
+                }
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
-                                                    selections: await controller.currentSelections, siteNames: names))
+                                                    selections: await controller.currentSelections, siteNames: names,
+                                                    counters: counters, tunnels: tunnels))
             }
         }
+        // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers
+        // (ProbeService, started before this one) still hold them here.
+        await runtime.writeMetrics()
     }
 }
 
