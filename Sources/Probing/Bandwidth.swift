@@ -105,6 +105,9 @@ public final class BandwidthReceiver: @unchecked Sendable {
     public struct Configuration: Hashable, Sendable {
         public var port: UInt16 = 51823
         public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        /// SO_MARK for reports, as for the probe responder's replies: the daemon's pinned mark keeps its own
+        /// steering from moving a report off the tunnel its train came in on.
+        public var replyMark: UInt32?
         public init() {}
     }
 
@@ -129,7 +132,8 @@ public final class BandwidthReceiver: @unchecked Sendable {
         self.configuration = configuration
         self.onTrain = onTrain
         dropLog = DropLog(logger: logger, component: "bandwidth receiver")
-        socket = try DatagramSocket(port: configuration.port, packetInfo: true, receiveBuffer: 4 << 20)
+        socket = try DatagramSocket(port: configuration.port, mark: configuration.replyMark, packetInfo: true,
+                                    receiveBuffer: 4 << 20)
     }
 
     public var statistics: (reports: UInt64, drops: ProbeDrops) { lock.withLock { (reports, drops) } }

@@ -125,7 +125,9 @@ public struct Daemon: Sendable {
         let runtime = SiteRuntime(store: store, controller: controller, probes: probes,
                                   probeInterval: configuration.probeInterval, logger: logger)
         // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
-        let bandwidthReceiver = try BandwidthReceiver(logger: logger) { interfaceIndex in
+        var receiverConfiguration = BandwidthReceiver.Configuration()
+        receiverConfiguration.replyMark = SteeringPlan.pinnedMark
+        let bandwidthReceiver = try BandwidthReceiver(configuration: receiverConfiguration, logger: logger) { interfaceIndex in
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
             guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
             let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
