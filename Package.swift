@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "Store", dependencies: ["Model", .product(name: "GRDB", package: "GRDB.swift")]),
         // WireGuard: one protocol, kernel and userspace (wireguard-go + UAPI) backends.
         .target(name: "WireGuard", dependencies: [
-            "Model", "Netlink", .product(name: "Crypto", package: "swift-crypto"),
+            "Model", "Netlink", "CNetfilter", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Announcements, authentication, discovery, peers, paths and tunnels.
@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "Probing", dependencies: ["Model", .product(name: "Logging", package: "swift-log")]),
         // The daemon: services under one ServiceGroup, failover loop, status report.
         .target(name: "Router", dependencies: [
-            "Model", "Netlink", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
+            "CNetfilter", "Model", "Netlink", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -65,19 +65,21 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "patronus-router", dependencies: ["CLI"]),
+        // Steering benchmarks (re-steer latency vs the nft CLI, churn for crash tests); driven by bench/*.sh.
+        .executableTarget(name: "patronus-bench", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
 
         .testTarget(name: "ModelTests", dependencies: ["Model"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "CNetfilter"]),
         .testTarget(name: "SteeringTests", dependencies: ["Steering", "Netlink", "Model", "Lab"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
-        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model"]),
-        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model"]),
+        .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Netlink", "Lab"]),
+        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "ProbingTests", dependencies: [
             "Probing", "Model", "Lab", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Router"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router"]),
         .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing"]),
     ]
 )

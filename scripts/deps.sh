@@ -6,10 +6,11 @@
 #   sqlite3                  the user's query tool; a test runs the seed's queries with it
 #   nftables iproute2 wireguard-tools   `nft -j`, `ip -j`, `wg`: tests verify what we installed
 #   wireguard-go             the userspace WireGuard backend (no kernel module on these machines)
-#   iperf3 socat rsync sip-tester ethtool   real traffic and peers for lab, tests and bench
+#   iperf3 socat rsync sip-tester ethtool iputils-ping   real traffic and peers for lab, tests and bench
+#   curl systemd             a real HTTP client scrapes the metrics endpoint; systemd-analyze verifies the unit
 set -euo pipefail
 PACKAGES=(libnftnl-dev libmnl-dev libsqlite3-dev sqlite3 nftables iproute2 wireguard-tools wireguard-go
-          iperf3 socat rsync sip-tester ethtool)
+          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd)
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${PACKAGES[@]}"
     exit 0

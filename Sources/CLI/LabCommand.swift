@@ -38,7 +38,8 @@ public struct LabCommand: ParsableCommand {
         var sites = 3
         @Option(help: "Uplinks per site (1-6), labels isp-a, isp-b, ...")
         var uplinks = 2
-        @Flag(help: ArgumentHelp("Start `patronus-router run` in every site.", visibility: .hidden))
+        @Flag(inversion: .prefixedNo,
+              help: "Start `patronus-router run` in every site (--no-routers: the topology alone, static routes between the LANs).")
         var routers = LabController.routersByDefault
 
         func run() throws {

@@ -12,6 +12,13 @@ public struct PipeCounters: Codable, Equatable, Sendable {
     public var droppedQueue: UInt64 = 0
     /// Larger than a slot (should not happen with offloads off) or failed to send.
     public var droppedOther: UInt64 = 0
+    /// Dropped by the kernel before the emulator read them: its AF_PACKET receive buffer was full, i.e.
+    /// the emulator could not keep up (PACKET_STATISTICS). Not an impairment: a measurement artefact.
+    public var droppedKernel: UInt64 = 0
+
+    public var dropped: UInt64 { droppedLoss + droppedCut + droppedQueue + droppedOther + droppedKernel }
+
+    public init() {}
 }
 
 /// One direction of one emulated link: frames read from `rx` are held per `Impairment` and written to `tx`
@@ -36,6 +43,7 @@ final class FramePipe: @unchecked Sendable {
     private var requested = Impairment.none
     private var requestedGeneration: UInt64 = 0
     private var sharedCounters = PipeCounters()
+    private var kernelDrops: UInt64 = 0
     private var stopping = false
 
     // Owned by the pipe thread.
@@ -122,7 +130,15 @@ final class FramePipe: @unchecked Sendable {
     var statistics: PipeCounters {
         lock.lock()
         defer { lock.unlock() }
-        return sharedCounters
+        // Reading PACKET_STATISTICS resets the kernel's counters, so they are summed here, under the lock.
+        var kernel = tpacket_stats()
+        var length = socklen_t(MemoryLayout<tpacket_stats>.size)
+        if getsockopt(rx, Int32(SOL_PACKET), PACKET_STATISTICS, &kernel, &length) == 0 {
+            kernelDrops += UInt64(kernel.tp_drops)
+        }
+        var counters = sharedCounters
+        counters.droppedKernel = kernelDrops
+        return counters
     }
 
     private func poke() {
@@ -138,16 +154,16 @@ final class FramePipe: @unchecked Sendable {
         while synchronize() {
             transmitDue(now: Self.monotonicNanoseconds())
             publishCounters() // before sleeping, so status never lags behind an idle pipe
-            var timeout = timespec()
-            var timeoutPointer: UnsafeMutablePointer<timespec>? = nil
+            // Sleep until a frame arrives, a control change pokes us, or the head frame is due; with
+            // nothing held, sleep without a timeout.
+            let ready: Int32
             if count > 0 {
                 let now = Self.monotonicNanoseconds()
                 let wait = exitTimes[head] > now ? exitTimes[head] - now : 0
-                timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
-            }
-            let ready = withUnsafeMutablePointer(to: &timeout) { pointer in
-                if count > 0 { timeoutPointer = pointer }
-                return cnf_ppoll(&fds, 2, timeoutPointer)
+                var timeout = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
+                ready = cnf_ppoll(&fds, 2, &timeout)
+            } else {
+                ready = cnf_ppoll(&fds, 2, nil)
             }
             if ready < 0 {
                 if errno != EINTR { usleep(10_000) } // ENOMEM and the like: back off, never spin

@@ -54,7 +54,7 @@ public struct LabState: Codable, Equatable, Sendable {
 public struct LabController: Sendable {
     /// Whether `lab up` starts `patronus-router run` in each site. Off until the router daemon exists; the
     /// lead turns it on (or `lab up --routers` does) and `routerArguments` gives each site's command line.
-    public static let routersByDefault = false
+    public static let routersByDefault = true
 
     public var instance: String
     public var stateRoot: String
@@ -113,8 +113,12 @@ public struct LabController: Sendable {
                 state.controlSocket = controlPath
             }
             if routers {
+                // One mesh key for the whole lab, in the state directory (0600, removed by `lab down`).
+                let meshKey = "\(directory)/mesh.key"
+                try Subprocess.check([executable, "mesh-key", "generate", "--output", meshKey])
                 for site in plan.sites {
-                    let argv = plan.routerArguments(site: site.name, executable: executable, stateDirectory: directory)
+                    let argv = plan.routerArguments(site: site.name, executable: executable, stateDirectory: directory,
+                                                    meshKey: meshKey)
                     let router = try startRouter(argv, in: topology.router(site.name), log: "\(directory)/\(site.name).log")
                     started.append(router)
                     state.routers[site.name] = RecordedProcess(pid: router.pid, role: "router \(site.name)")
@@ -146,8 +150,7 @@ public struct LabController: Sendable {
         while ContinuousClock.now < deadline {
             if (try? client.status()) != nil { return process }
             if let status = Subprocess.exitStatusIfExited(pid) {
-                let log = (try? String(contentsOfFile: "\(stateDirectory)/wan-emulator.log", encoding: .utf8)) ?? ""
-                let last = log.split(separator: "\n").last.map(String.init) ?? ""
+                let last = Self.lastLine(of: "\(stateDirectory)/wan-emulator.log")
                 throw LabError.emulator("the emulator daemon exited with status \(status): \(last)")
             }
             usleep(20_000)
@@ -166,9 +169,15 @@ public struct LabController: Sendable {
         let pid = process.pid
         usleep(200_000)
         if let status = Subprocess.exitStatusIfExited(pid) {
-            throw LabError.commandFailed(argv: argv, status: status, stderr: "see \(log)")
+            // The log goes with the rollback: quote its last line.
+            throw LabError.commandFailed(argv: argv, status: status, stderr: Self.lastLine(of: log))
         }
         return process
+    }
+
+    static func lastLine(of path: String) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").last.map(String.init) ?? ""
     }
 
     // MARK: down
@@ -305,8 +314,7 @@ public struct LabController: Sendable {
         let status = (try? control(for: state).status()) ?? []
         if status.isEmpty { lines.append("(the emulator did not answer)") }
         for link in status {
-            let dropped = [link.inboundCounters, link.outboundCounters]
-                .map { $0.droppedLoss + $0.droppedCut + $0.droppedQueue + $0.droppedOther }
+            let dropped = [link.inboundCounters.dropped, link.outboundCounters.dropped]
             lines.append("\(pad(link.id.description, 15)) \(pad(link.inbound.description, 32)) \(pad(link.outbound.description, 32)) \(dropped[0])/\(dropped[1])")
         }
         lines.append("")

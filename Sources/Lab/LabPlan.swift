@@ -111,13 +111,28 @@ public struct LabPlan: Codable, Equatable, Sendable {
         return match
     }
 
+    /// The WireGuard interface prefix of a site's router: `wg-hq` in the default lab, and one carrying a
+    /// short tag of the instance otherwise (`w3f9ahq`), because wireguard-go's UAPI sockets in
+    /// /var/run/wireguard are shared by every namespace: two labs at once must not share names.
+    public func tunnelPrefix(site name: String) -> String {
+        guard instance != "lab" else { return "wg-\(name)" }
+        var hash: UInt32 = 2_166_136_261
+        for byte in instance.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        let tag = String(hash & 0xffff, radix: 16)
+        return "w" + String(repeating: "0", count: 4 - tag.count) + tag + String(name.prefix(8))
+    }
+
     /// The command line that runs the real router for `site` inside its namespace (the hook `lab up`
-    /// uses once `patronus-router run` exists).
-    public func routerArguments(site name: String, executable: String, stateDirectory: String) -> [String] {
+    /// uses once `patronus-router run` works). Its WireGuard interfaces are named after the site
+    /// (`wg-hq`...), because wireguard-go's UAPI sockets in /var/run/wireguard are shared by all namespaces.
+    public func routerArguments(site name: String, executable: String, stateDirectory: String,
+                                meshKey: String? = nil) -> [String] {
         guard let site = site(named: name) else { return [] }
-        var argv = [executable, "run", "--site-name", site.name, "--database", "\(stateDirectory)/\(site.name).db"]
+        var argv = [executable, "run", "--site-name", site.name, "--database", "\(stateDirectory)/\(site.name).db",
+                    "--interface", tunnelPrefix(site: site.name)]
         for uplink in uplinks(of: site.name) { argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)"] }
         argv += ["--lan", site.lanPrefix]
+        if let meshKey { argv += ["--mesh-key", meshKey] }
         return argv
     }
 }

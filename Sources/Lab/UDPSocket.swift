@@ -1,3 +1,4 @@
+import CNetfilter // SOCK_DGRAM etc. come through the shim once it includes libmnl (module ownership of bits/socket_type.h)
 import Glibc
 
 /// A minimal IPv4 UDP socket for tests and measurements inside lab namespaces (open it with

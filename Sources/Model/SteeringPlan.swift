@@ -26,6 +26,10 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     public static let tableBase: UInt32 = 6200
     /// The ip-rule priority of the per-path `fwmark -> table` rules (inside our band 6200-6299).
     public static let rulePriority: UInt32 = 6210
+    /// A packet carrying any value under `markMask` when it reaches our chains is already pinned to a path by
+    /// its sender (SO_MARK) and is not steered again. This value (slot 255) has no ip rule: the main table and
+    /// the socket's outgoing interface decide. The probe responder replies with it.
+    public static let pinnedMark: UInt32 = 0x00ff_0000
     /// Class id that marks a flow no policy matched: classified once, never steered.
     public static let unclassifiedID: UInt8 = 255
 
@@ -157,7 +161,10 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     }
 
     /// What is wrong with the plan, if anything, in words that name the fix. Steering refuses invalid plans.
-    public func problems() -> [String] {
+    public func problems() -> [String] { structureProblems() + choiceProblems() }
+
+    /// Problems of classes, paths and destinations (checked when they change). O(n log n) in prefixes.
+    public func structureProblems() -> [String] {
         var out: [String] = []
         var ids = Set<UInt8>(), names = Set<String>()
         for c in classes {
@@ -178,10 +185,24 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
             if !siteNames.insert(d.name).inserted { out.append("destination name \(d.name) is used twice") }
             if !Policy.isValidName(d.name) { out.append("destination name '\(d.name)' is not a valid name") }
         }
-        let all = destinations.flatMap { d in d.prefixes.map { (d.name, $0) } }
-        for i in all.indices { for j in all.indices where j > i && all[i].1.overlaps(all[j].1) {
-            out.append("remote prefixes \(all[i].1) (\(all[i].0)) and \(all[j].1) (\(all[j].0)) overlap")
-        } }
+        // Sorted by start, a prefix can only overlap a neighbour that starts before it ends.
+        let all = destinations.flatMap { d in d.prefixes.map { (d.name, $0) } }.sorted { $0.1 < $1.1 }
+        var widest: (String, IPv4Prefix)?
+        for item in all {
+            if let w = widest, w.1.overlaps(item.1) {
+                out.append("remote prefixes \(w.1) (\(w.0)) and \(item.1) (\(item.0)) overlap")
+            }
+            if widest == nil || item.1.last > widest!.1.last { widest = item }
+        }
+        return out
+    }
+
+    /// Problems of the choices (checked on every apply). O(choices + paths).
+    public func choiceProblems() -> [String] {
+        var out: [String] = []
+        let ids = Set(classes.map(\.id))
+        let sites = Set(destinations.map(\.site))
+        let pathSite = Dictionary(paths.map { ($0.slot, $0.site) }, uniquingKeysWith: { a, _ in a })
         var seen = Set<String>()
         for choice in choices {
             if !ids.contains(choice.classID) { out.append("choice names unknown class \(choice.classID)") }
@@ -193,11 +214,11 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
                 out.append("class \(choice.classID) to site \(choice.site): bucket count \(b.count) is not in 1...1024")
             }
             for slot in choice.target.slots {
-                guard let path = paths.first(where: { $0.slot == slot }) else {
+                guard let site = pathSite[slot] else {
                     out.append("class \(choice.classID) to site \(choice.site): unknown path slot \(slot)")
                     continue
                 }
-                if path.site != choice.site { out.append("class \(choice.classID): path \(slot) does not lead to site \(choice.site)") }
+                if site != choice.site { out.append("class \(choice.classID): path \(slot) does not lead to site \(choice.site)") }
             }
         }
         return out

@@ -57,6 +57,10 @@ public struct PathMonitor: Sendable {
     public private(set) var rtt: RTTEstimator
     public private(set) var loss: LossWindow
     public private(set) var health: PathHealth
+    /// Probes sent before this instant while our own bandwidth test loads the path: if they go unanswered
+    /// they are neither losses nor misses, and their RTTs (queued behind the test's trains) are not samples.
+    /// A link we saturate on purpose says nothing about its health.
+    public private(set) var excusedUntil: MonotonicInstant?
     private var ledger = ProbeLedger()
 
     public init(configuration: ProbeConfiguration = ProbeConfiguration(), session: UInt32,
@@ -106,10 +110,21 @@ public struct PathMonitor: Sendable {
         }
     }
 
+    /// Excuses the probes sent from now until `until` (see ``excusedUntil``). Extends, never shortens.
+    public mutating func excuse(until: MonotonicInstant) {
+        excusedUntil = max(excusedUntil ?? until, until)
+    }
+
+    private func isExcused(sentAt: MonotonicInstant) -> Bool {
+        guard let excusedUntil else { return false }
+        return sentAt < excusedUntil
+    }
+
     /// Expires probes whose deadline passed and re-evaluates the status. Call at ``nextWakeup``.
     public mutating func advance(to now: MonotonicInstant) -> [PathStatusChange] {
         var changes: [PathStatusChange] = []
         for expiry in ledger.expire(at: now) {
+            if isExcused(sentAt: expiry.sentAt) { continue }
             for _ in 0..<expiry.lostCopies { loss.record(lost: true) }
             if expiry.missed {
                 missRun.append(expiry.sentAt)
@@ -138,16 +153,22 @@ public struct PathMonitor: Sendable {
             return nil
         case .late(let sample, let sentAt):
             counters.repliesLate += 1
-            rtt.add(sample.milliseconds)
-            // The path carried this probe (slowly: a stalled queue or host, not a dead path), so the probes
-            // missed before it do not count towards down any more. It stays lost for the loss figure.
+            // Too late for the miss count (that is what makes failover fast), but delivered: not a loss, and
+            // the path carried this probe (slowly: a stalled queue or host, not a dead path), so the probes
+            // missed before it no longer count towards down.
+            if !isExcused(sentAt: sentAt) {
+                rtt.add(sample.milliseconds)
+                loss.reviseLatestLoss()
+            }
             missRun.removeAll { $0 <= sentAt }
             consecutiveMisses = missRun.count
             return evaluate(at: now, answered: false)
         case .onTime(let sample, let first):
             counters.repliesOnTime += 1
-            rtt.add(sample.milliseconds)
-            loss.record(lost: false)
+            if !isExcused(sentAt: now + (.zero - sample)) {
+                rtt.add(sample.milliseconds)
+                loss.record(lost: false)
+            }
             lastReplyAt = now
             if first {
                 missRun.removeAll()

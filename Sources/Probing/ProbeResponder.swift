@@ -18,6 +18,9 @@ public final class ProbeResponder: @unchecked Sendable {
         /// The receive thread's nice value when the kernel allows it (nil: inherit): a busy CPU should not
         /// delay replies into misses on the probing side. Under a flood it still only gets its fair share.
         public var niceness: Int32? = -10
+        /// SO_MARK for replies. The daemon sets the steering layer's "pinned" mark, so its own nft chain leaves
+        /// the reply alone and the incoming interface (IP_PKTINFO) decides, not the policy for the destination.
+        public var replyMark: UInt32?
 
         public init() {}
     }
@@ -41,7 +44,8 @@ public final class ProbeResponder: @unchecked Sendable {
                 logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
         self.configuration = configuration
         dropLog = DropLog(logger: logger, component: "probe responder")
-        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port, packetInfo: true)
+        socket = try DatagramSocket(bindTo: configuration.bindAddress, port: configuration.port,
+                                    mark: configuration.replyMark, packetInfo: true)
     }
 
     /// The bound port (useful when configured with port 0).

@@ -1,12 +1,16 @@
 import Foundation
 import Logging
+import Mesh
 import Model
+import Probing
 import ServiceLifecycle
 import Store
+import WireGuard
 
-/// The router daemon. This is the minimal foundation version: it refuses what it cannot do yet, takes the
-/// database lock, keeps the site identity and default policies, records the local site and prints the
-/// status report until SIGTERM/SIGINT. Mesh, probing and steering services join its ServiceGroup later.
+/// The router daemon: discovery and tunnels (Mesh), path probing (Probing), decisions (Routing, through the
+/// Controller) and the kernel datapath (Steering), with the database kept current, all as services of one
+/// ServiceGroup that stops on SIGTERM/SIGINT. Everything installed in the kernel is removed on the way out,
+/// also when start-up fails half-way.
 public struct Daemon: Sendable {
     public let configuration: RouterConfiguration
     let logger: Logger
@@ -16,60 +20,251 @@ public struct Daemon: Sendable {
         self.logger = logger
     }
 
-    /// Flags that parse and validate but that this build does not act on yet: refused, never ignored.
-    public static func unsupportedFlags(_ configuration: RouterConfiguration) -> [String] {
-        var flags: [String] = []
-        if !configuration.uplinks.isEmpty { flags.append("--uplink") }
-        if !configuration.lanPrefixes.isEmpty { flags.append("--lan") }
-        if configuration.meshKeyPath != nil { flags.append("--mesh-key") }
-        if configuration.insecureNoAuth { flags.append("--insecure-no-auth") }
-        if !configuration.peers.isEmpty { flags.append("--peer") }
-        if configuration.probeInterval != RouterConfiguration.defaultProbeInterval { flags.append("--probe-interval") }
-        if configuration.metricsListen != nil { flags.append("--metrics-listen") }
-        return flags
-    }
-
     /// Runs until a graceful-shutdown signal. Throws before starting anything when a precondition fails.
     public func run() async throws {
         try configuration.validate()
-        let unsupported = Self.unsupportedFlags(configuration)
-        guard unsupported.isEmpty else { throw DaemonError.notYetSupported(unsupported) }
         guard ProcessCapabilities.effectiveHasNetAdmin() else { throw DaemonError.missingCapability("CAP_NET_ADMIN") }
 
         let files = StoreFiles(database: configuration.databasePath)
         let lock = try DatabaseLock.acquire(for: files)
         defer { withExtendedLifetime(lock) {} }
         let store = try Store.open(path: files.database)
-        let site = try store.ensureLocalSite(name: configuration.siteName)
-        _ = try SecretFile.loadOrCreate(at: files.privateKey)
-        _ = try SecretFile.loadOrCreate(at: files.meshKey)
+        let siteID = try store.ensureLocalSite(name: configuration.siteName)
+        let privateKey = try Self.privateKey(at: files.privateKey)
+        let authentication = try meshAuthentication(files: files)
         if try store.loadDefaultPoliciesIfNew(Policy.defaults()) {
             logger.info("loaded the default policies into \(files.database)")
         }
-        logger.notice("site \(configuration.siteName) (\(site)) started; database \(files.database)")
-        logger.notice("this build keeps identity, policies and status only: tunnels, discovery and steering are not started")
 
-        let services: [any Service] = [
+        let inventory = try InterfaceInventory.read()
+        let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
+        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort)
+        let endpoints = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: inventory.primaryAddresses,
+                                                     settings: tunnelSettings)
+        let overlay = OverlayAddressing.choose(for: siteID, known: [:])
+        try store.updateLocalSite(overlayAddress: overlay, publicKey: privateKey.publicKey.base64,
+                                  lanPrefixes: configuration.lanPrefixes)
+        logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: [
+            "overlay": "\(overlay)", "uplinks": "\(uplinks.map(\.description))",
+            "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
+        ])
+
+        let forwarding = try KernelSetting.enableIPv4Forwarding()
+        let steering = try KernelSteering(logger: logger)
+        let backend = try WireGuardBackendSelector.make(.auto)
+        let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
+                                          addresses: [TunnelAddress(overlay, prefixLength: 32)])
+        do {
+            try await steering.pinUplinks(uplinks.enumerated().map {
+                UplinkPinning.Binding(slot: UInt8($0.offset + 1), interface: $0.element.interface)
+            })
+            try await serve(store: store, siteID: siteID, privateKey: privateKey, authentication: authentication,
+                            uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
+                            steering: steering, reconciler: reconciler)
+        } catch {
+            await tearDown(steering: steering, reconciler: reconciler, forwarding: forwarding)
+            throw error
+        }
+        await tearDown(steering: steering, reconciler: reconciler, forwarding: forwarding)
+        _ = try? store.ensureLocalSite(name: configuration.siteName)
+        logger.notice("stopped")
+    }
+
+    private func meshAuthentication(files: StoreFiles) throws -> MeshAuthentication {
+        if configuration.insecureNoAuth {
+            logger.warning("--insecure-no-auth: announcements are neither signed nor checked; anyone on the uplinks can join")
+            return .insecure
+        }
+        let path = configuration.meshKeyPath ?? files.meshKey
+        let (bytes, created) = try SecretFile.loadOrCreate(at: path)
+        guard let key = MeshKey(bytes: bytes) else { throw DaemonError.malformedKey(path) }
+        if created {
+            logger.notice("created the mesh key \(path): every other site needs a copy of this file (--mesh-key \(path))")
+        }
+        return .key(key)
+    }
+
+    /// The site's WireGuard private key, created once (0600) beside the database.
+    static func privateKey(at path: String) throws -> WireGuardPrivateKey {
+        let bytes = try SecretFile.loadOrCreate(at: path).bytes
+        guard let key = WireGuardPrivateKey(bytes: bytes) else { throw DaemonError.malformedKey(path) }
+        return key
+    }
+
+    private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
+                       uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
+                       steering: KernelSteering, reconciler: TunnelReconciler) async throws {
+        let local = SiteDescription(siteID: siteID, name: configuration.siteName, publicKey: privateKey.publicKey,
+                                    overlay: overlay, lanPrefixes: configuration.lanPrefixes, endpoints: endpoints)
+        let discovery = try DiscoveryService(
+            local: local,
+            settings: DiscoverySettings(uplinks: uplinks.map(\.interface), peers: configuration.peers,
+                                        group: configuration.multicastGroup),
+            authentication: authentication, logger: logger)
+        let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
+                                  settings: tunnelSettings, logger: logger)
+        var responderConfiguration = ProbeResponder.Configuration()
+        responderConfiguration.replyMark = SteeringPlan.pinnedMark
+        let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
+        let probes = PathProbeSet()
+        let failoverLogger = logger
+        let controller = Controller(applier: steering, logger: logger) { records in
+            do {
+                try store.recordFailovers(records.map {
+                    (FailoverEvent(policy: $0.policy, destination: $0.site, fromPath: nil, toPath: nil, reason: $0.reason,
+                                   detectionMs: $0.detectionMs, switchMs: $0.switchMs), $0.from, $0.to)
+                })
+            } catch {
+                failoverLogger.error("recording failover events: \(error)")
+            }
+        }
+        try await controller.setPolicies(try store.policies().map(\.policy))
+        let runtime = SiteRuntime(store: store, controller: controller, probes: probes,
+                                  probeInterval: configuration.probeInterval, logger: logger)
+        // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
+        let bandwidthReceiver = try BandwidthReceiver(logger: logger) { interfaceIndex in
+            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+            guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
+            let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            Task { await runtime.trainArriving(through: interface) }
+        }
+        let metrics = RouterMetrics()
+
+        var services: [any Service] = [
+            MeshService(driver: driver, discovery: discovery, runtime: runtime),
+            ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
+                         logger: logger),
+            HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
+                                responder: responder, logger: logger),
+            PolicyWatcher(store: store, controller: controller, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
-            PolicyWatcher(store: store, logger: logger),
         ]
+        if let listen = configuration.metricsListen {
+            services.append(MetricsEndpoint(host: "\(listen.address)", port: Int(listen.port), registry: metrics.registry,
+                                            logger: logger))
+        }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
+        SystemdNotify.send("READY=1")
         try await group.run()
-        try store.ensureLocalSite(name: configuration.siteName)
-        logger.notice("stopped")
+        SystemdNotify.send("STOPPING=1")
+    }
+
+    private func tearDown(steering: KernelSteering, reconciler: TunnelReconciler, forwarding: KernelSetting?) async {
+        await steering.removeAll()
+        await reconciler.removeAll()
+        forwarding?.restore()
+    }
+}
+
+/// Discovery and tunnels: the TunnelDriver runs discovery and keeps the tunnels in step; every plan and
+/// site event goes to the runtime.
+struct MeshService: Service {
+    let driver: TunnelDriver
+    let discovery: DiscoveryService
+    let runtime: SiteRuntime
+
+    func run() async throws {
+        try await untilShutdown {
+            try await driver.run(
+                onEvent: { event in await runtime.siteEvent(event) },
+                onPlan: { plan, _ in await runtime.planned(plan, sites: discovery.sites) })
+        }
+    }
+}
+
+/// The probe responder, the bandwidth receiver and every path prober; path events go to the runtime.
+struct ProbeService: Service {
+    let probes: PathProbeSet
+    let responder: ProbeResponder
+    let bandwidthReceiver: BandwidthReceiver
+    let runtime: SiteRuntime
+    let logger: Logger
+
+    func run() async throws {
+        try await untilShutdown {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await responder.run() }
+                group.addTask { await bandwidthReceiver.run() }
+                group.addTask { await probes.run() }
+                group.addTask {
+                    for await event in probes.events { await runtime.pathEvent(event) }
+                }
+                group.addTask { await measureBandwidth() }
+            }
+        }
+    }
+}
+
+extension ProbeService {
+    /// Bandwidth tests, one at a time: each path once it first comes up, then every path every 15 minutes.
+    func measureBandwidth() async {
+        // Sites that start together would otherwise test at the same moment and measure each other.
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...2000)))
+        var lastRound = ContinuousClock.now
+        while !Task.isCancelled {
+            if ContinuousClock.now - lastRound > .seconds(900) {
+                await runtime.remeasureBandwidth()
+                lastRound = .now
+            }
+            guard let path = await runtime.nextBandwidthTest() else {
+                try? await Task.sleep(for: .milliseconds(500))
+                continue
+            }
+            do {
+                if let estimate = try await probes.measureBandwidth(path: path,
+                                                                    sharingUplink: await runtime.pathsSharingUplink(with: path)) {
+                    logger.info("bandwidth measured", metadata: ["path": "\(path)", "mbps": "\(String(format: "%.1f", estimate.mbps))"])
+                }
+            } catch {
+                logger.notice("bandwidth test on \(path) failed: \(error)")
+            }
+            try? await Task.sleep(for: .milliseconds(300))
+        }
+    }
+}
+
+/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s).
+struct HousekeepingService: Service {
+    let controller: Controller
+    let runtime: SiteRuntime
+    let discovery: DiscoveryService
+    let metrics: RouterMetrics
+    let responder: ProbeResponder
+    let logger: Logger
+
+    func run() async throws {
+        try await untilShutdown {
+            var ticks = 0
+            while true {
+                try await Task.sleep(for: .milliseconds(200))
+                do { try await controller.tick() } catch { logger.error("steering tick failed: \(error)") }
+                ticks += 1
+                guard ticks % 25 == 0 else { continue }
+                await runtime.writeMetrics()
+                let sites = discovery.sites
+                await runtime.touchSites(sites)
+                var drops: [RouterSample.DropKey: UInt64] = [:]
+                for (reason, count) in discovery.statistics.drops {
+                    drops[.init(component: "discovery", reason: "\(reason)")] = count
+                }
+                let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
+                                                    selections: await controller.currentSelections, siteNames: names))
+            }
+        }
     }
 }
 
 public enum DaemonError: Error, Equatable, CustomStringConvertible {
-    case notYetSupported([String])
     case missingCapability(String)
+    case malformedKey(String)
 
     public var description: String {
         switch self {
-        case .notYetSupported(let flags):
-            "\(flags.joined(separator: ", ")) \(flags.count == 1 ? "is" : "are") not yet supported by this build of `run`"
+        case .malformedKey(let path):
+            "\(path) does not hold a 32-byte key in base64: restore it from a backup, or move it away to create a new one"
         case .missingCapability(let name):
             "\(name) is missing: run as root (sudo) or grant it (setcap cap_net_admin+ep or AmbientCapabilities=CAP_NET_ADMIN)"
         }
@@ -141,6 +336,7 @@ struct MetricsPruner: Service {
 /// Notices policy edits made by other processes (`patronus-router policy`, sqlite3) within 0.5 s.
 struct PolicyWatcher: Service {
     let store: Store
+    let controller: Controller
     let logger: Logger
 
     func run() async throws {
@@ -154,6 +350,7 @@ struct PolicyWatcher: Service {
                 do {
                     let policies = try store.policies()
                     logger.notice("policies changed: \(policies.filter(\.policy.enabled).count) enabled of \(policies.count)")
+                    try await controller.setPolicies(policies.map(\.policy))
                 } catch {
                     logger.error("policies changed but cannot be read, keeping the previous ones: \(error)")
                 }

@@ -1,3 +1,4 @@
+import CNetfilter
 #if canImport(Glibc)
 import Glibc
 #endif

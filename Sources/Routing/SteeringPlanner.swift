@@ -82,8 +82,10 @@ public enum SteeringPlanner {
             SteeringPlan.SteeringPath(slot: $0.slot, interface: $0.interface, site: $0.key.site, key: $0.key)
         }
         let reachable = Set(paths.map(\.key.site))
+        var usedNames = Set<String>()
         let destinations = sites.filter { reachable.contains($0.id) }.sorted { $0.id < $1.id }.map {
-            SteeringPlan.Destination(site: $0.id, name: $0.name, prefixes: $0.prefixes.sorted())
+            SteeringPlan.Destination(site: $0.id, name: ruleName(for: $0, avoiding: &usedNames),
+                                     prefixes: $0.prefixes.sorted())
         }
         var choices: [SteeringPlan.Choice] = []
         for site in destinations {
@@ -103,5 +105,20 @@ public enum SteeringPlanner {
             }
         }
         return SteeringPlan(classes: classes, paths: steeringPaths, destinations: destinations, choices: choices)
+    }
+
+    /// Site names may hold characters and lengths nft object names cannot ("branch.east", 63 characters):
+    /// the ruleset uses a name derived from it that is valid, readable and unique within the plan.
+    static func ruleName(for site: RemoteSite, avoiding used: inout Set<String>) -> String {
+        var base = String(site.name.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") ? $0 : "_" })
+        if !(base.first?.isLetter ?? false) { base = "s" + base }
+        base = String(base.prefix(24))
+        var name = base
+        var counter = 2
+        while !used.insert(name).inserted {
+            name = "\(base)_\(counter)"
+            counter += 1
+        }
+        return name
     }
 }

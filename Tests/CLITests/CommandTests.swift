@@ -1,4 +1,5 @@
 import Foundation
+import Lab
 import Testing
 import Model
 import Store
@@ -152,28 +153,34 @@ struct DaemonRootTests {
         }
     }
 
-    @Test func unsupportedFlagsAreRefusedNotIgnored() throws {
-        try withTemporaryDirectory { dir in
-            let result = try run(["run", "--site-name", "hq", "--database", dir + "/hq.db", "--peer", "192.0.2.1:51821"])
-            #expect(result.status == 1)
-            #expect(result.stderr == "error: --peer is not yet supported by this build of `run`\n")
-            #expect(!FileManager.default.fileExists(atPath: dir + "/hq.db"))
-        }
-    }
-
+    /// The daemon runs in its own namespace with one uplink (a veth with an address), so nothing it installs
+    /// touches this machine; after SIGTERM the namespace holds nothing of ours.
     @Test func runsLocksReportsAndStopsOnSIGTERMKeepingItsIdentity() throws {
+        let ns = try NetworkNamespace.create(label: "cli")
+        defer { ns.delete() }
+        try ns.ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p")
+        try ns.addAddress("192.0.2.1/24", to: "up0")
+        try ns.setUp("up0")
+        try ns.setUp("up0p")
+        let tunnel = "wgc\(getpid() % 100_000)"
         try withTemporaryDirectory { dir in
             let database = dir + "/hq.db"
             let files = StoreFiles(database: database)
-            let daemon = try RunningProgram(Binary.path, ["run", "--site-name", "hq", "--database", database])
+            let argv = ["netns", "exec", ns.name, Binary.path, "run", "--site-name", "hq", "--database", database,
+                        "--interface", tunnel]
+            let daemon = try RunningProgram("/usr/sbin/ip", argv)
             var started = false
             for _ in 0..<100 where !started {
                 usleep(100_000)
-                started = (try? Store.openReadOnly(path: database).localSite()) != nil
+                started = (try? Store.openReadOnly(path: database).localSite()?.overlayAddress) != nil
             }
             #expect(started)
+            usleep(500_000)
+            let table = try ns.run(["nft", "list", "table", "inet", "patronus"])
+            #expect(table.status == 0, "the steering table is installed")
+            #expect(try ns.links().keys.contains(tunnel + "0"), "the uplink's tunnel interface exists")
 
-            let second = try run(["run", "--site-name", "hq", "--database", database])
+            let second = try RunningProgram("/usr/sbin/ip", argv).wait(timeout: 10)
             #expect(second.status == 1 && second.stderrLines.count == 1, "\(second.stderr)")
             #expect(second.stderr.contains("in use by another patronus-router"))
 
@@ -188,6 +195,10 @@ struct DaemonRootTests {
             let result = daemon.wait(timeout: 10)
             #expect(result.status == 0, "\(result.stderr)")
             #expect(result.stdout.contains("Network Status Report"))
+            #expect(try ns.run(["nft", "list", "table", "inet", "patronus"]).status != 0, "the table is gone")
+            #expect(!(try ns.links().keys.contains(tunnel + "0")), "the tunnel is gone")
+            #expect(try ns.check(["ip", "rule"]).components(separatedBy: "\n").filter { $0.hasPrefix("62") }.isEmpty)
+            #expect(try ns.check(["cat", "/proc/sys/net/ipv4/ip_forward"]).hasPrefix("0"), "forwarding restored")
 
             let id = try Store.openReadOnly(path: database).localSite()?.id
             let key = fileBytes(files.privateKey)
@@ -197,7 +208,7 @@ struct DaemonRootTests {
                 #expect(stat(file, &info) == 0 && info.st_mode & 0o777 == 0o600, "\(file)")
             }
             // A restart keeps the site id and both keys.
-            let restart = try RunningProgram(Binary.path, ["run", "--site-name", "hq", "--database", database])
+            let restart = try RunningProgram("/usr/sbin/ip", argv)
             usleep(1_500_000)
             restart.signal(SIGINT)
             #expect(restart.wait(timeout: 10).status == 0)

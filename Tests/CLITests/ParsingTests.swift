@@ -52,9 +52,6 @@ import Router
         #expect(configuration.probeInterval == .milliseconds(100))
         #expect(configuration.metricsListen?.description == "127.0.0.1:9477")
         #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
-        #expect(Daemon.unsupportedFlags(configuration) == ["--uplink", "--lan", "--mesh-key", "--peer", "--probe-interval",
-                                                          "--metrics-listen"])
-        #expect(Daemon.unsupportedFlags(RouterConfiguration(siteName: "hq")).isEmpty)
     }
 
     @Test func everyBadFlagIsOneClearLine() throws {

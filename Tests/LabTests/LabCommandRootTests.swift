@@ -140,6 +140,39 @@ import Testing
         #expect(down.succeeded && traces().isEmpty, "down: \(down)")
     }
 
+    @Test(.enabled(if: canRun)) func routerHookStartsOneRouterPerSiteInsideItsNamespaceRoot() throws {
+        defer { try? FileManager.default.removeItem(atPath: stateRoot) }
+        // A stand-in for `patronus-router`: `run` sleeps, `mesh-key` writes a file, `lab` is the real one.
+        let script = "\(stateRoot)-router.sh"
+        defer { unlink(script) }
+        let text = """
+            #!/bin/sh
+            case "$1" in
+              run) exec sleep 600 ;;
+              mesh-key) echo key > "$4" ;;
+              *) exec \(Self.binary!) "$@" ;;
+            esac
+            """
+        #expect(FileManager.default.createFile(atPath: script, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755]))
+        let controller = LabController(instance: instance, stateRoot: stateRoot, executable: script)
+        let state = try controller.up(sites: 2, uplinks: 1, routers: true, emulation: .external)
+        #expect(state.routers.keys.sorted() == ["east", "hq"])
+        for (site, router) in state.routers {
+            #expect(router.isAlive)
+            var inside = stat(), expected = stat()
+            stat("/proc/\(router.pid)/ns/net", &inside)
+            stat("/run/netns/\(state.plan.routerNamespace(site))", &expected)
+            #expect(inside.st_ino == expected.st_ino, "router \(site) runs in its namespace")
+            let cmdline = String(decoding: FileManager.default.contents(atPath: "/proc/\(router.pid)/cmdline") ?? Data(), as: UTF8.self)
+            #expect(cmdline.contains("sleep"))
+        }
+        #expect(FileManager.default.fileExists(atPath: "\(controller.stateDirectory)/mesh.key"))
+        let removal = try controller.down()
+        #expect(removal.processes.count == 3, "two routers and the emulator: \(removal.processes)")
+        #expect(state.routers.values.allSatisfy { !$0.isAlive })
+        #expect(traces().isEmpty)
+    }
+
     @Test(.enabled(if: canRun)) func notRootIsRefusedRoot() throws {
         let result = try Subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Self.binary!,
                                          "lab", "up", "--instance", instance, "--state-root", stateRoot])

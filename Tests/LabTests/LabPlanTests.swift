@@ -46,9 +46,10 @@ import Testing
 
     @Test func routerCommandLineIsTheRealRunCommand() throws {
         let plan = try LabPlan.make(instance: "lab")
-        #expect(plan.routerArguments(site: "hq", executable: "/usr/bin/patronus-router", stateDirectory: "/run/x") == [
-            "/usr/bin/patronus-router", "run", "--site-name", "hq", "--database", "/run/x/hq.db",
-            "--uplink", "wan-a=isp-a", "--uplink", "wan-b=isp-b", "--lan", "10.10.1.0/24",
+        #expect(plan.routerArguments(site: "hq", executable: "/usr/bin/patronus-router", stateDirectory: "/run/x",
+                                     meshKey: "/run/x/mesh.key") == [
+            "/usr/bin/patronus-router", "run", "--site-name", "hq", "--database", "/run/x/hq.db", "--interface", "wg-hq",
+            "--uplink", "wan-a=isp-a", "--uplink", "wan-b=isp-b", "--lan", "10.10.1.0/24", "--mesh-key", "/run/x/mesh.key",
         ])
     }
 }
@@ -84,6 +85,16 @@ import Testing
         #expect(NetemControl.netemArguments(Impairment(delayMs: 30, jitterMs: 10, lossPercent: 5, rateMbit: 20)) ==
                 ["netem", "limit", "100000", "delay", "30.0ms", "10.0ms", "distribution", "normal", "loss", "5.0%", "rate", "20000kbit"])
         #expect(NetemControl.netemArguments(Impairment(cut: true)) == ["netem", "limit", "100000", "loss", "100.0%"])
+    }
+
+    @Test func trimmedSpreadIgnoresAFewHiccups() {
+        var random = SplitMix64(seed: 5)
+        var values = (0..<1000).map { _ in 60 + 14 * random.nextNormal() }
+        let clean = Statistics.trimmedStandardDeviation(values)
+        #expect(abs(clean - Statistics.standardDeviation(values)) < 0.01, "nothing trimmed from normal data")
+        values += [400, 500, 900]
+        #expect(abs(Statistics.trimmedStandardDeviation(values) - clean) < 0.2)
+        #expect(Statistics.standardDeviation(values) > 30)
     }
 
     @Test func generatorDrawsHaveTheRightMoments() {

@@ -303,7 +303,7 @@ struct SimulatedPath {
 
     @Test func recoveringWithBadQualityGoesToDegraded() {
         var health = PathHealth()
-        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 60)
+        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 120)
         _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: lossy, lastReplyAt: nil)
         let change = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: lossy,
                                      lastReplyAt: nil)
@@ -357,5 +357,65 @@ struct SimulatedPath {
             #expect(change == PathStatusChange(from: start, to: .down, reason: .consecutiveMisses(3),
                                                at: t0 + .seconds(2), lastReplyAt: t0))
         }
+    }
+}
+
+@Suite struct BandwidthTestExcuseTests {
+    let rtt20: (ProbePacket, MonotonicInstant) -> [Duration] = { _, _ in [.milliseconds(20)] }
+
+    /// Our own bandwidth test fills the uplink's queue: probes sent meanwhile come back very late or not at
+    /// all. Excused, they neither take the path down nor count as loss or RTT samples.
+    @Test func probesDuringOurOwnBandwidthTestAreExcused() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        let start = path.now
+        path.monitor.excuse(until: start + .milliseconds(1000))  // the test, then the queue draining
+        // 600 ms of silence (a full queue), then replies 200 ms late for the rest of the window.
+        path.run(for: .milliseconds(800)) { _, sent in sent < start + .milliseconds(600) ? [] : [.milliseconds(200)] }
+        path.run(for: .seconds(2), network: rtt20)
+        #expect(path.downs.isEmpty)
+        #expect(path.changes.filter { $0.to == .degraded }.isEmpty)
+        let metrics = path.monitor.metrics()
+        #expect(metrics.lossPct == 0)
+        #expect(metrics.latencyMs == 20)
+    }
+
+    /// The excuse ends: a real cut right after is detected as usual.
+    @Test func aCutAfterTheExcuseIsStillDetected() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.monitor.excuse(until: path.now + .milliseconds(300))
+        path.run(for: .milliseconds(300), network: rtt20)
+        let cut = path.now
+        path.run(for: .seconds(1)) { _, _ in [] }
+        #expect(path.downs.count == 1)
+        #expect(path.downs[0].at - cut <= .milliseconds(180))
+    }
+}
+
+@Suite struct LateRepliesAreNotLossTests {
+    @Test func reviseTurnsTheLatestLossIntoADelivery() {
+        var window = LossWindow(capacity: 4)
+        for lost in [true, false, true, false] { window.record(lost: lost) }
+        #expect(window.percent == 50)
+        window.reviseLatestLoss()
+        #expect(window.percent == 25)
+        window.reviseLatestLoss()
+        window.reviseLatestLoss()
+        #expect(window.percent == 0)
+        window.record(lost: false)  // the ring wrapped: still consistent
+        #expect(window.lost == 0 && window.count == 4)
+    }
+
+    /// Replies 60 ms late on a 20 ms path (a queue behind a burst): misses for the down detector, but after
+    /// the replies arrive the loss estimate shows delay, not loss.
+    @Test func lateRepliesCountAsDelayNotLoss() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(3)) { _, _ in [.milliseconds(20)] }
+        let start = path.now
+        path.run(for: .milliseconds(120)) { _, sent in sent >= start ? [.milliseconds(90)] : [.milliseconds(20)] }
+        path.run(for: .seconds(1)) { _, _ in [.milliseconds(20)] }
+        #expect(path.monitor.counters.repliesLate >= 2)
+        #expect(path.monitor.metrics().lossPct == 0)
     }
 }

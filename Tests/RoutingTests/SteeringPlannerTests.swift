@@ -48,3 +48,16 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
         ])
     }
 }
+
+@Suite struct RuleNameTests {
+    @Test func siteNamesBecomeValidUniqueRuleNames() {
+        var used = Set<String>()
+        let names = ["branch.east", "1st-site", "branch_east", String(repeating: "x", count: 63)].map {
+            SteeringPlanner.ruleName(for: RemoteSite(id: SiteID(), name: $0, prefixes: []), avoiding: &used)
+        }
+        #expect(names[0] == "branch_east")
+        #expect(names[1] == "s1st-site")
+        #expect(names[2] == "branch_east_2")
+        #expect(names.allSatisfy { Policy.isValidName($0) })
+    }
+}

@@ -1,1 +1,0 @@
-// The Mesh layer: see README.md "Code layout".

@@ -1,0 +1,116 @@
+import Foundation
+import Model
+import WireGuard
+
+/// What changed in the set of known sites.
+public enum MeshEvent: Hashable, Sendable {
+    /// A site was heard for the first time, or again after it had expired.
+    case siteAppeared(Announcement)
+    /// An active site announced a different description (endpoints, prefixes, key after expiry, ...).
+    case siteChanged(old: Announcement, new: Announcement)
+    /// Nothing was heard from the site for the expiry time; its tunnels and paths should go.
+    case siteExpired(Announcement)
+}
+
+/// The sites this site knows, as a pure state machine: decoded announcements and the clock go in, events
+/// come out. It owns the stateful checks: from ourselves, timestamp window, replay (counter), identity
+/// conflicts and the size bound. No I/O; every input is a value, so it is tested without sockets.
+///
+/// Replay state (last counter per site id) survives a site's expiry, so recorded announcements replayed later
+/// are still refused; it is bounded by `maxReplayEntries` (the oldest entry is forgotten first).
+public struct PeerTable: Sendable {
+    public struct Settings: Sendable, Equatable {
+        /// Accepted distance between an announcement's timestamp and our clock, either way.
+        public var timestampWindow: TimeInterval
+        /// A site not heard from for this long expires (default: 3 announcement intervals of 1 s).
+        public var expiry: TimeInterval
+        public var maxSites: Int
+        public var maxReplayEntries: Int
+
+        public init(timestampWindow: TimeInterval = 60, expiry: TimeInterval = 3, maxSites: Int = 256,
+                    maxReplayEntries: Int = 1024) {
+            self.timestampWindow = timestampWindow
+            self.expiry = expiry
+            self.maxSites = maxSites
+            self.maxReplayEntries = maxReplayEntries
+        }
+    }
+
+    /// One known, active site.
+    public struct Site: Hashable, Sendable {
+        public var announcement: Announcement
+        public var firstSeen: Date
+        public var lastSeen: Date
+    }
+
+    public let localSiteID: SiteID
+    public let localPublicKey: WireGuardKey?
+    public var settings: Settings
+    public private(set) var sites: [SiteID: Site] = [:]
+    private var lastCounters: [SiteID: (counter: UInt64, at: Date, recent: [UInt64])] = [:]
+    /// Accepted counters remembered per site to tell a late second copy (sent on another uplink, overtaken
+    /// by a newer announcement) from a replay.
+    static let recentCounters = 8
+
+    public init(localSiteID: SiteID, localPublicKey: WireGuardKey? = nil, settings: Settings = Settings()) {
+        self.localSiteID = localSiteID
+        self.localPublicKey = localPublicKey
+        self.settings = settings
+    }
+
+    /// Takes a decoded (authenticated) announcement received at `now`. Returns the events it causes (none for
+    /// a plain refresh), or the reason it was refused; a refused announcement changes nothing.
+    public mutating func accept(_ announcement: Announcement, now: Date) throws(AnnouncementRejection) -> [MeshEvent] {
+        let id = announcement.siteID
+        guard id != localSiteID else { throw .fromSelf }
+        if let localPublicKey, announcement.publicKey == localPublicKey { throw .keyConflict }
+        guard abs(announcement.timestamp.timeIntervalSince(now)) <= settings.timestampWindow else { throw .stale }
+        if let last = lastCounters[id], announcement.counter <= last.counter {
+            throw last.recent.contains(announcement.counter) ? .duplicate : .replayed
+        }
+        let existing = sites[id]
+        if let existing, existing.announcement.publicKey != announcement.publicKey { throw .idConflict }
+        if sites.values.contains(where: { $0.announcement.siteID != id && $0.announcement.publicKey == announcement.publicKey }) {
+            throw .keyConflict
+        }
+        if existing == nil, sites.count >= settings.maxSites { throw .tableFull }
+
+        rememberCounter(announcement.counter, for: id, at: now)
+        guard let existing else {
+            sites[id] = Site(announcement: announcement, firstSeen: now, lastSeen: now)
+            return [.siteAppeared(announcement)]
+        }
+        sites[id]!.announcement = announcement
+        sites[id]!.lastSeen = now
+        return existing.announcement.site == announcement.site
+            ? [] : [.siteChanged(old: existing.announcement, new: announcement)]
+    }
+
+    /// Expires every site not heard from within `settings.expiry` before `now`, oldest first.
+    public mutating func expire(now: Date) -> [MeshEvent] {
+        let expired = sites.values.filter { now.timeIntervalSince($0.lastSeen) > settings.expiry }
+            .sorted { ($0.lastSeen, $0.announcement.siteID) < ($1.lastSeen, $1.announcement.siteID) }
+        for site in expired { sites[site.announcement.siteID] = nil }
+        return expired.map { .siteExpired($0.announcement) }
+    }
+
+    /// The next time `expire` can have something to do (nil when no site is known).
+    public var nextExpiry: Date? {
+        sites.values.map { $0.lastSeen.addingTimeInterval(settings.expiry) }.min()
+    }
+
+    /// The active sites' latest announcements, sorted by site id.
+    public var announcements: [Announcement] {
+        sites.values.map(\.announcement).sorted { $0.siteID < $1.siteID }
+    }
+
+    private mutating func rememberCounter(_ counter: UInt64, for id: SiteID, at now: Date) {
+        let recent = ((lastCounters[id]?.recent ?? []) + [counter]).suffix(Self.recentCounters)
+        lastCounters[id] = (counter, now, Array(recent))
+        guard lastCounters.count > settings.maxReplayEntries else { return }
+        // Forget the longest-silent site that is not active (active ones are never evicted).
+        if let victim = lastCounters.filter({ sites[$0.key] == nil }).min(by: { $0.value.at < $1.value.at })?.key {
+            lastCounters[victim] = nil
+        }
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import Logging
+import Model
+import WireGuard
+
+/// Keeps the tunnels in step with discovery: on every mesh event, and every `retryInterval` (to retry
+/// failures; free when nothing changed), it re-plans from the active sites and reconciles; every 100 ms
+/// it lets the reconciler nudge peers whose first handshake stalled. After each
+/// reconciliation `onPlan` gets the plan (its `paths` feed steering and the database) and the report.
+///
+/// `run` creates the interfaces first and only then starts discovery, so no site hears of an endpoint
+/// before it listens (a handshake sent to a closed port waits out WireGuard's 5 s retry). Runs until the
+/// calling task is cancelled. The one consumer of `discovery.events`: the daemon observes them via `onEvent`.
+public struct TunnelDriver: Sendable {
+    public let discovery: DiscoveryService
+    public let reconciler: TunnelReconciler
+    public let uplinks: [Uplink]
+    public let settings: TunnelSettings
+    /// The pool our overlay address was chosen from (`OverlayAddressing`); nil when the operator fixed it.
+    /// With a pool, the driver moves our overlay when a site with a smaller id announces the same one.
+    public let overlayPool: IPv4Prefix?
+    public var retryInterval: Duration
+    private let logger: Logger
+
+    /// Our endpoints are what `discovery` announces (`discovery.update` changes them; the next tick re-plans).
+    public init(discovery: DiscoveryService, reconciler: TunnelReconciler, uplinks: [Uplink], settings: TunnelSettings,
+                overlayPool: IPv4Prefix? = OverlayAddressing.defaultPool, retryInterval: Duration = .seconds(1),
+                logger: Logger = Logger(label: "patronus.mesh.tunnels")) {
+        self.discovery = discovery
+        self.reconciler = reconciler
+        self.uplinks = uplinks
+        self.settings = settings
+        self.overlayPool = overlayPool
+        self.retryInterval = retryInterval
+        self.logger = logger
+    }
+
+    /// The plan for the sites discovery knows now.
+    public func currentPlan() throws(TunnelPlanError) -> TunnelPlan {
+        try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: discovery.local.endpoints,
+                               remotes: discovery.sites.map(\.site), settings: settings)
+    }
+
+    /// Moves our overlay address if a site with a smaller id claims it; returns the new address.
+    func resolveOverlayConflict() async -> IPv4Address? {
+        guard let overlayPool else { return nil }
+        let local = discovery.local
+        let known = Dictionary(discovery.sites.map { ($0.siteID, $0.overlay) }, uniquingKeysWith: { a, _ in a })
+        let chosen = OverlayAddressing.choose(for: local.siteID, in: overlayPool, known: known)
+        guard chosen != local.overlay else { return nil }
+        logger.warning("overlay address claimed by a site with a smaller id; moving", metadata: [
+            "from": "\(local.overlay)", "to": "\(chosen)",
+        ])
+        var moved = local
+        moved.overlay = chosen
+        do {
+            try discovery.update(moved)
+        } catch {
+            logger.error("cannot announce the new overlay address", metadata: ["error": "\(error)"])
+            return nil
+        }
+        await reconciler.setAddresses([TunnelAddress(chosen, prefixLength: 32)])
+        return chosen
+    }
+
+    /// Throws only when discovery cannot open its sockets. `onOverlay` hears of a moved overlay address.
+    public func run(onEvent: @escaping @Sendable (MeshEvent) async -> Void = { _ in },
+                    onPlan: @escaping @Sendable (TunnelPlan, ReconcileReport) async -> Void = { _, _ in },
+                    onOverlay: @escaping @Sendable (IPv4Address) async -> Void = { _ in })
+        async throws(DiscoveryError)
+    {
+        let apply: @Sendable () async -> Void = {
+            if let moved = await resolveOverlayConflict() { await onOverlay(moved) }
+            do {
+                let plan = try currentPlan()
+                for conflict in plan.conflicts {
+                    logger.warning("LAN prefix announced by two sites", metadata: ["conflict": "\(conflict)"])
+                }
+                let report = await reconciler.apply(plan)
+                await onPlan(plan, report)
+            } catch {
+                logger.error("cannot plan tunnels", metadata: ["error": "\(error)"])
+            }
+        }
+        await apply()  // the interfaces exist (and listen) before anyone hears of them
+        let failure = await withTaskGroup(of: DiscoveryError?.self) { group -> DiscoveryError? in
+            group.addTask {
+                do throws(DiscoveryError) {
+                    try await discovery.run()
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            group.addTask {
+                for await event in discovery.events {
+                    await onEvent(event)
+                    await apply()
+                }
+                return nil
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: retryInterval)
+                    if Task.isCancelled { break }
+                    await apply()
+                }
+                return nil
+            }
+            group.addTask {
+                // Cheap when no peer awaits its first handshake: no backend call at all.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    await reconciler.nudgeStalledHandshakes()
+                }
+                return nil
+            }
+            // The first child to end (discovery failing, or cancellation) ends all.
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        if let failure { throw failure }
+    }
+}

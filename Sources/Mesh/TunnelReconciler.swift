@@ -1,0 +1,278 @@
+import Foundation
+import Logging
+import Model
+import WireGuard
+
+/// What one reconciliation did, for logs and tests.
+public struct ReconcileReport: Sendable, Equatable {
+    public var created: [String] = []
+    public var updated: [String] = []
+    public var deleted: [String] = []
+    /// Interfaces that could not be brought to the plan, with the error; retried on the next `apply`.
+    public var failures: [String: String] = [:]
+
+    public init() {}
+    public var changedSomething: Bool { !(created.isEmpty && updated.isEmpty && deleted.isEmpty) }
+}
+
+/// Brings WireGuard interfaces to a `TunnelPlan` through a backend, with the smallest changes:
+///
+/// - an interface that stays planned is never deleted or restarted; port, mark and peers change in place;
+/// - a new peer is created with its endpoint in the same set, so no packet ever leaves without one;
+/// - a peer whose planned endpoint changed is removed and re-added in one set, which clears wireguard-go's
+///   5 s handshake rate limit so the new path handshakes at once;
+/// - allowed IPs or keepalive changes update the peer in place (its session survives);
+/// - interfaces no longer planned are deleted; interfaces it did not create are adopted if planned
+///   (crash recovery) and otherwise left alone.
+///
+/// The baseline is what it last applied, not what the interface reports: WireGuard itself moves a peer's
+/// endpoint when the peer roams, which must not count as a change. For an interface it has not applied yet,
+/// the backend's state is the baseline. One actor serializes all changes.
+public actor TunnelReconciler {
+    private let backend: any WireGuardBackend
+    private let privateKey: WireGuardPrivateKey
+    private let logger: Logger
+    private var addresses: [TunnelAddress]
+    private var applied: [String: PlannedInterface] = [:]
+    /// Peers added (or re-created) that have not completed a handshake yet, per interface.
+    private var awaitingHandshake: [String: [WireGuardKey: Nudge]] = [:]
+
+    private struct Nudge {
+        var due: ContinuousClock.Instant
+        var backoff: Duration
+    }
+
+    /// Actor methods are re-entrant at every `await`: without this, an event-driven `apply` and the ticker's
+    /// could interleave and leave an older plan applied, or a nudge could re-add a peer just removed.
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    private func exclusively<T>(_ body: () async -> T) async -> T {
+        if busy {
+            await withCheckedContinuation { waiting.append($0) }
+        }
+        busy = true
+        defer {
+            if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+        }
+        return await body()
+    }
+
+    /// First nudge of a peer without a handshake after this long (a handshake takes one round trip); then
+    /// 2x, up to `maxNudgeBackoff`.
+    public static let firstNudge: Duration = .milliseconds(400)
+    public static let maxNudgeBackoff: Duration = .seconds(8)
+
+    /// `addresses` go on every tunnel interface (the site's overlay address as a /32).
+    public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [TunnelAddress],
+                logger: Logger = Logger(label: "patronus.mesh.tunnels")) {
+        self.backend = backend
+        self.privateKey = privateKey
+        self.addresses = addresses
+        self.logger = logger
+    }
+
+    /// Changes the addresses every tunnel interface carries (the overlay moved): adds the new ones to every
+    /// applied interface, then removes the old ones. Used when a site with a smaller id claims our overlay.
+    public func setAddresses(_ new: [TunnelAddress]) async {
+        await exclusively { await setAddressesNow(new) }
+    }
+
+    private func setAddressesNow(_ new: [TunnelAddress]) async {
+        let old = addresses.filter { !new.contains($0) }
+        addresses = new
+        for name in applied.keys.sorted() {
+            do {
+                try await backend.bringUp(name, addresses: new)
+                try await backend.removeAddresses(old, from: name)
+            } catch {
+                logger.warning("tunnel address change failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// The interfaces as last applied.
+    public var interfaces: [PlannedInterface] { applied.values.sorted { $0.name < $1.name } }
+
+    /// Applies `plan`. Failures of one interface do not stop the others; they are reported and retried
+    /// on the next call.
+    @discardableResult
+    public func apply(_ plan: TunnelPlan) async -> ReconcileReport {
+        await exclusively { await applyNow(plan) }
+    }
+
+    private func applyNow(_ plan: TunnelPlan) async -> ReconcileReport {
+        var report = ReconcileReport()
+        let planned = Set(plan.interfaces.map(\.name))
+        for name in applied.keys.sorted() where !planned.contains(name) {
+            do {
+                try await backend.deleteInterface(named: name)
+                applied[name] = nil
+                awaitingHandshake[name] = nil
+                report.deleted.append(name)
+                logger.info("tunnel interface removed", metadata: ["interface": "\(name)"])
+            } catch {
+                report.failures[name] = String(describing: error)
+            }
+        }
+        for interface in plan.interfaces {
+            do {
+                if let before = applied[interface.name] {
+                    if try await update(from: before, to: interface) { report.updated.append(interface.name) }
+                } else if let state = try? await backend.state(of: interface.name) {
+                    // Adopt what a previous run left: diff against what the interface reports.
+                    _ = try await update(from: Self.baseline(state, like: interface, privateKey: privateKey), to: interface,
+                                     forceDevice: state.publicKey != privateKey.publicKey)
+                    try await backend.bringUp(interface.name, addresses: addresses)
+                    report.updated.append(interface.name)
+                } else {
+                    // Up first, peers second: wireguard-go sends its first keepalive (and so the handshake)
+                    // when a peer is added to an up interface, not when a configured one comes up.
+                    var empty = configuration(interface)
+                    empty.peers = []
+                    try await backend.start(interface.name, configuration: empty, addresses: addresses)
+                    if !interface.peers.isEmpty {
+                        try await backend.configure(interface.name, DeviceUpdate(peers: interface.peers.map(PeerUpdate.init(setting:))))
+                    }
+                    report.created.append(interface.name)
+                    logger.info("tunnel interface created", metadata: [
+                        "interface": "\(interface.name)", "uplink": "\(interface.uplink)", "port": "\(interface.listenPort)",
+                        "peers": "\(interface.peers.count)",
+                    ])
+                }
+                trackFreshPeers(from: applied[interface.name], to: interface)
+                applied[interface.name] = interface
+            } catch {
+                report.failures[interface.name] = String(describing: error)
+                logger.warning("tunnel interface not reconciled", metadata: [
+                    "interface": "\(interface.name)", "error": "\(error)",
+                ])
+            }
+        }
+        return report
+    }
+
+    /// Re-creates, in one set per interface, the peers that were added but have not completed a handshake
+    /// since their last nudge. Two sites that add each other at the same moment send crossing initiations:
+    /// each consumes the other's, which discards its own pending handshake, so both responses are refused
+    /// and WireGuard waits its 5 s retry (seen in the lab). A first initiation can also hit a site that does
+    /// not know us yet. Removing and re-adding the peer sends a fresh initiation at once (after 0.4 s, then
+    /// 0.8, 1.6 ... 8 s). Only the side with the smaller public key nudges, so nudges never cross again.
+    /// Returns how many peers were nudged. The tunnel driver calls it every tick.
+    @discardableResult
+    public func nudgeStalledHandshakes() async -> Int {
+        await exclusively { await nudgeNow() }
+    }
+
+    private func nudgeNow() async -> Int {
+        let now = ContinuousClock.now
+        var nudged = 0
+        for (name, peers) in awaitingHandshake where peers.values.contains(where: { now >= $0.due }) {
+            guard let interface = applied[name], let state = try? await backend.state(of: name) else { continue }
+            var update = DeviceUpdate()
+            for (key, nudge) in peers {
+                guard let planned = interface.peers.first(where: { $0.publicKey == key }),
+                      let live = state.peer(key), live.lastHandshake == nil else {
+                    awaitingHandshake[name]?[key] = nil
+                    continue
+                }
+                guard now >= nudge.due else { continue }
+                update.peers += [.removing(key), PeerUpdate(setting: planned)]
+                let backoff = min(nudge.backoff * 2, Self.maxNudgeBackoff)
+                awaitingHandshake[name]?[key] = Nudge(due: now + backoff, backoff: backoff)
+            }
+            if awaitingHandshake[name]?.isEmpty == true { awaitingHandshake[name] = nil }
+            guard !update.peers.isEmpty else { continue }
+            do {
+                try await backend.configure(name, update)
+                nudged += update.peers.count / 2
+            } catch {
+                logger.warning("handshake nudge failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+            }
+        }
+        return nudged
+    }
+
+    private func trackFreshPeers(from before: PlannedInterface?, to after: PlannedInterface) {
+        let ours = privateKey.publicKey.bytes
+        let old = Dictionary((before?.peers ?? []).map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
+        let due = ContinuousClock.now + Self.firstNudge
+        for peer in after.peers where ours.lexicographicallyPrecedes(peer.publicKey.bytes)
+            && (old[peer.publicKey] == nil || old[peer.publicKey]! != peer.endpoint) {
+            awaitingHandshake[after.name, default: [:]][peer.publicKey] = Nudge(due: due, backoff: Self.firstNudge)
+        }
+        let kept = Set(after.peers.map(\.publicKey))
+        awaitingHandshake[after.name] = awaitingHandshake[after.name]?.filter { kept.contains($0.key) }
+    }
+
+    /// Deletes every interface this reconciler applied (shutdown; stop the `TunnelDriver` first).
+    public func removeAll() async {
+        _ = await apply(TunnelPlan(interfaces: [], paths: []))
+    }
+
+    /// Live state of every applied interface (handshakes, counters), for path status.
+    public func states() async -> [String: InterfaceState] {
+        var result: [String: InterfaceState] = [:]
+        for name in applied.keys { result[name] = try? await backend.state(of: name) }
+        return result
+    }
+
+    private func configuration(_ interface: PlannedInterface) -> InterfaceConfiguration {
+        InterfaceConfiguration(privateKey: privateKey.secret, listenPort: interface.listenPort,
+                               fwmark: interface.fwmark, peers: interface.peers)
+    }
+
+    /// Sends the difference (if any); true when something was sent.
+    private func update(from before: PlannedInterface, to after: PlannedInterface,
+                        forceDevice: Bool = false) async throws(WireGuardError) -> Bool {
+        guard let change = Self.difference(from: before, to: after, privateKey: forceDevice ? privateKey : nil) else {
+            return false
+        }
+        try await backend.configure(after.name, change)
+        logger.info("tunnel interface updated", metadata: [
+            "interface": "\(after.name)", "peers_changed": "\(change.peers.count)",
+        ])
+        return true
+    }
+
+    /// The one UAPI/genetlink set that turns `before` into `after`, or nil when they are equal. Pure.
+    static func difference(from before: PlannedInterface, to after: PlannedInterface,
+                           privateKey: WireGuardPrivateKey? = nil) -> DeviceUpdate? {
+        var update = DeviceUpdate()
+        update.privateKey = privateKey?.secret
+        if before.listenPort != after.listenPort { update.listenPort = after.listenPort }
+        if before.fwmark != after.fwmark { update.fwmark = after.fwmark }
+        let old = Dictionary(before.peers.map { ($0.publicKey, $0) }, uniquingKeysWith: { a, _ in a })
+        let new = Set(after.peers.map(\.publicKey))
+        for peer in before.peers where !new.contains(peer.publicKey) { update.peers.append(.removing(peer.publicKey)) }
+        for peer in after.peers {
+            guard let previous = old[peer.publicKey] else {
+                update.peers.append(PeerUpdate(setting: peer))
+                continue
+            }
+            if previous.endpoint != peer.endpoint {
+                update.peers.append(.removing(peer.publicKey))
+                update.peers.append(PeerUpdate(setting: peer))
+            } else if Set(previous.allowedIPs) != Set(peer.allowedIPs)
+                        || previous.persistentKeepalive != peer.persistentKeepalive {
+                update.peers.append(PeerUpdate(setting: peer))
+            }
+        }
+        let changed = update.privateKey != nil || update.listenPort != nil || update.fwmark != nil || !update.peers.isEmpty
+        return changed ? update : nil
+    }
+
+    /// An interface's reported state in plan form, for adoption. Endpoints the peer roamed to count as
+    /// changes here (we have no record of what was set), which at worst re-creates those peers once.
+    static func baseline(_ state: InterfaceState, like interface: PlannedInterface,
+                         privateKey: WireGuardPrivateKey) -> PlannedInterface {
+        var baseline = interface
+        baseline.listenPort = state.listenPort
+        baseline.fwmark = state.fwmark
+        baseline.peers = state.peers.map {
+            PeerConfiguration(publicKey: $0.publicKey, endpoint: $0.endpoint, allowedIPs: $0.allowedIPs,
+                              persistentKeepalive: $0.persistentKeepalive)
+        }
+        return baseline
+    }
+}

@@ -1,0 +1,219 @@
+import CNetfilter
+
+/// nf_tables address families (NFPROTO_*).
+public enum NFTFamily: UInt8, Sendable, Hashable, CustomStringConvertible {
+    case inet = 1, ip = 2, arp = 3, netdev = 5, bridge = 7, ip6 = 10
+    public var description: String {
+        switch self {
+        case .inet: "inet"
+        case .ip: "ip"
+        case .arp: "arp"
+        case .netdev: "netdev"
+        case .bridge: "bridge"
+        case .ip6: "ip6"
+        }
+    }
+}
+
+/// A verdict, as carried in NFTA_DATA_VERDICT.
+public enum NFTVerdict: Hashable, Sendable, CustomStringConvertible {
+    case accept, drop, `continue`, `return`
+    case jump(String)
+    case goto(String)
+
+    var code: Int32 {
+        switch self {
+        case .accept: Int32(NF_ACCEPT)
+        case .drop: Int32(NF_DROP)
+        case .continue: NFT_CONTINUE.rawValue
+        case .return: NFT_RETURN.rawValue
+        case .jump: NFT_JUMP.rawValue
+        case .goto: NFT_GOTO.rawValue
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .accept: "accept"
+        case .drop: "drop"
+        case .continue: "continue"
+        case .return: "return"
+        case .jump(let c): "jump \(c)"
+        case .goto(let c): "goto \(c)"
+        }
+    }
+}
+
+/// Data in a register, element or immediate: raw bytes (in the byte order the kernel compares) or a verdict.
+public enum NFTData: Hashable, Sendable {
+    case value([UInt8])
+    case verdict(NFTVerdict)
+}
+
+/// A table. `userdata` holds nft's comment TLV.
+public struct NFTTable: Hashable, Sendable {
+    public var family: NFTFamily
+    public var name: String
+    public var flags: UInt32
+    public var userdata: [UInt8]?
+
+    public init(family: NFTFamily, name: String, flags: UInt32 = 0, userdata: [UInt8]? = nil) {
+        self.family = family
+        self.name = name
+        self.flags = flags
+        self.userdata = userdata
+    }
+}
+
+/// A base chain's hook: where it is attached, its type ("filter", "route", "nat") and default policy.
+public struct NFTHook: Hashable, Sendable {
+    public var hook: UInt32
+    public var priority: Int32
+    public var type: String
+    public var policy: UInt32
+
+    public init(hook: UInt32, priority: Int32, type: String, policy: UInt32 = UInt32(NF_ACCEPT)) {
+        self.hook = hook
+        self.priority = priority
+        self.type = type
+        self.policy = policy
+    }
+
+    public static let prerouting = UInt32(NF_INET_PRE_ROUTING.rawValue)
+    public static let output = UInt32(NF_INET_LOCAL_OUT.rawValue)
+    /// NF_IP_PRI_MANGLE: after conntrack, before the routing decision.
+    public static let manglePriority: Int32 = -150
+}
+
+public struct NFTChain: Hashable, Sendable {
+    public var family: NFTFamily
+    public var table: String
+    public var name: String
+    public var hook: NFTHook?
+    public var userdata: [UInt8]?
+
+    public init(family: NFTFamily, table: String, name: String, hook: NFTHook? = nil, userdata: [UInt8]? = nil) {
+        self.family = family
+        self.table = table
+        self.name = name
+        self.hook = hook
+        self.userdata = userdata
+    }
+}
+
+/// A named set or map. For concatenated keys, `fieldLengths` lists each field's length in bytes (the
+/// kernel needs them to pick the pipapo backend for concatenated intervals).
+public struct NFTSet: Hashable, Sendable {
+    public var family: NFTFamily
+    public var table: String
+    public var name: String
+    public var flags: UInt32
+    public var keyType: UInt32
+    public var keyLength: UInt32
+    public var dataType: UInt32?
+    public var dataLength: UInt32?
+    public var fieldLengths: [UInt32]
+    public var userdata: [UInt8]?
+    /// Batch-local id so rules in the same batch can reference a set created in it.
+    public var id: UInt32?
+
+    public init(family: NFTFamily, table: String, name: String, flags: UInt32, keyType: UInt32, keyLength: UInt32,
+                dataType: UInt32? = nil, dataLength: UInt32? = nil, fieldLengths: [UInt32] = [],
+                userdata: [UInt8]? = nil, id: UInt32? = nil) {
+        self.family = family
+        self.table = table
+        self.name = name
+        self.flags = flags
+        self.keyType = keyType
+        self.keyLength = keyLength
+        self.dataType = dataType
+        self.dataLength = dataLength
+        self.fieldLengths = fieldLengths
+        self.userdata = userdata
+        self.id = id
+    }
+
+    public static let flagConstant = UInt32(NFT_SET_CONSTANT.rawValue)
+    public static let flagInterval = UInt32(NFT_SET_INTERVAL.rawValue)
+    public static let flagMap = UInt32(NFT_SET_MAP.rawValue)
+    public static let flagConcat = UInt32(NFT_SET_CONCAT.rawValue)
+    public static let verdictDataType: UInt32 = 0xffff_ff00 // NFT_DATA_VERDICT
+
+    /// Identity ignoring the batch id (which the kernel does not report back).
+    public var definition: NFTSet { var s = self; s.id = nil; return s }
+}
+
+/// One set element: key (and key end for concatenated ranges), optional data for maps.
+public struct NFTElement: Hashable, Sendable {
+    public var key: [UInt8]
+    public var keyEnd: [UInt8]?
+    public var data: NFTData?
+    public var flags: UInt32
+
+    /// NFT_SET_ELEM_INTERVAL_END: this element closes an interval (rbtree sets).
+    public static let flagIntervalEnd = UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue)
+
+    public init(key: [UInt8], keyEnd: [UInt8]? = nil, data: NFTData? = nil, flags: UInt32 = 0) {
+        self.key = key
+        self.keyEnd = keyEnd
+        self.data = data
+        self.flags = flags
+    }
+}
+
+/// A rule: an ordered list of expressions (the kernel's register machine) plus userdata (comment).
+public struct NFTRule: Hashable, Sendable {
+    public var family: NFTFamily
+    public var table: String
+    public var chain: String
+    public var expressions: [NFTExpression]
+    public var userdata: [UInt8]?
+    /// Set by the kernel; nil for a rule we are about to add.
+    public var handle: UInt64?
+
+    public init(family: NFTFamily, table: String, chain: String, expressions: [NFTExpression],
+                userdata: [UInt8]? = nil, handle: UInt64? = nil) {
+        self.family = family
+        self.table = table
+        self.chain = chain
+        self.expressions = expressions
+        self.userdata = userdata
+        self.handle = handle
+    }
+}
+
+/// nft's userdata TLVs (libnftnl udata: u8 type, u8 length, value). Comments are NUL-terminated.
+public enum NFTUserdata {
+    /// NFTNL_UDATA_{TABLE,CHAIN,RULE}_COMMENT
+    public static let commentType: UInt8 = 0
+    /// NFTNL_UDATA_SET_COMMENT
+    public static let setCommentType: UInt8 = 7
+    public static let setKeyByteorderType: UInt8 = 0
+    public static let setDataByteorderType: UInt8 = 1
+
+    public static func tlv(_ type: UInt8, _ value: [UInt8]) -> [UInt8] {
+        [type, UInt8(truncatingIfNeeded: value.count)] + value
+    }
+    public static func comment(_ text: String, type: UInt8 = commentType) -> [UInt8] {
+        // nft caps comments at 128 bytes; so do we, keeping the length byte honest.
+        tlv(type, Array(text.utf8.prefix(127)) + [0])
+    }
+    public static func u32(_ type: UInt8, _ value: UInt32) -> [UInt8] { tlv(type, value.hostBytes) }
+
+    public static func parse(_ bytes: [UInt8]) -> [(UInt8, [UInt8])] {
+        var out: [(UInt8, [UInt8])] = []
+        var i = 0
+        while i + 2 <= bytes.count {
+            let n = Int(bytes[i + 1])
+            guard i + 2 + n <= bytes.count else { break }
+            out.append((bytes[i], Array(bytes[(i + 2)..<(i + 2 + n)])))
+            i += 2 + n
+        }
+        return out
+    }
+
+    public static func comment(in bytes: [UInt8]?, type: UInt8 = commentType) -> String? {
+        guard let bytes, let v = parse(bytes).first(where: { $0.0 == type })?.1 else { return nil }
+        return String(decoding: v.prefix { $0 != 0 }, as: UTF8.self)
+    }
+}

@@ -1,1 +1,0 @@
-// The Netlink layer: see README.md "Code layout".

@@ -1,0 +1,232 @@
+import Foundation
+import Logging
+import Mesh
+import Model
+import Probing
+import Routing
+import Store
+
+/// The glue between the daemon's services: it turns tunnel plans into paths (slots, probe targets,
+/// database rows, the controller's topology), site events into database rows, and probe events into
+/// controller updates and path status. One actor, so these views never disagree with each other.
+actor SiteRuntime {
+    let store: Store
+    let controller: Controller
+    let probes: PathProbeSet
+    let probeInterval: Duration
+    let logger: Logger
+
+    private var slots = StableNumbering<PathKey>(range: 1...254)  // 255 is the reserved "pinned" mark
+    private var paths: [String: PlannedRoute] = [:]            // by probe name
+    private var pathIDs: [PathKey: PathID] = [:]
+    private var lastTopology: [PathBinding] = []
+    private var lastSites: [RemoteSite] = []
+    private var bandwidthMeasured: Set<String> = []
+    private var bandwidthQueue: [String] = []
+
+    struct PlannedRoute: Hashable {
+        var key: PathKey
+        var binding: PathBinding
+        var path: PlannedPath
+    }
+
+    init(store: Store, controller: Controller, probes: PathProbeSet, probeInterval: Duration, logger: Logger) {
+        self.store = store
+        self.controller = controller
+        self.probes = probes
+        self.probeInterval = probeInterval
+        self.logger = logger
+    }
+
+    static func key(of path: PlannedPath) -> PathKey {
+        PathKey(site: path.remoteSite, localLabel: path.uplink.label, remoteLabel: path.remoteEndpoint.label)
+    }
+
+    /// A new tunnel plan: every path it carries gets a slot, a row, a prober; paths that left lose theirs.
+    func planned(_ plan: TunnelPlan, sites: [Announcement]) async {
+        let numbers = slots.update(plan.paths.map(Self.key(of:)))
+        var routes: [String: PlannedRoute] = [:]
+        for path in plan.paths {
+            let key = Self.key(of: path)
+            guard let slot = numbers[key] else {
+                logger.error("no steering slot left for path \(key): at most 254 paths")
+                continue
+            }
+            let name = key.name(siteName: path.remoteName)
+            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
+                                        path: path)
+        }
+        let remoteSites = sites.map { announcement in
+            RemoteSite(id: announcement.site.siteID, name: announcement.site.name,
+                       prefixes: [IPv4Prefix(announcement.site.overlay, length: 32)] + announcement.site.lanPrefixes)
+        }
+        let bindings = routes.values.map(\.binding).sorted { $0.slot < $1.slot }
+        if bindings != lastTopology || remoteSites != lastSites {
+            do {
+                try await controller.setTopology(sites: remoteSites, paths: bindings)
+                lastTopology = bindings
+                lastSites = remoteSites
+            } catch {
+                logger.error("steering the new topology failed; keeping the previous one: \(error)")
+                return
+            }
+        }
+
+        // Probers: one per path, pinned by the path's mark, to the remote site's overlay address.
+        for (name, route) in routes where paths[name] == nil {
+            guard let overlay = sites.first(where: { $0.site.siteID == route.key.site })?.site.overlay else { continue }
+            do {
+                var configuration = ProbeConfiguration()
+                configuration.interval = probeInterval
+                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: 51822),
+                                           pinning: .mark(UInt32(route.binding.slot) << 16)),
+                               configuration: configuration)
+            } catch {
+                logger.error("cannot probe path \(name): \(error)")
+            }
+        }
+        for name in paths.keys where routes[name] == nil {
+            probes.remove(name)
+            bandwidthMeasured.remove(name)
+        }
+
+        // Database rows: every current path; paths that left are marked down (their history stays).
+        for (_, route) in routes {
+            do {
+                pathIDs[route.key] = try store.upsertPath(to: route.key.site, uplink: route.path.uplink,
+                                                          endpoint: route.path.remoteEndpoint,
+                                                          wgInterface: route.path.interface)
+            } catch {
+                logger.error("recording path \(route.key): \(error)")
+            }
+        }
+        for (name, route) in paths where routes[name] == nil {
+            if let id = pathIDs[route.key] { try? store.setPathStatus(id, status: .down, score: 0) }
+        }
+        paths = routes
+    }
+
+    /// A discovery event: the site's row and endpoints follow what it announces.
+    func siteEvent(_ event: MeshEvent) {
+        do {
+            switch event {
+            case .siteAppeared(let announcement), .siteChanged(_, let announcement):
+                let site = announcement.site
+                try store.upsertRemoteSite(SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(),
+                                                      overlayAddress: site.overlay, publicKey: site.publicKey.base64,
+                                                      lanPrefixes: site.lanPrefixes))
+                try store.replaceEndpoints(of: site.siteID, with: site.endpoints)
+                if case .siteAppeared = event {
+                    logger.info("site appeared", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
+                                                            "endpoints": "\(site.endpoints.map(\.description))"])
+                }
+            case .siteExpired(let announcement):
+                try store.setSiteStatus(announcement.site.siteID, .inactive)
+                logger.info("site expired", metadata: ["site": "\(announcement.site.name)"])
+            }
+        } catch {
+            logger.error("recording site event: \(error)")
+        }
+    }
+
+    /// Sites are seen continuously; keep last_seen current without a write per announcement.
+    func touchSites(_ sites: [Announcement]) {
+        for announcement in sites {
+            let site = announcement.site
+            try? store.upsertRemoteSite(SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(),
+                                                   overlayAddress: site.overlay, publicKey: site.publicKey.base64,
+                                                   lanPrefixes: site.lanPrefixes))
+        }
+    }
+
+    /// A prober's event: the controller hears it first (a down path moves traffic now), then the database.
+    func pathEvent(_ event: PathEvent) async {
+        guard let route = paths[event.path] else { return }
+        var detectionMs: Double?
+        if let change = event.change, change.to == .down, let first = change.firstMissSentAt {
+            detectionMs = Controller.milliseconds(change.at - first)
+        }
+        do {
+            try await controller.pathUpdated(route.key, status: event.status, metrics: event.metrics,
+                                              detectionMs: detectionMs)
+        } catch {
+            logger.error("steering after a path change failed: \(error)")
+        }
+        if let change = event.change {
+            logger.info("path \(change.to.rawValue)", metadata: ["path": "\(event.path)", "reason": "\(change.reason)"])
+            if let id = pathIDs[route.key] {
+                try? store.setPathStatus(id, status: event.status, score: event.metrics.score)
+            }
+            if change.to == .up, !bandwidthMeasured.contains(event.path) {
+                bandwidthMeasured.insert(event.path)
+                bandwidthQueue.append(event.path)
+            }
+        }
+    }
+
+    /// The next path whose bandwidth should be measured, if any. Tests run one at a time per site: trains on
+    /// several paths at once would share the uplinks and measure each other.
+    func nextBandwidthTest() -> String? {
+        while !bandwidthQueue.isEmpty {
+            let name = bandwidthQueue.removeFirst()
+            if paths[name] != nil { return name }
+        }
+        return nil
+    }
+
+    /// The other paths whose probes leave by the same local uplink as `name` (a bandwidth test on it loads them too).
+    func pathsSharingUplink(with name: String) -> [String] {
+        guard let label = paths[name]?.key.localLabel else { return [] }
+        return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
+    }
+
+    /// A remote site's bandwidth train is arriving through `interface`: excuse the probes of every path that
+    /// leaves by the same uplink for a moment (one train plus the queue draining).
+    func trainArriving(through interface: String) {
+        guard let label = paths.values.first(where: { $0.binding.interface == interface })?.key.localLabel else { return }
+        probes.excuse(paths.filter { $0.value.key.localLabel == label }.map(\.key), for: .milliseconds(500))
+    }
+
+    /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
+    /// test costs the path a short burst).
+    func remeasureBandwidth() {
+        for name in paths.keys.sorted() where !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
+    }
+
+    /// One metrics row per path, all in one transaction; scores and statuses refreshed with them.
+    func writeMetrics() {
+        let snapshot = probes.snapshot()
+        let now = Date()
+        var samples: [MetricsSample] = []
+        for (name, state) in snapshot {
+            guard let route = paths[name], let id = pathIDs[route.key], state.counters.probesSent > 0 else { continue }
+            samples.append(MetricsSample(path: id, metrics: state.metrics, measuredAt: now))
+            try? store.setPathStatus(id, status: state.status, score: state.metrics.score, now: now)
+        }
+        guard !samples.isEmpty else { return }
+        do { try store.insertMetrics(samples) } catch { logger.error("writing path metrics: \(error)") }
+    }
+
+    /// What the metrics endpoint shows.
+    func sample(failovers: UInt64, drops: [RouterSample.DropKey: UInt64], selections: [SelectionKey: Selection],
+                siteNames: [SiteID: String]) -> RouterSample {
+        var sample = RouterSample()
+        let snapshot = probes.snapshot()
+        for (name, route) in paths.sorted(by: { $0.key < $1.key }) {
+            let state = snapshot[name]
+            sample.paths.append(PathSample(path: name, site: route.path.remoteName, uplink: route.key.localLabel,
+                                           status: state?.status ?? .down, metrics: state?.metrics,
+                                           transmitBytes: 0, receiveBytes: 0))
+        }
+        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
+        for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
+            for path in selection.paths.sorted() {
+                sample.classes.append(ClassSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
+                                                  path: names[path] ?? "\(path)", packets: 0, bytes: 0))
+            }
+        }
+        sample.failovers = failovers
+        sample.drops = drops
+        return sample
+    }
+}

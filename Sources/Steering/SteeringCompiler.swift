@@ -1,0 +1,319 @@
+import Model
+import Netlink
+
+/// Compiles a `SteeringPlan` into a `SteeringRuleset`. Pure and deterministic: the same plan always gives
+/// the same bytes, which is what makes fingerprints and the committed reference ruleset work.
+///
+/// Datapath (per packet, flat in the number of policies):
+/// prerouting/output: a flow without a class (ct mark bits 0) jumps once to `classify`, whose
+/// rules (one per class match, set lookups inside) write the class id into the ct mark; then every packet
+/// looks its destination up in the interval map `sites` (remote prefix -> `site_<name>` chain), where the
+/// class bits of the ct mark select, in the hash map `site_<name>`, the chain `<class>_path<slot>` (sets the
+/// path's packet mark, counts) or `lb_<class>_<site>` (hashes the flow's addresses into a bucket map).
+/// Only mark bits under 0x00ff0000 are written.
+///
+/// Why two lookups and not one `ip daddr . class` interval map: a re-steer replaces elements, and the
+/// kernel commits an element replace in a hash map in ~8 us but in a concatenated-interval (pipapo) map
+/// in ~75 us on this machine (bench/results/resteer.txt); the destination map changes only with the sites.
+public enum SteeringCompiler {
+    static let family = SteeringNames.family
+    static let table = SteeringNames.table
+    static let mask = SteeringPlan.markMask
+
+    /// Userdata TLV type carrying a rule's fingerprint (nft ignores unknown udata types when listing).
+    public static let fingerprintUserdataType: UInt8 = 0xf0
+
+    public static func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
+        var r = try compileStructure(plan)
+        try addChoices(plan, to: &r)
+        return r
+    }
+
+    /// The part of the ruleset that depends on classes, paths and destinations only (not on choices):
+    /// Steering caches it, so a re-steer compiles nothing but map elements.
+    public static func compileStructure(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
+        let problems = plan.structureProblems()
+        guard problems.isEmpty else { throw .invalidPlan(problems) }
+
+        var chains: [NFTChain] = []
+        var rules: [String: [NFTRule]] = [:]
+        var staticSets: [SteeringRuleset.StaticSet] = []
+        var maps: [SteeringRuleset.Map] = []
+
+        // Per (class, path): set the path mark and count. Created for every pair so that moving a class
+        // is an element change only.
+        for c in plan.classes {
+            for p in plan.paths.sorted(by: { $0.slot < $1.slot }) {
+                let name = SteeringNames.classPathChain(c.name, p.slot)
+                chains.append(NFTChain(family: family, table: table, name: name,
+                                       userdata: NFTUserdata.comment("class \(c.name) via path \(p.slot)")))
+                var e = setMark(meta: true, value: p.mark)
+                if c.counters { e.append(.counter) }
+                rules[name] = [rule(name, e, comment: nil)]
+            }
+        }
+
+        // Per site: a chain whose class -> path hash map is what a re-steer changes.
+        var sitesElements: [(IPv4Prefix, NFTVerdict)] = []
+        for d in plan.destinations {
+            let name = SteeringNames.siteChain(d.name)
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+                             keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
+                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                                 + NFTUserdata.comment("class -> path to \(d.name)", type: NFTUserdata.setCommentType))
+            maps.append(.init(set: map, elements: []))
+            chains.append(NFTChain(family: family, table: table, name: name,
+                                   userdata: NFTUserdata.comment("to site \(d.name) (\(d.site))")))
+            rules[name] = [rule(name, [
+                .ct(key: NFT.ctMark, dreg: NFT.reg1),
+                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+                .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
+            ], comment: nil, sets: [map])]
+            for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
+        }
+        let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
+                           flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: 7 /* ipv4_addr */, keyLength: 4,
+                           dataType: NFTSet.verdictDataType, dataLength: 0,
+                           userdata: NFTUserdata.u32(0, 2) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                               + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
+        let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owners: [SteeringNames.preroutingChain, SteeringNames.outputChain])
+
+        // Classification, once per flow, first match wins (class order = policy priority).
+        var classify: [NFTRule] = []
+        for c in plan.classes {
+            for (i, m) in c.matches.enumerated() {
+                let base = c.matches.count == 1 ? c.name : "\(c.name)_\(i + 1)"
+                var e: [NFTExpression] = []
+                var used: [NFTSet] = []
+                var usedElements: [[NFTElement]] = []
+                let ipFields = !m.sources.isEmpty || !m.destinations.isEmpty || !m.dscp.isEmpty
+                if ipFields { e += ipv4Only }
+                for (prefixes, suffix, offset) in [(m.sources, "src", UInt32(12)), (m.destinations, "dst", UInt32(16))] where !prefixes.isEmpty {
+                    let s = prefixSet("\(base)_\(suffix)", comment: "policy \(c.name): \(suffix == "src" ? "source" : "destination") prefixes")
+                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owners: [SteeringNames.classifyChain]))
+                    used.append(s)
+                    usedElements.append(staticSets.last!.elements)
+                    e += [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1),
+                          .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
+                }
+                if !m.dscp.isEmpty {
+                    let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
+                                   userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
+                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owners: [SteeringNames.classifyChain]))
+                    used.append(s)
+                    usedElements.append(staticSets.last!.elements)
+                    e += [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
+                          .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
+                          .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2),
+                          .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
+                }
+                if !m.services.isEmpty {
+                    let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
+                                   keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
+                                   userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
+                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owners: [SteeringNames.classifyChain]))
+                    used.append(s)
+                    usedElements.append(staticSets.last!.elements)
+                    e += [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
+                          .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2),
+                          .payload(base: NFT.transportHeader, offset: 2, length: 2, dreg: NFT.reg32_01),
+                          .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
+                }
+                e += setMark(meta: false, value: c.ctMark)
+                if c.counters { e.append(.counter) }
+                e.append(.immediate(dreg: NFT.verdictRegister, data: .verdict(.return)))
+                classify.append(rule(SteeringNames.classifyChain, e, comment: "class \(c.name)", sets: used, elements: usedElements))
+            }
+        }
+        classify.append(rule(SteeringNames.classifyChain,
+                             setMark(meta: false, value: UInt32(SteeringPlan.unclassifiedID) << 16) + [.counter],
+                             comment: "no policy matched: not steered"))
+        chains.append(NFTChain(family: family, table: table, name: SteeringNames.classifyChain,
+                               userdata: NFTUserdata.comment("once per flow: policy -> class id in ct mark")))
+        rules[SteeringNames.classifyChain] = classify
+        staticSets.append(sitesSet)
+
+        // The hooks. Forwarded traffic (prerouting) never arrives with our path bits set, so only local
+        // traffic (output) pays for the "pinned by SO_MARK" check; fewer expressions per forwarded packet.
+        let pinned = rule(SteeringNames.outputChain, [
+            .meta(key: NFT.metaMark, dreg: NFT.reg1),
+            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+            .cmp(sreg: NFT.reg1, op: NFT.neq, data: [0, 0, 0, 0]),
+            .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
+        ], comment: "already pinned to a path (probes): keep")
+        for (name, hook, type) in [(SteeringNames.preroutingChain, NFTHook.prerouting, "filter"),
+                                   (SteeringNames.outputChain, NFTHook.output, "route")] {
+            chains.append(NFTChain(family: family, table: table, name: name,
+                                   hook: NFTHook(hook: hook, priority: NFTHook.manglePriority, type: type),
+                                   userdata: NFTUserdata.comment(name == "output" ? "local traffic: a new mark re-routes" : "forwarded traffic")))
+            let steer = [
+                rule(name, [
+                    .ct(key: NFT.ctMark, dreg: NFT.reg1),
+                    .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
+                ], comment: "new flow: classify once"),
+                rule(name, ipv4Only + [
+                    .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
+                    .lookup(sreg: NFT.reg1, set: SteeringNames.sitesMap, setID: nil, dreg: NFT.verdictRegister),
+                ], comment: "remote destination: to its site", sets: [sites], elements: [sitesSet.elements]),
+            ]
+            rules[name] = name == SteeringNames.outputChain ? [pinned] + steer : steer
+        }
+
+        var ipRules: [IPRule] = []
+        var routes: [SteeringRuleset.Route] = []
+        for p in plan.paths.sorted(by: { $0.slot < $1.slot }) {
+            ipRules.append(IPRule(priority: SteeringPlan.rulePriority, fwmark: p.mark, fwmask: mask, table: p.table,
+                                  protocolTag: SteeringNames.protocolTag))
+            for prefix in plan.destinations.first(where: { $0.site == p.site })?.prefixes.sorted() ?? [] {
+                routes.append(.init(prefix: prefix, table: p.table, interface: p.interface, gateway: p.gateway))
+            }
+        }
+
+        return SteeringRuleset(
+            table: NFTTable(family: family, name: table,
+                            userdata: NFTUserdata.comment("patronus-router steering; managed, do not edit")),
+            chains: chains, rules: rules, staticSets: staticSets, maps: maps, ipRules: ipRules, routes: routes)
+    }
+
+    /// Adds what the choices decide: the `steer` map's elements and, for balanced choices, the bucket
+    /// chains and maps. Cheap: no set declarations or class rules are rebuilt.
+    public static func addChoices(_ plan: SteeringPlan, to r: inout SteeringRuleset) throws(SteeringError) {
+        let problems = plan.choiceProblems()
+        guard problems.isEmpty else { throw .invalidPlan(problems) }
+        let siteName = Dictionary(plan.destinations.map { ($0.site, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let classByID = Dictionary(plan.classes.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let destinationBySite = Dictionary(plan.destinations.map { ($0.site, $0) }, uniquingKeysWith: { a, _ in a })
+        var chains: [NFTChain] = []
+        var rules: [String: [NFTRule]] = [:]
+        var maps: [SteeringRuleset.Map] = []
+        // Load balancing: one chain + bucket map per (site, class) that is balanced.
+        for choice in plan.choices {
+            guard case .buckets(let slots) = choice.target,
+                  let c = classByID[choice.classID], let site = siteName[choice.site] else { continue }
+            let name = SteeringNames.balanceChain(c.name, site)
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+                             keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
+                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                                 + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
+            let elements = slots.enumerated().map { i, slot in
+                NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(SteeringNames.classPathChain(c.name, slot))))
+            }
+            maps.append(.init(set: map, elements: elements))
+            chains.append(NFTChain(family: family, table: table, name: name,
+                                   userdata: NFTUserdata.comment("class \(c.name) to \(site): load balanced")))
+            let e: [NFTExpression] = ipv4Only + [
+                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: 2),
+                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: 13),
+                .jhash(sreg: 2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
+                .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
+            ]
+            rules[name] = [rule(name, e, comment: nil, sets: [map])]
+        }
+
+        var siteElements: [String: [NFTElement]] = [:]
+        for choice in plan.choices {
+            guard let c = classByID[choice.classID], let d = destinationBySite[choice.site] else { continue }
+            let verdict: NFTVerdict
+            switch choice.target {
+            case .path(let slot): verdict = .goto(SteeringNames.classPathChain(c.name, slot))
+            case .buckets: verdict = .goto(SteeringNames.balanceChain(c.name, d.name))
+            }
+            siteElements[SteeringNames.siteChain(d.name), default: []].append(NFTElement(key: c.ctMark.hostBytes, data: .verdict(verdict)))
+        }
+        r.chains += chains
+        r.rules.merge(rules) { _, new in new }
+        for i in r.maps.indices { if let e = siteElements[r.maps[i].set.name] { r.maps[i].elements = e } }
+        r.maps += maps
+    }
+
+    /// nft's set userdata for concatenated interval keys (key byte order, then a typeof blob nft 1.0.6
+    /// writes for `type a . b` sets); copied from what nft sends so `nft list` shows our sets like its own.
+    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
+
+    static let ipv4Only: [NFTExpression] = [
+        .meta(key: NFT.metaNFProto, dreg: NFT.reg1),
+        .cmp(sreg: NFT.reg1, op: NFT.eq, data: [UInt8(NFTFamily.ip.rawValue)]),
+    ]
+
+    /// mark = (mark & ~mask) | value: our bits only.
+    static func setMark(meta: Bool, value: UInt32) -> [NFTExpression] {
+        [meta ? .meta(key: NFT.metaMark, dreg: NFT.reg1) : .ct(key: NFT.ctMark, dreg: NFT.reg1),
+         .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~mask).hostBytes, xor: value.hostBytes),
+         meta ? .metaSet(key: NFT.metaMark, sreg: NFT.reg1) : .ctSet(key: NFT.ctMark, sreg: NFT.reg1)]
+    }
+
+    static func prefixSet(_ name: String, comment: String) -> NFTSet {
+        NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: 7, keyLength: 4,
+               userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
+    }
+
+    /// Interval set elements as nft sends them for the rbtree backend: each merged range is a start element
+    /// and an end element (first address after the range, flagged INTERVAL_END), with a leading end element
+    /// at 0.0.0.0 when the first range does not start there.
+    static func intervalElements(_ prefixes: [(IPv4Prefix, NFTVerdict?)]) -> [NFTElement] {
+        var ranges: [(lo: UInt64, hi: UInt64, data: NFTVerdict?)] = []
+        for (p, data) in prefixes.sorted(by: { $0.0 < $1.0 }) {
+            let lo = UInt64(p.network.value), hi = UInt64(p.last.value) + 1
+            // Overlaps merge (sets only: maps are validated overlap-free); adjacent ranges stay separate,
+            // as nft sends them (no auto-merge).
+            if let last = ranges.last, lo < last.hi {
+                ranges[ranges.count - 1].hi = max(last.hi, hi)
+            } else {
+                ranges.append((lo, hi, data))
+            }
+        }
+        let end = NFTElement.flagIntervalEnd
+        var out: [NFTElement] = []
+        if let first = ranges.first, first.lo != 0 { out.append(NFTElement(key: [0, 0, 0, 0], flags: end)) }
+        for r in ranges {
+            out.append(NFTElement(key: UInt32(r.lo).bigEndianBytes, data: r.data.map(NFTData.verdict)))
+            if r.hi <= UInt64(UInt32.max) { out.append(NFTElement(key: UInt32(r.hi).bigEndianBytes, flags: end)) }
+        }
+        return out
+    }
+
+    /// (protocol . port range) elements; a protocol without ports matches all of its ports.
+    static func serviceElements(_ services: [ServiceMatch]) -> [NFTElement] {
+        var seen = Set<[UInt8]>()
+        var out: [NFTElement] = []
+        for s in services {
+            for r in (s.ports.isEmpty ? [PortRange(0, 65535)] : s.ports.sorted()) {
+                let proto: [UInt8] = [s.proto.number, 0, 0, 0]
+                let key = proto + [UInt8(r.lower >> 8), UInt8(r.lower & 0xff), 0, 0]
+                let keyEnd = proto + [UInt8(r.upper >> 8), UInt8(r.upper & 0xff), 0, 0]
+                if seen.insert(key + keyEnd).inserted { out.append(NFTElement(key: key, keyEnd: keyEnd)) }
+            }
+        }
+        return out
+    }
+
+    /// A rule whose userdata holds its comment and a fingerprint of everything it depends on: its own
+    /// expressions and the definitions (and, for static sets, the elements) of the sets it looks up.
+    static func rule(_ chain: String, _ expressions: [NFTExpression], comment: String?, sets: [NFTSet] = [],
+                     elements: [[NFTElement]] = []) -> NFTRule {
+        var r = NFTRule(family: family, table: table, chain: chain, expressions: expressions,
+                        userdata: comment.map { NFTUserdata.comment($0) })
+        var hasher = FNV1a()
+        hasher.add(NFTables.newRule(r).payload)
+        for s in sets { hasher.add(NFTables.newSet(s).payload) }
+        for (s, e) in zip(sets, elements) {
+            hasher.add(NFTables.elements(e, family: family, table: table, set: s.name).payload)
+        }
+        r.userdata = (r.userdata ?? []) + NFTUserdata.tlv(fingerprintUserdataType, hasher.value.bigEndianBytes8)
+        return r
+    }
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free content hash for fingerprints (not for security).
+struct FNV1a {
+    private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    mutating func add(_ bytes: [UInt8]) {
+        for b in bytes { value = (value ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+    }
+}
+
+extension UInt64 {
+    var bigEndianBytes8: [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: self >> (56 - 8 * $0)) } }
+}

@@ -1,1 +1,0 @@
-// The WireGuard layer: see README.md "Code layout".

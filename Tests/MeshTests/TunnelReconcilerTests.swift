@@ -1,0 +1,204 @@
+import Foundation
+import Model
+import Synchronization
+import Testing
+import WireGuard
+@testable import Mesh
+
+/// Records every backend call and keeps interface state like a real backend would.
+final class RecordingBackend: WireGuardBackend {
+    enum Call: Equatable {
+        case create(String)
+        case configure(String, DeviceUpdate)
+        case bringUp(String, [TunnelAddress])
+        case removeAddresses(String, [TunnelAddress])
+        case delete(String)
+    }
+
+    var kind: WireGuardBackendKind { .userspace }
+    let calls = Mutex<[Call]>([])
+    let interfaces = Mutex<[String: InterfaceState]>([:])
+    let failConfigure = Mutex<Set<String>>([])
+
+    var recorded: [Call] { calls.withLock { $0 } }
+    func reset() { calls.withLock { $0 = [] } }
+
+    func createInterface(named name: String) async throws(WireGuardError) {
+        calls.withLock { $0.append(.create(name)) }
+        interfaces.withLock { $0[name] = $0[name] ?? InterfaceState(publicKey: nil, listenPort: 0, fwmark: 0, peers: []) }
+    }
+
+    func configure(_ name: String, _ update: DeviceUpdate) async throws(WireGuardError) {
+        calls.withLock { $0.append(.configure(name, update)) }
+        if failConfigure.withLock({ $0.contains(name) }) { throw .rejected(interface: name, .portInUse) }
+        interfaces.withLock { all in
+            guard var state = all[name] else { return }
+            if let key = update.privateKey { state.publicKey = WireGuardPrivateKey(key)?.publicKey }
+            if let port = update.listenPort { state.listenPort = port }
+            if let mark = update.fwmark { state.fwmark = mark }
+            if update.replacePeers { state.peers = [] }
+            for peer in update.peers {
+                state.peers.removeAll { $0.publicKey == peer.publicKey }
+                if !peer.remove {
+                    state.peers.append(PeerState(publicKey: peer.publicKey, endpoint: peer.endpoint, allowedIPs: peer.allowedIPs,
+                                                 persistentKeepalive: peer.persistentKeepalive ?? 0))
+                }
+            }
+            all[name] = state
+        }
+    }
+
+    func bringUp(_ name: String, addresses: [TunnelAddress]) async throws(WireGuardError) {
+        calls.withLock { $0.append(.bringUp(name, addresses)) }
+    }
+
+    func removeAddresses(_ addresses: [TunnelAddress], from name: String) async throws(WireGuardError) {
+        calls.withLock { $0.append(.removeAddresses(name, addresses)) }
+    }
+
+    func state(of name: String) async throws(WireGuardError) -> InterfaceState {
+        guard let state = interfaces.withLock({ $0[name] }) else { throw .noSuchInterface(name) }
+        return state
+    }
+
+    func deleteInterface(named name: String) async throws(WireGuardError) {
+        calls.withLock { $0.append(.delete(name)) }
+        interfaces.withLock { _ = $0.removeValue(forKey: name) }
+    }
+}
+
+struct TunnelReconcilerTests {
+    let key = WireGuardPrivateKey()
+    let uplinks = [Uplink(interface: "eth0", label: "isp"), Uplink(interface: "wwan0", label: "lte")]
+    let settings = TunnelSettings(interfacePrefix: "wg-hq")
+    let overlay = [TunnelAddress(IPv4Address(10, 99, 0, 50), prefixLength: 32)]
+
+    func plan(_ remotes: [SiteDescription]) throws -> TunnelPlan {
+        let local = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: ["eth0": IPv4Address(198, 51, 100, 1),
+                                                                              "wwan0": IPv4Address(203, 0, 113, 1)], settings: settings)
+        return try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: local, remotes: remotes, settings: settings)
+    }
+
+    @Test func createsThenChangesOnlyWhatChanged() async throws {
+        let backend = RecordingBackend()
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        let east = remoteSite(1, labels: ["isp", "lte"])
+        let first = await reconciler.apply(try plan([east]))
+        #expect(first.created == ["wg-hq0", "wg-hq1"])
+        #expect(backend.recorded.first == .create("wg-hq0"))
+        // Created up and empty, then the peers are added (so wireguard-go handshakes at once).
+        guard case .configure("wg-hq0", let full) = backend.recorded[1] else { Issue.record("expected a full configure"); return }
+        #expect(full.replacePeers && full.privateKey == key.secret && full.listenPort == 51820 && full.fwmark == 0x0100_0000)
+        #expect(full.peers.isEmpty)
+        #expect(backend.recorded[2] == .bringUp("wg-hq0", overlay))
+        guard case .configure("wg-hq0", let peers) = backend.recorded[3] else { Issue.record("expected the peers"); return }
+        #expect(peers.peers.first?.endpoint == east.endpoints[0].address)  // endpoint set with the peer, before traffic
+
+        // Same plan again: nothing at all is sent.
+        backend.reset()
+        let again = await reconciler.apply(try plan([east]))
+        #expect(!again.changedSomething)
+        #expect(backend.recorded.isEmpty)
+
+        // A second site appears: one set adding one peer per interface it pairs with; nothing restarted.
+        backend.reset()
+        let west = remoteSite(2, labels: ["isp"], lan: [IPv4Prefix("192.168.30.0/24")!])
+        _ = await reconciler.apply(try plan([east, west]))
+        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [PeerUpdate(setting: try plan([east, west]).interfaces[0].peers.first { $0.publicKey == west.publicKey }!)]))])
+
+        // East's isp endpoint moves: remove + re-add in one set on wg-hq0 only.
+        backend.reset()
+        var moved = east
+        moved.endpoints[0].address = SocketAddress4("192.0.2.200:51830")!
+        _ = await reconciler.apply(try plan([moved, west]))
+        #expect(backend.recorded.count == 1)
+        guard case .configure("wg-hq0", let change) = backend.recorded.first else { Issue.record("expected one configure"); return }
+        #expect(change.peers.count == 2)
+        #expect(change.peers[0] == .removing(east.publicKey))
+        #expect(change.peers[1].publicKey == east.publicKey && change.peers[1].endpoint == SocketAddress4("192.0.2.200:51830"))
+        #expect(change.listenPort == nil && change.privateKey == nil && !change.replacePeers)
+
+        // West adds a LAN: updated in place, no remove (its session survives).
+        backend.reset()
+        var grown = west
+        grown.lanPrefixes.append(IPv4Prefix("192.168.31.0/24")!)
+        _ = await reconciler.apply(try plan([moved, grown]))
+        guard case .configure("wg-hq0", let lan) = backend.recorded.first else { Issue.record("expected one configure"); return }
+        #expect(lan.peers.count == 1 && !lan.peers[0].remove && lan.peers[0].replaceAllowedIPs)
+
+        // East expires: its peers are removed from both interfaces; the interfaces stay.
+        backend.reset()
+        let report = await reconciler.apply(try plan([grown]))
+        #expect(report.deleted.isEmpty)
+        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(east.publicKey)])),
+                                     .configure("wg-hq1", DeviceUpdate(peers: [.removing(east.publicKey)]))])
+
+        // Shutdown removes every interface.
+        backend.reset()
+        await reconciler.removeAll()
+        #expect(backend.recorded == [.delete("wg-hq0"), .delete("wg-hq1")])
+    }
+
+    @Test func adoptsInterfacesLeftByAPreviousRun() async throws {
+        let backend = RecordingBackend()
+        let east = remoteSite(1, labels: ["isp", "lte"])
+        let first = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        _ = await first.apply(try plan([east]))
+        backend.reset()
+        // A new reconciler (daemon restart) finds the same interfaces: no create, no peer churn.
+        let second = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        let report = await second.apply(try plan([east]))
+        #expect(report.created.isEmpty)
+        #expect(!backend.recorded.contains { if case .create = $0 { true } else { false } })
+        #expect(!backend.recorded.contains { if case .configure = $0 { true } else { false } })
+    }
+
+    @Test func aFailingInterfaceDoesNotStopTheOthersAndIsRetried() async throws {
+        let backend = RecordingBackend()
+        _ = backend.failConfigure.withLock { $0.insert("wg-hq0") }
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        let report = await reconciler.apply(try plan([remoteSite(1, labels: ["isp", "lte"])]))
+        #expect(report.created == ["wg-hq1"])
+        #expect(report.failures["wg-hq0"]?.contains("already in use") == true)
+        backend.failConfigure.withLock { $0 = [] }
+        let retry = await reconciler.apply(try plan([remoteSite(1, labels: ["isp", "lte"])]))
+        #expect(retry.failures.isEmpty)
+        #expect(retry.updated == ["wg-hq0"] || retry.created == ["wg-hq0"])
+    }
+}
+
+extension TunnelReconcilerTests {
+    /// Crossing first initiations stall both sides for WireGuard's 5 s retry; the side with the smaller
+    /// public key re-creates the peer (remove + add in one set) so a fresh initiation goes out.
+    @Test func onlyTheSmallerKeyNudgesAStalledFirstHandshake() async throws {
+        let backend = RecordingBackend()
+        var middle = WireGuardPrivateKey()
+        while !(2...0xfe).contains(middle.publicKey.bytes[0]) { middle = WireGuardPrivateKey() }
+        let reconciler = TunnelReconciler(backend: backend, privateKey: middle, addresses: overlay)
+        let low = remoteSite(1, labels: ["isp"])     // key bytes 0x01...: smaller than almost any key
+        var high = remoteSite(2, labels: ["isp"])
+        high.publicKey = WireGuardKey(bytes: [UInt8](repeating: 0xff, count: 32))!
+        _ = await reconciler.apply(try plan([low, high]))
+        backend.reset()
+        #expect(await reconciler.nudgeStalledHandshakes() == 0)  // not due yet
+        try await Task.sleep(for: TunnelReconciler.firstNudge + .milliseconds(50))
+        #expect(await reconciler.nudgeStalledHandshakes() == 1)
+        let highPeer = try plan([low, high]).interfaces[0].peers.first { $0.publicKey == high.publicKey }!
+        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(high.publicKey), PeerUpdate(setting: highPeer)]))])
+        // Backed off: not again right away.
+        #expect(await reconciler.nudgeStalledHandshakes() == 0)
+    }
+}
+
+extension TunnelReconcilerTests {
+    @Test func movingTheOverlayAddsTheNewAddressThenRemovesTheOld() async throws {
+        let backend = RecordingBackend()
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        _ = await reconciler.apply(try plan([remoteSite(1, labels: ["isp"])]))
+        backend.reset()
+        let moved = [TunnelAddress(IPv4Address(10, 99, 7, 7), prefixLength: 32)]
+        await reconciler.setAddresses(moved)
+        #expect(backend.recorded == [.bringUp("wg-hq0", moved), .removeAddresses("wg-hq0", overlay),
+                                     .bringUp("wg-hq1", moved), .removeAddresses("wg-hq1", overlay)])
+    }
+}

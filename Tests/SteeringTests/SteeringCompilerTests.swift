@@ -1,0 +1,236 @@
+// Tests of the compiler and the diff, without root. Golden hex comes from
+// scripts/capture-netlink.py (see Tests/NetlinkTests/NetlinkGoldenTests.swift for the method).
+import Foundation
+import Testing
+import Model
+import Netlink
+@testable import Steering
+
+func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+let siteB = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
+let siteC = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000c1")!)
+
+/// The plan of the reference ruleset (rules/reference-ruleset.nft): the seed's default policies over two
+/// paths to one branch, plus a load-balanced class to a second site.
+func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> SteeringPlan {
+    SteeringPlan(
+        classes: [
+            .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
+                                                                       ServiceMatch(.tcp, [PortRange(5060, 5061)])])]),
+            .init(id: 2, name: "bulk", matches: [TrafficMatch(services: [ServiceMatch(.tcp, [PortRange(20, 21), PortRange(873)])])]),
+            .init(id: 3, name: "video", matches: [TrafficMatch(dscp: [34, 46], destinations: [IPv4Prefix("10.30.8.0/24")!])]),
+            .init(id: 4, name: "default", matches: [TrafficMatch()]),
+        ],
+        paths: [
+            .init(slot: 1, interface: "wg-b-isp", site: siteB),
+            .init(slot: 2, interface: "wg-b-lte", site: siteB),
+            .init(slot: 3, interface: "wg-c-isp", site: siteC),
+            .init(slot: 4, interface: "wg-c-lte", site: siteC),
+        ],
+        destinations: [
+            .init(site: siteB, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.2.0/24")!]),
+            .init(site: siteC, name: "depot", prefixes: [IPv4Prefix("10.30.0.0/16")!]),
+        ],
+        choices: [
+            .init(site: siteB, classID: 1, target: .path(voip)),
+            .init(site: siteB, classID: 2, target: .path(2)),
+            .init(site: siteB, classID: 4, target: .path(1)),
+            .init(site: siteC, classID: 1, target: .path(3)),
+            .init(site: siteC, classID: 3, target: .path(4)),
+            .init(site: siteC, classID: 4, target: .buckets(buckets)),
+        ])
+}
+
+@Suite struct SteeringCompilerTests {
+    // scripts/capture-netlink.py 'nft add table inet patronus' -- nft add set inet patronus voip_svc
+    //   '{ type inet_proto . inet_service; flags interval; comment "policy voip: protocol . port"; }'  (and _dst, _dscp)
+    @Test func classSetsAreDeclaredExactlyAsNftDeclaresThem() throws {
+        let plan = SteeringPlan(classes: [.init(id: 1, name: "voip", matches: [TrafficMatch(
+            services: [ServiceMatch(.udp, [PortRange(5060, 5061)]), ServiceMatch(.tcp, [PortRange(873)])],
+            dscp: [46, 8], destinations: [IPv4Prefix("10.1.0.0/16")!, IPv4Prefix("10.2.0.0/16")!, IPv4Prefix("192.168.0.0/24")!])])])
+        let r = try SteeringCompiler.compile(plan)
+        func set(_ name: String) -> SteeringRuleset.StaticSet { r.staticSets.first { $0.set.name == name }! }
+        func payload(_ s: NFTSet) -> String { var s = s; s.id = 1; return hex(NFTables.newSet(s).payload) }
+        #expect(payload(set("voip_svc").set) == "010000000d000100706174726f6e757300000000" + "0d000200766f69705f737663000000000800030000000084080004000000030d080005000000000808000a0000000001200009801c0002800c00018008000100000000010c000180080001000000000233000d00000400000000030800040d0000000100071d706f6c69637920766f69703a2070726f746f636f6c202e20706f72740000")
+        #expect(payload(set("voip_dst").set) == "010000000d000100706174726f6e757300000000" + "0d000200766f69705f6473740000000008000300000000040800040000000007080005000000000408000a00000000012e000d000004020000000722706f6c69637920766f69703a2064657374696e6174696f6e207072656669786573000000")
+        #expect(payload(set("voip_dscp").set) == "010000000d000100706174726f6e757300000000" + "0e000200766f69705f6473637000000008000300000000000800040000000024080005000000000108000a00000000011e000d000004020000000712706f6c69637920766f69703a2044534350000000")
+        // nft add element inet patronus voip_dst '{ 10.1.0.0/16, 10.2.0.0/16, 192.168.0.0/24 }' (set id 2 in nft's cache)
+        #expect(hex(NFTables.elements(set("voip_dst").elements, family: .inet, table: "patronus", set: "voip_dst", setID: 2).payload)
+                == "010000000d000100706174726f6e7573000000000d000200766f69705f647374000000000800040000000002940003801800018008000300000000010c0001800800010000000000100002800c000180080001000a0100001800038008000300000000010c000180080001000a020000100004800c000180080001000a0200001800058008000300000000010c000180080001000a030000100006800c00018008000100c0a800001800078008000300000000010c00018008000100c0a80100")
+        // nft add element inet patronus voip_svc '{ udp . 5060-5061, tcp . 873 }' (set id 1)
+        #expect(hex(NFTables.elements(set("voip_svc").elements, family: .inet, table: "patronus", set: "voip_svc", setID: 1).payload)
+                == "010000000d000100706174726f6e7573000000000d000200766f69705f7376630000000008000400000000014c00038024000180100001800c0001001100000013c4000010000a800c0001001100000013c5000024000280100001800c000100060000000369000010000a800c0001000600000003690000")
+        #expect(set("voip_dscp").elements.map(\.key) == [[8], [46]])
+    }
+
+    // nft add map inet patronus lb_default_branch '{ type mark : verdict; comment "class default to branch: flow hash bucket -> path"; }'
+    @Test func bucketMapIsDeclaredAsNftDeclaresATypeMarkMap() throws {
+        var plan = referencePlan()
+        plan.destinations[1].name = "branch"
+        plan.destinations[0].name = "hq"
+        let r = try SteeringCompiler.compile(plan)
+        var map = r.maps.first { $0.set.name == "lb_default_branch" }!.set
+        map.id = 1
+        #expect(hex(NFTables.newSet(map).payload) == "010000000d000100706174726f6e757300000000160002006c625f64656661756c745f6272616e636800000008000300000000080800040000000013080005000000000408000600ffffff00080007000000000008000a00000000014a000d000004010000000104000000000604000000000732636c6173732064656661756c7420746f206272616e63683a20666c6f772068617368206275636b6574202d3e2070617468000000")
+    }
+
+    // scripts/capture-netlink.py 'nft add table inet patronus; nft add chain inet patronus site_branch' --
+    //   nft add map inet patronus sites '{ type ipv4_addr : verdict; flags interval; comment "remote prefix -> site";
+    //   elements = { 10.20.0.0/16 : goto site_branch, 10.99.2.0/24 : goto site_branch } }'
+    // and: nft add rule inet patronus site_branch ct mark & 0x00ff0000 vmap @site_branch (set id 1)
+    @Test func sitesMapAndSiteChainAreWhatNftSends() throws {
+        var plan = referencePlan()
+        plan.destinations.removeLast()
+        plan.choices.removeAll { $0.site == siteC }
+        plan.paths.removeAll { $0.site == siteC }
+        let r = try SteeringCompiler.compile(plan)
+        let sites = r.staticSets.first { $0.set.name == "sites" }!
+        var set = sites.set
+        set.id = 1
+        #expect(hex(NFTables.newSet(set).payload) == "010000000d000100706174726f6e7573000000000a0002007369746573000000080003000000000c0800040000000007080005000000000408000600ffffff00080007000000000008000a00000000012e000d00000402000000010400000000060400000000071672656d6f746520707265666978202d3e2073697465000000")
+        #expect(hex(NFTables.elements(sites.elements, family: .inet, table: "patronus", set: "sites", setID: 1).payload) == "010000000d000100706174726f6e7573000000000a00020073697465730000000800040000000001ac0003801800018008000300000000010c0001800800010000000000300002800c000180080001000a140000200002801c00028008000100fffffffc10000200736974655f6272616e6368001800038008000300000000010c000180080001000a150000300004800c000180080001000a630200200002801c00028008000100fffffffc10000200736974655f6272616e6368001800058008000300000000010c000180080001000a630300")
+        var siteRule = r.rules["site_branch"]![0]
+        siteRule.userdata = nil
+        siteRule.expressions = siteRule.expressions.map {
+            if case let .lookup(sreg, set, _, dreg) = $0 { return .lookup(sreg: sreg, set: set, setID: 1, dreg: dreg) }
+            return $0
+        }
+        #expect(hex(NFTables.newRule(siteRule).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e636800ac00048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c000480080001000000ff000c00058008000100000000003c0001800b0001006c6f6f6b757000002c0002800800020000000001080003000000000010000100736974655f6272616e6368000800040000000001")
+        var map = r.maps.first { $0.set.name == "site_branch" }!.set
+        map.id = 1
+        #expect(hex(NFTables.newSet(map).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e63680008000300000000080800040000000013080005000000000408000600ffffff00080007000000000008000a000000000130000d000004010000000104000000000604000000000718636c617373202d3e207061746820746f206272616e636800")
+    }
+
+    @Test func markWritesKeepEveryBitOutsideOurMask() throws {
+        let r = try SteeringCompiler.compile(referencePlan())
+        var writes = 0
+        for rule in r.rules.values.flatMap({ $0 }) {
+            for (i, e) in rule.expressions.enumerated() {
+                guard case let .bitwise(_, _, mask, xor) = e, i + 1 < rule.expressions.count else { continue }
+                switch rule.expressions[i + 1] {
+                case .metaSet, .ctSet:
+                    let m = UInt32(mask[0]) | UInt32(mask[1]) << 8 | UInt32(mask[2]) << 16 | UInt32(mask[3]) << 24
+                    let x = UInt32(xor[0]) | UInt32(xor[1]) << 8 | UInt32(xor[2]) << 16 | UInt32(xor[3]) << 24
+                    #expect(m == ~SteeringPlan.markMask, "rule in \(rule.chain) clears bits outside 0x00ff0000")
+                    #expect(x & ~SteeringPlan.markMask == 0, "rule in \(rule.chain) sets bits outside 0x00ff0000")
+                    writes += 1
+                default: break
+                }
+            }
+        }
+        #expect(writes == 4 * 4 + 4 + 1) // class x path chains, one rule per class match, "no policy matched"
+    }
+
+    @Test func rulesAndRoutesFollowTheDocumentedNumbering() throws {
+        let r = try SteeringCompiler.compile(referencePlan())
+        #expect(r.ipRules.map(\.table) == [6201, 6202, 6203, 6204])
+        #expect(r.ipRules.allSatisfy { $0.priority == 6210 && $0.fwmask == 0x00ff_0000 && $0.protocolTag == 77 })
+        #expect(r.ipRules.map { $0.fwmark! } == [0x10000, 0x20000, 0x30000, 0x40000])
+        #expect(Set(r.routes.filter { $0.table == 6201 }.map(\.prefix.description)) == ["10.20.0.0/16", "10.99.2.0/24"])
+        #expect(r.routes.filter { $0.table == 6203 }.map(\.interface) == ["wg-c-isp"])
+    }
+
+    @Test func invalidPlansAreRefusedWithReasons() {
+        var plan = referencePlan()
+        plan.classes.append(.init(id: 1, name: "voip", matches: []))
+        plan.choices.append(.init(site: siteB, classID: 2, target: .path(3)))
+        plan.destinations.append(.init(site: SiteID(), name: "overlap", prefixes: [IPv4Prefix("10.20.5.0/24")!]))
+        #expect(throws: SteeringError.self) { try SteeringCompiler.compile(plan) }
+        let problems = plan.problems().joined(separator: "\n")
+        #expect(problems.contains("class id 1 is used twice"))
+        #expect(problems.contains("path 3 does not lead to site"))
+        #expect(problems.contains("overlap"))
+    }
+
+    @Test func planIsCodableAndPrintable() throws {
+        let plan = referencePlan()
+        let data = try JSONEncoder().encode(plan)
+        #expect(try JSONDecoder().decode(SteeringPlan.self, from: data) == plan)
+        #expect(plan.description.contains("class 1 voip: udp 5060-5061,16384-32767,tcp 5060-5061"))
+        #expect(plan.description.contains("path 2 dev wg-b-lte -> site 00000000-0000-0000-0000-0000000000b1 mark 0x00020000 table 6202"))
+    }
+
+    @Test func compilingIsDeterministic() throws {
+        #expect(try SteeringCompiler.compile(referencePlan()) == SteeringCompiler.compile(referencePlan()))
+    }
+}
+
+@Suite struct SteeringDiffTests {
+    @Test func firstApplyCreatesEverythingInOneBatch() throws {
+        let desired = try SteeringCompiler.compile(referencePlan())
+        let diff = SteeringDiff(installed: InstalledState(), desired: desired)
+        #expect(diff.changes.tableCreated)
+        #expect(diff.batch.first?.message.type == 0x0a00)
+        #expect(diff.changes.ipRulesAdded.count == 4)
+        #expect(diff.changes.routesAdded.count == 6) // branch: 2 prefixes x 2 paths; depot: 1 x 2
+        #expect(diff.changes.chainsReloaded.isEmpty)
+    }
+
+    @Test func sameRulesetIsNoChange() throws {
+        let desired = try SteeringCompiler.compile(referencePlan())
+        let diff = SteeringDiff(installed: Steering.afterApply(desired), desired: desired)
+        #expect(diff.changes.isEmpty)
+        #expect(diff.batch.isEmpty)
+    }
+
+    @Test func movingAClassChangesOneElementOnly() throws {
+        let before = try SteeringCompiler.compile(referencePlan(voip: 1))
+        let after = try SteeringCompiler.compile(referencePlan(voip: 2))
+        let diff = SteeringDiff(installed: Steering.afterApply(before), desired: after)
+        #expect(diff.changes.elementsOnly)
+        // One element of the branch's class -> path map, replaced (delete + add) in one batch.
+        #expect(diff.changes.elementsDeleted == 1 && diff.changes.elementsAdded == 1)
+        #expect(diff.batch.map(\.message.type) == [0x0a0e, 0x0a0c])
+    }
+
+    @Test func whenAPathLeavesABalancedSetOnlyItsBucketsMove() throws {
+        let before = try SteeringCompiler.compile(referencePlan(buckets: [3, 4, 3, 4]))
+        let after = try SteeringCompiler.compile(referencePlan(buckets: [3, 3, 3, 3]))
+        let diff = SteeringDiff(installed: Steering.afterApply(before), desired: after)
+        #expect(diff.changes.elementsOnly)
+        #expect(diff.changes.elementsDeleted == 2 && diff.changes.elementsAdded == 2)
+    }
+
+    @Test func aPolicyEditReloadsClassificationButNotThePathChains() throws {
+        let before = try SteeringCompiler.compile(referencePlan())
+        var plan = referencePlan()
+        plan.classes[1].matches = [TrafficMatch(services: [ServiceMatch(.tcp, [PortRange(873), PortRange(22)])])]
+        let diff = SteeringDiff(installed: Steering.afterApply(before), desired: try SteeringCompiler.compile(plan))
+        #expect(diff.changes.chainsReloaded == ["classify"])
+        #expect(Set(diff.changes.setsDeleted) == Set(diff.changes.setsCreated))
+        #expect(diff.changes.chainsCreated.isEmpty && diff.changes.chainsDeleted.isEmpty)
+        // Flush first, then the set can go, then it is re-created, then the rules come back.
+        let types = diff.batch.map(\.message.type)
+        #expect(types.first == 0x0a08) // DELRULE (flush classify)
+        #expect(types.last == 0x0a06)  // NEWRULE
+    }
+
+    @Test func leftoversAreRemovedAndDuplicatesCollapsed() throws {
+        let desired = try SteeringCompiler.compile(referencePlan())
+        var installed = Steering.afterApply(desired)
+        installed.ipRules.append(installed.ipRules[0]) // a duplicate rule
+        installed.chains["old_path9"] = NFTChain(family: .inet, table: "patronus", name: "old_path9")
+        installed.ruleFingerprints["old_path9"] = [[1]]
+        installed.ruleFingerprints["classify"]!.append([9, 9]) // a stray rule in our chain
+        let diff = SteeringDiff(installed: installed, desired: desired)
+        #expect(diff.changes.ipRulesDeleted.count == 1)
+        #expect(diff.changes.chainsDeleted == ["old_path9"])
+        #expect(diff.changes.chainsReloaded == ["classify"])
+    }
+}
+
+@Suite struct ReferenceRulesetTests {
+    /// Without root the kernel cannot print the ruleset, but every object the compiler makes for the
+    /// reference plan must be in the committed text (the root test compares it byte for byte).
+    @Test func referenceRulesetNamesEveryCompiledObject() throws {
+        let text = try String(contentsOfFile: referenceRulesetPath(), encoding: .utf8)
+        let r = try SteeringCompiler.compile(referencePlan())
+        for c in r.chains { #expect(text.contains("\tchain \(c.name) {"), "chain \(c.name)") }
+        for s in r.staticSets { #expect(text.contains("\(s.set.flags & NFTSet.flagMap != 0 ? "map" : "set") \(s.set.name) {"), "set \(s.set.name)") }
+        for m in r.maps { #expect(text.contains("\tmap \(m.set.name) {"), "map \(m.set.name)") }
+        for rule in r.rules.values.flatMap({ $0 }) {
+            if let comment = NFTUserdata.comment(in: rule.userdata) { #expect(text.contains("comment \"\(comment)\""), "\(comment)") }
+        }
+    }
+}
