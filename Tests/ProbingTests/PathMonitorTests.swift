@@ -169,7 +169,7 @@ struct SimulatedPath {
         #expect(path.monitor.counters.drops.total == 0 && path.monitor.loss.percent == 0)
     }
 
-    @Test func lateRepliesCountAsLostOnceAndStillTeachTheTimeout() {
+    @Test func aLatencyJumpIsLearnedFromLateReplies() {
         var path = SimulatedPath()
         path.run(for: .seconds(2), network: rtt20)
         // Latency jumps to 300 ms: probes time out, the path goes down, late replies grow the timeout, and
