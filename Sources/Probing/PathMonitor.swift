@@ -19,6 +19,8 @@ public struct ProbeConfiguration: Hashable, Sendable {
     /// like a degraded path (docs/PROBING.md "Status").
     public var lossWindow = 200
     public var health = HealthPolicy()
+    /// Nice value of the prober's receive thread (nil: inherit), so replies are taken off the socket promptly.
+    public var receiveNiceness: Int32? = -10
 
     public init() {}
 }
@@ -48,7 +50,9 @@ public struct PathMonitor: Sendable {
     public private(set) var consecutiveMisses = 0
     public private(set) var lastReplyAt: MonotonicInstant?
     /// Send time of the first probe of the current miss run.
-    public private(set) var missRunStartedAt: MonotonicInstant?
+    public var missRunStartedAt: MonotonicInstant? { missRun.first }
+    /// Send times of the probes of the current miss run, oldest first.
+    private var missRun: [MonotonicInstant] = []
     public private(set) var counters = ProbeCounters()
     public private(set) var rtt: RTTEstimator
     public private(set) var loss: LossWindow
@@ -123,8 +127,8 @@ public struct PathMonitor: Sendable {
             if isExcused(sentAt: expiry.sentAt) { continue }
             for _ in 0..<expiry.lostCopies { loss.record(lost: true) }
             if expiry.missed {
-                if consecutiveMisses == 0 { missRunStartedAt = expiry.sentAt }
-                consecutiveMisses += 1
+                missRun.append(expiry.sentAt)
+                consecutiveMisses = missRun.count
                 counters.misses += 1
             }
             if let change = evaluate(at: now, answered: false) { changes.append(change) }
@@ -147,14 +151,18 @@ public struct PathMonitor: Sendable {
         case .duplicate:
             counters.duplicates += 1
             return nil
-        case .late(let sample):
+        case .late(let sample, let sentAt):
             counters.repliesLate += 1
-            // Too late for the miss count (that is what makes failover fast), but delivered: not a loss.
-            if !isExcused(sentAt: now + (.zero - sample)) {
+            // Too late for the miss count (that is what makes failover fast), but delivered: not a loss, and
+            // the path carried this probe (slowly: a stalled queue or host, not a dead path), so the probes
+            // missed before it no longer count towards down.
+            if !isExcused(sentAt: sentAt) {
                 rtt.add(sample.milliseconds)
                 loss.reviseLatestLoss()
             }
-            return nil
+            missRun.removeAll { $0 <= sentAt }
+            consecutiveMisses = missRun.count
+            return evaluate(at: now, answered: false)
         case .onTime(let sample, let first):
             counters.repliesOnTime += 1
             if !isExcused(sentAt: now + (.zero - sample)) {
@@ -162,7 +170,10 @@ public struct PathMonitor: Sendable {
                 loss.record(lost: false)
             }
             lastReplyAt = now
-            if first { consecutiveMisses = 0 }
+            if first {
+                missRun.removeAll()
+                consecutiveMisses = 0
+            }
             return evaluate(at: now, answered: first)
         }
     }

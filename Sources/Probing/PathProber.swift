@@ -141,9 +141,8 @@ public final class PathProber: @unchecked Sendable {
     /// Probes until the calling task is cancelled or `stop()` is called, then closes the socket and finishes
     /// `events`. Call it once.
     public func run() async {
-        let receiver = ReceiveLoop(socket: socket, name: "probe-\(target.name)", maximumSize: ProbePacket.size) {
-            [self] datagram in handle(datagram)
-        }
+        let receiver = ReceiveLoop(socket: socket, name: "probe-\(target.name)", maximumSize: ProbePacket.size,
+                                   niceness: configuration.receiveNiceness) { [self] datagram in handle(datagram) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await receiver.run() }
             group.addTask { await self.tick() }

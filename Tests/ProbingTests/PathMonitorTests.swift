@@ -169,7 +169,7 @@ struct SimulatedPath {
         #expect(path.monitor.counters.drops.total == 0 && path.monitor.loss.percent == 0)
     }
 
-    @Test func lateRepliesCountAsLostOnceAndStillTeachTheTimeout() {
+    @Test func aLatencyJumpIsLearnedFromLateReplies() {
         var path = SimulatedPath()
         path.run(for: .seconds(2), network: rtt20)
         // Latency jumps to 300 ms: probes time out, the path goes down, late replies grow the timeout, and
@@ -183,6 +183,28 @@ struct SimulatedPath {
         let counters = path.monitor.counters
         // Every packet resolved exactly once: on time or lost.
         #expect(counters.packetsSent >= counters.repliesOnTime + UInt64(path.monitor.loss.lost))
+    }
+
+    @Test func lateRepliesEndAMissRunSoAStallIsNotADown() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20) // the last probe went out at 2.000 s
+        let start = path.now
+        // A stalled responder: replies to the probes of 2.050 and 2.100 are held until 2.150, and the probe of
+        // 2.150 is lost. Three probes in a row miss their timeout, but the late replies arriving at 2.150 prove
+        // the path alive after the first two were sent, so the run is 1, not 3.
+        path.run(for: .seconds(2)) { _, sent in
+            if sent < start + .milliseconds(140) { return [start + .milliseconds(150) - sent] }
+            if sent < start + .milliseconds(160) { return [] }
+            return [.milliseconds(20)]
+        }
+        #expect(path.downs.isEmpty, "\(path.changes)")
+        #expect(path.monitor.counters.misses == 3)
+        #expect(path.monitor.counters.repliesLate == 3) // 2.100 went out as two copies (suspect mode)
+        // A real cut right after still goes down; the stall's samples have raised the timeout for a while.
+        let cut = path.now
+        path.run(for: .seconds(1)) { _, _ in [] }
+        #expect(path.downs.count == 1)
+        #expect(path.downs[0].at - cut <= .milliseconds(150) + path.monitor.timeout + .milliseconds(50))
     }
 
     @Test func highLossDegradesAndRecoveryTakesTheHold() {
