@@ -25,6 +25,8 @@ public struct Daemon: Sendable {
     public func run() async throws {
         try configuration.validate()
         guard ProcessCapabilities.effectiveHasNetAdmin() else { throw DaemonError.missingCapability("CAP_NET_ADMIN") }
+        // What can be refused without touching anything comes first: a refusal leaves nothing behind.
+        let backend = try WireGuardBackendSelector.make(configuration.wireguard)
 
         let files = StoreFiles(database: configuration.databasePath)
         let lock = try DatabaseLock.acquire(for: files)
@@ -50,9 +52,8 @@ public struct Daemon: Sendable {
             "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
         ])
 
-        let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         let steering = try KernelSteering(logger: logger)
-        let backend = try WireGuardBackendSelector.make(.auto)
+        let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         await StaleTunnels.remove(prefix: configuration.interfaceName, uplinkCount: uplinks.count, backend: backend,
                                   logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
