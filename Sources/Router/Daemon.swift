@@ -127,7 +127,7 @@ public struct Daemon: Sendable {
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime),
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
-                         logger: logger),
+                         bandwidthInterval: configuration.bandwidthInterval, logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
@@ -174,6 +174,8 @@ struct ProbeService: Service {
     let responder: ProbeResponder
     let bandwidthReceiver: BandwidthReceiver
     let runtime: SiteRuntime
+    /// Between re-measurements of every path (`--bandwidth-interval`, default 15 minutes).
+    let bandwidthInterval: Duration
     let logger: Logger
 
     func run() async throws {
@@ -192,11 +194,12 @@ struct ProbeService: Service {
 }
 
 extension ProbeService {
-    /// Bandwidth tests, one at a time: each path once it first comes up, then every path every 15 minutes.
+    /// Bandwidth tests, one at a time: each path once it first comes up, then every path every
+    /// `bandwidthInterval` (15 minutes by default).
     func measureBandwidth() async {
         var lastRound = ContinuousClock.now
         while !Task.isCancelled {
-            if ContinuousClock.now - lastRound > .seconds(900) {
+            if ContinuousClock.now - lastRound > bandwidthInterval {
                 await runtime.remeasureBandwidth()
                 lastRound = .now
             }
