@@ -107,7 +107,7 @@ public struct Daemon: Sendable {
         responderConfiguration.replyMark = SteeringPlan.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
         let bandwidthReceiver = try BandwidthReceiver(logger: logger)
-        let probes = PathProbeSet()
+        let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
         let controller = Controller(applier: steering, logger: logger) { records in
             do {

@@ -80,6 +80,9 @@ public struct RoutingSettings: Hashable, Sendable {
     public var relativeMargin: Double = 0.10
     /// Absolute improvements required as well: latency (ms), loss (percentage points), score (points).
     public var latencyMarginMs: Double = 2.0
+    /// A latency advantage must also exceed this many times the larger of the two paths' jitter: medians over
+    /// short windows (the daemon's is 0.5 s) of two equally jittery paths differ by about their jitter.
+    public var latencyJitterMargin: Double = 2.0
     public var lossMarginPct: Double = 0.5
     public var scoreMargin: Double = 5.0
     /// Packets in each path's loss estimate (the probers' loss window: 200 probes = 10 s at 50 ms). Two paths
@@ -288,7 +291,8 @@ public struct RoutingEngine: Sendable {
         let margin = settings.relativeMargin
         switch strategy {
         case .lowestLatency:
-            return c.latencyMs < i.latencyMs * (1 - margin) && i.latencyMs - c.latencyMs >= settings.latencyMarginMs
+            return c.latencyMs < i.latencyMs * (1 - margin)
+                && i.latencyMs - c.latencyMs >= max(settings.latencyMarginMs, settings.latencyJitterMargin * max(c.jitterMs, i.jitterMs))
         case .highestBandwidth:
             let cb = c.bandwidthMbps ?? 0, ib = i.bandwidthMbps ?? 0
             if cb == 0 && ib == 0 { return c.score >= i.score + scoreMargin(c, i) }

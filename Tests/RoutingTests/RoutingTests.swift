@@ -220,6 +220,22 @@ private func selection(_ result: (state: RoutingState, changes: [SelectionChange
                                  PathMetrics(latencyMs: 1, jitterMs: 0, lossPct: 0, score: 90)) == 0)
     }
 
+    @Test func latencyAdvantagesWithinTheJitterDoNotCount() {
+        var state = engine.decide(policies: [voip], paths: [path("isp-a", latency: 20, jitter: 3), path("isp-b", latency: 22, jitter: 3)],
+                                  previous: RoutingState(), now: 0).state
+        // 4 ms better, but jitter 3 ms: two medians of such paths differ by that much anyway.
+        let close = [path("isp-a", latency: 24, jitter: 3), path("isp-b", latency: 20, jitter: 3)]
+        for t in [0.5, 1.5, 3.0] {
+            let step = engine.decide(policies: [voip], paths: close, previous: state, now: t)
+            #expect(step.changes.isEmpty)
+            state = step.state
+        }
+        // 10 ms better is beyond 2 x jitter: adopted after the hold-down.
+        let clear = [path("isp-a", latency: 30, jitter: 3), path("isp-b", latency: 20, jitter: 3)]
+        state = engine.decide(policies: [voip], paths: clear, previous: state, now: 4).state
+        #expect(selection(engine.decide(policies: [voip], paths: clear, previous: state, now: 5.01), voip) == .single(key("isp-b")))
+    }
+
     @Test func policyEditReselectsAtOnce() {
         let first = engine.decide(policies: [other], paths: [path("isp-a", latency: 10, score: 80), path("isp-b", latency: 50, score: 95)],
                                   previous: RoutingState(), now: 0)
