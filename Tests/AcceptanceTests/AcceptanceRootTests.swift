@@ -219,6 +219,7 @@ import Testing
         let config = """
             port = 873
             use chroot = no
+            reverse lookup = no
             pid file = \(directory)/rsyncd.pid
             [data]
               path = \(directory)/module
