@@ -19,4 +19,6 @@ done
   echo "# bench/resteer.sh $n $cli   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nft --version), $(nproc) cores)"
   echo "# command: ip netns exec $ns .build/release/patronus-bench resteer $n $cli"
   ip netns exec "$ns" .build/release/patronus-bench resteer "$n" "$cli"
+  echo "# floor of one element replace in a bare hash map, same namespace: patronus-bench rawhash $n"
+  ip netns exec "$ns" .build/release/patronus-bench rawhash "$n"
 } | tee bench/results/resteer.txt

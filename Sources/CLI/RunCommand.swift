@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Model
 import Router
+import WireGuard
 
 /// `patronus-router run`: the seed's flags with its defaults, and ours.
 struct RunCommand: AsyncParsableCommand {
@@ -58,15 +59,27 @@ struct RunCommand: AsyncParsableCommand {
             transform: ArgumentParsing.socketAddress)
     var metricsListen: SocketAddress4?
 
+    @Option(help: ArgumentHelp("WireGuard implementation: kernel, userspace (wireguard-go) or auto.",
+                               valueName: "kind"),
+            transform: { text in
+                guard let choice = WireGuardBackendChoice(rawValue: text) else {
+                    throw ValidationError("--wireguard: '\(text)' is not kernel, userspace or auto")
+                }
+                return choice
+            })
+    var wireguard: WireGuardBackendChoice = .auto
+
     init() {}
 
     /// The validated configuration these flags describe.
     var routerConfiguration: RouterConfiguration {
-        RouterConfiguration(siteName: siteName, listenPort: listenPort, databasePath: database,
-                            interfaceName: interface, multicastGroup: multicastGroup, debug: debug, uplinks: uplink,
-                            lanPrefixes: lan, meshKeyPath: meshKey, insecureNoAuth: insecureNoAuth, peers: peer,
-                            probeInterval: .milliseconds(probeInterval), metricsListen: metricsListen,
-                            bandwidthInterval: .seconds(bandwidthInterval))
+        var configuration = RouterConfiguration(
+            siteName: siteName, listenPort: listenPort, databasePath: database, interfaceName: interface,
+            multicastGroup: multicastGroup, debug: debug, uplinks: uplink, lanPrefixes: lan, meshKeyPath: meshKey,
+            insecureNoAuth: insecureNoAuth, peers: peer, probeInterval: .milliseconds(probeInterval),
+            metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
+        configuration.wireguard = wireguard
+        return configuration
     }
 
     func validate() throws {

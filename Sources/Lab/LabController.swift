@@ -83,11 +83,12 @@ public struct LabController: Sendable {
 
     // MARK: up
 
-    /// Builds the lab, starts the WAN emulator daemon (or uses netem) and, with `routers`, the routers, each
-    /// with `routerArguments` appended to its command line (e.g. `["--bandwidth-interval", "20"]`).
+    /// Builds the lab, starts the WAN emulator daemon (or uses netem) and, with `routers`, the routers.
+    /// `extraRouterArguments` are appended to every router's command line (tests: `--metrics-listen`,
+    /// `--debug`); the default lab passes none.
     @discardableResult
     public func up(sites: Int = 3, uplinks: Int = 2, routers: Bool = LabController.routersByDefault,
-                   emulation: LabTopology.Emulation = .automatic, routerArguments: [String] = []) throws -> LabState {
+                   emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = []) throws -> LabState {
         try Self.requireRoot()
         let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks)
         mkdir(stateRoot, 0o755)
@@ -119,7 +120,7 @@ public struct LabController: Sendable {
                 try Subprocess.check([executable, "mesh-key", "generate", "--output", meshKey])
                 for site in plan.sites {
                     let argv = plan.routerArguments(site: site.name, executable: executable, stateDirectory: directory,
-                                                    meshKey: meshKey, extra: routerArguments)
+                                                    meshKey: meshKey) + extraRouterArguments
                     let router = try startRouter(argv, in: topology.router(site.name), log: "\(directory)/\(site.name).log")
                     started.append(router)
                     state.routers[site.name] = RecordedProcess(pid: router.pid, role: "router \(site.name)")

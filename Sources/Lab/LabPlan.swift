@@ -125,15 +125,14 @@ public struct LabPlan: Codable, Equatable, Sendable {
     /// The command line that runs the real router for `site` inside its namespace (the hook `lab up`
     /// uses once `patronus-router run` works). Its WireGuard interfaces are named after the site
     /// (`wg-hq`...), because wireguard-go's UAPI sockets in /var/run/wireguard are shared by all namespaces.
-    /// `extra` is appended unchanged (tests use it for flags such as `--bandwidth-interval 20`).
     public func routerArguments(site name: String, executable: String, stateDirectory: String,
-                                meshKey: String? = nil, extra: [String] = []) -> [String] {
+                                meshKey: String? = nil) -> [String] {
         guard let site = site(named: name) else { return [] }
         var argv = [executable, "run", "--site-name", site.name, "--database", "\(stateDirectory)/\(site.name).db",
                     "--interface", tunnelPrefix(site: site.name)]
         for uplink in uplinks(of: site.name) { argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)"] }
         argv += ["--lan", site.lanPrefix]
         if let meshKey { argv += ["--mesh-key", meshKey] }
-        return argv + extra
+        return argv
     }
 }

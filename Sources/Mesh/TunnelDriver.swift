@@ -83,6 +83,7 @@ public struct TunnelDriver: Sendable {
             }
         }
         await apply()  // the interfaces exist (and listen) before anyone hears of them
+        await reconciler.removeStale(prefix: settings.interfacePrefix)
         let failure = await withTaskGroup(of: DiscoveryError?.self) { group -> DiscoveryError? in
             group.addTask {
                 do throws(DiscoveryError) {

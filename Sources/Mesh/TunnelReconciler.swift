@@ -34,8 +34,10 @@ public actor TunnelReconciler {
     private let logger: Logger
     private var addresses: [TunnelAddress]
     private var applied: [String: PlannedInterface] = [:]
-    /// Peers added (or re-created) that have not completed a handshake yet, per interface.
+    /// Peers we initiate to, added (or re-created) without a completed handshake yet, per interface.
     private var awaitingHandshake: [String: [WireGuardKey: Nudge]] = [:]
+    /// Peers that initiate to us, added with keepalive off until their first handshake (or a deadline).
+    private var keepaliveHeld: [String: [WireGuardKey: ContinuousClock.Instant]] = [:]
 
     private struct Nudge {
         var due: ContinuousClock.Instant
@@ -60,8 +62,21 @@ public actor TunnelReconciler {
 
     /// First nudge of a peer without a handshake after this long (a handshake takes one round trip); then
     /// 2x, up to `maxNudgeBackoff`.
-    public static let firstNudge: Duration = .milliseconds(400)
+    public static let firstNudge: Duration = .milliseconds(250)
     public static let maxNudgeBackoff: Duration = .seconds(8)
+    /// A peer that should initiate to us gets its keepalive after this long even without a handshake (it
+    /// may run software that waits for us).
+    public static let keepaliveHoldLimit: Duration = .seconds(2)
+
+    /// One initiator per pair: the side whose public key sorts first. A new peer sends its first keepalive,
+    /// and so a handshake initiation, the moment it is added; when both sides add each other at once their
+    /// initiations cross, each consumes the other's (dropping its own pending handshake) and both refuse
+    /// the responses: WireGuard then waits its 5 s retry, and a retry racing a half-finished exchange can
+    /// leave one direction without a usable session (both seen in the lab). So the other side adds the
+    /// peer with keepalive off (it answers, it does not initiate) and turns it on after the handshake.
+    private func weInitiate(to key: WireGuardKey) -> Bool {
+        privateKey.publicKey.bytes.lexicographicallyPrecedes(key.bytes)
+    }
 
     /// `addresses` go on every tunnel interface (the site's overlay address as a /32).
     public init(backend: any WireGuardBackend, privateKey: WireGuardPrivateKey, addresses: [TunnelAddress],
@@ -109,6 +124,7 @@ public actor TunnelReconciler {
                 try await backend.deleteInterface(named: name)
                 applied[name] = nil
                 awaitingHandshake[name] = nil
+                keepaliveHeld[name] = nil
                 report.deleted.append(name)
                 logger.info("tunnel interface removed", metadata: ["interface": "\(name)"])
             } catch {
@@ -132,7 +148,9 @@ public actor TunnelReconciler {
                     empty.peers = []
                     try await backend.start(interface.name, configuration: empty, addresses: addresses)
                     if !interface.peers.isEmpty {
-                        try await backend.configure(interface.name, DeviceUpdate(peers: interface.peers.map(PeerUpdate.init(setting:))))
+                        let peers = DeviceUpdate(peers: interface.peers.map(PeerUpdate.init(setting:)))
+                        try await backend.configure(interface.name, holdingKeepalive(peers, fresh: Self.freshPeers(from: nil, to: interface),
+                                                                                     on: interface.name))
                     }
                     report.created.append(interface.name)
                     logger.info("tunnel interface created", metadata: [
@@ -152,13 +170,12 @@ public actor TunnelReconciler {
         return report
     }
 
-    /// Re-creates, in one set per interface, the peers that were added but have not completed a handshake
-    /// since their last nudge. Two sites that add each other at the same moment send crossing initiations:
-    /// each consumes the other's, which discards its own pending handshake, so both responses are refused
-    /// and WireGuard waits its 5 s retry (seen in the lab). A first initiation can also hit a site that does
-    /// not know us yet. Removing and re-adding the peer sends a fresh initiation at once (after 0.4 s, then
-    /// 0.8, 1.6 ... 8 s). Only the side with the smaller public key nudges, so nudges never cross again.
-    /// Returns how many peers were nudged. The tunnel driver calls it every tick.
+    /// First-handshake maintenance, one set per interface. Peers we initiate to (see `weInitiate`) that have
+    /// no handshake yet are re-created (remove + add), which sends a fresh initiation at once: our first
+    /// one can reach a site that does not know us yet, and WireGuard would retry only after 5 s (after
+    /// 0.25 s, then 0.5, 1 ... 8 s). Peers that initiate to us get their keepalive once their handshake is
+    /// done (or after `keepaliveHoldLimit`). Returns how many peers were re-created. The tunnel driver
+    /// calls it every 100 ms; with nothing pending it costs nothing.
     @discardableResult
     public func nudgeStalledHandshakes() async -> Int {
         await exclusively { await nudgeNow() }
@@ -167,10 +184,12 @@ public actor TunnelReconciler {
     private func nudgeNow() async -> Int {
         let now = ContinuousClock.now
         var nudged = 0
-        for (name, peers) in awaitingHandshake where peers.values.contains(where: { now >= $0.due }) {
+        let names = Set(awaitingHandshake.filter { $0.value.values.contains { now >= $0.due } }.keys)
+            .union(keepaliveHeld.filter { !$0.value.isEmpty }.keys)
+        for name in names.sorted() {
             guard let interface = applied[name], let state = try? await backend.state(of: name) else { continue }
             var update = DeviceUpdate()
-            for (key, nudge) in peers {
+            for (key, nudge) in awaitingHandshake[name] ?? [:] {
                 guard let planned = interface.peers.first(where: { $0.publicKey == key }),
                       let live = state.peer(key), live.lastHandshake == nil else {
                     awaitingHandshake[name]?[key] = nil
@@ -178,31 +197,81 @@ public actor TunnelReconciler {
                 }
                 guard now >= nudge.due else { continue }
                 update.peers += [.removing(key), PeerUpdate(setting: planned)]
+                nudged += 1
                 let backoff = min(nudge.backoff * 2, Self.maxNudgeBackoff)
                 awaitingHandshake[name]?[key] = Nudge(due: now + backoff, backoff: backoff)
             }
+            for (key, deadline) in keepaliveHeld[name] ?? [:] {
+                guard let planned = interface.peers.first(where: { $0.publicKey == key }) else {
+                    keepaliveHeld[name]?[key] = nil
+                    continue
+                }
+                guard state.peer(key)?.lastHandshake != nil || now >= deadline else { continue }
+                // Keepalive on, nothing else touched: the session stays.
+                update.peers.append(PeerUpdate(publicKey: key, persistentKeepalive: planned.persistentKeepalive))
+                keepaliveHeld[name]?[key] = nil
+            }
             if awaitingHandshake[name]?.isEmpty == true { awaitingHandshake[name] = nil }
+            if keepaliveHeld[name]?.isEmpty == true { keepaliveHeld[name] = nil }
             guard !update.peers.isEmpty else { continue }
             do {
                 try await backend.configure(name, update)
-                nudged += update.peers.count / 2
             } catch {
-                logger.warning("handshake nudge failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+                logger.warning("first-handshake maintenance failed", metadata: ["interface": "\(name)", "error": "\(error)"])
             }
         }
         return nudged
     }
 
-    private func trackFreshPeers(from before: PlannedInterface?, to after: PlannedInterface) {
-        let ours = privateKey.publicKey.bytes
+    /// Peers that are new, or whose endpoint changed (they are re-created), between two versions.
+    static func freshPeers(from before: PlannedInterface?, to after: PlannedInterface) -> Set<WireGuardKey> {
         let old = Dictionary((before?.peers ?? []).map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
+        return Set(after.peers.filter { old[$0.publicKey] == nil || old[$0.publicKey]! != $0.endpoint }.map(\.publicKey))
+    }
+
+    /// Turns keepalive off in `update` for fresh peers that initiate to us, remembering to turn it on.
+    private func holdingKeepalive(_ update: DeviceUpdate, fresh: Set<WireGuardKey>, on name: String) -> DeviceUpdate {
+        var held = update
+        let deadline = ContinuousClock.now + Self.keepaliveHoldLimit
+        for index in held.peers.indices {
+            let peer = held.peers[index]
+            guard !peer.remove, fresh.contains(peer.publicKey), !weInitiate(to: peer.publicKey),
+                  (peer.persistentKeepalive ?? 0) > 0 else { continue }
+            held.peers[index].persistentKeepalive = 0
+            keepaliveHeld[name, default: [:]][peer.publicKey] = deadline
+        }
+        return held
+    }
+
+    private func trackFreshPeers(from before: PlannedInterface?, to after: PlannedInterface) {
         let due = ContinuousClock.now + Self.firstNudge
-        for peer in after.peers where ours.lexicographicallyPrecedes(peer.publicKey.bytes)
-            && (old[peer.publicKey] == nil || old[peer.publicKey]! != peer.endpoint) {
-            awaitingHandshake[after.name, default: [:]][peer.publicKey] = Nudge(due: due, backoff: Self.firstNudge)
+        for key in Self.freshPeers(from: before, to: after) where weInitiate(to: key) {
+            awaitingHandshake[after.name, default: [:]][key] = Nudge(due: due, backoff: Self.firstNudge)
         }
         let kept = Set(after.peers.map(\.publicKey))
         awaitingHandshake[after.name] = awaitingHandshake[after.name]?.filter { kept.contains($0.key) }
+        keepaliveHeld[after.name] = keepaliveHeld[after.name]?.filter { kept.contains($0.key) }
+    }
+
+    /// Deletes WireGuard interfaces named with `prefix` that this reconciler does not manage: what a crashed
+    /// run left and no plan wants (a planned one is adopted by `apply` instead). Call once at start, after
+    /// the first `apply`. Returns the names removed.
+    @discardableResult
+    public func removeStale(prefix: String) async -> [String] {
+        await exclusively {
+            guard let found = try? await backend.interfaces(withPrefix: prefix) else { return [] }
+            var removed: [String] = []
+            for name in found where applied[name] == nil {
+                do {
+                    try await backend.deleteInterface(named: name)
+                    removed.append(name)
+                    logger.notice("removed a tunnel interface left by an earlier run", metadata: ["interface": "\(name)"])
+                } catch {
+                    logger.warning("cannot remove a stale tunnel interface", metadata: ["interface": "\(name)", "error": "\(error)"])
+                }
+            }
+            return removed
+        }
     }
 
     /// Deletes every interface this reconciler applied (shutdown; stop the `TunnelDriver` first).
@@ -225,9 +294,10 @@ public actor TunnelReconciler {
     /// Sends the difference (if any); true when something was sent.
     private func update(from before: PlannedInterface, to after: PlannedInterface,
                         forceDevice: Bool = false) async throws(WireGuardError) -> Bool {
-        guard let change = Self.difference(from: before, to: after, privateKey: forceDevice ? privateKey : nil) else {
+        guard let difference = Self.difference(from: before, to: after, privateKey: forceDevice ? privateKey : nil) else {
             return false
         }
+        let change = holdingKeepalive(difference, fresh: Self.freshPeers(from: before, to: after), on: after.name)
         try await backend.configure(after.name, change)
         logger.info("tunnel interface updated", metadata: [
             "interface": "\(after.name)", "peers_changed": "\(change.peers.count)",

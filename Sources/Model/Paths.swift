@@ -147,7 +147,10 @@ public struct PathKey: Hashable, Comparable, Sendable, Codable, CustomStringConv
         (lhs.site, lhs.localLabel, lhs.remoteLabel) < (rhs.site, rhs.localLabel, rhs.remoteLabel)
     }
 
-    public var description: String {
-        localLabel == remoteLabel ? "\(localLabel)->\(site)" : "\(localLabel)/\(remoteLabel)->\(site)"
+    /// How operators name a path: "isp-a->east" (or "isp-a/lte->east" when the labels differ).
+    public func name(siteName: String) -> String {
+        localLabel == remoteLabel ? "\(localLabel)->\(siteName)" : "\(localLabel)/\(remoteLabel)->\(siteName)"
     }
+
+    public var description: String { name(siteName: site.description) }
 }

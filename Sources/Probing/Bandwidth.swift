@@ -105,6 +105,9 @@ public final class BandwidthReceiver: @unchecked Sendable {
     public struct Configuration: Hashable, Sendable {
         public var port: UInt16 = 51823
         public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        /// SO_MARK for reports, as for the probe responder's replies: the daemon's pinned mark keeps its own
+        /// steering from moving a report off the tunnel its train came in on.
+        public var replyMark: UInt32?
         public init() {}
     }
 
@@ -119,12 +122,18 @@ public final class BandwidthReceiver: @unchecked Sendable {
     static let maximumPacket = 1472
 
     private let dropLog: DropLog
+    private let onTrain: @Sendable (Int32) -> Void
 
+    /// `onTrain` hears the incoming interface of every train that starts arriving (a remote site's bandwidth
+    /// test is loading that uplink now: the daemon excuses the probes that cross it).
     public init(configuration: Configuration = Configuration(),
-                logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
+                logger: Logger = Logger(label: "patronus.probing"),
+                onTrain: @escaping @Sendable (_ interfaceIndex: Int32) -> Void = { _ in }) throws(ProbeSocketError) {
         self.configuration = configuration
+        self.onTrain = onTrain
         dropLog = DropLog(logger: logger, component: "bandwidth receiver")
-        socket = try DatagramSocket(port: configuration.port, packetInfo: true, receiveBuffer: 4 << 20)
+        socket = try DatagramSocket(port: configuration.port, mark: configuration.replyMark, packetInfo: true,
+                                    receiveBuffer: 4 << 20)
     }
 
     public var statistics: (reports: UInt64, drops: ProbeDrops) { lock.withLock { (reports, drops) } }
@@ -139,11 +148,15 @@ public final class BandwidthReceiver: @unchecked Sendable {
     }
 
     private func handle(_ datagram: Datagram) {
-        if let reason = lock.withLock({ measure(datagram) }) { dropLog.dropped(reason, from: datagram.source) }
+        var started = false
+        if let reason = lock.withLock({ measure(datagram, started: &started) }) {
+            dropLog.dropped(reason, from: datagram.source)
+        }
+        if started { onTrain(datagram.interfaceIndex) }
     }
 
     /// Called with the lock held; returns the drop reason, if dropped.
-    private func measure(_ datagram: Datagram) -> ProbePacket.Rejection? {
+    private func measure(_ datagram: Datagram, started: inout Bool) -> ProbePacket.Rejection? {
         guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
             drops.count(.unknownPeer)
             return .unknownPeer
@@ -171,6 +184,7 @@ public final class BandwidthReceiver: @unchecked Sendable {
                 trains[oldest.key] = nil
             }
             trains[key] = TrainMeasurement(session: packet.session, train: trainIndex, length: length, start: now)
+            started = true
         }
         if packet.isEndOfTrain {
             let report = trains[key]!.report.encoded()

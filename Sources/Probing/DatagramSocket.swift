@@ -208,6 +208,10 @@ final class DatagramSocket: @unchecked Sendable {
                     }
                 }
             }
+            // Wall clock first, then the monotonic one: the gap between the two reads can only make a mapped
+            // kernel stamp later than the truth, never earlier than the probe's send time.
+            var realtimeNow = timespec()
+            clock_gettime(CLOCK_REALTIME, &realtimeNow)
             let receivedAt = MonotonicInstant.now()
             if count < 0 {
                 if errno == EINTR && wait { continue }
@@ -220,7 +224,7 @@ final class DatagramSocket: @unchecked Sendable {
                                         port: UInt16(bigEndian: sa.sin_port))
             var datagram = Datagram(bytes: Array(buffer[0..<count]), source: source, interfaceIndex: 0,
                                     destination: nil, receivedAt: receivedAt)
-            DatagramSocket.parsePacketInfo(control, length: controlLength, into: &datagram)
+            DatagramSocket.parseControl(control, length: controlLength, realtimeNow: realtimeNow, into: &datagram)
             return datagram
         }
     }
@@ -231,7 +235,8 @@ final class DatagramSocket: @unchecked Sendable {
         return closed || shutDown
     }
 
-    private static func parsePacketInfo(_ control: [UInt8], length: Int, into datagram: inout Datagram) {
+    private static func parseControl(_ control: [UInt8], length: Int, realtimeNow: timespec,
+                                     into datagram: inout Datagram) {
         var offset = 0
         let limit = min(length, control.count)
         control.withUnsafeBytes { raw in
@@ -242,7 +247,8 @@ final class DatagramSocket: @unchecked Sendable {
                 if header.cmsg_level == SOL_SOCKET, header.cmsg_type == timestampOption,
                    cmsgLength >= headerLength + MemoryLayout<timespec>.size {
                     let stamp = raw.loadUnaligned(fromByteOffset: offset + headerLength, as: timespec.self)
-                    datagram.receivedAt = monotonic(fromRealtime: stamp, readAt: datagram.receivedAt)
+                    datagram.receivedAt = monotonic(fromRealtime: stamp, realtimeNow: realtimeNow,
+                                                    readAt: datagram.receivedAt)
                 }
                 if header.cmsg_level == Int32(IPPROTO_IP), header.cmsg_type == IP_PKTINFO,
                    cmsgLength >= headerLength + MemoryLayout<in_pktinfo>.size {
@@ -258,11 +264,10 @@ final class DatagramSocket: @unchecked Sendable {
 
 extension DatagramSocket {
     /// Maps a kernel CLOCK_REALTIME arrival stamp onto the monotonic clock: the arrival was
-    /// (realtime now - stamp) before `readAt`. A stamp in the future or over 10 s old means the wall clock
+    /// (`realtimeNow` - stamp) before `readAt`. A stamp in the future or over 10 s old means the wall clock
     /// stepped in between; then the read time is the best we have.
-    static func monotonic(fromRealtime stamp: timespec, readAt: MonotonicInstant) -> MonotonicInstant {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
+    static func monotonic(fromRealtime stamp: timespec, realtimeNow now: timespec,
+                          readAt: MonotonicInstant) -> MonotonicInstant {
         let age = (Int64(now.tv_sec) - Int64(stamp.tv_sec)) * 1_000_000_000 + (Int64(now.tv_nsec) - Int64(stamp.tv_nsec))
         guard age >= 0, age < 10_000_000_000 else { return readAt }
         return readAt + .nanoseconds(-age)
@@ -277,12 +282,29 @@ struct ReceiveLoop: Sendable {
     let socket: DatagramSocket
     let name: String
     let maximumSize: Int
+    /// The thread's nice value (-20...19) if the kernel allows it; nil: inherit.
+    let niceness: Int32?
     let handler: @Sendable (Datagram) -> Void
+
+    init(socket: DatagramSocket, name: String, maximumSize: Int, niceness: Int32? = nil,
+         handler: @escaping @Sendable (Datagram) -> Void) {
+        self.socket = socket
+        self.name = name
+        self.maximumSize = maximumSize
+        self.niceness = niceness
+        self.handler = handler
+    }
 
     func run() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 let thread = Thread {
+                    if let niceness {
+                        // Per thread on Linux (who = 0 is the calling thread). Best effort: without CAP_SYS_NICE the
+                        // thread keeps its priority. Not SCHED_FIFO: a flood must not starve the machine.
+                        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0,
+                                        min(max(niceness, -20), 19))
+                    }
                     while let datagram = socket.receive(maximumSize: maximumSize) { handler(datagram) }
                     done.resume()
                 }

@@ -95,6 +95,22 @@ public struct LossWindow: Sendable {
         next = (next + 1) % capacity
     }
 
+    /// A packet counted lost was answered after all (late): the most recent loss in the window becomes a
+    /// delivery. Which entry flips does not matter for the percentage; if the loss already left the window,
+    /// nothing changes. Late is delay, not loss: latency and jitter carry it.
+    public mutating func reviseLatestLoss() {
+        guard lost > 0 else { return }
+        var index = (next - 1 + capacity) % capacity
+        for _ in 0..<outcomes.count {
+            if index < outcomes.count, outcomes[index] {
+                outcomes[index] = false
+                lost -= 1
+                return
+            }
+            index = (index - 1 + capacity) % capacity
+        }
+    }
+
     public var count: Int { outcomes.count }
 
     /// Percent lost, 0 with no outcomes yet.

@@ -52,7 +52,9 @@ public struct HealthPolicy: Hashable, Sendable {
     public var degradedJitterMs = 50.0
     public var recoveredJitterMs = 30.0
     /// Loss is judged only over at least this many resolved packets (one loss in 5 is not 20%).
-    public var minimumLossSamples = 50
+    /// 100 = 5 s at the default interval: a burst in the first seconds of a path (every site measuring
+    /// bandwidth at once) is not a degraded path.
+    public var minimumLossSamples = 100
 
     public init() {}
 }

@@ -19,6 +19,8 @@ public struct ProbeConfiguration: Hashable, Sendable {
     /// like a degraded path (docs/PROBING.md "Status").
     public var lossWindow = 200
     public var health = HealthPolicy()
+    /// Nice value of the prober's receive thread (nil: inherit), so replies are taken off the socket promptly.
+    public var receiveNiceness: Int32? = -10
 
     public init() {}
 }
@@ -48,11 +50,17 @@ public struct PathMonitor: Sendable {
     public private(set) var consecutiveMisses = 0
     public private(set) var lastReplyAt: MonotonicInstant?
     /// Send time of the first probe of the current miss run.
-    public private(set) var missRunStartedAt: MonotonicInstant?
+    public var missRunStartedAt: MonotonicInstant? { missRun.first }
+    /// Send times of the probes of the current miss run, oldest first.
+    private var missRun: [MonotonicInstant] = []
     public private(set) var counters = ProbeCounters()
     public private(set) var rtt: RTTEstimator
     public private(set) var loss: LossWindow
     public private(set) var health: PathHealth
+    /// Probes sent before this instant while our own bandwidth test loads the path: if they go unanswered
+    /// they are neither losses nor misses, and their RTTs (queued behind the test's trains) are not samples.
+    /// A link we saturate on purpose says nothing about its health.
+    public private(set) var excusedUntil: MonotonicInstant?
     private var ledger = ProbeLedger()
 
     public init(configuration: ProbeConfiguration = ProbeConfiguration(), session: UInt32,
@@ -102,14 +110,25 @@ public struct PathMonitor: Sendable {
         }
     }
 
+    /// Excuses the probes sent from now until `until` (see ``excusedUntil``). Extends, never shortens.
+    public mutating func excuse(until: MonotonicInstant) {
+        excusedUntil = max(excusedUntil ?? until, until)
+    }
+
+    private func isExcused(sentAt: MonotonicInstant) -> Bool {
+        guard let excusedUntil else { return false }
+        return sentAt < excusedUntil
+    }
+
     /// Expires probes whose deadline passed and re-evaluates the status. Call at ``nextWakeup``.
     public mutating func advance(to now: MonotonicInstant) -> [PathStatusChange] {
         var changes: [PathStatusChange] = []
         for expiry in ledger.expire(at: now) {
+            if isExcused(sentAt: expiry.sentAt) { continue }
             for _ in 0..<expiry.lostCopies { loss.record(lost: true) }
             if expiry.missed {
-                if consecutiveMisses == 0 { missRunStartedAt = expiry.sentAt }
-                consecutiveMisses += 1
+                missRun.append(expiry.sentAt)
+                consecutiveMisses = missRun.count
                 counters.misses += 1
             }
             if let change = evaluate(at: now, answered: false) { changes.append(change) }
@@ -132,16 +151,29 @@ public struct PathMonitor: Sendable {
         case .duplicate:
             counters.duplicates += 1
             return nil
-        case .late(let sample):
+        case .late(let sample, let sentAt):
             counters.repliesLate += 1
-            rtt.add(sample.milliseconds)
-            return nil
+            // Too late for the miss count (that is what makes failover fast), but delivered: not a loss, and
+            // the path carried this probe (slowly: a stalled queue or host, not a dead path), so the probes
+            // missed before it no longer count towards down.
+            if !isExcused(sentAt: sentAt) {
+                rtt.add(sample.milliseconds)
+                loss.reviseLatestLoss()
+            }
+            missRun.removeAll { $0 <= sentAt }
+            consecutiveMisses = missRun.count
+            return evaluate(at: now, answered: false)
         case .onTime(let sample, let first):
             counters.repliesOnTime += 1
-            rtt.add(sample.milliseconds)
-            loss.record(lost: false)
+            if !isExcused(sentAt: now + (.zero - sample)) {
+                rtt.add(sample.milliseconds)
+                loss.record(lost: false)
+            }
             lastReplyAt = now
-            if first { consecutiveMisses = 0 }
+            if first {
+                missRun.removeAll()
+                consecutiveMisses = 0
+            }
             return evaluate(at: now, answered: first)
         }
     }

@@ -89,12 +89,27 @@ public final class PathProbeSet: @unchecked Sendable {
         lock.withLock { probers[path] }?.recordBandwidth(mbps: mbps)
     }
 
+    /// Excuses the probes of `paths` for `duration` (a bandwidth test, ours or a remote site's, is loading
+    /// their uplink; see ``PathMonitor/excusedUntil``). Unknown names are ignored.
+    public func excuse(_ paths: [String], for duration: Duration) {
+        for prober in lock.withLock({ paths.compactMap { probers[$0] } }) { prober.excuse(for: duration) }
+    }
+
     /// Runs a receiver-measured bandwidth test over a path (same pinning and remote address as its probes,
     /// the receiver's port) and records the result in the path's metrics. Nil for an unknown path.
+    ///
+    /// The test saturates the path's uplink for a moment on purpose: the probes of this path and of
+    /// `sharingUplink` (other paths leaving by the same uplink) are excused meanwhile and for `settle`
+    /// after, so the test never makes its own path look lossy or dead.
     public func measureBandwidth(path: String, test: BandwidthTest = BandwidthTest(),
-                                 receiverPort: UInt16 = 51823) async throws(BandwidthTest.Failure)
+                                 receiverPort: UInt16 = 51823, sharingUplink: [String] = [],
+                                 settle: Duration = .milliseconds(300)) async throws(BandwidthTest.Failure)
         -> BandwidthEstimate? {
         guard let prober = lock.withLock({ probers[path] }) else { return nil }
+        let excused = lock.withLock { [prober] + sharingUplink.compactMap { probers[$0] } }
+        let expected = (test.gapBetweenTrains + test.reportTimeout) * test.trains + settle
+        for other in excused { other.excuse(for: expected) }
+        defer { for other in excused { other.excuse(for: settle) } }
         var target = prober.target
         target.remote.port = receiverPort
         let estimate = try await test.run(target: target)

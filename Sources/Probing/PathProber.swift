@@ -132,12 +132,17 @@ public final class PathProber: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Excuses this path's probes for `duration` from now: our own bandwidth test is loading the uplink, so
+    /// what the probes see then is that test, not the path (see ``PathMonitor/excusedUntil``).
+    public func excuse(for duration: Duration) {
+        lock.withLock { monitor.excuse(until: .now() + duration) }
+    }
+
     /// Probes until the calling task is cancelled or `stop()` is called, then closes the socket and finishes
     /// `events`. Call it once.
     public func run() async {
-        let receiver = ReceiveLoop(socket: socket, name: "probe-\(target.name)", maximumSize: ProbePacket.size) {
-            [self] datagram in handle(datagram)
-        }
+        let receiver = ReceiveLoop(socket: socket, name: "probe-\(target.name)", maximumSize: ProbePacket.size,
+                                   niceness: configuration.receiveNiceness) { [self] datagram in handle(datagram) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await receiver.run() }
             group.addTask { await self.tick() }

@@ -21,8 +21,9 @@ public struct ProbeLedger: Sendable {
     public enum Match: Equatable, Sendable {
         /// In time; `first` when it is the first reply for its sequence (that one resets the miss count).
         case onTime(rtt: Duration, first: Bool)
-        /// After its probe's deadline: a valid RTT sample, but the probe stays lost.
-        case late(rtt: Duration)
+        /// After its probe's deadline: a valid RTT sample, but the probe stays lost. `sentAt` says when the
+        /// probe that evidently got through was sent.
+        case late(rtt: Duration, sentAt: MonotonicInstant)
         /// This copy was already answered.
         case duplicate
         /// Never sent, left the ring, or the stamp does not match.
@@ -77,7 +78,7 @@ public struct ProbeLedger: Sendable {
         ring[index] = entry
         var rtt = now - entry.sentAt
         if hold > .zero, hold < rtt { rtt -= hold }
-        if entry.expired { return .late(rtt: rtt) }
+        if entry.expired { return .late(rtt: rtt, sentAt: entry.sentAt) }
         if entry.answered == fullMask(entry.copies) { unresolved.removeAll { $0 == sequence } }
         return .onTime(rtt: rtt, first: first)
     }

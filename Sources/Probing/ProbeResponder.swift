@@ -15,6 +15,9 @@ public final class ProbeResponder: @unchecked Sendable {
         public var bindAddress = IPv4Address(0)
         /// Requests from other sources are dropped. Default: the overlay pool, i.e. only through tunnels.
         public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        /// The receive thread's nice value when the kernel allows it (nil: inherit): a busy CPU should not
+        /// delay replies into misses on the probing side. Under a flood it still only gets its fair share.
+        public var niceness: Int32? = -10
         /// SO_MARK for replies. The daemon sets the steering layer's "pinned" mark, so its own nft chain leaves
         /// the reply alone and the incoming interface (IP_PKTINFO) decides, not the policy for the destination.
         public var replyMark: UInt32?
@@ -56,9 +59,8 @@ public final class ProbeResponder: @unchecked Sendable {
 
     /// Answers until the calling task is cancelled; the socket is closed when it returns.
     public func run() async {
-        let loop = ReceiveLoop(socket: socket, name: "probe-responder", maximumSize: ProbePacket.size) {
-            [self] datagram in handle(datagram)
-        }
+        let loop = ReceiveLoop(socket: socket, name: "probe-responder", maximumSize: ProbePacket.size,
+                               niceness: configuration.niceness) { [self] datagram in handle(datagram) }
         await loop.run()
         socket.close()
     }

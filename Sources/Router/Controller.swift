@@ -129,13 +129,16 @@ public actor Controller {
                                           reason: change.reason.rawValue, detectionMs: detection, switchMs: switchMs))
             logger.info("steering moved", metadata: [
                 "policy": "\(change.key.policy)", "site": "\(sites[change.key.site]?.name ?? "\(change.key.site)")",
-                "from": "\(from.map(String.init(describing:)) ?? "-")", "to": "\(to.map(String.init(describing:)) ?? "-")",
+                "from": "\(from.map(name(of:)) ?? "-")", "to": "\(to.map(name(of:)) ?? "-")",
                 "reason": "\(change.reason.rawValue)",
             ])
         }
         pendingDetection.removeAll()
         await onFailover(records)
     }
+
+    /// "isp-a->east": the uplink label and the remote site's name, as operators say it.
+    private func name(of key: PathKey) -> String { key.name(siteName: sites[key.site]?.name ?? "\(key.site)") }
 
     static func milliseconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15

@@ -4,6 +4,7 @@ import Mesh
 import Model
 import Probing
 import ServiceLifecycle
+import Steering
 import Store
 import WireGuard
 
@@ -24,6 +25,8 @@ public struct Daemon: Sendable {
     public func run() async throws {
         try configuration.validate()
         guard ProcessCapabilities.effectiveHasNetAdmin() else { throw DaemonError.missingCapability("CAP_NET_ADMIN") }
+        // What can be refused without touching anything comes first: a refusal leaves nothing behind.
+        let backend = try WireGuardBackendSelector.make(configuration.wireguard)
 
         let files = StoreFiles(database: configuration.databasePath)
         let lock = try DatabaseLock.acquire(for: files)
@@ -49,9 +52,10 @@ public struct Daemon: Sendable {
             "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
         ])
 
-        let forwarding = try KernelSetting.enableIPv4Forwarding()
         let steering = try KernelSteering(logger: logger)
-        let backend = try WireGuardBackendSelector.make(.auto)
+        let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
+        await StaleTunnels.remove(prefix: configuration.interfaceName, uplinkCount: uplinks.count, backend: backend,
+                                  logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
                                           addresses: [TunnelAddress(overlay, prefixLength: 32)])
         do {
@@ -106,7 +110,6 @@ public struct Daemon: Sendable {
         var responderConfiguration = ProbeResponder.Configuration()
         responderConfiguration.replyMark = SteeringPlan.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
-        let bandwidthReceiver = try BandwidthReceiver(logger: logger)
         let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
         let controller = Controller(applier: steering, logger: logger) { records in
@@ -122,6 +125,15 @@ public struct Daemon: Sendable {
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(store: store, controller: controller, probes: probes,
                                   probeInterval: configuration.probeInterval, logger: logger)
+        // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
+        var receiverConfiguration = BandwidthReceiver.Configuration()
+        receiverConfiguration.replyMark = SteeringPlan.pinnedMark
+        let bandwidthReceiver = try BandwidthReceiver(configuration: receiverConfiguration, logger: logger) { interfaceIndex in
+            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+            guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
+            let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            Task { await runtime.trainArriving(through: interface) }
+        }
         let metrics = RouterMetrics()
 
         var services: [any Service] = [
@@ -129,7 +141,9 @@ public struct Daemon: Sendable {
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
                          bandwidthInterval: configuration.bandwidthInterval, logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
-                                responder: responder, logger: logger),
+                                responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
+                                reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
+                                logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
@@ -197,6 +211,8 @@ extension ProbeService {
     /// Bandwidth tests, one at a time: each path once it first comes up, then every path every
     /// `bandwidthInterval` (15 minutes by default).
     func measureBandwidth() async {
+        // Sites that start together would otherwise test at the same moment and measure each other.
+        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...2000)))
         var lastRound = ContinuousClock.now
         while !Task.isCancelled {
             if ContinuousClock.now - lastRound > bandwidthInterval {
@@ -208,7 +224,8 @@ extension ProbeService {
                 continue
             }
             do {
-                if let estimate = try await probes.measureBandwidth(path: path) {
+                if let estimate = try await probes.measureBandwidth(path: path,
+                                                                    sharingUplink: await runtime.pathsSharingUplink(with: path)) {
                     logger.info("bandwidth measured", metadata: ["path": "\(path)", "mbps": "\(String(format: "%.1f", estimate.mbps))"])
                 }
             } catch {
@@ -219,18 +236,25 @@ extension ProbeService {
     }
 }
 
-/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s).
+/// Hold-down timers (every 200 ms), metrics rows and the metrics endpoint's sample (every 5 s): paths,
+/// selections, drop counters, and (with the endpoint on) our nft counters and WireGuard transfer counters.
 struct HousekeepingService: Service {
     let controller: Controller
     let runtime: SiteRuntime
     let discovery: DiscoveryService
     let metrics: RouterMetrics
     let responder: ProbeResponder
+    let bandwidthReceiver: BandwidthReceiver
+    let steering: KernelSteering
+    let reconciler: TunnelReconciler
+    /// Only the metrics endpoint shows nft and WireGuard counters: without it, no dump every 5 s.
+    let readsKernelCounters: Bool
     let logger: Logger
 
     func run() async throws {
         try await untilShutdown {
             var ticks = 0
+            var countersFailed = false
             while true {
                 try await Task.sleep(for: .milliseconds(200))
                 do { try await controller.tick() } catch { logger.error("steering tick failed: \(error)") }
@@ -243,11 +267,32 @@ struct HousekeepingService: Service {
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
                 }
+                for (component, counts) in [("probe", responder.statistics.drops.counts),
+                                            ("bandwidth", bandwidthReceiver.statistics.drops.counts)] {
+                    for (reason, count) in counts { drops[.init(component: component, reason: reason.rawValue)] = count }
+                }
                 let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                var counters = SteeringCounters()
+                var tunnels: [String: InterfaceState] = [:]
+                if readsKernelCounters {
+                    do {
+                        counters = try await steering.counters()
+                        countersFailed = false
+                    } catch {
+                        // Once per outage, not every 5 s.
+                        if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
+                        countersFailed = true
+                    }
+                    tunnels = await reconciler.states()
+                }
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
-                                                    selections: await controller.currentSelections, siteNames: names))
+                                                    selections: await controller.currentSelections, siteNames: names,
+                                                    counters: counters, tunnels: tunnels))
             }
         }
+        // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers
+        // (ProbeService, started before this one) still hold them here.
+        await runtime.writeMetrics()
     }
 }
 

@@ -32,8 +32,14 @@ public actor KernelSteering: PlanApplier {
         do { try uplinks.removeAll() } catch { logger.error("removing uplink rules: \(error)") }
     }
 
-    /// nft counters of our table, keyed by chain name (`<class>_path<slot>`), for the metrics endpoint.
+    /// The plan last applied, if any.
     public func currentPlan() -> SteeringPlan? { steering.currentPlan }
+
+    /// Our nft counters (packets/bytes per class and path chain, flows per class), read in one rule dump of
+    /// our table, for the metrics endpoint. Empty when the table is not installed.
+    public func counters() throws(SteeringError) -> SteeringCounters {
+        try steering.counters()
+    }
 }
 
 /// Keeps WireGuard's encrypted UDP on the uplink its tunnel belongs to. Each tunnel interface sets the

@@ -1,4 +1,5 @@
 import Model
+import WireGuard
 
 /// Everything `patronus-router run` was asked to do, validated. The CLI builds it from flags; tests and the
 /// lab build it directly. `validate()` holds every rule, so any way of building one gets the same checks.
@@ -41,6 +42,9 @@ public struct RouterConfiguration: Hashable, Sendable {
     /// Where to serve metrics (Prometheus text); nil: not served.
     public var metricsListen: SocketAddress4?
     public var statusInterval: Duration
+    /// Which WireGuard implementation carries the tunnels (`--wireguard`); `auto` uses the kernel's when it
+    /// has one, else wireguard-go.
+    public var wireguard: WireGuardBackendChoice = .auto
     public var metricsRetention: Duration
     /// Time between bandwidth re-measurements of every path (`--bandwidth-interval`).
     public var bandwidthInterval: Duration

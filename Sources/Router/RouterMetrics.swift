@@ -25,7 +25,8 @@ public struct PathSample: Hashable, Sendable {
     }
 }
 
-/// One traffic class towards one site: where it goes and what our nft counters saw.
+/// What our nft counters saw for one traffic class on one path (the `<class>_path<slot>` chain), whether
+/// or not the class is on that path now.
 public struct ClassSample: Hashable, Sendable {
     public var policy: String
     public var site: String
@@ -42,10 +43,24 @@ public struct ClassSample: Hashable, Sendable {
     }
 }
 
+/// The path a policy's traffic to a site takes now (one sample per path when the policy balances).
+public struct SelectionSample: Hashable, Sendable {
+    public var policy: String
+    public var site: String
+    public var path: String
+
+    public init(policy: String, site: String, path: String) {
+        self.policy = policy
+        self.site = site
+        self.path = path
+    }
+}
+
 /// Everything the exporter publishes, taken in one piece so a scrape never sees half an update.
 public struct RouterSample: Sendable {
     public var paths: [PathSample] = []
     public var classes: [ClassSample] = []
+    public var selections: [SelectionSample] = []
     public var failovers: UInt64 = 0
     /// (component, reason) -> dropped datagrams, e.g. ("discovery", "bad-mac").
     public var drops: [DropKey: UInt64] = [:]
@@ -120,12 +135,16 @@ public final class RouterMetrics: Sendable {
                 counter("path_receive_bytes_total", "Bytes received from the path's tunnel peer", labels,
                         path.receiveBytes)
             }
-            for cls in sample.classes {
-                let labels = [("policy", cls.policy), ("site", cls.site)]
+            for selection in sample.selections {
                 gauge("class_selected_path", "1 on the path a policy's traffic to a site takes",
-                      labels + [("path", cls.path)], 1)
-                counter("class_packets_total", "Packets steered for the policy (nft counter)", labels, cls.packets)
-                counter("class_bytes_total", "Bytes steered for the policy (nft counter)", labels, cls.bytes)
+                      [("policy", selection.policy), ("site", selection.site), ("path", selection.path)], 1)
+            }
+            for cls in sample.classes {
+                let labels = [("policy", cls.policy), ("site", cls.site), ("path", cls.path)]
+                counter("class_packets_total", "Packets steered for the policy on the path (nft counter)", labels,
+                        cls.packets)
+                counter("class_bytes_total", "Bytes steered for the policy on the path (nft counter)", labels,
+                        cls.bytes)
             }
             counter("failovers_total", "Selections moved to another path", [], sample.failovers)
             for (key, count) in sample.drops {

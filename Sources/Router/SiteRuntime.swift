@@ -4,7 +4,9 @@ import Mesh
 import Model
 import Probing
 import Routing
+import Steering
 import Store
+import WireGuard
 
 /// The glue between the daemon's services: it turns tunnel plans into paths (slots, probe targets,
 /// database rows, the controller's topology), site events into database rows, and probe events into
@@ -54,10 +56,6 @@ actor SiteRuntime {
         PathKey(site: path.remoteSite, localLabel: path.uplink.label, remoteLabel: path.remoteEndpoint.label)
     }
 
-    static func probeName(_ key: PathKey, siteName: String) -> String {
-        key.localLabel == key.remoteLabel ? "\(key.localLabel)->\(siteName)" : "\(key.localLabel)/\(key.remoteLabel)->\(siteName)"
-    }
-
     /// A new tunnel plan: every path it carries gets a slot, a row, a prober; paths that left lose theirs.
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async {
         let numbers = slots.update(plan.paths.map(Self.key(of:)))
@@ -68,7 +66,7 @@ actor SiteRuntime {
                 logger.error("no steering slot left for path \(key): at most 254 paths")
                 continue
             }
-            let name = Self.probeName(key, siteName: path.remoteName)
+            let name = key.name(siteName: path.remoteName)
             routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
                                         path: path)
         }
@@ -133,13 +131,12 @@ actor SiteRuntime {
                                                       overlayAddress: site.overlay, publicKey: site.publicKey.base64,
                                                       lanPrefixes: site.lanPrefixes))
                 try store.replaceEndpoints(of: site.siteID, with: site.endpoints)
-                if case .siteAppeared = event {
-                    logger.info("site appeared", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
-                                                            "endpoints": "\(site.endpoints.map(\.description))"])
-                }
+                // Discovery already logged the change at info (one line per state change): details only.
+                logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
+                                                         "endpoints": "\(site.endpoints.map(\.description))"])
             case .siteExpired(let announcement):
                 try store.setSiteStatus(announcement.site.siteID, .inactive)
-                logger.info("site expired", metadata: ["site": "\(announcement.site.name)"])
+                logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
             }
         } catch {
             logger.error("recording site event: \(error)")
@@ -191,6 +188,19 @@ actor SiteRuntime {
         return nil
     }
 
+    /// The other paths whose probes leave by the same local uplink as `name` (a bandwidth test on it loads them too).
+    func pathsSharingUplink(with name: String) -> [String] {
+        guard let label = paths[name]?.key.localLabel else { return [] }
+        return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
+    }
+
+    /// A remote site's bandwidth train is arriving through `interface`: excuse the probes of every path that
+    /// leaves by the same uplink for a moment (one train plus the queue draining).
+    func trainArriving(through interface: String) {
+        guard let label = paths.values.first(where: { $0.binding.interface == interface })?.key.localLabel else { return }
+        probes.excuse(paths.filter { $0.value.key.localLabel == label }.map(\.key), for: .milliseconds(500))
+    }
+
     /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
     /// test costs the path a short burst).
     func remeasureBandwidth() {
@@ -211,24 +221,38 @@ actor SiteRuntime {
         do { try store.insertMetrics(samples) } catch { logger.error("writing path metrics: \(error)") }
     }
 
-    /// What the metrics endpoint shows.
+    /// What the metrics endpoint shows. `counters` are our nft counters (one per class and path chain);
+    /// `tunnels` the WireGuard interfaces' live state, whose per-peer transfer counters are the paths' bytes
+    /// (a path is one peer on one tunnel interface).
     func sample(failovers: UInt64, drops: [RouterSample.DropKey: UInt64], selections: [SelectionKey: Selection],
-                siteNames: [SiteID: String]) -> RouterSample {
+                siteNames: [SiteID: String], counters: SteeringCounters = SteeringCounters(),
+                tunnels: [String: InterfaceState] = [:]) -> RouterSample {
         var sample = RouterSample()
         let snapshot = probes.snapshot()
         for (name, route) in paths.sorted(by: { $0.key < $1.key }) {
             let state = snapshot[name]
+            let peer = tunnels[route.path.interface]?.peer(route.path.peer)
             sample.paths.append(PathSample(path: name, site: route.path.remoteName, uplink: route.key.localLabel,
                                            status: state?.status ?? .down, metrics: state?.metrics,
-                                           transmitBytes: 0, receiveBytes: 0))
+                                           transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
         let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
         for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
             for path in selection.paths.sorted() {
-                sample.classes.append(ClassSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
-                                                  path: names[path] ?? "\(path)", packets: 0, bytes: 0))
+                sample.selections.append(SelectionSample(policy: key.policy,
+                                                         site: siteNames[key.site] ?? "\(key.site)",
+                                                         path: names[path] ?? "\(path)"))
             }
         }
+        // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
+        // failover stays counted there, as `nft list table` shows it.
+        let bySlot = Dictionary(paths.map { ($0.value.binding.slot, $0) }, uniquingKeysWith: { a, _ in a })
+        for counter in counters.paths {
+            guard let (name, route) = bySlot[counter.slot] else { continue }
+            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, path: name,
+                                              packets: counter.packets, bytes: counter.bytes))
+        }
+        sample.classes.sort { ($0.policy, $0.site, $0.path) < ($1.policy, $1.site, $1.path) }
         sample.failovers = failovers
         sample.drops = drops
         return sample

@@ -5,7 +5,7 @@ import Netlink
 /// the same bytes, which is what makes fingerprints and the committed reference ruleset work.
 ///
 /// Datapath (per packet, flat in the number of policies):
-/// prerouting/output -> `steer`: a flow without a class (ct mark bits 0) jumps once to `classify`, whose
+/// prerouting/output: a flow without a class (ct mark bits 0) jumps once to `classify`, whose
 /// rules (one per class match, set lookups inside) write the class id into the ct mark; then every packet
 /// looks its destination up in the interval map `sites` (remote prefix -> `site_<name>` chain), where the
 /// class bits of the ct mark select, in the hash map `site_<name>`, the chain `<class>_path<slot>` (sets the
@@ -76,7 +76,7 @@ public enum SteeringCompiler {
                            dataType: NFTSet.verdictDataType, dataLength: 0,
                            userdata: NFTUserdata.u32(0, 2) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
                                + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
-        let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owner: SteeringNames.steerChain)
+        let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owners: [SteeringNames.preroutingChain, SteeringNames.outputChain])
 
         // Classification, once per flow, first match wins (class order = policy priority).
         var classify: [NFTRule] = []
@@ -90,7 +90,7 @@ public enum SteeringCompiler {
                 if ipFields { e += ipv4Only }
                 for (prefixes, suffix, offset) in [(m.sources, "src", UInt32(12)), (m.destinations, "dst", UInt32(16))] where !prefixes.isEmpty {
                     let s = prefixSet("\(base)_\(suffix)", comment: "policy \(c.name): \(suffix == "src" ? "source" : "destination") prefixes")
-                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owner: SteeringNames.classifyChain))
+                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owners: [SteeringNames.classifyChain]))
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1),
@@ -99,7 +99,7 @@ public enum SteeringCompiler {
                 if !m.dscp.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
                                    userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owner: SteeringNames.classifyChain))
+                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owners: [SteeringNames.classifyChain]))
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
@@ -111,7 +111,7 @@ public enum SteeringCompiler {
                     let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
                                    keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
                                    userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owner: SteeringNames.classifyChain))
+                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owners: [SteeringNames.classifyChain]))
                     used.append(s)
                     usedElements.append(staticSets.last!.elements)
                     e += [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
@@ -133,34 +133,32 @@ public enum SteeringCompiler {
         rules[SteeringNames.classifyChain] = classify
         staticSets.append(sitesSet)
 
-        chains.append(NFTChain(family: family, table: table, name: SteeringNames.steerChain,
-                               userdata: NFTUserdata.comment("per packet: class + destination -> path mark")))
-        rules[SteeringNames.steerChain] = [
-            // A packet whose mark already names a path (a probe pinned with SO_MARK = slot << 16) keeps it.
-            rule(SteeringNames.steerChain, [
-                .meta(key: NFT.metaMark, dreg: NFT.reg1),
-                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
-                .cmp(sreg: NFT.reg1, op: NFT.neq, data: [0, 0, 0, 0]),
-                .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
-            ], comment: "already pinned to a path (probes): keep"),
-            rule(SteeringNames.steerChain, [
-                .ct(key: NFT.ctMark, dreg: NFT.reg1),
-                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
-                .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
-                .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
-            ], comment: "new flow: classify once"),
-            rule(SteeringNames.steerChain, ipv4Only + [
-                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
-                .lookup(sreg: NFT.reg1, set: SteeringNames.sitesMap, setID: nil, dreg: NFT.verdictRegister),
-            ], comment: "remote destination: to its site", sets: [sites], elements: [sitesSet.elements]),
-        ]
-
+        // The hooks. Forwarded traffic (prerouting) never arrives with our path bits set, so only local
+        // traffic (output) pays for the "pinned by SO_MARK" check; fewer expressions per forwarded packet.
+        let pinned = rule(SteeringNames.outputChain, [
+            .meta(key: NFT.metaMark, dreg: NFT.reg1),
+            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+            .cmp(sreg: NFT.reg1, op: NFT.neq, data: [0, 0, 0, 0]),
+            .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
+        ], comment: "already pinned to a path (probes): keep")
         for (name, hook, type) in [(SteeringNames.preroutingChain, NFTHook.prerouting, "filter"),
                                    (SteeringNames.outputChain, NFTHook.output, "route")] {
             chains.append(NFTChain(family: family, table: table, name: name,
                                    hook: NFTHook(hook: hook, priority: NFTHook.manglePriority, type: type),
                                    userdata: NFTUserdata.comment(name == "output" ? "local traffic: a new mark re-routes" : "forwarded traffic")))
-            rules[name] = [rule(name, ipv4Only + [.immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.steerChain)))], comment: nil)]
+            let steer = [
+                rule(name, [
+                    .ct(key: NFT.ctMark, dreg: NFT.reg1),
+                    .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
+                ], comment: "new flow: classify once"),
+                rule(name, ipv4Only + [
+                    .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
+                    .lookup(sreg: NFT.reg1, set: SteeringNames.sitesMap, setID: nil, dreg: NFT.verdictRegister),
+                ], comment: "remote destination: to its site", sets: [sites], elements: [sitesSet.elements]),
+            ]
+            rules[name] = name == SteeringNames.outputChain ? [pinned] + steer : steer
         }
 
         var ipRules: [IPRule] = []

@@ -88,7 +88,8 @@ struct SteeringDiff {
             if installed.chains[d.name] != nil && !recreated.contains(d.name) && want != have { reloaded.append(d.name) }
         }
         let rebuiltStatic = Set(desired.staticSets.filter { s in
-            installed.sets[s.set.name] != nil && (changedSets.contains(s.set.name) || reloaded.contains(s.owner))
+            installed.sets[s.set.name] != nil && (changedSets.contains(s.set.name)
+                || s.owners.allSatisfy { reloaded.contains($0) || obsoleteChains.contains($0) })
         }.map(\.set.name))
 
         if !installed.tableExists {

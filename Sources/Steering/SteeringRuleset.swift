@@ -20,8 +20,9 @@ public struct SteeringRuleset: Sendable, Equatable {
     public struct StaticSet: Sendable, Equatable {
         public var set: NFTSet
         public var elements: [NFTElement]
-        /// The chain whose rule looks the set up: reloading that chain rebuilds the set.
-        public var owner: String
+        /// The chains whose rules look the set up: when all of them are reloaded the set is rebuilt with
+        /// them (a set still referenced by a rule cannot be deleted).
+        public var owners: [String]
     }
 
     public struct Map: Sendable, Equatable {
@@ -44,7 +45,6 @@ public enum SteeringNames {
     public static let family = NFTFamily.inet
     public static let sitesMap = "sites"
     public static let classifyChain = "classify"
-    public static let steerChain = "steer"
     public static let preroutingChain = "prerouting"
     public static let outputChain = "output"
     /// rtnetlink protocol number on our ip rules and routes, so we recognise ours among foreign ones.

@@ -43,6 +43,10 @@ public protocol WireGuardBackend: Sendable {
 
     /// Removes the interface (and stops its process); no error when it does not exist.
     func deleteInterface(named name: String) async throws(WireGuardError)
+
+    /// The WireGuard interfaces in this network namespace whose names start with `prefix` (ours, or left by
+    /// an earlier run), for cleaning up what no plan wants any more.
+    func interfaces(withPrefix prefix: String) async throws(WireGuardError) -> [String]
 }
 
 public enum WireGuardBackendKind: String, Sendable, CaseIterable {

@@ -73,6 +73,21 @@ public struct KernelWireGuard: LinkBackedBackend {
         return try WireGuardNetlink.parseDevice(replies)
     }
 
+    /// Links with the prefix that answer WG_CMD_GET_DEVICE (i.e. are WireGuard links).
+    public func interfaces(withPrefix prefix: String) async throws(WireGuardError) -> [String] {
+        let links: [Link]
+        do {
+            links = try RouteNetlinkClient().links()
+        } catch {
+            throw .netlink(error)
+        }
+        var result: [String] = []
+        for link in links where link.name.hasPrefix(prefix) {
+            if (try? await state(of: link.name)) != nil { result.append(link.name) }
+        }
+        return result.sorted()
+    }
+
     public func deleteInterface(named name: String) async throws(WireGuardError) {
         try WireGuardLinks.deleteLink(named: name)
     }

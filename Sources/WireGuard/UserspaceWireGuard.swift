@@ -83,6 +83,13 @@ public final class UserspaceWireGuard: LinkBackedBackend {
         try WireGuardLinks.deleteLink(named: name)
     }
 
+    /// UAPI sockets in the run directory (machine-wide) whose interface also exists in this namespace.
+    public func interfaces(withPrefix prefix: String) async throws(WireGuardError) -> [String] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
+        return entries.filter { $0.hasSuffix(".sock") }.map { String($0.dropLast(5)) }
+            .filter { $0.hasPrefix(prefix) && if_nametoindex($0) != 0 }.sorted()
+    }
+
     private func reapIfExited(_ name: String) {
         guard let pid = children.withLock({ $0[name] }) else { return }
         var status: Int32 = 0

@@ -41,7 +41,7 @@ final class AcceptanceLab: @unchecked Sendable {
         let instance = "t\(getpid())x\(String(UInt32.random(in: 0...0xffff_ff), radix: 36))"
         controller = LabController(instance: instance, executable: Binary.path)
         self.sites = sites
-        plan = try controller.up(sites: sites, uplinks: 2, routers: true, routerArguments: routerArguments).plan
+        plan = try controller.up(sites: sites, uplinks: 2, routers: true, extraRouterArguments: routerArguments).plan
     }
 
     func down() { _ = try? controller.down() }

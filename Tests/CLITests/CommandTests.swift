@@ -153,15 +153,38 @@ struct DaemonRootTests {
         }
     }
 
-    /// The daemon runs in its own namespace with one uplink (a veth with an address), so nothing it installs
-    /// touches this machine; after SIGTERM the namespace holds nothing of ours.
-    @Test func runsLocksReportsAndStopsOnSIGTERMKeepingItsIdentity() throws {
-        let ns = try NetworkNamespace.create(label: "cli")
-        defer { ns.delete() }
+    /// A namespace where the daemon finds one uplink: `up0`, 192.0.2.1/24, up (its veth peer too).
+    func namespaceWithOneUplink(label: String) throws -> NetworkNamespace {
+        let ns = try NetworkNamespace.create(label: label)
         try ns.ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p")
         try ns.addAddress("192.0.2.1/24", to: "up0")
         try ns.setUp("up0")
         try ns.setUp("up0p")
+        return ns
+    }
+
+    /// This kernel has no WireGuard module: `--wireguard kernel` is refused in one line before anything is
+    /// installed (no table, forwarding untouched).
+    @Test func kernelWireGuardWithoutTheModuleIsRefusedCleanly() throws {
+        let ns = try namespaceWithOneUplink(label: "cliwg")
+        defer { ns.delete() }
+        let kernelHasIt = (try? ns.run(["ip", "link", "add", "wgprobe0", "type", "wireguard"]).status) == 0
+        try #require(!kernelHasIt, "this kernel has WireGuard: nothing to refuse")
+        try withTemporaryDirectory { dir in
+            let result = try RunningProgram("/usr/sbin/ip", ["netns", "exec", ns.name, Binary.path, "run", "--site-name", "hq",
+                                                             "--database", dir + "/hq.db", "--wireguard", "kernel"]).wait(timeout: 10)
+            #expect(result.status == 1)
+            #expect(result.stderrLines.count == 1 && result.stderr.contains("--wireguard userspace"), "\(result.stderr)")
+            #expect(try ns.run(["nft", "list", "table", "inet", "patronus"]).status != 0)
+            #expect(try ns.check(["cat", "/proc/sys/net/ipv4/ip_forward"]).hasPrefix("0"))
+        }
+    }
+
+    /// The daemon runs in its own namespace with one uplink (a veth with an address), so nothing it installs
+    /// touches this machine; after SIGTERM the namespace holds nothing of ours.
+    @Test func runsLocksReportsAndStopsOnSIGTERMKeepingItsIdentity() throws {
+        let ns = try namespaceWithOneUplink(label: "cli")
+        defer { ns.delete() }
         let tunnel = "wgc\(getpid() % 100_000)"
         try withTemporaryDirectory { dir in
             let database = dir + "/hq.db"

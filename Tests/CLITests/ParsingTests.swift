@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Testing
+import WireGuard
 @testable import CLI
 import Model
 import Router
@@ -38,6 +39,13 @@ import Router
         #expect(hq.siteName == "headquarters" && hq.databasePath == "/var/lib/patronus/hq.db" && hq.interfaceName == "wg-hq")
         let test = try parseRun(["--site-name", "test-site", "--database", "/tmp/sdwan-test.db", "--debug"])
         #expect(test.routerConfiguration.debug)
+    }
+
+    @Test func wireguardBackendFlag() throws {
+        #expect(try parseRun(["--site-name", "hq"]).routerConfiguration.wireguard == .auto)
+        #expect(try parseRun(["--site-name", "hq", "--wireguard", "userspace"]).routerConfiguration.wireguard == .userspace)
+        #expect(try parseRun(["--site-name", "hq", "--wireguard", "kernel"]).routerConfiguration.wireguard == .kernel)
+        #expect(throws: (any Error).self) { try parseRun(["--site-name", "hq", "--wireguard", "both"]) }
     }
 
     @Test func ourFlags() throws {

@@ -99,7 +99,8 @@ struct DiscoveryRootTests {
             }
             #expect(converged)
             let elapsed = ContinuousClock.now - started
-            #expect(elapsed < .seconds(1))  // within one interval of the last start, thanks to answer-on-appear
+            // About 10 ms here (answer-on-appear); the bound leaves room for a loaded machine.
+            #expect(elapsed < .seconds(2))
             print("discovery: 3 sites converged in \(elapsed)")
 
             try await Task.sleep(for: .seconds(1))
@@ -115,14 +116,18 @@ struct DiscoveryRootTests {
             #expect(heard.site == sites[1].description)
 
             // Stop site 3: the others expire it after 3 intervals; restarted, it comes back.
+            // Its last announcement went out at most one interval (0.5 s) before the stop began, and it
+            // expires 3 intervals after that: never sooner than 1 s after the stop began.
+            let stopping = ContinuousClock.now
             await sites[2].stop()
-            let stoppedAt = ContinuousClock.now
             let expired = await waitUntil(.seconds(3)) {
                 sites.prefix(2).allSatisfy { !$0.activeIDs.contains(sites[2].description.siteID) }
             }
             #expect(expired)
-            #expect(ContinuousClock.now - stoppedAt >= .milliseconds(1400))
-            #expect(sites[0].seen.all.contains { if case .siteExpired(let a) = $0 { a.siteID == sites[2].description.siteID } else { false } })
+            #expect(ContinuousClock.now - stopping >= .milliseconds(950))
+            #expect(await waitUntil(.seconds(1)) {
+                sites[0].seen.all.contains { if case .siteExpired(let a) = $0 { a.siteID == sites[2].description.siteID } else { false } }
+            })
             try sites[2].start(settings, authentication: .key(key))
             let back = await waitUntil(.seconds(2)) {
                 sites.prefix(2).allSatisfy { $0.activeIDs.contains(sites[2].description.siteID) }

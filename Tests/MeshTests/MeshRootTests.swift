@@ -114,7 +114,7 @@ struct MeshRootTests {
 
     /// Sends a datagram from `from` to `to`'s overlay through `from`'s interface `interface` (a host route
     /// pins the path, as a per-path table would), and waits for it.
-    func crosses(from: MeshLabSite, to: MeshLabSite, interface: String) throws -> Bool {
+    func crosses(from: MeshLabSite, to: MeshLabSite, interface: String) async throws -> Bool {
         try from.namespace.ip("route", "replace", "\(to.overlay)/32", "dev", interface)
         try to.namespace.ip("route", "replace", "\(from.overlay)/32", "dev", interface.replacingOccurrences(
             of: from.settings.interfacePrefix, with: to.settings.interfacePrefix))
@@ -122,7 +122,12 @@ struct MeshRootTests {
         let sender = try UDPSocket(in: from.namespace)
         for attempt in 0..<3 {
             sender.send(Array("probe \(attempt)".utf8), to: "\(to.overlay)", port: 40001)
-            if let got = receiver.receive(timeout: .milliseconds(700)), got.address == "\(from.overlay)" { return true }
+            if let got = await receiver.nextDatagram(within: .milliseconds(700)), got.address == "\(from.overlay)" { return true }
+        }
+        // Say what WireGuard saw, for the failure report.
+        let theirs = interface.replacingOccurrences(of: from.settings.interfacePrefix, with: to.settings.interfacePrefix)
+        for name in [interface, theirs] {
+            print("wg show \(name) dump:\n" + ((try? Subprocess.check(["wg", "show", name, "dump"])) ?? "unavailable"))
         }
         return false
     }
@@ -151,7 +156,7 @@ struct MeshRootTests {
             for from in members {
                 for to in members where to !== from {
                     for interface in from.interfaceNames {
-                        #expect(try crosses(from: from, to: to, interface: interface), "\(from.index)->\(to.index) via \(interface)")
+                        #expect(try await crosses(from: from, to: to, interface: interface), "\(from.index)->\(to.index) via \(interface)")
                     }
                 }
             }
@@ -250,7 +255,7 @@ struct MeshRootTests {
             var arrived = false
             for _ in 0..<5 where !arrived {
                 sender.send(Array("hello".utf8), to: "\(moved)", port: 40002)
-                arrived = receiver.receive(timeout: .milliseconds(600)) != nil
+                arrived = await receiver.nextDatagram(within: .milliseconds(600)) != nil
             }
             #expect(arrived)
         } catch {

@@ -61,14 +61,26 @@ final class RecordingBackend: WireGuardBackend {
         return state
     }
 
+    func interfaces(withPrefix prefix: String) async throws(WireGuardError) -> [String] {
+        interfaces.withLock { $0.keys.filter { $0.hasPrefix(prefix) }.sorted() }
+    }
+
     func deleteInterface(named name: String) async throws(WireGuardError) {
         calls.withLock { $0.append(.delete(name)) }
         interfaces.withLock { _ = $0.removeValue(forKey: name) }
     }
 }
 
+/// A key whose public half sorts before every `remoteSite` key (0x01..., 0x02..., 0xff...): this site
+/// initiates to all of them.
+let initiatorKey: WireGuardPrivateKey = {
+    var key = WireGuardPrivateKey()
+    while key.publicKey.bytes[0] != 0 { key = WireGuardPrivateKey() }
+    return key
+}()
+
 struct TunnelReconcilerTests {
-    let key = WireGuardPrivateKey()
+    let key = initiatorKey
     let uplinks = [Uplink(interface: "eth0", label: "isp"), Uplink(interface: "wwan0", label: "lte")]
     let settings = TunnelSettings(interfacePrefix: "wg-hq")
     let overlay = [TunnelAddress(IPv4Address(10, 99, 0, 50), prefixLength: 32)]
@@ -200,5 +212,43 @@ extension TunnelReconcilerTests {
         await reconciler.setAddresses(moved)
         #expect(backend.recorded == [.bringUp("wg-hq0", moved), .removeAddresses("wg-hq0", overlay),
                                      .bringUp("wg-hq1", moved), .removeAddresses("wg-hq1", overlay)])
+    }
+}
+
+extension TunnelReconcilerTests {
+    @Test func staleInterfacesFromAnEarlierRunAreRemovedButPlannedOnesAdopted() async throws {
+        let backend = RecordingBackend()
+        for name in ["wg-hq0", "wg-hq7", "wg-other0"] { try await backend.createInterface(named: name) }
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        _ = await reconciler.apply(try plan([remoteSite(1, labels: ["isp", "lte"])]))
+        backend.reset()
+        #expect(await reconciler.removeStale(prefix: "wg-hq") == ["wg-hq7"])
+        #expect(backend.recorded == [.delete("wg-hq7")])
+    }
+}
+
+extension TunnelReconcilerTests {
+    /// The side whose key sorts second adds a new peer with keepalive off (it answers, it does not initiate,
+    /// so first initiations never cross) and turns keepalive on once the peer has handshaken.
+    @Test func theOtherSideHoldsKeepaliveUntilTheFirstHandshake() async throws {
+        let backend = RecordingBackend()
+        var responder = WireGuardPrivateKey()
+        while responder.publicKey.bytes[0] < 0x03 { responder = WireGuardPrivateKey() }  // after remoteSite(1)'s 0x01...
+        let reconciler = TunnelReconciler(backend: backend, privateKey: responder, addresses: overlay)
+        let east = remoteSite(1, labels: ["isp"])
+        _ = await reconciler.apply(try plan([east]))
+        guard case .configure("wg-hq0", let added) = backend.recorded[3] else { Issue.record("expected the peers"); return }
+        #expect(added.peers.count == 1 && added.peers[0].persistentKeepalive == 0)
+        backend.reset()
+        #expect(await reconciler.nudgeStalledHandshakes() == 0)
+        #expect(backend.recorded.isEmpty)  // no handshake yet, before the hold limit: nothing to do
+        // The peer handshakes (the other side initiated): keepalive goes on, and nothing else is touched.
+        backend.interfaces.withLock { $0["wg-hq0"]!.peers[0].lastHandshake = Date() }
+        _ = await reconciler.nudgeStalledHandshakes()
+        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [PeerUpdate(publicKey: east.publicKey, persistentKeepalive: 25)]))])
+        backend.reset()
+        _ = await reconciler.nudgeStalledHandshakes()
+        #expect(backend.recorded.isEmpty)
+        #expect(await reconciler.apply(try plan([east])).changedSomething == false)
     }
 }

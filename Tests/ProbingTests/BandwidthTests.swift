@@ -114,13 +114,29 @@ import Testing
         let readAt = MonotonicInstant(nanoseconds: 50_000_000_000)
         var stamp = now
         stamp.tv_sec -= 1 // arrived a second before it was read
-        let mapped = DatagramSocket.monotonic(fromRealtime: stamp, readAt: readAt)
-        #expect(readAt - mapped >= .seconds(1) && readAt - mapped < .milliseconds(1100))
+        let mapped = DatagramSocket.monotonic(fromRealtime: stamp, realtimeNow: now, readAt: readAt)
+        #expect(readAt - mapped == .seconds(1))
         var future = now
         future.tv_sec += 5 // the wall clock stepped back: keep the read time
-        #expect(DatagramSocket.monotonic(fromRealtime: future, readAt: readAt) == readAt)
+        #expect(DatagramSocket.monotonic(fromRealtime: future, realtimeNow: now, readAt: readAt) == readAt)
         var ancient = now
         ancient.tv_sec -= 60
-        #expect(DatagramSocket.monotonic(fromRealtime: ancient, readAt: readAt) == readAt)
+        #expect(DatagramSocket.monotonic(fromRealtime: ancient, realtimeNow: now, readAt: readAt) == readAt)
+    }
+}
+
+@Suite struct DatagramSocketTests {
+    @Test func arrivalTimeIsTheKernelsNotTheReadersRoot() async throws {
+        let receiver = try DatagramSocket(bindTo: IPv4Address(127, 0, 0, 1))
+        let sender = try DatagramSocket(bindTo: IPv4Address(127, 0, 0, 1))
+        let sentAt = MonotonicInstant.now()
+        #expect(sender.send([1, 2, 3], to: SocketAddress4(IPv4Address(127, 0, 0, 1), port: receiver.localPort)) == nil)
+        try await Task.sleep(for: .milliseconds(80))
+        let datagram = try #require(receiver.receive(maximumSize: 100, wait: false))
+        let readAt = MonotonicInstant.now()
+        #expect(datagram.bytes == [1, 2, 3])
+        #expect(datagram.receivedAt - sentAt < .milliseconds(20), "\(datagram.receivedAt - sentAt)")
+        #expect(readAt - datagram.receivedAt >= .milliseconds(60))
+        #expect(receiver.receive(maximumSize: 100, wait: false) == nil)
     }
 }

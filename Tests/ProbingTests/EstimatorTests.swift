@@ -100,7 +100,7 @@ import Testing
         let expired = ledger.expire(at: t0 + ms(150))
         #expect(expired.map(\.sequence) == [2] && expired[0].missed && expired[0].lostCopies == 1)
         #expect(ledger.match(sequence: 2, stamp: stamp(t0 + ms(50)), copy: 0, hold: .zero, at: t0 + ms(400))
-                == .late(rtt: ms(350)))
+                == .late(rtt: ms(350), sentAt: t0 + ms(50)))
         #expect(ledger.match(sequence: 2, stamp: stamp(t0 + ms(50)), copy: 0, hold: .zero, at: t0 + ms(401))
                 == .duplicate)
         #expect(ledger.expire(at: t0 + ms(1000)).isEmpty) // nothing expires twice

@@ -185,7 +185,7 @@ struct SimulatedPath {
         #expect(path.monitor.counters.drops.total == 0 && path.monitor.loss.percent == 0)
     }
 
-    @Test func lateRepliesCountAsLostOnceAndStillTeachTheTimeout() {
+    @Test func aLatencyJumpIsLearnedFromLateReplies() {
         var path = SimulatedPath()
         path.run(for: .seconds(2), network: rtt20)
         // Latency jumps to 300 ms: probes time out, the path goes down, late replies grow the timeout, and
@@ -199,6 +199,28 @@ struct SimulatedPath {
         let counters = path.monitor.counters
         // Every packet resolved exactly once: on time or lost.
         #expect(counters.packetsSent >= counters.repliesOnTime + UInt64(path.monitor.loss.lost))
+    }
+
+    @Test func lateRepliesEndAMissRunSoAStallIsNotADown() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20) // the last probe went out at 2.000 s
+        let start = path.now
+        // A stalled responder: replies to the probes of 2.050 and 2.100 are held until 2.150, and the probe of
+        // 2.150 is lost. Three probes in a row miss their timeout, but the late replies arriving at 2.150 prove
+        // the path alive after the first two were sent, so the run is 1, not 3.
+        path.run(for: .seconds(2)) { _, sent in
+            if sent < start + .milliseconds(140) { return [start + .milliseconds(150) - sent] }
+            if sent < start + .milliseconds(160) { return [] }
+            return [.milliseconds(20)]
+        }
+        #expect(path.downs.isEmpty, "\(path.changes)")
+        #expect(path.monitor.counters.misses == 3)
+        #expect(path.monitor.counters.repliesLate == 3) // 2.100 went out as two copies (suspect mode)
+        // A real cut right after still goes down; the stall's samples have raised the timeout for a while.
+        let cut = path.now
+        path.run(for: .seconds(1)) { _, _ in [] }
+        #expect(path.downs.count == 1)
+        #expect(path.downs[0].at - cut <= .milliseconds(150) + path.monitor.timeout + .milliseconds(50))
     }
 
     @Test func highLossDegradesAndRecoveryTakesTheHold() {
@@ -320,7 +342,7 @@ struct SimulatedPath {
 
     @Test func recoveringWithBadQualityGoesToDegraded() {
         var health = PathHealth()
-        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 60)
+        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 15, lossSamples: 120)
         _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: lossy, lastReplyAt: nil)
         let change = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: lossy,
                                      lastReplyAt: nil)
@@ -374,5 +396,65 @@ struct SimulatedPath {
             #expect(change == PathStatusChange(from: start, to: .down, reason: .consecutiveMisses(3),
                                                at: t0 + .seconds(2), lastReplyAt: t0))
         }
+    }
+}
+
+@Suite struct BandwidthTestExcuseTests {
+    let rtt20: (ProbePacket, MonotonicInstant) -> [Duration] = { _, _ in [.milliseconds(20)] }
+
+    /// Our own bandwidth test fills the uplink's queue: probes sent meanwhile come back very late or not at
+    /// all. Excused, they neither take the path down nor count as loss or RTT samples.
+    @Test func probesDuringOurOwnBandwidthTestAreExcused() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        let start = path.now
+        path.monitor.excuse(until: start + .milliseconds(1000))  // the test, then the queue draining
+        // 600 ms of silence (a full queue), then replies 200 ms late for the rest of the window.
+        path.run(for: .milliseconds(800)) { _, sent in sent < start + .milliseconds(600) ? [] : [.milliseconds(200)] }
+        path.run(for: .seconds(2), network: rtt20)
+        #expect(path.downs.isEmpty)
+        #expect(path.changes.filter { $0.to == .degraded }.isEmpty)
+        let metrics = path.monitor.metrics()
+        #expect(metrics.lossPct == 0)
+        #expect(metrics.latencyMs == 20)
+    }
+
+    /// The excuse ends: a real cut right after is detected as usual.
+    @Test func aCutAfterTheExcuseIsStillDetected() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.monitor.excuse(until: path.now + .milliseconds(300))
+        path.run(for: .milliseconds(300), network: rtt20)
+        let cut = path.now
+        path.run(for: .seconds(1)) { _, _ in [] }
+        #expect(path.downs.count == 1)
+        #expect(path.downs[0].at - cut <= .milliseconds(180))
+    }
+}
+
+@Suite struct LateRepliesAreNotLossTests {
+    @Test func reviseTurnsTheLatestLossIntoADelivery() {
+        var window = LossWindow(capacity: 4)
+        for lost in [true, false, true, false] { window.record(lost: lost) }
+        #expect(window.percent == 50)
+        window.reviseLatestLoss()
+        #expect(window.percent == 25)
+        window.reviseLatestLoss()
+        window.reviseLatestLoss()
+        #expect(window.percent == 0)
+        window.record(lost: false)  // the ring wrapped: still consistent
+        #expect(window.lost == 0 && window.count == 4)
+    }
+
+    /// Replies 60 ms late on a 20 ms path (a queue behind a burst): misses for the down detector, but after
+    /// the replies arrive the loss estimate shows delay, not loss.
+    @Test func lateRepliesCountAsDelayNotLoss() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(3)) { _, _ in [.milliseconds(20)] }
+        let start = path.now
+        path.run(for: .milliseconds(120)) { _, sent in sent >= start ? [.milliseconds(90)] : [.milliseconds(20)] }
+        path.run(for: .seconds(1)) { _, _ in [.milliseconds(20)] }
+        #expect(path.monitor.counters.repliesLate >= 2)
+        #expect(path.monitor.metrics().lossPct == 0)
     }
 }

@@ -239,7 +239,7 @@ func mean(_ values: [Double]) -> Double { values.reduce(0, +) / Double(max(1, va
         the request or the reply). Default ProbeConfiguration. Date: \(UTCTime.format(Date())) UTC.
 
         - duration: \(minutes) min; probes: \(probes); packets (with suspect-mode copies): \(packets) (+\(String(format: "%.1f", Double(packets - probes) / Double(max(1, probes)) * 100))%)
-        - probes missed (no copy answered in time): \(misses)
+        - probes missed (no copy answered in time): \(misses); replies that came after their timeout: \(counters.repliesLate - countersBefore.repliesLate)
         - status changes (all false): \(changes.count) \(changes.map { "\($0.from)->\($0.to) (\($0.reason))" })
         - downs: \(changes.filter { $0.to == .down }.count); degraded: \(changes.filter { $0.to == .degraded }.count)
         - final metrics: \(probed.prober.metrics)

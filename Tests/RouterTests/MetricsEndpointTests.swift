@@ -30,6 +30,7 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
                        transmitBytes: 10, receiveBytes: 0),
         ]
         sample.classes = [ClassSample(policy: "voip", site: "east", path: "isp-a->east", packets: 7, bytes: 700)]
+        sample.selections = [SelectionSample(policy: "voip", site: "east", path: "isp-a->east")]
         sample.failovers = 3
         sample.drops = [.init(component: "discovery", reason: "bad-mac"): 4]
         metrics.update(sample)
@@ -49,7 +50,8 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
             #expect(first.output.contains(#"patronus_path_latency_ms{path="isp-a->east",site="east",uplink="isp-a"} 12.5"#))
             #expect(first.output.contains(#"patronus_path_status{path="isp-b->east",site="east",uplink="isp-b",status="down"} 1"#))
             #expect(first.output.contains(#"patronus_path_bandwidth_mbps{path="isp-a->east",site="east",uplink="isp-a"} 987.3"#))
-            #expect(first.output.contains(#"patronus_class_packets_total{policy="voip",site="east"} 7"#))
+            #expect(first.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path="isp-a->east"} 7"#))
+            #expect(first.output.contains(#"patronus_class_selected_path{policy="voip",site="east",path="isp-a->east"} 1"#))
             #expect(first.output.contains("patronus_failovers_total 3"))
             #expect(first.output.contains(#"patronus_dropped_datagrams_total{component="discovery",reason="bad-mac"} 4"#))
 
@@ -60,7 +62,7 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
             metrics.update(sample)
             let second = try curl([url])
             #expect(second.output.contains(#"patronus_path_transmit_bytes_total{path="isp-a->east",site="east",uplink="isp-a"} 1500"#))
-            #expect(second.output.contains(#"patronus_class_packets_total{policy="voip",site="east"} 9"#))
+            #expect(second.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path="isp-a->east"} 9"#))
             #expect(!second.output.contains("isp-b->east"))
 
             let missing = try curl(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/nope"])

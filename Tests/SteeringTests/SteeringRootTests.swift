@@ -18,13 +18,14 @@ import Netlink
         let v = try KernelView.read(f.router, tables: [6201, 6202])
         #expect(v.tables == ["inet patronus"])
         let expectedChains: Set<String> = ["voip_path1", "voip_path2", "bulk_path1", "bulk_path2", "default_path1", "default_path2",
-                                           "site_branch", "classify", "steer", "prerouting", "output"]
+                                           "site_branch", "classify", "prerouting", "output"]
         #expect(Set(v.chains) == expectedChains)
         #expect(v.rulesPerChain["classify"] == 4)
-        #expect(v.rulesPerChain["steer"] == 3)
+        #expect(v.rulesPerChain["prerouting"] == 2)
+        #expect(v.rulesPerChain["output"] == 3)
         #expect(v.rulesPerChain["site_branch"] == 1)
         let ruleCount = v.rulesPerChain.values.reduce(0, +)
-        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 3 steer + 2 base
+        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 2 prerouting + 3 output
         let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch"]
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
@@ -251,6 +252,27 @@ import Netlink
         let third = try steering.apply(f.plan())
         #expect(third.ipRulesDeleted.count == 1)
         #expect(try KernelView.read(f.router, tables: [6203]).ourRules.count == 2)
+        try steering.removeAll()
+    }
+
+    @Test(.enabled(if: isRoot)) func rootDriftBehindOurBackIsRepaired() throws {
+        let f = try SteeringFixture()
+        let steering = try f.steering()
+        try steering.apply(f.plan(voip: 1))
+        // An admin flushes everything and deletes one of our rules: the next re-steer finds its cached view
+        // wrong (the kernel says ENOENT), re-reads the kernel and rebuilds, in the same call.
+        try f.router.check(["nft", "flush", "ruleset"])
+        try f.router.ip("rule", "del", "priority", "6210", "fwmark", "0x10000/0xff0000", "table", "6201")
+        let changes = try steering.apply(f.plan(voip: 2))
+        #expect(changes.tableCreated && changes.ipRulesAdded.count == 1)
+        var v = try KernelView.read(f.router, tables: [6201, 6202])
+        #expect(v.mapElements["site_branch"]?.contains("65536:voip_path2") == true)
+        #expect(v.ourRules.count == 2)
+        // reconcile() repairs drift without a new plan.
+        try f.router.ip("route", "del", "10.20.0.0/16", "table", "6202")
+        #expect(try steering.reconcile().routesAdded.count == 1)
+        v = try KernelView.read(f.router, tables: [6201, 6202])
+        #expect(v.routes[6202]?.count == 1)
         try steering.removeAll()
     }
 

@@ -48,12 +48,12 @@ struct UserspaceRootTests {
 
     /// True when a UDP datagram sent from `from` to `to`'s overlay address arrives (the tunnel's "ping";
     /// ping(8) is not installed on every machine). Retries cover the first handshake.
-    func crosses(from: Side, to: Side, attempts: Int = 5) throws -> Bool {
+    func crosses(from: Side, to: Side, attempts: Int = 5) async throws -> Bool {
         let receiver = try UDPSocket(in: to.namespace, bindTo: "\(to.overlay)", port: 40000)
         let sender = try UDPSocket(in: from.namespace)
         for attempt in 0..<attempts {
             sender.send(Array("ping \(attempt)".utf8), to: "\(to.overlay)", port: 40000)
-            if let got = receiver.receive(timeout: .seconds(1)), got.address == "\(from.overlay)" { return true }
+            if let got = await receiver.nextDatagram(within: .seconds(1)), got.address == "\(from.overlay)" { return true }
         }
         return false
     }
@@ -81,8 +81,8 @@ struct UserspaceRootTests {
             try await a.run { try await $0.createInterface(named: a.interface) }
             #expect(a.backend.processID(of: a.interface) == pid)
 
-            #expect(try crosses(from: a, to: b))
-            #expect(try crosses(from: b, to: a))
+            #expect(try await crosses(from: a, to: b))
+            #expect(try await crosses(from: b, to: a))
 
             let state = try await a.run { try await $0.state(of: a.interface) }
             #expect(state.publicKey == a.key.publicKey)
@@ -131,13 +131,13 @@ struct UserspaceRootTests {
             try await b.run {
                 try await $0.start(b.interface, configuration: config, addresses: [TunnelAddress(b.overlay, prefixLength: 24)])
             }
-            #expect(try !crosses(from: a, to: b, attempts: 1))
+            #expect(try await !crosses(from: a, to: b, attempts: 1))
             let fixed = configuration(a, peer: b).peers[0]
             try await a.run {
                 try await $0.configure(a.interface, DeviceUpdate(peers: [.removing(b.key.publicKey), PeerUpdate(setting: fixed)]))
             }
             let start = ContinuousClock.now
-            #expect(try crosses(from: a, to: b, attempts: 1))
+            #expect(try await crosses(from: a, to: b, attempts: 1))
             #expect(ContinuousClock.now - start < .seconds(1))
         } catch {
             await cleanUp([a, b])
@@ -157,6 +157,11 @@ struct UserspaceRootTests {
             }
             let pid = try #require(a.backend.processID(of: a.interface))
             let successor = UserspaceWireGuard()
+            // Listing sees only this namespace's interfaces, although UAPI sockets are machine-wide.
+            let config2 = configuration(b, peer: a)
+            try await b.run { try await $0.start(b.interface, configuration: config2, addresses: []) }
+            let listed = try await withTaskExecutorPreference(a.executor) { try await successor.interfaces(withPrefix: "ptwg") }
+            #expect(listed == [a.interface])
             try await withTaskExecutorPreference(a.executor) { try await successor.createInterface(named: a.interface) }
             #expect(successor.processID(of: a.interface) == nil)  // adopted, not started
             let state = try await successor.state(of: a.interface)

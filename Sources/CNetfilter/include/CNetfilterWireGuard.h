@@ -1,11 +1,6 @@
-// Kernel headers the WireGuard layer builds netlink messages from: generic netlink (controller), the
-// WireGuard genetlink family, and rtnetlink links/addresses. Declarations only.
+// The WireGuard layer's part of the C shim: the WireGuard generic netlink family (names, commands,
+// attributes, flags). The netlink, genetlink and rtnetlink headers come with CNetfilter.h. Declarations only.
 #ifndef CNETFILTER_WIREGUARD_H
 #define CNETFILTER_WIREGUARD_H
-#include <linux/netlink.h>
-#include <linux/genetlink.h>
-#include <linux/rtnetlink.h>
-#include <linux/if_link.h>
-#include <linux/if_addr.h>
 #include <linux/wireguard.h>
 #endif
