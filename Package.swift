@@ -81,5 +81,7 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard"]),
         .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing", "Lab"]),
+        // Issue 7's lab acceptance: real applications through real routers, verified by ISP-side counters.
+        .testTarget(name: "AcceptanceTests", dependencies: ["Lab"]),
     ]
 )

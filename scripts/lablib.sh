@@ -1,7 +1,13 @@
 # Shared by scripts/demo and bench/failover (source it; needs $BIN = patronus-router, $BENCH = patronus-bench).
 # Everything here reads the lab's kernel state and databases the way a user would: nft, ip, status.
 
-LAB_STATE=${LAB_STATE:-/run/patronus-lab/lab}
+# LAB_INSTANCE: the lab instance (`lab up --instance`); `lab` is the user's. Benches use a private one.
+LAB_INSTANCE=${LAB_INSTANCE:-lab}
+LAB_STATE=${LAB_STATE:-/run/patronus-lab/$LAB_INSTANCE}
+LAB_NS=pt$LAB_INSTANCE
+
+# `patronus-router lab ...` for this instance.
+lab_cli() { "$BIN" lab "$@" --instance "$LAB_INSTANCE"; }
 
 # Paths of SITE that are up, from its database.
 lab_paths_up() { "$BIN" status --database "$LAB_STATE/$1.db" | sed -n 's/.*(Up: \([0-9]*\),.*/\1/p'; }
@@ -21,15 +27,15 @@ lab_wait_up() {
 # class, then the destination site's class -> path map).
 lab_class_slot() {
     local site=$1 class=$2 dest=$3 mark
-    mark=$(ip netns exec "ptlab-$site" nft list chain inet patronus classify | grep "comment \"class $class\"" | grep -o '| 0x[0-9a-f]*' | awk '{print $2}')
-    ip netns exec "ptlab-$site" nft list map inet patronus "site_$dest" | grep -o "$mark : goto ${class}_path[0-9]*" | grep -o '[0-9]*$'
+    mark=$(ip netns exec "$LAB_NS-$site" nft list chain inet patronus classify | grep "comment \"class $class\"" | grep -o '| 0x[0-9a-f]*' | awk '{print $2}')
+    ip netns exec "$LAB_NS-$site" nft list map inet patronus "site_$dest" | grep -o "$mark : goto ${class}_path[0-9]*" | grep -o '[0-9]*$'
 }
 
 # The uplink label (isp-a, isp-b, ...) of a path slot: its routing table names the tunnel, whose number
 # is the uplink's position.
 lab_slot_uplink() {
     local site=$1 slot=$2 dev index
-    dev=$(ip netns exec "ptlab-$site" ip route show table $((6200 + slot)) | grep -o 'dev [^ ]*' | head -1 | awk '{print $2}')
+    dev=$(ip netns exec "$LAB_NS-$site" ip route show table $((6200 + slot)) | grep -o 'dev [^ ]*' | head -1 | awk '{print $2}')
     index=${dev##*[!0-9]}
     printf 'isp-%s\n' "$(printf "\\x$(printf %x $((97 + index)))")"
 }
@@ -40,19 +46,26 @@ lab_slot_uplink() {
 lab_measure_cut() {
     local uplink=$1 out receiver sender
     out=$(mktemp)
-    ip netns exec ptlab-east-lan "$BENCH" stream-recv 20000 4.5 >"$out" &
+    ip netns exec "$LAB_NS-east-lan" "$BENCH" stream-recv 20000 4.5 >"$out" &
     receiver=$!
     sleep 0.3
-    ip netns exec ptlab-hq-lan "$BENCH" stream-send 10.10.2.2 20000 200 3.5 &
+    ip netns exec "$LAB_NS-hq-lan" "$BENCH" stream-send 10.10.2.2 20000 200 3.5 &
     sender=$!
     sleep 1.2
-    "$BIN" lab impair hq "$uplink" --cut >/dev/null
+    lab_cli impair hq "$uplink" --cut >/dev/null
     wait "$sender"
-    "$BIN" lab impair hq "$uplink" --restore >/dev/null
+    lab_cli impair hq "$uplink" --restore >/dev/null
     wait "$receiver"
     cat "$out"
     rm -f "$out"
 }
 
-# Blackout in ms from a receiver line: the longest silence minus one send interval (5 ms at 200 pps).
-lab_blackout_ms() { sed -n 's/.*max_gap_ms \([0-9.]*\).*/\1/p' <<<"$1" | awk '{ b = $1 - 5; if (b < 0) b = 0; printf "%.1f", b }'; }
+# Blackout in ms from a receiver line: the longest silence minus one send interval (5 ms at 200 pps). The
+# receiver only sees gaps between arrivals: when the stream (700 datagrams) never came back, the silence
+# lasted at least from the last datagram received to the stream's end, and that lower bound is reported.
+lab_blackout_ms() {
+    sed -n 's/.*expected \([0-9]*\).*max_gap_ms \([0-9.]*\).*/\1 \2/p' <<<"$1" | awk '{
+        b = $2 - 5; if (b < 0) b = 0
+        tail = (700 - $1) * 5; if (tail > b) b = tail
+        printf "%.1f", b }'
+}

@@ -51,6 +51,10 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Probe interval per path, in milliseconds.", valueName: "ms"))
     var probeInterval: Int = Int(RouterConfiguration.defaultProbeInterval / .milliseconds(1))
 
+    @Option(help: ArgumentHelp("Seconds between bandwidth re-measurements of every path (each path is also measured when it first comes up; 10-86400).",
+                               valueName: "seconds"))
+    var bandwidthInterval: Int = Int(RouterConfiguration.defaultBandwidthInterval / .seconds(1))
+
     @Option(help: ArgumentHelp("Serve metrics on this address.", valueName: "addr:port"),
             transform: ArgumentParsing.socketAddress)
     var metricsListen: SocketAddress4?
@@ -73,7 +77,7 @@ struct RunCommand: AsyncParsableCommand {
             siteName: siteName, listenPort: listenPort, databasePath: database, interfaceName: interface,
             multicastGroup: multicastGroup, debug: debug, uplinks: uplink, lanPrefixes: lan, meshKeyPath: meshKey,
             insecureNoAuth: insecureNoAuth, peers: peer, probeInterval: .milliseconds(probeInterval),
-            metricsListen: metricsListen)
+            metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
         return configuration
     }

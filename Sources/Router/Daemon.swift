@@ -110,7 +110,7 @@ public struct Daemon: Sendable {
         var responderConfiguration = ProbeResponder.Configuration()
         responderConfiguration.replyMark = SteeringPlan.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
-        let probes = PathProbeSet()
+        let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
         let controller = Controller(applier: steering, logger: logger) { records in
             do {
@@ -139,7 +139,7 @@ public struct Daemon: Sendable {
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime),
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
-                         logger: logger),
+                         bandwidthInterval: configuration.bandwidthInterval, logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
@@ -188,6 +188,8 @@ struct ProbeService: Service {
     let responder: ProbeResponder
     let bandwidthReceiver: BandwidthReceiver
     let runtime: SiteRuntime
+    /// Between re-measurements of every path (`--bandwidth-interval`, default 15 minutes).
+    let bandwidthInterval: Duration
     let logger: Logger
 
     func run() async throws {
@@ -206,13 +208,14 @@ struct ProbeService: Service {
 }
 
 extension ProbeService {
-    /// Bandwidth tests, one at a time: each path once it first comes up, then every path every 15 minutes.
+    /// Bandwidth tests, one at a time: each path once it first comes up, then every path every
+    /// `bandwidthInterval` (15 minutes by default).
     func measureBandwidth() async {
         // Sites that start together would otherwise test at the same moment and measure each other.
         try? await Task.sleep(for: .milliseconds(Int.random(in: 0...2000)))
         var lastRound = ContinuousClock.now
         while !Task.isCancelled {
-            if ContinuousClock.now - lastRound > .seconds(900) {
+            if ContinuousClock.now - lastRound > bandwidthInterval {
                 await runtime.remeasureBandwidth()
                 lastRound = .now
             }

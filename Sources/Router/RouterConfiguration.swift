@@ -13,6 +13,11 @@ public struct RouterConfiguration: Hashable, Sendable {
     public static let defaultStatusInterval = Duration.seconds(30)
     public static let overlayPool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)
     public static let defaultMetricsRetention = Duration.seconds(7 * 24 * 3600)
+    /// How often every path's bandwidth is measured again after its first test (15 minutes): a test costs the
+    /// path a 368 kB burst, and capacity changes slowly.
+    public static let defaultBandwidthInterval = Duration.seconds(900)
+    /// Seconds. Below 10 s the trains would be a noticeable share of a slow path's capacity.
+    public static let bandwidthIntervalRange = 10...86_400
 
     /// This site's human name, announced to the others (1-63 of letters, digits, '-', '_', '.').
     public var siteName: String
@@ -41,13 +46,16 @@ public struct RouterConfiguration: Hashable, Sendable {
     /// has one, else wireguard-go.
     public var wireguard: WireGuardBackendChoice = .auto
     public var metricsRetention: Duration
+    /// Time between bandwidth re-measurements of every path (`--bandwidth-interval`).
+    public var bandwidthInterval: Duration
 
     public init(siteName: String, listenPort: UInt16 = defaultListenPort, databasePath: String = defaultDatabasePath,
                 interfaceName: String = defaultInterfaceName, multicastGroup: SocketAddress4 = defaultMulticastGroup,
                 debug: Bool = false, uplinks: [Uplink] = [], lanPrefixes: [IPv4Prefix] = [], meshKeyPath: String? = nil,
                 insecureNoAuth: Bool = false, peers: [SocketAddress4] = [],
                 probeInterval: Duration = defaultProbeInterval, metricsListen: SocketAddress4? = nil,
-                statusInterval: Duration = defaultStatusInterval, metricsRetention: Duration = defaultMetricsRetention) {
+                statusInterval: Duration = defaultStatusInterval, metricsRetention: Duration = defaultMetricsRetention,
+                bandwidthInterval: Duration = defaultBandwidthInterval) {
         self.siteName = siteName
         self.listenPort = listenPort
         self.databasePath = databasePath
@@ -63,6 +71,7 @@ public struct RouterConfiguration: Hashable, Sendable {
         self.metricsListen = metricsListen
         self.statusInterval = statusInterval
         self.metricsRetention = metricsRetention
+        self.bandwidthInterval = bandwidthInterval
     }
 
     public static func isValidSiteName(_ name: some StringProtocol) -> Bool {
@@ -114,6 +123,11 @@ public struct RouterConfiguration: Hashable, Sendable {
         guard Double(Self.probeIntervalRange.lowerBound) <= milliseconds,
               milliseconds <= Double(Self.probeIntervalRange.upperBound) else {
             throw .invalid(flag: "--probe-interval", "\(milliseconds) ms is not in \(Self.probeIntervalRange.lowerBound)-\(Self.probeIntervalRange.upperBound) ms")
+        }
+        let bandwidthSeconds = bandwidthInterval / .seconds(1)
+        guard Double(Self.bandwidthIntervalRange.lowerBound) <= bandwidthSeconds,
+              bandwidthSeconds <= Double(Self.bandwidthIntervalRange.upperBound) else {
+            throw .invalid(flag: "--bandwidth-interval", "\(bandwidthSeconds) s is not in \(Self.bandwidthIntervalRange.lowerBound)-\(Self.bandwidthIntervalRange.upperBound) s")
         }
         guard statusInterval > .zero else { throw .invalid(flag: "status interval", "must be positive") }
         guard metricsRetention > .zero else { throw .invalid(flag: "metrics retention", "must be positive") }

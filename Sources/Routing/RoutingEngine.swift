@@ -80,8 +80,22 @@ public struct RoutingSettings: Hashable, Sendable {
     public var relativeMargin: Double = 0.10
     /// Absolute improvements required as well: latency (ms), loss (percentage points), score (points).
     public var latencyMarginMs: Double = 2.0
+    /// A latency advantage must also exceed this many times the larger of the two paths' jitter: medians over
+    /// short windows (the daemon's is 0.5 s) of two equally jittery paths differ by about their jitter.
+    public var latencyJitterMargin: Double = 2.0
     public var lossMarginPct: Double = 0.5
     public var scoreMargin: Double = 5.0
+    /// Packets in each path's loss estimate (the probers' loss window: 200 probes = 10 s at 50 ms). Two paths
+    /// with the same true loss p differ in their estimates by sqrt(2 p (1 - p) / lossSamples) (one standard
+    /// deviation); at 2% loss on every uplink (about 8% per round trip) that is 2.7 percentage points, i.e.
+    /// 7 score points, more than `scoreMargin`.
+    public var lossSamples: Int = 200
+    /// How many of those standard deviations a loss or score advantage must exceed, on top of the margins
+    /// above, before it counts: 4 makes a move between two equally lossy paths a ~3e-5 event per comparison
+    /// (zero false failovers in 10 minutes at 2% loss), and adds nothing when both paths are loss-free.
+    public var lossNoiseSigmas: Double = 4.0
+    /// Score points per percentage point of loss (PathScore: 2.5 R per %, R scaled by 100 / 93.2).
+    public var scorePointsPerLossPct: Double = 2.5 * 100 / 93.2
     /// Buckets of a load-balanced policy; a flow hash picks one.
     public var bucketCount: Int = 64
 
@@ -251,22 +265,42 @@ public struct RoutingEngine: Sendable {
         }
     }
 
+    /// The loss difference (percentage points) that random loss alone puts between two paths this lossy,
+    /// `lossNoiseSigmas` standard deviations of the difference of two estimates over `lossSamples` packets.
+    /// Zero when neither path loses anything.
+    func lossNoise(_ a: PathMetrics, _ b: PathMetrics) -> Double {
+        let pooled = min(1, max(0, (a.lossPct + b.lossPct) / 200))
+        let sigma = (2 * pooled * (1 - pooled) / Double(max(1, settings.lossSamples))).squareRoot() * 100
+        return settings.lossNoiseSigmas * sigma
+    }
+
+    /// The score advantage that counts as better: the margin plus what loss noise alone explains.
+    private func scoreMargin(_ c: PathMetrics, _ i: PathMetrics) -> Double {
+        settings.scoreMargin + lossNoise(c, i) * settings.scorePointsPerLossPct
+    }
+
     /// True when `challenger` is better than `incumbent` by the switch margin on the strategy's metric.
+    /// Loss-driven comparisons (score, loss, and "up beats degraded", where degraded is usually a loss
+    /// threshold crossed by an estimate) allow for the estimates' noise, so random loss on equal paths moves
+    /// no traffic, while a path that is really worse is still left.
     private func beatsByMargin(_ challenger: PathState, _ incumbent: PathState, strategy: Strategy) -> Bool {
         let c = challenger.metrics!, i = incumbent.metrics!
-        if challenger.status == .up && incumbent.status == .degraded { return true }
+        if challenger.status == .up && incumbent.status == .degraded && c.score >= i.score + scoreMargin(c, i) {
+            return true
+        }
         let margin = settings.relativeMargin
         switch strategy {
         case .lowestLatency:
-            return c.latencyMs < i.latencyMs * (1 - margin) && i.latencyMs - c.latencyMs >= settings.latencyMarginMs
+            return c.latencyMs < i.latencyMs * (1 - margin)
+                && i.latencyMs - c.latencyMs >= max(settings.latencyMarginMs, settings.latencyJitterMargin * max(c.jitterMs, i.jitterMs))
         case .highestBandwidth:
             let cb = c.bandwidthMbps ?? 0, ib = i.bandwidthMbps ?? 0
-            if cb == 0 && ib == 0 { return c.score >= i.score + settings.scoreMargin }
+            if cb == 0 && ib == 0 { return c.score >= i.score + scoreMargin(c, i) }
             return cb > ib * (1 + margin)
         case .lowestLoss:
-            return i.lossPct - c.lossPct >= settings.lossMarginPct
+            return i.lossPct - c.lossPct >= settings.lossMarginPct + lossNoise(c, i)
         case .bestScore, .loadBalance:
-            return c.score >= i.score + settings.scoreMargin
+            return c.score >= i.score + scoreMargin(c, i)
         case .fixed(let label):
             // Back to the pinned uplink as soon as it is usable again (after the hold-down).
             return challenger.key.localLabel == label && incumbent.key.localLabel != label

@@ -30,6 +30,7 @@ import Router
         #expect(!configuration.debug)
         #expect(configuration.probeInterval == .milliseconds(50))
         #expect(configuration.statusInterval == .seconds(30))
+        #expect(configuration.bandwidthInterval == .seconds(900))
     }
 
     @Test func seedExampleCommandLines() throws {
@@ -51,13 +52,14 @@ import Router
         let configuration = try parseRun([
             "--site-name", "hq", "--uplink", "eth0=isp-a", "--uplink", "wwan0=lte", "--lan", "192.168.1.0/24",
             "--lan", "192.168.5.0/24", "--mesh-key", "/etc/patronus/mesh.key", "--peer", "192.0.2.7:51821",
-            "--probe-interval", "100", "--metrics-listen", "127.0.0.1:9477", "--multicast-group", "239.1.2.3:4000",
+            "--probe-interval", "100", "--bandwidth-interval", "30", "--metrics-listen", "127.0.0.1:9477", "--multicast-group", "239.1.2.3:4000",
         ]).routerConfiguration
         #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte")])
         #expect(configuration.lanPrefixes.map(\.description) == ["192.168.1.0/24", "192.168.5.0/24"])
         #expect(configuration.meshKeyPath == "/etc/patronus/mesh.key")
         #expect(configuration.peers.map(\.description) == ["192.0.2.7:51821"])
         #expect(configuration.probeInterval == .milliseconds(100))
+        #expect(configuration.bandwidthInterval == .seconds(30))
         #expect(configuration.metricsListen?.description == "127.0.0.1:9477")
         #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
     }
@@ -83,6 +85,8 @@ import Router
             (["run", "--site-name", "hq", "--peer", "239.1.1.1:1"], "unicast"),
             (["run", "--site-name", "hq", "--probe-interval", "5"], "--probe-interval"),
             (["run", "--site-name", "hq", "--probe-interval", "20000"], "--probe-interval"),
+            (["run", "--site-name", "hq", "--bandwidth-interval", "9"], "--bandwidth-interval"),
+            (["run", "--site-name", "hq", "--bandwidth-interval", "86401"], "--bandwidth-interval"),
             (["run", "--site-name", "hq", "--metrics-listen", "127.0.0.1"], "--metrics-listen"),
             (["run", "--site-name", "hq", "--mesh-key", "k", "--insecure-no-auth"], "--insecure-no-auth"),
             (["run", "--site-name", "hq", "--database", ""], "--database"),

@@ -129,6 +129,22 @@ struct SimulatedPath {
         }
     }
 
+    /// bench/failover's soak: 2% loss on every uplink of every site, so a probe and its reply cross four
+    /// impaired links (1 - 0.98^4 = 7.8% per round trip). Simulated: the 12 probers of a 3-site lab for 10
+    /// minutes; a false down there was 0.4 expected with 3 misses (one seen in the lab), 0.003 with 4.
+    @Test func lossOnEveryUplinkOfTheLabCausesNoFalseDownInTenMinutes() {
+        var downs: [PathStatusChange] = []
+        for seed in UInt64(1)...12 {
+            var random = SeededRandom(seed: seed)
+            var path = SimulatedPath()
+            path.run(for: .seconds(600)) { _, _ in
+                (0..<4).contains { _ in Double.random(in: 0..<1, using: &random) < 0.02 } ? [] : [.milliseconds(2)]
+            }
+            downs += path.downs
+        }
+        #expect(downs.isEmpty, "\(downs)")
+    }
+
     @Test func fivePercentLossIsMeasuredAsFourToSixPercent() {
         var random = SeededRandom(seed: 42)
         var path = SimulatedPath()
@@ -299,6 +315,29 @@ struct SimulatedPath {
         _ = health.evaluate(at: t0 + .seconds(2), consecutiveMisses: 2, answered: false, quality: good,
                             lastReplyAt: nil)
         #expect(health.streakStart == nil)
+    }
+
+    @Test func aLossyPathNeedsAFourthMissToGoDown() {
+        func upHealth() -> PathHealth {
+            var health = PathHealth()
+            _ = health.evaluate(at: t0, consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+            _ = health.evaluate(at: t0 + .seconds(1), consecutiveMisses: 0, answered: true, quality: good, lastReplyAt: nil)
+            return health
+        }
+        let at = t0 + .seconds(2)
+        // Clean path: 3 misses, as always.
+        var clean = upHealth()
+        #expect(clean.evaluate(at: at, consecutiveMisses: 3, answered: false, quality: good, lastReplyAt: nil)?.to == .down)
+        // 8% loss over 200 packets (2% on each of the 4 links a probe and its reply cross): 3 is not enough.
+        let lossy = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 8, lossSamples: 200)
+        var health = upHealth()
+        #expect(health.evaluate(at: at, consecutiveMisses: 3, answered: false, quality: lossy, lastReplyAt: nil) == nil)
+        #expect(health.evaluate(at: at + .milliseconds(50), consecutiveMisses: 4, answered: false, quality: lossy,
+                                lastReplyAt: nil)?.to == .down)
+        // Too few samples to call the path lossy: the plain rule.
+        var young = upHealth()
+        let few = PathHealth.Quality(latencyMs: 20, jitterMs: 1, lossPct: 8, lossSamples: 20)
+        #expect(young.evaluate(at: at, consecutiveMisses: 3, answered: false, quality: few, lastReplyAt: nil)?.to == .down)
     }
 
     @Test func recoveringWithBadQualityGoesToDegraded() {

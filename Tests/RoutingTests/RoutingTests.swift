@@ -164,6 +164,78 @@ private func selection(_ result: (state: RoutingState, changes: [SelectionChange
         }
     }
 
+    /// bench/failover's soak: 2% loss on every uplink is ~8% per round trip, and two equal paths' 200-packet
+    /// loss estimates (and so their scores) wander apart by 7 points per standard deviation. Seen in the lab
+    /// before this rule: a better-path move every few seconds. Equal paths must never trade traffic.
+    @Test func randomLossOnEqualPathsMovesNothing() {
+        let moves = Self.movesUnderRandomLoss(engine: engine)
+        #expect(moves.isEmpty, "\(moves.count) moves, e.g. \(moves.prefix(3))")
+        // Without the noise allowance (the plain margins) the same 10 minutes move traffic again and again.
+        var plain = RoutingSettings()
+        plain.lossNoiseSigmas = 0
+        #expect(Self.movesUnderRandomLoss(engine: RoutingEngine(settings: plain)).count > 10)
+    }
+
+    static func movesUnderRandomLoss(engine: RoutingEngine) -> [SelectionChange] {
+        var generator = SplitMix(seed: 7)
+        // Each path's loss window: the last 200 probe outcomes, 4 new ones per 200 ms decision (20 probes/s).
+        var windows = [[Bool]](repeating: [], count: 2)
+        func advance(_ index: Int, probes: Int) -> Double {
+            for _ in 0..<probes { windows[index].append(generator.nextUnit() < 0.08) }
+            windows[index].removeFirst(max(0, windows[index].count - 200))
+            return Double(windows[index].filter { $0 }.count) * 100 / Double(windows[index].count)
+        }
+        func score(_ loss: Double) -> Double { (93.2 - 0.3 - 2.5 * loss) * 100 / 93.2 }
+        func lossy(_ label: String, _ index: Int, probes: Int = 4) -> PathState {
+            let loss = advance(index, probes: probes)
+            // The prober calls a path degraded at >= 10% loss: noise crosses that too.
+            return path(label, loss >= 10 ? .degraded : .up, latency: 2, loss: loss, score: score(loss))
+        }
+        let lossyPolicy = Policy(name: "lossy", priority: 30, strategy: .lowestLoss)
+        let policies = [voip, bulk, other, lossyPolicy]
+        var state = engine.decide(policies: policies, paths: [lossy("isp-a", 0, probes: 200), lossy("isp-b", 1, probes: 200)],
+                                  previous: RoutingState(), now: 0).state
+        var moves: [SelectionChange] = []
+        // 10 minutes of decisions every 200 ms, as the daemon's tick makes them.
+        for step in 1...3000 {
+            let result = engine.decide(policies: policies, paths: [lossy("isp-a", 0), lossy("isp-b", 1)], previous: state,
+                                       now: Double(step) * 0.2)
+            moves += result.changes
+            state = result.state
+        }
+        return moves
+    }
+
+    @Test func aReallyLossierPathIsStillLeft() {
+        // 15% against 0% loss: far beyond the noise (4 sigma of two 200-packet estimates is ~10.7 points here).
+        var state = engine.decide(policies: [other], paths: [path("isp-a", latency: 2, score: 99), path("isp-b", latency: 2, score: 98)],
+                                  previous: RoutingState(), now: 0).state
+        #expect(state.selections[SelectionKey(site: east, policy: "default")] == .single(key("isp-a")))
+        let worse = [path("isp-a", .degraded, latency: 2, loss: 15, score: 59), path("isp-b", latency: 2, loss: 0, score: 99)]
+        state = engine.decide(policies: [other], paths: worse, previous: state, now: 1).state
+        let moved = engine.decide(policies: [other], paths: worse, previous: state, now: 2.1)
+        #expect(selection(moved, other) == .single(key("isp-b")))
+        // Without loss there is no noise allowance: the plain 5-point margin decides, as before.
+        #expect(engine.lossNoise(PathMetrics(latencyMs: 1, jitterMs: 0, lossPct: 0, score: 99),
+                                 PathMetrics(latencyMs: 1, jitterMs: 0, lossPct: 0, score: 90)) == 0)
+    }
+
+    @Test func latencyAdvantagesWithinTheJitterDoNotCount() {
+        var state = engine.decide(policies: [voip], paths: [path("isp-a", latency: 20, jitter: 3), path("isp-b", latency: 22, jitter: 3)],
+                                  previous: RoutingState(), now: 0).state
+        // 4 ms better, but jitter 3 ms: two medians of such paths differ by that much anyway.
+        let close = [path("isp-a", latency: 24, jitter: 3), path("isp-b", latency: 20, jitter: 3)]
+        for t in [0.5, 1.5, 3.0] {
+            let step = engine.decide(policies: [voip], paths: close, previous: state, now: t)
+            #expect(step.changes.isEmpty)
+            state = step.state
+        }
+        // 10 ms better is beyond 2 x jitter: adopted after the hold-down.
+        let clear = [path("isp-a", latency: 30, jitter: 3), path("isp-b", latency: 20, jitter: 3)]
+        state = engine.decide(policies: [voip], paths: clear, previous: state, now: 4).state
+        #expect(selection(engine.decide(policies: [voip], paths: clear, previous: state, now: 5.01), voip) == .single(key("isp-b")))
+    }
+
     @Test func policyEditReselectsAtOnce() {
         let first = engine.decide(policies: [other], paths: [path("isp-a", latency: 10, score: 80), path("isp-b", latency: 50, score: 95)],
                                   previous: RoutingState(), now: 0)
@@ -221,4 +293,18 @@ private func selection(_ result: (state: RoutingState, changes: [SelectionChange
                                    previous: start.state, now: 1)
         #expect(wobble.changes.isEmpty)
     }
+}
+
+/// A small deterministic generator, so the loss simulation is the same on every run.
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func nextUnit() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }
