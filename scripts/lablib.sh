@@ -69,3 +69,16 @@ lab_blackout_ms() {
         tail = (700 - $1) * 5; if (tail > b) b = tail
         printf "%.1f", b }'
 }
+
+# Waits until SITE has measured the bandwidth of WANT paths (default 60 s). The first tests run at line rate
+# through the userspace emulator right after start; a measurement taken while they run would measure them.
+lab_wait_measured() {
+    local site=$1 want=$2 limit=${3:-60} start count
+    start=$(date +%s)
+    while true; do
+        count=$("$BIN" status --database "$LAB_STATE/$site.db" --json | grep -c '"bandwidth_mbps"' || true)
+        (( count >= want )) && return 0
+        (( $(date +%s) - start < limit )) || { echo "$site: bandwidth of $count of $want paths measured after ${limit}s" >&2; return 1; }
+        sleep 0.2
+    done
+}

@@ -230,6 +230,7 @@ extension ProbeService {
                 }
             } catch {
                 logger.notice("bandwidth test on \(path) failed: \(error)")
+                await runtime.bandwidthTestFailed(path)
             }
             try? await Task.sleep(for: .milliseconds(300))
         }

@@ -25,6 +25,7 @@ actor SiteRuntime {
     private var lastSites: [RemoteSite] = []
     private var bandwidthMeasured: Set<String> = []
     private var bandwidthQueue: [String] = []
+    private var bandwidthFailures: [String: Int] = [:]
 
     struct PlannedRoute: Hashable {
         var key: PathKey
@@ -201,9 +202,19 @@ actor SiteRuntime {
         probes.excuse(paths.filter { $0.value.key.localLabel == label }.map(\.key), for: .milliseconds(500))
     }
 
+    /// A test that got no report (its trains or the report lost, e.g. in the burst of start-up tests) is
+    /// queued again, at most twice per round, so a path does not wait a whole `--bandwidth-interval` for its
+    /// first estimate.
+    func bandwidthTestFailed(_ name: String) {
+        let failures = bandwidthFailures[name, default: 0] + 1
+        bandwidthFailures[name] = failures
+        if failures <= 2, paths[name] != nil, !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
+    }
+
     /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
     /// test costs the path a short burst).
     func remeasureBandwidth() {
+        bandwidthFailures.removeAll()
         for name in paths.keys.sorted() where !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
     }
 
