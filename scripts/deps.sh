@@ -8,9 +8,10 @@
 #   wireguard-go             the userspace WireGuard backend (no kernel module on these machines)
 #   iperf3 socat rsync sip-tester ethtool iputils-ping   real traffic and peers for lab, tests and bench
 #   curl systemd             a real HTTP client scrapes the metrics endpoint; systemd-analyze verifies the unit
+#   python3                  bench/datapath.sh summarizes iperf3 JSON
 set -euo pipefail
 PACKAGES=(libnftnl-dev libmnl-dev libsqlite3-dev sqlite3 nftables iproute2 wireguard-tools wireguard-go
-          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd)
+          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd python3)
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${PACKAGES[@]}"
     exit 0
