@@ -137,7 +137,15 @@ public struct Daemon: Sendable {
         let metrics = RouterMetrics()
 
         var services: [any Service] = [
-            MeshService(driver: driver, discovery: discovery, runtime: runtime),
+            MeshService(driver: driver, discovery: discovery, runtime: runtime) { [logger, configuration] moved in
+                logger.notice("overlay address moved to \(moved)")
+                do {
+                    try store.updateLocalSite(overlayAddress: moved, publicKey: privateKey.publicKey.base64,
+                                              lanPrefixes: configuration.lanPrefixes)
+                } catch {
+                    logger.error("recording the new overlay address: \(error)")
+                }
+            },
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
                          bandwidthInterval: configuration.bandwidthInterval, logger: logger),
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
@@ -172,12 +180,15 @@ struct MeshService: Service {
     let driver: TunnelDriver
     let discovery: DiscoveryService
     let runtime: SiteRuntime
+    /// Our overlay address moved (a site with a smaller id claimed it): the database follows.
+    let overlayMoved: @Sendable (IPv4Address) async -> Void
 
     func run() async throws {
         try await untilShutdown {
             try await driver.run(
                 onEvent: { event in await runtime.siteEvent(event) },
-                onPlan: { plan, _ in await runtime.planned(plan, sites: discovery.sites) })
+                onPlan: { plan, _ in await runtime.planned(plan, sites: discovery.sites) },
+                onOverlay: overlayMoved)
         }
     }
 }
