@@ -162,24 +162,30 @@ final class DatagramSocket: @unchecked Sendable {
                 .copyMemory(from: &info, byteCount: MemoryLayout<in_pktinfo>.size)
         }
         var payload = bytes
-        let sent = payload.withUnsafeMutableBytes { buffer in
+        let sent = Self.withMessage(payload: &payload, control: &control, address: &sa) { sendmsg(fd, &$0, 0) }
+        return sent == bytes.count ? nil : (sent < 0 ? errno : EMSGSIZE)
+    }
+
+    /// One msghdr over a payload, a control buffer and an IPv4 address, for sendmsg and recvmsg alike.
+    private static func withMessage<R>(payload: inout [UInt8], control: inout [UInt8], address: inout sockaddr_in,
+                                       _ body: (inout msghdr) -> R) -> R {
+        payload.withUnsafeMutableBytes { buffer in
             control.withUnsafeMutableBytes { controlBuffer in
-                withUnsafeMutablePointer(to: &sa) { address in
+                withUnsafeMutablePointer(to: &address) { addressPointer in
                     var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
                     return withUnsafeMutablePointer(to: &vector) { vectorPointer in
                         var message = msghdr()
-                        message.msg_name = UnsafeMutableRawPointer(address)
+                        message.msg_name = UnsafeMutableRawPointer(addressPointer)
                         message.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
                         message.msg_iov = vectorPointer
                         message.msg_iovlen = 1
                         message.msg_control = controlBuffer.baseAddress
                         message.msg_controllen = controlBuffer.count
-                        return sendmsg(fd, &message, 0)
+                        return body(&message)
                     }
                 }
             }
         }
-        return sent == bytes.count ? nil : (sent < 0 ? errno : EMSGSIZE)
     }
 
     /// Blocks for one datagram (or, with `wait` false, returns nil when none is queued). Returns nil once the
@@ -190,23 +196,9 @@ final class DatagramSocket: @unchecked Sendable {
         var control = [UInt8](repeating: 0, count: DatagramSocket.pktinfoSpace + DatagramSocket.timestampSpace + 64)
         var sa = sockaddr_in()
         while true {
-            let (count, controlLength) = buffer.withUnsafeMutableBytes { payload in
-                control.withUnsafeMutableBytes { controlBuffer in
-                    withUnsafeMutablePointer(to: &sa) { address in
-                        var vector = iovec(iov_base: payload.baseAddress, iov_len: payload.count)
-                        return withUnsafeMutablePointer(to: &vector) { vectorPointer in
-                            var message = msghdr()
-                            message.msg_name = UnsafeMutableRawPointer(address)
-                            message.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
-                            message.msg_iov = vectorPointer
-                            message.msg_iovlen = 1
-                            message.msg_control = controlBuffer.baseAddress
-                            message.msg_controllen = controlBuffer.count
-                            let count = recvmsg(fd, &message, wait ? 0 : Int32(MSG_DONTWAIT))
-                            return (count, Int(message.msg_controllen))
-                        }
-                    }
-                }
+            let (count, controlLength) = Self.withMessage(payload: &buffer, control: &control, address: &sa) { message in
+                let count = recvmsg(fd, &message, wait ? 0 : Int32(MSG_DONTWAIT))
+                return (count, Int(message.msg_controllen))
             }
             // Wall clock first, then the monotonic one: the gap between the two reads can only make a mapped
             // kernel stamp later than the truth, never earlier than the probe's send time.
