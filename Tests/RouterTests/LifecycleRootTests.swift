@@ -198,14 +198,7 @@ struct LifecycleRootTests {
     /// SIGTERM removes everything of ours within 2 s and leaves the namespace byte-for-byte as `nft -j`,
     /// `ip -j rule/link/route` and ip_forward showed it before the start, foreign state included.
     @Test func sigtermLeavesTheNamespaceExactlyAsBeforeStartRoot() throws {
-        let pair = try RouterPair()
-        try pair.addForeignState()
-        pair.settle()
-        let before = try KernelSnapshot.take(pair.a)
-        try pair.startB()
-        try pair.startA()
-        let up = Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp() }
-        try #require(up, "paths of a did not come up: \(pair.log(pair.logA).suffix(2000))")
+        let (pair, before) = try startedPairWithForeignState()
         let running = try KernelSnapshot.take(pair.a)
         #expect(running.ruleset.contains { $0.contains("\"name\":\"patronus\"") }, "our table is installed")
         #expect(running.rules.count > before.rules.count, "our rules are installed")
@@ -241,17 +234,25 @@ struct LifecycleRootTests {
         #expect(!sockets.contains { $0.hasPrefix(pair.tunnelA) }, "UAPI sockets removed: \(sockets)")
     }
 
-    /// kill -9 leaves the table, rules, routes, tunnels and wireguard-go running; a restart adopts them,
-    /// converges to the same state within 2 s with nothing duplicated, and its SIGTERM then restores the
-    /// namespace as it was before the first start (ip_forward too: the journal remembers the original).
-    @Test func killNineThenRestartAdoptsAndConvergesRoot() throws {
+    /// Both routers running with their paths up, `a` holding foreign state; `before` is `a`'s kernel state
+    /// before the first start (what every stop must restore).
+    func startedPairWithForeignState() throws -> (RouterPair, KernelSnapshot) {
         let pair = try RouterPair()
         try pair.addForeignState()
         pair.settle()
         let before = try KernelSnapshot.take(pair.a)
         try pair.startB()
         try pair.startA()
-        try #require(Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp() }, "\(pair.log(pair.logA).suffix(2000))")
+        try #require(Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp() },
+                     "paths of a did not come up: \(pair.log(pair.logA).suffix(2000))")
+        return (pair, before)
+    }
+
+    /// kill -9 leaves the table, rules, routes, tunnels and wireguard-go running; a restart adopts them,
+    /// converges to the same state within 2 s with nothing duplicated, and its SIGTERM then restores the
+    /// namespace as it was before the first start (ip_forward too: the journal remembers the original).
+    @Test func killNineThenRestartAdoptsAndConvergesRoot() throws {
+        let (pair, before) = try startedPairWithForeignState()
         // Steady: every class has its choice in the site map.
         var running = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
         Ops.waitUntil(timeout: .seconds(5)) {
@@ -321,13 +322,7 @@ struct LifecycleRootTests {
     /// interface, its wireguard-go, its pinning rule and routes and its paths' steering state are removed
     /// at start, not left behind forever; SIGTERM then restores the namespace as before the first start.
     @Test func restartWithFewerUplinksCleansWhatTheDeadRunLeftRoot() throws {
-        let pair = try RouterPair()
-        try pair.addForeignState()
-        pair.settle()
-        let before = try KernelSnapshot.take(pair.a)
-        try pair.startB()
-        try pair.startA()
-        try #require(Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp() }, "\(pair.log(pair.logA).suffix(2000))")
+        let (pair, before) = try startedPairWithForeignState()
         kill(pair.routerA!, SIGKILL)
         _ = Ops.waitForExit(pair.routerA!, timeout: .seconds(5))
         pair.routerA = nil
