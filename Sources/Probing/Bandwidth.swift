@@ -4,12 +4,12 @@ import Model
 
 /// The receiver's measurement of one packet train, sent back to the train's sender.
 ///
-/// Wire form: a ``ProbePacket`` header (kind `report`, the test's session, sequence = train index) followed by
-/// a fixed 32-byte body: packets (UInt32), bytes (UInt64), span ns (UInt64), rate bit/s (UInt64), reserved
-/// (UInt32, zero). 52 bytes in all; anything else is rejected.
+/// Wire form: a ``TrainPacket`` header (kind `report`, the test's session and train index, length 0, index =
+/// packets that arrived) followed by a 24-byte body: bytes (UInt64), span ns (UInt64), rate bit/s (UInt64).
+/// 40 bytes in all; anything else is rejected.
 public struct TrainReport: Hashable, Sendable {
     public var session: UInt32
-    public var train: UInt32
+    public var train: UInt16
     /// Packets of the train that arrived.
     public var packets: UInt32
     /// IP bytes (UDP payload + 28) of the packets that the rate is computed over.
@@ -19,9 +19,9 @@ public struct TrainReport: Hashable, Sendable {
     /// The rate the receiver computed from arrival times: `bytes * 8 / span`. 0 when it could not.
     public var bitsPerSecond: UInt64
 
-    public static let size = ProbePacket.size + 32
+    public static let size = TrainPacket.headerSize + 24
 
-    public init(session: UInt32, train: UInt32, packets: UInt32, bytes: UInt64, spanNanoseconds: UInt64,
+    public init(session: UInt32, train: UInt16, packets: UInt32, bytes: UInt64, spanNanoseconds: UInt64,
                 bitsPerSecond: UInt64) {
         self.session = session
         self.train = train
@@ -32,24 +32,21 @@ public struct TrainReport: Hashable, Sendable {
     }
 
     public func encoded() -> [UInt8] {
-        var bytes = ProbePacket(kind: .report, session: session, sequence: train).encoded(padTo: TrainReport.size)
-        WireWord.put(packets, into: &bytes, at: 20)
-        WireWord.put64(self.bytes, into: &bytes, at: 24)
-        WireWord.put64(spanNanoseconds, into: &bytes, at: 32)
-        WireWord.put64(bitsPerSecond, into: &bytes, at: 40)
+        let header = TrainPacket(kind: .report, session: session, train: train, length: 0, index: packets)
+        var bytes = header.encoded(padTo: TrainReport.size)
+        WireWord.put64(self.bytes, into: &bytes, at: 16)
+        WireWord.put64(spanNanoseconds, into: &bytes, at: 24)
+        WireWord.put64(bitsPerSecond, into: &bytes, at: 32)
         return bytes
     }
 
-    public static func decode(_ bytes: [UInt8]) throws(ProbePacket.Rejection) -> TrainReport {
+    public static func decode(_ bytes: [UInt8]) throws(ProbeRejection) -> TrainReport {
         guard bytes.count == size else { throw .truncated }
-        let header = try ProbePacket.decode(bytes, allowPadding: true)
+        let header = try TrainPacket.decode(bytes)
         guard header.kind == .report else { throw .unexpectedKind }
-        guard header.senderStamp == 0, header.responderHold == 0, WireWord.get(bytes, 48) == 0 else {
-            throw .badFlags
-        }
-        return TrainReport(session: header.session, train: header.sequence, packets: WireWord.get(bytes, 20),
-                           bytes: WireWord.get64(bytes, 24), spanNanoseconds: WireWord.get64(bytes, 32),
-                           bitsPerSecond: WireWord.get64(bytes, 40))
+        return TrainReport(session: header.session, train: header.train, packets: header.index,
+                           bytes: WireWord.get64(bytes, 16), spanNanoseconds: WireWord.get64(bytes, 24),
+                           bitsPerSecond: WireWord.get64(bytes, 32))
     }
 }
 
@@ -60,13 +57,13 @@ public struct TrainReport: Hashable, Sendable {
 /// skipped ones x 8 / (last arrival - last skipped arrival). Duplicated indices are ignored.
 public struct TrainMeasurement: Sendable {
     public let session: UInt32
-    public let train: UInt32
+    public let train: UInt16
     public let length: Int
     private var arrivals: [(index: UInt32, at: MonotonicInstant, ipBytes: Int)] = []
     private var seen = Set<UInt32>()
     public private(set) var lastArrival: MonotonicInstant
 
-    public init(session: UInt32, train: UInt32, length: Int, start: MonotonicInstant) {
+    public init(session: UInt32, train: UInt16, length: Int, start: MonotonicInstant) {
         self.session = session
         self.train = train
         self.length = max(1, length)
@@ -98,9 +95,8 @@ public struct TrainMeasurement: Sendable {
 /// The bandwidth-test receiver on UDP 51823: measures trains from arrival times and reports each back,
 /// through the interface the train came in on. Trains are identified by (source, session, train index);
 /// at most 16 are tracked at once (oldest evicted) and each is forgotten 5 s after its last packet.
-/// Train packets: a ``ProbePacket`` header (kind `train`, sequence = packet index, sender stamp =
-/// train index << 16 | train length) padded to the train's packet size; the end-of-train flag asks for the
-/// report (sent again for every repeated request). Untrusted input is dropped and counted like the responder's.
+/// Train packets: a ``TrainPacket`` header (kind `train`) padded to the train's packet size; the end-of-train
+/// flag asks for the report (sent again for every repeated request). Untrusted input is dropped and counted like the responder's.
 public final class BandwidthReceiver: @unchecked Sendable {
     public struct Configuration: Hashable, Sendable {
         public var port: UInt16 = 51823
@@ -111,7 +107,7 @@ public final class BandwidthReceiver: @unchecked Sendable {
         public init() {}
     }
 
-    private struct Key: Hashable { var source: SocketAddress4; var session: UInt32; var train: UInt32 }
+    private struct Key: Hashable { var source: SocketAddress4; var session: UInt32; var train: UInt16 }
 
     public let configuration: Configuration
     private let socket: DatagramSocket
@@ -156,34 +152,29 @@ public final class BandwidthReceiver: @unchecked Sendable {
     }
 
     /// Called with the lock held; returns the drop reason, if dropped.
-    private func measure(_ datagram: Datagram, started: inout Bool) -> ProbePacket.Rejection? {
+    private func measure(_ datagram: Datagram, started: inout Bool) -> ProbeRejection? {
         guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
             drops.count(.unknownPeer)
             return .unknownPeer
         }
         guard datagram.bytes.count <= Self.maximumPacket else { drops.count(.truncated); return .truncated }
-        let packet: ProbePacket
+        let packet: TrainPacket
         do {
-            packet = try ProbePacket.decode(datagram.bytes, allowPadding: true)
+            packet = try TrainPacket.decode(datagram.bytes)
         } catch {
             drops.count(error)
             return error
         }
         guard packet.kind == .train else { drops.count(.unexpectedKind); return .unexpectedKind }
-        let trainIndex = packet.senderStamp >> 16
-        let length = Int(packet.senderStamp & 0xffff)
-        guard length > 0, packet.sequence < UInt32(length) || packet.isEndOfTrain else {
-            drops.count(.badFlags)
-            return .badFlags
-        }
-        let key = Key(source: datagram.source, session: packet.session, train: trainIndex)
+        let key = Key(source: datagram.source, session: packet.session, train: packet.train)
         let now = datagram.receivedAt
         trains = trains.filter { now - $0.value.lastArrival < .seconds(5) }
         if trains[key] == nil {
             if trains.count >= 16, let oldest = trains.min(by: { $0.value.lastArrival < $1.value.lastArrival }) {
                 trains[oldest.key] = nil
             }
-            trains[key] = TrainMeasurement(session: packet.session, train: trainIndex, length: length, start: now)
+            trains[key] = TrainMeasurement(session: packet.session, train: packet.train, length: Int(packet.length),
+                                           start: now)
             started = true
         }
         if packet.isEndOfTrain {
@@ -194,7 +185,7 @@ public final class BandwidthReceiver: @unchecked Sendable {
                 : socket.send(report, to: datagram.source)
             if failed == nil { reports += 1 }
         } else {
-            trains[key]!.arrived(index: packet.sequence, at: now, payloadBytes: datagram.bytes.count)
+            trains[key]!.arrived(index: packet.index, at: now, payloadBytes: datagram.bytes.count)
         }
         return nil
     }
@@ -250,8 +241,8 @@ public struct BandwidthTest: Sendable {
     /// Reports that have arrived, by train index.
     private final class Mailbox: @unchecked Sendable {
         let lock = NSLock()
-        var reports: [UInt32: TrainReport] = [:]
-        func get(_ train: UInt32) -> TrainReport? { lock.withLock { reports[train] } }
+        var reports: [UInt16: TrainReport] = [:]
+        func get(_ train: UInt16) -> TrainReport? { lock.withLock { reports[train] } }
         func put(_ report: TrainReport) { lock.withLock { reports[report.train] = report } }
     }
 
@@ -265,19 +256,18 @@ public struct BandwidthTest: Sendable {
         }
         let receiving = Task { await loop.run() }
         defer { receiving.cancel() }
-        let length = UInt32(min(max(packetsPerTrain, 2), 0xffff))
-        let size = min(max(payloadBytes, ProbePacket.size), BandwidthReceiver.maximumPacket)
+        let length = UInt16(min(max(packetsPerTrain, 2), 0xffff))
+        let size = min(max(payloadBytes, TrainPacket.headerSize), BandwidthReceiver.maximumPacket)
         var reports: [TrainReport] = []
         var bytesSent = 0
-        for train in 0..<UInt32(max(1, min(trains, 0xffff))) {
-            let stamp = train << 16 | length
-            for index in 0..<length {
-                let packet = ProbePacket(kind: .train, session: session, sequence: index, senderStamp: stamp)
+        for train in 0..<UInt16(max(1, min(trains, 0xffff))) {
+            for index in 0..<UInt32(length) {
+                let packet = TrainPacket(kind: .train, session: session, train: train, length: length, index: index)
                 if socket.send(packet.encoded(padTo: size), to: remote) == nil { bytesSent += size + 28 }
             }
             // Ask for the report until it comes (the request or the report may be lost).
-            let request = ProbePacket(kind: .train, session: session, sequence: length, senderStamp: stamp,
-                                      isEndOfTrain: true).encoded()
+            let request = TrainPacket(kind: .train, session: session, train: train, length: length,
+                                      index: UInt32(length), isEndOfTrain: true).encoded()
             let deadline = MonotonicInstant.now() + reportTimeout
             var nextRequest = MonotonicInstant.now()
             while mailbox.get(train) == nil, MonotonicInstant.now() < deadline {

@@ -20,7 +20,7 @@ final class DropLog: @unchecked Sendable {
         self.every = every
     }
 
-    func dropped(_ reason: ProbePacket.Rejection, from source: SocketAddress4) {
+    func dropped(_ reason: ProbeRejection, from source: SocketAddress4) {
         let now = MonotonicInstant.now()
         let line: (ProbeDrops, SocketAddress4)? = lock.withLock {
             pending.count(reason)

@@ -44,7 +44,7 @@ public struct ProbeCounters: Hashable, Sendable {
 /// sequence of events can be replayed in a unit test; ``PathProber`` adds the socket and the timer.
 public struct PathMonitor: Sendable {
     public let configuration: ProbeConfiguration
-    public let session: UInt32
+    /// The next probe's 24-bit sequence (``ProbeSequence``).
     public private(set) var nextSequence: UInt32
     public private(set) var nextSendAt: MonotonicInstant
     public private(set) var consecutiveMisses = 0
@@ -63,11 +63,12 @@ public struct PathMonitor: Sendable {
     public private(set) var excusedUntil: MonotonicInstant?
     private var ledger = ProbeLedger()
 
-    public init(configuration: ProbeConfiguration = ProbeConfiguration(), session: UInt32,
-                firstSequence: UInt32 = 0, start: MonotonicInstant) {
+    /// `firstSequence` (its low 24 bits) should be random (``ProbeSequence/random()``): then replies meant
+    /// for a previous run of the prober fall outside the ledger's window and are dropped as `replyToNothing`.
+    public init(configuration: ProbeConfiguration = ProbeConfiguration(), firstSequence: UInt32,
+                start: MonotonicInstant) {
         self.configuration = configuration
-        self.session = session
-        nextSequence = firstSequence
+        nextSequence = firstSequence & ProbeSequence.mask
         nextSendAt = start
         rtt = RTTEstimator(capacity: configuration.rttWindow)
         loss = LossWindow(capacity: configuration.lossWindow)
@@ -95,7 +96,7 @@ public struct PathMonitor: Sendable {
     public mutating func probesDue(at now: MonotonicInstant) -> [ProbePacket] {
         guard now >= nextSendAt else { return [] }
         let sequence = nextSequence
-        nextSequence &+= 1
+        nextSequence = ProbeSequence.next(sequence)
         // Next send on the interval grid; after a stall, restart from now rather than bursting to catch up.
         nextSendAt = nextSendAt + configuration.interval
         if nextSendAt <= now { nextSendAt = now + configuration.interval }
@@ -103,11 +104,7 @@ public struct PathMonitor: Sendable {
         ledger.sent(sequence: sequence, at: now, deadline: now + timeout, copies: copies)
         counters.probesSent += 1
         counters.packetsSent += UInt64(copies)
-        let stamp = UInt32(truncatingIfNeeded: now.nanoseconds)
-        return (0..<copies).map { copy in
-            ProbePacket(kind: .request, session: session, sequence: sequence, senderStamp: stamp,
-                        isCopy: copy > 0)
-        }
+        return (0..<copies).map { copy in ProbePacket(kind: .request, sequence: sequence, isCopy: copy > 0) }
     }
 
     /// Excuses the probes sent from now until `until` (see ``excusedUntil``). Extends, never shortens.
@@ -138,13 +135,10 @@ public struct PathMonitor: Sendable {
     }
 
     /// Handles one decoded datagram from the probed peer. Drops (counted) anything that is not an answer to
-    /// a probe of this session.
+    /// a recent probe of this prober.
     public mutating func receive(_ packet: ProbePacket, at now: MonotonicInstant) -> PathStatusChange? {
         guard packet.kind == .reply else { counters.drops.count(.unexpectedKind); return nil }
-        guard packet.session == session else { counters.drops.count(.unknownSession); return nil }
-        let hold = Duration.nanoseconds(Int64(packet.responderHold))
-        switch ledger.match(sequence: packet.sequence, stamp: packet.senderStamp, copy: packet.isCopy ? 1 : 0,
-                            hold: hold, at: now) {
+        switch ledger.match(sequence: packet.sequence, copy: packet.isCopy ? 1 : 0, at: now) {
         case .nothing:
             counters.drops.count(.replyToNothing)
             return nil
@@ -179,7 +173,7 @@ public struct PathMonitor: Sendable {
     }
 
     /// Counts a datagram that failed to decode or came from the wrong address.
-    public mutating func drop(_ reason: ProbePacket.Rejection) { counters.drops.count(reason) }
+    public mutating func drop(_ reason: ProbeRejection) { counters.drops.count(reason) }
 
     /// Counts a send that the kernel refused (interface down, no route): the probe simply goes unanswered.
     public mutating func sendFailed() { counters.sendErrors += 1 }

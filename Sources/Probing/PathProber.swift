@@ -99,8 +99,7 @@ public final class PathProber: @unchecked Sendable {
         self.configuration = configuration
         self.metricsInterval = metricsInterval
         socket = try DatagramSocket(pinnedTo: target)
-        monitor = PathMonitor(configuration: configuration, session: UInt32.random(in: 1...UInt32.max),
-                              firstSequence: UInt32.random(in: 0...UInt32.max), start: .now())
+        monitor = PathMonitor(configuration: configuration, firstSequence: ProbeSequence.random(), start: .now())
         (events, continuation) = AsyncStream.makeStream(of: PathEvent.self, bufferingPolicy: .bufferingNewest(1024))
     }
 
@@ -190,12 +189,12 @@ public final class PathProber: @unchecked Sendable {
     }
 
     private func handle(_ datagram: Datagram) {
-        let dropped: ProbePacket.Rejection? = lock.withLock {
+        let dropped: ProbeRejection? = lock.withLock {
             let before = monitor.counters.drops
             if datagram.source != target.remote {
                 monitor.drop(.unknownPeer)
             } else {
-                do throws(ProbePacket.Rejection) {
+                do throws(ProbeRejection) {
                     let packet = try ProbePacket.decode(datagram.bytes)
                     if let change = monitor.receive(packet, at: datagram.receivedAt) { publish(change) }
                 } catch {
@@ -203,7 +202,7 @@ public final class PathProber: @unchecked Sendable {
                 }
             }
             let after = monitor.counters.drops
-            return after.total == before.total ? nil : ProbePacket.Rejection.allCases.first { after[$0] > before[$0] }
+            return after.total == before.total ? nil : ProbeRejection.allCases.first { after[$0] > before[$0] }
         }
         if let dropped { dropLog.dropped(dropped, from: datagram.source) }
     }

@@ -1,112 +1,101 @@
-/// The probe wire format: one fixed-size 20-byte UDP payload for every message type, big-endian.
+/// A probe request or reply (UDP 51822): exactly 4 bytes, big-endian.
 ///
 /// ```
-///  0      2     3      4         8          12            16              20
-///  | "PR" | ver | kind | session | sequence | senderStamp | responderHold |
+///   bit 7 6   5 4    3     2 1 0    byte 1      byte 2      byte 3
+///  | version | kind | copy | 0 0 0 |  sequence (24 bits, big-endian)  |
 /// ```
-/// - `ver` is 1. The kind byte's low nibble is a ``ProbePacket/Kind``; its high nibble holds flags
-///   (0x10 "copy": the redundant copy of a suspect-mode probe; 0x20 "end of train": report now).
-/// - `senderStamp` is the low 32 bits of the sender's monotonic clock in nanoseconds. The prober keeps the full
-///   send time itself; the echo only lets it reject replies that do not match what it sent.
-/// - `responderHold` is how long the responder held the request (receive to send), in nanoseconds, saturating.
-///   The prober subtracts it from the round trip so that a slow responder does not look like a slow path.
+/// - `version` (2 bits) is 1: 0, 2 and 3 are left for formats to come, so a future one can be told apart.
+/// - `kind` (2 bits): 1 request, 2 reply; 0 and 3 are rejected.
+/// - `copy`: set on the redundant copy of a suspect-mode probe (and on its reply), so loss counts per packet.
+/// - the low 3 bits are reserved and must be 0.
+/// - `sequence`: the probe's number modulo 2^24 (``ProbeSequence``). A prober starts at a random value.
 ///
-/// 20 bytes is the most that fits in WireGuard's first 16-byte padding block after the inner IPv4 and UDP
-/// headers (28 + 20 = 48): see docs/PROBING.md "Overhead".
+/// Nothing else travels: the prober keeps each probe's send time itself (``ProbeLedger``) and takes the reply's
+/// arrival time from the kernel, and the responder replies at once, so no timestamps are needed; WireGuard
+/// authenticates the peer, and the random start plus the ledger's window reject stale and guessed replies.
+/// Why 4 bytes: inside WireGuard a UDP payload of 0..4 bytes is a 32-byte inner packet, the smallest padding
+/// step; that keeps a probe at 92 bytes on the uplink (docs/PROBING.md "Overhead").
 public struct ProbePacket: Hashable, Sendable {
     public enum Kind: UInt8, Sendable, CaseIterable {
         case request = 1
         case reply = 2
-        /// A packet of a bandwidth train (port 51823); train packets are padded to the train's packet size.
-        case train = 3
-        /// The receiver's measurement of a train, sent back to the train's sender (a ``TrainReport`` follows).
-        case report = 4
     }
 
-    public static let size = 20
-    public static let magic: (UInt8, UInt8) = (0x50, 0x52)
+    public static let size = 4
     public static let version: UInt8 = 1
 
     public var kind: Kind
     /// Set on the second copy of a probe sent in suspect mode, so that loss is counted per packet.
     public var isCopy: Bool
-    /// Set on the train packet that asks the receiver for its report.
-    public var isEndOfTrain: Bool
-    public var session: UInt32
+    /// 24 bits; the initializer keeps only the low 24 bits of what it is given.
     public var sequence: UInt32
-    public var senderStamp: UInt32
-    public var responderHold: UInt32
 
-    public init(kind: Kind, session: UInt32, sequence: UInt32, senderStamp: UInt32 = 0, responderHold: UInt32 = 0,
-                isCopy: Bool = false, isEndOfTrain: Bool = false) {
+    public init(kind: Kind, sequence: UInt32, isCopy: Bool = false) {
         self.kind = kind
-        self.session = session
-        self.sequence = sequence
-        self.senderStamp = senderStamp
-        self.responderHold = responderHold
+        self.sequence = sequence & ProbeSequence.mask
         self.isCopy = isCopy
-        self.isEndOfTrain = isEndOfTrain
     }
 
-    /// Why a datagram was not accepted. Each reason has its own drop counter (``ProbeDrops``).
-    public enum Rejection: String, Sendable, CaseIterable, Error {
-        /// Shorter than 20 bytes, or a probe longer than 20 bytes.
-        case truncated
-        case badMagic
-        case badVersion
-        case badKind
-        case badFlags
-        /// A valid message that this receiver does not handle (a reply sent to the responder, ...).
-        case unexpectedKind
-        /// The session id is not this prober's (a reply meant for a previous run, or forged).
-        case unknownSession
-        /// A reply whose sequence was never sent or has left the window, or whose echoed stamp does not match.
-        case replyToNothing
-        /// A datagram from an address that is not the probed peer or not in the responder's allowed sources.
-        case unknownPeer
+    private static let copyFlag: UInt8 = 0x08
+    private static let reservedBits: UInt8 = 0x07
+
+    public func encoded() -> [UInt8] {
+        let head = ProbePacket.version << 6 | kind.rawValue << 4 | (isCopy ? ProbePacket.copyFlag : 0)
+        return [head, UInt8(truncatingIfNeeded: sequence >> 16), UInt8(truncatingIfNeeded: sequence >> 8),
+                UInt8(truncatingIfNeeded: sequence)]
     }
 
-    private static let copyFlag: UInt8 = 0x10
-    private static let endFlag: UInt8 = 0x20
-
-    /// The bytes on the wire. `padTo` larger than 20 appends zeros (bandwidth trains).
-    public func encoded(padTo length: Int = ProbePacket.size) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: max(length, ProbePacket.size))
-        bytes[0] = ProbePacket.magic.0
-        bytes[1] = ProbePacket.magic.1
-        bytes[2] = ProbePacket.version
-        bytes[3] = kind.rawValue | (isCopy ? ProbePacket.copyFlag : 0) | (isEndOfTrain ? ProbePacket.endFlag : 0)
-        WireWord.put(session, into: &bytes, at: 4)
-        WireWord.put(sequence, into: &bytes, at: 8)
-        WireWord.put(senderStamp, into: &bytes, at: 12)
-        WireWord.put(responderHold, into: &bytes, at: 16)
-        return bytes
+    /// Strict decode: exactly 4 bytes, version 1, a known kind, reserved bits 0.
+    public static func decode(_ bytes: [UInt8]) throws(ProbeRejection) -> ProbePacket {
+        guard bytes.count == size else { throw .truncated }
+        let head = bytes[0]
+        guard head >> 6 == version else { throw .badVersion }
+        guard let kind = Kind(rawValue: head >> 4 & 0x03) else { throw .badKind }
+        guard head & reservedBits == 0 else { throw .badFlags }
+        let sequence = UInt32(bytes[1]) << 16 | UInt32(bytes[2]) << 8 | UInt32(bytes[3])
+        return ProbePacket(kind: kind, sequence: sequence, isCopy: head & copyFlag != 0)
     }
 
-    /// Strict decode: exactly 20 bytes (`allowPadding` accepts longer datagrams, for trains and reports, and
-    /// ignores what follows the header), known magic, version, kind and flags; the copy flag only on probes and
-    /// replies, end-of-train only on trains.
-    public static func decode(_ bytes: [UInt8], allowPadding: Bool = false) throws(Rejection) -> ProbePacket {
-        guard bytes.count >= size, allowPadding || bytes.count == size else { throw .truncated }
-        guard bytes[0] == magic.0, bytes[1] == magic.1 else { throw .badMagic }
-        guard bytes[2] == version else { throw .badVersion }
-        guard let kind = Kind(rawValue: bytes[3] & 0x0f) else { throw .badKind }
-        let flags = bytes[3] & 0xf0
-        guard flags & ~(copyFlag | endFlag) == 0 else { throw .badFlags }
-        let isCopy = flags & copyFlag != 0
-        let isEnd = flags & endFlag != 0
-        if isCopy && !(kind == .request || kind == .reply) { throw .badFlags }
-        if isEnd && kind != .train { throw .badFlags }
-        return ProbePacket(kind: kind, session: WireWord.get(bytes, 4), sequence: WireWord.get(bytes, 8),
-                           senderStamp: WireWord.get(bytes, 12), responderHold: WireWord.get(bytes, 16),
-                           isCopy: isCopy, isEndOfTrain: isEnd)
-    }
+    /// The reply a responder sends for this request: same sequence and copy flag.
+    public func reply() -> ProbePacket { ProbePacket(kind: .reply, sequence: sequence, isCopy: isCopy) }
+}
 
-    /// The reply a responder sends for this request: same session, sequence, stamp and copy flag.
-    public func reply(holdNanoseconds: UInt64) -> ProbePacket {
-        ProbePacket(kind: .reply, session: session, sequence: sequence, senderStamp: senderStamp,
-                    responderHold: UInt32(clamping: holdNanoseconds), isCopy: isCopy)
-    }
+/// Probe sequence numbers: 24 bits, wrapping. Comparisons are by distance modulo 2^24 (serial-number
+/// arithmetic), never by `<`, so a window that straddles the wrap behaves like any other.
+public enum ProbeSequence {
+    public static let mask: UInt32 = 0x00ff_ffff
+    /// 2^24.
+    public static let count = 1 << 24
+
+    /// The sequence after `sequence`.
+    public static func next(_ sequence: UInt32) -> UInt32 { (sequence &+ 1) & mask }
+
+    /// How many steps `later` is after `earlier`, modulo 2^24 (0 ... 2^24 - 1). A sequence "after" the newest
+    /// one sent comes out as a huge distance, i.e. outside any window.
+    public static func distance(from earlier: UInt32, to later: UInt32) -> UInt32 { (later &- earlier) & mask }
+
+    /// A random first sequence, so a new run does not accept a previous run's late replies.
+    public static func random() -> UInt32 { UInt32.random(in: 0...mask) }
+}
+
+/// Why a datagram on the probe or bandwidth port was not accepted. Each reason has its own drop counter
+/// (``ProbeDrops``) and its raw value is the `reason` label of `patronus_dropped_datagrams_total`.
+public enum ProbeRejection: String, Sendable, CaseIterable, Error {
+    /// A probe that is not exactly 4 bytes; a train packet shorter than its header; a report of the wrong size.
+    case truncated
+    /// Bandwidth port only (train packets and reports start with "PR"); probes carry no magic.
+    case badMagic
+    case badVersion
+    case badKind
+    case badFlags
+    /// A valid message that this receiver does not handle (a reply sent to the responder, a request sent to a
+    /// prober, a report sent to the bandwidth receiver).
+    case unexpectedKind
+    /// A reply whose sequence is not one of the probes this prober sent recently (never sent, too old, a
+    /// previous run's, or forged).
+    case replyToNothing
+    /// A datagram from an address that is not the probed peer or not in the responder's allowed sources.
+    case unknownPeer
 }
 
 /// Big-endian 32-bit fields, bounds-checked by the callers' length checks.
@@ -123,6 +112,15 @@ enum WireWord {
             | UInt32(bytes[offset + 3])
     }
 
+    static func put16(_ value: UInt16, into bytes: inout [UInt8], at offset: Int) {
+        bytes[offset] = UInt8(value >> 8)
+        bytes[offset + 1] = UInt8(truncatingIfNeeded: value)
+    }
+
+    static func get16(_ bytes: [UInt8], _ offset: Int) -> UInt16 {
+        UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1])
+    }
+
     static func put64(_ value: UInt64, into bytes: inout [UInt8], at offset: Int) {
         put(UInt32(value >> 32), into: &bytes, at: offset)
         put(UInt32(truncatingIfNeeded: value), into: &bytes, at: offset + 4)
@@ -135,17 +133,17 @@ enum WireWord {
 
 /// Drop counters by reason. A value: sockets keep one behind a lock and hand out copies.
 public struct ProbeDrops: Hashable, Sendable, CustomStringConvertible {
-    public private(set) var counts: [ProbePacket.Rejection: UInt64] = [:]
+    public private(set) var counts: [ProbeRejection: UInt64] = [:]
 
     public init() {}
 
-    public subscript(reason: ProbePacket.Rejection) -> UInt64 { counts[reason, default: 0] }
+    public subscript(reason: ProbeRejection) -> UInt64 { counts[reason, default: 0] }
     public var total: UInt64 { counts.values.reduce(0, +) }
 
-    public mutating func count(_ reason: ProbePacket.Rejection) { counts[reason, default: 0] += 1 }
+    public mutating func count(_ reason: ProbeRejection) { counts[reason, default: 0] += 1 }
 
     public var description: String {
-        let parts = ProbePacket.Rejection.allCases.compactMap { reason in
+        let parts = ProbeRejection.allCases.compactMap { reason in
             counts[reason].map { "\(reason.rawValue)=\($0)" }
         }
         return parts.isEmpty ? "none" : parts.joined(separator: " ")

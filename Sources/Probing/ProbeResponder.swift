@@ -30,6 +30,15 @@ public final class ProbeResponder: @unchecked Sendable {
         public var answered: UInt64 = 0
         public var sendErrors: UInt64 = 0
         public var drops = ProbeDrops()
+        /// Hold of the answered requests: kernel receive timestamp of the request to the return of the reply's
+        /// sendmsg, i.e. what the responder adds to the prober's RTT (probes carry no hold field to subtract).
+        public var holdTotalNanoseconds: UInt64 = 0
+        public var holdMaximumNanoseconds: UInt64 = 0
+
+        /// Mean hold per answered request, in microseconds.
+        public var meanHoldMicroseconds: Double {
+            answered == 0 ? 0 : Double(holdTotalNanoseconds) / Double(answered) / 1000
+        }
     }
 
     public let configuration: Configuration
@@ -78,18 +87,25 @@ public final class ProbeResponder: @unchecked Sendable {
             return
         }
         guard request.kind == .request else { count(.unexpectedKind, datagram); return }
-        let hold = MonotonicInstant.now().nanoseconds &- datagram.receivedAt.nanoseconds
-        let reply = request.reply(holdNanoseconds: hold).encoded()
+        let reply = request.reply().encoded()
         let failed = datagram.interfaceIndex > 0
             ? socket.send(reply, to: datagram.source, viaInterface: datagram.interfaceIndex,
                           from: datagram.destination)
             : socket.send(reply, to: datagram.source)
-        lock.lock()
-        if failed == nil { stats.answered += 1 } else { stats.sendErrors += 1 }
-        lock.unlock()
+        let now = MonotonicInstant.now()
+        let hold = now >= datagram.receivedAt ? UInt64((now - datagram.receivedAt).nanoseconds) : 0
+        lock.withLock {
+            if failed == nil {
+                stats.answered += 1
+                stats.holdTotalNanoseconds &+= hold
+                stats.holdMaximumNanoseconds = max(stats.holdMaximumNanoseconds, hold)
+            } else {
+                stats.sendErrors += 1
+            }
+        }
     }
 
-    private func count(_ reason: ProbePacket.Rejection, _ datagram: Datagram) {
+    private func count(_ reason: ProbeRejection, _ datagram: Datagram) {
         lock.withLock { stats.drops.count(reason) }
         dropLog.dropped(reason, from: datagram.source)
     }

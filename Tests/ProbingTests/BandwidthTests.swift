@@ -11,20 +11,21 @@ import Testing
         let report = TrainReport(session: 0x0A0B_0C0D, train: 2, packets: 100, bytes: 0x1_0000_0001,
                                  spanNanoseconds: 48_000_000, bitsPerSecond: 20_000_000)
         let bytes = report.encoded()
-        #expect(bytes.count == 52)
-        #expect(Array(bytes[0..<12]) == [0x50, 0x52, 0x01, 0x04, 0x0A, 0x0B, 0x0C, 0x0D, 0, 0, 0, 2])
-        #expect(Array(bytes[20..<32]) == [0, 0, 0, 100, 0, 0, 0, 1, 0, 0, 0, 1])
+        #expect(bytes.count == 40)
+        #expect(Array(bytes[0..<16]) == [0x50, 0x52, 0x02, 0x04, 0x0A, 0x0B, 0x0C, 0x0D, 0, 2, 0, 0, 0, 0, 0, 100])
+        #expect(Array(bytes[16..<28]) == [0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
         #expect(try TrainReport.decode(bytes) == report)
-        func reason(_ bytes: [UInt8]) -> ProbePacket.Rejection? {
+        func reason(_ bytes: [UInt8]) -> ProbeRejection? {
             do { _ = try TrainReport.decode(bytes); return nil } catch { return error }
         }
-        #expect(reason(Array(bytes.prefix(51))) == .truncated)
+        #expect(reason(Array(bytes.prefix(39))) == .truncated)
         #expect(reason(bytes + [0]) == .truncated)
-        var reserved = bytes
-        reserved[51] = 1
-        #expect(reason(reserved) == .badFlags)
+        var length = bytes
+        length[11] = 1 // a report has no train length
+        #expect(reason(length) == .badFlags)
         var kind = bytes
-        kind[3] = 0x02
+        kind[3] = 0x03
+        kind[11] = 200 // a valid train header (index 100 of 200), but not a report
         #expect(reason(kind) == .unexpectedKind)
     }
 

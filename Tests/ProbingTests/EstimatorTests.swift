@@ -83,28 +83,28 @@ import Testing
 @Suite struct ProbeLedgerTests {
     let t0 = MonotonicInstant(nanoseconds: 1_000_000_000)
     func ms(_ value: Int) -> Duration { .milliseconds(value) }
-    func stamp(_ time: MonotonicInstant) -> UInt32 { UInt32(truncatingIfNeeded: time.nanoseconds) }
 
     @Test func onTimeDuplicateLateAndNothing() {
         var ledger = ProbeLedger()
         ledger.sent(sequence: 1, at: t0, deadline: t0 + ms(100), copies: 1)
         ledger.sent(sequence: 2, at: t0 + ms(50), deadline: t0 + ms(150), copies: 1)
-        #expect(ledger.match(sequence: 1, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(20))
-                == .onTime(rtt: ms(20), first: true))
-        #expect(ledger.match(sequence: 1, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(21)) == .duplicate)
-        #expect(ledger.match(sequence: 3, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(22)) == .nothing)
-        #expect(ledger.match(sequence: 2, stamp: 12345, copy: 0, hold: .zero, at: t0 + ms(60)) == .nothing)
-        #expect(ledger.match(sequence: 2, stamp: stamp(t0 + ms(50)), copy: 1, hold: .zero, at: t0 + ms(60))
-                == .nothing) // a copy that was never sent
+        #expect(ledger.match(sequence: 1, copy: 0, at: t0 + ms(20)) == .onTime(rtt: ms(20), first: true))
+        #expect(ledger.match(sequence: 1, copy: 0, at: t0 + ms(21)) == .duplicate)
+        #expect(ledger.match(sequence: 3, copy: 0, at: t0 + ms(22)) == .nothing) // not sent yet
+        #expect(ledger.match(sequence: 2, copy: 1, at: t0 + ms(60)) == .nothing) // a copy that was never sent
         #expect(ledger.expire(at: t0 + ms(149)).isEmpty)
         let expired = ledger.expire(at: t0 + ms(150))
         #expect(expired.map(\.sequence) == [2] && expired[0].missed && expired[0].lostCopies == 1)
-        #expect(ledger.match(sequence: 2, stamp: stamp(t0 + ms(50)), copy: 0, hold: .zero, at: t0 + ms(400))
-                == .late(rtt: ms(350), sentAt: t0 + ms(50)))
-        #expect(ledger.match(sequence: 2, stamp: stamp(t0 + ms(50)), copy: 0, hold: .zero, at: t0 + ms(401))
-                == .duplicate)
+        #expect(ledger.match(sequence: 2, copy: 0, at: t0 + ms(400)) == .late(rtt: ms(350), sentAt: t0 + ms(50)))
+        #expect(ledger.match(sequence: 2, copy: 0, at: t0 + ms(401)) == .duplicate)
         #expect(ledger.expire(at: t0 + ms(1000)).isEmpty) // nothing expires twice
         #expect(ledger.unresolvedCount == 0)
+    }
+
+    @Test func anEmptyLedgerMatchesNothing() {
+        var ledger = ProbeLedger()
+        #expect(!ledger.isInWindow(0))
+        #expect(ledger.match(sequence: 0, copy: 0, at: t0) == .nothing)
     }
 
     @Test func reorderedRepliesMatchTheirOwnProbes() {
@@ -115,56 +115,79 @@ import Testing
         }
         for sequence in [UInt32(4), 2, 0, 3, 1] {
             let sent = t0 + ms(Int(sequence) * 50)
-            #expect(ledger.match(sequence: sequence, stamp: stamp(sent), copy: 0, hold: .zero, at: t0 + ms(300))
+            #expect(ledger.match(sequence: sequence, copy: 0, at: t0 + ms(300))
                     == .onTime(rtt: t0 + ms(300) - sent, first: true))
         }
         #expect(ledger.unresolvedCount == 0)
     }
 
-    @Test func sequenceWrapsAround() {
+    @Test func sequenceWrapsAroundAt24Bits() {
         var ledger = ProbeLedger(capacity: 8)
-        var sequence = UInt32.max - 3
+        var sequence: UInt32 = 0xFF_FFFC
         var time = t0
         for _ in 0..<8 {
             ledger.sent(sequence: sequence, at: time, deadline: time + ms(100), copies: 1)
-            #expect(ledger.match(sequence: sequence, stamp: stamp(time), copy: 0, hold: .zero, at: time + ms(10))
-                    == .onTime(rtt: ms(10), first: true))
-            sequence &+= 1
+            #expect(ledger.match(sequence: sequence, copy: 0, at: time + ms(10)) == .onTime(rtt: ms(10), first: true))
+            sequence = ProbeSequence.next(sequence)
             time = time + ms(50)
         }
         #expect(sequence == 4)
         #expect(ledger.expire(at: time + ms(1000)).isEmpty)
     }
 
+    @Test func reorderedAndDuplicatedRepliesAcrossTheWrap() {
+        var ledger = ProbeLedger(capacity: 8)
+        let sequences: [UInt32] = [0xFF_FFFE, 0xFF_FFFF, 0, 1, 2]
+        for (offset, sequence) in sequences.enumerated() {
+            let sent = t0 + ms(offset * 50)
+            ledger.sent(sequence: sequence, at: sent, deadline: sent + ms(1000), copies: 1)
+        }
+        let arrival = t0 + ms(300)
+        for (offset, sequence) in sequences.enumerated().reversed() {
+            #expect(ledger.match(sequence: sequence, copy: 0, at: arrival)
+                    == .onTime(rtt: arrival - (t0 + ms(offset * 50)), first: true))
+        }
+        for sequence in sequences { #expect(ledger.match(sequence: sequence, copy: 0, at: arrival) == .duplicate) }
+        // Just outside the window on either side of it.
+        #expect(ledger.match(sequence: 3, copy: 0, at: arrival) == .nothing)
+        #expect(ledger.match(sequence: 0xFF_FFFA, copy: 0, at: arrival) == .nothing)
+        #expect(ledger.unresolvedCount == 0)
+    }
+
+    @Test func aPreviousRunsReplyIsFarAwayAndMatchesNothing() {
+        var ledger = ProbeLedger()
+        // This run started at 0x12_3456; the previous one was around 0xAB_CDEF.
+        for offset in UInt32(0)..<600 {
+            let sent = t0 + ms(Int(offset) * 50)
+            ledger.sent(sequence: 0x12_3456 + offset, at: sent, deadline: sent + ms(100), copies: 1)
+        }
+        let now = t0 + ms(600 * 50)
+        // Far away (a previous run), just before this run's start, and this run's first (left the 512-window).
+        for stale in [UInt32(0xAB_CDEF), 0xAB_CDF0, 0x12_3455, 0x12_3456] {
+            #expect(!ledger.isInWindow(stale))
+            #expect(ledger.match(sequence: stale, copy: 0, at: now) == .nothing)
+        }
+        // The same slot of the ring as a recent probe, half the sequence space away: nothing.
+        #expect(ledger.match(sequence: (0x12_3456 + 599) ^ 0x80_0000, copy: 0, at: now) == .nothing)
+        #expect(ledger.match(sequence: 0x12_3456 + 599, copy: 0, at: now) == .onTime(rtt: ms(50), first: true))
+    }
+
     @Test func copiesAreCountedPerPacket() {
         var ledger = ProbeLedger()
         ledger.sent(sequence: 9, at: t0, deadline: t0 + ms(100), copies: 2)
-        #expect(ledger.match(sequence: 9, stamp: stamp(t0), copy: 1, hold: .zero, at: t0 + ms(30))
-                == .onTime(rtt: ms(30), first: true))
-        #expect(ledger.match(sequence: 9, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(31))
-                == .onTime(rtt: ms(31), first: false))
+        #expect(ledger.match(sequence: 9, copy: 1, at: t0 + ms(30)) == .onTime(rtt: ms(30), first: true))
+        #expect(ledger.match(sequence: 9, copy: 0, at: t0 + ms(31)) == .onTime(rtt: ms(31), first: false))
         #expect(ledger.unresolvedCount == 0)
         ledger.sent(sequence: 10, at: t0, deadline: t0 + ms(100), copies: 2)
-        _ = ledger.match(sequence: 10, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(30))
+        _ = ledger.match(sequence: 10, copy: 0, at: t0 + ms(30))
         let expired = ledger.expire(at: t0 + ms(100))
         #expect(expired == [ProbeLedger.Expiry(sequence: 10, lostCopies: 1, missed: false, sentAt: t0)])
-    }
-
-    @Test func responderHoldIsSubtractedUnlessItIsNonsense() {
-        var ledger = ProbeLedger()
-        ledger.sent(sequence: 1, at: t0, deadline: t0 + ms(100), copies: 1)
-        ledger.sent(sequence: 2, at: t0, deadline: t0 + ms(100), copies: 1)
-        #expect(ledger.match(sequence: 1, stamp: stamp(t0), copy: 0, hold: ms(5), at: t0 + ms(30))
-                == .onTime(rtt: ms(25), first: true))
-        // A responder whose clock stepped reports a hold longer than the round trip: use the raw round trip.
-        #expect(ledger.match(sequence: 2, stamp: stamp(t0), copy: 0, hold: .seconds(4), at: t0 + ms(30))
-                == .onTime(rtt: ms(30), first: true))
     }
 
     @Test func aReplyBeforeItsSendTimeIsRefused() {
         var ledger = ProbeLedger()
         ledger.sent(sequence: 1, at: t0, deadline: t0 + ms(100), copies: 1)
-        #expect(ledger.match(sequence: 1, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(-1)) == .nothing)
+        #expect(ledger.match(sequence: 1, copy: 0, at: t0 + ms(-1)) == .nothing)
     }
 
     @Test func theRingForgetsOldProbes() {
@@ -172,7 +195,8 @@ import Testing
         for sequence in UInt32(0)..<6 {
             ledger.sent(sequence: sequence, at: t0, deadline: t0 + ms(100), copies: 1)
         }
-        #expect(ledger.match(sequence: 0, stamp: stamp(t0), copy: 0, hold: .zero, at: t0 + ms(10)) == .nothing)
+        #expect(ledger.match(sequence: 0, copy: 0, at: t0 + ms(10)) == .nothing)
+        #expect(!ledger.isInWindow(1) && ledger.isInWindow(2) && ledger.isInWindow(5) && !ledger.isInWindow(6))
         #expect(ledger.expire(at: t0 + ms(100)).map(\.sequence) == [2, 3, 4, 5])
     }
 }

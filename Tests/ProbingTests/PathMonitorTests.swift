@@ -25,8 +25,7 @@ struct SimulatedPath {
 
     init(configuration: ProbeConfiguration = ProbeConfiguration(), firstSequence: UInt32 = 0) {
         now = MonotonicInstant(nanoseconds: 5_000_000_000)
-        monitor = PathMonitor(configuration: configuration, session: 0xC0FFEE, firstSequence: firstSequence,
-                              start: now)
+        monitor = PathMonitor(configuration: configuration, firstSequence: firstSequence, start: now)
     }
 
     /// `network(packet, sendTime)` gives the reply delays of one packet: [] when lost, two for a duplicate.
@@ -47,7 +46,7 @@ struct SimulatedPath {
             changes += monitor.advance(to: now)
             for packet in monitor.probesDue(at: now) {
                 for delay in network(packet, now) {
-                    inFlight.append((now + delay, packet.reply(holdNanoseconds: 0)))
+                    inFlight.append((now + delay, packet.reply()))
                 }
             }
         }
@@ -178,7 +177,7 @@ struct SimulatedPath {
     }
 
     @Test func sequenceNumbersWrapWithoutAGlitch() {
-        var path = SimulatedPath(firstSequence: UInt32.max - 20)
+        var path = SimulatedPath(firstSequence: ProbeSequence.mask - 20)
         path.run(for: .seconds(5), network: rtt20)
         #expect(path.monitor.nextSequence == 80)
         #expect(path.changes.map(\.to) == [.up])
@@ -257,18 +256,22 @@ struct SimulatedPath {
 
     @Test func repliesThatAreNotOursAreCounted() {
         var path = SimulatedPath()
-        path.run(for: .milliseconds(60), network: rtt20)
+        path.run(for: .milliseconds(80), network: rtt20)
         let now = path.now
-        _ = path.monitor.receive(ProbePacket(kind: .reply, session: 1, sequence: 0), at: now)
-        _ = path.monitor.receive(ProbePacket(kind: .request, session: 0xC0FFEE, sequence: 0), at: now)
-        _ = path.monitor.receive(ProbePacket(kind: .reply, session: 0xC0FFEE, sequence: 999), at: now)
-        _ = path.monitor.receive(ProbePacket(kind: .reply, session: 0xC0FFEE, sequence: 1, senderStamp: 1), at: now)
-        path.monitor.drop(.badMagic)
+        // Probes 0 and 1 were sent (at 0 and 50 ms) and answered (at 20 and 70 ms).
+        _ = path.monitor.receive(ProbePacket(kind: .request, sequence: 0), at: now)
+        _ = path.monitor.receive(ProbePacket(kind: .reply, sequence: 2), at: now)          // not sent yet
+        _ = path.monitor.receive(ProbePacket(kind: .reply, sequence: 0xAB_CDEF), at: now)  // a previous run's
+        _ = path.monitor.receive(ProbePacket(kind: .reply, sequence: 0xFF_FFFF), at: now)  // just before the start
+        _ = path.monitor.receive(ProbePacket(kind: .reply, sequence: 1), at: now)          // a duplicate
+        _ = path.monitor.receive(ProbePacket(kind: .reply, sequence: 1, isCopy: true), at: now) // copy never sent
+        path.monitor.drop(.badVersion)
         let drops = path.monitor.counters.drops
-        #expect(drops[.unknownSession] == 1)
         #expect(drops[.unexpectedKind] == 1)
-        #expect(drops[.replyToNothing] == 2)
-        #expect(drops[.badMagic] == 1)
+        #expect(drops[.replyToNothing] == 4)
+        #expect(drops[.badVersion] == 1)
+        #expect(path.monitor.counters.duplicates == 1)
+        #expect(path.monitor.counters.repliesOnTime == 2)
     }
 
     @Test func suspectModeSendsCopiesOnlyAfterAMiss() {

@@ -149,11 +149,10 @@ struct ProbeTopology {
         defer { responding.cancel() }
         let sender = try UDPSocket(in: topology.a, bindTo: "10.99.1.1")
         let outsider = try UDPSocket(in: topology.a, bindTo: "10.99.2.1")
-        let good = ProbePacket(kind: .request, session: 1, sequence: 1).encoded()
-        var badMagic = good
-        badMagic[0] = 0
-        let datagrams: [[UInt8]] = [[], [1, 2, 3], good + [0], badMagic,
-                                    ProbePacket(kind: .reply, session: 1, sequence: 1).encoded(), good]
+        let good = ProbePacket(kind: .request, sequence: 1).encoded()
+        let old = [0x50, 0x52, 0x01, 0x01] + [UInt8](repeating: 0, count: 16) // the 20-byte version-1 probe
+        let datagrams: [[UInt8]] = [[], [1, 2, 3], good + [0], old, [0x90, 0, 0, 1], [0x70, 0, 0, 1],
+                                    [0x51, 0, 0, 1], ProbePacket(kind: .reply, sequence: 1).encoded(), good]
         for bytes in datagrams { sender.send(bytes, to: "10.99.9.2", port: 51822) }
         outsider.send(good, to: "10.99.9.2", port: 51822)
         let reply = sender.receive(timeout: .seconds(2))
@@ -161,8 +160,10 @@ struct ProbeTopology {
         try await Task.sleep(for: .milliseconds(200))
         let stats = responder.statistics
         #expect(stats.answered == 1)
-        #expect(stats.drops[.truncated] == 3)
-        #expect(stats.drops[.badMagic] == 1)
+        #expect(stats.drops[.truncated] == 4)
+        #expect(stats.drops[.badVersion] == 1)
+        #expect(stats.drops[.badKind] == 1)
+        #expect(stats.drops[.badFlags] == 1)
         #expect(stats.drops[.unexpectedKind] == 1)
         #expect(stats.drops[.unknownPeer] == 1)
     }
