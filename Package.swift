@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Netlink", "Lab"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "ProbingTests", dependencies: [
-            "Probing", "Model", "Lab", .product(name: "Logging", package: "swift-log"),
+            "Probing", "Model", "Lab", "WireGuard", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard"]),
