@@ -56,7 +56,7 @@ import Testing
 
     /// Outer IPv4 lengths of WireGuard data packets carrying the call: the shipped g711a pcap's RTP (252-byte
     /// UDP payload, 280 inside, padded to 288, +60) is 348 bytes; the scenario pads every SIP request the UAC
-    /// sends by 500 bytes (ACK ~850 bytes on the wire, INVITE ~1,050), far from RTP, probes (108), keepalives
+    /// sends by 500 bytes (ACK ~850 bytes on the wire, INVITE ~1,050), far from RTP, probes (92), keepalives
     /// (60) and bandwidth trains (1292).
     static let rtpLengths = 330...370
     static let sipLengths = 700...1250

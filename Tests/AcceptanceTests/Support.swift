@@ -131,7 +131,7 @@ final class AcceptanceLab: @unchecked Sendable {
 
     /// Installs, in every ISP namespace, named nft counters of WireGuard data packets (message type 4) by
     /// outer IPv4 length, per sending site: `<class>_<site>`. The payload is encrypted, so the size is what
-    /// tells an application's packets apart from probes (108 bytes), keepalives (60) and bandwidth trains
+    /// tells an application's packets apart from probes (92 bytes), keepalives (60) and bandwidth trains
     /// (1292). A netdev ingress table on the ISP side of each uplink only counts; it never drops.
     func installClassCounters(_ classes: [(name: String, lengths: ClosedRange<Int>)]) throws {
         for isp in plan.isps {
