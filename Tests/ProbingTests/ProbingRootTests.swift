@@ -168,6 +168,51 @@ struct ProbeTopology {
         #expect(stats.drops[.unknownPeer] == 1)
     }
 
+    /// A scripted responder in front of a real prober: it answers every request correctly and also sends,
+    /// from the probed address, a previous run's reply (far-away sequence), a reply to a probe not sent yet,
+    /// a request, malformed datagrams, and a valid reply from another port. All dropped and counted by reason;
+    /// the path stays up on the genuine replies.
+    @Test(.enabled(if: isRoot), .timeLimit(.minutes(1)))
+    func proberDropsAndCountsRepliesToNothingAndStrangersRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        let fake = try UDPSocket(in: topology.b, bindTo: "10.99.9.2", port: 51822)
+        let stranger = try UDPSocket(in: topology.b, bindTo: "10.99.9.2")
+        let target = ProbeTarget(name: "pa0>b", remote: SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51822),
+                                 pinning: .interface("pa0"))
+        let prober = try topology.a.perform { try PathProber(target: target) }
+        let probing = Task { await prober.run() }
+        defer { probing.cancel() }
+        var hostile = 0
+        let end = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < end {
+            guard let request = fake.receive(timeout: .milliseconds(200)),
+                  let probe = try? ProbePacket.decode(request.bytes) else { continue }
+            let back = { (bytes: [UInt8]) in _ = fake.send(bytes, to: request.address, port: request.port) }
+            back(probe.reply().encoded())
+            guard hostile < 5 else { continue }
+            hostile += 1
+            back(ProbePacket(kind: .reply, sequence: probe.sequence ^ 0x80_0000).encoded()) // replyToNothing
+            back(ProbePacket(kind: .reply, sequence: ProbeSequence.next(probe.sequence)).encoded()) // replyToNothing
+            back(ProbePacket(kind: .request, sequence: probe.sequence).encoded())                // unexpectedKind
+            back(probe.reply().encoded() + [0])                                                  // truncated
+            back([0x90, 0, 0, 1])                                                                // badVersion
+            _ = stranger.send(probe.reply().encoded(), to: request.address, port: request.port) // unknownPeer
+        }
+        // At once: from now on nobody answers, and the next deadline would be a miss.
+        let counters = prober.counters
+        let status = prober.status
+        #expect(hostile == 5)
+        #expect(counters.drops[.replyToNothing] == 10, "\(counters)")
+        #expect(counters.drops[.unexpectedKind] == 5)
+        #expect(counters.drops[.truncated] == 5)
+        #expect(counters.drops[.badVersion] == 5)
+        #expect(counters.drops[.unknownPeer] == 5)
+        #expect(counters.drops.total == 30)
+        #expect(counters.repliesOnTime >= 30 && counters.misses == 0, "\(counters)")
+        #expect(status == .up)
+    }
+
     @Test(.enabled(if: isRoot), .timeLimit(.minutes(1)))
     func aProbeSetMergesEventsAndRemovesPathsRoot() async throws {
         let topology = try ProbeTopology()
