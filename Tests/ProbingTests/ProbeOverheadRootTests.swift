@@ -140,13 +140,26 @@ final class TunnelProbedLab: @unchecked Sendable {
                         probeSized: (try read("probe_out"), try read("probe_in")))
     }
 
-    func waitUp() async -> Bool {
+    func waitUp(_ prober: PathProber? = nil) async -> Bool {
+        let prober = prober ?? self.prober
         let end = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < end {
             if prober.status == .up { return true }
             try? await Task.sleep(for: .milliseconds(100))
         }
         return false
+    }
+
+    /// East probes hq over the same tunnel too, as in a real mesh where every site probes its paths: then each
+    /// direction of the tunnel carries one site's requests and the other's replies. Returns east's prober.
+    func startReverseProbing() throws -> PathProber {
+        let reverseResponder = try hq.namespace.perform { try ProbeResponder() }
+        let target = ProbeTarget(name: "east:isp-a>hq", remote: SocketAddress4(hq.overlay, port: 51822),
+                                 pinning: .interface(east.interface))
+        let reverse = try east.namespace.perform { try PathProber(target: target, metricsInterval: .seconds(1)) }
+        tasks += [Task { await reverseResponder.run() }, Task { await reverse.run() },
+                  Task { for await _ in reverse.events {} }]
+        return reverse
     }
 
     /// What the uplink carried for the probes over `span`.
@@ -239,7 +252,12 @@ extension ProbingLabRootTests {
             #expect(await lab.waitUp())
             try await Task.sleep(for: .seconds(2))
             let m = try await lab.measure(for: .seconds(Int64(seconds)))
-            let report = Self.report(m, lab: lab, seconds: seconds)
+            var report = Self.report(m, lab: lab, seconds: seconds)
+            let reverse = try lab.startReverseProbing()
+            #expect(await lab.waitUp(reverse))
+            try await Task.sleep(for: .seconds(2))
+            let both = try await lab.measure(for: .seconds(Int64(seconds / 2)))
+            report += "\n" + Self.bothReport(both, reverse: reverse)
             try report.write(toFile: Self.output!, atomically: true, encoding: .utf8)
             print(report)
             #expect(m.rate(m.delta.probeSized.out).bitsPerSecond <= 16_000)
@@ -250,12 +268,38 @@ extension ProbingLabRootTests {
         await lab.stop()
     }
 
+    static func f(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }
+
+    static func row(_ m: TunnelProbedLab.Measurement, _ label: String, _ count: TunnelProbedLab.Count) -> String {
+        let r = m.rate(count)
+        return "| \(label) | \(f(r.packets, 2)) | \(f(r.bytesPerPacket)) | \(f(r.bitsPerSecond)) |"
+    }
+
+    /// The second phase: east probes hq over the same tunnel as well.
+    static func bothReport(_ m: TunnelProbedLab.Measurement, reverse: PathProber) -> String {
+        let d = m.delta
+        return """
+        ## Both sites probing the tunnel (\(f(m.seconds)) s)
+
+        Then east probed hq over the same tunnel as well (its own path, its own prober; hq runs a responder too).
+        Each direction now carries one site's requests and the other site's replies. East's prober:
+        \(reverse.counters.probesSent) probes sent, drops \(reverse.counters.drops).
+
+        | on hq's uplink | packets/s | bytes/packet | bit/s |
+        |---|---|---|---|
+        \(row(m, "out: WireGuard data of a probe's size = hq's requests + hq's replies to east", d.probeSized.out))
+        \(row(m, "in: WireGuard data of a probe's size = east's replies + east's requests", d.probeSized.in))
+        \(row(m, "out: all WireGuard UDP", d.all.out))
+        \(row(m, "in: all WireGuard UDP", d.all.in))
+
+        Per direction of the tunnel: \(f(m.rate(d.probeSized.out).bitsPerSecond / 1000, 2)) kbit/s out, \(f(m.rate(d.probeSized.in).bitsPerSecond / 1000, 2)) kbit/s in, i.e.
+        two paths' worth; each path (a probing site's) still costs its own 14.7 kbit/s per direction.
+
+        """
+    }
+
     static func report(_ m: TunnelProbedLab.Measurement, lab: TunnelProbedLab, seconds: Int) -> String {
-        func f(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }
-        func row(_ label: String, _ count: TunnelProbedLab.Count) -> String {
-            let r = m.rate(count)
-            return "| \(label) | \(f(r.packets, 2)) | \(f(r.bytesPerPacket)) | \(f(r.bitsPerSecond)) |"
-        }
+        func row(_ label: String, _ count: TunnelProbedLab.Count) -> String { Self.row(m, label, count) }
         let d = m.delta
         return """
         # bench/probe-detect overhead: probe bytes on the uplink, through WireGuard
@@ -264,9 +308,10 @@ extension ProbingLabRootTests {
         PATRONUS_BENCH_OVERHEAD_OUT set; PATRONUS_BENCH_SECONDS=\(seconds)). Lab: 2 sites, 1 uplink (isp-a), userspace WAN
         emulator without impairment; a wireguard-go tunnel hq <-> east over it (UDP \(TunnelProbedLab.port), no keepalive);
         hq's `PathProber` pinned to the tunnel interface probes east's `ProbeResponder` (default configuration:
-        50 ms interval, 4-byte probes). Only hq probes and nothing else uses the tunnel. Counted by nft counters in
-        hq's router namespace on its uplink `wan-a` (IP bytes: outer IPv4 + UDP + WireGuard, no Ethernet).
-        Date: \(UTCTime.format(Date())) UTC. Measured over \(f(m.seconds)) s.
+        50 ms interval, 4-byte probes). Counted by nft counters in hq's router namespace on its uplink `wan-a`
+        (IP bytes: outer IPv4 + UDP + WireGuard, no Ethernet). Date: \(UTCTime.format(Date())) UTC.
+
+        ## One path: only hq probes, nothing else uses the tunnel (\(f(m.seconds)) s)
 
         Prober: \(f(m.probesPerSecond, 2)) probes/s, \(f(m.packetsPerSecond, 2)) packets/s (with suspect-mode copies),
         \(f(m.repliesPerSecond, 2)) replies/s; RTT through the tunnel \(f(lab.prober.metrics.latencyMs, 2)) ms; drops: prober
