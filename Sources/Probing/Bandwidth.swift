@@ -96,7 +96,8 @@ public struct TrainMeasurement: Sendable {
 /// through the interface the train came in on. Trains are identified by (source, session, train index);
 /// at most 16 are tracked at once (oldest evicted) and each is forgotten 5 s after its last packet.
 /// Train packets: a ``TrainPacket`` header (kind `train`) padded to the train's packet size; the end-of-train
-/// flag asks for the report (sent again for every repeated request). Untrusted input is dropped and counted like the responder's.
+/// flag asks for the report (sent again for every repeated request). Untrusted input is dropped and counted
+/// like the responder's.
 public final class BandwidthReceiver: @unchecked Sendable {
     public struct Configuration: Hashable, Sendable {
         public var port: UInt16 = 51823

@@ -133,7 +133,10 @@ final class TunnelProbedLab: @unchecked Sendable {
             }
         }
         func read(_ name: String) throws -> Count {
-            guard let count = counts[name] else { throw LabError.commandFailed(argv: ["nft", "list", "counters", name], status: 0, stderr: text) }
+            guard let count = counts[name] else {
+                throw LabError.commandFailed(argv: ["nft", "list", "table", "inet", "ptbench"], status: 0,
+                                             stderr: "no counter \(name) in: \(text)")
+            }
             return count
         }
         return Counters(all: (try read("wg_out"), try read("wg_in")), data: (try read("data_out"), try read("data_in")),
