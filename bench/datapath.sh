@@ -5,7 +5,8 @@
 # The rate is what the sink received (iperf3's receiver report), median of REPEATS runs of SECONDS each.
 # Reference configurations bound what ANY nftables steering can reach here: an empty base chain, and one
 # constant mark rule with the policy routing in place (the least a mark-and-ip-rule design does per packet),
-# and conntrack on with no rule (what classify-once by ct mark costs by itself).
+# and conntrack on with no rule (what classify-once by ct mark costs by itself), and a stateless prototype
+# (what dropping classify-once would buy: per-packet port lookups, no conntrack).
 # The sender is pinned to CPU 0 and the sink to CPU 1: the forwarding runs in the sender's softirq on CPU 0.
 # Usage: sudo bench/datapath.sh [SECONDS] [REPEATS]  -> prints and writes bench/results/datapath.txt
 set -euo pipefail
@@ -52,6 +53,29 @@ config() { # none | ten | big: installs that configuration in the router
          ip netns exec $r .build/release/patronus-bench apply 10 0 >/dev/null
          ip netns exec $r nft flush ruleset
          printf 'table inet floor {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;\n  meta mark set meta mark & 0xff00ffff | 0x00010000\n }\n}\n' | ip netns exec $r nft -f - ;;
+    stateless) # a prototype without conntrack: per-packet port maps straight to path chains (no classify-once)
+         ip netns exec $r .build/release/patronus-bench apply 10 0 >/dev/null
+         ip netns exec $r nft flush ruleset
+         ip netns exec $r nft -f - <<'NFT'
+table inet stateless {
+	map sites { type ipv4_addr : verdict; flags interval; elements = { 10.20.0.0/16 : goto site_branch } }
+	map svc_branch {
+		type inet_proto . inet_service : verdict; flags interval
+		elements = { udp . 5060-5061 : goto voip_path1, udp . 16384-32767 : goto voip_path1, tcp . 5060-5061 : goto voip_path1,
+			     tcp . 20-21 : goto bulk_path2, tcp . 873 : goto bulk_path2 }
+	}
+	chain voip_path1 { meta mark set meta mark & 0xff00ffff | 0x00010000 counter; }
+	chain bulk_path2 { meta mark set meta mark & 0xff00ffff | 0x00020000 counter; }
+	chain default_path1 { meta mark set meta mark & 0xff00ffff | 0x00010000 counter; }
+	chain site_branch {
+		meta l4proto . th dport vmap @svc_branch
+		meta l4proto . th sport vmap @svc_branch
+		goto default_path1
+	}
+	chain pre { type filter hook prerouting priority mangle; policy accept; ip daddr vmap @sites; }
+}
+NFT
+         ;;
     ten) ip netns exec $r .build/release/patronus-bench apply 10 0 >/dev/null ;;
     big) ip netns exec $r .build/release/patronus-bench apply 10 10000 >/dev/null ;;
   esac
@@ -60,7 +84,7 @@ config() { # none | ten | big: installs that configuration in the router
 # run (none, ten, big, none, ten, big, ...) so that load changes hit all three alike; medians reported.
 declare -A runs
 for i in $(seq "$reps"); do
-  for c in none base floor ct ten big; do config $c; runs[$c]+="$(run) "; done
+  for c in none base floor ct stateless ten big; do config $c; runs[$c]+="$(run) "; done
 done
 # Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
 # see a per-packet cost when there is one.
@@ -79,10 +103,10 @@ out=bench/results/datapath.txt
   python3 - "$elements" <<PY
 import statistics
 runs = {k: [float(x) for x in v.split()] for k, v in [("none", "${runs[none]}"), ("base", "${runs[base]}"),
-        ("floor", "${runs[floor]}"), ("ct", "${runs[ct]}"), ("ten", "${runs[ten]}"), ("big", "${runs[big]}"),
+        ("floor", "${runs[floor]}"), ("ct", "${runs[ct]}"), ("stateless", "${runs[stateless]}"), ("ten", "${runs[ten]}"), ("big", "${runs[big]}"),
         ("linear", "${runs[linear]}")]}
 names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one mark rule + ip rules",
-         "ct": "ref: conntrack on, no rule", "ten": "patronus, 10 policies",
+         "ct": "ref: conntrack on, no rule", "stateless": "ref: stateless prototype, no conntrack", "ten": "patronus, 10 policies",
          "big": "patronus, 10 policies + 10,000 entries", "linear": "control: 10,000 linear rules (not ours)"}
 med = {k: statistics.median(v) for k, v in runs.items()}
 for k in names:
@@ -94,7 +118,7 @@ def ratio(a, b, note):
 ratio("ten", "none", "(target >= 95%)")
 ratio("big", "ten", "(target 95-105%)")
 ratio("ten", "ct", "(our rules on top of the conntrack that classify-once needs)")
-for k in ("base", "floor", "ct"):
+for k in ("base", "floor", "ct", "stateless"):
     ratio(k, "none", "(reference)")
 PY
 } | tee "$out"
