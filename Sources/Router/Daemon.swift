@@ -259,7 +259,7 @@ struct HousekeepingService: Service {
     let bandwidthReceiver: BandwidthReceiver
     let steering: KernelSteering
     let reconciler: TunnelReconciler
-    /// Only the metrics endpoint shows nft and WireGuard counters: without it, no dump every 5 s.
+    /// Only the metrics endpoint shows the nft counters: without it, no nft dump every 5 s.
     let readsKernelCounters: Bool
     let logger: Logger
 
@@ -272,7 +272,9 @@ struct HousekeepingService: Service {
                 do { try await controller.tick() } catch { logger.error("steering tick failed: \(error)") }
                 ticks += 1
                 guard ticks % 25 == 0 else { continue }
-                await runtime.writeMetrics()
+                // One UAPI read per tunnel interface: the paths' transfer counters (passive throughput).
+                let tunnels = await reconciler.states()
+                await runtime.writeMetrics(tunnels: tunnels)
                 let sites = discovery.sites
                 await runtime.touchSites(sites)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
@@ -285,7 +287,6 @@ struct HousekeepingService: Service {
                 }
                 let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
                 var counters = SteeringCounters()
-                var tunnels: [String: InterfaceState] = [:]
                 if readsKernelCounters {
                     do {
                         counters = try await steering.counters()
@@ -295,7 +296,6 @@ struct HousekeepingService: Service {
                         if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
                         countersFailed = true
                     }
-                    tunnels = await reconciler.states()
                 }
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,
