@@ -135,6 +135,11 @@ public struct Daemon: Sendable {
             Task { await runtime.trainArriving(through: interface) }
         }
         let metrics = RouterMetrics()
+        // A restart (crash, upgrade, kill -9) picks up the sites it was talking to a moment ago, so the first
+        // plan rebuilds the same tunnels and steering instead of tearing them down until they announce.
+        let restorable = Self.recentSites(in: store, logger: logger)
+        await runtime.restoring(restorable.map(\.siteID))
+        discovery.restore(restorable)
 
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime) { [logger, configuration] moved in
@@ -165,6 +170,30 @@ public struct Daemon: Sendable {
         SystemdNotify.send("READY=1")
         try await group.run()
         SystemdNotify.send("STOPPING=1")
+    }
+
+    /// How old a remote site's `last_seen` may be for a restart to restore it: a crash restart (systemd
+    /// waits 2 s) plus the 5 s between `last_seen` updates, with margin. A site stopped longer ago is
+    /// learnt again from its announcements.
+    static let restoreHorizon: TimeInterval = 30
+
+    /// The remote sites the database saw active within `restoreHorizon`, with their endpoints. Rows that
+    /// cannot describe a site (no key or overlay: written by an older version) are skipped.
+    static func recentSites(in store: Store, now: Date = Date(), logger: Logger) -> [SiteDescription] {
+        do {
+            let endpoints = Dictionary(grouping: try store.endpoints(), by: \.site)
+            return try store.sites().compactMap { row in
+                guard !row.isLocal, row.status == .active, now.timeIntervalSince(row.lastSeen) <= restoreHorizon,
+                      let overlay = row.overlayAddress, let key = row.publicKey.flatMap({ WireGuardKey(base64: $0) })
+                else { return nil }
+                return SiteDescription(siteID: row.id, name: row.name, publicKey: key, overlay: overlay,
+                                       lanPrefixes: row.lanPrefixes,
+                                       endpoints: (endpoints[row.id] ?? []).map(\.endpoint).sorted { $0.label < $1.label })
+            }
+        } catch {
+            logger.error("reading the sites to restore: \(error)")
+            return []
+        }
     }
 
     private func tearDown(steering: KernelSteering, reconciler: TunnelReconciler, forwarding: KernelSetting?) async {
@@ -276,7 +305,7 @@ struct HousekeepingService: Service {
                 let tunnels = await reconciler.states()
                 await runtime.writeMetrics(tunnels: tunnels)
                 let sites = discovery.sites
-                await runtime.touchSites(sites)
+                await runtime.touchSites(discovery.heardSites)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count

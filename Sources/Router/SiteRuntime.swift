@@ -125,8 +125,16 @@ actor SiteRuntime {
         paths = routes
     }
 
+    /// Sites restored from the database at start: their first `siteAppeared` is not news for the database
+    /// (their rows are where they came from), and must not refresh `last_seen` for a site nobody heard.
+    private var restored: Set<SiteID> = []
+
+    func restoring(_ sites: [SiteID]) { restored.formUnion(sites) }
+
     /// A discovery event: the site's row and endpoints follow what it announces.
     func siteEvent(_ event: MeshEvent) {
+        if case .siteAppeared(let announcement) = event, restored.remove(announcement.siteID) != nil { return }
+        if case .siteExpired(let announcement) = event { restored.remove(announcement.siteID) }
         do {
             switch event {
             case .siteAppeared(let announcement), .siteChanged(_, let announcement):
