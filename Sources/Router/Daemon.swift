@@ -41,7 +41,8 @@ public struct Daemon: Sendable {
 
         let inventory = try InterfaceInventory.read()
         let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
-        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort)
+        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort,
+                                            pairing: configuration.pairing)
         let endpoints = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: inventory.primaryAddresses,
                                                      settings: tunnelSettings)
         let overlay = OverlayAddressing.choose(for: siteID, known: [:])

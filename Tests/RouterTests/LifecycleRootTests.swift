@@ -88,7 +88,9 @@ final class RouterPair {
         if onlyFirstUplink, let index = arguments.firstIndex(of: "up1=isp-b") { arguments.removeSubrange(index - 1...index) }
         routerA = try Ops.startRouter(in: a.name, arguments, log: logA, notifySocket: notifySocket)
     }
-    func startB() throws { routerB = try Ops.startRouter(in: b.name, argumentsB, log: "\(directory)/b.log") }
+    func startB(extra: [String] = []) throws {
+        routerB = try Ops.startRouter(in: b.name, argumentsB + extra, log: "\(directory)/b.log")
+    }
 
     /// Both paths of `a` are up in its database.
     func pathsUp(_ count: Int = 2) -> Bool {
@@ -318,6 +320,36 @@ struct LifecycleRootTests {
         let restored = after == before
         #expect(restored, "\(after.difference(from: before))")
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name).isEmpty, "adopted wireguard-go stopped")
+    }
+
+    /// `--pairing all-pairs`: both uplinks of each site pair with both endpoints of the other, so 2 x 2 = 4
+    /// tunnels (`<prefix><uplink>x<remote endpoint>`) and 4 paths, each of which must carry its probes (up).
+    /// The crossed pairs (up0 -> 198.51.100.2) leave by their own uplink and arrive on the other link.
+    @Test func allPairsBuildsATunnelAndAPathPerUplinkAndRemoteEndpointRoot() throws {
+        let pair = try RouterPair()
+        pair.settle()
+        for ns in [pair.a, pair.b] {
+            _ = try ns.check(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        }
+        try pair.startB(extra: ["--pairing", "all-pairs"])
+        try pair.startA(extra: ["--pairing", "all-pairs"])
+        let up = Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp(4) }
+        let status = Ops.status(database: pair.databaseA)
+        let paths = (status?["paths"] as? [[String: Any]] ?? []).map {
+            "\($0["wg_interface"] ?? "?") \($0["local_label"] ?? "?")->\($0["remote_label"] ?? "?") \($0["status"] ?? "?")"
+        }.sorted()
+        print("ops: all-pairs paths of a: \(paths)")
+        #expect(up, "\(paths)\n\(pair.log(pair.logA).suffix(3000))")
+        #expect(paths.count == 4)
+        let links = try pair.a.check(["ip", "-o", "link", "show"])
+        for suffix in ["0x0", "0x1", "1x0", "1x1"] {
+            #expect(links.contains("\(pair.tunnelA)\(suffix)"), "tunnel \(pair.tunnelA)\(suffix)")
+        }
+        for label in ["isp-a", "isp-b"] {
+            for remote in ["isp-a", "isp-b"] {
+                #expect(paths.contains { $0.contains(" \(label)->\(remote) up") }, "\(label)->\(remote)")
+            }
+        }
     }
 
     /// A restart restores the sites it was talking to from the database; one that has gone silent meanwhile
