@@ -60,7 +60,7 @@ let package = Package(
         .target(name: "Lab", dependencies: ["Model", "CNetfilter", .product(name: "Logging", package: "swift-log")]),
         // The command line: every subcommand, testable without the executable.
         .target(name: "CLI", dependencies: [
-            "Model", "Store", "Router", "Lab", "WireGuard",
+            "Model", "Store", "Router", "Lab", "WireGuard", "Mesh",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -79,7 +79,7 @@ let package = Package(
             "Probing", "Model", "Lab", "WireGuard", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
-        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard", "Mesh"]),
         .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing", "Lab"]),
         // Issue 7's lab acceptance: real applications through real routers, verified by ISP-side counters.
         .testTarget(name: "AcceptanceTests", dependencies: ["Lab"]),

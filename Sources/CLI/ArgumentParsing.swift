@@ -20,6 +20,18 @@ enum ArgumentParsing {
         return address
     }
 
+    /// One of a fixed set of words (an enum's raw values); the error lists them.
+    static func choice<T: RawRepresentable & CaseIterable & SendableMetatype>(_ flag: String) -> @Sendable (String) throws -> T
+        where T.RawValue == String {
+        { text in
+            guard let value = T(rawValue: text) else {
+                let words = T.allCases.map(\.rawValue)
+                throw ValidationError("\(flag): '\(text)' is not \(words.dropLast().joined(separator: ", ")) or \(words.last ?? "")")
+            }
+            return value
+        }
+    }
+
     static func strategy(_ text: String) throws -> Strategy {
         guard let strategy = Strategy(text) else { throw ValidationError("'\(text)' is not \(Strategy.textForm)") }
         return strategy

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Mesh
 import Model
 import Router
 import WireGuard
@@ -61,13 +62,13 @@ struct RunCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("WireGuard implementation: kernel, userspace (wireguard-go) or auto.",
                                valueName: "kind"),
-            transform: { text in
-                guard let choice = WireGuardBackendChoice(rawValue: text) else {
-                    throw ValidationError("--wireguard: '\(text)' is not kernel, userspace or auto")
-                }
-                return choice
-            })
+            transform: ArgumentParsing.choice("--wireguard"))
     var wireguard: WireGuardBackendChoice = .auto
+
+    @Option(help: ArgumentHelp("Which uplinks pair with which remote endpoints: same-label (an uplink with the remote endpoints of its label) or all-pairs (every uplink with every remote endpoint). Every site of a mesh must use the same.",
+                               valueName: "kind"),
+            transform: ArgumentParsing.choice("--pairing"))
+    var pairing: PathPairing = .sameLabel
 
     init() {}
 
@@ -79,6 +80,7 @@ struct RunCommand: AsyncParsableCommand {
             insecureNoAuth: insecureNoAuth, peers: peer, probeInterval: .milliseconds(probeInterval),
             metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
+        configuration.pairing = pairing
         return configuration
     }
 

@@ -112,6 +112,30 @@ public final class DiscoveryService: Sendable {
     /// The active sites' latest announcements, sorted by site id.
     public var sites: [Announcement] { state.withLock { $0.table.announcements } }
 
+    /// The active sites heard since the start; `sites` also holds restored ones not heard yet.
+    public var heardSites: [Announcement] { state.withLock { $0.table.heardAnnouncements } }
+
+    /// Restores the sites known before a restart (see `PeerTable.restore`); call before `run` so that the
+    /// first tunnel plan already holds them. Returns how many were restored.
+    @discardableResult
+    public func restore(_ descriptions: [SiteDescription]) -> Int {
+        let events = state.withLock { state in
+            let events = state.table.restore(descriptions, now: Date())
+            Self.wake(state)  // the expiry timer now has a deadline
+            return events
+        }
+        for event in events {
+            if case .siteAppeared(let a) = event {
+                logger.info("site restored from the database", metadata: [
+                    "site": "\(a.name)", "id": "\(a.siteID)",
+                    "expires_unless_heard_in_s": "\(settings.intervalSeconds * Double(settings.expiryIntervals))",
+                ])
+            }
+            continuation.yield(event)
+        }
+        return events.count
+    }
+
     /// Opens the sockets, then announces and listens until the calling task is cancelled. Call once.
     /// Throws only when the sockets cannot be set up (missing uplink, port in use).
     public func run() async throws(DiscoveryError) {

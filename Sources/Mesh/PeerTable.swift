@@ -41,6 +41,8 @@ public struct PeerTable: Sendable {
         public var announcement: Announcement
         public var firstSeen: Date
         public var lastSeen: Date
+        /// False for a site restored at start (`restore`) that has not announced itself since.
+        public var heard = true
     }
 
     public let localSiteID: SiteID
@@ -82,8 +84,29 @@ public struct PeerTable: Sendable {
         }
         sites[id]!.announcement = announcement
         sites[id]!.lastSeen = now
+        sites[id]!.heard = true
         return existing.announcement.site == announcement.site
             ? [] : [.siteChanged(old: existing.announcement, new: announcement)]
+    }
+
+    /// Restores sites this router knew before a restart (its database), as if heard at `now`: tunnels and
+    /// steering are then rebuilt as they were, instead of torn down until each site announces again (up to an
+    /// announcement interval later). They expire like any site unless heard within `settings.expiry`.
+    /// Replay state is not restored, so the site's next genuine announcement is accepted whatever its counter
+    /// (as after any restart). Skipped: sites already known, ourselves, a key that is ours or another
+    /// site's, and anything beyond `maxSites`. Returns a `siteAppeared` per restored site.
+    public mutating func restore(_ descriptions: [SiteDescription], now: Date) -> [MeshEvent] {
+        var events: [MeshEvent] = []
+        for site in descriptions {
+            guard site.siteID != localSiteID, sites[site.siteID] == nil, sites.count < settings.maxSites,
+                  site.publicKey != localPublicKey,
+                  !sites.values.contains(where: { $0.announcement.publicKey == site.publicKey }) else { continue }
+            let announcement = Announcement(site: site, counter: 0,
+                                            timestampMilliseconds: UInt64(max(0, now.timeIntervalSince1970) * 1000))
+            sites[site.siteID] = Site(announcement: announcement, firstSeen: now, lastSeen: now, heard: false)
+            events.append(.siteAppeared(announcement))
+        }
+        return events
     }
 
     /// Expires every site not heard from within `settings.expiry` before `now`, oldest first.
@@ -97,6 +120,11 @@ public struct PeerTable: Sendable {
     /// The next time `expire` can have something to do (nil when no site is known).
     public var nextExpiry: Date? {
         sites.values.map { $0.lastSeen.addingTimeInterval(settings.expiry) }.min()
+    }
+
+    /// The active sites that announced themselves since the start (not only restored), sorted by site id.
+    public var heardAnnouncements: [Announcement] {
+        sites.values.filter(\.heard).map(\.announcement).sorted { $0.siteID < $1.siteID }
     }
 
     /// The active sites' latest announcements, sorted by site id.

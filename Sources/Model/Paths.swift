@@ -78,14 +78,22 @@ public struct PathMetrics: Hashable, Sendable, Codable {
     public var lossPct: Double
     public var bandwidthMbps: Double?
     public var score: Double
+    /// Passive throughput: what the path's tunnel peer actually carried (its transfer counters, averaged over
+    /// the last 5-10 s), sent and received, in Mbit/s of encrypted datagrams. What the path did, not what it
+    /// can do: it is never taken as bandwidth (a sender's own rate says nothing about capacity). nil until
+    /// two readings of the counters exist.
+    public var throughputTxMbps: Double?
+    public var throughputRxMbps: Double?
 
     public init(latencyMs: Double, jitterMs: Double, lossPct: Double, bandwidthMbps: Double? = nil,
-                score: Double) {
+                score: Double, throughputTxMbps: Double? = nil, throughputRxMbps: Double? = nil) {
         self.latencyMs = latencyMs
         self.jitterMs = jitterMs
         self.lossPct = lossPct
         self.bandwidthMbps = bandwidthMbps
         self.score = score
+        self.throughputTxMbps = throughputTxMbps
+        self.throughputRxMbps = throughputRxMbps
     }
 }
 

@@ -116,6 +116,8 @@ public enum NFT {
     public static let metaNFProto = UInt32(NFT_META_NFPROTO.rawValue)
     public static let ctMark = UInt32(NFT_CT_MARK.rawValue)
     public static let ctState = UInt32(NFT_CT_STATE.rawValue)
+    /// One byte: IP_CT_DIR_ORIGINAL (0) or IP_CT_DIR_REPLY (1).
+    public static let ctDirection = UInt32(NFT_CT_DIRECTION.rawValue)
     public static let networkHeader = UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue)
     public static let transportHeader = UInt32(NFT_PAYLOAD_TRANSPORT_HEADER.rawValue)
     public static let eq = UInt32(NFT_CMP_EQ.rawValue)

@@ -41,7 +41,8 @@ public struct Daemon: Sendable {
 
         let inventory = try InterfaceInventory.read()
         let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
-        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort)
+        let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort,
+                                            pairing: configuration.pairing)
         let endpoints = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: inventory.primaryAddresses,
                                                      settings: tunnelSettings)
         let overlay = OverlayAddressing.choose(for: siteID, known: [:])
@@ -135,6 +136,11 @@ public struct Daemon: Sendable {
             Task { await runtime.trainArriving(through: interface) }
         }
         let metrics = RouterMetrics()
+        // A restart (crash, upgrade, kill -9) picks up the sites it was talking to a moment ago, so the first
+        // plan rebuilds the same tunnels and steering instead of tearing them down until they announce.
+        let restorable = Self.recentSites(in: store, logger: logger)
+        await runtime.restoring(restorable.map(\.siteID))
+        discovery.restore(restorable)
 
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime) { [logger, configuration] moved in
@@ -165,6 +171,30 @@ public struct Daemon: Sendable {
         SystemdNotify.send("READY=1")
         try await group.run()
         SystemdNotify.send("STOPPING=1")
+    }
+
+    /// How old a remote site's `last_seen` may be for a restart to restore it: a crash restart (systemd
+    /// waits 2 s) plus the 5 s between `last_seen` updates, with margin. A site stopped longer ago is
+    /// learnt again from its announcements.
+    static let restoreHorizon: TimeInterval = 30
+
+    /// The remote sites the database saw active within `restoreHorizon`, with their endpoints. Rows that
+    /// cannot describe a site (no key or overlay: written by an older version) are skipped.
+    static func recentSites(in store: Store, now: Date = Date(), logger: Logger) -> [SiteDescription] {
+        do {
+            let endpoints = Dictionary(grouping: try store.endpoints(), by: \.site)
+            return try store.sites().compactMap { row in
+                guard !row.isLocal, row.status == .active, now.timeIntervalSince(row.lastSeen) <= restoreHorizon,
+                      let overlay = row.overlayAddress, let key = row.publicKey.flatMap({ WireGuardKey(base64: $0) })
+                else { return nil }
+                return SiteDescription(siteID: row.id, name: row.name, publicKey: key, overlay: overlay,
+                                       lanPrefixes: row.lanPrefixes,
+                                       endpoints: (endpoints[row.id] ?? []).map(\.endpoint).sorted { $0.label < $1.label })
+            }
+        } catch {
+            logger.error("reading the sites to restore: \(error)")
+            return []
+        }
     }
 
     private func tearDown(steering: KernelSteering, reconciler: TunnelReconciler, forwarding: KernelSetting?) async {
@@ -259,7 +289,7 @@ struct HousekeepingService: Service {
     let bandwidthReceiver: BandwidthReceiver
     let steering: KernelSteering
     let reconciler: TunnelReconciler
-    /// Only the metrics endpoint shows nft and WireGuard counters: without it, no dump every 5 s.
+    /// Only the metrics endpoint shows the nft counters: without it, no nft dump every 5 s.
     let readsKernelCounters: Bool
     let logger: Logger
 
@@ -272,9 +302,11 @@ struct HousekeepingService: Service {
                 do { try await controller.tick() } catch { logger.error("steering tick failed: \(error)") }
                 ticks += 1
                 guard ticks % 25 == 0 else { continue }
-                await runtime.writeMetrics()
+                // One UAPI read per tunnel interface: the paths' transfer counters (passive throughput).
+                let tunnels = await reconciler.states()
+                await runtime.writeMetrics(tunnels: tunnels)
                 let sites = discovery.sites
-                await runtime.touchSites(sites)
+                await runtime.touchSites(discovery.heardSites)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
@@ -285,7 +317,6 @@ struct HousekeepingService: Service {
                 }
                 let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
                 var counters = SteeringCounters()
-                var tunnels: [String: InterfaceState] = [:]
                 if readsKernelCounters {
                     do {
                         counters = try await steering.counters()
@@ -295,7 +326,6 @@ struct HousekeepingService: Service {
                         if !countersFailed { logger.warning("reading the nft counters failed: \(error)") }
                         countersFailed = true
                     }
-                    tunnels = await reconciler.states()
                 }
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,

@@ -1,3 +1,4 @@
+import Mesh
 import Model
 import WireGuard
 
@@ -45,6 +46,9 @@ public struct RouterConfiguration: Hashable, Sendable {
     /// Which WireGuard implementation carries the tunnels (`--wireguard`); `auto` uses the kernel's when it
     /// has one, else wireguard-go.
     public var wireguard: WireGuardBackendChoice = .auto
+    /// Which local uplinks pair with which remote endpoints (`--pairing`); every site of a mesh must use
+    /// the same (docs/MESH.md).
+    public var pairing: PathPairing = .sameLabel
     public var metricsRetention: Duration
     /// Time between bandwidth re-measurements of every path (`--bandwidth-interval`).
     public var bandwidthInterval: Duration

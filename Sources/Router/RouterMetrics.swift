@@ -129,6 +129,12 @@ public final class RouterMetrics: Sendable {
                     if let bandwidth = m.bandwidthMbps {
                         gauge("path_bandwidth_mbps", "Receiver-measured bandwidth", labels, bandwidth)
                     }
+                    if let tx = m.throughputTxMbps, let rx = m.throughputRxMbps {
+                        gauge("path_throughput_mbps", "What the path's tunnel peer carried over the last 5-10 s (passive)",
+                              labels + [("direction", "transmit")], tx)
+                        gauge("path_throughput_mbps", "What the path's tunnel peer carried over the last 5-10 s (passive)",
+                              labels + [("direction", "receive")], rx)
+                    }
                 }
                 counter("path_transmit_bytes_total", "Bytes sent to the path's tunnel peer", labels,
                         path.transmitBytes)

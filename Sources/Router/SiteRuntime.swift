@@ -26,6 +26,9 @@ actor SiteRuntime {
     private var bandwidthMeasured: Set<String> = []
     private var bandwidthQueue: [String] = []
     private var bandwidthFailures: [String: Int] = [:]
+    /// Passive throughput per path (by probe name), from its tunnel peer's transfer counters.
+    private var throughput: [String: ThroughputMeter] = [:]
+    private var carried: [String: Throughput] = [:]
 
     struct PlannedRoute: Hashable {
         var key: PathKey
@@ -122,8 +125,16 @@ actor SiteRuntime {
         paths = routes
     }
 
+    /// Sites restored from the database at start: their first `siteAppeared` is not news for the database
+    /// (their rows are where they came from), and must not refresh `last_seen` for a site nobody heard.
+    private var restored: Set<SiteID> = []
+
+    func restoring(_ sites: [SiteID]) { restored.formUnion(sites) }
+
     /// A discovery event: the site's row and endpoints follow what it announces.
     func siteEvent(_ event: MeshEvent) {
+        if case .siteAppeared(let announcement) = event, restored.remove(announcement.siteID) != nil { return }
+        if case .siteExpired(let announcement) = event { restored.remove(announcement.siteID) }
         do {
             switch event {
             case .siteAppeared(let announcement), .siteChanged(_, let announcement):
@@ -218,14 +229,32 @@ actor SiteRuntime {
         for name in paths.keys.sorted() where !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
     }
 
-    /// One metrics row per path, all in one transaction; scores and statuses refreshed with them.
-    func writeMetrics() {
+    /// One metrics row per path, all in one transaction; scores and statuses refreshed with them. `tunnels`
+    /// (the WireGuard interfaces' live state) feed each path's passive throughput; without them (the final
+    /// flush at shutdown) the rows carry the last reading.
+    func writeMetrics(tunnels: [String: InterfaceState]? = nil, at instant: MonotonicInstant = .now()) {
         let snapshot = probes.snapshot()
         let now = Date()
+        if let tunnels {
+            carried = [:]
+            for name in throughput.keys where paths[name] == nil { throughput[name] = nil }
+            for (name, route) in paths {
+                // A peer that is gone (tunnel re-created) restarts its meter, as a counter going back would.
+                guard let peer = tunnels[route.path.interface]?.peer(route.path.peer) else {
+                    throughput[name] = nil
+                    continue
+                }
+                carried[name] = throughput[name, default: ThroughputMeter()]
+                    .sample(receivedBytes: peer.rxBytes, transmittedBytes: peer.txBytes, at: instant)
+            }
+        }
         var samples: [MetricsSample] = []
         for (name, state) in snapshot {
             guard let route = paths[name], let id = pathIDs[route.key], state.counters.probesSent > 0 else { continue }
-            samples.append(MetricsSample(path: id, metrics: state.metrics, measuredAt: now))
+            var metrics = state.metrics
+            metrics.throughputTxMbps = carried[name]?.transmitMbps
+            metrics.throughputRxMbps = carried[name]?.receiveMbps
+            samples.append(MetricsSample(path: id, metrics: metrics, measuredAt: now))
             try? store.setPathStatus(id, status: state.status, score: state.metrics.score, now: now)
         }
         guard !samples.isEmpty else { return }
@@ -243,8 +272,11 @@ actor SiteRuntime {
         for (name, route) in paths.sorted(by: { $0.key < $1.key }) {
             let state = snapshot[name]
             let peer = tunnels[route.path.interface]?.peer(route.path.peer)
+            var metrics = state?.metrics
+            metrics?.throughputTxMbps = carried[name]?.transmitMbps
+            metrics?.throughputRxMbps = carried[name]?.receiveMbps
             sample.paths.append(PathSample(path: name, site: route.path.remoteName, uplink: route.key.localLabel,
-                                           status: state?.status ?? .down, metrics: state?.metrics,
+                                           status: state?.status ?? .down, metrics: metrics,
                                            transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
         let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })

@@ -119,7 +119,7 @@ public final class Steering {
     }
 
     /// Packets and bytes per class and path (the `<class>_path<slot>` chains), and new flows per class (the
-    /// `classify` rules), read from the kernel in one dump. For the status report and metrics.
+    /// `classify` and `classify_reply` rules), read from the kernel in one dump. For the status report and metrics.
     public func counters() throws(SteeringError) -> SteeringCounters {
         let rules: [NFTables.ListedRule]
         do { rules = try nftables.rules(family: SteeringNames.family, table: SteeringNames.table) } catch {
@@ -130,7 +130,7 @@ public final class Steering {
         let plan = lastPlan
         for r in rules {
             guard let (packets, bytes) = r.counter else { continue }
-            if r.chain == SteeringNames.classifyChain {
+            if r.chain == SteeringNames.classifyChain || r.chain == SteeringNames.classifyReplyChain {
                 let comment = NFTUserdata.comment(in: r.userdata) ?? ""
                 let name = comment.hasPrefix("class ") ? String(comment.dropFirst("class ".count)) : comment
                 out.flowsPerClass[name, default: 0] += packets

@@ -4,13 +4,16 @@ import Netlink
 /// Compiles a `SteeringPlan` into a `SteeringRuleset`. Pure and deterministic: the same plan always gives
 /// the same bytes, which is what makes fingerprints and the committed reference ruleset work.
 ///
-/// Datapath (per packet, flat in the number of policies):
-/// prerouting/output: a flow without a class (ct mark bits 0) jumps once to `classify`, whose
-/// rules (one per class match, set lookups inside) write the class id into the ct mark; then every packet
-/// looks its destination up in the interval map `sites` (remote prefix -> `site_<name>` chain), where the
-/// class bits of the ct mark select, in the hash map `site_<name>`, the chain `<class>_path<slot>` (sets the
-/// path's packet mark, counts) or `lb_<class>_<site>` (hashes the flow's addresses into a bucket map).
-/// Only mark bits under 0x00ff0000 are written.
+/// Datapath (per packet, flat in the number of policies): prerouting/output look the destination up in the
+/// interval map `sites` (remote prefix -> `site_<name>` chain); there the class bits of the ct mark select,
+/// in the hash map `site_<name>`, the chain `<class>_path<slot>` (sets the path's packet mark, counts) or
+/// `lb_<class>_<site>` (hashes the flow's addresses into a bucket map). An established flow's packet runs
+/// exactly those two lookups and the mark write: the "has this flow a class?" test sits in the site chain
+/// behind the map lookup, so it is paid once per flow (the map misses class 0), not per packet, and traffic
+/// that is not for a remote site never reads the ct mark. A flow without a class jumps once to `classify`
+/// (first packet in the original direction) or `classify_reply` (first packet a reply), whose rules (one per
+/// class match, set lookups inside) write the class id into the ct mark. Only mark bits under 0x00ff0000 are
+/// written.
 ///
 /// Why two lookups and not one `ip daddr . class` interval map: a re-steer replaces elements, and the
 /// kernel commits an element replace in a hash map in ~8 us but in a concatenated-interval (pipapo) map
@@ -64,11 +67,24 @@ public enum SteeringCompiler {
             maps.append(.init(set: map, elements: []))
             chains.append(NFTChain(family: family, table: table, name: name,
                                    userdata: NFTUserdata.comment("to site \(d.name) (\(d.site))")))
-            rules[name] = [rule(name, [
-                .ct(key: NFT.ctMark, dreg: NFT.reg1),
-                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+            // A classified flow leaves by the first rule; only a flow's first steered packet reads on.
+            let steer = rule(name, classBits + [
                 .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
-            ], comment: nil, sets: [map])]
+            ], comment: nil, sets: [map])
+            rules[name] = [
+                steer,
+                rule(name, classBits + [
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                    .ct(key: NFT.ctDirection, dreg: NFT.reg1),
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0]),
+                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
+                ], comment: "new flow: classify once"),
+                rule(name, classBits + [
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyReplyChain))),
+                ], comment: "new flow seen first in reply: classify once"),
+                steer,
+            ]
             for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
         }
         let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
@@ -78,59 +94,77 @@ public enum SteeringCompiler {
                                + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
         let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owners: [SteeringNames.preroutingChain, SteeringNames.outputChain])
 
-        // Classification, once per flow, first match wins (class order = policy priority).
+        // Classification, once per flow, first match wins (class order = policy priority). A flow is
+        // classified by its first packet that is steered: usually the first packet of the original direction,
+        // but for a flow opened from a remote site (a call to a local SIP server) it is the first reply, so
+        // `classify_reply` matches the same policies on the reply's mirrored fields (source port = the
+        // original destination port, source address = the original destination).
         var classify: [NFTRule] = []
+        var classifyReply: [NFTRule] = []
+        let classifiers = [SteeringNames.classifyChain, SteeringNames.classifyReplyChain]
         for c in plan.classes {
             for (i, m) in c.matches.enumerated() {
                 let base = c.matches.count == 1 ? c.name : "\(c.name)_\(i + 1)"
-                var e: [NFTExpression] = []
                 var used: [NFTSet] = []
                 var usedElements: [[NFTElement]] = []
-                let ipFields = !m.sources.isEmpty || !m.destinations.isEmpty || !m.dscp.isEmpty
-                if ipFields { e += ipv4Only }
+                // The match of each set, per direction: (original, reply) expressions loading the key.
+                var loads: [(set: NFTSet, original: [NFTExpression], reply: [NFTExpression])] = []
                 for (prefixes, suffix, offset) in [(m.sources, "src", UInt32(12)), (m.destinations, "dst", UInt32(16))] where !prefixes.isEmpty {
                     let s = prefixSet("\(base)_\(suffix)", comment: "policy \(c.name): \(suffix == "src" ? "source" : "destination") prefixes")
-                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owners: [SteeringNames.classifyChain]))
-                    used.append(s)
-                    usedElements.append(staticSets.last!.elements)
-                    e += [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1),
-                          .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
+                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owners: classifiers))
+                    let mirrored: UInt32 = offset == 12 ? 16 : 12
+                    loads.append((s, [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1)],
+                                  [.payload(base: NFT.networkHeader, offset: mirrored, length: 4, dreg: NFT.reg1)]))
                 }
                 if !m.dscp.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
                                    userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owners: [SteeringNames.classifyChain]))
-                    used.append(s)
-                    usedElements.append(staticSets.last!.elements)
-                    e += [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
-                          .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
-                          .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2),
-                          .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
+                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owners: classifiers))
+                    let dscp: [NFTExpression] = [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
+                                                 .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
+                                                 .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2)]
+                    loads.append((s, dscp, dscp))
                 }
                 if !m.services.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
                                    keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
                                    userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owners: [SteeringNames.classifyChain]))
-                    used.append(s)
-                    usedElements.append(staticSets.last!.elements)
-                    e += [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
-                          .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2),
-                          .payload(base: NFT.transportHeader, offset: 2, length: 2, dreg: NFT.reg32_01),
-                          .lookup(sreg: NFT.reg1, set: s.name, setID: nil, dreg: nil)]
+                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owners: classifiers))
+                    let proto: [NFTExpression] = [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
+                                                  .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2)]
+                    loads.append((s, proto + [.payload(base: NFT.transportHeader, offset: 2, length: 2, dreg: NFT.reg32_01)],
+                                  proto + [.payload(base: NFT.transportHeader, offset: 0, length: 2, dreg: NFT.reg32_01)]))
                 }
-                e += setMark(meta: false, value: c.ctMark)
-                if c.counters { e.append(.counter) }
-                e.append(.immediate(dreg: NFT.verdictRegister, data: .verdict(.return)))
-                classify.append(rule(SteeringNames.classifyChain, e, comment: "class \(c.name)", sets: used, elements: usedElements))
+                for l in loads {
+                    used.append(l.set)
+                    usedElements.append(staticSets.first { $0.set.name == l.set.name }!.elements)
+                }
+                let ipFields = !m.sources.isEmpty || !m.destinations.isEmpty || !m.dscp.isEmpty
+                let tail: [NFTExpression] = setMark(meta: false, value: c.ctMark) + (c.counters ? [.counter] : [])
+                    + [.immediate(dreg: NFT.verdictRegister, data: .verdict(.return))]
+                for reply in [false, true] {
+                    var e: [NFTExpression] = ipFields ? ipv4Only : []
+                    for l in loads {
+                        e += reply ? l.reply : l.original
+                        e.append(.lookup(sreg: NFT.reg1, set: l.set.name, setID: nil, dreg: nil))
+                    }
+                    let chain = reply ? SteeringNames.classifyReplyChain : SteeringNames.classifyChain
+                    let r = rule(chain, e + tail, comment: "class \(c.name)", sets: used, elements: usedElements)
+                    if reply { classifyReply.append(r) } else { classify.append(r) }
+                }
             }
         }
-        classify.append(rule(SteeringNames.classifyChain,
-                             setMark(meta: false, value: UInt32(SteeringPlan.unclassifiedID) << 16) + [.counter],
-                             comment: "no policy matched: not steered"))
+        for chain in classifiers {
+            let r = rule(chain, setMark(meta: false, value: UInt32(SteeringPlan.unclassifiedID) << 16) + [.counter],
+                         comment: "no policy matched: not steered")
+            if chain == SteeringNames.classifyChain { classify.append(r) } else { classifyReply.append(r) }
+        }
         chains.append(NFTChain(family: family, table: table, name: SteeringNames.classifyChain,
-                               userdata: NFTUserdata.comment("once per flow: policy -> class id in ct mark")))
+                               userdata: NFTUserdata.comment("once per flow, first packet original: policy -> class id in ct mark")))
+        chains.append(NFTChain(family: family, table: table, name: SteeringNames.classifyReplyChain,
+                               userdata: NFTUserdata.comment("once per flow, first packet a reply: the same policies, mirrored")))
         rules[SteeringNames.classifyChain] = classify
+        rules[SteeringNames.classifyReplyChain] = classifyReply
         staticSets.append(sitesSet)
 
         // The hooks. Forwarded traffic (prerouting) never arrives with our path bits set, so only local
@@ -147,12 +181,6 @@ public enum SteeringCompiler {
                                    hook: NFTHook(hook: hook, priority: NFTHook.manglePriority, type: type),
                                    userdata: NFTUserdata.comment(name == "output" ? "local traffic: a new mark re-routes" : "forwarded traffic")))
             let steer = [
-                rule(name, [
-                    .ct(key: NFT.ctMark, dreg: NFT.reg1),
-                    .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
-                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
-                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
-                ], comment: "new flow: classify once"),
                 rule(name, ipv4Only + [
                     .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
                     .lookup(sreg: NFT.reg1, set: SteeringNames.sitesMap, setID: nil, dreg: NFT.verdictRegister),
@@ -235,6 +263,12 @@ public enum SteeringCompiler {
     static let ipv4Only: [NFTExpression] = [
         .meta(key: NFT.metaNFProto, dreg: NFT.reg1),
         .cmp(sreg: NFT.reg1, op: NFT.eq, data: [UInt8(NFTFamily.ip.rawValue)]),
+    ]
+
+    /// The class id bits of the ct mark, into register 1.
+    static let classBits: [NFTExpression] = [
+        .ct(key: NFT.ctMark, dreg: NFT.reg1),
+        .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
     ]
 
     /// mark = (mark & ~mask) | value: our bits only.

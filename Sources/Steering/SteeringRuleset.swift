@@ -45,6 +45,7 @@ public enum SteeringNames {
     public static let family = NFTFamily.inet
     public static let sitesMap = "sites"
     public static let classifyChain = "classify"
+    public static let classifyReplyChain = "classify_reply"
     public static let preroutingChain = "prerouting"
     public static let outputChain = "output"
     /// rtnetlink protocol number on our ip rules and routes, so we recognise ours among foreign ones.

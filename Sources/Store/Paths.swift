@@ -95,13 +95,14 @@ extension Store {
         try write("insert \(samples.count) metrics rows") { db in
             let statement = try db.cachedStatement(sql: """
                 INSERT INTO path_metrics (path_id, latency_ms, jitter_ms, packet_loss_pct, bandwidth_mbps, score,
-                                          measured_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?)
+                                          measured_at, throughput_tx_mbps, throughput_rx_mbps)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
             for sample in samples {
                 let m = sample.metrics
                 try statement.execute(arguments: [sample.path, m.latencyMs, m.jitterMs, m.lossPct, m.bandwidthMbps,
-                                                  m.score, sample.measuredAt.utcText])
+                                                  m.score, sample.measuredAt.utcText, m.throughputTxMbps,
+                                                  m.throughputRxMbps])
             }
         }
     }
@@ -189,7 +190,8 @@ extension Store {
         return MetricsSample(path: row["path_id"],
                              metrics: PathMetrics(latencyMs: row["latency_ms"], jitterMs: row["jitter_ms"],
                                                   lossPct: row["packet_loss_pct"], bandwidthMbps: row["bandwidth_mbps"],
-                                                  score: row["score"]),
+                                                  score: row["score"], throughputTxMbps: row["throughput_tx_mbps"],
+                                                  throughputRxMbps: row["throughput_rx_mbps"]),
                              measuredAt: date)
     }
 }

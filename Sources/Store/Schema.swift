@@ -8,7 +8,7 @@ import GRDB
 enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
-                                       "v3-policy-generation"]
+                                       "v3-policy-generation", "v4-path-throughput"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -122,6 +122,14 @@ enum Schema {
                 CREATE TRIGGER policies_deleted AFTER DELETE ON policies BEGIN
                     UPDATE store_state SET value = value + 1 WHERE key = 'policy_generation';
                 END;
+                """)
+        }
+        migrator.registerMigration(migrationIdentifiers[3]) { db in
+            // Passive throughput next to the measured bandwidth; appended, so `SELECT *` keeps the seed's
+            // columns first and older rows read NULL.
+            try db.execute(sql: """
+                ALTER TABLE path_metrics ADD COLUMN throughput_tx_mbps REAL;
+                ALTER TABLE path_metrics ADD COLUMN throughput_rx_mbps REAL;
                 """)
         }
         return migrator

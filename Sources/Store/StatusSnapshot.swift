@@ -48,6 +48,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var jitterMs: Double?
         public var packetLossPct: Double?
         public var bandwidthMbps: Double?
+        public var throughputTxMbps: Double?
+        public var throughputRxMbps: Double?
         public var measuredAt: String?
     }
 
@@ -152,7 +154,8 @@ extension Store {
                     remoteLabel: path.remoteEndpoint.label, remoteEndpoint: path.remoteEndpoint.address.description,
                     score: path.score ?? sample?.metrics.score, latencyMs: sample?.metrics.latencyMs,
                     jitterMs: sample?.metrics.jitterMs, packetLossPct: sample?.metrics.lossPct,
-                    bandwidthMbps: sample?.metrics.bandwidthMbps, measuredAt: sample?.measuredAt.utcText)
+                    bandwidthMbps: sample?.metrics.bandwidthMbps, throughputTxMbps: sample?.metrics.throughputTxMbps,
+                    throughputRxMbps: sample?.metrics.throughputRxMbps, measuredAt: sample?.measuredAt.utcText)
             }
             let scored = pathSummaries.filter { $0.score != nil }
             let best = scored.filter { $0.status != PathStatus.down.rawValue }

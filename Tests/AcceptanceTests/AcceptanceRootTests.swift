@@ -262,6 +262,18 @@ import Testing
         #expect(onB >= Double(size), "the transfer should cross isp-b (80 Mbit/s)")
         #expect(fullB >= Double(size) / 1500, "full-size segments on isp-b: \(Int(fullB))")
         #expect(fullA < fullB * 0.01, "isp-a (20 Mbit/s) carried \(Int(fullA)) full-size packets")
+
+        // Passive throughput (the tunnel peers' counters, a 5 s average written every 5 s) saw the transfer
+        // on isp-b and not on isp-a, where only probes and bandwidth trains ran.
+        var carried: (a: Double, b: Double) = (0, 0)
+        try lab.wait("hq's passive throughput to show the transfer on isp-b", timeout: 15) {
+            let a = try lab.metric("hq", to: "east", isp: "isp-a", "throughput_tx_mbps") ?? 0
+            let b = try lab.metric("hq", to: "east", isp: "isp-b", "throughput_tx_mbps") ?? 0
+            carried = (max(carried.a, a), max(carried.b, b))
+            return b >= 5
+        }
+        print(String(format: "passive throughput sent: isp-b %.1f Mbit/s, isp-a %.1f Mbit/s", carried.b, carried.a))
+        #expect(carried.a < 3, "isp-a carried \(carried.a) Mbit/s")
     }
 
     // MARK: 4. load balance, live policy change, a cut

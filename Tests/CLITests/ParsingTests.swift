@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Testing
+import Mesh
 import WireGuard
 @testable import CLI
 import Model
@@ -46,6 +47,12 @@ import Router
         #expect(try parseRun(["--site-name", "hq", "--wireguard", "userspace"]).routerConfiguration.wireguard == .userspace)
         #expect(try parseRun(["--site-name", "hq", "--wireguard", "kernel"]).routerConfiguration.wireguard == .kernel)
         #expect(throws: (any Error).self) { try parseRun(["--site-name", "hq", "--wireguard", "both"]) }
+    }
+
+    @Test func pairingFlag() throws {
+        #expect(try parseRun(["--site-name", "hq"]).routerConfiguration.pairing == .sameLabel)
+        #expect(try parseRun(["--site-name", "hq", "--pairing", "all-pairs"]).routerConfiguration.pairing == .allPairs)
+        #expect(throws: (any Error).self) { try parseRun(["--site-name", "hq", "--pairing", "every"]) }
     }
 
     @Test func ourFlags() throws {

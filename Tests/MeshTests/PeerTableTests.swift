@@ -32,6 +32,30 @@ struct PeerTableTests {
         #expect(try table.accept(back, now: t0 + 20) == [.siteAppeared(back)])
     }
 
+    @Test func restoredSitesAppearExpireUnlessHeardAndTakeTheirNextAnnouncement() throws {
+        var table = PeerTable(localSiteID: local, localPublicKey: WireGuardKey(bytes: [UInt8](repeating: 9, count: 32))!)
+        let (quiet, alive, known) = (SiteID(), SiteID(), SiteID())
+        let knownAnnouncement = announcement(known, counter: 7, at: t0, key: 3)
+        _ = try table.accept(knownAnnouncement, now: t0)
+        let events = table.restore([
+            announcement(quiet, counter: 0, at: t0, key: 1).site,
+            announcement(alive, counter: 0, at: t0, key: 2).site,
+            announcement(known, counter: 0, at: t0, key: 3, port: 1).site,   // already known: kept as heard
+            announcement(local, counter: 0, at: t0, key: 4).site,            // ourselves
+            announcement(SiteID(), counter: 0, at: t0, key: 2).site,         // another site's key
+            announcement(SiteID(), counter: 0, at: t0, key: 9).site,         // our key
+        ], now: t0 + 1)
+        #expect(events.map { (e: MeshEvent) -> SiteID? in if case .siteAppeared(let a) = e { a.siteID } else { nil } } == [quiet, alive])
+        #expect(table.heardAnnouncements == [knownAnnouncement])
+        #expect(table.sites[known]?.announcement == knownAnnouncement)
+        // The restored site's next announcement is accepted whatever its counter, with no event: nothing changed.
+        #expect(try table.accept(announcement(alive, counter: 1, at: t0 + 2, key: 2), now: t0 + 2) == [])
+        #expect(table.heardAnnouncements.map(\.siteID).sorted() == [alive, known].sorted())
+        // Not heard within the expiry (3 s): gone, like any silent site.
+        #expect(table.expire(now: t0 + 4.5).map { (e: MeshEvent) -> SiteID? in if case .siteExpired(let a) = e { a.siteID } else { nil } } == [known, quiet])
+        #expect(table.sites.keys.sorted() == [alive])
+    }
+
     @Test func replayedAndOldCountersAreRefusedEvenAfterExpiry() throws {
         var table = PeerTable(localSiteID: local)
         let remote = SiteID()

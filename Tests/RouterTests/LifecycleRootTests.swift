@@ -88,7 +88,9 @@ final class RouterPair {
         if onlyFirstUplink, let index = arguments.firstIndex(of: "up1=isp-b") { arguments.removeSubrange(index - 1...index) }
         routerA = try Ops.startRouter(in: a.name, arguments, log: logA, notifySocket: notifySocket)
     }
-    func startB() throws { routerB = try Ops.startRouter(in: b.name, argumentsB, log: "\(directory)/b.log") }
+    func startB(extra: [String] = []) throws {
+        routerB = try Ops.startRouter(in: b.name, argumentsB + extra, log: "\(directory)/b.log")
+    }
 
     /// Both paths of `a` are up in its database.
     func pathsUp(_ count: Int = 2) -> Bool {
@@ -292,8 +294,10 @@ struct LifecycleRootTests {
         print("ops: restart after kill -9: READY after \(String(format: "%.0f", readyMs)) ms, converged after \(String(format: "%.0f", convergeMs)) ms (rebuilt in between: \(differedAfterReady))")
         let restartLog = String(pair.log(pair.logA).dropFirst(logLength)).split(separator: "\n").filter { $0.hasPrefix("20") }
         print("ops: restarted router's log:\n" + restartLog.prefix(30).joined(separator: "\n"))
-        // One line per state change: the peer appearing is logged once, not by every layer that hears of it.
-        #expect(restartLog.filter { $0.contains("site appeared") }.count == 1, "\(restartLog.joined(separator: "\n"))")
+        // The peer it was talking to is restored from the database (one line), not re-learnt: its
+        // announcement then refreshes it without a second "appeared".
+        #expect(restartLog.filter { $0.contains("site restored from the database") }.count == 1, "\(restartLog.joined(separator: "\n"))")
+        #expect(restartLog.filter { $0.contains("site appeared") }.isEmpty, "\(restartLog.joined(separator: "\n"))")
         #expect(converged, "state after restart differs:\n\(now.difference(from: running))")
         #expect(convergeMs <= 2000, "converged in \(convergeMs) ms")
         // Nothing duplicated: the counts equal the first run's (OwnState lists keep duplicates), the adopted
@@ -316,6 +320,73 @@ struct LifecycleRootTests {
         let restored = after == before
         #expect(restored, "\(after.difference(from: before))")
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name).isEmpty, "adopted wireguard-go stopped")
+    }
+
+    /// `--pairing all-pairs`: both uplinks of each site pair with both endpoints of the other, so 2 x 2 = 4
+    /// tunnels (`<prefix><uplink>x<remote endpoint>`) and 4 paths, each of which must carry its probes (up).
+    /// The crossed pairs (up0 -> 198.51.100.2) leave by their own uplink and arrive on the other link.
+    @Test func allPairsBuildsATunnelAndAPathPerUplinkAndRemoteEndpointRoot() throws {
+        let pair = try RouterPair()
+        pair.settle()
+        for ns in [pair.a, pair.b] {
+            _ = try ns.check(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        }
+        try pair.startB(extra: ["--pairing", "all-pairs"])
+        try pair.startA(extra: ["--pairing", "all-pairs"])
+        let up = Ops.waitUntil(timeout: .seconds(30)) { pair.pathsUp(4) }
+        let status = Ops.status(database: pair.databaseA)
+        let paths = (status?["paths"] as? [[String: Any]] ?? []).map {
+            "\($0["wg_interface"] ?? "?") \($0["local_label"] ?? "?")->\($0["remote_label"] ?? "?") \($0["status"] ?? "?")"
+        }.sorted()
+        print("ops: all-pairs paths of a: \(paths)")
+        #expect(up, "\(paths)\n\(pair.log(pair.logA).suffix(3000))")
+        #expect(paths.count == 4)
+        let links = try pair.a.check(["ip", "-o", "link", "show"])
+        for suffix in ["0x0", "0x1", "1x0", "1x1"] {
+            #expect(links.contains("\(pair.tunnelA)\(suffix)"), "tunnel \(pair.tunnelA)\(suffix)")
+        }
+        for label in ["isp-a", "isp-b"] {
+            for remote in ["isp-a", "isp-b"] {
+                #expect(paths.contains { $0.contains(" \(label)->\(remote) up") }, "\(label)->\(remote)")
+            }
+        }
+    }
+
+    /// A restart restores the sites it was talking to from the database; one that has gone silent meanwhile
+    /// (B stopped while A was down) expires like any silent site, 3 s later: its steering goes, its row
+    /// turns inactive, and the restore itself never made it look recently seen.
+    @Test func aRestoredSiteThatStaysSilentExpiresRoot() throws {
+        let (pair, _) = try startedPairWithForeignState()
+        kill(pair.routerA!, SIGKILL)
+        #expect(Ops.waitForExit(pair.routerA!, timeout: .seconds(5)) == 128 + SIGKILL)
+        pair.routerA = nil
+        kill(pair.routerB!, SIGTERM)
+        #expect(Ops.waitForExit(pair.routerB!, timeout: .seconds(10)) == 0)
+        pair.routerB = nil
+        let seenBefore = (Ops.status(database: pair.databaseA)?["active_sites"] as? [[String: Any]])?.first?["last_seen"] as? String
+        #expect(seenBefore != nil)
+
+        let logLength = pair.log(pair.logA).count
+        let restarted = ContinuousClock.now
+        try pair.startA()
+        let steered = Ops.waitUntil(timeout: .seconds(2)) {
+            ((try? pair.a.check(["nft", "list", "table", "inet", "patronus"])) ?? "").contains("chain site_opb")
+        }
+        #expect(steered, "the restored site is steered at once")
+        let expired = Ops.waitUntil(timeout: .seconds(10)) {
+            let status = Ops.status(database: pair.databaseA)
+            return (status?["active_sites"] as? [Any])?.isEmpty == true && (status?["inactive_sites"] as? Int) == 1
+        }
+        let expiredMs = Ops.milliseconds(since: restarted)
+        print("ops: a silent restored site expired \(String(format: "%.0f", expiredMs)) ms after the restart")
+        #expect(expired && expiredMs >= 2500 && expiredMs < 6000, "\(expiredMs) ms")
+        #expect(Ops.waitUntil(timeout: .seconds(5)) {
+            !((try? pair.a.check(["nft", "list", "table", "inet", "patronus"])) ?? "site_opb").contains("site_opb")
+        }, "its steering is removed")
+        let restartLog = String(pair.log(pair.logA).dropFirst(logLength))
+        #expect(restartLog.contains("site restored from the database") && restartLog.contains("site expired"))
+        let sites = try Ops.sitesTable(database: pair.databaseA)
+        #expect(sites.contains { $0.contains("opb") && $0.contains(seenBefore ?? "?") }, "last_seen untouched: \(sites)")
     }
 
     /// The dead run had two uplinks, the restart is configured with one: the second uplink's tunnel

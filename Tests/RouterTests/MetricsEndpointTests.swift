@@ -24,7 +24,8 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
         var sample = RouterSample()
         sample.paths = [
             PathSample(path: "isp-a->east", site: "east", uplink: "isp-a", status: .up,
-                       metrics: PathMetrics(latencyMs: 12.5, jitterMs: 2.1, lossPct: 0.05, bandwidthMbps: 987.3, score: 98),
+                       metrics: PathMetrics(latencyMs: 12.5, jitterMs: 2.1, lossPct: 0.05, bandwidthMbps: 987.3, score: 98,
+                                            throughputTxMbps: 41.5, throughputRxMbps: 2.25),
                        transmitBytes: 1000, receiveBytes: 2000),
             PathSample(path: "isp-b->east", site: "east", uplink: "isp-b", status: .down, metrics: nil,
                        transmitBytes: 10, receiveBytes: 0),
@@ -50,6 +51,8 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
             #expect(first.output.contains(#"patronus_path_latency_ms{path="isp-a->east",site="east",uplink="isp-a"} 12.5"#))
             #expect(first.output.contains(#"patronus_path_status{path="isp-b->east",site="east",uplink="isp-b",status="down"} 1"#))
             #expect(first.output.contains(#"patronus_path_bandwidth_mbps{path="isp-a->east",site="east",uplink="isp-a"} 987.3"#))
+            #expect(first.output.contains(#"patronus_path_throughput_mbps{path="isp-a->east",site="east",uplink="isp-a",direction="transmit"} 41.5"#))
+            #expect(first.output.contains(#"patronus_path_throughput_mbps{path="isp-a->east",site="east",uplink="isp-a",direction="receive"} 2.25"#))
             #expect(first.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path="isp-a->east"} 7"#))
             #expect(first.output.contains(#"patronus_class_selected_path{policy="voip",site="east",path="isp-a->east"} 1"#))
             #expect(first.output.contains("patronus_failovers_total 3"))

@@ -99,6 +99,12 @@ enum Ops {
         return json(result.stdout) as? [String: Any]
     }
 
+    /// `sqlite3 DATABASE 'SELECT name, status, last_seen FROM sites'`, one line per row (read-only, as a user would).
+    static func sitesTable(database: String) throws -> [String] {
+        try Subprocess.check(["sqlite3", "-readonly", database, "SELECT name, status, last_seen FROM sites"])
+            .split(separator: "\n").map(String.init)
+    }
+
     static func lineCount(_ path: String) -> Int {
         ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n", omittingEmptySubsequences: false)
             .count - 1

@@ -102,6 +102,26 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
         #expect(hex(NFTables.newSet(map).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e63680008000300000000080800040000000013080005000000000408000600ffffff00080007000000000008000a000000000130000d000004010000000104000000000604000000000718636c617373202d3e207061746820746f206272616e636800")
     }
 
+    // scripts/capture-netlink.py 'nft add table inet patronus; nft add chain inet patronus classify;
+    //   nft add chain inet patronus site_branch' --
+    //   nft add rule inet patronus site_branch ct mark & 0x00ff0000 == 0 ct direction original jump classify
+    // and ('... classify_reply; nft add set inet patronus voip_svc { type inet_proto . inet_service; flags interval; }' --)
+    //   nft add rule inet patronus classify_reply meta l4proto . th sport @voip_svc (set id 1)
+    @Test func firstPacketRulesAreWhatNftSends() throws {
+        let r = try SteeringCompiler.compile(referencePlan())
+        var classifyOnce = try #require(r.rules["site_branch"]?[1])
+        classifyOnce.userdata = nil
+        #expect(hex(NFTables.newRule(classifyOnce).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e6368002801048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c000480080001000000ff000c00058008000100000000002c00018008000100636d700020000280080001000000000108000200000000000c000380080001000000000020000180070001006374000014000280080002000000000108000100000000012c00018008000100636d700020000280080001000000000108000200000000000c0003800500010000000000400001800e000100696d6d6564696174650000002c0002800800010000000000200002801c00028008000100fffffffd0d000200636c61737369667900000000")
+        // The reply classifier loads the source port where `classify` loads the destination port.
+        var reply = try #require(r.rules["classify_reply"]?.first)
+        reply.userdata = nil
+        reply.expressions = Array(reply.expressions.prefix(4)).map {
+            if case let .lookup(sreg, set, _, dreg) = $0 { return .lookup(sreg: sreg, set: set, setID: 1, dreg: dreg) }
+            return $0
+        }
+        #expect(hex(NFTables.newRule(reply).payload) == "010000000d000100706174726f6e75730000000013000200636c6173736966795f7265706c790000d000048024000180090001006d657461000000001400028008000200000000100800010000000001400001800e000100627974656f726465720000002c00028008000100000000010800020000000001080003000000000108000400000000010800050000000002340001800c0001007061796c6f616400240002800800010000000009080002000000000208000300000000000800040000000002340001800b0001006c6f6f6b757000002400028008000200000000010d000100766f69705f737663000000000800040000000001")
+    }
+
     @Test func markWritesKeepEveryBitOutsideOurMask() throws {
         let r = try SteeringCompiler.compile(referencePlan())
         var writes = 0
@@ -119,7 +139,8 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
                 }
             }
         }
-        #expect(writes == 4 * 4 + 4 + 1) // class x path chains, one rule per class match, "no policy matched"
+        // class x path chains; per classify chain (original, reply): one rule per class match, "no policy matched"
+        #expect(writes == 4 * 4 + 2 * (4 + 1))
     }
 
     @Test func rulesAndRoutesFollowTheDocumentedNumbering() throws {
@@ -197,7 +218,7 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
         var plan = referencePlan()
         plan.classes[1].matches = [TrafficMatch(services: [ServiceMatch(.tcp, [PortRange(873), PortRange(22)])])]
         let diff = SteeringDiff(installed: Steering.afterApply(before), desired: try SteeringCompiler.compile(plan))
-        #expect(diff.changes.chainsReloaded == ["classify"])
+        #expect(diff.changes.chainsReloaded == ["classify", "classify_reply"])
         #expect(Set(diff.changes.setsDeleted) == Set(diff.changes.setsCreated))
         #expect(diff.changes.chainsCreated.isEmpty && diff.changes.chainsDeleted.isEmpty)
         // Flush first, then the set can go, then it is re-created, then the rules come back.

@@ -13,7 +13,8 @@ let isRoot = getuid() == 0
 ///                                                  (pb 198.51.100.1) -- (pb-peer 198.51.100.2) peer2
 ///
 /// The remote site "branch" has 10.20.0.0/16 behind both paths. The peers count what arrives with nft
-/// named counters (voip = udp 5060, bulk = tcp 873, other = udp 9999), so a test can tell which path a
+/// named counters (voip = udp 5060, bulk = tcp 873, other = udp 9999; voipreply/otherreply = replies from
+/// those udp ports), so a test can tell which path a
 /// packet took. Everything lives in namespaces that are deleted when the fixture goes away.
 final class SteeringFixture {
     let router: NetworkNamespace
@@ -46,11 +47,15 @@ final class SteeringFixture {
                   counter voip {}
                   counter bulk {}
                   counter other {}
+                  counter voipreply {}
+                  counter otherreply {}
                   chain in {
                     type filter hook prerouting priority 0; policy accept;
                     udp dport 5060 counter name voip
                     tcp dport 873 counter name bulk
                     udp dport 9999 counter name other
+                    udp sport 5060 counter name voipreply
+                    udp sport 9999 counter name otherreply
                   }
                 }
                 """)

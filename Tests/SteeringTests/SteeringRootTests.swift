@@ -18,14 +18,15 @@ import Netlink
         let v = try KernelView.read(f.router, tables: [6201, 6202])
         #expect(v.tables == ["inet patronus"])
         let expectedChains: Set<String> = ["voip_path1", "voip_path2", "bulk_path1", "bulk_path2", "default_path1", "default_path2",
-                                           "site_branch", "classify", "prerouting", "output"]
+                                           "site_branch", "classify", "classify_reply", "prerouting", "output"]
         #expect(Set(v.chains) == expectedChains)
         #expect(v.rulesPerChain["classify"] == 4)
-        #expect(v.rulesPerChain["prerouting"] == 2)
-        #expect(v.rulesPerChain["output"] == 3)
-        #expect(v.rulesPerChain["site_branch"] == 1)
+        #expect(v.rulesPerChain["classify_reply"] == 4)
+        #expect(v.rulesPerChain["prerouting"] == 1)
+        #expect(v.rulesPerChain["output"] == 2)
+        #expect(v.rulesPerChain["site_branch"] == 4)
         let ruleCount = v.rulesPerChain.values.reduce(0, +)
-        #expect(ruleCount == 16) // 6 path chains + site + 4 classify + 2 prerouting + 3 output
+        #expect(ruleCount == 21) // 6 path chains + 4 site + 4 + 4 classify + 1 prerouting + 2 output
         let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch"]
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
@@ -79,6 +80,33 @@ import Netlink
         #expect(try f.count(f.peer2, "voip") == 10)
         #expect(try f.count(f.peer1, "bulk") >= 1)
         #expect(try f.count(f.peer2, "other") == 4 + 5)
+        try steering.removeAll()
+    }
+
+    /// A call opened from the remote site (its INVITE arrives for a local SIP server) is not for a remote
+    /// destination, so nothing classifies it on the way in; its first reply is, and `classify_reply` must
+    /// match the policies on the reply's mirrored fields (source port 5060), not on the caller's port.
+    @Test(.enabled(if: isRoot)) func rootAFlowOpenedFromTheRemoteSiteIsClassifiedOnItsFirstReply() throws {
+        let f = try SteeringFixture()
+        let steering = try f.steering()
+        try steering.apply(f.plan(voip: 2, bulk: 1, other: 1))
+        try f.peer1.addAddress("10.20.0.5/32", to: "lo")
+        try f.peer1.addRoute("10.1.0.0/24", via: "192.0.2.1")
+        let remote = try UDPSocket(in: f.peer1, bindTo: "10.20.0.5", port: 40000)
+        for port: UInt16 in [5060, 9999] {
+            let server = try UDPSocket(in: f.client, bindTo: "10.1.0.2", port: port)
+            #expect(remote.send(Array(repeating: 0x55, count: 64), to: "10.1.0.2", port: port))
+            let request = server.receive(timeout: .seconds(2))
+            #expect(request?.address == "10.20.0.5" && request?.port == 40000, "the call reaches the local server")
+            for _ in 0..<3 { _ = server.send(Array(repeating: 0x66, count: 64), to: "10.20.0.5", port: 40000) }
+        }
+        // Replies from the SIP server took the voip path (2), the other server's the default path (1).
+        #expect(try f.count(f.peer2, "voipreply") == 3)
+        #expect(try f.count(f.peer1, "voipreply") == 0)
+        #expect(try f.count(f.peer1, "otherreply") == 3)
+        let counters = try steering.counters()
+        #expect(counters.flowsPerClass["voip"] == 1 && counters.flowsPerClass["default"] == 1)
+        #expect(counters.packets(className: "voip", slot: 2) == 3)
         try steering.removeAll()
     }
 

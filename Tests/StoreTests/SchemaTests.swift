@@ -34,6 +34,10 @@ import Testing
                         INSERT INTO policies (name, priority, match_services, strategy, created_at, updated_at)
                         VALUES ('sip', 5, 'udp:5060', 'lowest-latency', '2025-10-09 14:32:15', '2025-10-09 14:32:15');
                         """)
+                    // From v3 on, the daemon that loaded (or was given) the policies recorded it.
+                    if try db.tableExists("store_state") {
+                        try db.execute(sql: "INSERT OR REPLACE INTO store_state (key, value) VALUES ('defaults_loaded', 1)")
+                    }
                 }
                 try queue.close()
 

@@ -104,6 +104,23 @@ import Testing
         }
     }
 
+    @Test func passiveThroughputIsStoredBesideTheMeasuredBandwidth() throws {
+        try withTemporaryDirectory { dir in
+            let fixture = try Fixture(dir)
+            try fixture.store.insertMetrics([MetricsSample(
+                path: fixture.paths[0], metrics: PathMetrics(latencyMs: 30, jitterMs: 1, lossPct: 1, bandwidthMbps: 80,
+                                                             score: 50, throughputTxMbps: 12.5, throughputRxMbps: 0.25),
+                measuredAt: Fixture.now.addingTimeInterval(60))])
+            let latest = try fixture.store.latestMetrics()
+            #expect(latest[fixture.paths[0]]?.metrics.throughputTxMbps == 12.5)
+            #expect(latest[fixture.paths[0]]?.metrics.throughputRxMbps == 0.25)
+            #expect(latest[fixture.paths[0]]?.metrics.bandwidthMbps == 80)
+            #expect(latest[fixture.paths[1]]?.metrics.throughputTxMbps == nil)
+            let json = try fixture.store.statusSnapshot(now: Fixture.now).json()
+            #expect(json.contains("\"throughput_tx_mbps\" : 12.5") && json.contains("\"throughput_rx_mbps\" : 0.25"))
+        }
+    }
+
     @Test func failoverEventsAreKept() throws {
         try withTemporaryDirectory { dir in
             let fixture = try Fixture(dir)
