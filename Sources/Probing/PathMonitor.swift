@@ -18,6 +18,12 @@ public struct ProbeConfiguration: Hashable, Sendable {
     /// Resolved packets in the loss window (200 = 10 s at 50 ms): long enough that random loss does not look
     /// like a degraded path (docs/PROBING.md "Status").
     public var lossWindow = 200
+    /// An excuse (``PathMonitor/excusedUntil``) covers a path loaded by a bandwidth test, not a dead one:
+    /// once nothing at all (no reply, on time or late) has come back for longer than this, the excused misses
+    /// of the current run count after all. Bounds detection during a test (the start-up storm of every site
+    /// measuring every path, when arriving trains keep extending the excuse) to about this long; longer than
+    /// what a test's trains make a live path go silent (a queue dropping for ~600 ms, PathMonitorTests).
+    public var excusedSilenceLimit: Duration = .seconds(1)
     public var health = HealthPolicy()
     /// Nice value of the prober's receive thread (nil: inherit), so replies are taken off the socket promptly.
     public var receiveNiceness: Int32? = -10
@@ -53,6 +59,10 @@ public struct PathMonitor: Sendable {
     public var missRunStartedAt: MonotonicInstant? { missRun.first }
     /// Send times of the probes of the current miss run, oldest first.
     private var missRun: [MonotonicInstant] = []
+    /// Send times of excused probes missed since the last reply (see ``ProbeConfiguration/excusedSilenceLimit``).
+    private var excusedMissRun: [MonotonicInstant] = []
+    /// The last reply of any kind, on time or late: the path carried something then.
+    private var lastHeardAt: MonotonicInstant?
     public private(set) var counters = ProbeCounters()
     public private(set) var rtt: RTTEstimator
     public private(set) var loss: LossWindow
@@ -121,7 +131,19 @@ public struct PathMonitor: Sendable {
     public mutating func advance(to now: MonotonicInstant) -> [PathStatusChange] {
         var changes: [PathStatusChange] = []
         for expiry in ledger.expire(at: now) {
-            if isExcused(sentAt: expiry.sentAt) { continue }
+            if isExcused(sentAt: expiry.sentAt) {
+                guard expiry.missed else { continue }
+                excusedMissRun.append(expiry.sentAt)
+                // Silent for too long to be the test's queue: the excused misses join the run, at once.
+                let silentSince = lastHeardAt.map { max($0, excusedMissRun[0]) } ?? excusedMissRun[0]
+                guard now - silentSince > configuration.excusedSilenceLimit else { continue }
+                counters.misses += UInt64(excusedMissRun.count)
+                missRun = (missRun + excusedMissRun).sorted()
+                excusedMissRun.removeAll()
+                consecutiveMisses = missRun.count
+                if let change = evaluate(at: now, answered: false) { changes.append(change) }
+                continue
+            }
             for _ in 0..<expiry.lostCopies { loss.record(lost: true) }
             if expiry.missed {
                 missRun.append(expiry.sentAt)
@@ -155,6 +177,8 @@ public struct PathMonitor: Sendable {
                 loss.reviseLatestLoss()
             }
             missRun.removeAll { $0 <= sentAt }
+            excusedMissRun.removeAll { $0 <= sentAt }
+            lastHeardAt = max(lastHeardAt ?? now, now)
             consecutiveMisses = missRun.count
             return evaluate(at: now, answered: false)
         case .onTime(let sample, let first):
@@ -164,8 +188,10 @@ public struct PathMonitor: Sendable {
                 loss.record(lost: false)
             }
             lastReplyAt = now
+            lastHeardAt = now
             if first {
                 missRun.removeAll()
+                excusedMissRun.removeAll()
                 consecutiveMisses = 0
             }
             return evaluate(at: now, answered: first)

@@ -422,6 +422,24 @@ struct SimulatedPath {
         #expect(metrics.latencyMs == 20)
     }
 
+    /// A cut during a long excuse (the start-up storm, every arriving train extending it) is detected once
+    /// nothing has come back for `excusedSilenceLimit` (1 s), not when the excuse ends 10 s later; the
+    /// detection time counts from the first missed probe.
+    @Test func aCutDuringALongExcuseIsDetectedAfterTheSilenceLimit() throws {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.monitor.excuse(until: path.now + .seconds(10))
+        path.run(for: .milliseconds(300), network: rtt20)
+        let cut = path.now
+        path.run(for: .seconds(3)) { _, _ in [] }
+        try #require(path.downs.count == 1)
+        let detection = path.downs[0].at - cut
+        #expect(detection > .milliseconds(900) && detection <= .milliseconds(1200), "\(detection)")
+        let firstMiss = try #require(path.downs[0].firstMissSentAt)
+        #expect(firstMiss >= cut && firstMiss - cut <= .milliseconds(50))
+        #expect(path.monitor.metrics().lossPct == 100)
+    }
+
     /// The excuse ends: a real cut right after is detected as usual.
     @Test func aCutAfterTheExcuseIsStillDetected() {
         var path = SimulatedPath()
