@@ -214,6 +214,9 @@ public struct BandwidthTest: Sendable {
 
     public init() {}
 
+    /// What one test puts on the path, at IP level inside the tunnel (payload + UDP + IPv4 headers).
+    public var bytesOnTheWire: Int { trains * packetsPerTrain * (payloadBytes + 28) }
+
     public enum Failure: Error, Equatable, CustomStringConvertible {
         case socket(ProbeSocketError)
         case noReport(train: Int)

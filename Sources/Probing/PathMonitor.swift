@@ -19,11 +19,16 @@ public struct ProbeConfiguration: Hashable, Sendable {
     /// like a degraded path (docs/PROBING.md "Status").
     public var lossWindow = 200
     /// An excuse (``PathMonitor/excusedUntil``) covers a path loaded by a bandwidth test, not a dead one:
-    /// once nothing at all (no reply, on time or late) has come back for longer than this, the excused misses
-    /// of the current run count after all. Bounds detection during a test (the start-up storm of every site
-    /// measuring every path, when arriving trains keep extending the excuse) to about this long; longer than
-    /// what a test's trains make a live path go silent (a queue dropping for ~600 ms, PathMonitorTests).
+    /// once nothing at all (no reply, on time or late) has come back for longer than the limit, the excused
+    /// misses of the current run count after all. That bounds detection during a test (the start-up storm of
+    /// every site measuring every path, when arriving trains keep extending the excuse). The limit must be
+    /// longer than a test can hold a live path's queue: twice the test's bytes at the path's measured
+    /// bandwidth, at least `excusedSilenceLimit` (1 s: a queue that drops for ~600 ms, PathMonitorTests);
+    /// before the first estimate (a 2 Mbit/s link queues a default test for 1.5 s),
+    /// `excusedSilenceLimitUnmeasured`; never more than `excusedSilenceLimitMaximum`.
     public var excusedSilenceLimit: Duration = .seconds(1)
+    public var excusedSilenceLimitUnmeasured: Duration = .seconds(3)
+    public var excusedSilenceLimitMaximum: Duration = .seconds(5)
     public var health = HealthPolicy()
     /// Nice value of the prober's receive thread (nil: inherit), so replies are taken off the socket promptly.
     public var receiveNiceness: Int32? = -10
@@ -63,6 +68,9 @@ public struct PathMonitor: Sendable {
     private var excusedMissRun: [MonotonicInstant] = []
     /// The last reply of any kind, on time or late: the path carried something then.
     private var lastHeardAt: MonotonicInstant?
+    /// How long an excuse may cover total silence (``ProbeConfiguration/excusedSilenceLimit``); follows
+    /// the path's measured bandwidth (``sizeExcuse(testBytes:bandwidthMbps:)``).
+    public private(set) var excusedSilenceLimit: Duration
     public private(set) var counters = ProbeCounters()
     public private(set) var rtt: RTTEstimator
     public private(set) var loss: LossWindow
@@ -78,6 +86,7 @@ public struct PathMonitor: Sendable {
     public init(configuration: ProbeConfiguration = ProbeConfiguration(), firstSequence: UInt32,
                 start: MonotonicInstant) {
         self.configuration = configuration
+        excusedSilenceLimit = configuration.excusedSilenceLimitUnmeasured
         nextSequence = firstSequence & ProbeSequence.mask
         nextSendAt = start
         rtt = RTTEstimator(capacity: configuration.rttWindow)
@@ -117,6 +126,14 @@ public struct PathMonitor: Sendable {
         return (0..<copies).map { copy in ProbePacket(kind: .request, sequence: sequence, isCopy: copy > 0) }
     }
 
+    /// Sizes the excused-silence limit for a path of `bandwidthMbps` whose tests send `testBytes` (IP bytes):
+    /// twice the time the test can hold the path's queue, within the configured floor and maximum.
+    public mutating func sizeExcuse(testBytes: Int, bandwidthMbps: Double) {
+        guard bandwidthMbps > 0, bandwidthMbps.isFinite else { return }
+        let queued = Duration.nanoseconds(Int64(min(2 * Double(testBytes) * 8 / (bandwidthMbps * 1e6), 3600) * 1e9))
+        excusedSilenceLimit = min(max(queued, configuration.excusedSilenceLimit), configuration.excusedSilenceLimitMaximum)
+    }
+
     /// Excuses the probes sent from now until `until` (see ``excusedUntil``). Extends, never shortens.
     public mutating func excuse(until: MonotonicInstant) {
         excusedUntil = max(excusedUntil ?? until, until)
@@ -136,7 +153,7 @@ public struct PathMonitor: Sendable {
                 excusedMissRun.append(expiry.sentAt)
                 // Silent for too long to be the test's queue: the excused misses join the run, at once.
                 let silentSince = lastHeardAt.map { max($0, excusedMissRun[0]) } ?? excusedMissRun[0]
-                guard now - silentSince > configuration.excusedSilenceLimit else { continue }
+                guard now - silentSince > excusedSilenceLimit else { continue }
                 counters.misses += UInt64(excusedMissRun.count)
                 missRun = (missRun + excusedMissRun).sorted()
                 excusedMissRun.removeAll()

@@ -113,7 +113,7 @@ public final class PathProbeSet: @unchecked Sendable {
         var target = prober.target
         target.remote.port = receiverPort
         let estimate = try await test.run(target: target)
-        prober.recordBandwidth(mbps: estimate.mbps)
+        prober.recordBandwidth(mbps: estimate.mbps, testBytes: test.bytesOnTheWire)
         return estimate
     }
 

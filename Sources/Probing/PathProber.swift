@@ -124,10 +124,12 @@ public final class PathProber: @unchecked Sendable {
         return monitor.counters
     }
 
-    /// Records a bandwidth test result; it is reported in the metrics from now on.
-    public func recordBandwidth(mbps: Double) {
+    /// Records a bandwidth test result; it is reported in the metrics from now on, and sizes how long an
+    /// excuse may cover silence (a slow path's queue holds a test longer).
+    public func recordBandwidth(mbps: Double, testBytes: Int = BandwidthTest().bytesOnTheWire) {
         lock.lock()
         bandwidthMbps = mbps
+        monitor.sizeExcuse(testBytes: testBytes, bandwidthMbps: mbps)
         lock.unlock()
     }
 

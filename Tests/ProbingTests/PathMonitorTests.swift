@@ -423,18 +423,24 @@ struct SimulatedPath {
     }
 
     /// A cut during a long excuse (the start-up storm, every arriving train extending it) is detected once
-    /// nothing has come back for `excusedSilenceLimit` (1 s), not when the excuse ends 10 s later; the
-    /// detection time counts from the first missed probe.
-    @Test func aCutDuringALongExcuseIsDetectedAfterTheSilenceLimit() throws {
+    /// nothing has come back for the excused-silence limit, not when the excuse ends 10 s later; the
+    /// detection time counts from the first missed probe. The limit follows the path's measured bandwidth:
+    /// twice what a default test (368 kB) queues, at least 1 s; 3 s before any estimate; at most 5 s.
+    @Test(arguments: [(Double?.some(100), 1.0), (nil, 3.0), (4, 1.47), (1, 5.0)])
+    func aCutDuringALongExcuseIsDetectedAfterTheSilenceLimit(mbps: Double?, limitSeconds: Double) throws {
         var path = SimulatedPath()
+        if let mbps { path.monitor.sizeExcuse(testBytes: BandwidthTest().bytesOnTheWire, bandwidthMbps: mbps) }
+        #expect(abs(Double(path.monitor.excusedSilenceLimit.components.seconds) * 1e3
+                    + Double(path.monitor.excusedSilenceLimit.components.attoseconds) / 1e15 - limitSeconds * 1e3) < 10)
         path.run(for: .seconds(2), network: rtt20)
         path.monitor.excuse(until: path.now + .seconds(10))
         path.run(for: .milliseconds(300), network: rtt20)
         let cut = path.now
-        path.run(for: .seconds(3)) { _, _ in [] }
+        path.run(for: .seconds(7)) { _, _ in [] }
         try #require(path.downs.count == 1)
         let detection = path.downs[0].at - cut
-        #expect(detection > .milliseconds(900) && detection <= .milliseconds(1200), "\(detection)")
+        let limit = Duration.milliseconds(Int64(limitSeconds * 1000))
+        #expect(detection > limit - .milliseconds(100) && detection <= limit + .milliseconds(200), "\(detection)")
         let firstMiss = try #require(path.downs[0].firstMissSentAt)
         #expect(firstMiss >= cut && firstMiss - cut <= .milliseconds(50))
         #expect(path.monitor.metrics().lossPct == 100)
