@@ -217,6 +217,22 @@ public struct BandwidthTest: Sendable {
     /// What one test puts on the path, at IP level inside the tunnel (payload + UDP + IPv4 headers).
     public var bytesOnTheWire: Int { trains * packetsPerTrain * (payloadBytes + 28) }
 
+    /// A test sized for a path last measured at `mbps`: trains of about `trainTime` on that path, between
+    /// `minimumPacketsPerTrain` (enough to skip a token bucket's burst and still time the rest) and the
+    /// default 100. A slow path is then loaded for a fraction of a second instead of seconds (2 Mbit/s:
+    /// 3 x 40 packets, 0.6 s, instead of 3 x 100, 1.5 s); a path of 20 Mbit/s or more gets the default.
+    /// Without an estimate (the first test), the default.
+    public static func sized(forMbps mbps: Double?, trainTime: Duration = .milliseconds(50)) -> BandwidthTest {
+        var test = BandwidthTest()
+        guard let mbps, mbps > 0, mbps.isFinite else { return test }
+        let seconds = Double(trainTime.components.seconds) + Double(trainTime.components.attoseconds) / 1e18
+        let packets = mbps * 1e6 * seconds / Double((test.payloadBytes + 28) * 8)
+        test.packetsPerTrain = Int(min(max(packets.rounded(.up), Double(minimumPacketsPerTrain)), Double(test.packetsPerTrain)))
+        return test
+    }
+
+    public static let minimumPacketsPerTrain = 40
+
     public enum Failure: Error, Equatable, CustomStringConvertible {
         case socket(ProbeSocketError)
         case noReport(train: Int)

@@ -101,11 +101,13 @@ public final class PathProbeSet: @unchecked Sendable {
     /// The test saturates the path's uplink for a moment on purpose: the probes of this path and of
     /// `sharingUplink` (other paths leaving by the same uplink) are excused meanwhile and for `settle`
     /// after, so the test never makes its own path look lossy or dead.
-    public func measureBandwidth(path: String, test: BandwidthTest = BandwidthTest(),
+    /// Without `test`, the test is sized for the path's last estimate (`BandwidthTest.sized(forMbps:)`).
+    public func measureBandwidth(path: String, test: BandwidthTest? = nil,
                                  receiverPort: UInt16 = 51823, sharingUplink: [String] = [],
                                  settle: Duration = .milliseconds(300)) async throws(BandwidthTest.Failure)
         -> BandwidthEstimate? {
         guard let prober = lock.withLock({ probers[path] }) else { return nil }
+        let test = test ?? BandwidthTest.sized(forMbps: prober.bandwidth)
         let excused = lock.withLock { [prober] + sharingUplink.compactMap { probers[$0] } }
         let expected = (test.gapBetweenTrains + test.reportTimeout) * test.trains + settle
         for other in excused { other.excuse(for: expected) }

@@ -124,6 +124,13 @@ public final class PathProber: @unchecked Sendable {
         return monitor.counters
     }
 
+    /// The last bandwidth test's result, if any.
+    public var bandwidth: Double? {
+        lock.lock()
+        defer { lock.unlock() }
+        return bandwidthMbps
+    }
+
     /// Records a bandwidth test result; it is reported in the metrics from now on, and sizes how long an
     /// excuse may cover silence (a slow path's queue holds a test longer).
     public func recordBandwidth(mbps: Double, testBytes: Int = BandwidthTest().bytesOnTheWire) {

@@ -83,6 +83,38 @@ import Testing
     }
 }
 
+@Suite struct BandwidthTestSizingTests {
+    @Test(arguments: [(Double?.none, 100), (0.5, 40), (2, 40), (10, 51), (20, 100), (1000, 100), (.nan, 100)])
+    func trainsLastAboutFiftyMillisecondsOnTheLastEstimate(mbps: Double?, packets: Int) {
+        let test = BandwidthTest.sized(forMbps: mbps)
+        #expect(test.packetsPerTrain == packets)
+        #expect(test.trains == 3 && test.payloadBytes == 1200)
+    }
+
+    /// A slow path measured with a test sized for it (3 x 40 packets instead of 3 x 100): still within 15%.
+    @Test(.enabled(if: getuid() == 0))
+    func aSizedTestMeasuresASlowPathRoot() async throws {
+        let topology = try ProbeTopology()
+        defer { topology.delete() }
+        try topology.a.check(["tc", "qdisc", "add", "dev", "pa0", "root", "tbf", "rate", "4mbit", "burst",
+                              "32kbit", "latency", "50ms"])
+        let receiver = try topology.b.perform { try BandwidthReceiver() }
+        let receiving = Task { await receiver.run() }
+        defer { receiving.cancel() }
+        let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51823)
+        let test = BandwidthTest.sized(forMbps: 4)
+        #expect(test.packetsPerTrain == 40)
+        let target = ProbeTarget(name: "pa0", remote: remote, pinning: .interface("pa0"))
+        let socket = try topology.a.perform { try DatagramSocket(pinnedTo: target) }
+        let began = ContinuousClock.now
+        let estimate = try await test.run(socket: socket, remote: remote)
+        let took = ContinuousClock.now - began
+        #expect(abs(estimate.mbps - 4) / 4 <= 0.15, "4 Mbit/s path measured \(estimate.mbps)")
+        #expect(estimate.bytesSent == 3 * 40 * 1228)
+        print("bandwidth: tbf 4 Mbit/s, sized test (3 x 40 packets) -> \(estimate.mbps) Mbit/s in \(took)")
+    }
+}
+
 @Suite struct ThroughputMeterTests {
     let t0 = MonotonicInstant(nanoseconds: 1_000_000_000)
 
