@@ -53,34 +53,42 @@ import Testing
 
     @Test(.enabled(if: getuid() == 0), .timeLimit(.minutes(1)))
     func receiverMeasuredBandwidthThroughTokenBucketsRoot() async throws {
-        let topology = try ProbeTopology()
-        defer { topology.delete() }
-        try topology.a.check(["tc", "qdisc", "add", "dev", "pa0", "root", "tbf", "rate", "20mbit", "burst",
-                              "32kbit", "latency", "50ms"])
-        try topology.a.check(["tc", "qdisc", "add", "dev", "pa1", "root", "tbf", "rate", "80mbit", "burst",
-                              "32kbit", "latency", "50ms"])
-        let receiver = try topology.b.perform { try BandwidthReceiver() }
-        let receiving = Task { await receiver.run() }
-        defer { receiving.cancel() }
-        let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51823)
-        let test = BandwidthTest()
-        var estimates: [String: Double] = [:]
-        for device in ["pa0", "pa1"] {
-            let target = ProbeTarget(name: device, remote: remote, pinning: .interface(device))
-            let socket = try topology.a.perform { try DatagramSocket(pinnedTo: target) }
-            let estimate = try await test.run(socket: socket, remote: remote)
-            estimates[device] = estimate.mbps
+        let (estimates, drops) = try await measureThroughTokenBuckets(["pa0": 20, "pa1": 80], test: BandwidthTest())
+        for estimate in estimates.values {
             #expect(estimate.reports.count == 3)
             #expect(estimate.bytesSent == 3 * 100 * 1228)
         }
-        let slow = try #require(estimates["pa0"])
-        let fast = try #require(estimates["pa1"])
+        let slow = try #require(estimates["pa0"]?.mbps)
+        let fast = try #require(estimates["pa1"]?.mbps)
         #expect(abs(slow - 20) / 20 <= 0.15, "20 Mbit/s path measured \(slow)")
         #expect(abs(fast - 80) / 80 <= 0.15, "80 Mbit/s path measured \(fast)")
         #expect(slow < fast)
-        #expect(receiver.statistics.drops.total == 0)
+        #expect(drops == 0)
         print("bandwidth: tbf 20 Mbit/s -> \(slow) Mbit/s, tbf 80 Mbit/s -> \(fast) Mbit/s")
     }
+}
+
+/// Runs `test` through a `tbf` of each given rate (Mbit/s, on that device of a fresh ProbeTopology) to a
+/// BandwidthReceiver; the estimates by device, and the receiver's drop count.
+func measureThroughTokenBuckets(_ rates: [String: Int], test: BandwidthTest) async throws
+    -> (estimates: [String: BandwidthEstimate], drops: UInt64) {
+    let topology = try ProbeTopology()
+    defer { topology.delete() }
+    for (device, mbit) in rates {
+        try topology.a.check(["tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", "\(mbit)mbit", "burst",
+                              "32kbit", "latency", "50ms"])
+    }
+    let receiver = try topology.b.perform { try BandwidthReceiver() }
+    let receiving = Task { await receiver.run() }
+    defer { receiving.cancel() }
+    let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51823)
+    var estimates: [String: BandwidthEstimate] = [:]
+    for device in rates.keys.sorted() {
+        let target = ProbeTarget(name: device, remote: remote, pinning: .interface(device))
+        let socket = try topology.a.perform { try DatagramSocket(pinnedTo: target) }
+        estimates[device] = try await test.run(socket: socket, remote: remote)
+    }
+    return (estimates, receiver.statistics.drops.total)
 }
 
 @Suite struct BandwidthTestSizingTests {
@@ -94,20 +102,10 @@ import Testing
     /// A slow path measured with a test sized for it (3 x 40 packets instead of 3 x 100): still within 15%.
     @Test(.enabled(if: getuid() == 0))
     func aSizedTestMeasuresASlowPathRoot() async throws {
-        let topology = try ProbeTopology()
-        defer { topology.delete() }
-        try topology.a.check(["tc", "qdisc", "add", "dev", "pa0", "root", "tbf", "rate", "4mbit", "burst",
-                              "32kbit", "latency", "50ms"])
-        let receiver = try topology.b.perform { try BandwidthReceiver() }
-        let receiving = Task { await receiver.run() }
-        defer { receiving.cancel() }
-        let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51823)
         let test = BandwidthTest.sized(forMbps: 4)
         #expect(test.packetsPerTrain == 40)
-        let target = ProbeTarget(name: "pa0", remote: remote, pinning: .interface("pa0"))
-        let socket = try topology.a.perform { try DatagramSocket(pinnedTo: target) }
         let began = ContinuousClock.now
-        let estimate = try await test.run(socket: socket, remote: remote)
+        let estimate = try #require(try await measureThroughTokenBuckets(["pa0": 4], test: test).estimates["pa0"])
         let took = ContinuousClock.now - began
         #expect(abs(estimate.mbps - 4) / 4 <= 0.15, "4 Mbit/s path measured \(estimate.mbps)")
         #expect(estimate.bytesSent == 3 * 40 * 1228)
