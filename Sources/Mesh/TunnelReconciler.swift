@@ -61,9 +61,12 @@ public actor TunnelReconciler {
     }
 
     /// First nudge of a peer without a handshake after this long (a handshake takes one round trip); then
-    /// 2x, up to `maxNudgeBackoff`.
+    /// 2x, up to `maxNudgeBackoff`. The cap is short because initiations are lost in bursts (every site
+    /// measuring every path at start saturates the links for a few seconds): with 8 s, a tunnel whose first
+    /// initiations fell into that burst came up 15.5 s after the others (seen in the lab demo); with 2 s it
+    /// retries at 3.75 and 5.75 s. A nudge is one UAPI set on a peer that has no session to lose.
     public static let firstNudge: Duration = .milliseconds(250)
-    public static let maxNudgeBackoff: Duration = .seconds(8)
+    public static let maxNudgeBackoff: Duration = .seconds(2)
     /// A peer that should initiate to us gets its keepalive after this long even without a handshake (it
     /// may run software that waits for us).
     public static let keepaliveHoldLimit: Duration = .seconds(2)
@@ -173,7 +176,7 @@ public actor TunnelReconciler {
     /// First-handshake maintenance, one set per interface. Peers we initiate to (see `weInitiate`) that have
     /// no handshake yet are re-created (remove + add), which sends a fresh initiation at once: our first
     /// one can reach a site that does not know us yet, and WireGuard would retry only after 5 s (after
-    /// 0.25 s, then 0.5, 1 ... 8 s). Peers that initiate to us get their keepalive once their handshake is
+    /// 0.25 s, then 0.5, 1, 2, 2 ... s). Peers that initiate to us get their keepalive once their handshake is
     /// done (or after `keepaliveHoldLimit`). Returns how many peers were re-created. The tunnel driver
     /// calls it every 100 ms; with nothing pending it costs nothing.
     @discardableResult
