@@ -111,7 +111,9 @@ public struct PathMonitor: Sendable {
     }
 
     /// The packets to send now (empty if it is not yet time), recorded as sent. In suspect mode (after a miss,
-    /// until the next in-time reply) a probe is sent as `suspectCopies` packets.
+    /// until the next in-time reply) a probe is sent as `suspectCopies` packets, except on a path already
+    /// down whose misses go on: copies guard against a false down, and there is none left to prevent (a dead
+    /// path then costs one probe's overhead, not two). Recovery is unchanged: its first reply ends the run.
     public mutating func probesDue(at now: MonotonicInstant) -> [ProbePacket] {
         guard now >= nextSendAt else { return [] }
         let sequence = nextSequence
@@ -119,7 +121,8 @@ public struct PathMonitor: Sendable {
         // Next send on the interval grid; after a stall, restart from now rather than bursting to catch up.
         nextSendAt = nextSendAt + configuration.interval
         if nextSendAt <= now { nextSendAt = now + configuration.interval }
-        let copies = consecutiveMisses > 0 ? max(1, min(configuration.suspectCopies, 8)) : 1
+        let dead = health.status == .down && consecutiveMisses >= configuration.health.downAfterMisses
+        let copies = consecutiveMisses > 0 && !dead ? max(1, min(configuration.suspectCopies, 8)) : 1
         ledger.sent(sequence: sequence, at: now, deadline: now + timeout, copies: copies)
         counters.probesSent += 1
         counters.packetsSent += UInt64(copies)

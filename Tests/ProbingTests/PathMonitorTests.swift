@@ -287,6 +287,23 @@ struct SimulatedPath {
         #expect(path.monitor.counters.packetsSent == path.monitor.counters.probesSent + 1)
         #expect(path.monitor.consecutiveMisses == 0)
     }
+
+    /// Copies guard against a false down; on a path that is down and still silent there is none to
+    /// prevent, so it costs one packet per probe (14.7 kbit/s, not 29.4). Recovery still takes the hold.
+    @Test func aDeadPathIsProbedWithSinglePackets() {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        path.run(for: .seconds(1)) { _, _ in [] }
+        #expect(path.monitor.status == .down)
+        let (probes, packets) = (path.monitor.counters.probesSent, path.monitor.counters.packetsSent)
+        path.run(for: .seconds(2)) { _, _ in [] }
+        #expect(path.monitor.counters.probesSent - probes == 40)
+        #expect(path.monitor.counters.packetsSent - packets == 40)
+        let restore = path.now
+        path.run(for: .seconds(4), network: rtt20)
+        let ups = path.changes.filter { $0.to == .up && $0.at > restore }
+        #expect(ups.count == 1 && ups[0].at - restore <= .milliseconds(3100))
+    }
 }
 
 @Suite struct PathHealthTests {
