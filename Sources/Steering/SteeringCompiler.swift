@@ -105,40 +105,33 @@ public enum SteeringCompiler {
         for c in plan.classes {
             for (i, m) in c.matches.enumerated() {
                 let base = c.matches.count == 1 ? c.name : "\(c.name)_\(i + 1)"
-                var used: [NFTSet] = []
-                var usedElements: [[NFTElement]] = []
-                // The match of each set, per direction: (original, reply) expressions loading the key.
-                var loads: [(set: NFTSet, original: [NFTExpression], reply: [NFTExpression])] = []
+                // Each set of the match, with the expressions loading its key per direction (original, reply).
+                var loads: [(set: SteeringRuleset.StaticSet, original: [NFTExpression], reply: [NFTExpression])] = []
                 for (prefixes, suffix, offset) in [(m.sources, "src", UInt32(12)), (m.destinations, "dst", UInt32(16))] where !prefixes.isEmpty {
                     let s = prefixSet("\(base)_\(suffix)", comment: "policy \(c.name): \(suffix == "src" ? "source" : "destination") prefixes")
-                    staticSets.append(.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owners: classifiers))
                     let mirrored: UInt32 = offset == 12 ? 16 : 12
-                    loads.append((s, [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1)],
+                    loads.append((.init(set: s, elements: intervalElements(prefixes.map { ($0, nil) }), owners: classifiers), [.payload(base: NFT.networkHeader, offset: offset, length: 4, dreg: NFT.reg1)],
                                   [.payload(base: NFT.networkHeader, offset: mirrored, length: 4, dreg: NFT.reg1)]))
                 }
                 if !m.dscp.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
                                    userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owners: classifiers))
                     let dscp: [NFTExpression] = [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
                                                  .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
                                                  .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2)]
-                    loads.append((s, dscp, dscp))
+                    loads.append((.init(set: s, elements: Set(m.dscp).sorted().map { NFTElement(key: [$0]) }, owners: classifiers),
+                                  dscp, dscp))
                 }
                 if !m.services.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
                                    keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
                                    userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
-                    staticSets.append(.init(set: s, elements: serviceElements(m.services), owners: classifiers))
                     let proto: [NFTExpression] = [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
                                                   .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2)]
-                    loads.append((s, proto + [.payload(base: NFT.transportHeader, offset: 2, length: 2, dreg: NFT.reg32_01)],
+                    loads.append((.init(set: s, elements: serviceElements(m.services), owners: classifiers), proto + [.payload(base: NFT.transportHeader, offset: 2, length: 2, dreg: NFT.reg32_01)],
                                   proto + [.payload(base: NFT.transportHeader, offset: 0, length: 2, dreg: NFT.reg32_01)]))
                 }
-                for l in loads {
-                    used.append(l.set)
-                    usedElements.append(staticSets.first { $0.set.name == l.set.name }!.elements)
-                }
+                staticSets += loads.map(\.set)
                 let ipFields = !m.sources.isEmpty || !m.destinations.isEmpty || !m.dscp.isEmpty
                 let tail: [NFTExpression] = setMark(meta: false, value: c.ctMark) + (c.counters ? [.counter] : [])
                     + [.immediate(dreg: NFT.verdictRegister, data: .verdict(.return))]
@@ -146,10 +139,11 @@ public enum SteeringCompiler {
                     var e: [NFTExpression] = ipFields ? ipv4Only : []
                     for l in loads {
                         e += reply ? l.reply : l.original
-                        e.append(.lookup(sreg: NFT.reg1, set: l.set.name, setID: nil, dreg: nil))
+                        e.append(.lookup(sreg: NFT.reg1, set: l.set.set.name, setID: nil, dreg: nil))
                     }
                     let chain = reply ? SteeringNames.classifyReplyChain : SteeringNames.classifyChain
-                    let r = rule(chain, e + tail, comment: "class \(c.name)", sets: used, elements: usedElements)
+                    let r = rule(chain, e + tail, comment: "class \(c.name)", sets: loads.map(\.set.set),
+                                 elements: loads.map(\.set.elements))
                     if reply { classifyReply.append(r) } else { classify.append(r) }
                 }
             }
