@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard", "Mesh"]),
         .testTarget(name: "RouterTests", dependencies: [
-            "Router", "Model", "Routing", "Lab", .product(name: "Logging", package: "swift-log"),
+            "Router", "Model", "Routing", "Lab", "Netlink", .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // Issue 7's lab acceptance: real applications through real routers, verified by ISP-side counters.

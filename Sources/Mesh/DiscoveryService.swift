@@ -73,6 +73,8 @@ public final class DiscoveryService: Sendable {
         var counter = AnnouncementCounter()
         var statistics = DiscoveryStatistics()
         var announceNow = true
+        /// The uplink sockets are to be opened again (`rebindUplinks()`).
+        var rebindNow = false
         var lastAnnounce: ContinuousClock.Instant?
         var stopping = false
         var wakeFD: Int32 = -1
@@ -99,6 +101,16 @@ public final class DiscoveryService: Sendable {
         state.withLock { state in
             guard state.local != local else { return }
             state.local = local
+            state.announceNow = true
+            Self.wake(state)
+        }
+    }
+
+    /// Opens the uplink sockets again (and announces on them at once): an uplink appeared, went, or got a
+    /// new address or interface index. The I/O thread does it, in its network namespace.
+    public func rebindUplinks() {
+        state.withLock { state in
+            state.rebindNow = true
             state.announceNow = true
             Self.wake(state)
         }
@@ -137,7 +149,8 @@ public final class DiscoveryService: Sendable {
     }
 
     /// Opens the sockets, then announces and listens until the calling task is cancelled. Call once.
-    /// Throws only when the sockets cannot be set up (missing uplink, port in use).
+    /// Throws only when the unicast socket cannot be set up (port in use). An uplink that does not exist yet
+    /// is logged and bound by `rebindUplinks()` when it appears.
     public func run() async throws(DiscoveryError) {
         let sockets = try DiscoverySockets(uplinks: settings.uplinks, group: settings.group, ttl: settings.ttl)
         // A socket pair wakes the I/O thread's poll when we stop or have something to announce.
@@ -169,6 +182,22 @@ public final class DiscoveryService: Sendable {
         continuation.finish()
     }
 
+    fileprivate func logSkipped(_ uplink: String, _ error: DiscoveryError?) {
+        if let error {
+            logger.warning("discovery cannot use uplink \(uplink) for now", metadata: ["error": "\(error)"])
+        } else {
+            logger.notice("uplink \(uplink) does not exist (yet): discovery uses it when it appears")
+        }
+    }
+
+    /// Takes a pending rebind request (I/O thread).
+    fileprivate func takeRebind() -> Bool {
+        state.withLock { state in
+            defer { state.rebindNow = false }
+            return state.rebindNow
+        }
+    }
+
     private func stop() {
         state.withLock { state in
             state.stopping = true
@@ -192,9 +221,23 @@ public final class DiscoveryService: Sendable {
 
         func loop() {
             var buffer = [UInt8](repeating: 0, count: AnnouncementCodec.maxDatagramSize + 1)
-            var descriptors = sockets.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            descriptors.append(pollfd(fd: wake, events: Int16(POLLIN), revents: 0))
+            var descriptors: [pollfd] = []
+            var skipped: Set<String> = []
+            // The uplink sockets, opened at start and again on `rebindUplinks()`; an uplink left out is logged
+            // once, not at every rebind.
+            func bind() {
+                var now: Set<String> = []
+                sockets.rebind { name, error in
+                    now.insert(name)
+                    if !skipped.contains(name) { service.logSkipped(name, error) }
+                }
+                skipped = now
+                descriptors = sockets.descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                descriptors.append(pollfd(fd: wake, events: Int16(POLLIN), revents: 0))
+            }
+            bind()
             while true {
+                if service.takeRebind() { bind() }
                 guard let (announcement, timeout) = service.plan(now: .now) else { return }
                 if let announcement {
                     let (sent, failed) = send(announcement, peers: service.settings.peers)

@@ -5,13 +5,10 @@ import Model
 
 /// Why discovery could not start. Each case names the uplink or address and the fix.
 public enum DiscoveryError: Error, Hashable, CustomStringConvertible {
-    case noSuchUplink(String)
     case socket(operation: String, interface: String?, errno: Int32)
 
     public var description: String {
         switch self {
-        case .noSuchUplink(let name):
-            "uplink \(name) does not exist; check --uplink"
         case .socket(let operation, let interface, let code):
             "discovery \(operation)\(interface.map { " on \($0)" } ?? "") failed: \(String(cString: strerror(code)))"
                 + (code == EADDRINUSE ? "; is another patronus-router running here?" : "")
@@ -19,56 +16,83 @@ public enum DiscoveryError: Error, Hashable, CustomStringConvertible {
     }
 }
 
-/// The UDP sockets of discovery: one per uplink, bound to that device and joined to the group on it only,
-/// and one unbound socket for unicast `--peer` traffic. Non-blocking; the owner polls `descriptors`.
+/// The UDP sockets of discovery: one per uplink that exists, bound to that device and joined to the group
+/// on it only, and one unbound socket for unicast `--peer` traffic. Non-blocking; the owner polls
+/// `descriptors`. An uplink that does not exist (not plugged in yet) or cannot be set up is skipped: `rebind`
+/// opens the uplink sockets again once the interfaces change (the membership is per interface index).
 final class DiscoverySockets {
     struct Uplink {
         let name: String
         let fd: Int32
     }
 
-    let uplinks: [Uplink]
+    let names: [String]
+    private(set) var uplinks: [Uplink] = []
     let unicast: Int32
     let group: SocketAddress4
+    let ttl: UInt8
 
+    /// Opens the unicast socket; throws when it cannot be opened (e.g. the port is in use). The uplink
+    /// sockets are opened by `rebind`.
     init(uplinks names: [String], group: SocketAddress4, ttl: UInt8) throws(DiscoveryError) {
+        self.names = names
         self.group = group
-        var opened: [Uplink] = []
-        var unicastFD: Int32 = -1
+        self.ttl = ttl
+        unicast = try Self.openSocket(port: group.port, device: nil)
+        var all: Int32 = 0
         do throws(DiscoveryError) {
-            for name in names {
-                let index = if_nametoindex(name)
-                guard index != 0 else { throw DiscoveryError.noSuchUplink(name) }
-                let fd = try Self.openSocket(port: group.port, device: name)
-                opened.append(Uplink(name: name, fd: fd))
-                // ip_mreqn with the ifindex: joining on INADDR_ANY needs a multicast or default route, and
-                // would pick one interface for all uplinks.
-                var membership = ip_mreqn()
-                membership.imr_multiaddr.s_addr = group.address.value.bigEndian
-                membership.imr_ifindex = Int32(bitPattern: index)
-                try Self.set(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &membership, "IP_ADD_MEMBERSHIP", name)
-                try Self.set(fd, Int32(IPPROTO_IP), IP_MULTICAST_IF, &membership, "IP_MULTICAST_IF", name)
-                var hops = Int32(ttl)
-                try Self.set(fd, Int32(IPPROTO_IP), IP_MULTICAST_TTL, &hops, "IP_MULTICAST_TTL", name)
-                // Only our own memberships: by default Linux hands a socket every group any socket joined.
-                var all: Int32 = 0
-                try Self.set(fd, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", name)
-            }
-            unicastFD = try Self.openSocket(port: group.port, device: nil)
-            var all: Int32 = 0
-            try Self.set(unicastFD, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", nil)
+            try Self.set(unicast, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", nil)
         } catch {
-            for uplink in opened { close(uplink.fd) }
-            if unicastFD >= 0 { close(unicastFD) }
+            close(unicast)
             throw error
         }
-        uplinks = opened
-        unicast = unicastFD
     }
 
     deinit {
         for uplink in uplinks { close(uplink.fd) }
         close(unicast)
+    }
+
+    /// Closes the uplink sockets and opens one for every uplink that exists now. `skipped` hears of each
+    /// uplink left out: nil error when the interface does not exist.
+    func rebind(skipped: (String, DiscoveryError?) -> Void) {
+        for uplink in uplinks { close(uplink.fd) }
+        uplinks = []
+        for name in names {
+            let index = if_nametoindex(name)
+            guard index != 0 else {
+                skipped(name, nil)
+                continue
+            }
+            do throws(DiscoveryError) {
+                uplinks.append(Uplink(name: name, fd: try Self.openUplinkSocket(name, index: index, group: group, ttl: ttl)))
+            } catch {
+                skipped(name, error)
+            }
+        }
+    }
+
+    private static func openUplinkSocket(_ name: String, index: UInt32, group: SocketAddress4,
+                                         ttl: UInt8) throws(DiscoveryError) -> Int32 {
+        let fd = try openSocket(port: group.port, device: name)
+        do throws(DiscoveryError) {
+            // ip_mreqn with the ifindex: joining on INADDR_ANY needs a multicast or default route, and
+            // would pick one interface for all uplinks.
+            var membership = ip_mreqn()
+            membership.imr_multiaddr.s_addr = group.address.value.bigEndian
+            membership.imr_ifindex = Int32(bitPattern: index)
+            try set(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &membership, "IP_ADD_MEMBERSHIP", name)
+            try set(fd, Int32(IPPROTO_IP), IP_MULTICAST_IF, &membership, "IP_MULTICAST_IF", name)
+            var hops = Int32(ttl)
+            try set(fd, Int32(IPPROTO_IP), IP_MULTICAST_TTL, &hops, "IP_MULTICAST_TTL", name)
+            // Only our own memberships: by default Linux hands a socket every group any socket joined.
+            var all: Int32 = 0
+            try set(fd, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", name)
+            return fd
+        } catch {
+            close(fd)
+            throw error
+        }
     }
 
     var descriptors: [Int32] { uplinks.map(\.fd) + [unicast] }

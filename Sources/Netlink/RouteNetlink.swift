@@ -56,12 +56,33 @@ public struct IPRoute: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A network interface as listed by RTM_GETLINK.
+/// A network interface as listed by RTM_GETLINK or announced by RTM_NEWLINK / RTM_DELLINK.
 public struct Link: Hashable, Sendable {
     public var index: Int32
     public var name: String
     public var flags: UInt32
+    /// IFLA_OPERSTATE (RFC 2863: 0 unknown, 2 down, 5 dormant, 6 up, ...); nil when not sent.
+    public var operState: UInt8?
+
+    public init(index: Int32, name: String, flags: UInt32, operState: UInt8? = nil) {
+        self.index = index
+        self.name = name
+        self.flags = flags
+        self.operState = operState
+    }
+
     public var isUp: Bool { flags & UInt32(IFF_UP) != 0 }
+    /// Administratively up, with carrier (IFF_LOWER_UP), and not operationally down, dormant or absent:
+    /// what can carry traffic. Operational state "unknown" (drivers that do not report it) counts as up.
+    public var isRunning: Bool {
+        let lowerUp = UInt32(0x10000) // IFF_LOWER_UP (linux/if.h; not in glibc's net/if.h)
+        guard isUp, flags & lowerUp != 0 else { return false }
+        guard let operState else { return true }
+        return operState == Self.operUp || operState == Self.operUnknown
+    }
+
+    public static let operUnknown: UInt8 = 0
+    public static let operUp: UInt8 = 6
 }
 
 /// An IPv4 address on an interface.
@@ -156,7 +177,13 @@ public enum RouteNetlink {
 
     /// Parses one RTM_NEWROUTE dump entry; nil for non-unicast or multipath routes (never ours).
     public static func parseRoute(_ m: NetlinkMessage) throws(NetlinkError) -> IPRoute? {
-        guard m.type == UInt16(RTM_NEWROUTE), m.payload.count >= 12, m.payload[0] == UInt8(AF_INET),
+        guard m.type == UInt16(RTM_NEWROUTE) else { return nil }
+        return try routeFields(m)
+    }
+
+    /// The route in an RTM_NEWROUTE or RTM_DELROUTE message (same layout).
+    static func routeFields(_ m: NetlinkMessage) throws(NetlinkError) -> IPRoute? {
+        guard m.payload.count >= 12, m.payload[0] == UInt8(AF_INET),
               m.payload[7] == UInt8(RTN_UNICAST) else { return nil }
         let attrs = try AttributeList(parsing: Array(m.payload[12...]))
         guard let oif = attrs[RTA_OIF.rawValue]?.hostU32 else { return nil }
@@ -198,10 +225,16 @@ public enum RouteNetlink {
     }
 
     public static func parseLink(_ m: NetlinkMessage) throws(NetlinkError) -> Link? {
-        guard m.type == UInt16(RTM_NEWLINK), m.payload.count >= 16 else { return nil }
+        guard m.type == UInt16(RTM_NEWLINK) else { return nil }
+        return try linkFields(m)
+    }
+
+    /// The link in an RTM_NEWLINK or RTM_DELLINK message (same layout: struct ifinfomsg, attributes).
+    static func linkFields(_ m: NetlinkMessage) throws(NetlinkError) -> Link? {
+        guard m.payload.count >= 16 else { return nil }
         let attrs = try AttributeList(parsing: Array(m.payload[16...]))
         return Link(index: Int32(bitPattern: m.payload.readHostU32(at: 4)), name: attrs[IFLA_IFNAME]?.string ?? "",
-                    flags: m.payload.readHostU32(at: 8))
+                    flags: m.payload.readHostU32(at: 8), operState: attrs[IFLA_OPERSTATE]?.u8)
     }
 
     /// RTM_NEWADDR (CREATE|EXCL) / RTM_DELADDR with IFA_LOCAL and IFA_ADDRESS, as `ip addr add A/N dev X`.
@@ -220,7 +253,13 @@ public enum RouteNetlink {
     }
 
     public static func parseAddress(_ m: NetlinkMessage) throws(NetlinkError) -> InterfaceAddress? {
-        guard m.type == UInt16(RTM_NEWADDR), m.payload.count >= 8, m.payload[0] == UInt8(AF_INET) else { return nil }
+        guard m.type == UInt16(RTM_NEWADDR) else { return nil }
+        return try addressFields(m)
+    }
+
+    /// The IPv4 address in an RTM_NEWADDR or RTM_DELADDR message (same layout).
+    static func addressFields(_ m: NetlinkMessage) throws(NetlinkError) -> InterfaceAddress? {
+        guard m.payload.count >= 8, m.payload[0] == UInt8(AF_INET) else { return nil }
         let attrs = try AttributeList(parsing: Array(m.payload[8...]))
         guard let a = attrs[IFA_LOCAL]?.bigU32 ?? attrs[IFA_ADDRESS]?.bigU32 else { return nil }
         return InterfaceAddress(interfaceIndex: Int32(bitPattern: m.payload.readHostU32(at: 4)), address: a, prefixLength: m.payload[1])

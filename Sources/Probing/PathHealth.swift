@@ -11,6 +11,8 @@ public enum StatusReason: Hashable, Sendable, CustomStringConvertible {
     case jitterAbove(ms: Double, thresholdMs: Double)
     /// Loss, latency and jitter stayed under their recovery thresholds for the hold period.
     case qualityRecovered(holdMs: Double)
+    /// The path's uplink stopped carrying traffic (carrier lost, interface down or gone): down at once.
+    case uplinkDown
 
     public var description: String {
         switch self {
@@ -20,6 +22,7 @@ public enum StatusReason: Hashable, Sendable, CustomStringConvertible {
         case .latencyAbove(let value, let limit): "latency \(rounded(value)) ms >= \(rounded(limit)) ms"
         case .jitterAbove(let value, let limit): "jitter \(rounded(value)) ms >= \(rounded(limit)) ms"
         case .qualityRecovered(let hold): "quality within limits for \(Int(hold)) ms"
+        case .uplinkDown: "the uplink lost carrier or went away"
         }
     }
 
@@ -94,8 +97,17 @@ public struct PathHealth: Sendable {
     private var everUp = false
     private var badSince: MonotonicInstant?
     private var goodSince: MonotonicInstant?
-
     public init(policy: HealthPolicy = HealthPolicy()) { self.policy = policy }
+
+    /// The path's uplink cannot carry traffic (the kernel said so): down now, no misses to wait for. It
+    /// comes back as from any down: after replies for the up hold, counted from the first reply after now.
+    public mutating func forceDown(at now: MonotonicInstant) -> PathStatusChange? {
+        streakStart = nil
+        badSince = nil
+        goodSince = nil
+        guard status != .down else { return nil }
+        return change(to: .down, .uplinkDown, now, nil)
+    }
 
     /// The window's quality as the health machine judges it.
     public struct Quality: Sendable {

@@ -240,6 +240,16 @@ public struct PathMonitor: Sendable {
                            score: score)
     }
 
+    /// The path's uplink lost carrier (the kernel said so): down now (see ``PathHealth/forceDown(at:)``). The
+    /// detection counts from `now`, the kernel's word, not from a probe.
+    public mutating func forceDown(at now: MonotonicInstant) -> PathStatusChange? {
+        var change = health.forceDown(at: now)
+        change?.firstMissSentAt = now
+        loss.clear()
+        rtt.clearWindow()
+        return change
+    }
+
     private mutating func evaluate(at now: MonotonicInstant, answered: Bool) -> PathStatusChange? {
         var change = health.evaluate(at: now, consecutiveMisses: consecutiveMisses, answered: answered,
                                      quality: quality, lastReplyAt: lastReplyAt)

@@ -95,6 +95,12 @@ public final class PathProbeSet: @unchecked Sendable {
         for prober in lock.withLock({ paths.compactMap { probers[$0] } }) { prober.excuse(for: duration) }
     }
 
+    /// Takes `paths` down now (their uplink lost carrier; see ``PathProber/forceDown()``). Unknown names are
+    /// ignored.
+    public func forceDown(_ paths: [String]) {
+        for prober in lock.withLock({ paths.compactMap { probers[$0] } }) { prober.forceDown() }
+    }
+
     /// Runs a receiver-measured bandwidth test over a path (same pinning and remote address as its probes,
     /// the receiver's port) and records the result in the path's metrics. Nil for an unknown path.
     ///

@@ -146,6 +146,14 @@ public final class PathProber: @unchecked Sendable {
         lock.withLock { monitor.excuse(until: .now() + duration) }
     }
 
+    /// Takes the path down now (its uplink lost carrier); the change is published at once. It comes back by
+    /// the usual recovery.
+    public func forceDown() {
+        lock.withLock {
+            if let change = monitor.forceDown(at: .now()) { publish(change) }
+        }
+    }
+
     /// Probes until the calling task is cancelled or `stop()` is called, then closes the socket and finishes
     /// `events`. Call it once.
     public func run() async {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Mesh
+import Netlink
 import Model
 import Probing
 import ServiceLifecycle
@@ -39,12 +40,21 @@ public struct Daemon: Sendable {
             logger.info("loaded the default policies into \(files.database)")
         }
 
+        // Subscribed before the interfaces are read, so that no change falls between the read and the
+        // notifications the UplinkWatcher follows.
+        let monitor = try RouteMonitor()
         let inventory = try InterfaceInventory.read()
         let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
+        var tracker = UplinkTracker(uplinks: uplinks)
+        let rtnl = try RouteNetlinkClient()
+        _ = tracker.reset(links: try rtnl.links(), addresses: try rtnl.addresses(),
+                          routes: try rtnl.routes(table: UplinkTracker.mainTable))
+        for state in tracker.states where state.index == nil || state.address == nil {
+            logger.notice("uplink \(state.uplink) is \(state.index == nil ? "absent" : "without an address") now: used when it is ready")
+        }
         let tunnelSettings = TunnelSettings(interfacePrefix: configuration.interfaceName, listenPort: configuration.listenPort,
                                             pairing: configuration.pairing)
-        let endpoints = TunnelPlanner.localEndpoints(uplinks: uplinks, addresses: inventory.primaryAddresses,
-                                                     settings: tunnelSettings)
+        let endpoints = UplinkWatcher.endpoints(tracker, settings: tunnelSettings)
         let overlay = OverlayAddressing.choose(for: siteID, known: [:])
         try store.updateLocalSite(overlayAddress: overlay, publicKey: privateKey.publicKey.base64,
                                   lanPrefixes: configuration.lanPrefixes)
@@ -60,12 +70,10 @@ public struct Daemon: Sendable {
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
                                           addresses: [TunnelAddress(overlay, prefixLength: 32)])
         do {
-            try await steering.pinUplinks(uplinks.enumerated().map {
-                UplinkPinning.Binding(slot: UInt8($0.offset + 1), interface: $0.element.interface)
-            })
+            try await steering.pinUplinks(UplinkWatcher.bindings(uplinks))
             try await serve(store: store, siteID: siteID, privateKey: privateKey, authentication: authentication,
                             uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
-                            steering: steering, reconciler: reconciler)
+                            steering: steering, reconciler: reconciler, monitor: monitor, tracker: tracker)
         } catch {
             await tearDown(steering: steering, reconciler: reconciler, forwarding: forwarding)
             throw error
@@ -98,7 +106,8 @@ public struct Daemon: Sendable {
 
     private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
                        uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
-                       steering: KernelSteering, reconciler: TunnelReconciler) async throws {
+                       steering: KernelSteering, reconciler: TunnelReconciler, monitor: RouteMonitor,
+                       tracker: UplinkTracker) async throws {
         let local = SiteDescription(siteID: siteID, name: configuration.siteName, publicKey: privateKey.publicKey,
                                     overlay: overlay, lanPrefixes: configuration.lanPrefixes, endpoints: endpoints)
         let discovery = try DiscoveryService(
@@ -158,6 +167,8 @@ public struct Daemon: Sendable {
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
                                 logger: logger),
+            UplinkWatcher(monitor: monitor, initial: tracker, settings: tunnelSettings, steering: steering,
+                          discovery: discovery, runtime: runtime, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),

@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import Model
 import Netlink
@@ -93,14 +94,25 @@ public struct UplinkPinning {
         return (rules, routes)
     }
 
-    /// Converges rules and routes to `bindings`: adds what is missing, removes what is ours and unwanted.
+    /// Converges rules and routes to `bindings`: removes what is ours and unwanted, then adds what is
+    /// missing. Called at start and whenever an uplink's interface, address, gateway or carrier changes (the
+    /// main table's routes out of it change with them); removing first lets a new default route replace the
+    /// old one, and a route the kernel already flushed (its address went) is not an error.
     func apply(_ bindings: [Binding]) throws {
         let want = Self.desired(bindings, links: try routing.links(), mainRoutes: try routing.routes(table: Self.mainTable))
         let have = try installed()
+        for rule in have.rules where !want.rules.contains(rule) {
+            try Self.ignoringAbsent { () throws(NetlinkError) in try routing.deleteRule(rule) }
+        }
+        for route in have.routes where !want.routes.contains(route) {
+            try Self.ignoringAbsent { () throws(NetlinkError) in try routing.route(route, .delete) }
+        }
         for route in want.routes where !have.routes.contains(route) { try routing.route(route, .replace) }
         for rule in want.rules where !have.rules.contains(rule) { try routing.addRule(rule) }
-        for rule in have.rules where !want.rules.contains(rule) { try routing.deleteRule(rule) }
-        for route in have.routes where !want.routes.contains(route) { try routing.route(route, .delete) }
+    }
+
+    private static func ignoringAbsent(_ body: () throws(NetlinkError) -> Void) throws(NetlinkError) {
+        do { try body() } catch where error.errno == ESRCH || error.errno == ENOENT {}
     }
 
     func removeAll() throws { try apply([]) }

@@ -26,6 +26,9 @@ actor SiteRuntime {
     private var bandwidthMeasured: Set<String> = []
     private var bandwidthQueue: [String] = []
     private var bandwidthFailures: [String: Int] = [:]
+    /// The paths leaving by each uplink (not actor-isolated: the UplinkWatcher takes a dead uplink's paths
+    /// down without waiting for this actor).
+    nonisolated let uplinkPaths: UplinkPaths
     /// Passive throughput per path (by probe name), from its tunnel peer's transfer counters.
     private var throughput: [String: ThroughputMeter] = [:]
     private var carried: [String: Throughput] = [:]
@@ -42,6 +45,7 @@ actor SiteRuntime {
         self.probes = probes
         self.probeInterval = probeInterval
         self.logger = logger
+        uplinkPaths = UplinkPaths(probes: probes)
     }
 
     /// The latency the routing engine steers on is the median RTT over the last `latencyWindow` (0.5 s): a
@@ -104,6 +108,7 @@ actor SiteRuntime {
                 logger.error("cannot probe path \(name): \(error)")
             }
         }
+        uplinkPaths.planned(Dictionary(grouping: routes.keys) { routes[$0]!.key.localLabel }.mapValues(Set.init))
         for name in paths.keys where routes[name] == nil {
             probes.remove(name)
             bandwidthMeasured.remove(name)
@@ -299,5 +304,24 @@ actor SiteRuntime {
         sample.failovers = failovers
         sample.drops = drops
         return sample
+    }
+}
+
+/// The paths leaving by each local uplink (by label), so that the UplinkWatcher takes a dead uplink's
+/// paths down without waiting for the runtime actor. Lock-protected.
+final class UplinkPaths: @unchecked Sendable {
+    private let probes: PathProbeSet
+    private let lock = NSLock()
+    private var paths: [String: Set<String>] = [:]
+
+    init(probes: PathProbeSet) { self.probes = probes }
+
+    /// The planned paths (probe names) by local uplink label.
+    func planned(_ byLabel: [String: Set<String>]) { lock.withLock { paths = byLabel } }
+
+    /// The local uplink `label` cannot carry traffic: its paths go down now. They come back by the usual
+    /// recovery once replies flow again (a path planned meanwhile starts down, as every new path does).
+    func stopped(_ label: String) {
+        probes.forceDown(lock.withLock { (paths[label] ?? []).sorted() })
     }
 }

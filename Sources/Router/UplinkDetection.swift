@@ -43,18 +43,11 @@ public struct InterfaceInventory: Sendable {
             && !RouterConfiguration.overlayPool.contains(address)
     }
 
-    /// `--uplink` when given (each must exist, be up and have an address), else every interface that is up,
-    /// has a global address and a route, and is not one of our tunnels: labelled by its own name.
+    /// `--uplink` when given, present or not (one that is absent or has no address yet is used when it
+    /// appears), else every interface that is up, has a global address
+    /// and a route, and is not one of our tunnels: labelled by its own name.
     public func uplinks(configured: [Uplink], tunnelPrefix: String) throws(UplinkError) -> [Uplink] {
-        if !configured.isEmpty {
-            for uplink in configured {
-                guard let interface = interfaces.first(where: { $0.name == uplink.interface }) else {
-                    throw .missing(uplink.interface, known: interfaces.map(\.name))
-                }
-                guard interface.addresses.contains(where: Self.isGlobal) else { throw .noAddress(uplink.interface) }
-            }
-            return configured
-        }
+        if !configured.isEmpty { return configured }
         let detected = interfaces.filter {
             $0.name != "lo" && $0.isUp && $0.hasRoute && !$0.name.hasPrefix(tunnelPrefix) && !$0.name.hasPrefix("wg")
                 && $0.addresses.contains(where: Self.isGlobal)
@@ -65,16 +58,10 @@ public struct InterfaceInventory: Sendable {
 }
 
 public enum UplinkError: Error, Equatable, CustomStringConvertible {
-    case missing(String, known: [String])
-    case noAddress(String)
     case noneDetected
 
     public var description: String {
         switch self {
-        case .missing(let name, let known):
-            "--uplink \(name): no such interface (have: \(known.joined(separator: ", ")))"
-        case .noAddress(let name):
-            "--uplink \(name): the interface has no global IPv4 address for tunnels to reach"
         case .noneDetected:
             "no uplink found: no interface is up with a global IPv4 address and a route; name them with --uplink IFACE[=LABEL]"
         }

@@ -76,6 +76,11 @@ struct DiscoveryRootTests {
 
     func tearDown(_ hub: NetworkNamespace, _ sites: [DiscoverySite]) async { await tearDownLab(hub, sites) }
 
+    /// Whether `a` and `b` know each other (and nobody else) within 2 s.
+    func foundEachOther(_ a: DiscoverySite, _ b: DiscoverySite) async -> Bool {
+        await waitUntil(.seconds(2)) { a.activeIDs == [b.description.siteID] && b.activeIDs == [a.description.siteID] }
+    }
+
     func waitUntil(_ limit: Duration, _ condition: () -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + limit
         while ContinuousClock.now < deadline {
@@ -149,10 +154,7 @@ struct DiscoveryRootTests {
                                                  group: group, interval: .milliseconds(300), ttl: 0), authentication: .insecure)
             try sites[1].start(DiscoverySettings(uplinks: ["eth0"], peers: [SocketAddress4(sites[0].address, port: 51821)],
                                                  group: group, interval: .milliseconds(300), ttl: 0), authentication: .insecure)
-            let found = await waitUntil(.seconds(2)) {
-                sites[0].activeIDs == [sites[1].description.siteID] && sites[1].activeIDs == [sites[0].description.siteID]
-            }
-            #expect(found)
+            #expect(await foundEachOther(sites[0], sites[1]))
         } catch {
             await tearDown(hub, sites)
             throw error
@@ -160,12 +162,25 @@ struct DiscoveryRootTests {
         await tearDown(hub, sites)
     }
 
-    @Test func missingUplinkIsATypedError() async throws {
-        let description = SiteDescription(siteID: SiteID(), name: "x", publicKey: WireGuardPrivateKey().publicKey,
-                                          overlay: IPv4Address(10, 99, 0, 1))
-        let service = try DiscoveryService(local: description, settings: DiscoverySettings(uplinks: ["ptnonexist0"]),
-                                           authentication: .insecure)
-        await #expect(throws: DiscoveryError.noSuchUplink("ptnonexist0")) { try await service.run() }
+    /// An uplink that does not exist at start (a modem plugged in later) does not stop discovery; once it
+    /// exists, `rebindUplinks()` opens its socket and joins the group on it, and the sites find each other.
+    @Test func uplinkAbsentAtStartIsBoundWhenItAppearsRoot() async throws {
+        let (hub, sites) = try makeSites(2)
+        let settings = DiscoverySettings(uplinks: ["eth0"], interval: .milliseconds(300))
+        do {
+            try sites[1].namespace.ip("link", "set", "eth0", "down")
+            try sites[1].namespace.ip("link", "set", "eth0", "name", "later0")
+            for site in sites { try site.start(settings, authentication: .insecure) }
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(sites[0].activeIDs.isEmpty && sites[1].activeIDs.isEmpty, "no socket on the absent uplink")
+            try sites[1].namespace.ip("link", "set", "later0", "name", "eth0", "up")
+            sites[1].service.rebindUplinks()
+            #expect(await foundEachOther(sites[0], sites[1]))
+        } catch {
+            await tearDown(hub, sites)
+            throw error
+        }
+        await tearDown(hub, sites)
     }
 }
 

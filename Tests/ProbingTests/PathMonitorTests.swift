@@ -106,6 +106,26 @@ struct SimulatedPath {
         #expect(path.monitor.metrics().lossPct == 0) // judged on the recovered path, not the outage
     }
 
+    /// The uplink lost carrier: down at once (the kernel's word, not three misses); it comes back as from any
+    /// down, after replies for the up hold counted from the first reply after the carrier loss.
+    @Test func aPathForcedDownIsDownAtOnceAndRecoversByTheUsualHold() throws {
+        var path = SimulatedPath()
+        path.run(for: .seconds(2), network: rtt20)
+        #expect(path.monitor.status == .up)
+        let lost = path.now
+        let forced = path.monitor.forceDown(at: lost)
+        let change = try #require(forced)
+        #expect(change.to == .down && change.reason == .uplinkDown && change.at == lost && change.firstMissSentAt == lost)
+        let again = path.monitor.forceDown(at: lost)
+        #expect(again == nil, "already down")
+        path.run(for: .seconds(1)) { _, _ in [] }  // no carrier: nothing comes back
+        let back = path.now
+        path.run(for: .seconds(4), network: rtt20)
+        let ups = path.changes.filter { $0.to == .up && $0.at > lost }
+        #expect(ups.count == 1)
+        #expect(ups.first.map { $0.at - back >= .seconds(3) && $0.at - back <= .milliseconds(3100) } == true)
+    }
+
     @Test func aFlappingPathStaysDown() {
         var path = SimulatedPath()
         path.run(for: .seconds(2), network: rtt20)
