@@ -60,6 +60,11 @@ struct RunCommand: AsyncParsableCommand {
             transform: ArgumentParsing.socketAddress)
     var metricsListen: SocketAddress4?
 
+    @Option(help: ArgumentHelp("Serve the read-only web dashboard on this address (local or management; off by default).",
+                               valueName: "addr:port"),
+            transform: ArgumentParsing.socketAddress)
+    var dashboardListen: SocketAddress4?
+
     @Option(help: ArgumentHelp("WireGuard implementation: kernel, userspace (wireguard-go) or auto.",
                                valueName: "kind"),
             transform: ArgumentParsing.choice("--wireguard"))
@@ -81,6 +86,7 @@ struct RunCommand: AsyncParsableCommand {
             metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
         configuration.pairing = pairing
+        configuration.dashboardListen = dashboardListen
         return configuration
     }
 
