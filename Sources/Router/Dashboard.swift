@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import NIOHTTP1
+import NIOPosix
 import Store
 
 /// The read-only web dashboard (`--dashboard-listen`): one page with its own script and style (compiled into
@@ -41,6 +42,17 @@ public struct Dashboard: Sendable {
         guard request.method == .GET else {
             return .refusal(.methodNotAllowed, "\(request.method.rawValue) is not served: the dashboard is read-only (GET only)")
         }
+        let live = request.path == "/api/v1/selections" ? await selections() : []
+        // SQLite reads block their thread: they run on NIO's thread pool, never on the cooperative threads
+        // the probers and the controller need (two on this machine), however many dashboards poll.
+        do {
+            return try await NIOThreadPool.singleton.runIfActive { self.respond(to: request, selections: live) }
+        } catch {
+            return .refusal(.serviceUnavailable, "the dashboard is shutting down")
+        }
+    }
+
+    private func respond(to request: HTTPRequest, selections live: [SelectionSample]) -> HTTPResponse {
         do {
             switch request.path {
             case "/", "/index.html":
@@ -57,7 +69,7 @@ public struct Dashboard: Sendable {
                 return json(Data(try store.statusSnapshot(now: now()).json().utf8))
             case "/api/v1/selections":
                 try Query(request, allowed: []).done()
-                return json(try await selectionsDocument())
+                return json(try selectionsDocument(live))
             case "/api/v1/metrics":
                 var query = try Query(request, allowed: ["path", "minutes"])
                 let path = try query.integer("path", range: 1...Int(Int64.max), default: nil)
@@ -96,8 +108,7 @@ public struct Dashboard: Sendable {
         }
     }
 
-    func selectionsDocument() async throws -> Data {
-        let live = await selections()
+    func selectionsDocument(_ live: [SelectionSample]) throws -> Data {
         let ids = Dictionary(try store.statusSnapshot(now: now()).paths.compactMap { path in path.name.map { ($0, path.id) } },
                              uniquingKeysWith: { a, _ in a })
         return Self.encode(SelectionsDocument(

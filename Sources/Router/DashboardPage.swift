@@ -25,7 +25,7 @@ enum DashboardPage {
       <section id="sites"><noscript>The dashboard draws with JavaScript; without it, use
         <a href="/api/v1/status">/api/v1/status</a>.</noscript></section>
       <section class="panel"><h2>Which path each class takes now</h2><div id="selections"></div></section>
-      <section class="panel"><h2>Failover events (last 60 min; the timeline spans the charts' time)</h2><div id="timeline"></div><div id="failovers"></div></section>
+      <section class="panel"><h2>Failover events (last 60 min)</h2><div id="timeline"></div><div id="failovers"></div></section>
     </main>
     </body>
     </html>
@@ -95,6 +95,13 @@ enum DashboardPage {
     const time = text => Date.parse(text.replace(" ", "T") + "Z");
     const hhmm = ms => new Date(ms).toISOString().slice(11, 16);
     const fmt = (v, digits) => v === undefined || v === null ? "n/a" : Number(v).toFixed(digits === undefined ? 1 : digits);
+    // Time ticks on whole minutes (1, 2, 5, 10, 15 or 30 apart), at most `most` of them in [t0, t1].
+    function ticks(t0, t1, most) {
+      const step = [1, 2, 5, 10, 15, 30, 60].map(m => m * 60000).find(st => (t1 - t0) / st <= most) || 3600000;
+      const out = [];
+      for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) out.push(t);
+      return out;
+    }
     const statusClass = st => "s-" + (["up", "degraded", "down"].includes(st) ? st : "unknown");
 
     async function getJSON(url) {
@@ -117,8 +124,9 @@ enum DashboardPage {
         svg.append(s("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e2e5ec" }));
         svg.append(s("text", { x: L - 4, y: y(v) + 3, "text-anchor": "end" }, v >= 100 ? v.toFixed(0) : v.toFixed(v >= 10 ? 1 : 2)));
       }
-      for (const [i, t] of [t0, (t0 + t1) / 2, t1].entries()) {
-        svg.append(s("text", { x: x(t), y: H - 4, "text-anchor": ["start", "middle", "end"][i] }, hhmm(t)));
+      for (const t of ticks(t0, t1, 4)) {
+        svg.append(s("line", { x1: x(t), x2: x(t), y1: H - B, y2: H - B + 3, stroke: "#aab2c5" }));
+        svg.append(s("text", { x: x(t), y: H - 4, "text-anchor": "middle" }, hhmm(t)));
       }
       series.forEach((line, index) => {
         let run = [];
@@ -209,11 +217,9 @@ enum DashboardPage {
       const x = t => L + (W - L - R) * (t - t0) / Math.max(1, t1 - t0);
       const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "timeline", "data-events": events.length });
       svg.append(s("line", { x1: L, x2: W - R, y1: 26, y2: 26, stroke: "#aab2c5" }));
-      const ticks = Math.max(2, Math.min(6, Math.round((t1 - t0) / 60000)));
-      for (let i = 0; i <= ticks; i++) {
-        const t = t0 + (t1 - t0) * i / ticks;
+      for (const t of ticks(t0, t1, 12)) {
         svg.append(s("line", { x1: x(t), x2: x(t), y1: 22, y2: 30, stroke: "#aab2c5" }));
-        svg.append(s("text", { x: x(t), y: 46, "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" }, hhmm(t)));
+        svg.append(s("text", { x: x(t), y: 46, "text-anchor": "middle" }, hhmm(t)));
       }
       for (const e of events) {
         const marker = s("circle", { cx: x(time(e.time)), cy: 26, r: 6, fill: "#d0342c", "fill-opacity": 0.75 });
