@@ -24,6 +24,9 @@ let package = Package(
             name: "CNetfilter",
             linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
         ),
+        // The version (VERSION) and the git commit, stamped on every build by the VersionStamp plugin.
+        .target(name: "BuildInfo", plugins: ["VersionStamp"]),
+        .plugin(name: "VersionStamp", capability: .buildTool()),
         // Value types shared by every layer: identities, prefixes, policies, path states. No I/O.
         .target(name: "Model"),
         // Netlink sockets and batches: rtnetlink (links, addresses, routes, rules), nftables objects.
@@ -60,7 +63,7 @@ let package = Package(
         .target(name: "Lab", dependencies: ["Model", "CNetfilter", .product(name: "Logging", package: "swift-log")]),
         // The command line: every subcommand, testable without the executable.
         .target(name: "CLI", dependencies: [
-            "Model", "Store", "Router", "Lab", "WireGuard", "Mesh",
+            "BuildInfo", "Model", "Store", "Router", "Lab", "WireGuard", "Mesh",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -84,8 +87,9 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard", "Mesh"]),
         .testTarget(name: "RouterTests", dependencies: [
-            "Router", "Model", "Routing", "Lab", "Netlink", .product(name: "Logging", package: "swift-log"),
+            "Router", "Model", "Routing", "Lab", "Netlink", "Store", .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         // Issue 7's lab acceptance: real applications through real routers, verified by ISP-side counters.
         .testTarget(name: "AcceptanceTests", dependencies: ["Lab"]),

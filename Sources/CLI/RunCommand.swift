@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuildInfo
 import Foundation
 import Logging
 import Mesh
@@ -60,6 +61,11 @@ struct RunCommand: AsyncParsableCommand {
             transform: ArgumentParsing.socketAddress)
     var metricsListen: SocketAddress4?
 
+    @Option(help: ArgumentHelp("Serve the read-only web dashboard on this address (local or management; off by default).",
+                               valueName: "addr:port"),
+            transform: ArgumentParsing.socketAddress)
+    var dashboardListen: SocketAddress4?
+
     @Option(help: ArgumentHelp("WireGuard implementation: kernel, userspace (wireguard-go) or auto.",
                                valueName: "kind"),
             transform: ArgumentParsing.choice("--wireguard"))
@@ -81,6 +87,7 @@ struct RunCommand: AsyncParsableCommand {
             metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
         configuration.pairing = pairing
+        configuration.dashboardListen = dashboardListen
         return configuration
     }
 
@@ -95,6 +102,8 @@ struct RunCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
-        try await Daemon(configuration: routerConfiguration, logger: Logger(label: "patronus")).run()
+        let logger = Logger(label: "patronus")
+        logger.info("starting \(BuildInfo.description)")
+        try await Daemon(configuration: routerConfiguration, logger: logger).run()
     }
 }
