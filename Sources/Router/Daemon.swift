@@ -461,7 +461,7 @@ struct PolicyWatcher: Service {
 }
 
 /// Runs `body` until graceful shutdown; the cancellation that shutdown causes is the normal way out.
-private func untilShutdown(_ body: @escaping @Sendable () async throws -> Void) async throws {
+func untilShutdown(_ body: @escaping @Sendable () async throws -> Void) async throws {
     do {
         try await cancelWhenGracefulShutdown(body)
     } catch is CancellationError {

@@ -33,7 +33,7 @@ struct UplinkWatcher: Service {
     }
 
     func run() async throws {
-        var tracker = initial
+        let tracker = initial
         let uplinkPaths = runtime.uplinkPaths
         // The fast path runs on the monitor's thread, not in the task pool (busy with tunnels, probes and
         // the database at times): an uplink that stops has its paths down within the kernel's notification.
@@ -50,7 +50,9 @@ struct UplinkWatcher: Service {
                 }
             }
         }
-        await withTaskCancellationHandler {
+        defer { monitor.stop() }
+        try await untilShutdown { [initial] in
+            var tracker = initial
             for await batch in monitor.events {
                 var changes: [UplinkChange] = []
                 for event in batch {
@@ -69,8 +71,6 @@ struct UplinkWatcher: Service {
                 }
                 await react(to: Self.merged(changes), tracker)
             }
-        } onCancel: {
-            monitor.stop()
         }
     }
 
