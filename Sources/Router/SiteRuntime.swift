@@ -135,6 +135,7 @@ actor SiteRuntime {
     func siteEvent(_ event: MeshEvent) {
         if case .siteAppeared(let announcement) = event, restored.remove(announcement.siteID) != nil { return }
         if case .siteExpired(let announcement) = event { restored.remove(announcement.siteID) }
+        if case .siteRevoked(let announcement) = event { restored.remove(announcement.siteID) }
         do {
             switch event {
             case .siteAppeared(let announcement), .siteChanged(_, let announcement):
@@ -146,7 +147,7 @@ actor SiteRuntime {
                 // Discovery already logged the change at info (one line per state change): details only.
                 logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
                                                          "endpoints": "\(site.endpoints.map(\.description))"])
-            case .siteExpired(let announcement):
+            case .siteExpired(let announcement), .siteRevoked(let announcement):
                 try store.setSiteStatus(announcement.site.siteID, .inactive)
                 logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
             }
