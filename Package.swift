@@ -41,7 +41,7 @@ let package = Package(
         ]),
         // Announcements, authentication, discovery, peers, paths and tunnels.
         .target(name: "Mesh", dependencies: [
-            "Model", "WireGuard", .product(name: "Crypto", package: "swift-crypto"),
+            "Model", "WireGuard", "CNetfilter", .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Probe wire format, responder, per-path prober, estimators, score.
@@ -74,13 +74,19 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Model"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Model", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "WireGuardTests", dependencies: ["WireGuard", "Model", "CNetfilter", "Netlink", "Lab"]),
-        .testTarget(name: "MeshTests", dependencies: ["Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(name: "MeshTests", dependencies: [
+            "Mesh", "Model", "WireGuard", "Lab", .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "ProbingTests", dependencies: [
             "Probing", "Model", "Lab", "WireGuard", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard", "Mesh"]),
-        .testTarget(name: "RouterTests", dependencies: ["Router", "Model", "Routing", "Lab"]),
+        .testTarget(name: "RouterTests", dependencies: [
+            "Router", "Model", "Routing", "Lab", .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         // Issue 7's lab acceptance: real applications through real routers, verified by ISP-side counters.
         .testTarget(name: "AcceptanceTests", dependencies: ["Lab"]),
     ]

@@ -1,4 +1,5 @@
 import Foundation
+import CNetfilter // SOCK_DGRAM: bits/socket_type.h belongs to the shim's module once it includes libmnl
 import Glibc
 import Model
 
