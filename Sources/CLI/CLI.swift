@@ -6,7 +6,8 @@ public struct PatronusRouter: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "patronus-router",
         abstract: "An SD-WAN site router for Linux.",
-        subcommands: [RunCommand.self, StatusCommand.self, PolicyCommand.self, MeshKeyCommand.self, LabCommand.self]
+        subcommands: [RunCommand.self, StatusCommand.self, PolicyCommand.self, MeshKeyCommand.self, CACommand.self,
+                      IdentityCommand.self, LabCommand.self]
     )
     public init() {}
 

@@ -166,6 +166,23 @@ actor SiteRuntime {
         }
     }
 
+    private var lastConflicts: [PrefixConflict] = []
+
+    /// The refused prefixes, for `status` (rewritten only when they change).
+    func recordConflicts(_ conflicts: [PrefixConflict]) {
+        guard conflicts != lastConflicts else { return }
+        do {
+            try store.replaceConflicts(conflicts.map {
+                ConflictRecord(siteID: $0.site.description, siteName: $0.siteName, prefix: $0.prefix.description,
+                               kind: $0.kind.rawValue, heldPrefix: $0.heldPrefix.description,
+                               holderID: $0.holder?.description, holderName: $0.holderName, since: Date())
+            })
+            lastConflicts = conflicts
+        } catch {
+            logger.error("recording prefix conflicts: \(error)")
+        }
+    }
+
     /// A prober's event: the controller hears it first (a down path moves traffic now), then the database.
     func pathEvent(_ event: PathEvent) async {
         guard let route = paths[event.path] else { return }
@@ -267,8 +284,11 @@ actor SiteRuntime {
     /// (a path is one peer on one tunnel interface).
     func sample(failovers: UInt64, drops: [RouterSample.DropKey: UInt64], selections: [SelectionKey: Selection],
                 siteNames: [SiteID: String], counters: SteeringCounters = SteeringCounters(),
-                tunnels: [String: InterfaceState] = [:]) -> RouterSample {
+                tunnels: [String: InterfaceState] = [:], conflicts: Int = 0,
+                certificateDaysLeft: Double? = nil) -> RouterSample {
         var sample = RouterSample()
+        sample.prefixConflicts = conflicts
+        sample.certificateDaysLeft = certificateDaysLeft
         let snapshot = probes.snapshot()
         for (name, route) in paths.sorted(by: { $0.key < $1.key }) {
             let state = snapshot[name]
