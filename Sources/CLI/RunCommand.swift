@@ -61,6 +61,11 @@ struct RunCommand: AsyncParsableCommand {
             transform: ArgumentParsing.socketAddress)
     var metricsListen: SocketAddress4?
 
+    @Option(help: ArgumentHelp("Serve the read-only web dashboard on this address (local or management; off by default).",
+                               valueName: "addr:port"),
+            transform: ArgumentParsing.socketAddress)
+    var dashboardListen: SocketAddress4?
+
     @Option(help: ArgumentHelp("WireGuard implementation: kernel, userspace (wireguard-go) or auto.",
                                valueName: "kind"),
             transform: ArgumentParsing.choice("--wireguard"))
@@ -105,6 +110,7 @@ struct RunCommand: AsyncParsableCommand {
         configuration.requireCertificates = requireCertificates
         configuration.revocationListPath = revocationList
         configuration.announceV1 = announceV1
+        configuration.dashboardListen = dashboardListen
         return configuration
     }
 

@@ -174,6 +174,15 @@ public struct Daemon: Sendable {
             services.append(MetricsEndpoint(host: "\(listen.address)", port: Int(listen.port), registry: metrics.registry,
                                             logger: logger))
         }
+        if let listen = configuration.dashboardListen {
+            // Its own read-only connection: the dashboard cannot write, whatever a request asks.
+            let dashboard = Dashboard(store: try Store.openReadOnly(path: store.path)) {
+                let names = Dictionary(discovery.sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                return await runtime.selectionSamples(await controller.currentSelections, siteNames: names)
+            }
+            services.append(HTTPEndpoint(name: "dashboard", flag: "--dashboard-listen", host: "\(listen.address)",
+                                         port: Int(listen.port), logger: logger) { await dashboard.respond(to: $0) })
+        }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
         SystemdNotify.send("READY=1")

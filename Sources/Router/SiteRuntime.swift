@@ -199,7 +199,14 @@ actor SiteRuntime {
         if let change = event.change {
             logger.info("path \(change.to.rawValue)", metadata: ["path": "\(event.path)", "reason": "\(change.reason)"])
             if let id = pathIDs[route.key] {
-                try? store.setPathStatus(id, status: event.status, score: event.metrics.score)
+                // The status and the measurements that decided it, together: a report read right after a
+                // path came back never shows its new status beside the loss of its outage.
+                var metrics = event.metrics
+                metrics.throughputTxMbps = carried[event.path]?.transmitMbps
+                metrics.throughputRxMbps = carried[event.path]?.receiveMbps
+                do { try store.recordPathStates([(id, event.status, metrics)]) } catch {
+                    logger.error("recording path status: \(error)")
+                }
             }
             if change.to == .up, !bandwidthMeasured.contains(event.path) {
                 bandwidthMeasured.insert(event.path)
@@ -266,17 +273,29 @@ actor SiteRuntime {
                     .sample(receivedBytes: peer.rxBytes, transmittedBytes: peer.txBytes, at: instant)
             }
         }
-        var samples: [MetricsSample] = []
+        var states: [(path: PathID, status: PathStatus, metrics: PathMetrics)] = []
         for (name, state) in snapshot {
             guard let route = paths[name], let id = pathIDs[route.key], state.counters.probesSent > 0 else { continue }
             var metrics = state.metrics
             metrics.throughputTxMbps = carried[name]?.transmitMbps
             metrics.throughputRxMbps = carried[name]?.receiveMbps
-            samples.append(MetricsSample(path: id, metrics: metrics, measuredAt: now))
-            try? store.setPathStatus(id, status: state.status, score: state.metrics.score, now: now)
+            states.append((id, state.status, metrics))
         }
-        guard !samples.isEmpty else { return }
-        do { try store.insertMetrics(samples) } catch { logger.error("writing path metrics: \(error)") }
+        do { try store.recordPathStates(states, now: now) } catch { logger.error("writing path metrics: \(error)") }
+    }
+
+    /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
+    /// when the policy balances): for the metrics endpoint and the dashboard.
+    func selectionSamples(_ selections: [SelectionKey: Selection], siteNames: [SiteID: String]) -> [SelectionSample] {
+        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
+        var samples: [SelectionSample] = []
+        for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
+            for path in selection.paths.sorted() {
+                samples.append(SelectionSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
+                                               path: names[path] ?? "\(path)"))
+            }
+        }
+        return samples
     }
 
     /// What the metrics endpoint shows. `counters` are our nft counters (one per class and path chain);
@@ -300,14 +319,7 @@ actor SiteRuntime {
                                            status: state?.status ?? .down, metrics: metrics,
                                            transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
-        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
-        for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
-            for path in selection.paths.sorted() {
-                sample.selections.append(SelectionSample(policy: key.policy,
-                                                         site: siteNames[key.site] ?? "\(key.site)",
-                                                         path: names[path] ?? "\(path)"))
-            }
-        }
+        sample.selections = selectionSamples(selections, siteNames: siteNames)
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
         let bySlot = Dictionary(paths.map { ($0.value.binding.slot, $0) }, uniquingKeysWith: { a, _ in a })
