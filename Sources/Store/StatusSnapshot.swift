@@ -219,12 +219,8 @@ extension Store {
                 activeSites: remote.filter { $0.status == .active }.map(summary),
                 inactiveSites: remote.count { $0.status == .inactive },
                 pathCounts: .init(total: paths.count, up: count(.up), degraded: count(.degraded), down: count(.down)),
-<<<<<<< HEAD
-                paths: pathSummaries, bestPath: best?.id, worstPath: worst?.id,
+                paths: pathSummaries, bestPath: best, worstPath: worst,
                 conflicts: conflicts.isEmpty ? nil : conflicts, certificate: certificate)
-=======
-                paths: pathSummaries, bestPath: best, worstPath: worst)
->>>>>>> main
         }
     }
 }
