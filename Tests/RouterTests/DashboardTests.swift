@@ -171,6 +171,8 @@ private func curl(_ arguments: [String]) throws -> (body: String, code: Int) {
                 (["-X", "DELETE", "\(base)/api/v1/metrics?path=1"], 405, "read-only"),
                 (["-I", "\(base)/"], 405, ""),
                 (["-H", "Content-Length: nope", "\(base)/"], 400, ""),
+                (["-H", "X-Huge: " + String(repeating: "h", count: 120_000), "\(base)/api/v1/status"], 400, ""),
+                (["--data-binary", String(repeating: "b", count: 100_000), "-X", "GET", "\(base)/api/v1/failovers"], 200, "\"events\""),
             ]
             for (arguments, code, says) in cases {
                 let response = try curl(arguments)
