@@ -35,6 +35,9 @@ public struct Daemon: Sendable {
         let siteID = try store.ensureLocalSite(name: configuration.siteName)
         let privateKey = try Self.privateKey(at: files.privateKey)
         let authentication = try meshAuthentication(files: files)
+        let (identity, certificate) = try MeshTrust.identity(configuration: configuration, files: files, siteID: siteID,
+                                                             logger: logger)
+        try store.setLocalCertificate(MeshTrust.record(certificate))
         if try store.loadDefaultPoliciesIfNew(Policy.defaults()) {
             logger.info("loaded the default policies into \(files.database)")
         }
@@ -64,6 +67,7 @@ public struct Daemon: Sendable {
                 UplinkPinning.Binding(slot: UInt8($0.offset + 1), interface: $0.element.interface)
             })
             try await serve(store: store, siteID: siteID, privateKey: privateKey, authentication: authentication,
+                            identity: identity, revocationListPath: configuration.revocationListPath ?? files.revocationList,
                             uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
                             steering: steering, reconciler: reconciler)
         } catch {
@@ -97,6 +101,7 @@ public struct Daemon: Sendable {
     }
 
     private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
+                       identity: DiscoveryService.Identity, revocationListPath: String,
                        uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
                        steering: KernelSteering, reconciler: TunnelReconciler) async throws {
         let local = SiteDescription(siteID: siteID, name: configuration.siteName, publicKey: privateKey.publicKey,
@@ -105,7 +110,9 @@ public struct Daemon: Sendable {
             local: local,
             settings: DiscoverySettings(uplinks: uplinks.map(\.interface), peers: configuration.peers,
                                         group: configuration.multicastGroup),
-            authentication: authentication, logger: logger)
+            authentication: authentication, identity: identity,
+            revocationAccepted: { [logger] list in MeshTrust.persist(list, to: revocationListPath, logger: logger) },
+            logger: logger)
         let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
                                   settings: tunnelSettings, logger: logger)
         var responderConfiguration = ProbeResponder.Configuration()
@@ -157,8 +164,9 @@ public struct Daemon: Sendable {
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
-                                logger: logger),
+                                certificateNotAfter: identity.signer?.certificate.notAfterDate, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
+            RevocationFileWatcher(path: revocationListPath, discovery: discovery, logger: logger),
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
         ]
@@ -300,6 +308,8 @@ struct HousekeepingService: Service {
     let reconciler: TunnelReconciler
     /// Only the metrics endpoint shows the nft counters: without it, no nft dump every 5 s.
     let readsKernelCounters: Bool
+    /// When this site's certificate expires (nil without one): its days left are a gauge.
+    let certificateNotAfter: Date?
     let logger: Logger
 
     func run() async throws {
@@ -316,6 +326,8 @@ struct HousekeepingService: Service {
                 await runtime.writeMetrics(tunnels: tunnels)
                 let sites = discovery.sites
                 await runtime.touchSites(discovery.heardSites)
+                let conflicts = discovery.conflicts
+                await runtime.recordConflicts(conflicts)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
@@ -338,7 +350,9 @@ struct HousekeepingService: Service {
                 }
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,
-                                                    counters: counters, tunnels: tunnels))
+                                                    counters: counters, tunnels: tunnels,
+                                                    conflicts: conflicts.count,
+                                                    certificateDaysLeft: certificateNotAfter.map { $0.timeIntervalSinceNow / 86_400 }))
             }
         }
         // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers
