@@ -125,8 +125,8 @@ struct RunCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let logger = Logger(label: "patronus")
-        logger.info("starting \(BuildInfo.description)")
-        try await Daemon(configuration: routerConfiguration, logger: logger).run()
+        // The version goes in the daemon's start line, after its preconditions: a refused start stays ONE line.
+        try await Daemon(configuration: routerConfiguration, logger: Logger(label: "patronus"),
+                         version: BuildInfo.description).run()
     }
 }

@@ -15,10 +15,13 @@ import WireGuard
 public struct Daemon: Sendable {
     public let configuration: RouterConfiguration
     let logger: Logger
+    /// What the start line says this is (`patronus-router 0.9.0 (commit ...)`).
+    let version: String?
 
-    public init(configuration: RouterConfiguration, logger: Logger) {
+    public init(configuration: RouterConfiguration, logger: Logger, version: String? = nil) {
         self.configuration = configuration
         self.logger = logger
+        self.version = version
     }
 
     /// Runs until a graceful-shutdown signal. Throws before starting anything when a precondition fails.
@@ -51,10 +54,12 @@ public struct Daemon: Sendable {
         let overlay = OverlayAddressing.choose(for: siteID, known: [:])
         try store.updateLocalSite(overlayAddress: overlay, publicKey: privateKey.publicKey.base64,
                                   lanPrefixes: configuration.lanPrefixes)
-        logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: [
+        var startMetadata: Logger.Metadata = [
             "overlay": "\(overlay)", "uplinks": "\(uplinks.map(\.description))",
             "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
-        ])
+        ]
+        if let version { startMetadata["version"] = "\(version)" }
+        logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: startMetadata)
 
         let steering = try KernelSteering(logger: logger)
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
