@@ -15,6 +15,11 @@ public struct ConflictRecord: Hashable, Sendable, Codable {
     public var holderName: String
     public var since: String
 
+    /// `siteId`/`holderId`: the snake-case key strategies map them to `site_id` and back.
+    enum CodingKeys: String, CodingKey {
+        case siteID = "siteId", siteName, prefix, kind, heldPrefix, holderID = "holderId", holderName, since
+    }
+
     public init(siteID: String, siteName: String, prefix: String, kind: String, heldPrefix: String, holderID: String?,
                 holderName: String, since: Date) {
         self.siteID = siteID
