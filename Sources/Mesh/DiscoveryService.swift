@@ -82,6 +82,8 @@ public final class DiscoveryService: Sendable {
         var resolution = PrefixClaims.Resolution(sites: [], conflicts: [])
         /// Revocation lists we hold, encoded once (sent with every announcement).
         var revocationDatagrams: [[UInt8]] = []
+        /// Signs what we announce (our certificate and identity key); replaceable at run time (renewal).
+        var encoder: AnnouncementCodec
 
         /// Re-settles overlapping claims after the table or `local` changed; returns the conflicts that began
         /// and ended, to log one line each.
@@ -128,7 +130,7 @@ public final class DiscoveryService: Sendable {
         let table = PeerTable(localSiteID: local.siteID, localPublicKey: local.publicKey,
                               settings: .init(timestampWindow: settings.timestampWindow,
                                               expiry: settings.intervalSeconds * Double(settings.expiryIntervals)))
-        var state = State(local: local, table: table)
+        var state = State(local: local, table: table, encoder: codec)
         _ = state.resolve()
         self.state = Mutex(state)
         (events, continuation) = AsyncStream.makeStream(of: MeshEvent.self, bufferingPolicy: .bufferingNewest(1024))
@@ -136,16 +138,35 @@ public final class DiscoveryService: Sendable {
 
     /// Changes what this site announces (e.g. an uplink's address changed); announces at once if it differs.
     public func update(_ local: SiteDescription) throws(AnnouncementCodec.EncodingError) {
-        _ = try codec.encode(Announcement(site: local, counter: 0, timestampMilliseconds: 0))
-        let changes = state.withLock { state -> (began: [PrefixConflict], ended: [PrefixConflict]) in
-            guard state.local != local else { return ([], []) }
+        let result = state.withLock { state -> Result<(began: [PrefixConflict], ended: [PrefixConflict]), AnnouncementCodec.EncodingError> in
+            do throws(AnnouncementCodec.EncodingError) {
+                _ = try state.encoder.encode(Announcement(site: local, counter: 0, timestampMilliseconds: 0))
+            } catch {
+                return .failure(error)
+            }
+            guard state.local != local else { return .success(([], [])) }
             state.local = local
             state.announceNow = true
             Self.wake(state)
-            return state.resolve()
+            return .success(state.resolve())
         }
-        logConflicts(changes)
+        logConflicts(try result.get())
     }
+
+    /// Signs from now on with `signer` (a renewed certificate, or a new identity key): checked against what
+    /// we announce first, then announced at once. No tunnel changes, so renewal costs no outage.
+    public func replaceSigner(_ signer: AnnouncementSigner) throws(AnnouncementCodec.EncodingError) {
+        let encoder = AnnouncementCodec(authentication: codec.authentication, trust: codec.trust, signer: signer)
+        try state.withLock { state throws(AnnouncementCodec.EncodingError) in
+            _ = try encoder.encode(Announcement(site: state.local, counter: 0, timestampMilliseconds: 0))
+            state.encoder = encoder
+            state.announceNow = true
+            Self.wake(state)
+        }
+    }
+
+    /// The certificate we announce with (nil without one).
+    public var certificate: SiteCertificate? { state.withLock { $0.encoder.signer?.certificate } }
 
     /// A revocation list given to this site (the operator's file): verified like a received one, then held,
     /// applied and passed on with every announcement. Returns what it refused for, if it did.
@@ -360,8 +381,8 @@ public final class DiscoveryService: Sendable {
                 let announcement = Announcement(site: state.local, counter: state.counter.next(),
                                                 timestampMilliseconds: UInt64(wall.timeIntervalSince1970 * 1000))
                 // The description was validated by init/update, so encoding cannot fail here.
-                if let bytes = try? codec.encode(announcement) { datagrams.append(bytes) }
-                if legacyCopies, let bytes = try? codec.encodeLegacy(announcement) { datagrams.append(bytes) }
+                if let bytes = try? state.encoder.encode(announcement) { datagrams.append(bytes) }
+                if legacyCopies, let bytes = try? state.encoder.encodeLegacy(announcement) { datagrams.append(bytes) }
                 datagrams += state.revocationDatagrams
                 state.lastAnnounce = now
                 state.announceNow = false

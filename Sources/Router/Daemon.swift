@@ -169,12 +169,36 @@ public struct Daemon: Sendable {
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
-                                certificateNotAfter: identity.signer?.certificate.notAfterDate, logger: logger),
+                                logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
-            RevocationFileWatcher(path: revocationListPath, discovery: discovery, logger: logger),
+            FileWatcher(path: revocationListPath) { [logger] path in
+                do {
+                    if let refused = discovery.add(try TrustFiles.revocationList(at: path)), refused != .staleRevocationList {
+                        logger.error("the revocation list \(path) was refused: \(refused)")
+                    }
+                } catch {
+                    logger.error("reading the revocation list: \(error)")
+                }
+            },
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
         ]
+        let files = StoreFiles(database: configuration.databasePath)
+        if let path = identity.signer.flatMap({ _ in MeshTrust.certificatePath(configuration: configuration, files: files) }) {
+            services.append(FileWatcher(path: path) { [logger, configuration] path in
+                guard let signer = try? MeshTrust.signer(at: path, configuration: configuration, files: files, siteID: siteID,
+                                                         trust: identity.trust),
+                      signer.certificate != discovery.certificate else { return }
+                do {
+                    try discovery.replaceSigner(signer)
+                    try store.setLocalCertificate(MeshTrust.record(signer.certificate))
+                    logger.notice("the site certificate changed: announcing with the new one")
+                    MeshTrust.log(signer.certificate, logger: logger)
+                } catch {
+                    logger.error("the new certificate \(path) was not taken: \(error)")
+                }
+            })
+        }
         if let listen = configuration.metricsListen {
             services.append(MetricsEndpoint(host: "\(listen.address)", port: Int(listen.port), registry: metrics.registry,
                                             logger: logger))
@@ -313,8 +337,6 @@ struct HousekeepingService: Service {
     let reconciler: TunnelReconciler
     /// Only the metrics endpoint shows the nft counters: without it, no nft dump every 5 s.
     let readsKernelCounters: Bool
-    /// When this site's certificate expires (nil without one): its days left are a gauge.
-    let certificateNotAfter: Date?
     let logger: Logger
 
     func run() async throws {
@@ -357,7 +379,9 @@ struct HousekeepingService: Service {
                                                     selections: await controller.currentSelections, siteNames: names,
                                                     counters: counters, tunnels: tunnels,
                                                     conflicts: conflicts.count,
-                                                    certificateDaysLeft: certificateNotAfter.map { $0.timeIntervalSinceNow / 86_400 }))
+                                                    certificateDaysLeft: discovery.certificate.map {
+                                                        $0.notAfterDate.timeIntervalSinceNow / 86_400
+                                                    }))
             }
         }
         // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers

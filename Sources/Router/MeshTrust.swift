@@ -19,9 +19,23 @@ enum MeshTrust {
             logger.info("trusting the mesh CA", metadata: ["ca": "\(authorities.map(\.name))",
                                                            "require_certificates": "\(configuration.requireCertificates)"])
         }
-        let certificatePath = configuration.certificatePath
+        guard let certificatePath = certificatePath(configuration: configuration, files: files) else { return (identity, nil) }
+        let signer = try signer(at: certificatePath, configuration: configuration, files: files, siteID: siteID,
+                                trust: identity.trust)
+        identity.signer = signer
+        log(signer.certificate, logger: logger)
+        return (identity, signer.certificate)
+    }
+
+    /// `--certificate`, or DATABASE.crt when it exists.
+    static func certificatePath(configuration: RouterConfiguration, files: StoreFiles) -> String? {
+        configuration.certificatePath
             ?? (FileManager.default.fileExists(atPath: files.certificate) ? files.certificate : nil)
-        guard let certificatePath else { return (identity, nil) }
+    }
+
+    /// Our certificate and identity key, checked: for this site, for this key, signed by a CA we trust.
+    static func signer(at certificatePath: String, configuration: RouterConfiguration, files: StoreFiles, siteID: SiteID,
+                       trust: CertificateTrust) throws -> AnnouncementSigner {
         let certificate = try TrustFiles.certificate(at: certificatePath)
         guard certificate.siteID == siteID, certificate.name == configuration.siteName else {
             throw MeshTrustError.notOurs(path: certificatePath, certificate: "\(certificate.name) (\(certificate.siteID))",
@@ -31,18 +45,20 @@ enum MeshTrust {
               let signer = AnnouncementSigner(key: key, certificate: certificate) else {
             throw MeshTrustError.wrongKey(path: certificatePath, key: files.identityKey)
         }
-        if let authority = identity.trust.authority(for: certificate.issuer), !certificate.isSigned(by: authority) {
+        if let authority = trust.authority(for: certificate.issuer), !certificate.isSigned(by: authority) {
             throw MeshTrustError.notSigned(path: certificatePath)
         }
-        identity.signer = signer
+        return signer
+    }
+
+    static func log(_ certificate: SiteCertificate, logger: Logger) {
         let days = Int(certificate.notAfterDate.timeIntervalSinceNow / 86_400)
         logger.info("announcing with certificate \(certificate.serialText)", metadata: [
             "valid_until": "\(certificate.notAfterDate)", "days_left": "\(days)",
         ])
         if days < StatusSnapshot.CertificateSummary.warningDays {
-            logger.warning("the site certificate expires in \(days) days: ask the CA for a new one (ca sign) and restart with it")
+            logger.warning("the site certificate expires in \(days) days: ask the CA for a new one (ca sign) and copy it over this one")
         }
-        return (identity, certificate)
     }
 
     static func record(_ certificate: SiteCertificate?) -> CertificateRecord? {
@@ -79,12 +95,12 @@ public enum MeshTrustError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Reads the revocation list file at start and whenever it changes (an operator copied a new list there, as
-/// `ca revoke` says), and hands it to discovery: it spreads from here to every site.
-struct RevocationFileWatcher: Service {
+/// Calls `changed` with the file's path at start (when it exists) and whenever its modification time changes,
+/// checking once a second: the revocation list an operator copied in (`ca revoke` says where), or a renewed
+/// certificate copied over the old one (taken without a restart, so without an outage).
+struct FileWatcher: Service {
     let path: String
-    let discovery: DiscoveryService
-    let logger: Logger
+    let changed: @Sendable (String) async -> Void
 
     func run() async throws {
         var seen: Date?
@@ -92,14 +108,7 @@ struct RevocationFileWatcher: Service {
             let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
             if let modified, modified != seen {
                 seen = modified
-                do {
-                    let list = try TrustFiles.revocationList(at: path)
-                    if let refused = discovery.add(list), refused != .staleRevocationList {
-                        logger.error("the revocation list \(path) was refused: \(refused)")
-                    }
-                } catch {
-                    logger.error("reading the revocation list: \(error)")
-                }
+                await changed(path)
             }
             try? await Task.sleep(for: .seconds(1))
         }

@@ -299,3 +299,25 @@ extension CertificateTests {
         + "1f45ffcb2837ee17cb89b855dd05a6be0072b5f801f561ccd9cb151a19ae99fa7e563ef465ac156e041850d2a52841bf"
         + "fcc73e46b9284187900571686a6e5854ace5785152aa25871c637dc717d1298c7c8061b10c"
 }
+
+extension CertificateTests {
+    /// A renewed certificate is taken at run time (no restart, no tunnel change); one that does not allow what
+    /// the site announces is refused and the old one stays.
+    @Test func discoveryTakesARenewedCertificateAndRefusesOneThatDoesNotFit() throws {
+        let announcement = sampleAnnouncement(timestamp: 1_700_000_000_000)
+        let key = mesh.identity(1)
+        let first = try mesh.certificate(for: announcement, key: key, serial: 1)
+        let discovery = try DiscoveryService(
+            local: announcement.site, settings: DiscoverySettings(uplinks: []), authentication: .key(mesh.meshKey),
+            identity: DiscoveryService.Identity(trust: mesh.trust, signer: AnnouncementSigner(key: key, certificate: first)!))
+        #expect(discovery.certificate == first)
+        let narrow = try mesh.certificate(for: announcement, key: key, serial: 2, lan: [IPv4Prefix("192.168.10.0/24")!])
+        #expect(throws: AnnouncementCodec.EncodingError.self) {
+            try discovery.replaceSigner(AnnouncementSigner(key: key, certificate: narrow)!)
+        }
+        #expect(discovery.certificate == first)
+        let renewed = try mesh.certificate(for: announcement, key: key, serial: 3, notAfter: 1_800_000_000)
+        try discovery.replaceSigner(AnnouncementSigner(key: key, certificate: renewed)!)
+        #expect(discovery.certificate == renewed)
+    }
+}
