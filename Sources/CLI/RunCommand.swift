@@ -76,6 +76,24 @@ struct RunCommand: AsyncParsableCommand {
             transform: ArgumentParsing.choice("--pairing"))
     var pairing: PathPairing = .sameLabel
 
+    @Option(help: ArgumentHelp("The mesh CA certificate(s) to trust (from `ca init`): announcements signed under it are checked.",
+                               valueName: "path"))
+    var ca: String?
+
+    @Option(help: ArgumentHelp("This site's certificate (from `ca sign`; default: DATABASE.crt when present).",
+                               valueName: "path"))
+    var certificate: String?
+
+    @Flag(help: "Refuse announcements without a valid certificate (needs --ca; the last step of a migration).")
+    var requireCertificates = false
+
+    @Option(help: ArgumentHelp("The revocation list file: read when it changes, rewritten when a newer one arrives (default: DATABASE.crl).",
+                               valueName: "path"))
+    var revocationList: String?
+
+    @Flag(help: "Also announce in format version 1, for sites not upgraded yet.")
+    var announceV1 = false
+
     init() {}
 
     /// The validated configuration these flags describe.
@@ -87,6 +105,11 @@ struct RunCommand: AsyncParsableCommand {
             metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
         configuration.pairing = pairing
+        configuration.caPath = ca
+        configuration.certificatePath = certificate
+        configuration.requireCertificates = requireCertificates
+        configuration.revocationListPath = revocationList
+        configuration.announceV1 = announceV1
         configuration.dashboardListen = dashboardListen
         return configuration
     }
@@ -102,8 +125,8 @@ struct RunCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let logger = Logger(label: "patronus")
-        logger.info("starting \(BuildInfo.description)")
-        try await Daemon(configuration: routerConfiguration, logger: logger).run()
+        // The version goes in the daemon's start line, after its preconditions: a refused start stays ONE line.
+        try await Daemon(configuration: routerConfiguration, logger: Logger(label: "patronus"),
+                         version: BuildInfo.description).run()
     }
 }

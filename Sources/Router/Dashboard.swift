@@ -179,7 +179,7 @@ public struct Dashboard: Sendable {
         let pathNames = Dictionary(snapshot.paths.map { ($0.id, $0.name) }, uniquingKeysWith: { a, _ in a })
         let siteNames = Dictionary((snapshot.activeSites + [snapshot.localSite].compactMap { $0 }).map { ($0.id, $0.name) }
                                    + snapshot.paths.map { ($0.dstSite, $0.dstName) }, uniquingKeysWith: { a, _ in a })
-        let events = try store.failoverEvents(since: now().addingTimeInterval(-Double(minutes) * 60), limit: limit)
+        let events = try store.failoverEvents(limit: limit, since: now().addingTimeInterval(-Double(minutes) * 60))
         return Self.encode(FailoversDocument(
             schemaVersion: Self.schemaVersion, generatedAt: UTCTime.format(now()), minutes: minutes,
             events: events.map { event in

@@ -36,13 +36,13 @@ public struct HTTPResponse: Sendable {
 /// network, never ours. Guarantees: one request per connection (answered, then closed); a request line over
 /// `maxURILength` bytes gets 414 and a query that is not `name=value` pairs 400 before any responder runs;
 /// request bodies are read and dropped, never buffered; a connection that has not finished its request within
-/// `requestTimeout` is closed; at most `maxConnections` are served at once (more are closed on accept).
+/// `requestTimeout` (10 s by default) is closed; at most `maxConnections` are served at once (more are closed on accept).
 /// Cost: one task per open connection, structured under the service's task group.
 public struct HTTPEndpoint: Service {
     public static let maxURILength = 2048
     public static let maxQueryParameters = 16
     public static let maxConnections = 64
-    public static let requestTimeout = Duration.seconds(10)
+    public static let defaultRequestTimeout = Duration.seconds(10)
 
     public let host: String
     public let port: Int
@@ -52,10 +52,14 @@ public struct HTTPEndpoint: Service {
     let respond: @Sendable (HTTPRequest) async -> HTTPResponse
     let logger: Logger
     let onBound: @Sendable (Int) -> Void
+    /// How long a client has to send its whole request before the connection is closed.
+    let requestTimeout: Duration
 
     public init(name: String, flag: String, host: String, port: Int, logger: Logger,
+                requestTimeout: Duration = defaultRequestTimeout,
                 onBound: @escaping @Sendable (Int) -> Void = { _ in },
                 respond: @escaping @Sendable (HTTPRequest) async -> HTTPResponse) {
+        self.requestTimeout = requestTimeout
         self.name = name
         self.flag = flag
         self.host = host
@@ -132,7 +136,7 @@ public struct HTTPEndpoint: Service {
                 }
             }
             race.addTask {
-                try await Task.sleep(for: Self.requestTimeout)
+                try await Task.sleep(for: requestTimeout)
                 try? await connection.channel.close()
             }
             _ = try await race.next()

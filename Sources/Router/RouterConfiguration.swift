@@ -55,6 +55,16 @@ public struct RouterConfiguration: Hashable, Sendable {
     public var metricsRetention: Duration
     /// Time between bandwidth re-measurements of every path (`--bandwidth-interval`).
     public var bandwidthInterval: Duration
+    /// The mesh CA certificate file(s) this site trusts (`--ca`); nil: no certificates are checked.
+    public var caPath: String?
+    /// This site's certificate (`--certificate`); nil: the one beside the database when present.
+    public var certificatePath: String?
+    /// Refuse announcements without a valid certificate (`--require-certificates`; needs `--ca`).
+    public var requireCertificates = false
+    /// The revocation list file (`--revocation-list`); nil: the one beside the database.
+    public var revocationListPath: String?
+    /// Also announce in format version 1, for sites not upgraded yet (`--announce-v1`).
+    public var announceV1 = false
 
     public init(siteName: String, listenPort: UInt16 = defaultListenPort, databasePath: String = defaultDatabasePath,
                 interfaceName: String = defaultInterfaceName, multicastGroup: SocketAddress4 = defaultMulticastGroup,
@@ -120,6 +130,9 @@ public struct RouterConfiguration: Hashable, Sendable {
             }
         }
         if let meshKeyPath, meshKeyPath.isEmpty { throw .invalid(flag: "--mesh-key", "the path is empty") }
+        if requireCertificates, caPath == nil {
+            throw .invalid(flag: "--require-certificates", "needs --ca: the CA certificate to check them against")
+        }
         if meshKeyPath != nil, insecureNoAuth {
             throw .invalid(flag: "--insecure-no-auth", "cannot be combined with --mesh-key")
         }

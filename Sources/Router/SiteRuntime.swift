@@ -140,6 +140,7 @@ actor SiteRuntime {
     func siteEvent(_ event: MeshEvent) {
         if case .siteAppeared(let announcement) = event, restored.remove(announcement.siteID) != nil { return }
         if case .siteExpired(let announcement) = event { restored.remove(announcement.siteID) }
+        if case .siteRevoked(let announcement) = event { restored.remove(announcement.siteID) }
         do {
             switch event {
             case .siteAppeared(let announcement), .siteChanged(_, let announcement):
@@ -151,7 +152,7 @@ actor SiteRuntime {
                 // Discovery already logged the change at info (one line per state change): details only.
                 logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
                                                          "endpoints": "\(site.endpoints.map(\.description))"])
-            case .siteExpired(let announcement):
+            case .siteExpired(let announcement), .siteRevoked(let announcement):
                 try store.setSiteStatus(announcement.site.siteID, .inactive)
                 logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
             }
@@ -167,6 +168,23 @@ actor SiteRuntime {
             try? store.upsertRemoteSite(SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(),
                                                    overlayAddress: site.overlay, publicKey: site.publicKey.base64,
                                                    lanPrefixes: site.lanPrefixes))
+        }
+    }
+
+    private var lastConflicts: [PrefixConflict] = []
+
+    /// The refused prefixes, for `status` (rewritten only when they change).
+    func recordConflicts(_ conflicts: [PrefixConflict]) {
+        guard conflicts != lastConflicts else { return }
+        do {
+            try store.replaceConflicts(conflicts.map {
+                ConflictRecord(siteID: $0.site.description, siteName: $0.siteName, prefix: $0.prefix.description,
+                               kind: $0.kind.rawValue, heldPrefix: $0.heldPrefix.description,
+                               holderID: $0.holder?.description, holderName: $0.holderName, since: Date())
+            })
+            lastConflicts = conflicts
+        } catch {
+            logger.error("recording prefix conflicts: \(error)")
         }
     }
 
@@ -290,8 +308,11 @@ actor SiteRuntime {
     /// (a path is one peer on one tunnel interface).
     func sample(failovers: UInt64, drops: [RouterSample.DropKey: UInt64], selections: [SelectionKey: Selection],
                 siteNames: [SiteID: String], counters: SteeringCounters = SteeringCounters(),
-                tunnels: [String: InterfaceState] = [:]) -> RouterSample {
+                tunnels: [String: InterfaceState] = [:], conflicts: Int = 0,
+                certificateDaysLeft: Double? = nil) -> RouterSample {
         var sample = RouterSample()
+        sample.prefixConflicts = conflicts
+        sample.certificateDaysLeft = certificateDaysLeft
         let snapshot = probes.snapshot()
         for (name, route) in paths.sorted(by: { $0.key < $1.key }) {
             let state = snapshot[name]

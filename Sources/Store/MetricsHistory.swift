@@ -37,9 +37,4 @@ extension Store {
             }
         }
     }
-
-    /// Failover events at or after `since`, newest first, at most `limit`.
-    public func failoverEvents(since: Date, limit: Int) throws(StoreError) -> [FailoverEvent] {
-        try failoverEvents(limit: limit).filter { $0.time >= since }
-    }
 }

@@ -67,6 +67,22 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var bestPath: Int64?
     /// The worst scored path: a down one first, then the lowest score.
     public var worstPath: Int64?
+    /// Announced prefixes this site refused: they overlap an earlier holder's (docs/MESH.md).
+    public var conflicts: [ConflictRecord]?
+    /// This site's certificate, when it runs with one.
+    public var certificate: CertificateSummary?
+
+    public struct CertificateSummary: Codable, Hashable, Sendable {
+        public var serial: String
+        public var issuer: String
+        public var notAfter: String
+        /// Whole days until it expires (negative once expired).
+        public var daysLeft: Int
+        /// True within `CertificateSummary.warningDays` of expiry: ask the CA for a new one.
+        public var expiresSoon: Bool
+
+        public static let warningDays = 30
+    }
 
     /// Pretty, key-sorted JSON with a trailing newline.
     public func json() -> String {
@@ -88,12 +104,21 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         let rule = String(repeating: "═", count: 55)
         var lines = [rule, "Network Status Report", rule]
         if let local = localSite { lines.append("Local site: \(local.name) (ID: \(local.id))") }
+        if let certificate {
+            lines.append("Certificate: serial \(certificate.serial), expires \(certificate.notAfter) "
+                         + "(\(certificate.daysLeft) days left)" + (certificate.expiresSoon ? " - RENEW SOON (ca sign)" : ""))
+        }
         lines.append("Active sites: \(activeSites.count)")
         for site in activeSites {
             lines.append("  • \(site.name) (ID: \(site.id))")
             for endpoint in site.endpoints {
                 lines.append("    - Endpoint: \(endpoint.address):\(endpoint.port) (\(endpoint.label))")
             }
+        }
+        for conflict in conflicts ?? [] {
+            let holder = conflict.holderID == nil ? "this site" : conflict.holderName
+            lines.append("  ! refused \(conflict.kind == "overlay" ? "overlay " : "")\(conflict.prefix) of \(conflict.siteName): "
+                         + "overlaps \(conflict.heldPrefix) held by \(holder) (since \(conflict.since))")
         }
         lines.append("")
         lines.append("Active paths: \(pathCounts.total) (Up: \(pathCounts.up), Degraded: \(pathCounts.degraded), "
@@ -150,6 +175,13 @@ extension Store {
             let paths = try Row.fetchAll(db, sql: "SELECT * FROM paths ORDER BY id").map(Store.path)
             let latest = try Row.fetchAll(db, sql: Store.latestMetricsSQL).map(Store.sample)
             let metrics = Dictionary(latest.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
+            let conflicts = try Store.conflicts(db)
+            let certificate = try Store.localCertificate(db).map { c in
+                let days = Int((c.notAfter.timeIntervalSince(now) / 86_400).rounded(.down))
+                return StatusSnapshot.CertificateSummary(serial: c.serial, issuer: c.issuer, notAfter: c.notAfter.utcText,
+                                                         daysLeft: days,
+                                                         expiresSoon: days < StatusSnapshot.CertificateSummary.warningDays)
+            }
             let names = Dictionary(sites.map { ($0.id, $0.name) }, uniquingKeysWith: { first, _ in first })
 
             func summary(_ site: SiteRecord) -> StatusSnapshot.Site {
@@ -187,7 +219,8 @@ extension Store {
                 activeSites: remote.filter { $0.status == .active }.map(summary),
                 inactiveSites: remote.count { $0.status == .inactive },
                 pathCounts: .init(total: paths.count, up: count(.up), degraded: count(.degraded), down: count(.down)),
-                paths: pathSummaries, bestPath: best, worstPath: worst)
+                paths: pathSummaries, bestPath: best, worstPath: worst,
+                conflicts: conflicts.isEmpty ? nil : conflicts, certificate: certificate)
         }
     }
 }

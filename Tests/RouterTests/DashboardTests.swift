@@ -171,6 +171,8 @@ private func curl(_ arguments: [String]) throws -> (body: String, code: Int) {
                 (["-X", "DELETE", "\(base)/api/v1/metrics?path=1"], 405, "read-only"),
                 (["-I", "\(base)/"], 405, ""),
                 (["-H", "Content-Length: nope", "\(base)/"], 400, ""),
+                (["-H", "X-Huge: " + String(repeating: "h", count: 120_000), "\(base)/api/v1/status"], 400, ""),
+                (["--data-binary", String(repeating: "b", count: 100_000), "-X", "GET", "\(base)/api/v1/failovers"], 200, "\"events\""),
             ]
             for (arguments, code, says) in cases {
                 let response = try curl(arguments)
@@ -189,4 +191,65 @@ private func curl(_ arguments: [String]) throws -> (body: String, code: Int) {
         #expect(after[""] == before[""], "the dashboard wrote to the database")
         #expect((after["-wal"] ?? Data()).isEmpty, "the dashboard wrote to the WAL")
     }
+
+    /// A client that never finishes its request is closed after the request timeout; clients beyond the
+    /// connection cap are closed at once; a well-behaved client is served again once they are gone.
+    @Test func slowClientsAreClosedAndConnectionsAreCapped() async throws {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
+        let endpoint = HTTPEndpoint(name: "test", flag: "--test", host: "127.0.0.1", port: 0, logger: Logger(label: "test"),
+                                    requestTimeout: .milliseconds(500), onBound: { continuation.yield($0) }) { _ in
+            HTTPResponse(contentType: "text/plain", body: Array("ok".utf8))
+        }
+        let group = ServiceGroup(services: [endpoint], logger: Logger(label: "test"))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            var ports = stream.makeAsyncIterator()
+            let port = try #require(await ports.next())
+
+            // Half a request line, then silence: closed by the server (read returns 0) within the timeout.
+            let slow = try rawConnection(port: UInt16(port))
+            defer { close(slow) }
+            _ = "GET /api/v1/st".withCString { send(slow, $0, strlen($0), 0) }
+            let start = ContinuousClock.now
+            var byte: UInt8 = 0
+            var timeout = timeval(tv_sec: 3, tv_usec: 0)
+            setsockopt(slow, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            #expect(recv(slow, &byte, 1, 0) == 0, "the server closed the slow connection")
+            let waited = ContinuousClock.now - start
+            #expect(waited >= .milliseconds(400) && waited < .seconds(2), "closed after \(waited)")
+
+            // The cap: 64 idle connections are held; the next is closed on accept.
+            var idle: [Int32] = []
+            defer { idle.forEach { close($0) } }
+            for _ in 0..<HTTPEndpoint.maxConnections { idle.append(try rawConnection(port: UInt16(port))) }
+            try await Task.sleep(for: .milliseconds(100))
+            let extra = try rawConnection(port: UInt16(port))
+            defer { close(extra) }
+            setsockopt(extra, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let refusedAt = ContinuousClock.now
+            #expect(recv(extra, &byte, 1, 0) <= 0 && ContinuousClock.now - refusedAt < .milliseconds(400),
+                    "a connection beyond the cap is closed at once")
+            // Once the idle ones time out, a real client is served.
+            try await Task.sleep(for: .milliseconds(700))
+            let served = try curl(["http://127.0.0.1:\(port)/"])
+            #expect(served.code == 200 && served.body == "ok")
+
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+}
+
+/// A connected TCP socket to 127.0.0.1:`port`.
+private func rawConnection(port: UInt16) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard fd >= 0, connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+    return fd
 }

@@ -141,6 +141,8 @@ import Testing
             #expect(events[1].fromPath == fixture.paths[1] && events[1].toPath == fixture.paths[0])
             #expect(events[1].destination == fixture.east)
             #expect(events[0].fromPath == nil && events[0].toPath == nil)
+            #expect(try fixture.store.failoverEvents(since: Fixture.now.addingTimeInterval(1)).count == 2)
+            #expect(try fixture.store.failoverEvents(limit: 1, since: Fixture.now).count == 1)
             try fixture.store.removePath(fixture.paths[0])
             #expect(try fixture.store.failoverEvents().last?.fromPath == nil)
         }
