@@ -180,7 +180,7 @@ public struct Daemon: Sendable {
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
                                 logger: logger),
             UplinkWatcher(monitor: monitor, initial: tracker, settings: tunnelSettings, steering: steering,
-                          discovery: discovery, runtime: runtime, logger: logger),
+                          discovery: discovery, driver: driver, runtime: runtime, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
             FileWatcher(path: revocationListPath) { [logger] path in
                 do {

@@ -19,6 +19,8 @@ struct UplinkWatcher: Service {
     let settings: TunnelSettings
     let steering: KernelSteering
     let discovery: DiscoveryService
+    /// To re-plan the tunnels at once when our endpoints change.
+    let driver: TunnelDriver
     let runtime: SiteRuntime
     let logger: Logger
 
@@ -111,8 +113,13 @@ struct UplinkWatcher: Service {
             do {
                 try discovery.update(local)
                 logger.notice("announcing the new endpoints", metadata: ["endpoints": "\(local.endpoints.map(\.description))"])
+                // Re-planned now, not at the driver's next tick: a site that hears of a new endpoint starts its
+                // handshake at once, and our tunnel must know that site as a peer by then.
+                let plan = try driver.currentPlan()
+                _ = await driver.reconciler.apply(plan)
+                await runtime.planned(plan, sites: discovery.sites)
             } catch {
-                logger.error("cannot announce the new endpoints: \(error)")
+                logger.error("cannot announce or plan the new endpoints: \(error)")
             }
         }
         if changes.contains(where: \.needsRebind) { discovery.rebindUplinks() }
