@@ -109,6 +109,8 @@ public enum AnnouncementRejection: String, Error, Hashable, Sendable, CaseIterab
     case keyConflict
     /// The table holds the maximum number of sites.
     case tableFull
+    /// A relay envelope that is malformed, or that wraps another envelope (announcements are relayed once).
+    case badRelay
 
     public var description: String { rawValue }
 }
