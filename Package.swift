@@ -24,6 +24,9 @@ let package = Package(
             name: "CNetfilter",
             linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
         ),
+        // The version (VERSION) and the git commit, stamped on every build by the VersionStamp plugin.
+        .target(name: "BuildInfo", plugins: ["VersionStamp"]),
+        .plugin(name: "VersionStamp", capability: .buildTool()),
         // Value types shared by every layer: identities, prefixes, policies, path states. No I/O.
         .target(name: "Model"),
         // Netlink sockets and batches: rtnetlink (links, addresses, routes, rules), nftables objects.
@@ -60,7 +63,7 @@ let package = Package(
         .target(name: "Lab", dependencies: ["Model", "CNetfilter", .product(name: "Logging", package: "swift-log")]),
         // The command line: every subcommand, testable without the executable.
         .target(name: "CLI", dependencies: [
-            "Model", "Store", "Router", "Lab", "WireGuard", "Mesh",
+            "BuildInfo", "Model", "Store", "Router", "Lab", "WireGuard", "Mesh",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

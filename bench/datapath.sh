@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 reps=${2:-3}
-swift build -c release --product patronus-bench >/dev/null
+source scripts/swift-path.sh
+release=$(scripts/build-release)   # the release build: numbers are measured on what users run
 s=ptdps$$; r=ptdpr$$; k=ptdpk$$
 cleanup() { for n in $s $r $k; do ip netns pids $n 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del $n 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -50,11 +51,11 @@ config() { # none | ten | big: installs that configuration in the router
          printf 'table inet ctonly {\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
     base) printf 'table inet base {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;\n }\n}\n' | ip netns exec $r nft -f - ;;
     floor) # our ip rules and path tables (from apply), then one rule in place of our table
-         ip netns exec $r .build/release/patronus-bench apply 10 0 >/dev/null
+         ip netns exec $r "$release/patronus-bench" apply 10 0 >/dev/null
          ip netns exec $r nft flush ruleset
          printf 'table inet floor {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;\n  meta mark set meta mark & 0xff00ffff | 0x00010000\n }\n}\n' | ip netns exec $r nft -f - ;;
     stateless) # a prototype without conntrack: per-packet port maps straight to path chains (no classify-once)
-         ip netns exec $r .build/release/patronus-bench apply 10 0 >/dev/null
+         ip netns exec $r "$release/patronus-bench" apply 10 0 >/dev/null
          ip netns exec $r nft flush ruleset
          ip netns exec $r nft -f - <<'NFT'
 table inet stateless {
@@ -76,8 +77,8 @@ table inet stateless {
 }
 NFT
          ;;
-    ten) ip netns exec $r .build/release/patronus-bench apply 10 0 >/dev/null ;;
-    big) ip netns exec $r .build/release/patronus-bench apply 10 10000 >/dev/null ;;
+    ten) ip netns exec $r "$release/patronus-bench" apply 10 0 >/dev/null ;;
+    big) ip netns exec $r "$release/patronus-bench" apply 10 10000 >/dev/null ;;
   esac
 }
 # The machine is shared (other builds run on the same 2 cores): configurations are interleaved run by

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
 cli=${2:-1000}
-swift build -c release --product patronus-bench >/dev/null
+source scripts/swift-path.sh
+release=$(scripts/build-release)   # the release build: numbers are measured on what users run
 ns=ptresteer$$
 ip netns add "$ns"
 trap 'ip netns del "$ns"' EXIT
@@ -17,8 +18,8 @@ for i in 1 2; do
 done
 {
   echo "# bench/resteer.sh $n $cli   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nft --version), $(nproc) cores)"
-  echo "# command: ip netns exec $ns .build/release/patronus-bench resteer $n $cli"
-  ip netns exec "$ns" .build/release/patronus-bench resteer "$n" "$cli"
+  echo "# command: ip netns exec $ns "$release/patronus-bench" resteer $n $cli"
+  ip netns exec "$ns" "$release/patronus-bench" resteer "$n" "$cli"
   echo "# floor of one element replace in a bare hash map, same namespace: patronus-bench rawhash $n"
-  ip netns exec "$ns" .build/release/patronus-bench rawhash "$n"
+  ip netns exec "$ns" "$release/patronus-bench" rawhash "$n"
 } | tee bench/results/resteer.txt

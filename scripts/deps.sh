@@ -9,9 +9,10 @@
 #   iperf3 socat rsync sip-tester ethtool iputils-ping   real traffic and peers for lab, tests and bench
 #   curl systemd             a real HTTP client scrapes the metrics endpoint; systemd-analyze verifies the unit
 #   python3                  bench/datapath.sh summarizes iperf3 JSON
+#   dpkg-dev binutils lintian  scripts/package: dpkg-shlibdeps for Depends, strip, the package lint
 set -euo pipefail
 PACKAGES=(libnftnl-dev libmnl-dev libsqlite3-dev sqlite3 nftables iproute2 wireguard-tools wireguard-go
-          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd python3)
+          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd python3 dpkg-dev binutils lintian)
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${PACKAGES[@]}"
     exit 0

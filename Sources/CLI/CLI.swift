@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuildInfo
 import Foundation
 
 /// The `patronus-router` command. Subcommands live one per file in this folder.
@@ -6,6 +7,7 @@ public struct PatronusRouter: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "patronus-router",
         abstract: "An SD-WAN site router for Linux.",
+        version: BuildInfo.description,
         subcommands: [RunCommand.self, StatusCommand.self, PolicyCommand.self, MeshKeyCommand.self, LabCommand.self]
     )
     public init() {}

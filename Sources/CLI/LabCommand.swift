@@ -7,7 +7,8 @@ public struct LabCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "lab",
         abstract: "A whole SD-WAN on one machine: sites, LAN hosts and ISPs in network namespaces, with a WAN emulator.",
-        subcommands: [Up.self, Down.self, Status.self, Impair.self, WANEmulatorCommand.self]
+        subcommands: [Up.self, Down.self, Status.self, Impair.self, Carrier.self, Renumber.self, Plug.self, Unplug.self,
+                      WANEmulatorCommand.self]
     )
     public init() {}
 
@@ -38,17 +39,32 @@ public struct LabCommand: ParsableCommand {
         var sites = 3
         @Option(help: "Uplinks per site (1-6), labels isp-a, isp-b, ...")
         var uplinks = 2
+        @Option(help: "bridged (one L2 segment per ISP, multicast discovery) or routed (every uplink on its own subnet behind its ISP's router, the ISPs joined by an internet exchange; routers get --peer).")
+        var wan = "bridged"
+        @Option(help: ArgumentHelp("Put SITE's UPLINK behind its ISP's carrier NAT (routed only; repeatable).",
+                                   valueName: "site:uplink"))
+        var nat: [String] = []
+        @Option(help: ArgumentHelp("Leave SITE's UPLINK unplugged at start (the router is told about it; `lab plug` plugs it; repeatable).",
+                                   valueName: "site:uplink"))
+        var unplugged: [String] = []
         @Flag(inversion: .prefixedNo,
-              help: "Start `patronus-router run` in every site (--no-routers: the topology alone, static routes between the LANs).")
+              help: "Start `patronus-router run` in every site (--no-routers: the topology alone; bridged: static routes between the LANs).")
         var routers = LabController.routersByDefault
 
         func run() throws {
             try LabCommand.reporting {
-                let state = try common.controller.up(sites: sites, uplinks: uplinks, routers: routers)
+                guard let mode = LabPlan.WANMode(rawValue: wan) else {
+                    throw LabError.invalidArgument("--wan '\(wan)' must be bridged or routed")
+                }
+                let state = try common.controller.up(sites: sites, uplinks: uplinks, wan: mode,
+                                                     nat: try nat.map(LabCommand.uplinkID), unplugged: try unplugged.map(LabCommand.uplinkID),
+                                                     routers: routers)
                 let plan = state.plan
-                print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN emulation: \(state.backend.rawValue)")
+                print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN: \(plan.wan.rawValue), emulation: \(state.backend.rawValue)")
+                for id in plan.natted { print("NAT: \(id) is behind \(id.uplink)'s carrier NAT (\(try plan.uplink(site: id.site, named: id.uplink).address))") }
+                for id in plan.unplugged { print("unplugged: \(id) (sudo patronus-router lab plug \(id.site) \(id.uplink))") }
                 if state.routers.isEmpty {
-                    print("routers: not started: `patronus-router run` is not available yet, so the lab is the topology alone, with static routes between the LANs over \(plan.isps[0].label)")
+                    print("routers: not started: the topology alone\(state.staticRoutes ? ", with static routes between the LANs over \(plan.isps[0].label)" : "")")
                 } else {
                     print("routers: \(state.routers.keys.sorted().joined(separator: ", ")) running (logs in \(common.controller.stateDirectory))")
                 }
@@ -134,6 +150,83 @@ public struct LabCommand: ParsableCommand {
                     print("\(id): in \(link.inbound), out \(link.outbound)")
                 }
             }
+        }
+    }
+
+    /// `site:uplink` (as `--nat` and `--unplugged` take it).
+    static func uplinkID(_ text: String) throws(LabError) -> UplinkID {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+            throw .invalidArgument("'\(text)' must be SITE:UPLINK, e.g. east:isp-b")
+        }
+        return UplinkID(site: String(parts[0]), uplink: String(parts[1]))
+    }
+
+    /// The uplink an uplink verb acts on.
+    struct UplinkArguments: ParsableArguments {
+        @Argument(help: "Site name (hq, east, ...).") var site: String
+        @Argument(help: "Uplink: isp-a, a or wan-a.") var uplink: String
+    }
+
+    struct Carrier: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Take an uplink's carrier away (down) or give it back (up), as a pulled cable or a modem losing sync.")
+        @OptionGroup var common: Common
+        @OptionGroup var target: UplinkArguments
+        @Argument(help: "down or up.") var state: String
+
+        func run() throws {
+            try LabCommand.reporting {
+                guard state == "down" || state == "up" else {
+                    throw LabError.invalidArgument("carrier '\(state)' must be down or up")
+                }
+                try common.controller.setCarrier(site: target.site, uplink: target.uplink, up: state == "up")
+                print("\(target.site)/\(target.uplink): carrier \(state)")
+            }
+        }
+    }
+
+    struct Renumber: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give an uplink a new address (routed: a new subnet and gateway too), as DHCP or PPPoE would.")
+        @OptionGroup var common: Common
+        @OptionGroup var target: UplinkArguments
+
+        func run() throws {
+            try LabCommand.reporting {
+                let now = try common.controller.renumber(site: target.site, uplink: target.uplink)
+                print("\(now.id): \(now.routerInterface) \(now.address)/\(now.prefixLength) via \(now.gateway)")
+            }
+        }
+    }
+
+    struct Plug: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Plug an unplugged uplink in: its wan-x interface appears in the site (as a USB modem would).")
+        @OptionGroup var common: Common
+        @OptionGroup var target: UplinkArguments
+
+        func run() throws { try LabCommand.setPlugged(common, target, true) }
+    }
+
+    struct Unplug: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Unplug an uplink: its wan-x interface disappears from the site.")
+        @OptionGroup var common: Common
+        @OptionGroup var target: UplinkArguments
+
+        func run() throws { try LabCommand.setPlugged(common, target, false) }
+    }
+
+    static func setPlugged(_ common: Common, _ target: UplinkArguments, _ plugged: Bool) throws {
+        try reporting {
+            let controller = common.controller
+            guard plugged else {
+                try controller.unplug(site: target.site, uplink: target.uplink)
+                return print("\(target.site)/\(target.uplink): unplugged")
+            }
+            try controller.plug(site: target.site, uplink: target.uplink)
+            let now = try controller.read().plan.uplink(site: target.site, named: target.uplink)
+            print("\(now.id): plugged in, \(now.routerInterface) \(now.address)/\(now.prefixLength) via \(now.gateway)")
         }
     }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BuildInfo
 import Foundation
 import Logging
 import Mesh
@@ -95,6 +96,8 @@ struct RunCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
-        try await Daemon(configuration: routerConfiguration, logger: Logger(label: "patronus")).run()
+        let logger = Logger(label: "patronus")
+        logger.info("starting \(BuildInfo.description)")
+        try await Daemon(configuration: routerConfiguration, logger: logger).run()
     }
 }

@@ -87,10 +87,12 @@ public struct LabController: Sendable {
     /// `extraRouterArguments` are appended to every router's command line (tests: `--metrics-listen`,
     /// `--debug`); the default lab passes none.
     @discardableResult
-    public func up(sites: Int = 3, uplinks: Int = 2, routers: Bool = LabController.routersByDefault,
+    public func up(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
+                   unplugged: [UplinkID] = [], routers: Bool = LabController.routersByDefault,
                    emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = []) throws -> LabState {
         try Self.requireRoot()
-        let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks)
+        let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks, wan: wan, nat: nat,
+                                    unplugged: unplugged)
         mkdir(stateRoot, 0o755)
         let directory = stateDirectory
         let undoDirectory = try LabCleanup.shared.creating { () throws(LabError) -> CleanupHandle in
@@ -105,9 +107,11 @@ public struct LabController: Sendable {
         do {
             let choice: LabTopology.Emulation = emulation == .automatic
                 ? (WANBackend.kernelHasNetem() ? .netem : .external) : emulation
-            let topology = try LabTopology.build(plan, options: .init(emulation: choice, staticRoutes: !routers))
+            // Static routes between the LANs only over a bridged ISP: routed ISPs carry no LAN prefixes.
+            let staticRoutes = !routers && plan.wan == .bridged
+            let topology = try LabTopology.build(plan, options: .init(emulation: choice, staticRoutes: staticRoutes))
             var state = LabState(plan: plan, backend: topology.backend, createdAt: Self.timestamp(),
-                                 staticRoutes: !routers)
+                                 staticRoutes: staticRoutes)
             if topology.backend == .userspace {
                 let daemon = try startEmulator(plan)
                 started.append(daemon)
@@ -282,6 +286,53 @@ public struct LabController: Sendable {
         return try control.status()
     }
 
+    // MARK: changing uplinks
+
+    /// Takes the carrier of `site`'s `uplink` (label, letter or interface) away or gives it back: the ISP's
+    /// end of the cable goes down or up, so the router sees its `wan-x` lose or regain carrier.
+    public func setCarrier(site: String, uplink: String, up: Bool) throws {
+        try Self.requireRoot()
+        let plan = try read().plan
+        try LabWiring.setCarrier(plan, try plan.uplink(site: site, named: uplink), up: up, NetworkNamespace.init(existing:))
+    }
+
+    /// Gives `site`'s `uplink` its next address (routed: new subnet and gateway), as DHCP or PPPoE
+    /// renumbering would; returns the uplink as it is now.
+    @discardableResult
+    public func renumber(site: String, uplink: String) throws -> LabPlan.Uplink {
+        try changePlan { plan in
+            let id = try plan.uplink(site: site, named: uplink).id
+            let next = try plan.renumbered(id)
+            try LabWiring.renumber(from: plan, to: next, id, NetworkNamespace.init(existing:))
+            return next
+        }.uplink(site: site, named: uplink)
+    }
+
+    /// Plugs an unplugged uplink in: `wan-x` appears in the router namespace with its address and route.
+    public func plug(site: String, uplink: String) throws { try setPlugged(site: site, uplink: uplink, true) }
+
+    /// Unplugs an uplink: `wan-x` leaves the router namespace (it waits in the ISP's, down).
+    public func unplug(site: String, uplink: String) throws { try setPlugged(site: site, uplink: uplink, false) }
+
+    private func setPlugged(site: String, uplink: String, _ plugged: Bool) throws {
+        try changePlan { plan in
+            let next = try plan.plugging(try plan.uplink(site: site, named: uplink).id, plugged)
+            try LabWiring.setPlugged(next, try next.uplink(site: site, named: uplink), plugged,
+                                     NetworkNamespace.init(existing:))
+            return next
+        }
+    }
+
+    /// Applies `change` to the lab's plan and records the plan it returns (only when it went through).
+    @discardableResult
+    private func changePlan(_ change: (LabPlan) throws -> LabPlan) throws -> LabPlan {
+        try Self.requireRoot()
+        var state = try read()
+        state.plan = try change(state.plan)
+        try write(state)
+        return state.plan
+    }
+
     /// Current impairments and counters of every uplink.
     public func impairmentStatus() throws -> [EmulatedLinkStatus] {
         try control(for: read()).status()
@@ -293,7 +344,7 @@ public struct LabController: Sendable {
         let plan = state.plan
         var lines: [String] = []
         let missing = plan.namespaceNames.filter { !NetworkNamespace.exists($0) }
-        lines.append("lab '\(plan.instance)' up since \(state.createdAt) UTC: \(plan.sites.count) sites, \(plan.isps.count) uplinks each, WAN emulation: \(state.backend.rawValue)")
+        lines.append("lab '\(plan.instance)' up since \(state.createdAt) UTC: \(plan.sites.count) sites, \(plan.isps.count) uplinks each, WAN: \(plan.wan.rawValue), emulation: \(state.backend.rawValue)")
         if !missing.isEmpty { lines.append("WARNING: namespaces missing: \(missing.joined(separator: ", ")) (run `lab down`, then `lab up`)") }
         if let emulator = state.emulator {
             lines.append("emulator: pid \(emulator.pid) \(emulator.isAlive ? "running" : "NOT RUNNING")")
@@ -308,7 +359,10 @@ public struct LabController: Sendable {
         lines.append("")
         lines.append("SITE      NAMESPACE              LAN             UPLINKS")
         for site in plan.sites {
-            let uplinks = plan.uplinks(of: site.name).map { "\($0.routerInterface) \($0.address) (\($0.isp))" }
+            let uplinks = plan.uplinks(of: site.name).map { uplink in
+                let notes = (uplink.natted ? " NAT" : "") + (plan.isPlugged(uplink.id) ? "" : " unplugged")
+                return "\(uplink.routerInterface) \(uplink.address) (\(uplink.isp)\(notes))"
+            }
             lines.append("\(pad(site.name, 9)) \(pad(plan.routerNamespace(site.name), 22)) \(pad(site.lanPrefix, 15)) \(uplinks.joined(separator: ", "))")
         }
         lines.append("")

@@ -1,13 +1,22 @@
 /// The lab's topology and addressing as a value: which namespaces, interfaces and addresses exist. Pure;
-/// `LabTopology` builds it. The plan is documented in docs/LAB.md ("Addressing plan").
+/// `LabTopology` builds it. The plan is documented in docs/LAB.md ("Topology and addressing plan").
 ///
-/// - ISP k (1-based; label `isp-a`, `isp-b`, ...): namespace `pt<instance>-isp-a`, bridge `br0` holding
-///   100.64.k.254/24 (shared address space, RFC 6598: looks like an ISP, collides with no LAN).
-/// - Site i (`hq`, `east`, `west`, ...): router namespace `pt<instance>-hq` with `wan-a`, `wan-b`, ...
-///   (100.64.k.i/24 on ISP k) and `lan0` (10.10.i.1/24); LAN host namespace `pt<instance>-hq-lan` with
-///   `eth0` 10.10.i.2/24, default route via 10.10.i.1.
+/// Two WAN modes (`Options.wan`):
+/// - `bridged`: ISP k (1-based; label `isp-a`, `isp-b`, ...) is one L2 segment, bridge `br0` in namespace
+///   `pt<instance>-isp-a` holding 100.64.k.254/24 (shared address space, RFC 6598); site i's uplink is
+///   100.64.k.i/24 on it.
+/// - `routed`: ISP k is a router. Site i's uplink has its own subnet 100.(64+k).i.0/24 (site .2, the ISP's
+///   gateway .1 on `b-<site>`), or, behind carrier NAT, 172.(16+k).i.0/24, masqueraded to the ISP's core
+///   address. The ISPs meet in namespace `pt<instance>-internet` (bridge `br0`, 100.64.0.254/24; ISP k is
+///   100.64.0.k there, routing 100.(64+k).0.0/16), so every public uplink address reaches every other by
+///   routing and no L2 (no multicast) crosses an ISP.
+/// - Site i (`hq`, `east`, `west`, ...): router namespace `pt<instance>-hq` with `wan-a`, `wan-b`, ... and
+///   `lan0` (10.10.i.1/24); LAN host namespace `pt<instance>-hq-lan` with `eth0` 10.10.i.2/24, default
+///   route via 10.10.i.1.
 /// - In ISP k's namespace, per site: `s-<site>` (peer of the site's `wan-x`), `e-<site>` and its peer
-///   `b-<site>` (a port of `br0`). The WAN emulator moves frames between `s-<site>` and `e-<site>`.
+///   `b-<site>` (a port of `br0` when bridged, the gateway when routed). The WAN emulator moves frames
+///   between `s-<site>` and `e-<site>`. An uplink unplugged at start waits in the ISP namespace as
+///   `p-<site>` (the peer of `s-<site>`) until `plug` moves it into the router namespace.
 public struct LabPlan: Codable, Equatable, Sendable {
     public struct Site: Codable, Equatable, Sendable {
         public var name: String
@@ -22,10 +31,25 @@ public struct LabPlan: Codable, Equatable, Sendable {
         /// `isp-a`, `isp-b`, ...: also the uplink label the routers are given.
         public var label: String
         public var index: Int
+        /// Bridged mode: the ISP's segment and its address on it.
         public var subnet: String { "100.64.\(index).0/24" }
         public var gateway: String { "100.64.\(index).254" }
+        /// Routed mode: the ISP's address on the internet core, also the public address its carrier NAT
+        /// maps private uplinks to.
+        public var coreAddress: String { "100.64.0.\(index)" }
+        /// Routed mode: the public block the ISP numbers its customers' uplinks from.
+        public var block: String { "100.\(64 + index).0.0/16" }
         /// The letter after `isp-`.
         public var letter: String { String(label.dropFirst(4)) }
+    }
+
+    /// How the ISPs carry the sites' uplinks.
+    public enum WANMode: String, Codable, Sendable, CaseIterable {
+        /// One shared L2 segment per ISP (multicast discovery works, ISPs are not interconnected).
+        case bridged
+        /// Every uplink on its own subnet behind its ISP's router, the ISPs interconnected by an internet
+        /// core: sites find each other with `--peer` only.
+        case routed
     }
 
     public struct Uplink: Codable, Equatable, Sendable {
@@ -33,21 +57,64 @@ public struct LabPlan: Codable, Equatable, Sendable {
         public var siteIndex: Int
         public var isp: String
         public var ispIndex: Int
+        public var wan: WANMode = .bridged
+        /// Behind the ISP's carrier NAT (routed mode only): a private address, masqueraded to the ISP's
+        /// core address.
+        public var natted = false
+        /// How often the uplink was renumbered (`renumber`): each time a new subnet (routed) or address.
+        public var generation = 0
         public var id: UplinkID { UplinkID(site: site, uplink: isp) }
         /// In the router namespace.
         public var routerInterface: String { "wan-\(isp.dropFirst(4))" }
-        public var address: String { "100.64.\(ispIndex).\(siteIndex)" }
-        /// In the ISP namespace: the site-facing veth end, the emulator's bridge-side end, its bridge port.
+        /// The third octet (routed) or last octet (bridged) that numbers this uplink; 16 per generation.
+        private var number: Int { siteIndex + 16 * generation }
+        /// The site's address on this uplink.
+        public var address: String {
+            switch wan {
+            case .bridged: "100.64.\(ispIndex).\(number)"
+            case .routed: natted ? "172.\(16 + ispIndex).\(number).2" : "100.\(64 + ispIndex).\(number).2"
+            }
+        }
+        /// The next hop of the site's default route over this uplink (the ISP's address on it).
+        public var gateway: String {
+            switch wan {
+            case .bridged: "100.64.\(ispIndex).254"
+            case .routed: natted ? "172.\(16 + ispIndex).\(number).1" : "100.\(64 + ispIndex).\(number).1"
+            }
+        }
+        public var prefixLength: Int { 24 }
+        /// The uplink's subnet (routed: the site's own; bridged: the ISP's segment).
+        public var subnet: String {
+            switch wan {
+            case .bridged: "100.64.\(ispIndex).0/24"
+            case .routed: natted ? "172.\(16 + ispIndex).\(number).0/24" : "100.\(64 + ispIndex).\(number).0/24"
+            }
+        }
+        /// Whether other sites can reach this uplink's address (not behind NAT).
+        public var isPublic: Bool { !natted }
+        /// In the ISP namespace: the site-facing veth end, the emulator's bridge-side end, its peer (bridge
+        /// port or gateway interface).
         public var siteFacing: String { "s-\(site)" }
         public var emulatorFacing: String { "e-\(site)" }
         public var bridgePort: String { "b-\(site)" }
+        /// The router's end while the uplink is unplugged: parked in the ISP namespace under this name.
+        public var parked: String { "p-\(site)" }
         /// Per-uplink bridge used instead of the userspace emulator when the kernel has netem.
         public var netemBridge: String { "u-\(site)" }
+        /// The renumbering limit: the numbering octet stays below 254.
+        public static let maxGeneration = 14
     }
 
     public var instance: String
     public var sites: [Site]
     public var isps: [ISP]
+    public var wan: WANMode = .bridged
+    /// Uplinks behind carrier NAT (routed mode).
+    public var natted: [UplinkID] = []
+    /// Uplinks the routers are told about but that are not plugged in (`plug` / `unplug` change it).
+    public var unplugged: [UplinkID] = []
+    /// Renumbering generation per uplink (`renumber` changes it); absent means 0.
+    public var generations: [String: Int] = [:]
 
     public static let defaultSiteNames = ["hq", "east", "west", "north", "south", "central"]
     public static let maxSites = 16
@@ -55,10 +122,18 @@ public struct LabPlan: Codable, Equatable, Sendable {
     public static let bridge = "br0"
     public static let lanInterface = "lan0"
     public static let hostInterface = "eth0"
+    /// Routed mode: the internet core's namespace suffix, its address, and each ISP's interface on it.
+    public static let internetLabel = "internet"
+    public static let internetAddress = "100.64.0.254"
+    public static let coreInterface = "core"
+    /// The discovery port the routers listen on (`--peer` targets it).
+    public static let discoveryPort = 51821
 
     /// A plan for `sites` sites with `uplinks` uplinks each. `instance` (1-16 lowercase letters or digits)
-    /// makes every namespace name unique: `lab up` uses "lab", tests a random one.
-    public static func make(instance: String, sites: Int = 3, uplinks: Int = 2) throws(LabError) -> LabPlan {
+    /// makes every namespace name unique: `lab up` uses "lab", tests a random one. `nat` (routed only) puts
+    /// those uplinks behind their ISP's NAT; `unplugged` leaves those uplinks unplugged at start.
+    public static func make(instance: String, sites: Int = 3, uplinks: Int = 2, wan: WANMode = .bridged,
+                            nat: [UplinkID] = [], unplugged: [UplinkID] = []) throws(LabError) -> LabPlan {
         guard (1...16).contains(instance.count),
               instance.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) }) else {
             throw .invalidArgument("lab instance '\(instance)' must be 1-16 lowercase letters or digits")
@@ -71,29 +146,49 @@ public struct LabPlan: Codable, Equatable, Sendable {
         }
         let names = (0..<sites).map { $0 < defaultSiteNames.count ? defaultSiteNames[$0] : "site\($0 + 1)" }
         let letters = Array("abcdefghijklmnopqrstuvwxyz")
-        return LabPlan(
+        var plan = LabPlan(
             instance: instance,
             sites: names.enumerated().map { Site(name: $1, index: $0 + 1) },
             isps: (0..<uplinks).map { ISP(label: "isp-\(letters[$0])", index: $0 + 1) })
+        plan.wan = wan
+        if !nat.isEmpty && wan != .routed {
+            throw .invalidArgument("--nat needs --wan routed: a bridged ISP is one L2 segment with no router to NAT")
+        }
+        // Each named uplink must exist; resolving also accepts `b` or `wan-b` for `isp-b`.
+        plan.natted = try Set(nat.map { id throws(LabError) in try plan.uplink(site: id.site, named: id.uplink).id }).sorted()
+        plan.unplugged = try Set(unplugged.map { id throws(LabError) in
+            try plan.uplink(site: id.site, named: id.uplink).id
+        }).sorted()
+        return plan
     }
 
     public var uplinks: [Uplink] {
         sites.flatMap { site in
-            isps.map { Uplink(site: site.name, siteIndex: site.index, isp: $0.label, ispIndex: $0.index) }
+            isps.map { isp in
+                let id = UplinkID(site: site.name, uplink: isp.label)
+                return Uplink(site: site.name, siteIndex: site.index, isp: isp.label, ispIndex: isp.index, wan: wan,
+                              natted: natted.contains(id), generation: generations[id.description] ?? 0)
+            }
         }
     }
 
     public func uplinks(of site: String) -> [Uplink] { uplinks.filter { $0.site == site } }
+
+    /// Whether `id` is plugged in (its `wan-x` is in the router namespace).
+    public func isPlugged(_ id: UplinkID) -> Bool { !unplugged.contains(id) }
 
     /// The namespace prefix of this instance: every namespace of the lab starts with it.
     public var namespacePrefix: String { "pt\(instance)-" }
     public func routerNamespace(_ site: String) -> String { "\(namespacePrefix)\(site)" }
     public func hostNamespace(_ site: String) -> String { "\(namespacePrefix)\(site)-lan" }
     public func ispNamespace(_ isp: String) -> String { "\(namespacePrefix)\(isp)" }
+    /// Routed mode: the internet core between the ISPs.
+    public var internetNamespace: String { "\(namespacePrefix)\(Self.internetLabel)" }
 
-    /// Every namespace of the lab, ISPs first (creation order).
+    /// Every namespace of the lab in creation order: the internet core (routed), the ISPs, the sites.
     public var namespaceNames: [String] {
-        isps.map { ispNamespace($0.label) } + sites.flatMap { [routerNamespace($0.name), hostNamespace($0.name)] }
+        (wan == .routed ? [internetNamespace] : []) + isps.map { ispNamespace($0.label) }
+            + sites.flatMap { [routerNamespace($0.name), hostNamespace($0.name)] }
     }
 
     public func site(named name: String) -> Site? { sites.first { $0.name == name } }
@@ -132,7 +227,40 @@ public struct LabPlan: Codable, Equatable, Sendable {
                     "--interface", tunnelPrefix(site: site.name)]
         for uplink in uplinks(of: site.name) { argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)"] }
         argv += ["--lan", site.lanPrefix]
+        for peer in discoveryPeers(of: site.name) { argv += ["--peer", peer] }
         if let meshKey { argv += ["--mesh-key", meshKey] }
         return argv
+    }
+
+    /// Routed mode: multicast does not cross the ISPs, so each router announces by unicast to every public
+    /// address (not behind NAT, plugged in at start) of every other site, `address:51821`. Bridged: none.
+    public func discoveryPeers(of site: String) -> [String] {
+        guard wan == .routed else { return [] }
+        return uplinks.filter { $0.site != site && $0.isPublic && isPlugged($0.id) }
+            .map { "\($0.address):\(Self.discoveryPort)" }
+    }
+
+    // MARK: changing uplinks
+
+    /// The plan after `id` got its next address (and, routed, its next subnet and gateway).
+    public func renumbered(_ id: UplinkID) throws(LabError) -> LabPlan {
+        let uplink = try uplink(site: id.site, named: id.uplink)
+        guard uplink.generation < Uplink.maxGeneration else {
+            throw .invalidArgument("\(uplink.id) was renumbered \(uplink.generation) times: the plan has no further address")
+        }
+        var next = self
+        next.generations[uplink.id.description] = uplink.generation + 1
+        return next
+    }
+
+    /// The plan with `id` plugged in (`true`) or unplugged.
+    public func plugging(_ id: UplinkID, _ plugged: Bool) throws(LabError) -> LabPlan {
+        let uplink = try uplink(site: id.site, named: id.uplink)
+        guard isPlugged(uplink.id) != plugged else {
+            throw .invalidArgument("\(uplink.id) is already \(plugged ? "plugged in" : "unplugged")")
+        }
+        var next = self
+        next.unplugged = plugged ? unplugged.filter { $0 != uplink.id } : (unplugged + [uplink.id]).sorted()
+        return next
     }
 }

@@ -37,25 +37,38 @@ public final class LabTopology: @unchecked Sendable {
 
     enum BuildStep: Sendable { case isps, sites, uplinks, routes }
 
-    public let plan: LabPlan
+    /// The plan as the lab is now (the uplink verbs change it).
+    public var plan: LabPlan {
+        lock.lock()
+        defer { lock.unlock() }
+        return current
+    }
+    private var current: LabPlan
+    private let lock = NSLock()
     public let backend: WANBackend
     /// The impairment control of this lab (nil with `.external` emulation until `attach(_:)`).
     public private(set) var wan: (any WANControl)?
     private let namespaces: [String: NetworkNamespace]
 
     private init(plan: LabPlan, backend: WANBackend, namespaces: [String: NetworkNamespace]) {
-        self.plan = plan
+        self.current = plan
         self.backend = backend
         self.namespaces = namespaces
     }
 
     deinit { teardown() }
 
-    /// A lab with a unique instance name `t<pid>x<random>` (base 36; for tests): `LabTopology.build(sites: 2)`.
-    public static func build(sites: Int = 3, uplinks: Int = 2, options: Options = Options()) throws -> LabTopology {
-        // The pid in the name tells, in `ip netns list`, which process a lab belongs to.
-        let instance = "t" + String(getpid(), radix: 36) + "x" + String(UInt32.random(in: 0 ... 0xFF_FFFF), radix: 36)
-        return try build(LabPlan.make(instance: instance, sites: sites, uplinks: uplinks), options: options)
+    /// A lab with a unique instance name `t<pid>x<random>` (base 36; for tests): `LabTopology.build(sites: 2)`,
+    /// `LabTopology.build(sites: 2, wan: .routed, nat: [UplinkID(site: "east", uplink: "isp-b")])`.
+    public static func build(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
+                             unplugged: [UplinkID] = [], options: Options = Options()) throws -> LabTopology {
+        try build(LabPlan.make(instance: uniqueInstance(), sites: sites, uplinks: uplinks, wan: wan, nat: nat,
+                               unplugged: unplugged), options: options)
+    }
+
+    /// `t<pid>x<random>`: the pid in the name tells, in `ip netns list`, which process a lab belongs to.
+    public static func uniqueInstance() -> String {
+        "t" + String(getpid(), radix: 36) + "x" + String(UInt32.random(in: 0 ... 0xFF_FFFF), radix: 36)
     }
 
     /// Builds `plan`. On any failure everything already made is removed before the error is thrown.
@@ -77,12 +90,7 @@ public final class LabTopology: @unchecked Sendable {
         do {
             for name in plan.namespaceNames { made[name] = try NetworkNamespace(creatingNamed: name) }
             try reached(.isps)
-            for isp in plan.isps {
-                let ns = made[plan.ispNamespace(isp.label)]!
-                try ns.addBridge(LabPlan.bridge)
-                try ns.addAddress("\(isp.gateway)/24", to: LabPlan.bridge)
-                try Offloads.disable(on: LabPlan.bridge, in: ns)
-            }
+            try LabWiring.buildISPs(plan) { made[$0]! }
             try reached(.sites)
             for site in plan.sites {
                 let router = made[plan.routerNamespace(site.name)]!
@@ -99,19 +107,8 @@ public final class LabTopology: @unchecked Sendable {
             if backend == .userspace && options.emulation != .external { emulator = WANEmulator() }
             try reached(.uplinks)
             for uplink in plan.uplinks {
-                let router = made[plan.routerNamespace(uplink.site)]!
                 let isp = made[plan.ispNamespace(uplink.isp)]!
-                try router.addVeth(uplink.routerInterface, peer: uplink.siteFacing, in: isp)
-                try isp.addVeth(uplink.emulatorFacing, peer: uplink.bridgePort, in: isp)
-                try isp.attach(uplink.bridgePort, toBridge: LabPlan.bridge)
-                try router.addAddress("\(uplink.address)/24", to: uplink.routerInterface)
-                // One default route per uplink, the first ISP preferred (lowest metric), as a multi-homed site has.
-                try router.addRoute("default", via: "100.64.\(uplink.ispIndex).254", device: uplink.routerInterface,
-                                    metric: 100 + uplink.ispIndex)
-                try Offloads.disable(on: uplink.routerInterface, in: router)
-                for device in [uplink.siteFacing, uplink.emulatorFacing, uplink.bridgePort] {
-                    try Offloads.disable(on: device, in: isp)
-                }
+                try LabWiring.cable(plan, uplink) { made[$0]! }
                 switch backend {
                 case .netem:
                     try isp.addBridge(uplink.netemBridge)
@@ -122,12 +119,15 @@ public final class LabTopology: @unchecked Sendable {
                                           bridgeInterface: uplink.emulatorFacing)
                 }
             }
+            for isp in plan.isps { try LabWiring.installNAT(plan, isp: isp.label) { made[$0]! } }
             try reached(.routes)
-            if options.staticRoutes, let first = plan.isps.first {
+            // Bridged only: routed ISPs carry no LAN prefixes (the routers' tunnels do).
+            if options.staticRoutes, plan.wan == .bridged {
                 for site in plan.sites {
                     let router = made[plan.routerNamespace(site.name)]!
                     for other in plan.sites where other != site {
-                        try router.addRoute(other.lanPrefix, via: "100.64.\(first.index).\(other.index)")
+                        guard let via = plan.uplinks(of: other.name).first, plan.isPlugged(via.id) else { continue }
+                        try router.addRoute(other.lanPrefix, via: via.address)
                     }
                 }
             }
@@ -147,6 +147,8 @@ public final class LabTopology: @unchecked Sendable {
     public func host(_ site: String) -> NetworkNamespace { namespace(plan.hostNamespace(site)) }
     /// The namespace of ISP `label` (`isp-a`).
     public func isp(_ label: String) -> NetworkNamespace { namespace(plan.ispNamespace(label)) }
+    /// Routed mode: the internet exchange between the ISPs.
+    public func internet() -> NetworkNamespace { namespace(plan.internetNamespace) }
 
     private func namespace(_ name: String) -> NetworkNamespace {
         guard let ns = namespaces[name] else { preconditionFailure("no namespace \(name) in lab \(plan.instance)") }
@@ -162,6 +164,48 @@ public final class LabTopology: @unchecked Sendable {
         let resolved = try plan.uplink(site: site, named: uplink)
         guard let wan else { throw LabError.emulator("no WAN emulation is attached to lab \(plan.instance)") }
         try wan.apply(change, to: resolved.id, directions: directions)
+    }
+
+    // MARK: changing uplinks (the same steps as `lab carrier`, `renumber`, `plug`, `unplug`)
+
+    /// Takes the carrier of `site`'s `uplink` away (`up: false`: the ISP's end goes down) or gives it back.
+    public func setCarrier(site: String, uplink: String, up: Bool) throws {
+        let plan = plan
+        try LabWiring.setCarrier(plan, try plan.uplink(site: site, named: uplink), up: up, namespace)
+    }
+
+    /// Gives `site`'s `uplink` its next address (routed: a new subnet and gateway too), as a DHCP or PPPoE
+    /// renumbering would. Returns the uplink as it is now.
+    @discardableResult
+    public func renumber(site: String, uplink: String) throws -> LabPlan.Uplink {
+        try changePlan { plan in
+            let id = try plan.uplink(site: site, named: uplink).id
+            let next = try plan.renumbered(id)
+            try LabWiring.renumber(from: plan, to: next, id, namespace)
+            return next
+        }
+        return try plan.uplink(site: site, named: uplink)
+    }
+
+    /// Plugs `site`'s `uplink` in (it was unplugged at build or by `unplug`): the router sees `wan-x` appear.
+    public func plug(site: String, uplink: String) throws { try setPlugged(site: site, uplink: uplink, true) }
+
+    /// Unplugs `site`'s `uplink`: `wan-x` leaves the router namespace.
+    public func unplug(site: String, uplink: String) throws { try setPlugged(site: site, uplink: uplink, false) }
+
+    private func setPlugged(site: String, uplink: String, _ plugged: Bool) throws {
+        try changePlan { plan in
+            let next = try plan.plugging(try plan.uplink(site: site, named: uplink).id, plugged)
+            try LabWiring.setPlugged(next, try next.uplink(site: site, named: uplink), plugged, namespace)
+            return next
+        }
+    }
+
+    /// One uplink change at a time; the plan follows only a change that went through.
+    private func changePlan(_ change: (LabPlan) throws -> LabPlan) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        current = try change(current)
     }
 
     /// Stops the emulation and deletes every namespace of the lab (processes inside are killed first).

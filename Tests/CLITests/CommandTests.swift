@@ -7,6 +7,21 @@ import Store
 /// End-to-end runs of the built executable: exit codes, the one error line, and files left as they were.
 @Suite(.enabled(if: Binary.exists, "needs the built patronus-router executable"))
 struct CommandTests {
+    /// `--version` names the VERSION file's version and the git commit of the tree the binary was built from.
+    @Test func versionNamesTheVersionFileAndTheCommit() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let version = try String(contentsOf: root.appendingPathComponent("VERSION"), encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let result = try run(["--version"])
+        #expect(result.status == 0)
+        let line = result.stdout.trimmingCharacters(in: .newlines)
+        #expect(line.hasPrefix("patronus-router \(version) (commit "), "\(line)")
+        let commit = line.split(separator: " ").last.map { String($0.dropLast()) } ?? ""
+        #expect(commit == "unknown" || commit.range(of: "^[0-9a-f]{12}(\\+dirty)?$", options: .regularExpression) != nil,
+                "\(line)")
+    }
+
     @Test func statusRefusesATextFileAndLeavesIt() throws {
         try withTemporaryDirectory { dir in
             let path = dir + "/notes.db"

@@ -203,4 +203,44 @@ import Testing
             #expect(left.isEmpty, "SIGTERM after \(delay / 1000) ms left \(left)")
         }
     }
+
+    /// The routed internet from the command line: `--wan routed --nat --unplugged`, then every uplink verb,
+    /// each answering one line; bad input is one `error:` line and changes nothing; `down` leaves nothing.
+    @Test(.enabled(if: canRun)) func routedLabAndUplinkVerbsFromTheCommandLineRoot() throws {
+        defer { try? FileManager.default.removeItem(atPath: stateRoot) }
+        for (args, message) in [(["up", "--nat", "east:isp-b"], "error: --nat needs --wan routed"),
+                                (["up", "--wan", "mesh"], "error: --wan 'mesh' must be bridged or routed"),
+                                (["up", "--wan", "routed", "--nat", "east"], "error: 'east' must be SITE:UPLINK"),
+                                (["carrier", "hq", "isp-a", "down"], "error: no lab named")] {
+            let result = try lab(args)
+            #expect(result.status == 1 && result.stderr.hasPrefix(message), "\(args): \(result.stderr)")
+            #expect(traces().isEmpty)
+        }
+        let up = try lab("up", "--wan", "routed", "--nat", "east:isp-b", "--unplugged", "hq:b", "--no-routers")
+        #expect(up.succeeded, "\(up.stderr)")
+        #expect(up.stdout.contains("WAN: routed") && up.stdout.contains("NAT: east/isp-b") && up.stdout.contains("unplugged: hq/isp-b"))
+        #expect(NetworkNamespace.list(prefix: "pt\(instance)-").count == 9)
+        let status = try lab("status")
+        #expect(status.stdout.contains("wan-b 172.18.2.2 (isp-b NAT)") && status.stdout.contains("wan-b 100.66.1.2 (isp-b unplugged)"),
+                "\(status.stdout)")
+
+        let hq = NetworkNamespace(existing: "pt\(instance)-hq")
+        #expect(try lab("plug", "hq", "isp-b").stdout == "hq/isp-b: plugged in, wan-b 100.66.1.2/24 via 100.66.1.1\n")
+        #expect(try hq.ip("-4", "-o", "addr", "show", "dev", "wan-b").contains("100.66.1.2/24"))
+        #expect(try lab("plug", "hq", "isp-b").stderr == "error: hq/isp-b is already plugged in\n")
+        #expect(try lab("carrier", "hq", "a", "down").stdout == "hq/a: carrier down\n")
+        #expect(eventually { ((try? hq.ip("link", "show", "wan-a")) ?? "").contains("NO-CARRIER") })
+        #expect(try lab("carrier", "hq", "a", "sideways").stderr == "error: carrier 'sideways' must be down or up\n")
+        #expect(try lab("carrier", "hq", "a", "up").succeeded)
+        #expect(try lab("renumber", "east", "wan-b").stdout == "east/isp-b: wan-b 172.18.18.2/24 via 172.18.18.1\n")
+        // The NAT follows the new private subnet; the state file keeps the new plan for the next verb.
+        let rules = try NetworkNamespace(existing: "pt\(instance)-isp-b").check(["nft", "list", "ruleset"])
+        #expect(rules.contains("ip saddr 172.18.18.0/24") && !rules.contains("172.18.2.0/24"))
+        #expect(try lab("status").stdout.contains("wan-b 172.18.18.2 (isp-b NAT)"))
+        #expect(try lab("unplug", "hq", "isp-b").succeeded)
+        #expect(try !hq.ip("link", "show").contains("wan-b"))
+
+        #expect(try lab("down").succeeded)
+        #expect(traces().isEmpty)
+    }
 }

@@ -54,6 +54,60 @@ import Testing
     }
 }
 
+@Suite struct RoutedPlanTests {
+    @Test func routedUplinksHaveTheirOwnSubnetsAndNATedOnesPrivateAddresses() throws {
+        let plan = try LabPlan.make(instance: "lab", wan: .routed, nat: [UplinkID(site: "east", uplink: "b")])
+        #expect(plan.namespaceNames.first == "ptlab-internet" && plan.namespaceNames.count == 9)
+        let hqA = try plan.uplink(site: "hq", named: "isp-a")
+        #expect(hqA.address == "100.65.1.2" && hqA.gateway == "100.65.1.1" && hqA.subnet == "100.65.1.0/24")
+        let eastB = try plan.uplink(site: "east", named: "isp-b")
+        #expect(eastB.natted && eastB.address == "172.18.2.2" && eastB.gateway == "172.18.2.1")
+        #expect(plan.natted == [UplinkID(site: "east", uplink: "isp-b")])
+        #expect(plan.isps[1].coreAddress == "100.64.0.2" && plan.isps[1].block == "100.66.0.0/16")
+        // Discovery by --peer only: every public address of the other sites, never a NATed one.
+        #expect(plan.discoveryPeers(of: "east") == ["100.65.1.2:51821", "100.66.1.2:51821", "100.65.3.2:51821",
+                                                    "100.66.3.2:51821"])
+        #expect(plan.discoveryPeers(of: "hq").count == 3)
+        let argv = plan.routerArguments(site: "west", executable: "p", stateDirectory: "/s")
+        #expect(argv.filter { $0 == "--peer" }.count == 3 && argv.contains("100.65.2.2:51821"))
+        #expect(try LabPlan.make(instance: "lab").discoveryPeers(of: "hq").isEmpty, "bridged: multicast finds them")
+    }
+
+    @Test func natNeedsRoutedAndNamesAnUplinkOfTheLab() {
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", nat: [UplinkID(site: "east", uplink: "isp-b")]) }
+        #expect(throws: LabError.self) {
+            try LabPlan.make(instance: "lab", wan: .routed, nat: [UplinkID(site: "mars", uplink: "isp-b")])
+        }
+        #expect(throws: LabError.self) {
+            try LabPlan.make(instance: "lab", wan: .routed, unplugged: [UplinkID(site: "hq", uplink: "isp-c")])
+        }
+    }
+
+    @Test func renumberingAndPluggingChangeOnlyThatUplink() throws {
+        let plan = try LabPlan.make(instance: "lab", wan: .routed, unplugged: [UplinkID(site: "hq", uplink: "wan-b")])
+        #expect(plan.unplugged == [UplinkID(site: "hq", uplink: "isp-b")])
+        #expect(!plan.discoveryPeers(of: "east").contains("100.66.1.2:51821"), "an unplugged uplink is no peer")
+        let hqA = UplinkID(site: "hq", uplink: "isp-a")
+        let moved = try plan.renumbered(hqA)
+        #expect(try moved.uplink(site: "hq", named: "a").address == "100.65.17.2")
+        #expect(try moved.uplink(site: "east", named: "a").address == "100.65.2.2")
+        #expect(try moved.renumbered(hqA).uplink(site: "hq", named: "a").gateway == "100.65.33.1")
+        let bridged = try LabPlan.make(instance: "lab").renumbered(hqA)
+        #expect(try bridged.uplink(site: "hq", named: "a").address == "100.64.1.17")
+        #expect(try bridged.uplink(site: "hq", named: "a").gateway == "100.64.1.254")
+        var far = plan
+        for _ in 0..<LabPlan.Uplink.maxGeneration { far = try far.renumbered(hqA) }
+        #expect(throws: LabError.self) { try far.renumbered(hqA) }
+        #expect(try far.uplink(site: "hq", named: "a").address == "100.65.225.2")
+
+        let plugged = try plan.plugging(UplinkID(site: "hq", uplink: "isp-b"), true)
+        #expect(plugged.unplugged.isEmpty && plugged.isPlugged(UplinkID(site: "hq", uplink: "isp-b")))
+        #expect(throws: LabError.self) { try plugged.plugging(UplinkID(site: "hq", uplink: "isp-b"), true) }
+        #expect(try plugged.plugging(UplinkID(site: "east", uplink: "isp-a"), false).unplugged
+            == [UplinkID(site: "east", uplink: "isp-a")])
+    }
+}
+
 @Suite struct ImpairmentTests {
     @Test func changesApplyOnlyTheGivenFields() {
         var link = ImpairmentChange(delayMs: 30).applied(to: .none)

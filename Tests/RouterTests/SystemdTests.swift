@@ -45,7 +45,7 @@ private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let copy = directory.appendingPathComponent("patronus-router.service")
-        try unit.replacingOccurrences(of: "/usr/local/bin/patronus-router", with: binary)
+        try unit.replacingOccurrences(of: "/usr/bin/patronus-router", with: binary)
             .write(to: copy, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-analyze")
@@ -56,7 +56,9 @@ private let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
         try process.run()
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "\(output)")
-        #expect(output.isEmpty, "\(output)")
+        // Judge our unit only: verify also reports on whatever else the machine has installed (Debian's irtt
+        // ships a unit that makes it print "irtt.service:9: Special user nobody configured").
+        let ours = output.split(separator: "\n").filter { $0.contains("patronus-router") }
+        #expect(ours.isEmpty, "\(output)")
     }
 }
