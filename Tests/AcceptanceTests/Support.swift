@@ -3,8 +3,11 @@ import Glibc
 import Lab
 
 /// The executable `swift build` built beside the tests: the acceptance tests drive the real binary.
+/// `PATRONUS_ROUTER_BINARY` names another (bench scripts: the release build, with patronus-bench beside it).
 enum Binary {
     static let path: String = {
+        if let chosen = ProcessInfo.processInfo.environment["PATRONUS_ROUTER_BINARY"],
+           FileManager.default.isExecutableFile(atPath: chosen) { return chosen }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent()
         for configuration in ["debug", "release"] {
