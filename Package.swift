@@ -87,8 +87,10 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "Model"]),
         .testTarget(name: "CLITests", dependencies: ["CLI", "Store", "Model", "Lab", "Router", "WireGuard", "Mesh"]),
         .testTarget(name: "RouterTests", dependencies: [
-            "Router", "Model", "Routing", "Lab", .product(name: "Logging", package: "swift-log"),
+            "Router", "Model", "Routing", "Lab", "Mesh", "Store", "WireGuard", .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Issue 7's lab acceptance: real applications through real routers, verified by ISP-side counters.
         .testTarget(name: "AcceptanceTests", dependencies: ["Lab"]),

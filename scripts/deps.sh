@@ -10,9 +10,13 @@
 #   curl systemd             a real HTTP client scrapes the metrics endpoint; systemd-analyze verifies the unit
 #   python3                  bench/datapath.sh summarizes iperf3 JSON
 #   dpkg-dev binutils lintian  scripts/package: dpkg-shlibdeps for Depends, strip, the package lint
+#   chromium fonts-dejavu-core   a root test opens the dashboard in headless Chromium (DOM + screenshot)
+#   prometheus               a root test scrapes a lab router with a real Prometheus and runs every Grafana
+#                            panel's query with promtool (its own child server; the package's service is never used)
 set -euo pipefail
 PACKAGES=(libnftnl-dev libmnl-dev libsqlite3-dev sqlite3 nftables iproute2 wireguard-tools wireguard-go
-          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd python3 dpkg-dev binutils lintian)
+          iperf3 socat rsync sip-tester ethtool iputils-ping curl systemd python3 dpkg-dev binutils lintian
+          chromium fonts-dejavu-core prometheus)
 if [[ "${1:-}" == "--list" ]]; then
     printf '%s\n' "${PACKAGES[@]}"
     exit 0

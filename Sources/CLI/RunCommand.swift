@@ -61,6 +61,11 @@ struct RunCommand: AsyncParsableCommand {
             transform: ArgumentParsing.socketAddress)
     var metricsListen: SocketAddress4?
 
+    @Option(help: ArgumentHelp("Serve the read-only web dashboard on this address (local or management; off by default).",
+                               valueName: "addr:port"),
+            transform: ArgumentParsing.socketAddress)
+    var dashboardListen: SocketAddress4?
+
     @Option(help: ArgumentHelp("WireGuard implementation: kernel, userspace (wireguard-go) or auto.",
                                valueName: "kind"),
             transform: ArgumentParsing.choice("--wireguard"))
@@ -70,6 +75,24 @@ struct RunCommand: AsyncParsableCommand {
                                valueName: "kind"),
             transform: ArgumentParsing.choice("--pairing"))
     var pairing: PathPairing = .sameLabel
+
+    @Option(help: ArgumentHelp("The mesh CA certificate(s) to trust (from `ca init`): announcements signed under it are checked.",
+                               valueName: "path"))
+    var ca: String?
+
+    @Option(help: ArgumentHelp("This site's certificate (from `ca sign`; default: DATABASE.crt when present).",
+                               valueName: "path"))
+    var certificate: String?
+
+    @Flag(help: "Refuse announcements without a valid certificate (needs --ca; the last step of a migration).")
+    var requireCertificates = false
+
+    @Option(help: ArgumentHelp("The revocation list file: read when it changes, rewritten when a newer one arrives (default: DATABASE.crl).",
+                               valueName: "path"))
+    var revocationList: String?
+
+    @Flag(help: "Also announce in format version 1, for sites not upgraded yet.")
+    var announceV1 = false
 
     init() {}
 
@@ -82,6 +105,12 @@ struct RunCommand: AsyncParsableCommand {
             metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
         configuration.pairing = pairing
+        configuration.caPath = ca
+        configuration.certificatePath = certificate
+        configuration.requireCertificates = requireCertificates
+        configuration.revocationListPath = revocationList
+        configuration.announceV1 = announceV1
+        configuration.dashboardListen = dashboardListen
         return configuration
     }
 
@@ -96,8 +125,8 @@ struct RunCommand: AsyncParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let logger = Logger(label: "patronus")
-        logger.info("starting \(BuildInfo.description)")
-        try await Daemon(configuration: routerConfiguration, logger: logger).run()
+        // The version goes in the daemon's start line, after its preconditions: a refused start stays ONE line.
+        try await Daemon(configuration: routerConfiguration, logger: Logger(label: "patronus"),
+                         version: BuildInfo.description).run()
     }
 }

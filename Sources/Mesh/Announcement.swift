@@ -34,11 +34,16 @@ public struct Announcement: Hashable, Sendable {
     public var counter: UInt64
     /// When it was sent, in milliseconds since the Unix epoch; receivers drop it outside their time window.
     public var timestampMilliseconds: UInt64
+    /// The site's certificate, when the announcement was signed and the signature, the chain to a trusted CA,
+    /// the validity window and the announced id, name, prefixes and overlay all checked out (nil otherwise).
+    public var certificate: SiteCertificate?
 
-    public init(site: SiteDescription, counter: UInt64, timestampMilliseconds: UInt64) {
+    public init(site: SiteDescription, counter: UInt64, timestampMilliseconds: UInt64,
+                certificate: SiteCertificate? = nil) {
         self.site = site
         self.counter = counter
         self.timestampMilliseconds = timestampMilliseconds
+        self.certificate = certificate
     }
 
     public init(siteID: SiteID, name: String, publicKey: WireGuardKey, overlay: IPv4Address,
@@ -111,6 +116,29 @@ public enum AnnouncementRejection: String, Error, Hashable, Sendable, CaseIterab
     case tableFull
     /// A relay envelope that is malformed, or that wraps another envelope (announcements are relayed once).
     case badRelay
+    /// A message kind this build does not handle (v2 header byte 5).
+    case badKind
+    /// Unsigned, where this site requires certificates (`run --require-certificates`).
+    case unsigned
+    /// Signed under a certificate (or a revocation list) from a CA this site does not trust.
+    case unknownCA
+    /// The certificate's CA signature does not verify (forged or altered certificate).
+    case badCertificate
+    /// The certificate's validity window ended.
+    case expired
+    /// The certificate's validity window has not started.
+    case notYetValid
+    /// The certificate was revoked by a CA-signed revocation list.
+    case revoked
+    /// The announcement claims another id or name, a LAN prefix or an overlay address outside its certificate.
+    case outsideCertificate
+    /// The site's signature over the announcement does not verify (altered on the way, or forged).
+    case badSignature
+    /// Too many signature checks asked for by one source: dropped unchecked (a flood must not cost a
+    /// signature check each).
+    case rateLimited
+    /// A revocation list not newer than the one we hold (the normal case: every site repeats its list).
+    case staleRevocationList
 
     public var description: String { rawValue }
 }

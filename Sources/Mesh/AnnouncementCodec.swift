@@ -3,30 +3,80 @@ import Foundation
 import Model
 import WireGuard
 
-/// Encodes and decodes announcements in the versioned binary format of docs/MESH.md, and authenticates
-/// them with HMAC-SHA256 under the mesh key.
+/// The kind of a version 2 message (header byte 5).
+public enum MeshMessageKind: UInt8, Sendable, Hashable {
+    /// A site's signed (or, without certificates, MAC-only) announcement of itself.
+    case announcement = 0
+    /// Reserved for the relay envelope of issue 13 (a relay passes the origin's bytes on unchanged inside it).
+    case relay = 1
+    /// A CA-signed revocation list, passed on by every site.
+    case revocationList = 2
+}
+
+/// A decoded, verified message.
+public enum MeshMessage: Hashable, Sendable {
+    case announcement(Announcement)
+    case revocationList(RevocationList)
+}
+
+/// A message whose header, MAC and structure checked out, before any signature check (`AnnouncementCodec.open`).
+/// Cheap to produce; `AnnouncementCodec.verify` does the expensive part.
+public struct OpenedMessage: Sendable {
+    public var kind: MeshMessageKind
+    /// The announcement as announced (kind 0); not yet trusted.
+    public var announcement: Announcement?
+    /// Kind 2; its CA signature not yet checked.
+    public var revocationList: RevocationList?
+    /// Kind 0 when signed: the certificate it carries, and what the site's signature covers.
+    var certificate: SiteCertificate?
+    var signedRegion: ArraySlice<UInt8> = []
+    var signature: ArraySlice<UInt8> = []
+
+    /// True when `verify` will check Ed25519 signatures (what a flood must not get for free).
+    public var needsSignatureCheck: Bool { certificate != nil || revocationList != nil }
+}
+
+/// Encodes and decodes the messages of docs/MESH.md: format version 2 (announcements signed by the site's
+/// identity key and carrying its certificate, revocation lists), and version 1 (the shared key alone), which
+/// it still reads and can still write for sites not yet upgraded.
 ///
-/// The decoder is stateless and strict: it checks size, magic, version, flags and the length field, then the
-/// MAC (in constant time, before reading any body field), then every body length and count exactly. It never
-/// traps or allocates more than the datagram's size, and rejects with a reason. Replay, staleness and
-/// identity checks need state and live in `PeerTable`. Cost: one HMAC-SHA256 over at most 1 KB per datagram.
+/// Decoding is stateless and strict, a function of the datagram's bytes, the mesh key, the trusted CAs and the
+/// clock alone (so a relayed original verifies exactly like a direct one). `open` checks size, magic, version,
+/// kind, flags and the length field, then the MAC (constant time, before reading any body field), then every
+/// length and count exactly; `verify` then checks the certificate against the trusted CAs, its validity window,
+/// that the announcement stays within it, the site's signature and the CA's signature (cheapest first). It
+/// never traps or allocates more than the datagram's size, and rejects with a reason. Replay, staleness,
+/// revocation and identity checks need state and live in `PeerTable`.
+/// Cost: one HMAC-SHA256 over at most 1.4 KB per datagram in `open`; two Ed25519 verifications in `verify`.
 public struct AnnouncementCodec: Sendable {
     public static let magic: [UInt8] = Array("PTMA".utf8)
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
+    public static let legacyVersion: UInt8 = 1
     public static let flagAuthenticated: UInt8 = 0x01
-    public static let headerSize = 16
+    /// Version 2, kind 0: a certificate and the site's signature follow the body.
+    public static let flagSigned: UInt8 = 0x02
+    /// Version 2: magic, version, kind, flags, reserved, length.
+    public static let headerSize = 10
+    static let legacyHeaderSize = 16
+    static let legacyBodyOffset = 8
     public static let macSize = 32
-    /// Far above the largest valid announcement (about 650 bytes), below any MTU.
-    public static let maxDatagramSize = 1024
+    public static let signatureSize = 64
+    /// What a receiver reads of a datagram: room for a relay envelope around the largest message (about 1130
+    /// bytes), and within a WireGuard tunnel's MTU (1420 - 28).
+    public static let maxDatagramSize = 1392
     public static let maxNameBytes = 63
     public static let maxLabelBytes = 32
     public static let maxLANPrefixes = 32
     public static let maxEndpoints = 8
 
     public let authentication: MeshAuthentication
+    public let trust: CertificateTrust
+    public let signer: AnnouncementSigner?
 
-    public init(authentication: MeshAuthentication) {
+    public init(authentication: MeshAuthentication, trust: CertificateTrust = .none, signer: AnnouncementSigner? = nil) {
         self.authentication = authentication
+        self.trust = trust
+        self.signer = signer
     }
 
     /// Why `encode` refused: the announcement would not pass a receiver's decoder.
@@ -35,6 +85,8 @@ public struct AnnouncementCodec: Sendable {
         case invalidLabel(String)
         case tooManyLANPrefixes(Int)
         case tooManyEndpoints(Int)
+        /// Our certificate does not allow what we announce (receivers would refuse it as `outsideCertificate`).
+        case outsideCertificate(String)
 
         public var description: String {
             switch self {
@@ -46,6 +98,8 @@ public struct AnnouncementCodec: Sendable {
                 "\(count) LAN prefixes: an announcement carries at most \(AnnouncementCodec.maxLANPrefixes)"
             case .tooManyEndpoints(let count):
                 "\(count) endpoints: an announcement carries at most \(AnnouncementCodec.maxEndpoints)"
+            case .outsideCertificate(let what):
+                "the site certificate does not allow \(what): ask the CA for a certificate that does (ca sign)"
             }
         }
     }
@@ -57,23 +111,28 @@ public struct AnnouncementCodec: Sendable {
         }
     }
 
-    public func encode(_ announcement: Announcement) throws(EncodingError) -> [UInt8] {
-        guard Self.isValidName(announcement.name) else { throw .invalidName(announcement.name) }
-        guard announcement.lanPrefixes.count <= Self.maxLANPrefixes else {
-            throw .tooManyLANPrefixes(announcement.lanPrefixes.count)
+    /// Checks what a receiver would refuse before anything is sent.
+    public func validate(_ site: SiteDescription) throws(EncodingError) {
+        guard Self.isValidName(site.name) else { throw .invalidName(site.name) }
+        guard site.lanPrefixes.count <= Self.maxLANPrefixes else { throw .tooManyLANPrefixes(site.lanPrefixes.count) }
+        guard site.endpoints.count <= Self.maxEndpoints else { throw .tooManyEndpoints(site.endpoints.count) }
+        for endpoint in site.endpoints where !Policy.isValidName(endpoint.label) { throw .invalidLabel(endpoint.label) }
+        if let certificate = signer?.certificate {
+            if site.siteID != certificate.siteID || site.name != certificate.name {
+                throw .outsideCertificate("site \(site.name) (\(site.siteID)): it is for \(certificate.name) (\(certificate.siteID))")
+            }
+            for prefix in site.lanPrefixes where !certificate.lanPrefixes.contains(where: { $0.contains(prefix) }) {
+                throw .outsideCertificate("the LAN prefix \(prefix)")
+            }
+            if !certificate.overlayPrefixes.contains(where: { $0.contains(site.overlay) }) {
+                throw .outsideCertificate("the overlay address \(site.overlay)")
+            }
         }
-        guard announcement.endpoints.count <= Self.maxEndpoints else {
-            throw .tooManyEndpoints(announcement.endpoints.count)
-        }
-        for endpoint in announcement.endpoints where !Policy.isValidName(endpoint.label) {
-            throw .invalidLabel(endpoint.label)
-        }
-        var out = Self.magic
-        out.append(Self.version)
-        let authenticated = if case .key = authentication { true } else { false }
-        out.append(authenticated ? Self.flagAuthenticated : 0)
-        out += [0, 0]  // length, filled in below
-        out += bigEndian(announcement.counter)
+    }
+
+    /// The body shared by both versions: counter, timestamp, id, key, overlay, name, LAN prefixes, endpoints.
+    private static func body(_ announcement: Announcement) -> [UInt8] {
+        var out = bigEndian(announcement.counter)
         out += bigEndian(announcement.timestampMilliseconds)
         out += withUnsafeBytes(of: announcement.siteID.uuid.uuid) { Array($0) }
         out += announcement.publicKey.bytes
@@ -92,6 +151,39 @@ public struct AnnouncementCodec: Sendable {
             out += endpoint.address.address.bytes
             out += bigEndian(endpoint.address.port)
         }
+        return out
+    }
+
+    private var authenticated: Bool { if case .key = authentication { true } else { false } }
+
+    /// Header + content (+ the site's signature when `sign`) + MAC, with the length filled in.
+    private func seal(kind: MeshMessageKind, content: [UInt8], certificate: [UInt8]?) -> [UInt8] {
+        let flags = (authenticated ? Self.flagAuthenticated : 0) | (certificate != nil ? Self.flagSigned : 0)
+        var out = Self.magic + [Self.version, kind.rawValue, flags, 0, 0, 0] + content
+        if let certificate {
+            out += bigEndian(UInt16(certificate.count)) + certificate
+        }
+        let total = out.count + (certificate != nil ? Self.signatureSize : 0) + (authenticated ? Self.macSize : 0)
+        out[8] = UInt8(total >> 8)
+        out[9] = UInt8(total & 0xff)
+        if certificate != nil, let signer { out += signer.key.signature(for: out) }
+        if case .key(let key) = authentication {
+            out += Array(HMAC<SHA256>.authenticationCode(for: out, using: key.key))
+        }
+        return out
+    }
+
+    /// A version 2 announcement: signed with our identity key and carrying our certificate when we have one.
+    public func encode(_ announcement: Announcement) throws(EncodingError) -> [UInt8] {
+        try validate(announcement.site)
+        return seal(kind: .announcement, content: Self.body(announcement), certificate: signer?.encodedCertificate)
+    }
+
+    /// A version 1 announcement (the shared key alone), for sites that do not read version 2 yet.
+    public func encodeLegacy(_ announcement: Announcement) throws(EncodingError) -> [UInt8] {
+        try validate(announcement.site)
+        var out = Self.magic + [Self.legacyVersion, authenticated ? Self.flagAuthenticated : 0, 0, 0]
+        out += Self.body(announcement)
         let total = out.count + (authenticated ? Self.macSize : 0)
         out[6] = UInt8(total >> 8)
         out[7] = UInt8(total & 0xff)
@@ -101,55 +193,86 @@ public struct AnnouncementCodec: Sendable {
         return out
     }
 
-    public func decode(_ datagram: some Collection<UInt8>) throws(AnnouncementRejection) -> Announcement {
+    /// A revocation list message (kind 2): the CA-signed list as it is, passed on unchanged by every site.
+    public func encode(_ list: RevocationList) throws(RevocationList.Invalid) -> [UInt8] {
+        seal(kind: .revocationList, content: try list.encode(), certificate: nil)
+    }
+
+    /// Header, MAC and structure (no signature checked yet). See the type's documentation.
+    public func open(_ datagram: some Collection<UInt8>) throws(AnnouncementRejection) -> OpenedMessage {
         guard datagram.count <= Self.maxDatagramSize else { throw .oversized }
         let bytes = Array(datagram)
-        guard bytes.count >= Self.headerSize else { throw .truncated }
+        guard bytes.count >= 5 else { throw .truncated }
         guard Array(bytes[0..<4]) == Self.magic else { throw .badMagic }
-        guard bytes[4] == Self.version else { throw .badVersion }
-        let flags = bytes[5]
-        guard flags & ~Self.flagAuthenticated == 0 else { throw .badFlags }
-        let declared = Int(bytes[6]) << 8 | Int(bytes[7])
+        let legacy: Bool
+        switch bytes[4] {
+        case Self.version: legacy = false
+        case Self.legacyVersion: legacy = true
+        default: throw .badVersion
+        }
+        guard bytes.count >= (legacy ? Self.legacyHeaderSize : Self.headerSize) else { throw .truncated }
+        let kind: MeshMessageKind
+        let flags: UInt8
+        let lengthAt: Int
+        if legacy {
+            (kind, flags, lengthAt) = (.announcement, bytes[5], 6)
+            guard flags & ~Self.flagAuthenticated == 0 else { throw .badFlags }
+        } else {
+            guard let known = MeshMessageKind(rawValue: bytes[5]), known != .relay else { throw .badKind }
+            (kind, flags, lengthAt) = (known, bytes[6], 8)
+            let allowed = Self.flagAuthenticated | (kind == .announcement ? Self.flagSigned : 0)
+            guard flags & ~allowed == 0, bytes[7] == 0 else { throw .badFlags }
+        }
+        let declared = Int(bytes[lengthAt]) << 8 | Int(bytes[lengthAt + 1])
         guard declared <= bytes.count else { throw .truncated }
         guard declared == bytes.count else { throw .badLength }
 
-        let authenticated = flags & Self.flagAuthenticated != 0
-        let bodyEnd: Int
+        var end = bytes.count
         switch authentication {
         case .key(let key):
-            guard authenticated else { throw .authenticationMismatch }
+            guard flags & Self.flagAuthenticated != 0 else { throw .authenticationMismatch }
             guard bytes.count >= Self.headerSize + Self.macSize else { throw .truncated }
-            bodyEnd = bytes.count - Self.macSize
-            let valid = HMAC<SHA256>.isValidAuthenticationCode(bytes[bodyEnd...], authenticating: bytes[..<bodyEnd],
+            end -= Self.macSize
+            let valid = HMAC<SHA256>.isValidAuthenticationCode(bytes[end...], authenticating: bytes[..<end],
                                                                using: key.key)
             guard valid else { throw .badMAC }
         case .insecure:
-            guard !authenticated else { throw .authenticationMismatch }
-            bodyEnd = bytes.count
+            guard flags & Self.flagAuthenticated == 0 else { throw .authenticationMismatch }
         }
 
-        var reader = ByteReader(bytes: bytes[..<bodyEnd], offset: 8)
+        let headerSize = legacy ? Self.legacyBodyOffset : Self.headerSize
+        switch kind {
+        case .revocationList:
+            let list = try RevocationList.decode(bytes[headerSize..<end])
+            return OpenedMessage(kind: kind, revocationList: list)
+        case .relay:
+            throw .badKind
+        case .announcement:
+            var reader = ByteReader(bytes: bytes[..<end], offset: headerSize)
+            let announcement = try Self.readBody(&reader)
+            guard flags & Self.flagSigned != 0 else {
+                guard reader.isAtEnd else { throw .malformed }
+                return OpenedMessage(kind: kind, announcement: announcement)
+            }
+            let certificateLength = Int(try reader.u16())
+            let certificate = try SiteCertificate.decode(try reader.take(certificateLength))
+            let signedEnd = reader.offset
+            let signature = try reader.take(Self.signatureSize)
+            guard reader.isAtEnd else { throw .malformed }
+            return OpenedMessage(kind: kind, announcement: announcement, certificate: certificate,
+                                 signedRegion: bytes[..<signedEnd], signature: signature)
+        }
+    }
+
+    private static func readBody(_ reader: inout ByteReader) throws(AnnouncementRejection) -> Announcement {
         let counter = try reader.u64()
         let timestamp = try reader.u64()
-        let id = Array(try reader.take(16))
-        let uuid = UUID(uuid: (id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7],
-                               id[8], id[9], id[10], id[11], id[12], id[13], id[14], id[15]))
+        let id = try reader.siteID()
         let publicKey = WireGuardKey(bytes: try reader.take(32))!
         let overlay = IPv4Address(bytes: try reader.take(4))!
         let name = try reader.string(maxBytes: Self.maxNameBytes)
         guard Self.isValidName(name) else { throw .malformed }
-
-        let prefixCount = Int(try reader.u8())
-        guard prefixCount <= Self.maxLANPrefixes else { throw .malformed }
-        var prefixes: [IPv4Prefix] = []
-        for _ in 0..<prefixCount {
-            let address = IPv4Address(bytes: try reader.take(4))!
-            let length = try reader.u8()
-            guard length <= 32 else { throw .malformed }
-            let prefix = IPv4Prefix(address, length: length)
-            guard prefix.network == address else { throw .malformed }  // canonical only
-            prefixes.append(prefix)
-        }
+        let prefixes = try reader.prefixes(max: Self.maxLANPrefixes)
 
         let endpointCount = Int(try reader.u8())
         guard endpointCount <= Self.maxEndpoints else { throw .malformed }
@@ -162,10 +285,52 @@ public struct AnnouncementCodec: Sendable {
             guard port != 0 else { throw .malformed }
             endpoints.append(Endpoint(label: label, address: SocketAddress4(address, port: port)))
         }
-        guard reader.isAtEnd else { throw .malformed }
-        return Announcement(siteID: SiteID(uuid), name: name, publicKey: publicKey, overlay: overlay,
+        return Announcement(siteID: id, name: name, publicKey: publicKey, overlay: overlay,
                             lanPrefixes: prefixes, endpoints: endpoints, counter: counter,
                             timestampMilliseconds: timestamp)
+    }
+
+    /// The expensive checks, cheapest first (see the type's documentation). `now` judges validity windows.
+    public func verify(_ opened: OpenedMessage, now: Date) throws(AnnouncementRejection) -> MeshMessage {
+        if let list = opened.revocationList {
+            guard let authority = trust.authority(for: list.issuer) else { throw .unknownCA }
+            guard list.isSigned(by: authority) else { throw .badSignature }
+            return .revocationList(list)
+        }
+        guard var announcement = opened.announcement else { throw .badKind }
+        guard let certificate = opened.certificate else {
+            guard !trust.required else { throw .unsigned }
+            return .announcement(announcement)
+        }
+        // Without a trusted CA (the first step of a migration) a signed announcement counts as the MAC says.
+        guard !trust.authorities.isEmpty else { return .announcement(announcement) }
+        guard let authority = trust.authority(for: certificate.issuer) else { throw .unknownCA }
+        let seconds = now.timeIntervalSince1970
+        guard seconds >= TimeInterval(certificate.notBefore) else { throw .notYetValid }
+        guard seconds <= TimeInterval(certificate.notAfter) else { throw .expired }
+        guard certificate.permits(announcement.site) else { throw .outsideCertificate }
+        guard certificate.identityKey.isValidSignature(opened.signature, for: opened.signedRegion) else {
+            throw .badSignature
+        }
+        guard certificate.isSigned(by: authority) else { throw .badCertificate }
+        announcement.certificate = certificate
+        return .announcement(announcement)
+    }
+
+    /// Whether `verify` would check signatures for this message (what the signature budget is spent on).
+    public func checksSignatures(of opened: OpenedMessage) -> Bool {
+        opened.needsSignatureCheck && !trust.authorities.isEmpty
+    }
+
+    /// `open` then `verify`.
+    public func decodeMessage(_ datagram: some Collection<UInt8>, now: Date = Date()) throws(AnnouncementRejection) -> MeshMessage {
+        try verify(try open(datagram), now: now)
+    }
+
+    /// Decodes an announcement (any other kind is `badKind`).
+    public func decode(_ datagram: some Collection<UInt8>, now: Date = Date()) throws(AnnouncementRejection) -> Announcement {
+        guard case .announcement(let announcement) = try decodeMessage(datagram, now: now) else { throw .badKind }
+        return announcement
     }
 }
 
@@ -199,6 +364,28 @@ struct ByteReader {
 
     mutating func u64() throws(AnnouncementRejection) -> UInt64 {
         try take(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    mutating func siteID() throws(AnnouncementRejection) -> SiteID {
+        let id = Array(try take(16))
+        return SiteID(UUID(uuid: (id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7],
+                                  id[8], id[9], id[10], id[11], id[12], id[13], id[14], id[15])))
+    }
+
+    /// A count (at most `max`) then that many canonical prefixes (4-byte network, 1-byte length).
+    mutating func prefixes(max: Int) throws(AnnouncementRejection) -> [IPv4Prefix] {
+        let count = Int(try u8())
+        guard count <= max else { throw .malformed }
+        var prefixes: [IPv4Prefix] = []
+        for _ in 0..<count {
+            let address = IPv4Address(bytes: try take(4))!
+            let length = try u8()
+            guard length <= 32 else { throw .malformed }
+            let prefix = IPv4Prefix(address, length: length)
+            guard prefix.network == address else { throw .malformed }  // canonical only
+            prefixes.append(prefix)
+        }
+        return prefixes
     }
 
     /// A length-prefixed (one byte) UTF-8 string of 1...maxBytes bytes.

@@ -118,30 +118,163 @@ public final class DiscoveryService: Sendable {
         /// Where a site that has us as its `--peer` (or that we have as ours) sends from, as we observe it:
         /// we announce and relay to it, which also keeps a NAT mapping in front of it open.
         var correspondents: [SiteID: SocketAddress4] = [:]
+        var budget = SignatureBudget()
+        /// The active sites as they may be used, and the refused overlapping claims (`PrefixClaims`).
+        var resolution = PrefixClaims.Resolution(sites: [], conflicts: [])
+        /// Revocation lists we hold, encoded once (sent with every announcement).
+        var revocationDatagrams: [[UInt8]] = []
+        /// Signs what we announce (our certificate and identity key); replaceable at run time (renewal).
+        var encoder: AnnouncementCodec
+
+        /// Re-settles overlapping claims after the table or `local` changed; returns the conflicts that began
+        /// and ended, to log one line each.
+        mutating func resolve() -> (began: [PrefixConflict], ended: [PrefixConflict]) {
+            let before = Set(resolution.conflicts)
+            resolution = table.resolution(local: local)
+            let after = Set(resolution.conflicts)
+            return (resolution.conflicts.filter { !before.contains($0) },
+                    Array(before.subtracting(after)).sorted { $0.description < $1.description })
+        }
     }
+
+    /// What discovery does with certificates: our signer, the CAs we trust, and what to send before it knows
+    /// better (`legacyCopies`: also announce in format version 1, for sites not yet upgraded).
+    public struct Identity: Sendable {
+        public var trust: CertificateTrust
+        public var signer: AnnouncementSigner?
+        public var legacyCopies: Bool
+
+        public init(trust: CertificateTrust = .none, signer: AnnouncementSigner? = nil, legacyCopies: Bool = false) {
+            self.trust = trust
+            self.signer = signer
+            self.legacyCopies = legacyCopies
+        }
+    }
+
+    private let legacyCopies: Bool
+    /// The origin of the monotonic seconds the signature budget counts in.
+    private static let epoch = ContinuousClock.now
+    /// Called (outside the lock) with every newer revocation list accepted, to keep it across restarts.
+    private let revocationAccepted: @Sendable (RevocationList) -> Void
 
     /// Fails when `local` cannot be announced (name, labels or counts outside the format's limits).
     public init(local: SiteDescription, settings: DiscoverySettings, authentication: MeshAuthentication,
+                identity: Identity = Identity(),
+                revocationAccepted: @escaping @Sendable (RevocationList) -> Void = { _ in },
                 logger: Logger = Logger(label: "patronus.mesh.discovery")) throws(AnnouncementCodec.EncodingError) {
         self.settings = settings
-        self.codec = AnnouncementCodec(authentication: authentication)
+        self.codec = AnnouncementCodec(authentication: authentication, trust: identity.trust, signer: identity.signer)
+        self.legacyCopies = identity.legacyCopies
+        self.revocationAccepted = revocationAccepted
         _ = try codec.encode(Announcement(site: local, counter: 0, timestampMilliseconds: 0))
         self.logger = logger
         let table = PeerTable(localSiteID: local.siteID, localPublicKey: local.publicKey,
                               settings: .init(timestampWindow: settings.timestampWindow,
                                               expiry: settings.intervalSeconds * Double(settings.expiryIntervals)))
-        state = Mutex(State(local: local, table: table))
+        var state = State(local: local, table: table, encoder: codec)
+        _ = state.resolve()
+        self.state = Mutex(state)
         (events, continuation) = AsyncStream.makeStream(of: MeshEvent.self, bufferingPolicy: .bufferingNewest(1024))
     }
 
     /// Changes what this site announces (e.g. an uplink's address changed); announces at once if it differs.
     public func update(_ local: SiteDescription) throws(AnnouncementCodec.EncodingError) {
-        _ = try codec.encode(Announcement(site: local, counter: 0, timestampMilliseconds: 0))
-        state.withLock { state in
-            guard state.local != local else { return }
+        let result = state.withLock { state -> Result<(began: [PrefixConflict], ended: [PrefixConflict]), AnnouncementCodec.EncodingError> in
+            do throws(AnnouncementCodec.EncodingError) {
+                _ = try state.encoder.encode(Announcement(site: local, counter: 0, timestampMilliseconds: 0))
+            } catch {
+                return .failure(error)
+            }
+            guard state.local != local else { return .success(([], [])) }
             state.local = local
             state.announceNow = true
             Self.wake(state)
+            return .success(state.resolve())
+        }
+        logConflicts(try result.get())
+    }
+
+    /// Signs from now on with `signer` (a renewed certificate, or a new identity key): checked against what
+    /// we announce first, then announced at once. No tunnel changes, so renewal costs no outage.
+    public func replaceSigner(_ signer: AnnouncementSigner) throws(AnnouncementCodec.EncodingError) {
+        let encoder = AnnouncementCodec(authentication: codec.authentication, trust: codec.trust, signer: signer)
+        try state.withLock { state throws(AnnouncementCodec.EncodingError) in
+            _ = try encoder.encode(Announcement(site: state.local, counter: 0, timestampMilliseconds: 0))
+            state.encoder = encoder
+            state.announceNow = true
+            Self.wake(state)
+        }
+    }
+
+    /// The certificate we announce with (nil without one).
+    public var certificate: SiteCertificate? { state.withLock { $0.encoder.signer?.certificate } }
+
+    /// A revocation list given to this site (the operator's file): verified like a received one, then held,
+    /// applied and passed on with every announcement. Returns what it refused for, if it did.
+    @discardableResult
+    public func add(_ list: RevocationList) -> AnnouncementRejection? {
+        do {
+            let bytes = try codec.encode(list)
+            guard case .revocationList(let verified) = try codec.decodeMessage(bytes) else { return .badKind }
+            return apply(verified, from: nil)
+        } catch let error as AnnouncementRejection {
+            return error
+        } catch {
+            return .malformed
+        }
+    }
+
+    /// Applies a verified list: removes the sites it revokes, keeps it, passes it on; nil when it was newer.
+    private func apply(_ list: RevocationList, from source: SocketAddress4?) -> AnnouncementRejection? {
+        let outcome = state.withLock { state -> Result<([MeshEvent], (began: [PrefixConflict], ended: [PrefixConflict])), AnnouncementRejection> in
+            do throws(AnnouncementRejection) {
+                let events = try state.table.apply(list)
+                state.revocationDatagrams = state.table.revocationLists.values.sorted { $0.issuer.lexicographicallyPrecedes($1.issuer) }
+                    .compactMap { try? codec.encode($0) }
+                state.announceNow = true  // pass it on now: every site has it within an interval per hop
+                Self.wake(state)
+                return .success((events, state.resolve()))
+            } catch {
+                return .failure(error)
+            }
+        }
+        switch outcome {
+        case .failure(let rejection):
+            return rejection
+        case .success(let (events, changes)):
+            logger.notice("revocation list accepted", metadata: [
+                "number": "\(list.number)", "revoked": "\(list.serials.count)",
+                "from": "\(source.map(\.description) ?? "local file")",
+            ])
+            revocationAccepted(list)
+            for event in events {
+                if case .siteRevoked(let a) = event {
+                    logger.warning("site revoked: its tunnels and paths are removed", metadata: [
+                        "site": "\(a.name)", "id": "\(a.siteID)", "serial": "\(a.certificate.map(\.serialText) ?? "-")",
+                    ])
+                }
+                continuation.yield(event)
+            }
+            logConflicts(changes)
+            return nil
+        }
+    }
+
+    /// The revocation lists held, one per CA.
+    public var revocationLists: [RevocationList] {
+        state.withLock { state in
+            state.table.revocationLists.values.sorted { $0.issuer.lexicographicallyPrecedes($1.issuer) }
+        }
+    }
+
+    private func logConflicts(_ changes: (began: [PrefixConflict], ended: [PrefixConflict])) {
+        for conflict in changes.began {
+            logger.warning("announced prefix refused: it overlaps one held earlier", metadata: [
+                "conflict": "\(conflict)",
+            ])
+        }
+        for conflict in changes.ended {
+            logger.notice("prefix conflict ended", metadata: ["conflict": "\(conflict)"])
         }
     }
 
@@ -159,8 +292,15 @@ public final class DiscoveryService: Sendable {
     /// What this site announces now.
     public var local: SiteDescription { state.withLock { $0.local } }
 
-    /// The active sites' latest announcements, sorted by site id.
-    public var sites: [Announcement] { state.withLock { $0.table.announcements } }
+    /// The active sites as they may be used, sorted by site id: their latest announcements less what
+    /// overlaps an earlier holder's prefixes or overlay (`PrefixClaims`; `conflicts` lists what was refused).
+    public var sites: [Announcement] { state.withLock { $0.resolution.sites } }
+
+    /// The active sites' latest announcements as announced, sorted by site id.
+    public var announcedSites: [Announcement] { state.withLock { $0.table.announcements } }
+
+    /// Announced prefixes and overlays refused because they overlap an earlier holder's.
+    public var conflicts: [PrefixConflict] { state.withLock { $0.resolution.conflicts } }
 
     /// The active sites heard since the start; `sites` also holds restored ones not heard yet.
     public var heardSites: [Announcement] { state.withLock { $0.table.heardAnnouncements } }
@@ -169,11 +309,12 @@ public final class DiscoveryService: Sendable {
     /// first tunnel plan already holds them. Returns how many were restored.
     @discardableResult
     public func restore(_ descriptions: [SiteDescription]) -> Int {
-        let events = state.withLock { state in
+        let (events, changes) = state.withLock { state in
             let events = state.table.restore(descriptions, now: Date())
             Self.wake(state)  // the expiry timer now has a deadline
-            return events
+            return (events, state.resolve())
         }
+        logConflicts(changes)
         for event in events {
             if case .siteAppeared(let a) = event {
                 logger.info("site restored from the database", metadata: [
@@ -267,16 +408,17 @@ public final class DiscoveryService: Sendable {
 
         func send(_ outgoing: Outgoing) -> SendCounts {
             var counts = SendCounts()
-            let bytes = outgoing.announcement
-            for uplink in sockets.uplinks {
-                counts.count(sockets.send(bytes, from: uplink.fd, to: sockets.group))
-            }
-            for destination in outgoing.unicast {
-                counts.count(sockets.send(bytes, from: sockets.unicast, to: destination))
-            }
-            for route in outgoing.tunnels {
-                if counts.count(sockets.send(bytes, to: SocketAddress4(route.overlay, port: sockets.group.port), mark: route.mark)) {
-                    counts.tunnel += 1
+            for bytes in outgoing.datagrams {
+                for uplink in sockets.uplinks {
+                    counts.count(sockets.send(bytes, from: uplink.fd, to: sockets.group))
+                }
+                for destination in outgoing.unicast {
+                    counts.count(sockets.send(bytes, from: sockets.unicast, to: destination))
+                }
+                for route in outgoing.tunnels {
+                    if counts.count(sockets.send(bytes, to: SocketAddress4(route.overlay, port: sockets.group.port), mark: route.mark)) {
+                        counts.tunnel += 1
+                    }
                 }
             }
             for (envelope, destination) in outgoing.relays {
@@ -289,7 +431,8 @@ public final class DiscoveryService: Sendable {
     /// What one announcement round sends: our announcement on every uplink (multicast), to every unicast
     /// destination and through every tunnel, and the relays.
     struct Outgoing {
-        var announcement: [UInt8]
+        /// Our announcement (and its version 1 copy with `legacyCopies`) and the revocation lists we hold.
+        var datagrams: [[UInt8]]
         var unicast: [SocketAddress4]
         var tunnels: [TunnelRoute]
         var relays: [([UInt8], SocketAddress4)]
@@ -323,11 +466,13 @@ public final class DiscoveryService: Sendable {
         return out
     }
 
-    /// Announces if due and expires sites. Returns what to send (if due) and the poll timeout in ms, or nil
-    /// when the service is stopping.
+    /// Announces if due and expires sites. Returns what to send when due (the announcement, its version 1 copy
+    /// with `legacyCopies`, and the revocation lists we hold: on every uplink, to every unicast destination and
+    /// through every tunnel; and the relays) and the poll timeout in ms, or nil when the service is stopping.
     fileprivate func plan(now: ContinuousClock.Instant) -> (outgoing: Outgoing?, timeout: Int32)? {
         let wall = Date()
-        let planned = state.withLock { state -> (outgoing: Outgoing?, timeout: Int32, expired: [MeshEvent])? in
+        let planned = state.withLock { state -> (outgoing: Outgoing?, timeout: Int32, expired: [MeshEvent],
+                                                 changes: (began: [PrefixConflict], ended: [PrefixConflict]))? in
             guard !state.stopping else { return nil }
             var outgoing: Outgoing?
             let due = state.lastAnnounce.map { now - $0 >= settings.interval } ?? true
@@ -335,16 +480,18 @@ public final class DiscoveryService: Sendable {
                 let announcement = Announcement(site: state.local, counter: state.counter.next(),
                                                 timestampMilliseconds: UInt64(wall.timeIntervalSince1970 * 1000))
                 // The description was validated by init/update, so encoding cannot fail here.
-                if let bytes = try? codec.encode(announcement) {
-                    var unicast = settings.peers
-                    for address in state.correspondents.values.sorted(by: { ($0.address, $0.port) < ($1.address, $1.port) })
-                        where !unicast.contains(address) {
-                        unicast.append(address)
-                    }
-                    outgoing = Outgoing(announcement: bytes, unicast: unicast, tunnels: state.tunnelRoutes,
-                                        relays: Self.relays(relayable: state.relayable, to: unicast,
-                                                            correspondents: state.correspondents))
+                var datagrams: [[UInt8]] = []
+                if let bytes = try? state.encoder.encode(announcement) { datagrams.append(bytes) }
+                if legacyCopies, let bytes = try? state.encoder.encodeLegacy(announcement) { datagrams.append(bytes) }
+                datagrams += state.revocationDatagrams
+                var unicast = settings.peers
+                for address in state.correspondents.values.sorted(by: { ($0.address, $0.port) < ($1.address, $1.port) })
+                    where !unicast.contains(address) {
+                    unicast.append(address)
                 }
+                outgoing = Outgoing(datagrams: datagrams, unicast: unicast, tunnels: state.tunnelRoutes,
+                                    relays: Self.relays(relayable: state.relayable, to: unicast,
+                                                        correspondents: state.correspondents))
                 state.lastAnnounce = now
                 state.announceNow = false
             }
@@ -353,15 +500,17 @@ public final class DiscoveryService: Sendable {
                 state.relayable[announcement.siteID] = nil
                 state.correspondents[announcement.siteID] = nil
             }
+            let changes = expired.isEmpty ? ([], []) : state.resolve()
             var wait = settings.interval - (now - (state.lastAnnounce ?? now))
             if let next = state.table.nextExpiry {
                 wait = min(wait, .milliseconds(Int64(max(0, next.timeIntervalSince(wall)) * 1000) + 1))
             }
             let (seconds, attoseconds) = max(wait, .zero).components
             let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-            return (outgoing, milliseconds, expired)
+            return (outgoing, milliseconds, expired, changes)
         }
         guard let planned else { return nil }
+        logConflicts(planned.changes)
         for event in planned.expired {
             if case .siteExpired(let announcement) = event {
                 logger.info("site expired", metadata: ["site": "\(announcement.name)", "id": "\(announcement.siteID)"])
@@ -382,10 +531,14 @@ public final class DiscoveryService: Sendable {
 
     /// Decodes, authenticates and applies one received datagram of `size` bytes (`bytes` holds at most the
     /// largest datagram discovery reads). `unicast`: it came to the unicast socket (a peer, a relay, or a
-    /// tunnel), not to an uplink's multicast socket.
+    /// tunnel), not to an uplink's multicast socket. Cheapest checks first: the relay envelope, header and MAC
+    /// (`open`), then replay and freshness (the table) and the signature budget, and only then the signature
+    /// checks (`verify`, outside the lock).
     func handle(_ bytes: ArraySlice<UInt8>, size: Int, from source: SocketAddress4, unicast: Bool) {
         let wall = Date()
-        var decoded: Announcement?
+        let now = ContinuousClock.now
+        var opened: OpenedMessage?
+        var message: MeshMessage?
         var rejection: AnnouncementRejection?
         var inner = bytes
         var relayed = false
@@ -398,19 +551,41 @@ public final class DiscoveryService: Sendable {
                     guard !RelayEnvelope.isEnvelope(inner) else { throw .badRelay }
                     relayed = true
                 }
-                decoded = try codec.decode(inner)
+                opened = try codec.open(inner)
             } catch {
                 rejection = error
             }
         }
+        if let opened {
+            let seconds = Double((now - Self.epoch).components.seconds) + Double((now - Self.epoch).components.attoseconds) / 1e18
+            rejection = state.withLock { state -> AnnouncementRejection? in
+                do throws(AnnouncementRejection) {
+                    if let announcement = opened.announcement { try state.table.precheck(announcement, now: wall) }
+                    if let list = opened.revocationList, let held = state.table.revocationLists[list.issuer],
+                       held.number >= list.number {
+                        throw .staleRevocationList
+                    }
+                } catch {
+                    return error
+                }
+                guard codec.checksSignatures(of: opened) else { return nil }
+                return state.budget.take(source: source.address, now: seconds) ? nil : .rateLimited
+            }
+            if rejection == nil {
+                do { message = try codec.verify(opened, now: wall) } catch { rejection = error }
+            }
+        }
+        if case .revocationList(let list) = message {
+            rejection = apply(list, from: source)
+            message = nil
+        }
         let path: AnnouncementPath = relayed ? .relay
             : !unicast ? .multicast
-            : decoded.map { source.address == $0.overlay } == true ? .tunnel : .unicast
-        let now = ContinuousClock.now
-        let (events, logLine) = state.withLock { state -> ([MeshEvent], (AnnouncementRejection, UInt64)?) in
+            : { if case .announcement(let a) = message, a.overlay == source.address { true } else { false } }() ? .tunnel : .unicast
+        let (events, logLine, changes) = state.withLock { state -> ([MeshEvent], (AnnouncementRejection, UInt64)?, (began: [PrefixConflict], ended: [PrefixConflict])) in
             state.statistics.datagramsReceived += 1
             var events: [MeshEvent] = []
-            if let decoded {
+            if case .announcement(let decoded) = message {
                 do throws(AnnouncementRejection) {
                     events = try state.table.accept(decoded, now: wall)
                     state.statistics.accepted += 1
@@ -421,24 +596,28 @@ public final class DiscoveryService: Sendable {
                 } catch {
                     rejection = error
                 }
+            } else if rejection == nil {
+                state.statistics.accepted += 1  // a newer revocation list
             }
             guard let rejection else {
                 if events.contains(where: { if case .siteAppeared = $0 { true } else { false } }) {
                     state.announceNow = true  // let the newcomer hear about us now, not in an interval
                 }
-                return (events, nil)
+                return (events, nil, events.isEmpty ? ([], []) : state.resolve())
             }
             state.statistics.drops[rejection, default: 0] += 1
-            // Our own looped-back datagrams and second copies via another uplink are normal: never logged.
-            guard rejection != .fromSelf && rejection != .duplicate else { return ([], nil) }
+            // Our own looped-back datagrams, second copies via another uplink and the lists every site repeats
+            // are normal: never logged.
+            guard ![.fromSelf, .duplicate, .staleRevocationList].contains(rejection) else { return ([], nil, ([], [])) }
             if let last = state.lastLogged[rejection], now - last.at < .seconds(10) {
                 state.lastLogged[rejection]!.suppressed += 1
-                return ([], nil)
+                return ([], nil, ([], []))
             }
             let suppressed = state.lastLogged[rejection]?.suppressed ?? 0
             state.lastLogged[rejection] = (now, 0)
-            return ([], (rejection, suppressed))
+            return ([], (rejection, suppressed), ([], []))
         }
+        logConflicts(changes)
         if let (reason, suppressed) = logLine {
             logger.warning("dropped announcement", metadata: [
                 "reason": "\(reason)", "from": "\(source)", "size": "\(size)",
@@ -452,7 +631,7 @@ public final class DiscoveryService: Sendable {
                                                         "via": "\(path.rawValue)"])
             case .siteChanged(_, let a):
                 logger.info("site changed", metadata: ["site": "\(a.name)", "id": "\(a.siteID)"])
-            case .siteExpired:
+            case .siteExpired, .siteRevoked:
                 break
             }
             continuation.yield(event)

@@ -10,6 +10,8 @@ public enum MeshEvent: Hashable, Sendable {
     case siteChanged(old: Announcement, new: Announcement)
     /// Nothing was heard from the site for the expiry time; its tunnels and paths should go.
     case siteExpired(Announcement)
+    /// A revocation list revoked the site's certificate: its tunnels and paths go now, and it stays out.
+    case siteRevoked(Announcement)
 }
 
 /// The sites this site knows, as a pure state machine: decoded announcements and the clock go in, events
@@ -50,6 +52,14 @@ public struct PeerTable: Sendable {
     public var settings: Settings
     public private(set) var sites: [SiteID: Site] = [:]
     private var lastCounters: [SiteID: (counter: UInt64, at: Date, recent: [UInt64])] = [:]
+    /// When each site's prefixes (LAN prefixes and overlay /32) were first heard: the age that decides who holds
+    /// an overlapping prefix (`PrefixClaims`). Kept after a site expires (bounded like the replay state), so a
+    /// site that comes back after an outage still holds what it held before.
+    private var claimedSince: [SiteID: [IPv4Prefix: Date]] = [:]
+    /// The newest revocation list per CA (by key id), and every serial they revoke.
+    public private(set) var revocationLists: [[UInt8]: RevocationList] = [:]
+    /// Sites heard with a valid certificate (bounded like the replay state).
+    private var certified: Set<SiteID> = []
     /// Accepted counters remembered per site to tell a late second copy (sent on another uplink, overtaken
     /// by a newer announcement) from a replay.
     static let recentCounters = 8
@@ -60,9 +70,9 @@ public struct PeerTable: Sendable {
         self.settings = settings
     }
 
-    /// Takes a decoded (authenticated) announcement received at `now`. Returns the events it causes (none for
-    /// a plain refresh), or the reason it was refused; a refused announcement changes nothing.
-    public mutating func accept(_ announcement: Announcement, now: Date) throws(AnnouncementRejection) -> [MeshEvent] {
+    /// The checks that need no signature: from ourselves, the time window, replay. `DiscoveryService` runs them
+    /// before the (expensive) signature checks, so a copy or a replay costs no signature check.
+    public func precheck(_ announcement: Announcement, now: Date) throws(AnnouncementRejection) {
         let id = announcement.siteID
         guard id != localSiteID else { throw .fromSelf }
         if let localPublicKey, announcement.publicKey == localPublicKey { throw .keyConflict }
@@ -70,14 +80,35 @@ public struct PeerTable: Sendable {
         if let last = lastCounters[id], announcement.counter <= last.counter {
             throw last.recent.contains(announcement.counter) ? .duplicate : .replayed
         }
+    }
+
+    /// Takes a decoded (authenticated) announcement received at `now`. Returns the events it causes (none for
+    /// a plain refresh), or the reason it was refused; a refused announcement changes nothing.
+    ///
+    /// A certified site (the codec verified its certificate) may announce a new WireGuard key for its id at
+    /// once: its identity signature binds the key (rotation). Without a certificate a key change for an
+    /// active id is `idConflict` until that site expires.
+    public mutating func accept(_ announcement: Announcement, now: Date) throws(AnnouncementRejection) -> [MeshEvent] {
+        try precheck(announcement, now: now)
+        let id = announcement.siteID
+        if let certificate = announcement.certificate,
+           revocationLists[certificate.issuer]?.serials.contains(certificate.serial) == true {
+            throw .revoked
+        }
+        // Once a site spoke with a certificate, the shared key alone no longer speaks for it (migration mode).
+        if announcement.certificate == nil, certified.contains(id) { throw .unsigned }
         let existing = sites[id]
-        if let existing, existing.announcement.publicKey != announcement.publicKey { throw .idConflict }
+        if let existing, existing.announcement.publicKey != announcement.publicKey, announcement.certificate == nil {
+            throw .idConflict
+        }
         if sites.values.contains(where: { $0.announcement.siteID != id && $0.announcement.publicKey == announcement.publicKey }) {
             throw .keyConflict
         }
         if existing == nil, sites.count >= settings.maxSites { throw .tableFull }
 
         rememberCounter(announcement.counter, for: id, at: now)
+        rememberClaims(of: announcement.site, at: now)
+        if announcement.certificate != nil { certified.insert(id) }
         guard let existing else {
             sites[id] = Site(announcement: announcement, firstSeen: now, lastSeen: now)
             return [.siteAppeared(announcement)]
@@ -87,6 +118,37 @@ public struct PeerTable: Sendable {
         sites[id]!.heard = true
         return existing.announcement.site == announcement.site
             ? [] : [.siteChanged(old: existing.announcement, new: announcement)]
+    }
+
+    /// Takes a verified revocation list: newer than the one held from its CA, it replaces it, and every active
+    /// site whose certificate it revokes is removed at once (`siteRevoked`); that site's later announcements
+    /// are refused (`revoked`). An older or equal list is `staleRevocationList` (every site repeats its list).
+    public mutating func apply(_ list: RevocationList) throws(AnnouncementRejection) -> [MeshEvent] {
+        if let held = revocationLists[list.issuer], held.number >= list.number { throw .staleRevocationList }
+        revocationLists[list.issuer] = list
+        let revoked = sites.values.filter { site in
+            guard let certificate = site.announcement.certificate else { return false }
+            return certificate.issuer == list.issuer && list.serials.contains(certificate.serial)
+        }.sorted { $0.announcement.siteID < $1.announcement.siteID }
+        for site in revoked {
+            sites[site.announcement.siteID] = nil
+            claimedSince[site.announcement.siteID] = nil
+        }
+        return revoked.map { .siteRevoked($0.announcement) }
+    }
+
+    /// The active sites as they may be used, after `PrefixClaims` settled overlapping prefixes and overlays
+    /// (the oldest claim holds; `local` holds its own from the start).
+    public func resolution(local: SiteDescription) -> PrefixClaims.Resolution {
+        PrefixClaims.resolve(local: local, remotes: announcements) { site, prefix in
+            claimedSince[site]?[prefix] ?? .distantFuture
+        }
+    }
+
+    private mutating func rememberClaims(of site: SiteDescription, at now: Date) {
+        let current = [IPv4Prefix(site.overlay, length: 32)] + site.lanPrefixes
+        let held = claimedSince[site.siteID] ?? [:]
+        claimedSince[site.siteID] = Dictionary(current.map { ($0, held[$0] ?? now) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// Restores sites this router knew before a restart (its database), as if heard at `now`: tunnels and
@@ -104,6 +166,7 @@ public struct PeerTable: Sendable {
             let announcement = Announcement(site: site, counter: 0,
                                             timestampMilliseconds: UInt64(max(0, now.timeIntervalSince1970) * 1000))
             sites[site.siteID] = Site(announcement: announcement, firstSeen: now, lastSeen: now, heard: false)
+            rememberClaims(of: site, at: now)
             events.append(.siteAppeared(announcement))
         }
         return events
@@ -139,6 +202,8 @@ public struct PeerTable: Sendable {
         // Forget the longest-silent site that is not active (active ones are never evicted).
         if let victim = lastCounters.filter({ sites[$0.key] == nil }).min(by: { $0.value.at < $1.value.at })?.key {
             lastCounters[victim] = nil
+            claimedSince[victim] = nil
+            certified.remove(victim)
         }
     }
 }

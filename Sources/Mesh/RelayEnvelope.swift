@@ -7,19 +7,21 @@
 /// is only that the datagram's source address is the relay's, not the origin's: a relayed announcement never
 /// teaches where the origin can be reached, and it is never relayed again (one hop: no loops, no storms).
 ///
-/// Wire format (big-endian), 8 bytes before the inner datagram:
+/// Wire format: the version 2 header (docs/MESH.md) with kind 1, then the inner datagram:
 ///
 /// | offset | size | field |
 /// |---|---|---|
-/// | 0 | 4 | magic `PTMA` (the announcement's) |
+/// | 0 | 4 | magic `PTMA` |
 /// | 4 | 1 | version 2 |
 /// | 5 | 1 | kind 1 (relayed announcement) |
-/// | 6 | 2 | total length, envelope included; must equal the datagram's size |
-/// | 8 | n | the origin's datagram, unchanged |
+/// | 6 | 1 | flags: 0 |
+/// | 7 | 1 | reserved: 0 |
+/// | 8 | 2 | total length, envelope included (big-endian); must equal the datagram's size |
+/// | 10 | n | the origin's datagram, unchanged |
 public enum RelayEnvelope {
     public static let version: UInt8 = 2
     public static let kind: UInt8 = 1
-    public static let headerSize = 8
+    public static let headerSize = 10
     /// The inner datagram may be as large as any announcement the codec accepts.
     public static let maxDatagramSize = AnnouncementCodec.maxDatagramSize + headerSize
 
@@ -35,7 +37,7 @@ public enum RelayEnvelope {
     public static func wrap(_ datagram: [UInt8]) -> [UInt8] {
         let total = headerSize + datagram.count
         precondition(total <= maxDatagramSize, "an accepted announcement is at most \(AnnouncementCodec.maxDatagramSize) bytes")
-        return AnnouncementCodec.magic + [version, kind, UInt8(total >> 8), UInt8(total & 0xff)] + datagram
+        return AnnouncementCodec.magic + [version, kind, 0, 0, UInt8(total >> 8), UInt8(total & 0xff)] + datagram
     }
 
     /// The inner datagram, or `badRelay` when the envelope is malformed (length field, empty or oversized
@@ -43,8 +45,8 @@ public enum RelayEnvelope {
     public static func unwrap(_ bytes: ArraySlice<UInt8>) throws(AnnouncementRejection) -> ArraySlice<UInt8> {
         guard isEnvelope(bytes), bytes.count > headerSize, bytes.count <= maxDatagramSize else { throw .badRelay }
         let start = bytes.startIndex
-        let length = Int(bytes[start + 6]) << 8 | Int(bytes[start + 7])
-        guard length == bytes.count else { throw .badRelay }
+        let length = Int(bytes[start + 8]) << 8 | Int(bytes[start + 9])
+        guard bytes[start + 6] == 0, bytes[start + 7] == 0, length == bytes.count else { throw .badRelay }
         return bytes[(start + headerSize)...]
     }
 }

@@ -45,7 +45,8 @@ public struct TunnelDriver: Sendable {
     func resolveOverlayConflict() async -> IPv4Address? {
         guard let overlayPool else { return nil }
         let local = discovery.local
-        let known = Dictionary(discovery.sites.map { ($0.siteID, $0.overlay) }, uniquingKeysWith: { a, _ in a })
+        // As announced: a site with a smaller id that holds our address is refused until we move.
+        let known = Dictionary(discovery.announcedSites.map { ($0.siteID, $0.overlay) }, uniquingKeysWith: { a, _ in a })
         let chosen = OverlayAddressing.choose(for: local.siteID, in: overlayPool, known: known)
         guard chosen != local.overlay else { return nil }
         logger.warning("overlay address claimed by a site with a smaller id; moving", metadata: [
@@ -73,9 +74,6 @@ public struct TunnelDriver: Sendable {
             if let moved = await resolveOverlayConflict() { await onOverlay(moved) }
             do {
                 let plan = try currentPlan()
-                for conflict in plan.conflicts {
-                    logger.warning("LAN prefix announced by two sites", metadata: ["conflict": "\(conflict)"])
-                }
                 let report = await reconciler.apply(plan)
                 await onPlan(plan, report)
             } catch {

@@ -101,14 +101,10 @@ public struct PlannedPath: Hashable, Sendable {
 public struct TunnelPlan: Hashable, Sendable {
     public var interfaces: [PlannedInterface]
     public var paths: [PlannedPath]
-    /// LAN prefixes left out because a site with a smaller id announces the same prefix (WireGuard allows
-    /// one peer per allowed IP on an interface), as "prefix: kept for A, dropped for B" lines to log.
-    public var conflicts: [String]
 
-    public init(interfaces: [PlannedInterface], paths: [PlannedPath], conflicts: [String] = []) {
+    public init(interfaces: [PlannedInterface], paths: [PlannedPath]) {
         self.interfaces = interfaces
         self.paths = paths
-        self.conflicts = conflicts
     }
 }
 
@@ -129,6 +125,8 @@ public enum TunnelPlanner {
         }
     }
 
+    /// `remotes` must not overlap each other (`DiscoveryService.sites` are settled by `PrefixClaims`): WireGuard
+    /// allows one peer per allowed IP on an interface, and steering refuses overlapping destinations.
     /// `localEndpoints` is what this site announces (from `localEndpoints(...)`): an uplink without an
     /// announced endpoint gets its interface but no peers, since remote sites only add a peer for us on an
     /// endpoint we announce.
@@ -137,23 +135,7 @@ public enum TunnelPlanner {
         guard uplinks.count <= TunnelSettings.maxUplinks else { throw .tooManyUplinks(uplinks.count) }
         var labels = Set<String>()
         for uplink in uplinks where !labels.insert(uplink.label).inserted { throw .duplicateLabel(uplink.label) }
-        // Identical prefixes on two peers of one interface: WireGuard would silently move the prefix to the
-        // last one configured. The smaller site id keeps it; overlapping but different prefixes are fine
-        // (longest match).
-        var owners: [IPv4Prefix: SiteDescription] = [:]
-        var conflicts: [String] = []
-        let sortedRemotes = remotes.sorted { $0.siteID < $1.siteID }.map { remote in
-            var kept = remote
-            kept.lanPrefixes = remote.lanPrefixes.filter { prefix in
-                if let owner = owners[prefix], owner.siteID != remote.siteID {
-                    conflicts.append("\(prefix): kept for \(owner.name) (\(owner.siteID)), dropped for \(remote.name) (\(remote.siteID))")
-                    return false
-                }
-                owners[prefix] = remote
-                return true
-            }
-            return kept
-        }
+        let sortedRemotes = remotes.sorted { $0.siteID < $1.siteID }
         var interfaces: [PlannedInterface] = []
         var paths: [PlannedPath] = []
 
@@ -199,7 +181,7 @@ public enum TunnelPlanner {
         }
         interfaces.sort { $0.name < $1.name }
         paths.sort { ($0.interface, $0.remoteSite) < ($1.interface, $1.remoteSite) }
-        return TunnelPlan(interfaces: interfaces, paths: paths, conflicts: conflicts)
+        return TunnelPlan(interfaces: interfaces, paths: paths)
     }
 
     private static func peerConfiguration(_ remote: SiteDescription, endpoint: SocketAddress4,

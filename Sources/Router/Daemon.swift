@@ -15,10 +15,13 @@ import WireGuard
 public struct Daemon: Sendable {
     public let configuration: RouterConfiguration
     let logger: Logger
+    /// What the start line says this is (`patronus-router 0.9.0 (commit ...)`).
+    let version: String?
 
-    public init(configuration: RouterConfiguration, logger: Logger) {
+    public init(configuration: RouterConfiguration, logger: Logger, version: String? = nil) {
         self.configuration = configuration
         self.logger = logger
+        self.version = version
     }
 
     /// Runs until a graceful-shutdown signal. Throws before starting anything when a precondition fails.
@@ -35,6 +38,9 @@ public struct Daemon: Sendable {
         let siteID = try store.ensureLocalSite(name: configuration.siteName)
         let privateKey = try Self.privateKey(at: files.privateKey)
         let authentication = try meshAuthentication(files: files)
+        let (identity, certificate) = try MeshTrust.identity(configuration: configuration, files: files, siteID: siteID,
+                                                             logger: logger)
+        try store.setLocalCertificate(MeshTrust.record(certificate))
         if try store.loadDefaultPoliciesIfNew(Policy.defaults()) {
             logger.info("loaded the default policies into \(files.database)")
         }
@@ -48,10 +54,12 @@ public struct Daemon: Sendable {
         let overlay = OverlayAddressing.choose(for: siteID, known: [:])
         try store.updateLocalSite(overlayAddress: overlay, publicKey: privateKey.publicKey.base64,
                                   lanPrefixes: configuration.lanPrefixes)
-        logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: [
+        var startMetadata: Logger.Metadata = [
             "overlay": "\(overlay)", "uplinks": "\(uplinks.map(\.description))",
             "endpoints": "\(endpoints.map(\.description))", "database": "\(files.database)",
-        ])
+        ]
+        if let version { startMetadata["version"] = "\(version)" }
+        logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: startMetadata)
 
         let steering = try KernelSteering(logger: logger)
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
@@ -64,6 +72,7 @@ public struct Daemon: Sendable {
                 UplinkPinning.Binding(slot: UInt8($0.offset + 1), interface: $0.element.interface)
             })
             try await serve(store: store, siteID: siteID, privateKey: privateKey, authentication: authentication,
+                            identity: identity, revocationListPath: configuration.revocationListPath ?? files.revocationList,
                             uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
                             steering: steering, reconciler: reconciler)
         } catch {
@@ -97,6 +106,7 @@ public struct Daemon: Sendable {
     }
 
     private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
+                       identity: DiscoveryService.Identity, revocationListPath: String,
                        uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
                        steering: KernelSteering, reconciler: TunnelReconciler) async throws {
         let local = SiteDescription(siteID: siteID, name: configuration.siteName, publicKey: privateKey.publicKey,
@@ -105,7 +115,9 @@ public struct Daemon: Sendable {
             local: local,
             settings: DiscoverySettings(uplinks: uplinks.map(\.interface), peers: configuration.peers,
                                         group: configuration.multicastGroup),
-            authentication: authentication, logger: logger)
+            authentication: authentication, identity: identity,
+            revocationAccepted: { [logger] list in MeshTrust.persist(list, to: revocationListPath, logger: logger) },
+            logger: logger)
         let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
                                   settings: tunnelSettings, logger: logger)
         var responderConfiguration = ProbeResponder.Configuration()
@@ -159,12 +171,46 @@ public struct Daemon: Sendable {
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
                                 logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
+            FileWatcher(path: revocationListPath) { [logger] path in
+                do {
+                    if let refused = discovery.add(try TrustFiles.revocationList(at: path)), refused != .staleRevocationList {
+                        logger.error("the revocation list \(path) was refused: \(refused)")
+                    }
+                } catch {
+                    logger.error("reading the revocation list: \(error)")
+                }
+            },
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
             MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
         ]
+        let files = StoreFiles(database: configuration.databasePath)
+        if let path = identity.signer.flatMap({ _ in MeshTrust.certificatePath(configuration: configuration, files: files) }) {
+            services.append(FileWatcher(path: path) { [logger, configuration] path in
+                guard let signer = try? MeshTrust.signer(at: path, configuration: configuration, files: files, siteID: siteID,
+                                                         trust: identity.trust),
+                      signer.certificate != discovery.certificate else { return }
+                do {
+                    try discovery.replaceSigner(signer)
+                    try store.setLocalCertificate(MeshTrust.record(signer.certificate))
+                    logger.notice("the site certificate changed: announcing with the new one")
+                    MeshTrust.log(signer.certificate, logger: logger)
+                } catch {
+                    logger.error("the new certificate \(path) was not taken: \(error)")
+                }
+            })
+        }
         if let listen = configuration.metricsListen {
             services.append(MetricsEndpoint(host: "\(listen.address)", port: Int(listen.port), registry: metrics.registry,
                                             logger: logger))
+        }
+        if let listen = configuration.dashboardListen {
+            // Its own read-only connection: the dashboard cannot write, whatever a request asks.
+            let dashboard = Dashboard(store: try Store.openReadOnly(path: store.path)) {
+                let names = Dictionary(discovery.sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                return await runtime.selectionSamples(await controller.currentSelections, siteNames: names)
+            }
+            services.append(HTTPEndpoint(name: "dashboard", flag: "--dashboard-listen", host: "\(listen.address)",
+                                         port: Int(listen.port), logger: logger) { await dashboard.respond(to: $0) })
         }
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
@@ -307,6 +353,8 @@ struct HousekeepingService: Service {
                 await runtime.writeMetrics(tunnels: tunnels)
                 let sites = discovery.sites
                 await runtime.touchSites(discovery.heardSites)
+                let conflicts = discovery.conflicts
+                await runtime.recordConflicts(conflicts)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
@@ -329,7 +377,11 @@ struct HousekeepingService: Service {
                 }
                 metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,
-                                                    counters: counters, tunnels: tunnels))
+                                                    counters: counters, tunnels: tunnels,
+                                                    conflicts: conflicts.count,
+                                                    certificateDaysLeft: discovery.certificate.map {
+                                                        $0.notAfterDate.timeIntervalSinceNow / 86_400
+                                                    }))
             }
         }
         // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers

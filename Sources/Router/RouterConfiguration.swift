@@ -42,6 +42,9 @@ public struct RouterConfiguration: Hashable, Sendable {
     public var probeInterval: Duration
     /// Where to serve metrics (Prometheus text); nil: not served.
     public var metricsListen: SocketAddress4?
+    /// Where to serve the read-only web dashboard (`--dashboard-listen`); nil: not served. A local or
+    /// management address: never the wildcard, which would show the WAN to every uplink.
+    public var dashboardListen: SocketAddress4?
     public var statusInterval: Duration
     /// Which WireGuard implementation carries the tunnels (`--wireguard`); `auto` uses the kernel's when it
     /// has one, else wireguard-go.
@@ -52,6 +55,16 @@ public struct RouterConfiguration: Hashable, Sendable {
     public var metricsRetention: Duration
     /// Time between bandwidth re-measurements of every path (`--bandwidth-interval`).
     public var bandwidthInterval: Duration
+    /// The mesh CA certificate file(s) this site trusts (`--ca`); nil: no certificates are checked.
+    public var caPath: String?
+    /// This site's certificate (`--certificate`); nil: the one beside the database when present.
+    public var certificatePath: String?
+    /// Refuse announcements without a valid certificate (`--require-certificates`; needs `--ca`).
+    public var requireCertificates = false
+    /// The revocation list file (`--revocation-list`); nil: the one beside the database.
+    public var revocationListPath: String?
+    /// Also announce in format version 1, for sites not upgraded yet (`--announce-v1`).
+    public var announceV1 = false
 
     public init(siteName: String, listenPort: UInt16 = defaultListenPort, databasePath: String = defaultDatabasePath,
                 interfaceName: String = defaultInterfaceName, multicastGroup: SocketAddress4 = defaultMulticastGroup,
@@ -117,6 +130,9 @@ public struct RouterConfiguration: Hashable, Sendable {
             }
         }
         if let meshKeyPath, meshKeyPath.isEmpty { throw .invalid(flag: "--mesh-key", "the path is empty") }
+        if requireCertificates, caPath == nil {
+            throw .invalid(flag: "--require-certificates", "needs --ca: the CA certificate to check them against")
+        }
         if meshKeyPath != nil, insecureNoAuth {
             throw .invalid(flag: "--insecure-no-auth", "cannot be combined with --mesh-key")
         }
@@ -132,6 +148,15 @@ public struct RouterConfiguration: Hashable, Sendable {
         guard Double(Self.bandwidthIntervalRange.lowerBound) <= bandwidthSeconds,
               bandwidthSeconds <= Double(Self.bandwidthIntervalRange.upperBound) else {
             throw .invalid(flag: "--bandwidth-interval", "\(bandwidthSeconds) s is not in \(Self.bandwidthIntervalRange.lowerBound)-\(Self.bandwidthIntervalRange.upperBound) s")
+        }
+        if let dashboardListen {
+            guard dashboardListen.address.value != 0 else {
+                throw .invalid(flag: "--dashboard-listen", "\(dashboardListen) listens on every address, uplinks included: give a local or management address (e.g. 127.0.0.1:\(dashboardListen.port))")
+            }
+            guard dashboardListen.port != 0 else { throw .invalid(flag: "--dashboard-listen", "0 is not a port (use 1-65535)") }
+            guard dashboardListen != metricsListen else {
+                throw .invalid(flag: "--dashboard-listen", "\(dashboardListen) is already --metrics-listen: give the dashboard its own port")
+            }
         }
         guard statusInterval > .zero else { throw .invalid(flag: "status interval", "must be positive") }
         guard metricsRetention > .zero else { throw .invalid(flag: "metrics retention", "must be positive") }

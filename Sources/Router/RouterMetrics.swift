@@ -62,6 +62,10 @@ public struct RouterSample: Sendable {
     public var classes: [ClassSample] = []
     public var selections: [SelectionSample] = []
     public var failovers: UInt64 = 0
+    /// Announced prefixes refused because they overlap an earlier holder's (docs/MESH.md).
+    public var prefixConflicts = 0
+    /// Days until this site's certificate expires; nil without one.
+    public var certificateDaysLeft: Double?
     /// (component, reason) -> dropped datagrams, e.g. ("discovery", "bad-mac").
     public var drops: [DropKey: UInt64] = [:]
 
@@ -153,6 +157,11 @@ public final class RouterMetrics: Sendable {
                         cls.bytes)
             }
             counter("failovers_total", "Selections moved to another path", [], sample.failovers)
+            gauge("prefix_conflicts", "Announced prefixes refused: they overlap an earlier holder's", [],
+                  Double(sample.prefixConflicts))
+            if let days = sample.certificateDaysLeft {
+                gauge("certificate_days_left", "Days until this site's certificate expires", [], days)
+            }
             for (key, count) in sample.drops {
                 counter("dropped_datagrams_total", "Untrusted datagrams rejected, by reason",
                         [("component", key.component), ("reason", key.reason)], count)

@@ -146,6 +146,7 @@ actor SiteRuntime {
     func siteEvent(_ event: MeshEvent) {
         if case .siteAppeared(let announcement) = event, restored.remove(announcement.siteID) != nil { return }
         if case .siteExpired(let announcement) = event { restored.remove(announcement.siteID) }
+        if case .siteRevoked(let announcement) = event { restored.remove(announcement.siteID) }
         do {
             switch event {
             case .siteAppeared(let announcement), .siteChanged(_, let announcement):
@@ -157,7 +158,7 @@ actor SiteRuntime {
                 // Discovery already logged the change at info (one line per state change): details only.
                 logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
                                                          "endpoints": "\(site.endpoints.map(\.description))"])
-            case .siteExpired(let announcement):
+            case .siteExpired(let announcement), .siteRevoked(let announcement):
                 try store.setSiteStatus(announcement.site.siteID, .inactive)
                 logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
             }
@@ -173,6 +174,23 @@ actor SiteRuntime {
             try? store.upsertRemoteSite(SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(),
                                                    overlayAddress: site.overlay, publicKey: site.publicKey.base64,
                                                    lanPrefixes: site.lanPrefixes))
+        }
+    }
+
+    private var lastConflicts: [PrefixConflict] = []
+
+    /// The refused prefixes, for `status` (rewritten only when they change).
+    func recordConflicts(_ conflicts: [PrefixConflict]) {
+        guard conflicts != lastConflicts else { return }
+        do {
+            try store.replaceConflicts(conflicts.map {
+                ConflictRecord(siteID: $0.site.description, siteName: $0.siteName, prefix: $0.prefix.description,
+                               kind: $0.kind.rawValue, heldPrefix: $0.heldPrefix.description,
+                               holderID: $0.holder?.description, holderName: $0.holderName, since: Date())
+            })
+            lastConflicts = conflicts
+        } catch {
+            logger.error("recording prefix conflicts: \(error)")
         }
     }
 
@@ -192,7 +210,14 @@ actor SiteRuntime {
         if let change = event.change {
             logger.info("path \(change.to.rawValue)", metadata: ["path": "\(event.path)", "reason": "\(change.reason)"])
             if let id = pathIDs[route.key] {
-                try? store.setPathStatus(id, status: event.status, score: event.metrics.score)
+                // The status and the measurements that decided it, together: a report read right after a
+                // path came back never shows its new status beside the loss of its outage.
+                var metrics = event.metrics
+                metrics.throughputTxMbps = carried[event.path]?.transmitMbps
+                metrics.throughputRxMbps = carried[event.path]?.receiveMbps
+                do { try store.recordPathStates([(id, event.status, metrics)]) } catch {
+                    logger.error("recording path status: \(error)")
+                }
             }
             if change.to == .up, !bandwidthMeasured.contains(event.path) {
                 bandwidthMeasured.insert(event.path)
@@ -259,17 +284,29 @@ actor SiteRuntime {
                     .sample(receivedBytes: peer.rxBytes, transmittedBytes: peer.txBytes, at: instant)
             }
         }
-        var samples: [MetricsSample] = []
+        var states: [(path: PathID, status: PathStatus, metrics: PathMetrics)] = []
         for (name, state) in snapshot {
             guard let route = paths[name], let id = pathIDs[route.key], state.counters.probesSent > 0 else { continue }
             var metrics = state.metrics
             metrics.throughputTxMbps = carried[name]?.transmitMbps
             metrics.throughputRxMbps = carried[name]?.receiveMbps
-            samples.append(MetricsSample(path: id, metrics: metrics, measuredAt: now))
-            try? store.setPathStatus(id, status: state.status, score: state.metrics.score, now: now)
+            states.append((id, state.status, metrics))
         }
-        guard !samples.isEmpty else { return }
-        do { try store.insertMetrics(samples) } catch { logger.error("writing path metrics: \(error)") }
+        do { try store.recordPathStates(states, now: now) } catch { logger.error("writing path metrics: \(error)") }
+    }
+
+    /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
+    /// when the policy balances): for the metrics endpoint and the dashboard.
+    func selectionSamples(_ selections: [SelectionKey: Selection], siteNames: [SiteID: String]) -> [SelectionSample] {
+        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
+        var samples: [SelectionSample] = []
+        for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
+            for path in selection.paths.sorted() {
+                samples.append(SelectionSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
+                                               path: names[path] ?? "\(path)"))
+            }
+        }
+        return samples
     }
 
     /// What the metrics endpoint shows. `counters` are our nft counters (one per class and path chain);
@@ -277,8 +314,11 @@ actor SiteRuntime {
     /// (a path is one peer on one tunnel interface).
     func sample(failovers: UInt64, drops: [RouterSample.DropKey: UInt64], selections: [SelectionKey: Selection],
                 siteNames: [SiteID: String], counters: SteeringCounters = SteeringCounters(),
-                tunnels: [String: InterfaceState] = [:]) -> RouterSample {
+                tunnels: [String: InterfaceState] = [:], conflicts: Int = 0,
+                certificateDaysLeft: Double? = nil) -> RouterSample {
         var sample = RouterSample()
+        sample.prefixConflicts = conflicts
+        sample.certificateDaysLeft = certificateDaysLeft
         let snapshot = probes.snapshot()
         for (name, route) in paths.sorted(by: { $0.key < $1.key }) {
             let state = snapshot[name]
@@ -290,14 +330,7 @@ actor SiteRuntime {
                                            status: state?.status ?? .down, metrics: metrics,
                                            transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
-        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
-        for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
-            for path in selection.paths.sorted() {
-                sample.selections.append(SelectionSample(policy: key.policy,
-                                                         site: siteNames[key.site] ?? "\(key.site)",
-                                                         path: names[path] ?? "\(path)"))
-            }
-        }
+        sample.selections = selectionSamples(selections, siteNames: siteNames)
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
         let bySlot = Dictionary(paths.map { ($0.value.binding.slot, $0) }, uniquingKeysWith: { a, _ in a })

@@ -63,11 +63,12 @@ extension Store {
         }
     }
 
-    /// The newest events first.
-    public func failoverEvents(limit: Int = 100) throws(StoreError) -> [FailoverEvent] {
+    /// The newest events first, at most `limit`; with `since`, only those at or after it (one range of the
+    /// failover_events_by_time index).
+    public func failoverEvents(limit: Int = 100, since: Date? = nil) throws(StoreError) -> [FailoverEvent] {
         try read("read failover events") { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM failover_events ORDER BY time DESC, id DESC LIMIT ?",
-                             arguments: [limit]).map { row in
+            try Row.fetchAll(db, sql: "SELECT * FROM failover_events WHERE time >= ? ORDER BY time DESC, id DESC LIMIT ?",
+                             arguments: [since.map(UTCTime.format) ?? "", limit]).map { row in
                 let timeText: String = row["time"]
                 guard let time = UTCTime.parse(timeText) else {
                     throw StoreError.malformedRow(table: "failover_events", row: "\(row["id"] as Int64)",

@@ -72,6 +72,21 @@ extension Store {
         }
     }
 
+    /// A path's status and its measurements at one moment: `paths` (status, score) and a new `path_metrics`
+    /// row written in ONE transaction, so a reader (the status report, the dashboard) never sees a status
+    /// from one moment beside a score or loss from another.
+    public func recordPathStates(_ states: [(path: PathID, status: PathStatus, metrics: PathMetrics)],
+                                 now: Date = Date()) throws(StoreError) {
+        guard !states.isEmpty else { return }
+        try write("record \(states.count) path states") { db in
+            let update = try db.cachedStatement(sql: "UPDATE paths SET status = ?, score = ?, updated_at = ? WHERE id = ?")
+            for state in states {
+                try update.execute(arguments: [state.status.rawValue, state.metrics.score, now.utcText, state.path])
+            }
+            try insertMetrics(states.map { MetricsSample(path: $0.path, metrics: $0.metrics, measuredAt: now) }, db)
+        }
+    }
+
     /// Removes a path and, by cascade, its metrics; failover events keep their row with the path unset.
     public func removePath(_ id: PathID) throws(StoreError) {
         try write("remove a path") { db in try db.execute(sql: "DELETE FROM paths WHERE id = ?", arguments: [id]) }
@@ -92,18 +107,20 @@ extension Store {
     /// second's worth of measurements for all paths at once.
     public func insertMetrics(_ samples: [MetricsSample]) throws(StoreError) {
         guard !samples.isEmpty else { return }
-        try write("insert \(samples.count) metrics rows") { db in
-            let statement = try db.cachedStatement(sql: """
-                INSERT INTO path_metrics (path_id, latency_ms, jitter_ms, packet_loss_pct, bandwidth_mbps, score,
-                                          measured_at, throughput_tx_mbps, throughput_rx_mbps)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """)
-            for sample in samples {
-                let m = sample.metrics
-                try statement.execute(arguments: [sample.path, m.latencyMs, m.jitterMs, m.lossPct, m.bandwidthMbps,
-                                                  m.score, sample.measuredAt.utcText, m.throughputTxMbps,
-                                                  m.throughputRxMbps])
-            }
+        try write("insert \(samples.count) metrics rows") { db in try insertMetrics(samples, db) }
+    }
+
+    private func insertMetrics(_ samples: [MetricsSample], _ db: Database) throws {
+        let statement = try db.cachedStatement(sql: """
+            INSERT INTO path_metrics (path_id, latency_ms, jitter_ms, packet_loss_pct, bandwidth_mbps, score,
+                                      measured_at, throughput_tx_mbps, throughput_rx_mbps)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for sample in samples {
+            let m = sample.metrics
+            try statement.execute(arguments: [sample.path, m.latencyMs, m.jitterMs, m.lossPct, m.bandwidthMbps,
+                                              m.score, sample.measuredAt.utcText, m.throughputTxMbps,
+                                              m.throughputRxMbps])
         }
     }
 

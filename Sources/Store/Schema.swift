@@ -8,7 +8,7 @@ import GRDB
 enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
-                                       "v3-policy-generation", "v4-path-throughput"]
+                                       "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -130,6 +130,30 @@ enum Schema {
             try db.execute(sql: """
                 ALTER TABLE path_metrics ADD COLUMN throughput_tx_mbps REAL;
                 ALTER TABLE path_metrics ADD COLUMN throughput_rx_mbps REAL;
+                """)
+        }
+        migrator.registerMigration(migrationIdentifiers[4]) { db in
+            // Announced prefixes refused because they overlap an earlier holder's (docs/MESH.md), replaced
+            // whole by the daemon whenever they change, for `status`; and this site's certificate, if any.
+            try db.execute(sql: """
+                CREATE TABLE prefix_conflicts (
+                    site_id TEXT NOT NULL,
+                    site_name TEXT NOT NULL,
+                    prefix TEXT NOT NULL,
+                    kind TEXT NOT NULL CHECK (kind IN ('lan', 'overlay')),
+                    held_prefix TEXT NOT NULL,
+                    holder_id TEXT,
+                    holder_name TEXT NOT NULL,
+                    since TEXT NOT NULL,
+                    PRIMARY KEY (site_id, prefix)
+                );
+                CREATE TABLE local_certificate (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    serial TEXT NOT NULL,
+                    not_before TEXT NOT NULL,
+                    not_after TEXT NOT NULL,
+                    issuer TEXT NOT NULL
+                );
                 """)
         }
         return migrator

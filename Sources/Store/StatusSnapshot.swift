@@ -33,6 +33,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
 
     public struct Path: Codable, Hashable, Sendable {
         public var id: Int64
+        /// How operators name the path (`isp-a->east`), as in /metrics and the logs.
+        public var name: String?
         public var srcSite: String
         public var srcName: String
         public var dstSite: String
@@ -61,10 +63,26 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var inactiveSites: Int
     public var pathCounts: PathCounts
     public var paths: [Path]
-    /// The highest-scoring path that is not down; nil when none is scored.
+    /// The highest-scoring scored path that is neither down nor losing every probe; nil when there is none.
     public var bestPath: Int64?
-    /// The lowest-scoring scored path.
+    /// The worst scored path: a down one first, then the lowest score.
     public var worstPath: Int64?
+    /// Announced prefixes this site refused: they overlap an earlier holder's (docs/MESH.md).
+    public var conflicts: [ConflictRecord]?
+    /// This site's certificate, when it runs with one.
+    public var certificate: CertificateSummary?
+
+    public struct CertificateSummary: Codable, Hashable, Sendable {
+        public var serial: String
+        public var issuer: String
+        public var notAfter: String
+        /// Whole days until it expires (negative once expired).
+        public var daysLeft: Int
+        /// True within `CertificateSummary.warningDays` of expiry: ask the CA for a new one.
+        public var expiresSoon: Bool
+
+        public static let warningDays = 30
+    }
 
     /// Pretty, key-sorted JSON with a trailing newline.
     public func json() -> String {
@@ -86,12 +104,21 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         let rule = String(repeating: "═", count: 55)
         var lines = [rule, "Network Status Report", rule]
         if let local = localSite { lines.append("Local site: \(local.name) (ID: \(local.id))") }
+        if let certificate {
+            lines.append("Certificate: serial \(certificate.serial), expires \(certificate.notAfter) "
+                         + "(\(certificate.daysLeft) days left)" + (certificate.expiresSoon ? " - RENEW SOON (ca sign)" : ""))
+        }
         lines.append("Active sites: \(activeSites.count)")
         for site in activeSites {
             lines.append("  • \(site.name) (ID: \(site.id))")
             for endpoint in site.endpoints {
                 lines.append("    - Endpoint: \(endpoint.address):\(endpoint.port) (\(endpoint.label))")
             }
+        }
+        for conflict in conflicts ?? [] {
+            let holder = conflict.holderID == nil ? "this site" : conflict.holderName
+            lines.append("  ! refused \(conflict.kind == "overlay" ? "overlay " : "")\(conflict.prefix) of \(conflict.siteName): "
+                         + "overlaps \(conflict.heldPrefix) held by \(holder) (since \(conflict.since))")
         }
         lines.append("")
         lines.append("Active paths: \(pathCounts.total) (Up: \(pathCounts.up), Degraded: \(pathCounts.degraded), "
@@ -103,13 +130,30 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// Best: the highest score among scored paths that are not down and not losing every probe. Worst: a
+    /// down path before any other, then the lowest score. Ties go to the lower id. Both judge each path by
+    /// the status, score and loss the snapshot prints for it.
+    static func bestAndWorst(_ paths: [Path]) -> (best: Int64?, worst: Int64?) {
+        let scored = paths.compactMap { path in path.score.map { (path: path, score: $0) } }
+        let down = PathStatus.down.rawValue
+        let best = scored.filter { $0.path.status != down && ($0.path.packetLossPct ?? 0) < 100 }
+            .max { ($0.score, -$0.path.id) < ($1.score, -$1.path.id) }
+        let worst = scored.min {
+            ($0.path.status == down ? 0 : 1, $0.score, $0.path.id) < ($1.path.status == down ? 0 : 1, $1.score, $1.path.id)
+        }
+        return (best?.path.id, worst?.path.id)
+    }
+
     static func describe(_ path: Path) -> String {
         let via = path.localLabel == path.remoteLabel ? path.localLabel : "\(path.localLabel)→\(path.remoteLabel)"
         func number(_ value: Double?, _ unit: String) -> String {
             guard let value else { return "n/a" }
             return formatNumber(value) + unit
         }
-        return "\(path.srcName) → \(path.dstName) via \(via) (score: \(number(path.score, "")), "
+        // The seed's line shows no status; a worst path that is down says so, so the line never reads as a
+        // live path when it is not.
+        let status = path.status == PathStatus.down.rawValue ? "\(path.status), " : ""
+        return "\(path.srcName) → \(path.dstName) via \(via) (\(status)score: \(number(path.score, "")), "
             + "latency: \(number(path.latencyMs, "ms")), loss: \(number(path.packetLossPct, "%")))"
     }
 
@@ -131,6 +175,13 @@ extension Store {
             let paths = try Row.fetchAll(db, sql: "SELECT * FROM paths ORDER BY id").map(Store.path)
             let latest = try Row.fetchAll(db, sql: Store.latestMetricsSQL).map(Store.sample)
             let metrics = Dictionary(latest.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
+            let conflicts = try Store.conflicts(db)
+            let certificate = try Store.localCertificate(db).map { c in
+                let days = Int((c.notAfter.timeIntervalSince(now) / 86_400).rounded(.down))
+                return StatusSnapshot.CertificateSummary(serial: c.serial, issuer: c.issuer, notAfter: c.notAfter.utcText,
+                                                         daysLeft: days,
+                                                         expiresSoon: days < StatusSnapshot.CertificateSummary.warningDays)
+            }
             let names = Dictionary(sites.map { ($0.id, $0.name) }, uniquingKeysWith: { first, _ in first })
 
             func summary(_ site: SiteRecord) -> StatusSnapshot.Site {
@@ -145,22 +196,22 @@ extension Store {
             }
             let remote = sites.filter { !$0.isLocal }
             let pathSummaries = paths.map { path in
+                // Score, latency and loss come from ONE row, the newest metrics row, written in the same
+                // transaction as the status (Store.recordPathStates); `paths.score` only stands in for a path
+                // without any row. Mixing the two printed a path at 100 % loss as the best, scored 98.5.
                 let sample = metrics[path.id]
                 return StatusSnapshot.Path(
-                    id: path.id, srcSite: path.source.description, srcName: names[path.source] ?? "?",
+                    id: path.id, name: path.key.name(siteName: names[path.destination] ?? "?"), srcSite: path.source.description, srcName: names[path.source] ?? "?",
                     dstSite: path.destination.description, dstName: names[path.destination] ?? "?",
                     status: path.status.rawValue, wgInterface: path.wgInterface,
                     localUplink: path.localUplink.interface, localLabel: path.localUplink.label,
                     remoteLabel: path.remoteEndpoint.label, remoteEndpoint: path.remoteEndpoint.address.description,
-                    score: path.score ?? sample?.metrics.score, latencyMs: sample?.metrics.latencyMs,
+                    score: sample.map { $0.metrics.score } ?? path.score, latencyMs: sample?.metrics.latencyMs,
                     jitterMs: sample?.metrics.jitterMs, packetLossPct: sample?.metrics.lossPct,
                     bandwidthMbps: sample?.metrics.bandwidthMbps, throughputTxMbps: sample?.metrics.throughputTxMbps,
                     throughputRxMbps: sample?.metrics.throughputRxMbps, measuredAt: sample?.measuredAt.utcText)
             }
-            let scored = pathSummaries.filter { $0.score != nil }
-            let best = scored.filter { $0.status != PathStatus.down.rawValue }
-                .max { ($0.score!, -$0.id) < ($1.score!, -$1.id) }
-            let worst = scored.min { ($0.score!, $0.id) < ($1.score!, $1.id) }
+            let (best, worst) = StatusSnapshot.bestAndWorst(pathSummaries)
             func count(_ status: PathStatus) -> Int { paths.count { $0.status == status } }
             return StatusSnapshot(
                 schemaVersion: StatusSnapshot.currentSchemaVersion, generatedAt: now.utcText,
@@ -168,7 +219,8 @@ extension Store {
                 activeSites: remote.filter { $0.status == .active }.map(summary),
                 inactiveSites: remote.count { $0.status == .inactive },
                 pathCounts: .init(total: paths.count, up: count(.up), degraded: count(.degraded), down: count(.down)),
-                paths: pathSummaries, bestPath: best?.id, worstPath: worst?.id)
+                paths: pathSummaries, bestPath: best, worstPath: worst,
+                conflicts: conflicts.isEmpty ? nil : conflicts, certificate: certificate)
         }
     }
 }

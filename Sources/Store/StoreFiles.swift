@@ -12,6 +12,12 @@ public struct StoreFiles: Hashable, Sendable {
     /// The mesh key that authenticates announcements (base64, 0600), created on first start unless
     /// `--mesh-key` names a shared one.
     public var meshKey: String { database + ".mesh-key" }
+    /// The site's Ed25519 identity key (base64 seed, 0600), created by `identity request`.
+    public var identityKey: String { database + ".identity-key" }
+    /// The site's certificate, used when present (or `--certificate`).
+    public var certificate: String { database + ".crt" }
+    /// The newest revocation list: given to this site by hand or received from another; kept across restarts.
+    public var revocationList: String { database + ".crl" }
     public var wal: String { database + "-wal" }
     public var sharedMemory: String { database + "-shm" }
 }

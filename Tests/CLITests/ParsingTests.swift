@@ -60,7 +60,9 @@ import Router
             "--site-name", "hq", "--uplink", "eth0=isp-a", "--uplink", "wwan0=lte", "--lan", "192.168.1.0/24",
             "--lan", "192.168.5.0/24", "--mesh-key", "/etc/patronus/mesh.key", "--peer", "192.0.2.7:51821",
             "--probe-interval", "100", "--bandwidth-interval", "30", "--metrics-listen", "127.0.0.1:9477", "--multicast-group", "239.1.2.3:4000",
+            "--dashboard-listen", "10.0.0.1:9480",
         ]).routerConfiguration
+        #expect(configuration.dashboardListen?.description == "10.0.0.1:9480")
         #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte")])
         #expect(configuration.lanPrefixes.map(\.description) == ["192.168.1.0/24", "192.168.5.0/24"])
         #expect(configuration.meshKeyPath == "/etc/patronus/mesh.key")
@@ -95,6 +97,10 @@ import Router
             (["run", "--site-name", "hq", "--bandwidth-interval", "9"], "--bandwidth-interval"),
             (["run", "--site-name", "hq", "--bandwidth-interval", "86401"], "--bandwidth-interval"),
             (["run", "--site-name", "hq", "--metrics-listen", "127.0.0.1"], "--metrics-listen"),
+            (["run", "--site-name", "hq", "--dashboard-listen", "0.0.0.0:9480"], "local or management address"),
+            (["run", "--site-name", "hq", "--dashboard-listen", "127.0.0.1:0"], "--dashboard-listen"),
+            (["run", "--site-name", "hq", "--dashboard-listen", "127.0.0.1:9477", "--metrics-listen", "127.0.0.1:9477"],
+             "its own port"),
             (["run", "--site-name", "hq", "--mesh-key", "k", "--insecure-no-auth"], "--insecure-no-auth"),
             (["run", "--site-name", "hq", "--database", ""], "--database"),
             (["status", "--jsn"], "--jsn"),

@@ -14,6 +14,24 @@ func sampleAnnouncement(name: String = "hq", counter: UInt64 = 1_000_000, timest
                  counter: counter, timestampMilliseconds: timestamp)
 }
 
+/// The example of docs/MESH.md.
+let goldenAnnouncement = Announcement(
+    siteID: SiteID(UUID(uuidString: "00112233-4455-6677-8899-aabbccddeeff")!), name: "hq",
+    publicKey: WireGuardKey(bytes: [UInt8](repeating: 0xab, count: 32))!, overlay: IPv4Address(10, 99, 0, 1),
+    lanPrefixes: [IPv4Prefix("192.168.1.0/24")!],
+    endpoints: [Endpoint(label: "wan", address: SocketAddress4("192.0.2.1:51830")!)],
+    counter: 0x0102, timestampMilliseconds: 0x0304)
+
+/// Its body, the same in both versions.
+let goldenBody: [UInt8] = [0, 0, 0, 0, 0, 0, 1, 2]              // counter
+    + [0, 0, 0, 0, 0, 0, 3, 4]                                   // timestamp ms
+    + [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
+    + [UInt8](repeating: 0xab, count: 32)                        // WireGuard public key
+    + [10, 99, 0, 1]                                             // overlay
+    + [2] + Array("hq".utf8)                                     // name
+    + [1, 192, 168, 1, 0, 24]                                    // LAN prefixes
+    + [1, 3] + Array("wan".utf8) + [192, 0, 2, 1, 0xca, 0x76]    // endpoints
+
 struct AnnouncementCodecTests {
     let key = MeshKey(bytes: Array(0..<32))!
     var codec: AnnouncementCodec { AnnouncementCodec(authentication: .key(key)) }
@@ -28,31 +46,29 @@ struct AnnouncementCodecTests {
         #expect(try codec.decode(try codec.encode(bare)) == bare)
     }
 
-    /// The layout of docs/MESH.md, byte by byte.
-    @Test func goldenLayout() throws {
-        let bytes = try AnnouncementCodec(authentication: .insecure).encode(Announcement(
-            siteID: SiteID(UUID(uuidString: "00112233-4455-6677-8899-aabbccddeeff")!), name: "hq",
-            publicKey: WireGuardKey(bytes: [UInt8](repeating: 0xab, count: 32))!, overlay: IPv4Address(10, 99, 0, 1),
-            lanPrefixes: [IPv4Prefix("192.168.1.0/24")!],
-            endpoints: [Endpoint(label: "wan", address: SocketAddress4("192.0.2.1:51830")!)],
-            counter: 0x0102, timestampMilliseconds: 0x0304))
+    /// The version 1 layout of docs/MESH.md, byte by byte (still written for sites not yet upgraded).
+    @Test func legacyGoldenLayout() throws {
+        let bytes = try AnnouncementCodec(authentication: .insecure).encodeLegacy(goldenAnnouncement)
         var expected: [UInt8] = Array("PTMA".utf8) + [1, 0, 0, 96]  // magic, version, flags, length 96
-        expected += [0, 0, 0, 0, 0, 0, 1, 2]                         // counter
-        expected += [0, 0, 0, 0, 0, 0, 3, 4]                         // timestamp ms
-        expected += [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
-        expected += [UInt8](repeating: 0xab, count: 32)              // WireGuard public key
-        expected += [10, 99, 0, 1]                                   // overlay
-        expected += [2] + Array("hq".utf8)                           // name
-        expected += [1, 192, 168, 1, 0, 24]                          // LAN prefixes
-        expected += [1, 3] + Array("wan".utf8) + [192, 0, 2, 1, 0xca, 0x76]  // endpoints
+        expected += goldenBody
         #expect(bytes == expected)
         #expect(bytes.count == 96)
+        #expect(try AnnouncementCodec(authentication: .insecure).decode(bytes).counter == 0x0102)
+    }
+
+    /// Version 2 without a certificate (docs/MESH.md): the version 1 body behind the 10-byte header.
+    @Test func goldenLayout() throws {
+        let bytes = try AnnouncementCodec(authentication: .insecure).encode(goldenAnnouncement)
+        var expected: [UInt8] = Array("PTMA".utf8) + [2, 0, 0, 0, 0, 98]  // magic, version 2, kind 0, flags, 0, length
+        expected += goldenBody
+        #expect(bytes == expected)
     }
 
     @Test func macCoversEveryByteAndIsTheTrailer() throws {
         let bytes = try codec.encode(sampleAnnouncement())
-        #expect(bytes[5] == AnnouncementCodec.flagAuthenticated)
-        #expect(Int(bytes[6]) << 8 | Int(bytes[7]) == bytes.count)
+        #expect(bytes[5] == MeshMessageKind.announcement.rawValue)
+        #expect(bytes[6] == AnnouncementCodec.flagAuthenticated)
+        #expect(Int(bytes[8]) << 8 | Int(bytes[9]) == bytes.count)
         for index in stride(from: 0, to: bytes.count, by: 1) {
             var tampered = bytes
             tampered[index] ^= 0x01
@@ -77,17 +93,25 @@ struct AnnouncementCodecTests {
 
     @Test func headerRejections() throws {
         let good = try codec.encode(sampleAnnouncement())
-        #expect(throws: AnnouncementRejection.truncated) { try codec.decode(Array(good.prefix(10))) }
+        #expect(throws: AnnouncementRejection.truncated) { try codec.decode(Array(good.prefix(9))) }
         #expect(throws: AnnouncementRejection.truncated) { try codec.decode(Array(good.dropLast())) }
-        #expect(throws: AnnouncementRejection.oversized) { try codec.decode([UInt8](repeating: 0, count: 1025)) }
+        #expect(throws: AnnouncementRejection.oversized) { try codec.decode([UInt8](repeating: 0, count: 1393)) }
         var bad = good
         bad[0] = UInt8(ascii: "X")
         #expect(throws: AnnouncementRejection.badMagic) { try codec.decode(bad) }
         bad = good
-        bad[4] = 2
+        bad[4] = 3
         #expect(throws: AnnouncementRejection.badVersion) { try codec.decode(bad) }
+        for kind: UInt8 in [1, 3, 0xff] {  // 1 is the relay envelope, not decoded here
+            bad = good
+            bad[5] = kind
+            #expect(throws: AnnouncementRejection.badKind) { try codec.decode(bad) }
+        }
         bad = good
-        bad[5] |= 0x80
+        bad[6] |= 0x80
+        #expect(throws: AnnouncementRejection.badFlags) { try codec.decode(bad) }
+        bad = good
+        bad[7] = 1  // reserved
         #expect(throws: AnnouncementRejection.badFlags) { try codec.decode(bad) }
         #expect(throws: AnnouncementRejection.badLength) { try codec.decode(good + [0]) }
     }
@@ -98,14 +122,14 @@ struct AnnouncementCodecTests {
         let plain = try insecure.encode(sampleAnnouncement())
         func signed(_ body: [UInt8]) -> [UInt8] {
             var bytes = body
-            bytes[5] = AnnouncementCodec.flagAuthenticated
+            bytes[6] = AnnouncementCodec.flagAuthenticated
             let total = bytes.count + 32
-            bytes[6] = UInt8(total >> 8)
-            bytes[7] = UInt8(total & 0xff)
+            bytes[8] = UInt8(total >> 8)
+            bytes[9] = UInt8(total & 0xff)
             return resign(bytes + [UInt8](repeating: 0, count: 32), key: key)
         }
         #expect(try codec.decode(signed(plain)) == sampleAnnouncement())
-        let nameOffset = 76
+        let nameOffset = 78
         var bad = plain
         bad[nameOffset] = 0  // empty name
         #expect(throws: AnnouncementRejection.malformed) { try codec.decode(signed(bad)) }

@@ -25,7 +25,7 @@ struct RelayTests {
     @Test func envelopeGoldenBytesAndRoundTrip() throws {
         let inner: [UInt8] = Array("PTMA".utf8) + [1, 0, 0, 10, 0xaa, 0xbb]
         let wrapped = RelayEnvelope.wrap(inner)
-        #expect(wrapped == Array("PTMA".utf8) + [2, 1, 0, 18] + inner)  // magic, version 2, kind 1, length 18
+        #expect(wrapped == Array("PTMA".utf8) + [2, 1, 0, 0, 0, 20] + inner)  // magic, version 2, kind 1, flags, reserved, length 20
         #expect(try Array(RelayEnvelope.unwrap(wrapped[...])) == inner)
         #expect(!RelayEnvelope.isEnvelope(inner))
     }
@@ -33,9 +33,11 @@ struct RelayTests {
     @Test func malformedEnvelopesAreBadRelay() {
         let inner: [UInt8] = Array("PTMA".utf8) + [1, 0, 0, 10, 0xaa, 0xbb]
         var wrongLength = RelayEnvelope.wrap(inner)
-        wrongLength[7] &+= 1
-        let empty = Array("PTMA".utf8) + [2, 1, 0, 8]
-        for bytes in [wrongLength, empty, Array(RelayEnvelope.wrap(inner).dropLast())] {
+        wrongLength[9] &+= 1
+        var flagged = RelayEnvelope.wrap(inner)
+        flagged[6] = 1
+        let empty = Array("PTMA".utf8) + [2, 1, 0, 0, 0, 10]
+        for bytes in [wrongLength, flagged, empty, Array(RelayEnvelope.wrap(inner).dropLast())] {
             #expect(throws: AnnouncementRejection.badRelay) { _ = try RelayEnvelope.unwrap(bytes[...]) }
         }
     }
@@ -45,7 +47,7 @@ struct RelayTests {
         let site = origin("east")
         let datagram = try codec.encode(Announcement(site: site, counter: 10, timestampMilliseconds: now))
         let relay = SocketAddress4("203.0.113.1:51821")!
-        receiver.handle(RelayEnvelope.wrap(datagram)[...], size: datagram.count + 8, from: relay, unicast: true)
+        receiver.handle(RelayEnvelope.wrap(datagram)[...], size: datagram.count + 10, from: relay, unicast: true)
         #expect(receiver.sites.map(\.site) == [site])
         #expect(receiver.statistics.acceptedVia[.relay] == 1)
         #expect(receiver.correspondents.isEmpty)
@@ -53,7 +55,7 @@ struct RelayTests {
         #expect(DiscoveryService.relays(relayable: [:], to: [relay], correspondents: [:]).isEmpty)
 
         // The same datagram again, relayed by someone else or direct: a duplicate, nothing changes.
-        receiver.handle(RelayEnvelope.wrap(datagram)[...], size: datagram.count + 8, from: SocketAddress4("192.0.2.9:51821")!,
+        receiver.handle(RelayEnvelope.wrap(datagram)[...], size: datagram.count + 10, from: SocketAddress4("192.0.2.9:51821")!,
                         unicast: true)
         receiver.handle(datagram[...], size: datagram.count, from: SocketAddress4("198.51.100.7:51821")!, unicast: true)
         #expect(receiver.statistics.drops[.duplicate] == 2)
@@ -69,7 +71,7 @@ struct RelayTests {
         for index in stride(from: 8, to: datagram.count, by: 7) {
             var altered = datagram
             altered[index] ^= 0x01
-            receiver.handle(RelayEnvelope.wrap(altered)[...], size: altered.count + 8, from: relay, unicast: true)
+            receiver.handle(RelayEnvelope.wrap(altered)[...], size: altered.count + 10, from: relay, unicast: true)
         }
         #expect(receiver.sites.isEmpty)
         #expect(receiver.statistics.drops[.badMAC, default: 0] >= 1)
@@ -78,15 +80,15 @@ struct RelayTests {
         receiver.handle(nested[...], size: nested.count, from: relay, unicast: true)
         #expect(receiver.statistics.drops[.badRelay] == 1)
         // The genuine one is accepted; an older counter relayed later is a replay.
-        receiver.handle(RelayEnvelope.wrap(datagram)[...], size: datagram.count + 8, from: relay, unicast: true)
+        receiver.handle(RelayEnvelope.wrap(datagram)[...], size: datagram.count + 10, from: relay, unicast: true)
         let older = try codec.encode(Announcement(site: site, counter: 9, timestampMilliseconds: now))
-        receiver.handle(RelayEnvelope.wrap(older)[...], size: older.count + 8, from: relay, unicast: true)
+        receiver.handle(RelayEnvelope.wrap(older)[...], size: older.count + 10, from: relay, unicast: true)
         #expect(receiver.statistics.drops[.replayed] == 1)
         #expect(receiver.sites.first?.counter == 10)
         // A relay of an announcement from another mesh key.
         let foreign = try AnnouncementCodec(authentication: .key(MeshKey.generate()))
             .encode(Announcement(site: origin("x"), counter: 1, timestampMilliseconds: now))
-        receiver.handle(RelayEnvelope.wrap(foreign)[...], size: foreign.count + 8, from: relay, unicast: true)
+        receiver.handle(RelayEnvelope.wrap(foreign)[...], size: foreign.count + 10, from: relay, unicast: true)
         #expect(receiver.sites.count == 1)
     }
 
@@ -97,7 +99,7 @@ struct RelayTests {
         let receiver = try service()
         let site = origin("east")
         let genuine = try codec.encode(Announcement(site: site, counter: 10, timestampMilliseconds: now))
-        receiver.handle(RelayEnvelope.wrap(genuine)[...], size: genuine.count + 8, from: SocketAddress4("203.0.113.1:51821")!,
+        receiver.handle(RelayEnvelope.wrap(genuine)[...], size: genuine.count + 10, from: SocketAddress4("203.0.113.1:51821")!,
                         unicast: true)
         let replay = RelayEnvelope.wrap(genuine)
         var forged = genuine

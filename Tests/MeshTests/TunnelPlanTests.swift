@@ -98,19 +98,6 @@ struct TunnelPlanTests {
         #expect(plan.paths.count == 1)
     }
 
-    @Test func anIdenticalLANPrefixStaysWithTheSmallerSiteID() throws {
-        let shared = IPv4Prefix("192.168.50.0/24")!
-        let first = remoteSite(1, labels: ["isp"], lan: [shared, IPv4Prefix("192.168.51.0/24")!])
-        let second = remoteSite(2, labels: ["isp"], lan: [shared, IPv4Prefix("192.168.0.0/16")!])
-        let plan = try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: local, remotes: [second, first], settings: settings)
-        let peers = plan.interfaces[0].peers
-        #expect(peers.first { $0.publicKey == first.publicKey }?.allowedIPs.contains(shared) == true)
-        // Overlapping but different prefixes are fine (longest match); only the identical one is dropped.
-        #expect(peers.first { $0.publicKey == second.publicKey }?.allowedIPs == [IPv4Prefix(second.overlay, length: 32), IPv4Prefix("192.168.0.0/16")!])
-        #expect(plan.conflicts.count == 1 && plan.conflicts[0].hasPrefix("192.168.50.0/24: kept for site1"))
-        #expect(plan.paths.first { $0.remoteSite == second.siteID }?.key == PathKey(site: second.siteID, localLabel: "isp", remoteLabel: "isp"))
-    }
-
     @Test func aFullPoolDoesNotLoopForever() {
         let pool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 30)  // hosts .1 and .2
         let ids = (0..<3).map { _ in SiteID() }.sorted()

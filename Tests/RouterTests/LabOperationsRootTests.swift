@@ -11,12 +11,12 @@ final class MetricsLab {
     let instance = "o" + String(UInt32.random(in: 0 ... .max), radix: 36)
     let stateRoot = "/tmp/ptlab-ops-\(getpid())-\(UInt32.random(in: 0 ... .max))"
 
-    init(sites: Int = 2, uplinks: Int = 2) throws {
+    init(sites: Int = 2, uplinks: Int = 2, extraArguments: [String] = []) throws {
         let controller = LabController(instance: instance, stateRoot: stateRoot, executable: Ops.binary!)
         self.controller = controller
         do {
             state = try controller.up(sites: sites, uplinks: uplinks, routers: true,
-                                      extraRouterArguments: ["--metrics-listen", "127.0.0.1:9477"])
+                                      extraRouterArguments: ["--metrics-listen", "127.0.0.1:9477"] + extraArguments)
         } catch {
             _ = try? controller.down()
             try? FileManager.default.removeItem(atPath: stateRoot)

@@ -7,6 +7,11 @@ import Lab
 enum Ops {
     /// The `patronus-router` that `swift build --build-tests` put beside this test bundle.
     static let binary: String? = {
+        // bench scripts run these tests against the release build.
+        if let chosen = ProcessInfo.processInfo.environment["PATRONUS_ROUTER_BINARY"],
+           FileManager.default.isExecutableFile(atPath: chosen) {
+            return chosen
+        }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
         var candidates = [(exe as NSString).deletingLastPathComponent + "/patronus-router"]
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -141,6 +141,8 @@ import Testing
             #expect(events[1].fromPath == fixture.paths[1] && events[1].toPath == fixture.paths[0])
             #expect(events[1].destination == fixture.east)
             #expect(events[0].fromPath == nil && events[0].toPath == nil)
+            #expect(try fixture.store.failoverEvents(since: Fixture.now.addingTimeInterval(1)).count == 2)
+            #expect(try fixture.store.failoverEvents(limit: 1, since: Fixture.now).count == 1)
             try fixture.store.removePath(fixture.paths[0])
             #expect(try fixture.store.failoverEvents().last?.fromPath == nil)
         }
@@ -282,6 +284,48 @@ import Testing
             #expect(json.contains(#""packet_loss_pct" : 0.05"#))
             #expect(json.contains(#""path_counts" : {"#))
             #expect(try StatusSnapshot.decode(json: Data(json.utf8)) == snapshot)
+        }
+    }
+
+    /// Issue 18: a path that went down and up was printed as the best, scored 98.5, at 100 % loss: its status
+    /// and score came from `paths` (the up event), its loss from the older metrics row of the outage. The
+    /// report now judges and prints each path by one row, and a status is written with its measurements.
+    @Test func bestAndWorstAgreeWithThePrintedStatusScoreAndLoss() throws {
+        try withTemporaryDirectory { dir in
+            let fixture = try Fixture(dir)
+            let later = Fixture.now.addingTimeInterval(5)
+            // What the old daemon wrote: the outage's metrics row, then the up event's status and score alone.
+            try fixture.store.insertMetrics([MetricsSample(
+                path: fixture.paths[0], metrics: PathMetrics(latencyMs: 12, jitterMs: 1, lossPct: 100, score: 0),
+                measuredAt: later)])
+            try fixture.store.setPathStatus(fixture.paths[0], status: .up, score: 98.5, now: later)
+            var snapshot = try fixture.store.statusSnapshot(now: later)
+            var report = snapshot.report()
+            #expect(snapshot.bestPath == fixture.paths[1], "a path losing every probe is never the best")
+            #expect(report.contains("  Best path: hq → east via lte (score: 72, latency: 45.3ms, loss: 0.8%)"))
+            #expect(report.contains("  Worst path: hq → east via ethernet (score: 0, latency: 12ms, loss: 100%)"))
+            #expect(!report.contains("score: 98.5"))
+
+            // Now: status, score and loss in one transaction.
+            try fixture.store.recordPathStates(
+                [(fixture.paths[0], .up, PathMetrics(latencyMs: 11, jitterMs: 1, lossPct: 0, score: 98.5)),
+                 (fixture.paths[1], .down, PathMetrics(latencyMs: 40, jitterMs: 2, lossPct: 100, score: 0))],
+                now: later.addingTimeInterval(1))
+            snapshot = try fixture.store.statusSnapshot(now: later)
+            report = snapshot.report()
+            #expect(snapshot.bestPath == fixture.paths[0] && snapshot.worstPath == fixture.paths[1])
+            #expect(report.contains("  Best path: hq → east via ethernet (score: 98.5, latency: 11ms, loss: 0%)"))
+            #expect(report.contains("  Worst path: hq → east via lte (down, score: 0, latency: 40ms, loss: 100%)"))
+            #expect(try fixture.store.paths().map(\.status) == [.up, .down])
+
+            // A down path is the worst even when its last score was high; a down path is never the best.
+            try fixture.store.recordPathStates(
+                [(fixture.paths[0], .down, PathMetrics(latencyMs: 11, jitterMs: 1, lossPct: 0, score: 98.5)),
+                 (fixture.paths[1], .up, PathMetrics(latencyMs: 40, jitterMs: 2, lossPct: 1, score: 60))],
+                now: later.addingTimeInterval(2))
+            snapshot = try fixture.store.statusSnapshot(now: later)
+            #expect(snapshot.bestPath == fixture.paths[1] && snapshot.worstPath == fixture.paths[0])
+            #expect(snapshot.paths.map(\.name) == ["ethernet->east", "lte->east"])
         }
     }
 
