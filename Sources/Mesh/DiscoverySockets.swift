@@ -20,7 +20,9 @@ public enum DiscoveryError: Error, Hashable, CustomStringConvertible {
 }
 
 /// The UDP sockets of discovery: one per uplink, bound to that device and joined to the group on it only,
-/// and one unbound socket for unicast `--peer` traffic. Non-blocking; the owner polls `descriptors`.
+/// one socket on the group port for unicast traffic (`--peer`, relays, and what arrives through the tunnels),
+/// and one send-only socket for announcements through the tunnels, each datagram pinned to its path by the
+/// path's mark. Non-blocking; the owner polls `descriptors`.
 final class DiscoverySockets {
     struct Uplink {
         let name: String
@@ -29,17 +31,23 @@ final class DiscoverySockets {
 
     let uplinks: [Uplink]
     let unicast: Int32
+    /// Send-only: SO_MARK is set before each datagram (one I/O thread sends, so no two marks interleave).
+    let tunnel: Int32
     let group: SocketAddress4
 
     init(uplinks names: [String], group: SocketAddress4, ttl: UInt8) throws(DiscoveryError) {
         self.group = group
         var opened: [Uplink] = []
         var unicastFD: Int32 = -1
+        var tunnelFD: Int32 = -1
         do throws(DiscoveryError) {
             for name in names {
                 let index = if_nametoindex(name)
                 guard index != 0 else { throw DiscoveryError.noSuchUplink(name) }
-                let fd = try Self.openSocket(port: group.port, device: name)
+                // Bound to the group address: it receives only what is sent to the group; unicast (peers,
+                // relays, tunnels) goes to the unicast socket, so we know which is which. Linux sends from the
+                // device's own address when a socket is bound to a multicast one.
+                let fd = try Self.openSocket(address: group.address, port: group.port, device: name)
                 opened.append(Uplink(name: name, fd: fd))
                 // ip_mreqn with the ifindex: joining on INADDR_ANY needs a multicast or default route, and
                 // would pick one interface for all uplinks.
@@ -54,26 +62,39 @@ final class DiscoverySockets {
                 var all: Int32 = 0
                 try Self.set(fd, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", name)
             }
-            unicastFD = try Self.openSocket(port: group.port, device: nil)
+            unicastFD = try Self.openSocket(address: nil, port: group.port, device: nil)
             var all: Int32 = 0
             try Self.set(unicastFD, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", nil)
+            tunnelFD = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard tunnelFD >= 0 else { throw DiscoveryError.socket(operation: "socket", interface: nil, errno: errno) }
         } catch {
             for uplink in opened { close(uplink.fd) }
             if unicastFD >= 0 { close(unicastFD) }
+            if tunnelFD >= 0 { close(tunnelFD) }
             throw error
         }
         uplinks = opened
         unicast = unicastFD
+        tunnel = tunnelFD
     }
 
     deinit {
         for uplink in uplinks { close(uplink.fd) }
         close(unicast)
+        close(tunnel)
+    }
+
+    /// Sends one datagram through the path that `mark` selects (the path's routing table leads into its
+    /// tunnel); returns errno on failure. SO_MARK needs CAP_NET_ADMIN, which the daemon has.
+    func send(_ bytes: [UInt8], to destination: SocketAddress4, mark: UInt32) -> Int32? {
+        var value = mark
+        guard setsockopt(tunnel, SOL_SOCKET, SO_MARK, &value, socklen_t(MemoryLayout<UInt32>.size)) == 0 else { return errno }
+        return send(bytes, from: tunnel, to: destination)
     }
 
     var descriptors: [Int32] { uplinks.map(\.fd) + [unicast] }
 
-    private static func openSocket(port: UInt16, device: String?) throws(DiscoveryError) -> Int32 {
+    private static func openSocket(address bindAddress: IPv4Address?, port: UInt16, device: String?) throws(DiscoveryError) -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .socket(operation: "socket", interface: device, errno: errno) }
         do throws(DiscoveryError) {
@@ -88,6 +109,7 @@ final class DiscoverySockets {
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = port.bigEndian
+            address.sin_addr.s_addr = (bindAddress?.value ?? 0).bigEndian
             let bound = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
