@@ -47,6 +47,9 @@ public struct LabCommand: ParsableCommand {
         @Option(help: ArgumentHelp("Leave SITE's UPLINK unplugged at start (the router is told about it; `lab plug` plugs it; repeatable).",
                                    valueName: "site:uplink"))
         var unplugged: [String] = []
+        @Option(help: ArgumentHelp("Routed: give every other site only this site's addresses as --peer (the others learn each other relayed through it).",
+                                   valueName: "site"))
+        var hub: String?
         @Flag(inversion: .prefixedNo,
               help: "Start `patronus-router run` in every site (--no-routers: the topology alone; bridged: static routes between the LANs).")
         var routers = LabController.routersByDefault
@@ -58,7 +61,7 @@ public struct LabCommand: ParsableCommand {
                 }
                 let state = try common.controller.up(sites: sites, uplinks: uplinks, wan: mode,
                                                      nat: try nat.map(LabCommand.uplinkID), unplugged: try unplugged.map(LabCommand.uplinkID),
-                                                     routers: routers)
+                                                     hub: hub, routers: routers)
                 let plan = state.plan
                 print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN: \(plan.wan.rawValue), emulation: \(state.backend.rawValue)")
                 for id in plan.natted { print("NAT: \(id) is behind \(id.uplink)'s carrier NAT (\(try plan.uplink(site: id.site, named: id.uplink).address))") }

@@ -113,6 +113,9 @@ public struct LabPlan: Codable, Equatable, Sendable {
     public var natted: [UplinkID] = []
     /// Uplinks the routers are told about but that are not plugged in (`plug` / `unplug` change it).
     public var unplugged: [UplinkID] = []
+    /// Routed: the one site every other site is given as `--peer` (it has none); the others learn each other
+    /// through it (relayed discovery). Nil: every site is given every other site's public addresses.
+    public var hub: String?
     /// Renumbering generation per uplink (`renumber` changes it); absent means 0.
     public var generations: [String: Int] = [:]
 
@@ -133,7 +136,7 @@ public struct LabPlan: Codable, Equatable, Sendable {
     /// makes every namespace name unique: `lab up` uses "lab", tests a random one. `nat` (routed only) puts
     /// those uplinks behind their ISP's NAT; `unplugged` leaves those uplinks unplugged at start.
     public static func make(instance: String, sites: Int = 3, uplinks: Int = 2, wan: WANMode = .bridged,
-                            nat: [UplinkID] = [], unplugged: [UplinkID] = []) throws(LabError) -> LabPlan {
+                            nat: [UplinkID] = [], unplugged: [UplinkID] = [], hub: String? = nil) throws(LabError) -> LabPlan {
         guard (1...16).contains(instance.count),
               instance.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) }) else {
             throw .invalidArgument("lab instance '\(instance)' must be 1-16 lowercase letters or digits")
@@ -159,6 +162,11 @@ public struct LabPlan: Codable, Equatable, Sendable {
         plan.unplugged = try Set(unplugged.map { id throws(LabError) in
             try plan.uplink(site: id.site, named: id.uplink).id
         }).sorted()
+        if let hub {
+            guard wan == .routed else { throw .invalidArgument("--hub needs --wan routed: bridged sites find each other by multicast") }
+            guard plan.site(named: hub) != nil else { throw .invalidArgument("--hub \(hub): no such site") }
+            plan.hub = hub
+        }
         return plan
     }
 
@@ -233,10 +241,11 @@ public struct LabPlan: Codable, Equatable, Sendable {
     }
 
     /// Routed mode: multicast does not cross the ISPs, so each router announces by unicast to every public
-    /// address (not behind NAT, plugged in at start) of every other site, `address:51821`. Bridged: none.
+    /// address (not behind NAT, plugged in at start) of every other site, `address:51821`; with a `hub`, only
+    /// to the hub's (and the hub to nobody). Bridged: none.
     public func discoveryPeers(of site: String) -> [String] {
-        guard wan == .routed else { return [] }
-        return uplinks.filter { $0.site != site && $0.isPublic && isPlugged($0.id) }
+        guard wan == .routed, site != hub else { return [] }
+        return uplinks.filter { $0.site != site && (hub == nil || $0.site == hub) && $0.isPublic && isPlugged($0.id) }
             .map { "\($0.address):\(Self.discoveryPort)" }
     }
 

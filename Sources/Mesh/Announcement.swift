@@ -114,6 +114,8 @@ public enum AnnouncementRejection: String, Error, Hashable, Sendable, CaseIterab
     case keyConflict
     /// The table holds the maximum number of sites.
     case tableFull
+    /// A relay envelope that is malformed, or that wraps another envelope (announcements are relayed once).
+    case badRelay
     /// A message kind this build does not handle (v2 header byte 5).
     case badKind
     /// Unsigned, where this site requires certificates (`run --require-certificates`).

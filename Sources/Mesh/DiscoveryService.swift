@@ -38,20 +38,54 @@ public struct DiscoverySettings: Sendable, Equatable {
     }
 }
 
+/// One path to a remote site, for announcing through its tunnel: a datagram to `overlay` with SO_MARK `mark`
+/// is routed by the path's table into the path's tunnel (the same pinning the path's probes use).
+public struct TunnelRoute: Hashable, Sendable {
+    public var site: SiteID
+    public var overlay: IPv4Address
+    public var mark: UInt32
+
+    public init(site: SiteID, overlay: IPv4Address, mark: UInt32) {
+        self.site = site
+        self.overlay = overlay
+        self.mark = mark
+    }
+}
+
+/// How an accepted announcement reached us.
+public enum AnnouncementPath: String, Sendable, Hashable {
+    /// Multicast on an uplink's segment.
+    case multicast
+    /// Unicast over the underlay (`--peer`, or a site that has us as its `--peer`).
+    case unicast
+    /// Through one of our tunnels to the site (its source is the site's overlay address).
+    case tunnel
+    /// Relayed by another site (inside a `RelayEnvelope`).
+    case relay
+}
+
 /// Counters of discovery, for `status` and metrics.
 public struct DiscoveryStatistics: Sendable, Equatable {
     public var datagramsSent: UInt64 = 0
     public var sendErrors: UInt64 = 0
     public var datagramsReceived: UInt64 = 0
     public var accepted: UInt64 = 0
+    /// Accepted announcements by how they came (the first copy of each counter only).
+    public var acceptedVia: [AnnouncementPath: UInt64] = [:]
+    /// Our announcements sent through tunnels, and other sites' announcements we relayed.
+    public var tunnelSent: UInt64 = 0
+    public var relayedSent: UInt64 = 0
     /// Every dropped datagram, by reason.
     public var drops: [AnnouncementRejection: UInt64] = [:]
 
     public init() {}
 }
 
-/// Finds the other sites: announces this site on every uplink (multicast, TTL 1) and to every `--peer`
-/// (unicast), receives and authenticates theirs, and publishes `MeshEvent`s.
+/// Finds the other sites: announces this site on every uplink (multicast, TTL 1), to every `--peer` and every
+/// site that has us as its peer (unicast), and through every tunnel to every known site (so a site stays known
+/// while any path to it works, whatever happens to the underlay); relays the announcements it heard directly
+/// to its unicast correspondents (a branch configured with only its hub learns the whole mesh); receives and
+/// authenticates all of it, and publishes `MeshEvent`s.
 ///
 /// Announces at start, at once when `update(_:)` changes what we announce or when a new site appears (so
 /// it learns about us without waiting an interval), then every `interval`. Sites expire after
@@ -79,6 +113,13 @@ public final class DiscoveryService: Sendable {
         var stopping = false
         var wakeFD: Int32 = -1
         var lastLogged: [AnnouncementRejection: (at: ContinuousClock.Instant, suppressed: UInt64)] = [:]
+        /// Every path to every known site (`setTunnelRoutes`): our announcement goes through each.
+        var tunnelRoutes: [TunnelRoute] = []
+        /// The latest accepted datagram of each site heard directly (never one that came relayed): what we relay.
+        var relayable: [SiteID: [UInt8]] = [:]
+        /// Where a site that has us as its `--peer` (or that we have as ours) sends from, as we observe it:
+        /// we announce and relay to it, which also keeps a NAT mapping in front of it open.
+        var correspondents: [SiteID: SocketAddress4] = [:]
         var budget = SignatureBudget()
         /// The active sites as they may be used, and the refused overlapping claims (`PrefixClaims`).
         var resolution = PrefixClaims.Resolution(sites: [], conflicts: [])
@@ -251,6 +292,15 @@ public final class DiscoveryService: Sendable {
 
     public var statistics: DiscoveryStatistics { state.withLock { $0.statistics } }
 
+    /// The paths to announce through (every path of every known site; the daemon sets them on each tunnel
+    /// plan). Announcing through them starts with the next announcement.
+    public func setTunnelRoutes(_ routes: [TunnelRoute]) {
+        state.withLock { $0.tunnelRoutes = routes }
+    }
+
+    /// The sites that announce to us by unicast, with the address we see them at.
+    public var correspondents: [SiteID: SocketAddress4] { state.withLock { $0.correspondents } }
+
     /// What this site announces now.
     public var local: SiteDescription { state.withLock { $0.local } }
 
@@ -361,7 +411,7 @@ public final class DiscoveryService: Sendable {
         let wake: Int32
 
         func loop() {
-            var buffer = [UInt8](repeating: 0, count: AnnouncementCodec.maxDatagramSize + 1)
+            var buffer = [UInt8](repeating: 0, count: RelayEnvelope.maxDatagramSize + 1)
             var descriptors: [pollfd] = []
             var skipped: Set<String> = []
             // The uplink sockets, opened at start and again on `rebindUplinks()`; an uplink left out is logged
@@ -379,11 +429,11 @@ public final class DiscoveryService: Sendable {
             bind()
             while true {
                 if service.takeRebind() { bind() }
-                guard let (datagrams, timeout) = service.plan(now: .now) else { return }
-                for datagram in datagrams {
-                    let (sent, failed) = send(datagram, peers: service.settings.peers)
-                    service.recordSent(sent, failed: failed)
+                guard let planned = service.plan(now: .now) else { return }
+                if let outgoing = planned.outgoing {
+                    service.recordSent(send(outgoing))
                 }
+                let timeout = planned.timeout
                 let ready = poll(&descriptors, nfds_t(descriptors.count), timeout)
                 guard ready > 0 else { continue }
                 var drained = [UInt8](repeating: 0, count: 64)
@@ -392,45 +442,107 @@ public final class DiscoveryService: Sendable {
                     // Bounded work per wake-up, so one flooded socket cannot starve the others or the timers.
                     for _ in 0..<64 {
                         guard let (size, source) = sockets.receive(from: descriptors[index].fd, into: &buffer) else { break }
-                        service.handle(buffer.prefix(min(size, buffer.count)), size: size, from: source)
+                        service.handle(buffer.prefix(min(size, buffer.count)), size: size, from: source,
+                                       unicast: descriptors[index].fd == sockets.unicast)
                     }
                 }
             }
         }
 
-        func send(_ bytes: [UInt8], peers: [SocketAddress4]) -> (sent: UInt64, failed: UInt64) {
-            var sent: UInt64 = 0, failed: UInt64 = 0
-            for uplink in sockets.uplinks {
-                if sockets.send(bytes, from: uplink.fd, to: sockets.group) == nil { sent += 1 } else { failed += 1 }
+        func send(_ outgoing: Outgoing) -> SendCounts {
+            var counts = SendCounts()
+            for bytes in outgoing.datagrams {
+                for uplink in sockets.uplinks {
+                    counts.count(sockets.send(bytes, from: uplink.fd, to: sockets.group))
+                }
+                for destination in outgoing.unicast {
+                    counts.count(sockets.send(bytes, from: sockets.unicast, to: destination))
+                }
+                for route in outgoing.tunnels {
+                    if counts.count(sockets.send(bytes, to: SocketAddress4(route.overlay, port: sockets.group.port), mark: route.mark)) {
+                        counts.tunnel += 1
+                    }
+                }
             }
-            for peer in peers {
-                if sockets.send(bytes, from: sockets.unicast, to: peer) == nil { sent += 1 } else { failed += 1 }
+            for (envelope, destination) in outgoing.relays {
+                if counts.count(sockets.send(envelope, from: sockets.unicast, to: destination)) { counts.relayed += 1 }
             }
-            return (sent, failed)
+            return counts
         }
     }
 
-    /// Announces if due and expires sites. Returns the datagrams to send (when due: the announcement, its
-    /// version 1 copy with `legacyCopies`, and the revocation lists we hold) and the poll timeout in ms, or nil
-    /// when the service is stopping.
-    fileprivate func plan(now: ContinuousClock.Instant) -> (datagrams: [[UInt8]], timeout: Int32)? {
+    /// What one announcement round sends: our announcement on every uplink (multicast), to every unicast
+    /// destination and through every tunnel, and the relays.
+    struct Outgoing {
+        /// Our announcement (and its version 1 copy with `legacyCopies`) and the revocation lists we hold.
+        var datagrams: [[UInt8]]
+        var unicast: [SocketAddress4]
+        var tunnels: [TunnelRoute]
+        var relays: [([UInt8], SocketAddress4)]
+    }
+
+    struct SendCounts {
+        var sent: UInt64 = 0
+        var failed: UInt64 = 0
+        var tunnel: UInt64 = 0
+        var relayed: UInt64 = 0
+
+        @discardableResult
+        mutating func count(_ error: Int32?) -> Bool {
+            if error == nil { sent += 1 } else { failed += 1 }
+            return error == nil
+        }
+    }
+
+    /// The relays of one round: to every unicast destination, the latest directly heard announcement of
+    /// every other site (never the destination's own, never one that reached us relayed). At most
+    /// (sites x destinations) datagrams per interval, whatever arrives: relaying is paced by our clock, not
+    /// by what we receive, so no input can make it storm.
+    static func relays(relayable: [SiteID: [UInt8]], to destinations: [SocketAddress4],
+                       correspondents: [SiteID: SocketAddress4]) -> [([UInt8], SocketAddress4)] {
+        var out: [([UInt8], SocketAddress4)] = []
+        for destination in destinations {
+            for (site, datagram) in relayable.sorted(by: { $0.key < $1.key }) where correspondents[site] != destination {
+                out.append((RelayEnvelope.wrap(datagram), destination))
+            }
+        }
+        return out
+    }
+
+    /// Announces if due and expires sites. Returns what to send when due (the announcement, its version 1 copy
+    /// with `legacyCopies`, and the revocation lists we hold: on every uplink, to every unicast destination and
+    /// through every tunnel; and the relays) and the poll timeout in ms, or nil when the service is stopping.
+    fileprivate func plan(now: ContinuousClock.Instant) -> (outgoing: Outgoing?, timeout: Int32)? {
         let wall = Date()
-        let planned = state.withLock { state -> (datagrams: [[UInt8]], timeout: Int32, expired: [MeshEvent],
+        let planned = state.withLock { state -> (outgoing: Outgoing?, timeout: Int32, expired: [MeshEvent],
                                                  changes: (began: [PrefixConflict], ended: [PrefixConflict]))? in
             guard !state.stopping else { return nil }
-            var datagrams: [[UInt8]] = []
+            var outgoing: Outgoing?
             let due = state.lastAnnounce.map { now - $0 >= settings.interval } ?? true
             if state.announceNow || due {
                 let announcement = Announcement(site: state.local, counter: state.counter.next(),
                                                 timestampMilliseconds: UInt64(wall.timeIntervalSince1970 * 1000))
                 // The description was validated by init/update, so encoding cannot fail here.
+                var datagrams: [[UInt8]] = []
                 if let bytes = try? state.encoder.encode(announcement) { datagrams.append(bytes) }
                 if legacyCopies, let bytes = try? state.encoder.encodeLegacy(announcement) { datagrams.append(bytes) }
                 datagrams += state.revocationDatagrams
+                var unicast = settings.peers
+                for address in state.correspondents.values.sorted(by: { ($0.address, $0.port) < ($1.address, $1.port) })
+                    where !unicast.contains(address) {
+                    unicast.append(address)
+                }
+                outgoing = Outgoing(datagrams: datagrams, unicast: unicast, tunnels: state.tunnelRoutes,
+                                    relays: Self.relays(relayable: state.relayable, to: unicast,
+                                                        correspondents: state.correspondents))
                 state.lastAnnounce = now
                 state.announceNow = false
             }
             let expired = state.table.expire(now: wall)
+            for case .siteExpired(let announcement) in expired {
+                state.relayable[announcement.siteID] = nil
+                state.correspondents[announcement.siteID] = nil
+            }
             let changes = expired.isEmpty ? ([], []) : state.resolve()
             var wait = settings.interval - (now - (state.lastAnnounce ?? now))
             if let next = state.table.nextExpiry {
@@ -438,7 +550,7 @@ public final class DiscoveryService: Sendable {
             }
             let (seconds, attoseconds) = max(wait, .zero).components
             let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-            return (datagrams, milliseconds, expired, changes)
+            return (outgoing, milliseconds, expired, changes)
         }
         guard let planned else { return nil }
         logConflicts(planned.changes)
@@ -448,29 +560,44 @@ public final class DiscoveryService: Sendable {
             }
             continuation.yield(event)
         }
-        return (planned.datagrams, planned.timeout)
+        return (planned.outgoing, planned.timeout)
     }
 
-    fileprivate func recordSent(_ sent: UInt64, failed: UInt64) {
+    fileprivate func recordSent(_ counts: SendCounts) {
         state.withLock {
-            $0.statistics.datagramsSent += sent
-            $0.statistics.sendErrors += failed
+            $0.statistics.datagramsSent += counts.sent
+            $0.statistics.sendErrors += counts.failed
+            $0.statistics.tunnelSent += counts.tunnel
+            $0.statistics.relayedSent += counts.relayed
         }
     }
 
     /// Decodes, authenticates and applies one received datagram of `size` bytes (`bytes` holds at most the
-    /// decoder's limit of it). Cheapest checks first: header and MAC (`open`), then replay and freshness (the
-    /// table) and the signature budget, and only then the signature checks (`verify`, outside the lock).
-    fileprivate func handle(_ bytes: ArraySlice<UInt8>, size: Int, from source: SocketAddress4) {
+    /// largest datagram discovery reads). `unicast`: it came to the unicast socket (a peer, a relay, or a
+    /// tunnel), not to an uplink's multicast socket. Cheapest checks first: the relay envelope, header and MAC
+    /// (`open`), then replay and freshness (the table) and the signature budget, and only then the signature
+    /// checks (`verify`, outside the lock).
+    func handle(_ bytes: ArraySlice<UInt8>, size: Int, from source: SocketAddress4, unicast: Bool) {
         let wall = Date()
         let now = ContinuousClock.now
         var opened: OpenedMessage?
         var message: MeshMessage?
         var rejection: AnnouncementRejection?
-        if size > AnnouncementCodec.maxDatagramSize {
+        var inner = bytes
+        var relayed = false
+        if size > RelayEnvelope.maxDatagramSize || (size > AnnouncementCodec.maxDatagramSize && !RelayEnvelope.isEnvelope(bytes)) {
             rejection = .oversized
         } else {
-            do { opened = try codec.open(bytes) } catch { rejection = error }
+            do throws(AnnouncementRejection) {
+                if RelayEnvelope.isEnvelope(bytes) {
+                    inner = try RelayEnvelope.unwrap(bytes)
+                    guard !RelayEnvelope.isEnvelope(inner) else { throw .badRelay }
+                    relayed = true
+                }
+                opened = try codec.open(inner)
+            } catch {
+                rejection = error
+            }
         }
         if let opened {
             let seconds = Double((now - Self.epoch).components.seconds) + Double((now - Self.epoch).components.attoseconds) / 1e18
@@ -495,6 +622,9 @@ public final class DiscoveryService: Sendable {
             rejection = apply(list, from: source)
             message = nil
         }
+        let path: AnnouncementPath = relayed ? .relay
+            : !unicast ? .multicast
+            : { if case .announcement(let a) = message, a.overlay == source.address { true } else { false } }() ? .tunnel : .unicast
         let (events, logLine, changes) = state.withLock { state -> ([MeshEvent], (AnnouncementRejection, UInt64)?, (began: [PrefixConflict], ended: [PrefixConflict])) in
             state.statistics.datagramsReceived += 1
             var events: [MeshEvent] = []
@@ -502,6 +632,10 @@ public final class DiscoveryService: Sendable {
                 do throws(AnnouncementRejection) {
                     events = try state.table.accept(decoded, now: wall)
                     state.statistics.accepted += 1
+                    state.statistics.acceptedVia[path, default: 0] += 1
+                    if path != .relay { state.relayable[decoded.siteID] = Array(inner) }
+                    // Only an authenticated, fresh announcement teaches where its site sends from.
+                    if path == .unicast { state.correspondents[decoded.siteID] = source }
                 } catch {
                     rejection = error
                 }
@@ -536,7 +670,8 @@ public final class DiscoveryService: Sendable {
         for event in events {
             switch event {
             case .siteAppeared(let a):
-                logger.info("site appeared", metadata: ["site": "\(a.name)", "id": "\(a.siteID)", "from": "\(source)"])
+                logger.info("site appeared", metadata: ["site": "\(a.name)", "id": "\(a.siteID)", "from": "\(source)",
+                                                        "via": "\(path.rawValue)"])
             case .siteChanged(_, let a):
                 logger.info("site changed", metadata: ["site": "\(a.name)", "id": "\(a.siteID)"])
             case .siteExpired, .siteRevoked:

@@ -17,9 +17,11 @@ public enum DiscoveryError: Error, Hashable, CustomStringConvertible {
 }
 
 /// The UDP sockets of discovery: one per uplink that exists, bound to that device and joined to the group
-/// on it only, and one unbound socket for unicast `--peer` traffic. Non-blocking; the owner polls
-/// `descriptors`. An uplink that does not exist (not plugged in yet) or cannot be set up is skipped: `rebind`
-/// opens the uplink sockets again once the interfaces change (the membership is per interface index).
+/// on it only; one socket on the group port for unicast traffic (`--peer`, relays, and what arrives through
+/// the tunnels); and one send-only socket for announcements through the tunnels, each datagram pinned to its
+/// path by the path's mark. Non-blocking; the owner polls `descriptors`. An uplink that does not exist (not
+/// plugged in yet) or cannot be set up is skipped: `rebind` opens the uplink sockets again once the interfaces
+/// change (the membership is per interface index).
 final class DiscoverySockets {
     struct Uplink {
         let name: String
@@ -29,6 +31,8 @@ final class DiscoverySockets {
     let names: [String]
     private(set) var uplinks: [Uplink] = []
     let unicast: Int32
+    /// Send-only: SO_MARK is set before each datagram (one I/O thread sends, so no two marks interleave).
+    let tunnel: Int32
     let group: SocketAddress4
     let ttl: UInt8
 
@@ -38,7 +42,7 @@ final class DiscoverySockets {
         self.names = names
         self.group = group
         self.ttl = ttl
-        unicast = try Self.openSocket(port: group.port, device: nil)
+        unicast = try Self.openSocket(address: nil, port: group.port, device: nil)
         var all: Int32 = 0
         do throws(DiscoveryError) {
             try Self.set(unicast, Int32(IPPROTO_IP), IP_MULTICAST_ALL, &all, "IP_MULTICAST_ALL", nil)
@@ -46,11 +50,26 @@ final class DiscoverySockets {
             close(unicast)
             throw error
         }
+        tunnel = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard tunnel >= 0 else {
+            let code = errno
+            close(unicast)
+            throw DiscoveryError.socket(operation: "socket", interface: nil, errno: code)
+        }
     }
 
     deinit {
         for uplink in uplinks { close(uplink.fd) }
         close(unicast)
+        close(tunnel)
+    }
+
+    /// Sends one datagram through the path that `mark` selects (the path's routing table leads into its
+    /// tunnel); returns errno on failure. SO_MARK needs CAP_NET_ADMIN, which the daemon has.
+    func send(_ bytes: [UInt8], to destination: SocketAddress4, mark: UInt32) -> Int32? {
+        var value = mark
+        guard setsockopt(tunnel, SOL_SOCKET, SO_MARK, &value, socklen_t(MemoryLayout<UInt32>.size)) == 0 else { return errno }
+        return send(bytes, from: tunnel, to: destination)
     }
 
     /// Closes the uplink sockets and opens one for every uplink that exists now. `skipped` hears of each
@@ -74,7 +93,10 @@ final class DiscoverySockets {
 
     private static func openUplinkSocket(_ name: String, index: UInt32, group: SocketAddress4,
                                          ttl: UInt8) throws(DiscoveryError) -> Int32 {
-        let fd = try openSocket(port: group.port, device: name)
+        // Bound to the group address: it receives only what is sent to the group; unicast (peers, relays,
+        // tunnels) goes to the unicast socket, so we know which is which. Linux sends from the device's own
+        // address when a socket is bound to a multicast one.
+        let fd = try openSocket(address: group.address, port: group.port, device: name)
         do throws(DiscoveryError) {
             // ip_mreqn with the ifindex: joining on INADDR_ANY needs a multicast or default route, and
             // would pick one interface for all uplinks.
@@ -97,7 +119,7 @@ final class DiscoverySockets {
 
     var descriptors: [Int32] { uplinks.map(\.fd) + [unicast] }
 
-    private static func openSocket(port: UInt16, device: String?) throws(DiscoveryError) -> Int32 {
+    private static func openSocket(address bindAddress: IPv4Address?, port: UInt16, device: String?) throws(DiscoveryError) -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .socket(operation: "socket", interface: device, errno: errno) }
         do throws(DiscoveryError) {
@@ -112,6 +134,7 @@ final class DiscoverySockets {
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = port.bigEndian
+            address.sin_addr.s_addr = (bindAddress?.value ?? 0).bigEndian
             let bound = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }

@@ -67,9 +67,17 @@ public actor TunnelReconciler {
     /// retries at 3.75 and 5.75 s. A nudge is one UAPI set on a peer that has no session to lose.
     public static let firstNudge: Duration = .milliseconds(250)
     public static let maxNudgeBackoff: Duration = .seconds(2)
-    /// A peer that should initiate to us gets its keepalive after this long even without a handshake (it
-    /// may run software that waits for us).
-    public static let keepaliveHoldLimit: Duration = .seconds(2)
+    /// A peer that should initiate to us gets its keepalive (and so we initiate) after this long even without
+    /// a handshake: it may be unable to reach us, because it announced an address that is private behind a NAT
+    /// (we then reach it only once our own initiation has opened the NAT's mapping from its side, or it
+    /// reaches us: whichever initiates through the NAT works). 1 s: the designated initiator's handshake takes
+    /// one round trip, and its nudges at 0.25 and 0.75 s have had their chance, so the two initiations do not
+    /// cross; with 2 s a NATed path came up only after about 2.6 s.
+    public static let keepaliveHoldLimit: Duration = .seconds(1)
+    /// A session whose last handshake is younger than this is working (WireGuard re-handshakes every 2 min
+    /// while traffic flows; keepalives every 25 s keep it flowing): its endpoint, possibly one WireGuard
+    /// learned from the peer's authenticated packets (the address a NAT shows us), is kept.
+    public static let workingSessionAge: TimeInterval = 180
 
     /// One initiator per pair: the side whose public key sorts first. A new peer sends its first keepalive,
     /// and so a handshake initiation, the moment it is added; when both sides add each other at once their
@@ -139,9 +147,10 @@ public actor TunnelReconciler {
                 if let before = applied[interface.name] {
                     if try await update(from: before, to: interface) { report.updated.append(interface.name) }
                 } else if let state = try? await backend.state(of: interface.name) {
-                    // Adopt what a previous run left: diff against what the interface reports.
-                    _ = try await update(from: Self.baseline(state, like: interface, privateKey: privateKey), to: interface,
-                                     forceDevice: state.publicKey != privateKey.publicKey)
+                    // Adopt what a previous run left: diff against what the interface reports, keeping the
+                    // endpoints of working sessions (learned through a NAT, they are what works).
+                    _ = try await update(from: Self.baseline(state, like: interface, privateKey: privateKey, now: Date()),
+                                         to: interface, forceDevice: state.publicKey != privateKey.publicKey)
                     try await backend.bringUp(interface.name, addresses: addresses)
                     report.updated.append(interface.name)
                 } else {
@@ -294,11 +303,25 @@ public actor TunnelReconciler {
                                fwmark: interface.fwmark, peers: interface.peers)
     }
 
-    /// Sends the difference (if any); true when something was sent.
+    /// Sends the difference (if any); true when something was sent. A peer whose announced endpoint changed
+    /// while its session works at another endpoint (one WireGuard learned: the peer is behind a NAT, or it
+    /// roamed) keeps its session and endpoint: the announced address may be one we cannot reach.
     private func update(from before: PlannedInterface, to after: PlannedInterface,
                         forceDevice: Bool = false) async throws(WireGuardError) -> Bool {
-        guard let difference = Self.difference(from: before, to: after, privateKey: forceDevice ? privateKey : nil) else {
+        var working: Set<WireGuardKey> = []
+        if Self.endpointChanges(from: before, to: after), let state = try? await backend.state(of: after.name) {
+            working = Self.workingLearnedEndpoints(state, planned: before, now: Date())
+        }
+        guard let difference = Self.difference(from: before, to: after, privateKey: forceDevice ? privateKey : nil,
+                                               keepingEndpointOf: working) else {
             return false
+        }
+        let planned = Dictionary(after.peers.map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
+        for peer in before.peers where working.contains(peer.publicKey) && planned[peer.publicKey].map({ $0 != peer.endpoint }) == true {
+            logger.info("announced endpoint changed; keeping the working learned one", metadata: [
+                "interface": "\(after.name)", "peer": "\(peer.publicKey)",
+                "announced": "\(planned[peer.publicKey]!.map { "\($0)" } ?? "-")",
+            ])
         }
         let change = holdingKeepalive(difference, fresh: Self.freshPeers(from: before, to: after), on: after.name)
         try await backend.configure(after.name, change)
@@ -308,9 +331,28 @@ public actor TunnelReconciler {
         return true
     }
 
+    /// True when some peer kept across the two versions has a different endpoint.
+    static func endpointChanges(from before: PlannedInterface, to after: PlannedInterface) -> Bool {
+        let old = Dictionary(before.peers.map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
+        return after.peers.contains { peer in old[peer.publicKey].map { $0 != peer.endpoint } ?? false }
+    }
+
+    /// Peers of `state` with a working session (handshake within `workingSessionAge`) at an endpoint other
+    /// than the one we set (`planned`): WireGuard learned it from the peer's authenticated packets. Pure.
+    static func workingLearnedEndpoints(_ state: InterfaceState, planned: PlannedInterface, now: Date) -> Set<WireGuardKey> {
+        Set(state.peers.filter { live in
+            guard let handshake = live.lastHandshake, now.timeIntervalSince(handshake) < workingSessionAge,
+                  let set = planned.peers.first(where: { $0.publicKey == live.publicKey }) else { return false }
+            return live.endpoint != nil && live.endpoint != set.endpoint
+        }.map(\.publicKey))
+    }
+
     /// The one UAPI/genetlink set that turns `before` into `after`, or nil when they are equal. Pure.
+    /// Peers in `keepingEndpointOf` are not re-created for a new endpoint (their working session and learned
+    /// endpoint stay); their other changes apply in place.
     static func difference(from before: PlannedInterface, to after: PlannedInterface,
-                           privateKey: WireGuardPrivateKey? = nil) -> DeviceUpdate? {
+                           privateKey: WireGuardPrivateKey? = nil,
+                           keepingEndpointOf kept: Set<WireGuardKey> = []) -> DeviceUpdate? {
         var update = DeviceUpdate()
         update.privateKey = privateKey?.secret
         if before.listenPort != after.listenPort { update.listenPort = after.listenPort }
@@ -323,28 +365,34 @@ public actor TunnelReconciler {
                 update.peers.append(PeerUpdate(setting: peer))
                 continue
             }
-            if previous.endpoint != peer.endpoint {
+            if previous.endpoint != peer.endpoint && !kept.contains(peer.publicKey) {
                 update.peers.append(.removing(peer.publicKey))
                 update.peers.append(PeerUpdate(setting: peer))
             } else if Set(previous.allowedIPs) != Set(peer.allowedIPs)
                         || previous.persistentKeepalive != peer.persistentKeepalive {
-                update.peers.append(PeerUpdate(setting: peer))
+                var inPlace = PeerUpdate(setting: peer)
+                if kept.contains(peer.publicKey) { inPlace.endpoint = nil }  // no endpoint: WireGuard keeps its own
+                update.peers.append(inPlace)
             }
         }
         let changed = update.privateKey != nil || update.listenPort != nil || update.fwmark != nil || !update.peers.isEmpty
         return changed ? update : nil
     }
 
-    /// An interface's reported state in plan form, for adoption. Endpoints the peer roamed to count as
-    /// changes here (we have no record of what was set), which at worst re-creates those peers once.
+    /// An interface's reported state in plan form, for adoption. A peer with a working session keeps its
+    /// endpoint (it is what works, possibly learned through a NAT: the baseline takes the planned one, so no
+    /// change is seen); other endpoints that differ from the plan are set again (the peer is re-created).
     static func baseline(_ state: InterfaceState, like interface: PlannedInterface,
-                         privateKey: WireGuardPrivateKey) -> PlannedInterface {
+                         privateKey: WireGuardPrivateKey, now: Date) -> PlannedInterface {
         var baseline = interface
         baseline.listenPort = state.listenPort
         baseline.fwmark = state.fwmark
+        let planned = Dictionary(interface.peers.map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
         baseline.peers = state.peers.map {
-            PeerConfiguration(publicKey: $0.publicKey, endpoint: $0.endpoint, allowedIPs: $0.allowedIPs,
-                              persistentKeepalive: $0.persistentKeepalive)
+            let working = $0.lastHandshake.map { now.timeIntervalSince($0) < workingSessionAge } ?? false
+            let endpoint = working && planned[$0.publicKey] != nil ? planned[$0.publicKey]! : $0.endpoint
+            return PeerConfiguration(publicKey: $0.publicKey, endpoint: endpoint, allowedIPs: $0.allowedIPs,
+                                     persistentKeepalive: $0.persistentKeepalive)
         }
         return baseline
     }

@@ -80,8 +80,10 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
             self.key = key
         }
 
-        public var mark: UInt32 { UInt32(slot) << 16 }
+        public var mark: UInt32 { Self.mark(slot: slot) }
         public var table: UInt32 { SteeringPlan.tableBase + UInt32(slot) }
+        /// The packet mark that selects the path of `slot` (its routing table leads into its tunnel).
+        public static func mark(slot: UInt8) -> UInt32 { UInt32(slot) << 16 }
 
         public var description: String {
             "path \(slot) dev \(interface)\(gateway.map { " via \($0)" } ?? "") -> site \(site) mark \(hex(mark)) table \(table)"

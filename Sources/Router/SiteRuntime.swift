@@ -65,7 +65,10 @@ actor SiteRuntime {
     }
 
     /// A new tunnel plan: every path it carries gets a slot, a row, a prober; paths that left lose theirs.
-    func planned(_ plan: TunnelPlan, sites: [Announcement]) async {
+    /// Returns every path as a route for discovery: our announcements also travel through every tunnel, so
+    /// a site stays known for as long as any path to it works.
+    @discardableResult
+    func planned(_ plan: TunnelPlan, sites: [Announcement]) async -> [TunnelRoute] {
         let numbers = slots.update(plan.paths.map(Self.key(of:)))
         var routes: [String: PlannedRoute] = [:]
         for path in plan.paths {
@@ -90,7 +93,7 @@ actor SiteRuntime {
                 lastSites = remoteSites
             } catch {
                 logger.error("steering the new topology failed; keeping the previous one: \(error)")
-                return
+                return tunnelRoutes
             }
         }
 
@@ -102,7 +105,7 @@ actor SiteRuntime {
                 configuration.interval = probeInterval
                 configuration.rttWindow = Self.latencyWindowSamples(probeInterval: probeInterval)
                 try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: 51822),
-                                           pinning: .mark(UInt32(route.binding.slot) << 16)),
+                                           pinning: .mark(route.binding.mark)),
                                configuration: configuration)
             } catch {
                 logger.error("cannot probe path \(name): \(error)")
@@ -128,7 +131,15 @@ actor SiteRuntime {
             if let id = pathIDs[route.key] { try? store.setPathStatus(id, status: .down, score: 0) }
         }
         paths = routes
+        let overlays = Dictionary(sites.map { ($0.site.siteID, $0.site.overlay) }, uniquingKeysWith: { a, _ in a })
+        tunnelRoutes = routes.values.sorted { $0.binding.slot < $1.binding.slot }.compactMap { route in
+            overlays[route.key.site].map { TunnelRoute(site: route.key.site, overlay: $0, mark: route.binding.mark) }
+        }
+        return tunnelRoutes
     }
+
+    /// The routes of the last plan that steering accepted.
+    private var tunnelRoutes: [TunnelRoute] = []
 
     /// Sites restored from the database at start: their first `siteAppeared` is not news for the database
     /// (their rows are where they came from), and must not refresh `last_seen` for a site nobody heard.

@@ -25,6 +25,9 @@ public struct PathBinding: Hashable, Sendable {
         self.slot = slot
         self.interface = interface
     }
+
+    /// The packet mark that pins a datagram to this path (probes, announcements through the tunnel).
+    public var mark: UInt32 { SteeringPlan.SteeringPath.mark(slot: slot) }
 }
 
 /// Hands out small numbers that must stay the same for a name as long as it exists: class ids (they live in

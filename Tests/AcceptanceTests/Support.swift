@@ -3,8 +3,11 @@ import Glibc
 import Lab
 
 /// The executable `swift build` built beside the tests: the acceptance tests drive the real binary.
+/// `PATRONUS_ROUTER_BINARY` names another (bench scripts: the release build, with patronus-bench beside it).
 enum Binary {
     static let path: String = {
+        if let chosen = ProcessInfo.processInfo.environment["PATRONUS_ROUTER_BINARY"],
+           FileManager.default.isExecutableFile(atPath: chosen) { return chosen }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent()
         for configuration in ["debug", "release"] {
@@ -37,11 +40,44 @@ final class AcceptanceLab: @unchecked Sendable {
     let plan: LabPlan
     let sites: Int
 
-    init(sites: Int = 2, routerArguments: [String] = []) throws {
+    /// When `init` returned: the routers had just been started.
+    let started: Double
+
+    init(sites: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [], hub: String? = nil,
+         routerArguments: [String] = []) throws {
         let instance = "t\(getpid())x\(String(UInt32.random(in: 0...0xffff_ff), radix: 36))"
         controller = LabController(instance: instance, executable: Binary.path)
         self.sites = sites
-        plan = try controller.up(sites: sites, uplinks: 2, routers: true, extraRouterArguments: routerArguments).plan
+        plan = try controller.up(sites: sites, uplinks: 2, wan: wan, nat: nat, hub: hub, routers: true,
+                                 extraRouterArguments: routerArguments).plan
+        started = monotonicSeconds()
+    }
+
+    func log(_ site: String) -> String {
+        (try? String(contentsOfFile: "\(controller.stateDirectory)/\(site).log", encoding: .utf8)) ?? ""
+    }
+
+    /// A 160-byte, VoIP-class (RTP port 20000) stream at `pps` from `from`'s LAN host to `to`'s, for `seconds`,
+    /// with `during` run after `after` seconds. The receiver (patronus-bench stream-recv) reports what arrived.
+    func stream(from: String, to: String, pps: Int, seconds: Double, after: Double,
+                during: () throws -> Void) throws -> StreamResult {
+        let bench = URL(fileURLWithPath: Binary.path).deletingLastPathComponent().appendingPathComponent("patronus-bench").path
+        let log = "\(controller.stateDirectory)/stream-\(UInt32.random(in: 0 ... .max)).log"
+        defer { unlink(log) }
+        let receiver = try host(to).spawn([bench, "stream-recv", "20000", "\(seconds + 1.5)"], logPath: log)
+        defer { receiver.terminate() }
+        usleep(300_000)
+        let sender = try host(from).spawn([bench, "stream-send", hostAddress(to), "20000", "\(pps)", "\(seconds)"])
+        defer { sender.terminate() }
+        usleep(UInt32(after * 1_000_000))
+        try during()
+        let deadline = monotonicSeconds() + seconds + 5
+        while receiver.isRunning && monotonicSeconds() < deadline { usleep(100_000) }
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        guard let result = StreamResult(output, pps: pps, seconds: seconds) else {
+            throw AcceptanceFailure("stream-recv said: \(output)")
+        }
+        return result
     }
 
     func down() { _ = try? controller.down() }
@@ -177,4 +213,30 @@ func delta(_ after: [String: [String: Double]], _ before: [String: [String: Doub
 func delta(_ after: [String: (packets: Double, bytes: Double)], _ before: [String: (packets: Double, bytes: Double)],
            isp: String) -> Double {
     (after[isp]?.bytes ?? 0) - (before[isp]?.bytes ?? 0)
+}
+
+/// What a paced stream's receiver saw (patronus-bench stream-recv's line).
+struct StreamResult: CustomStringConvertible {
+    var received: Int
+    var sent: Int
+    var maxGapMs: Double
+    var pps: Int
+
+    init?(_ line: String, pps: Int, seconds: Double) {
+        let words = line.split(whereSeparator: { $0 == " " || $0.isNewline })
+        guard words.count >= 8, let received = Int(words[1]), let gap = Double(words[7]) else { return nil }
+        self.received = received
+        sent = Int(Double(pps) * seconds)
+        maxGapMs = gap
+        self.pps = pps
+    }
+
+    /// The longest silence minus one send interval; if the stream never came back, from its last arrival to
+    /// its end (a lower bound).
+    var blackoutMs: Double {
+        max(maxGapMs - 1000 / Double(pps), Double(sent - received) * 1000 / Double(pps) > maxGapMs
+            ? Double(sent - received) * 1000 / Double(pps) : 0)
+    }
+    var lost: Int { sent - received }
+    var description: String { "received \(received)/\(sent), longest gap \(maxGapMs) ms, blackout \(blackoutMs) ms" }
 }

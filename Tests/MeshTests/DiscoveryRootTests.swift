@@ -234,3 +234,47 @@ extension DiscoveryRootTests {
         await tearDown(hub, sites)
     }
 }
+
+extension DiscoveryRootTests {
+    /// Three sites where two know only the third (`--peer`), and no multicast reaches anyone (each site has
+    /// its own group): the hub relays, and all three learn each other, each spoke seeing the other exactly as
+    /// it announced itself; relaying stays paced by the interval.
+    @Test func twoSitesThatKnowOnlyTheHubLearnEachOtherThroughItRoot() async throws {
+        let (hub, sites) = try makeSites(3)
+        let key = MeshKey.generate()
+        do {
+            let hubAddress = SocketAddress4(sites[0].address, port: 51821)
+            for (index, site) in sites.enumerated() {
+                let group = SocketAddress4(IPv4Address(239, 255, 77, UInt8(100 + index)), port: 51821)
+                try site.start(DiscoverySettings(uplinks: ["eth0"], peers: index == 0 ? [] : [hubAddress], group: group,
+                                                 interval: .milliseconds(300), ttl: 0),
+                               authentication: .key(key))
+            }
+            let all = Set(sites.map(\.description.siteID))
+            let started = ContinuousClock.now
+            let converged = await waitUntil(.seconds(3)) {
+                sites.allSatisfy { $0.activeIDs == all.subtracting([$0.description.siteID]) }
+            }
+            #expect(converged, "\(sites.map(\.activeIDs.count))")
+            print("relayed discovery: 3 sites converged in \(ContinuousClock.now - started)")
+            // The spokes heard each other only relayed; the hub heard both by unicast and relays.
+            #expect(sites[1].service.statistics.acceptedVia[.relay, default: 0] > 0)
+            #expect(sites[2].service.statistics.acceptedVia[.relay, default: 0] > 0)
+            #expect(sites[0].service.statistics.relayedSent > 0)
+            #expect(Set(sites[0].service.correspondents.keys) == [sites[1].description.siteID, sites[2].description.siteID])
+            // The spoke's view of the other spoke is what that spoke announced, unchanged.
+            let heard = try #require(sites[1].service.sites.first { $0.siteID == sites[2].description.siteID })
+            #expect(heard.site == sites[2].description)
+            // Steady state: no relay storm. Per interval the hub sends each spoke one relay (the other spoke).
+            let before = sites[0].service.statistics.relayedSent
+            try await Task.sleep(for: .seconds(3))
+            let perSecond = Double(sites[0].service.statistics.relayedSent - before) / 3
+            #expect(perSecond <= 2 * (1 / 0.3) + 1, "\(perSecond) relays/s")
+            #expect(sites.allSatisfy { $0.service.statistics.drops[.badRelay, default: 0] == 0 })
+        } catch {
+            await tearDown(hub, sites)
+            throw error
+        }
+        await tearDown(hub, sites)
+    }
+}

@@ -196,7 +196,16 @@ extension TunnelReconcilerTests {
         try await Task.sleep(for: TunnelReconciler.firstNudge + .milliseconds(50))
         #expect(await reconciler.nudgeStalledHandshakes() == 1)
         let highPeer = try plan([low, high]).interfaces[0].peers.first { $0.publicKey == high.publicKey }!
-        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(high.publicKey), PeerUpdate(setting: highPeer)]))])
+        // The re-creation of the high peer; on a machine so loaded that the sleep outlasted the keepalive hold
+        // (1 s), the same set also turns the low peer's keepalive on, and nothing else.
+        guard case .configure("wg-hq0", let update)? = backend.recorded.first, backend.recorded.count == 1 else {
+            Issue.record("one configure of wg-hq0 expected: \(backend.recorded)")
+            return
+        }
+        #expect(Array(update.peers.prefix(2)) == [.removing(high.publicKey), PeerUpdate(setting: highPeer)])
+        #expect(update.peers.dropFirst(2).allSatisfy {
+            $0 == PeerUpdate(publicKey: low.publicKey, persistentKeepalive: 25)
+        }, "\(update.peers)")
         // Backed off: not again right away.
         #expect(await reconciler.nudgeStalledHandshakes() == 0)
     }
