@@ -274,7 +274,7 @@ struct MeshService: Service {
         try await untilShutdown {
             try await driver.run(
                 onEvent: { event in await runtime.siteEvent(event) },
-                onPlan: { plan, _ in discovery.setTunnelRoutes(await runtime.planned(plan, sites: discovery.sites)) },
+                onPlan: { plan, _ in await runtime.planned(plan, discovery: discovery) },
                 onOverlay: overlayMoved)
         }
     }

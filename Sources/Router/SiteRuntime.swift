@@ -138,6 +138,11 @@ actor SiteRuntime {
         return tunnelRoutes
     }
 
+    /// A new tunnel plan for the sites `discovery` knows; discovery then announces through every path.
+    func planned(_ plan: TunnelPlan, discovery: DiscoveryService) async {
+        discovery.setTunnelRoutes(await planned(plan, sites: discovery.sites))
+    }
+
     /// The routes of the last plan that steering accepted.
     private var tunnelRoutes: [TunnelRoute] = []
 

@@ -117,7 +117,7 @@ struct UplinkWatcher: Service {
                 // handshake at once, and our tunnel must know that site as a peer by then.
                 let plan = try driver.currentPlan()
                 _ = await driver.reconciler.apply(plan)
-                await runtime.planned(plan, sites: discovery.sites)
+                await runtime.planned(plan, discovery: discovery)
             } catch {
                 logger.error("cannot announce or plan the new endpoints: \(error)")
             }
