@@ -238,5 +238,7 @@ struct StreamResult: CustomStringConvertible {
             ? Double(sent - received) * 1000 / Double(pps) : 0)
     }
     var lost: Int { sent - received }
-    var description: String { "received \(received)/\(sent), longest gap \(maxGapMs) ms, blackout \(blackoutMs) ms" }
+    var description: String {
+        "received \(received)/\(sent), longest gap \(String(format: "%.1f", maxGapMs)) ms, blackout \(String(format: "%.1f", blackoutMs)) ms"
+    }
 }
