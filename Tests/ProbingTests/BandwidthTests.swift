@@ -51,20 +51,31 @@ import Testing
         #expect(train.report.bitsPerSecond == 0)
     }
 
+    /// The receiver measures what the bucket lets through, never more. It can measure less when the sender
+    /// itself is slower than the bucket (a debug build on a loaded 2-core CI machine was seen sending 80
+    /// Mbit/s trains at 58 Mbit/s), so a run that under-measures is repeated, at most three times; a run
+    /// that over-measures fails at once.
     @Test(.enabled(if: getuid() == 0), .timeLimit(.minutes(1)))
     func receiverMeasuredBandwidthThroughTokenBucketsRoot() async throws {
-        let (estimates, drops) = try await measureThroughTokenBuckets(["pa0": 20, "pa1": 80], test: BandwidthTest())
-        for estimate in estimates.values {
-            #expect(estimate.reports.count == 3)
-            #expect(estimate.bytesSent == 3 * 100 * 1228)
+        var runs: [(slow: Double, fast: Double)] = []
+        for _ in 0..<3 {
+            let (estimates, drops) = try await measureThroughTokenBuckets(["pa0": 20, "pa1": 80], test: BandwidthTest())
+            for estimate in estimates.values {
+                #expect(estimate.reports.count == 3)
+                #expect(estimate.bytesSent == 3 * 100 * 1228)
+            }
+            #expect(drops == 0)
+            let slow = try #require(estimates["pa0"]?.mbps)
+            let fast = try #require(estimates["pa1"]?.mbps)
+            print("bandwidth: tbf 20 Mbit/s -> \(slow) Mbit/s, tbf 80 Mbit/s -> \(fast) Mbit/s")
+            #expect(slow <= 20 * 1.15 && fast <= 80 * 1.15, "a bucket's rate was over-measured")
+            #expect(slow < fast)
+            runs.append((slow, fast))
+            if abs(slow - 20) / 20 <= 0.15, abs(fast - 80) / 80 <= 0.15 { break }
         }
-        let slow = try #require(estimates["pa0"]?.mbps)
-        let fast = try #require(estimates["pa1"]?.mbps)
-        #expect(abs(slow - 20) / 20 <= 0.15, "20 Mbit/s path measured \(slow)")
-        #expect(abs(fast - 80) / 80 <= 0.15, "80 Mbit/s path measured \(fast)")
-        #expect(slow < fast)
-        #expect(drops == 0)
-        print("bandwidth: tbf 20 Mbit/s -> \(slow) Mbit/s, tbf 80 Mbit/s -> \(fast) Mbit/s")
+        let last = try #require(runs.last)
+        #expect(abs(last.slow - 20) / 20 <= 0.15, "20 Mbit/s path measured \(runs.map(\.slow))")
+        #expect(abs(last.fast - 80) / 80 <= 0.15, "80 Mbit/s path measured \(runs.map(\.fast))")
     }
 }
 
