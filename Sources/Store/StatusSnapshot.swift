@@ -71,6 +71,13 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var conflicts: [ConflictRecord]?
     /// This site's certificate, when it runs with one.
     public var certificate: CertificateSummary?
+    /// Per remote site and class, the path the kernel sends it by now and why (`status` fills it from the
+    /// kernel of the namespace it runs in; nil when not read).
+    public var steering: [ClassSteering]? = nil
+    /// How many of `steering`'s entries disagree with the database (0 when all agree).
+    public var steeringDisagreements: Int? = nil
+    /// Why the kernel's steering could not be read (no table in this namespace, no permission).
+    public var steeringError: String? = nil
 
     public struct CertificateSummary: Codable, Hashable, Sendable {
         public var serial: String
@@ -126,6 +133,7 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         if let best = paths.first(where: { $0.id == bestPath }) { lines.append("  Best path: \(Self.describe(best))") }
         if let worst = paths.first(where: { $0.id == worstPath }) { lines.append("  Worst path: \(Self.describe(worst))") }
         if pathCounts.total > 0, bestPath == nil, worstPath == nil { lines.append("  No path measured yet") }
+        lines += steeringReport()
         lines.append(rule)
         return lines.joined(separator: "\n") + "\n"
     }
@@ -158,7 +166,7 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     }
 
     /// Up to two decimals, trailing zeros dropped: 98, 12.5, 0.05.
-    static func formatNumber(_ value: Double) -> String {
+    public static func formatNumber(_ value: Double) -> String {
         var text = String(format: "%.2f", value)
         while text.hasSuffix("0") { text.removeLast() }
         if text.hasSuffix(".") { text.removeLast() }
