@@ -183,14 +183,16 @@ public struct InstalledSteering: Sendable, Equatable {
     /// Interval-map elements (start elements with a verdict, end elements flagged INTERVAL_END, keys in
     /// network order, any order in a dump) as inclusive ranges.
     static func ranges(_ elements: [NFTElement]) -> [SiteRange] {
+        // Adjacent ranges share a key: the first one's end and the next one's start. The end sorts first.
+        func isEnd(_ e: NFTElement) -> Bool { e.flags & NFTElement.flagIntervalEnd != 0 }
         let sorted = elements.compactMap { e -> (UInt32, NFTElement)? in
             guard let key = IPv4Address(bytes: e.key) else { return nil }
             return (key.value, e)
-        }.sorted { $0.0 < $1.0 }
+        }.sorted { ($0.0, isEnd($0.1) ? 0 : 1) < ($1.0, isEnd($1.1) ? 0 : 1) }
         var out: [SiteRange] = []
-        for (i, (start, e)) in sorted.enumerated() where e.flags & NFTElement.flagIntervalEnd == 0 {
+        for (i, (start, e)) in sorted.enumerated() where !isEnd(e) {
             guard let chain = target(e.data) else { continue }
-            let end = sorted[(i + 1)...].first { $0.1.flags & NFTElement.flagIntervalEnd != 0 }?.0
+            let end = sorted[(i + 1)...].first { isEnd($0.1) }?.0
             out.append(SiteRange(first: start, last: end.map { $0 &- 1 } ?? UInt32.max, chain: chain))
         }
         return out

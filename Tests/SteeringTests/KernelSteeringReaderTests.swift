@@ -31,7 +31,7 @@ import Netlink
     static let other = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b2")!)
     static let spread: [UInt8] = (0..<16).map { $0 % 3 == 0 ? 2 : 1 }
 
-    /// Two sites; voip on path 2, bulk load-balanced over 16 buckets, default on path 1; the other site
+    /// Two sites with adjacent prefixes; voip on path 2, bulk load-balanced over 16 buckets, default on path 1; the other site
     /// has its own path 3.
     static func plan() -> SteeringPlan {
         SteeringPlan(
@@ -41,7 +41,7 @@ import Netlink
             paths: [.init(slot: 1, interface: "wg0", site: site), .init(slot: 2, interface: "wg1", site: site),
                     .init(slot: 3, interface: "wg0", site: other)],
             destinations: [.init(site: site, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.0.7/32")!]),
-                           .init(site: other, name: "east", prefixes: [IPv4Prefix("10.30.0.0/24")!])],
+                           .init(site: other, name: "east", prefixes: [IPv4Prefix("10.30.0.0/24")!, IPv4Prefix("10.21.0.0/16")!])],
             choices: [.init(site: site, classID: 1, target: .path(2)), .init(site: site, classID: 2, target: .buckets(spread)),
                       .init(site: site, classID: 3, target: .path(1)), .init(site: other, classID: 1, target: .path(3)),
                       .init(site: other, classID: 3, target: .path(3))])
@@ -71,7 +71,11 @@ import Netlink
         #expect(kernel.siteChain(for: IPv4Address("10.99.0.7")!) == "site_branch")
         #expect(kernel.siteChain(for: IPv4Address("10.99.0.8")!) == nil)
         #expect(kernel.siteChain(for: IPv4Address("10.30.0.255")!) == "site_east")
-        #expect(kernel.siteChain(for: IPv4Address("10.21.0.1")!) == nil)
+        // 10.21.0.0/16 starts where branch's 10.20.0.0/16 ends: one key is an end and a start.
+        #expect(kernel.siteChain(for: IPv4Address("10.20.255.255")!) == "site_branch")
+        #expect(kernel.siteChain(for: IPv4Address("10.21.0.0")!) == "site_east")
+        #expect(kernel.siteChain(for: IPv4Address("10.21.255.255")!) == "site_east")
+        #expect(kernel.siteChain(for: IPv4Address("10.22.0.0")!) == nil)
         for path in plan.paths {
             for c in plan.classes {
                 #expect(kernel.chainMarks[SteeringNames.classPathChain(c.name, path.slot)] == path.mark)
