@@ -104,13 +104,13 @@ public struct FlowExplanation: Codable, Hashable, Sendable {
         for disagreement in disagreements { add("!", disagreement) }
         lines.append("  paths to \(site.name):")
         lines.append("    " + ["id", "path", "status", "latency", "jitter", "loss", "bandwidth", "score"]
-            .enumerated().map { $1.padding(toLength: [4, 18, 9, 10, 9, 8, 12, 6][$0], withPad: " ", startingAt: 0) }
+            .enumerated().map { $1.padding(toLength: [4, 18, 9, 10, 9, 8, 16, 6][$0], withPad: " ", startingAt: 0) }
             .joined().trimmingCharacters(in: .whitespaces))
         for p in candidates {
             func n(_ v: Double?, _ unit: String) -> String { v.map { StatusSnapshot.formatNumber($0) + unit } ?? "n/a" }
             let cells = ["\(p.id)", p.name ?? "", p.status, n(p.latencyMs, " ms"), n(p.jitterMs, " ms"),
-                         n(p.packetLossPct, " %"), n(p.bandwidthMbps, " Mb/s"), n(p.score, "")]
-            let row = cells.enumerated().map { $1.padding(toLength: [4, 18, 9, 10, 9, 8, 12, 6][$0], withPad: " ", startingAt: 0) }
+                         n(p.packetLossPct, " %"), n(p.bandwidthMbps, " Mbit/s"), n(p.score, "")]
+            let row = cells.enumerated().map { $1.padding(toLength: [4, 18, 9, 10, 9, 8, 16, 6][$0], withPad: " ", startingAt: 0) }
                 .joined().trimmingCharacters(in: .whitespaces)
             lines.append("  \(p.id == path?.id ? "*" : " ") " + row)
         }

@@ -18,7 +18,7 @@ actor SiteRuntime {
     let probeInterval: Duration
     let logger: Logger
 
-    private var slots = StableNumbering<PathKey>(range: 1...254)  // 255 is the reserved "pinned" mark
+    private var slots = StableNumbering<PathKey, UInt16>(range: Int(Conventions.pathSlots.lowerBound)...Int(Conventions.pathSlots.upperBound))
     private var paths: [String: PlannedRoute] = [:]            // by probe name
     private var pathIDs: [PathKey: PathID] = [:]
     private var lastTopology: [PathBinding] = []
@@ -69,17 +69,37 @@ actor SiteRuntime {
     /// a site stays known for as long as any path to it works.
     @discardableResult
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async -> [TunnelRoute] {
-        let numbers = slots.update(plan.paths.map(Self.key(of:)))
+        // Database rows first: a path's id names it everywhere (chains, status, metrics), and its slot is
+        // the id whenever that slot is free.
+        for path in plan.paths {
+            let key = Self.key(of: path)
+            do {
+                pathIDs[key] = try store.upsertPath(to: key.site, uplink: path.uplink, endpoint: path.remoteEndpoint,
+                                                    wgInterface: path.interface)
+            } catch {
+                logger.error("recording path \(key): \(error)")
+            }
+        }
+        let numbers = slots.update(plan.paths.map(Self.key(of:))) { key in self.pathIDs[key].map(Int.init) }
         var routes: [String: PlannedRoute] = [:]
         for path in plan.paths {
             let key = Self.key(of: path)
             guard let slot = numbers[key] else {
-                logger.error("no steering slot left for path \(key): at most 254 paths")
+                logger.error("no steering slot left for path \(key): at most \(Conventions.pathSlots.count) paths at once")
                 continue
             }
             let name = key.name(siteName: path.remoteName)
-            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
+            let summary = "\(path.remoteName) via \(path.uplink.label) (\(path.uplink.interface)) to \(path.remoteEndpoint.label) \(path.remoteEndpoint.address)"
+            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, id: pathIDs[key], slot: slot,
+                                                                       interface: path.interface, summary: summary),
                                         path: path)
+        }
+        do {
+            try store.setPathSlots(Dictionary(routes.values.compactMap { route in
+                pathIDs[route.key].map { ($0, route.binding.slot) }
+            }, uniquingKeysWith: { a, _ in a }))
+        } catch {
+            logger.error("recording path slots: \(error)")
         }
         let remoteSites = sites.map { announcement in
             RemoteSite(id: announcement.site.siteID, name: announcement.site.name,
@@ -104,7 +124,7 @@ actor SiteRuntime {
                 var configuration = ProbeConfiguration()
                 configuration.interval = probeInterval
                 configuration.rttWindow = Self.latencyWindowSamples(probeInterval: probeInterval)
-                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: 51822),
+                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: Conventions.probePort),
                                            pinning: .mark(route.binding.mark)),
                                configuration: configuration)
             } catch {
@@ -117,16 +137,7 @@ actor SiteRuntime {
             bandwidthMeasured.remove(name)
         }
 
-        // Database rows: every current path; paths that left are marked down (their history stays).
-        for (_, route) in routes {
-            do {
-                pathIDs[route.key] = try store.upsertPath(to: route.key.site, uplink: route.path.uplink,
-                                                          endpoint: route.path.remoteEndpoint,
-                                                          wgInterface: route.path.interface)
-            } catch {
-                logger.error("recording path \(route.key): \(error)")
-            }
-        }
+        // Paths that left are marked down (their history stays).
         for (name, route) in paths where routes[name] == nil {
             if let id = pathIDs[route.key] { try? store.setPathStatus(id, status: .down, score: 0) }
         }
@@ -343,9 +354,9 @@ actor SiteRuntime {
         sample.selections = selectionSamples(selections, siteNames: siteNames)
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
-        let bySlot = Dictionary(paths.map { ($0.value.binding.slot, $0) }, uniquingKeysWith: { a, _ in a })
+        let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })
         for counter in counters.paths {
-            guard let (name, route) = bySlot[counter.slot] else { continue }
+            guard let (name, route) = byID[counter.pathID] else { continue }
             sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, path: name,
                                               packets: counter.packets, bytes: counter.bytes))
         }

@@ -239,9 +239,25 @@ public final class SteeringInspector {
         }
         if let mark = decision.mark {
             let rules = try kernel { () throws(NetlinkError) in try routing.rules() }
-            hop.rule = rules.sorted { $0.priority < $1.priority }.first { rule in
-                rule.table == answer.table && rule.fwmark.map { mark & (rule.fwmask ?? 0xffff_ffff) == $0 } ?? false
-            }.map { "\($0.priority): fwmark \(hex($0.fwmark ?? 0))/\(hex($0.fwmask ?? 0xffff_ffff)) lookup \($0.table)" }
+            // The rules the mark matches on its way to the table (a group `goto`, then the path's `lookup`).
+            let matched = rules.sorted { $0.priority < $1.priority }.filter { rule in
+                guard let fwmark = rule.fwmark, mark & (rule.fwmask ?? 0xffff_ffff) == fwmark else { return false }
+                switch rule.action {
+                case .goto: return true
+                case .lookup(let table): return table == answer.table
+                case .nop: return false
+                }
+            }
+            if let last = matched.lastIndex(where: { $0.table == answer.table }) {
+                hop.rule = matched[...last].map { rule in
+                    let action = switch rule.action {
+                    case .lookup(let table): "lookup \(table)"
+                    case .goto(let priority): "goto \(priority)"
+                    case .nop: "nop"
+                    }
+                    return "\(rule.priority): fwmark \(hex(rule.fwmark ?? 0))/\(hex(rule.fwmask ?? 0xffff_ffff)) \(action)"
+                }.joined(separator: ", ")
+            }
         }
         return hop
     }

@@ -29,7 +29,7 @@ import Netlink
 @Suite struct InstalledSteeringTests {
     static let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
     static let other = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b2")!)
-    static let spread: [UInt8] = (0..<16).map { $0 % 3 == 0 ? 2 : 1 }
+    static let spread: [UInt16] = (0..<16).map { $0 % 3 == 0 ? 2 : 1 }
 
     /// Two sites with adjacent prefixes; voip on path 2, bulk load-balanced over 16 buckets, default on path 1; the other site
     /// has its own path 3.
@@ -78,7 +78,7 @@ import Netlink
         #expect(kernel.siteChain(for: IPv4Address("10.22.0.0")!) == nil)
         for path in plan.paths {
             for c in plan.classes {
-                #expect(kernel.chainMarks[SteeringNames.classPathChain(c.name, path.slot)] == path.mark)
+                #expect(kernel.chainMarks[SteeringNames.classPathChain(c.name, path.id)] == path.mark)
             }
         }
         let from = IPv4Address("10.1.0.2")!, to = IPv4Address("10.20.0.5")!
@@ -91,7 +91,7 @@ import Netlink
         #expect(kernel.bucketShares(siteChain: "site_branch", classMark: plan.classes[1].ctMark)
                 == [SteeringNames.classPathChain("bulk", 1): 10, SteeringNames.classPathChain("bulk", 2): 6])
         // The balanced class: the bucket is the kernel's hash of the addresses, and its element's path.
-        var seen = Set<UInt8>()
+        var seen = Set<UInt16>()
         for host in 1...40 {
             let source = IPv4Address(10, 1, 0, UInt8(host))
             let bucket = FlowHash.bucket(source: source, destination: to, modulus: 16)
@@ -101,8 +101,8 @@ import Netlink
             seen.insert(slot)
             #expect(decision.balance?.bucket == bucket && decision.balance?.buckets == 16
                     && decision.balance?.seed == SteeringNames.hashSeed)
-            #expect(decision.pathChain == SteeringNames.classPathChain("bulk", slot))
-            #expect(decision.mark == SteeringPlan.SteeringPath.mark(slot: slot))
+            #expect(decision.pathChain == SteeringNames.classPathChain("bulk", Int64(slot)))
+            #expect(decision.mark == Conventions.pathMark(slot: slot))
         }
         #expect(seen == [1, 2])
     }
@@ -122,7 +122,7 @@ import Netlink
         let sources = (10..<30).map { IPv4Address(10, 1, 0, UInt8($0)) }
         for s in sources { try f.client.ip("addr", "add", "\(s)/32", "dev", "lan0") }
         let steering = try f.steering()
-        let spread: [UInt8] = (0..<16).map { $0 % 3 == 0 ? 2 : 1 }
+        let spread: [UInt16] = (0..<16).map { $0 % 3 == 0 ? 2 : 1 }
         let plan = f.plan(voip: 2, bulk: 1, otherTarget: .buckets(spread))
         try steering.apply(plan)
         let kernel = try InstalledSteering.read(NFTablesClient(netns: f.router.name))
