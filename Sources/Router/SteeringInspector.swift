@@ -1,6 +1,5 @@
 import Foundation
 import Model
-import Netlink
 import Routing
 import Steering
 import Store
@@ -13,16 +12,12 @@ import Store
 /// Cost: one dump of our table and its maps, one rule dump and a few route lookups; milliseconds.
 public final class SteeringInspector {
     let store: Store
-    let nftables: NFTablesClient
-    let routing: RouteNetlinkClient
+    let kernel: SteeringLookup
     let engine = RoutingEngine()
 
     public init(store: Store, netns: String?) throws(InspectionError) {
         self.store = store
-        do {
-            nftables = try NFTablesClient(netns: netns)
-            routing = try RouteNetlinkClient(netns: netns)
-        } catch { throw .kernel(error) }
+        do { kernel = try SteeringLookup(netns: netns) } catch { throw .kernel(error) }
     }
 
     // MARK: explain
@@ -50,7 +45,7 @@ public final class SteeringInspector {
         guard let (site, prefix) = view.site(containing: query.destination) else {
             throw .notSteered("\(query.destination) is not in any site's prefixes")
         }
-        let installed = try kernel { () throws(NetlinkError) in try InstalledSteering.read(nftables) }
+        let installed = try ask { () throws(SteeringError) in try kernel.installed() }
         guard installed.tableExists else {
             throw .notSteered("no table inet \(SteeringNames.table) in this network namespace (is the daemon running here? "
                               + "give the router's namespace with --netns)")
@@ -113,7 +108,7 @@ public final class SteeringInspector {
     /// why, and any disagreement with the database.
     public func currentSteering() throws(InspectionError) -> [StatusSnapshot.ClassSteering] {
         let view = try DatabaseView(store)
-        let installed = try kernel { () throws(NetlinkError) in try InstalledSteering.read(nftables) }
+        let installed = try ask { () throws(SteeringError) in try kernel.installed() }
         guard installed.tableExists else {
             throw .invalid("no table inet \(SteeringNames.table) in this network namespace (give the router's "
                               + "namespace with --netns)")
@@ -215,51 +210,24 @@ public final class SteeringInspector {
     /// routes it as forwarded traffic); a local or absent source is this host's own traffic.
     private func origin(of query: Query) throws(InspectionError) -> Origin {
         if let source = query.source {
-            let back = try kernel { () throws(NetlinkError) in try routing.lookup(destination: source.value) }
-            return Origin(source: source, inputInterface: back.isLocal ? nil : back.outputInterface)
+            let back = try ask { () throws(SteeringError) in try kernel.route(to: source) }
+            return Origin(source: source, inputInterface: back.isLocal ? nil : back.interfaceIndex)
         }
-        let first = try kernel { () throws(NetlinkError) in try routing.lookup(destination: query.destination.value) }
+        let first = try ask { () throws(SteeringError) in try kernel.route(to: query.destination) }
         guard let chosen = first.preferredSource else {
             throw .invalid("the kernel picks no source address for \(query.destination): give one with --from")
         }
-        return Origin(source: IPv4Address(chosen), inputInterface: nil)
+        return Origin(source: chosen, inputInterface: nil)
     }
 
-    /// The kernel's route for a packet carrying the mark `decision`'s chain writes, and our ip rule for it.
+    /// The kernel's route for a packet carrying the mark `decision`'s chain writes, and our ip rules for it.
     private func route(_ decision: InstalledSteering.Decision, to destination: IPv4Address,
                        origin: Origin?) throws(InspectionError) -> Hop {
-        let answer = try kernel { () throws(NetlinkError) in
-            try routing.lookup(destination: destination.value,
-                               source: origin?.source.value,
-                               inputInterface: origin?.inputInterface, mark: decision.mark)
+        let answer = try ask { () throws(SteeringError) in
+            try kernel.route(to: destination, from: origin?.source, arrivingOn: origin?.inputInterface, mark: decision.mark)
         }
-        var hop = Hop(table: answer.table, gateway: answer.gateway.map { IPv4Address($0).description })
-        if let index = answer.outputInterface {
-            hop.interface = (try? routing.link(index: index).name) ?? "#\(index)"
-        }
-        if let mark = decision.mark {
-            let rules = try kernel { () throws(NetlinkError) in try routing.rules() }
-            // The rules the mark matches on its way to the table (a group `goto`, then the path's `lookup`).
-            let matched = rules.sorted { $0.priority < $1.priority }.filter { rule in
-                guard let fwmark = rule.fwmark, mark & (rule.fwmask ?? 0xffff_ffff) == fwmark else { return false }
-                switch rule.action {
-                case .goto: return true
-                case .lookup(let table): return table == answer.table
-                case .nop: return false
-                }
-            }
-            if let last = matched.lastIndex(where: { $0.table == answer.table }) {
-                hop.rule = matched[...last].map { rule in
-                    let action = switch rule.action {
-                    case .lookup(let table): "lookup \(table)"
-                    case .goto(let priority): "goto \(priority)"
-                    case .nop: "nop"
-                    }
-                    return "\(rule.priority): fwmark \(hex(rule.fwmark ?? 0))/\(hex(rule.fwmask ?? 0xffff_ffff)) \(action)"
-                }.joined(separator: ", ")
-            }
-        }
-        return hop
+        return Hop(table: answer.table, interface: answer.interface, gateway: answer.gateway?.description,
+                   rule: answer.rules.isEmpty ? nil : answer.rules.joined(separator: ", "))
     }
 
     // MARK: why
@@ -356,7 +324,7 @@ public final class SteeringInspector {
         }
     }
 
-    private func kernel<T>(_ body: () throws(NetlinkError) -> T) throws(InspectionError) -> T {
+    private func ask<T>(_ body: () throws(SteeringError) -> T) throws(InspectionError) -> T {
         do { return try body() } catch { throw .kernel(error) }
     }
 }
@@ -424,7 +392,7 @@ struct DatabaseView {
 public enum InspectionError: Error, CustomStringConvertible {
     case notSteered(String)
     case invalid(String)
-    case kernel(NetlinkError)
+    case kernel(SteeringError)
     case store(StoreError)
 
     public var description: String {

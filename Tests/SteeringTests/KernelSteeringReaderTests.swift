@@ -155,3 +155,28 @@ import Netlink
         #expect(try !InstalledSteering.read(NFTablesClient(netns: f.router.name)).tableExists)
     }
 }
+
+@Suite struct SteeringLookupTests {
+    /// The two-level layout: a path mark matches its group's `goto`, then its slot's `lookup`; foreign rules,
+    /// other groups and the unsteered jump are not on its way.
+    @Test func theRulesAMarkTakesToItsTable() {
+        let p = Conventions.steeringProtocol
+        let slot: UInt16 = 70, mark = Conventions.pathMark(slot: 70)
+        let rules = [
+            IPRule(priority: 100, fwmark: mark, fwmask: Conventions.pathMarkMask, table: 99, protocolTag: 0), // foreign
+            IPRule(priority: Conventions.unsteeredRulePriority, fwmark: 0, fwmask: Conventions.pathMarkMask,
+                   action: .goto(Conventions.bandEndPriority), protocolTag: p),
+            IPRule(priority: Conventions.pathGroupRulePriority, fwmark: Conventions.pathGroupMark(group: 0),
+                   fwmask: Conventions.pathGroupMask, action: .goto(6211), protocolTag: p),
+            IPRule(priority: Conventions.pathGroupRulePriority, fwmark: Conventions.pathGroupMark(group: 1),
+                   fwmask: Conventions.pathGroupMask, action: .goto(6212), protocolTag: p),
+            IPRule(priority: Conventions.pathRulePriority(slot: 69), fwmark: Conventions.pathMark(slot: 69),
+                   fwmask: Conventions.pathMarkMask, table: Conventions.pathTable(slot: 69), protocolTag: p),
+            IPRule(priority: Conventions.pathRulePriority(slot: slot), fwmark: mark, fwmask: Conventions.pathMarkMask,
+                   table: Conventions.pathTable(slot: slot), protocolTag: p),
+        ]
+        #expect(SteeringLookup.rulesTaken(by: mark, to: Conventions.pathTable(slot: slot), in: rules)
+                == ["6210: fwmark 0x00400000/0x0fc00000 goto 6212", "6212: fwmark 0x00460000/0x0fff0000 lookup 6270"])
+        #expect(SteeringLookup.rulesTaken(by: mark, to: 254, in: rules).isEmpty)
+    }
+}
