@@ -131,6 +131,8 @@ public actor Controller {
             logger.info("steering moved", metadata: [
                 "policy": "\(change.key.policy)", "site": "\(sites[change.key.site]?.name ?? "\(change.key.site)")",
                 "from": "\(from.map(name(of:)) ?? "-")", "to": "\(to.map(name(of:)) ?? "-")",
+                "from_path": "\(from.flatMap { bindings[$0]?.id }.map(String.init) ?? "-")",
+                "to_path": "\(to.flatMap { bindings[$0]?.id }.map(String.init) ?? "-")",
                 "reason": "\(change.reason.rawValue)",
             ])
         }

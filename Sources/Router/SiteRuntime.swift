@@ -229,7 +229,9 @@ actor SiteRuntime {
             logger.error("steering after a path change failed: \(error)")
         }
         if let change = event.change {
-            logger.info("path \(change.to.rawValue)", metadata: ["path": "\(event.path)", "reason": "\(change.reason)"])
+            logger.info("path \(change.to.rawValue)", metadata: [
+                "path": "\(event.path)", "path_id": "\(route.binding.id)", "reason": "\(change.reason)",
+            ])
             if let id = pathIDs[route.key] {
                 // The status and the measurements that decided it, together: a report read right after a
                 // path came back never shows its new status beside the loss of its outage.
@@ -319,12 +321,13 @@ actor SiteRuntime {
     /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
     /// when the policy balances): for the metrics endpoint and the dashboard.
     func selectionSamples(_ selections: [SelectionKey: Selection], siteNames: [SiteID: String]) -> [SelectionSample] {
-        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
+        let byKey = Dictionary(paths.map { ($0.value.key, ($0.key, $0.value.binding.id)) }, uniquingKeysWith: { a, _ in a })
         var samples: [SelectionSample] = []
         for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
             for path in selection.paths.sorted() {
+                guard let (name, id) = byKey[path] else { continue } // not planned (yet): no kernel path
                 samples.append(SelectionSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
-                                               path: names[path] ?? "\(path)"))
+                                               pathID: id, path: name))
             }
         }
         return samples
@@ -347,7 +350,7 @@ actor SiteRuntime {
             var metrics = state?.metrics
             metrics?.throughputTxMbps = carried[name]?.transmitMbps
             metrics?.throughputRxMbps = carried[name]?.receiveMbps
-            sample.paths.append(PathSample(path: name, site: route.path.remoteName, uplink: route.key.localLabel,
+            sample.paths.append(PathSample(pathID: route.binding.id, path: name, site: route.path.remoteName, uplink: route.key.localLabel,
                                            status: state?.status ?? .down, metrics: metrics,
                                            transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
@@ -357,7 +360,7 @@ actor SiteRuntime {
         let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })
         for counter in counters.paths {
             guard let (name, route) = byID[counter.pathID] else { continue }
-            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, path: name,
+            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, pathID: counter.pathID, path: name,
                                               packets: counter.packets, bytes: counter.bytes))
         }
         sample.classes.sort { ($0.policy, $0.site, $0.path) < ($1.policy, $1.site, $1.path) }
