@@ -32,7 +32,7 @@ let package = Package(
         // Netlink sockets and batches: rtnetlink (links, addresses, routes, rules), nftables objects.
         .target(name: "Netlink", dependencies: ["CNetfilter"]),
         // SteeringPlan -> kernel: compile, diff, apply atomically, reconcile, remove.
-        .target(name: "Steering", dependencies: ["Model", "Netlink"]),
+        .target(name: "Steering", dependencies: ["Model", "Netlink", .product(name: "Logging", package: "swift-log")]),
         // Pure decisions: policies + path states -> SteeringPlan. No I/O.
         .target(name: "Routing", dependencies: ["Model"]),
         // SQLite schema, migrations and queries. The only module that speaks SQL.
@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "Probing", dependencies: ["Model", .product(name: "Logging", package: "swift-log")]),
         // The daemon: services under one ServiceGroup, failover loop, status report.
         .target(name: "Router", dependencies: [
-            "CNetfilter", "Model", "Netlink", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
+            "CNetfilter", "Model", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Prometheus", package: "swift-prometheus"),

@@ -18,7 +18,7 @@ public struct DiscoverySettings: Sendable, Equatable {
     public var timestampWindow: TimeInterval
     public var ttl: UInt8
 
-    public static let defaultGroup = SocketAddress4(IPv4Address(239, 255, 77, 77), port: 51821)
+    public static let defaultGroup = SocketAddress4(Conventions.multicastGroup, port: Conventions.discoveryPort)
 
     public init(uplinks: [String], peers: [SocketAddress4] = [], group: SocketAddress4 = DiscoverySettings.defaultGroup,
                 interval: Duration = .seconds(1), expiryIntervals: Int = 3, timestampWindow: TimeInterval = 60,
@@ -612,7 +612,8 @@ public final class DiscoveryService: Sendable {
                     return error
                 }
                 guard codec.checksSignatures(of: opened) else { return nil }
-                return state.budget.take(source: source.address, now: seconds) ? nil : .rateLimited
+                return state.budget.take(source: source.address, relayedSite: relayed ? opened.announcement?.siteID : nil,
+                                         now: seconds) ? nil : .rateLimited
             }
             if rejection == nil {
                 do { message = try codec.verify(opened, now: wall) } catch { rejection = error }
