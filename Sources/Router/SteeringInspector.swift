@@ -268,8 +268,8 @@ public final class SteeringInspector {
             }
         case .keptWithinMargin(let better):
             let name = byKey[better].map(describe) ?? "\(better)"
-            j.reason = "\(policy.strategy): kept, \(name) is better (\(byKey[better].map(figure.text) ?? "?")) but not by "
-                + "the switch margin (no flapping); in use: \(j.winner!)"
+            j.reason = "\(policy.strategy): kept, \(name) ranks first (\(byKey[better].map(figure.text) ?? "?")) but is not "
+                + "better by the switch margin (no flapping); in use: \(j.winner!)"
         case .betterByMargin(let better):
             let name = byKey[better].map(describe) ?? "\(better)"
             j.reason = "\(policy.strategy): \(name) is better by the switch margin (\(byKey[better].map(figure.text) ?? "?") "

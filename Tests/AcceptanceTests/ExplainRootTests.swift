@@ -49,6 +49,19 @@ import Testing
         #expect(outside.status == 1 && outside.stdout == "not steered: 203.0.113.5 is not in any site's prefixes\n",
                 "\(outside.stdout)\(outside.stderr)")
 
+        // A foreign ip rule in front of ours sends every path mark to the main table: the kernel no longer
+        // steers into the tunnels, and status shows and counts it for every class and site; gone, all agree.
+        let marks = try Set(steering(lab, common).flatMap { entry in
+            (entry["paths"] as? [[String: Any]] ?? []).compactMap { $0["mark"] as? String }
+        })
+        #expect(marks.count == 4, "the 4 paths' marks (spread uses both paths of each site): \(marks)")
+        for mark in marks { _ = try lab.router("hq").ip("rule", "add", "priority", "100", "fwmark", "\(mark)/0x0fff0000", "lookup", "main") }
+        let hijacked = try steering(lab, common)
+        for mark in marks { _ = try lab.router("hq").ip("rule", "del", "priority", "100", "fwmark", "\(mark)/0x0fff0000", "lookup", "main") }
+        #expect(hijacked.count == 8 && hijacked.allSatisfy { ($0["disagreement"] as? String)?.contains("which is no path to") == true },
+                "\(hijacked)")
+        #expect(try steering(lab, common).allSatisfy { $0["disagreement"] == nil })
+
         // Cut the uplink VoIP to east uses; once explain names another path, every class is checked again.
         let before = try explain(lab, "east", proto: "udp", port: 5060)
         let cutInterface = try #require(before.interface)
@@ -84,6 +97,16 @@ import Testing
             }
             #expect(!bothPathsUp || interfaces.count == 2, "16 sources to \(site) all hashed onto \(interfaces): the hash went unchecked")
         }
+    }
+
+    /// `status --json`'s steering entries (read from hq's kernel); checks the count of disagreements agrees.
+    func steering(_ lab: AcceptanceLab, _ common: [String]) throws -> [[String: Any]] {
+        let result = try Subprocess.run([Binary.path, "status", "--json"] + common)
+        guard result.succeeded, let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+              let entries = json["steering"] as? [[String: Any]]
+        else { throw AcceptanceFailure("status --json: \(result.stdout) \(result.stderr)") }
+        #expect(json["steering_disagreements"] as? Int == entries.count { $0["disagreement"] != nil })
+        return entries
     }
 
     struct Answer: CustomStringConvertible {
