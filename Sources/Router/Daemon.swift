@@ -81,8 +81,8 @@ public struct Daemon: Sendable {
         let writer = StoreWriter(store: store, report: Self.storeReporter(logger))
         do {
             try await steering.pinUplinks(UplinkWatcher.bindings(uplinks))
-            try await serve(store: store, writer: writer, siteID: siteID, privateKey: privateKey, authentication: authentication,
-                            identity: identity, revocationListPath: configuration.revocationListPath ?? files.revocationList,
+            try await serve(store: store, writer: writer, siteID: siteID, privateKey: privateKey,
+                            authentication: authentication, identity: identity, revocationListPath: configuration.revocationListPath ?? files.revocationList,
                             uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
                             steering: steering, reconciler: reconciler, monitor: monitor, tracker: tracker)
         } catch {
@@ -136,8 +136,8 @@ public struct Daemon: Sendable {
         }
     }
 
-    private func serve(store: Store, writer: StoreWriter, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
-                       identity: DiscoveryService.Identity, revocationListPath: String,
+    private func serve(store: Store, writer: StoreWriter, siteID: SiteID, privateKey: WireGuardPrivateKey,
+                       authentication: MeshAuthentication, identity: DiscoveryService.Identity, revocationListPath: String,
                        uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
                        steering: KernelSteering, reconciler: TunnelReconciler, monitor: RouteMonitor,
                        tracker: UplinkTracker) async throws {
@@ -163,7 +163,9 @@ public struct Daemon: Sendable {
                                         reason: $0.reason, detectionMs: $0.detectionMs, switchMs: $0.switchMs),
                           from: $0.from, to: $0.to)
             })
-            if acknowledged.contains(.refused) { failoverLogger.error("failover events after shutdown began were not recorded") }
+            if acknowledged.contains(.refused) {
+                failoverLogger.error("failover events after shutdown began were not recorded")
+            }
         }
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(writer: writer, controller: controller, probes: probes,
