@@ -13,17 +13,34 @@ struct PathRegistry {
         var path: PlannedPath
     }
 
-    private var slots = StableNumbering<PathKey>(range: 1...254)  // 255 is the reserved "pinned" mark
+    private var slots = StableNumbering<PathKey, UInt16>(range: Int(Conventions.pathSlots.lowerBound)...Int(Conventions.pathSlots.upperBound))
     /// The routes steering accepted, by probe name.
     private(set) var paths: [String: PlannedRoute] = [:]
+    /// Every path's `paths.id`: the ones the database had at start, and those numbered since (after the
+    /// largest). The daemon is the only writer of `paths` (DatabaseLock), so it numbers new paths itself and
+    /// never waits for the database to learn an id.
+    private var ids: [PathKey: PathID]
+    private var nextID: PathID
+
+    init(ids: [PathKey: PathID] = [:]) {
+        self.ids = ids
+        nextID = (ids.values.max() ?? 0) + 1
+    }
 
     static func key(of path: PlannedPath) -> PathKey {
         PathKey(site: path.remoteSite, localLabel: path.uplink.label, remoteLabel: path.remoteEndpoint.label)
     }
 
-    /// Every path of `plan` with its slot, by probe name; `unslotted` are the paths no slot was left for.
+    /// Every path of `plan` with its id and slot, by probe name; `unslotted` are the paths no slot was left for.
     mutating func routes(of plan: TunnelPlan) -> (routes: [String: PlannedRoute], unslotted: [PathKey]) {
-        let numbers = slots.update(plan.paths.map(Self.key(of:)))
+        // A path's id names it everywhere (chains, status, metrics), and its slot is the id whenever that slot
+        // is free.
+        for path in plan.paths where ids[Self.key(of: path)] == nil {
+            ids[Self.key(of: path)] = nextID
+            nextID += 1
+        }
+        let ids = self.ids
+        let numbers = slots.update(plan.paths.map(Self.key(of:))) { key in ids[key].map(Int.init) }
         var routes: [String: PlannedRoute] = [:]
         var unslotted: [PathKey] = []
         for path in plan.paths {
@@ -33,19 +50,26 @@ struct PathRegistry {
                 continue
             }
             let name = key.name(siteName: path.remoteName)
-            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
+            let summary = "\(path.remoteName) via \(path.uplink.label) (\(path.uplink.interface)) to \(path.remoteEndpoint.label) \(path.remoteEndpoint.address)"
+            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, id: ids[key], slot: slot,
+                                                                       interface: path.interface, summary: summary),
                                         path: path)
         }
         return (routes, unslotted)
     }
 
-    /// Makes `routes` the current paths; returns the rows that records them: every current path's row, and
-    /// a down status for each path that left (its history stays).
-    mutating func adopt(_ routes: [String: PlannedRoute], at now: Date = Date()) -> [StoreWrite] {
-        var rows: [StoreWrite] = routes.values.sorted { $0.binding.slot < $1.binding.slot }.map { route in
-            .path(destination: route.key.site, uplink: route.path.uplink, endpoint: route.path.remoteEndpoint,
-                  wgInterface: route.path.interface, at: now)
+    /// Makes `routes` (of `plan`) the current paths; returns the rows that record them: every path of the
+    /// plan (with its id), the slots of the routed ones, and a down status for each path that left (its
+    /// history stays).
+    mutating func adopt(_ routes: [String: PlannedRoute], of plan: TunnelPlan, at now: Date = Date()) -> [StoreWrite] {
+        var rows: [StoreWrite] = plan.paths.compactMap { path in
+            ids[Self.key(of: path)].map { id in
+                .path(id: id, destination: path.remoteSite, uplink: path.uplink, endpoint: path.remoteEndpoint,
+                      wgInterface: path.interface, at: now)
+            }
         }
+        rows.append(.pathSlots(Dictionary(routes.values.map { ($0.binding.id, $0.binding.slot) },
+                                          uniquingKeysWith: { a, _ in a })))
         for (name, route) in paths.sorted(by: { $0.key < $1.key }) where routes[name] == nil {
             rows.append(.pathState(PathStateWrite(key: route.key, status: .down, score: 0, metrics: nil, at: now)))
         }

@@ -19,7 +19,7 @@ actor SiteRuntime {
     let probeInterval: Duration
     let logger: Logger
 
-    private var registry = PathRegistry()
+    private var registry: PathRegistry
     private var paths: [String: PlannedRoute] { registry.paths }
     private var lastTopology: [PathBinding] = []
     private var lastSites: [RemoteSite] = []
@@ -33,8 +33,11 @@ actor SiteRuntime {
 
     typealias PlannedRoute = PathRegistry.PlannedRoute
 
-    init(writer: StoreWriter, controller: Controller, probes: PathProbeSet, probeInterval: Duration, logger: Logger) {
+    /// `pathIDs`: the `paths.id` of every path the database has (read at start); new paths are numbered after them.
+    init(writer: StoreWriter, pathIDs: [PathKey: PathID] = [:], controller: Controller, probes: PathProbeSet,
+         probeInterval: Duration, logger: Logger) {
         self.writer = writer
+        registry = PathRegistry(ids: pathIDs)
         self.controller = controller
         self.probes = probes
         self.probeInterval = probeInterval
@@ -60,7 +63,9 @@ actor SiteRuntime {
     @discardableResult
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async -> [TunnelRoute] {
         let (routes, unslotted) = registry.routes(of: plan)
-        for key in unslotted { logger.error("no steering slot left for path \(key): at most 254 paths") }
+        for key in unslotted {
+            logger.error("no steering slot left for path \(key): at most \(Conventions.pathSlots.count) paths at once")
+        }
         let remoteSites = sites.map { announcement in
             RemoteSite(id: announcement.site.siteID, name: announcement.site.name,
                        prefixes: [IPv4Prefix(announcement.site.overlay, length: 32)] + announcement.site.lanPrefixes)
@@ -84,7 +89,7 @@ actor SiteRuntime {
                 var configuration = ProbeConfiguration()
                 configuration.interval = probeInterval
                 configuration.rttWindow = Self.latencyWindowSamples(probeInterval: probeInterval)
-                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: 51822),
+                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: Conventions.probePort),
                                            pinning: .mark(route.binding.mark)),
                                configuration: configuration)
             } catch {
@@ -96,8 +101,8 @@ actor SiteRuntime {
             bandwidth.pathRemoved(name)
         }
 
-        // Database rows: every current path; paths that left are marked down (their history stays).
-        writer.enqueue(registry.adopt(routes))
+        // Database rows: every path of the plan; paths that left are marked down (their history stays).
+        writer.enqueue(registry.adopt(routes, of: plan))
         uplinkPaths.planned(registry.namesByUplink)
         let overlays = Dictionary(sites.map { ($0.site.siteID, $0.site.overlay) }, uniquingKeysWith: { a, _ in a })
         tunnelRoutes = routes.values.sorted { $0.binding.slot < $1.binding.slot }.compactMap { route in
@@ -177,7 +182,9 @@ actor SiteRuntime {
             logger.error("steering after a path change failed: \(error)")
         }
         if let change = event.change {
-            logger.info("path \(change.to.rawValue)", metadata: ["path": "\(event.path)", "reason": "\(change.reason)"])
+            logger.info("path \(change.to.rawValue)", metadata: [
+                "path": "\(event.path)", "path_id": "\(route.binding.id)", "reason": "\(change.reason)",
+            ])
             // The status and the measurements that decided it, together: a report read right after a path
             // came back never shows its new status beside the loss of its outage.
             var metrics = event.metrics
@@ -253,12 +260,13 @@ actor SiteRuntime {
     /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
     /// when the policy balances): for the metrics endpoint and the dashboard.
     func selectionSamples(_ selections: [SelectionKey: Selection], siteNames: [SiteID: String]) -> [SelectionSample] {
-        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
+        let byKey = Dictionary(paths.map { ($0.value.key, ($0.key, $0.value.binding.id)) }, uniquingKeysWith: { a, _ in a })
         var samples: [SelectionSample] = []
         for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
             for path in selection.paths.sorted() {
+                guard let (name, id) = byKey[path] else { continue } // not planned (yet): no kernel path
                 samples.append(SelectionSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
-                                               path: names[path] ?? "\(path)"))
+                                               pathID: id, path: name))
             }
         }
         return samples
@@ -281,17 +289,17 @@ actor SiteRuntime {
             var metrics = state?.metrics
             metrics?.throughputTxMbps = carried[name]?.transmitMbps
             metrics?.throughputRxMbps = carried[name]?.receiveMbps
-            sample.paths.append(PathSample(path: name, site: route.path.remoteName, uplink: route.key.localLabel,
+            sample.paths.append(PathSample(pathID: route.binding.id, path: name, site: route.path.remoteName, uplink: route.key.localLabel,
                                            status: state?.status ?? .down, metrics: metrics,
                                            transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
         sample.selections = selectionSamples(selections, siteNames: siteNames)
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
-        let bySlot = Dictionary(paths.map { ($0.value.binding.slot, $0) }, uniquingKeysWith: { a, _ in a })
+        let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })
         for counter in counters.paths {
-            guard let (name, route) = bySlot[counter.slot] else { continue }
-            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, path: name,
+            guard let (name, route) = byID[counter.pathID] else { continue }
+            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, pathID: counter.pathID, path: name,
                                               packets: counter.packets, bytes: counter.bytes))
         }
         sample.classes.sort { ($0.policy, $0.site, $0.path) < ($1.policy, $1.site, $1.path) }

@@ -1,8 +1,9 @@
 import Model
 import Netlink
 
-/// Applies steering plans to the kernel of one network namespace: `table inet patronus`, ip rules with
-/// protocol 77 in the 6200-6299 band, routes in tables 6201-6455 (docs/STEERING.md).
+/// The one owner of everything the router installs in the kernel of one network namespace: `table inet
+/// patronus`, our ip rules in the 6200-6299 band, the per-path and per-uplink routing tables (`Conventions`,
+/// docs/STEERING.md). One plan, one diff.
 ///
 /// Guarantees:
 /// - `apply` diffs the plan against what is installed and sends the nf_tables part as ONE atomic batch,
@@ -10,7 +11,7 @@ import Netlink
 ///   class to another path changes map elements only.
 /// - What is installed is read from the kernel at the first call and after any failure, so leftovers of a
 ///   crashed run are adopted or removed, never duplicated.
-/// - Foreign tables, rules, routes and mark bits outside 0x00ff0000 are never touched.
+/// - Foreign tables, rules, routes and mark bits outside our fields are never touched.
 ///
 /// Cost: a re-steer is one `sendto` + one `recv` (no dump); the first apply dumps our table, rules and routes.
 /// Not thread-safe: one owner (the daemon's steering service).
@@ -23,6 +24,9 @@ public final class Steering {
     private var interfaceIndex: [String: Int32] = [:]
     private var structureKey: StructureKey?
     private var structure: SteeringRuleset?
+    /// The main table's routes out of the pinned uplinks, read when the pins change or on request.
+    private var uplinkRoutes: UplinkRoutes = [:]
+    private var uplinkRoutesRead: [SteeringPlan.UplinkPin]?
 
     /// Opens netlink sockets in the current namespace (nil) or in /var/run/netns/NAME.
     public convenience init(netns: String? = nil) throws(SteeringError) {
@@ -40,8 +44,14 @@ public final class Steering {
     public var currentPlan: SteeringPlan? { lastPlan }
 
     /// Makes the kernel match `plan`. Returns what changed (`elementsOnly` for a pure re-steer).
+    /// `rereadUplinks`: the main table's routes out of an uplink changed (its address, gateway or carrier):
+    /// read them again for the uplink tables. They are read anyway when the plan's uplinks change.
     @discardableResult
-    public func apply(_ plan: SteeringPlan) throws(SteeringError) -> SteeringChanges {
+    public func apply(_ plan: SteeringPlan, rereadUplinks: Bool = false) throws(SteeringError) -> SteeringChanges {
+        if rereadUplinks || uplinkRoutesRead != plan.uplinks {
+            uplinkRoutes = try readUplinkRoutes(plan.uplinks)
+            uplinkRoutesRead = plan.uplinks
+        }
         let ruleset = try compile(plan)
         do {
             let changes = try converge(to: ruleset)
@@ -63,10 +73,11 @@ public final class Steering {
 
     /// Compiles with the structure (classes, paths, destinations) cached: a re-steer only rebuilds choices.
     private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
-        if plan == lastPlan, let lastRuleset { return lastRuleset }
-        let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations)
+        let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations,
+                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes)
+        if plan == lastPlan, key == structureKey, let lastRuleset { return lastRuleset }
         if key != structureKey || structure == nil {
-            structure = try SteeringCompiler.compileStructure(plan)
+            structure = try SteeringCompiler.compileStructure(plan, uplinkRoutes: uplinkRoutes)
             structureKey = key
         }
         var ruleset = structure!
@@ -78,6 +89,26 @@ public final class Steering {
         var classes: [SteeringPlan.TrafficClass]
         var paths: [SteeringPlan.SteeringPath]
         var destinations: [SteeringPlan.Destination]
+        var uplinks: [SteeringPlan.UplinkPin]
+        var uplinkRoutes: UplinkRoutes
+    }
+
+    /// The main table's routes out of each pinned uplink that exists now.
+    private func readUplinkRoutes(_ pins: [SteeringPlan.UplinkPin]) throws(SteeringError) -> UplinkRoutes {
+        guard !pins.isEmpty else { return [:] }
+        return try kernel { () throws(NetlinkError) in
+            let links = Dictionary(try routing.links().map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
+            let main = try routing.routes(table: Conventions.mainTable)
+            var out: UplinkRoutes = [:]
+            for pin in pins {
+                guard let index = links[pin.interface] else { continue }
+                out[pin.interface] = main.filter { $0.table == Conventions.mainTable && $0.outputInterface == index }.map {
+                    UplinkRoute(prefix: IPv4Prefix(IPv4Address($0.destination), length: $0.prefixLength),
+                                gateway: $0.gateway.map(IPv4Address.init))
+                }
+            }
+            return out
+        }
     }
 
     /// Re-reads the kernel and converges to the last applied plan (repairs drift); with no plan applied
@@ -115,10 +146,11 @@ public final class Steering {
         installed = InstalledState()
         lastPlan = nil
         lastRuleset = nil
+        uplinkRoutesRead = nil
         return c
     }
 
-    /// Packets and bytes per class and path (the `<class>_path<slot>` chains), and new flows per class (the
+    /// Packets and bytes per class and path (the `<class>_path<id>` chains), and new flows per class (the
     /// `classify` and `classify_reply` rules), read from the kernel in one dump. For the status report and metrics.
     public func counters() throws(SteeringError) -> SteeringCounters {
         let rules: [NFTables.ListedRule]
@@ -127,16 +159,15 @@ public final class Steering {
             throw .kernel(error)
         }
         var out = SteeringCounters()
-        let plan = lastPlan
+        let classNames = lastPlan?.classes.map(\.name) ?? []
         for r in rules {
             guard let (packets, bytes) = r.counter else { continue }
             if r.chain == SteeringNames.classifyChain || r.chain == SteeringNames.classifyReplyChain {
                 let comment = NFTUserdata.comment(in: r.userdata) ?? ""
                 let name = comment.hasPrefix("class ") ? String(comment.dropFirst("class ".count)) : comment
                 out.flowsPerClass[name, default: 0] += packets
-            } else if let c = plan?.classes.first(where: { r.chain.hasPrefix($0.name + "_path") }),
-                      let slot = UInt8(r.chain.dropFirst(c.name.count + "_path".count)) {
-                out.paths.append(.init(className: c.name, slot: slot, packets: packets, bytes: bytes))
+            } else if let (className, pathID) = SteeringNames.parseClassPathChain(r.chain, classNames: classNames) {
+                out.paths.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
             }
         }
         return out
@@ -220,14 +251,15 @@ public final class Steering {
                 index = try routing.link(named: r.interface).index
             } catch {
                 if error.errno == 19 /* ENODEV */ {
-                    throw .missingInterface(path: UInt8(truncatingIfNeeded: r.table - SteeringPlan.tableBase), interface: r.interface)
+                    throw .missingInterface(table: r.table, interface: r.interface)
                 }
                 throw .kernel(error)
             }
             interfaceIndex[r.interface] = index
         }
         return IPRoute(destination: r.prefix.network.value, prefixLength: r.prefix.length, table: r.table,
-                       outputInterface: index, gateway: r.gateway?.value, protocolTag: SteeringNames.protocolTag)
+                       outputInterface: index, gateway: r.gateway?.value,
+                       protocolTag: SteeringNames.protocolTag(forTable: r.table))
     }
 
     /// The installed state right after `ruleset` committed, so the next diff needs no dump.
@@ -251,7 +283,7 @@ public final class Steering {
 public struct SteeringCounters: Hashable, Sendable {
     public struct PathCounter: Hashable, Sendable {
         public var className: String
-        public var slot: UInt8
+        public var pathID: Int64
         public var packets: UInt64
         public var bytes: UInt64
     }
@@ -263,7 +295,7 @@ public struct SteeringCounters: Hashable, Sendable {
 
     public init() {}
 
-    public func packets(className: String, slot: UInt8) -> UInt64 {
-        paths.first { $0.className == className && $0.slot == slot }?.packets ?? 0
+    public func packets(className: String, pathID: Int64) -> UInt64 {
+        paths.first { $0.className == className && $0.pathID == pathID }?.packets ?? 0
     }
 }

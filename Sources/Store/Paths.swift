@@ -17,6 +17,8 @@ public struct PathRecord: Hashable, Sendable {
     public var localUplink: Uplink
     public var remoteEndpoint: Endpoint
     public var updatedAt: Date
+    /// The kernel slot while the path is planned (mark `slot << 16`, table 6200 + slot); nil otherwise.
+    public var slot: UInt16?
 
     /// The path's stable name (destination, local label, remote label), the same one routing uses.
     public var key: PathKey {
@@ -49,21 +51,23 @@ extension Store {
         }
     }
 
+    /// `id`: the row id a new path gets (the daemon numbers paths itself, so it never waits for this write to
+    /// learn it); nil lets SQLite choose. An existing path keeps its id.
     func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, now: Date,
-                    _ db: Database) throws -> PathID {
+                    id: PathID? = nil, _ db: Database) throws -> PathID {
         guard let local = try String.fetchOne(db, sql: "SELECT id FROM sites WHERE is_local = 1") else {
             throw StoreError.noLocalSite(path: path)
         }
         return try Int64.fetchOne(db, sql: """
-            INSERT INTO paths (src_site, dst_site, status, wg_interface, local_uplink, local_label,
+            INSERT INTO paths (id, src_site, dst_site, status, wg_interface, local_uplink, local_label,
                                remote_label, remote_endpoint, updated_at)
-            VALUES (?, ?, 'down', ?, ?, ?, ?, ?, ?)
+            VALUES (?, ?, ?, 'down', ?, ?, ?, ?, ?, ?)
             ON CONFLICT (dst_site, local_label, remote_label) DO UPDATE SET
                 src_site = excluded.src_site, wg_interface = excluded.wg_interface,
                 local_uplink = excluded.local_uplink, remote_endpoint = excluded.remote_endpoint,
                 updated_at = excluded.updated_at
             RETURNING id
-            """, arguments: [local, destination.description, wgInterface, uplink.interface, uplink.label,
+            """, arguments: [id, local, destination.description, wgInterface, uplink.interface, uplink.label,
                              endpoint.label, endpoint.address.description, now.utcText])!
     }
 
@@ -71,6 +75,19 @@ extension Store {
     static func pathID(of key: PathKey, _ db: Database) throws -> PathID? {
         try PathID.fetchOne(db, sql: "SELECT id FROM paths WHERE dst_site = ? AND local_label = ? AND remote_label = ?",
                             arguments: [key.site.description, key.localLabel, key.remoteLabel])
+    }
+
+    /// Records the kernel slot of every planned path (`slots`) and clears it on every other path, in one
+    /// transaction, so `SELECT id, slot FROM paths` maps marks and tables to paths at any moment.
+    public func setPathSlots(_ slots: [PathID: UInt16]) throws(StoreError) {
+        try write("record path slots") { db in try Store.setPathSlots(slots, db) }
+    }
+
+    static func setPathSlots(_ slots: [PathID: UInt16], _ db: Database) throws {
+        try db.execute(sql: "UPDATE paths SET slot = NULL WHERE slot IS NOT NULL")
+        for (id, slot) in slots {
+            try db.execute(sql: "UPDATE paths SET slot = ? WHERE id = ?", arguments: [Int64(slot), id])
+        }
     }
 
     public func setPathStatus(_ id: PathID, status: PathStatus, score: Double?, now: Date = Date()) throws(StoreError) {
@@ -208,7 +225,8 @@ extension Store {
         return PathRecord(id: id, source: source, destination: destination, status: status,
                           wgInterface: text("wg_interface"), score: row["score"],
                           localUplink: Uplink(interface: text("local_uplink"), label: text("local_label")),
-                          remoteEndpoint: Endpoint(label: text("remote_label"), address: address), updatedAt: updated)
+                          remoteEndpoint: Endpoint(label: text("remote_label"), address: address), updatedAt: updated,
+                          slot: (row["slot"] as Int64?).flatMap { UInt16(exactly: $0) })
     }
 
     static func sample(_ row: Row) throws -> MetricsSample {

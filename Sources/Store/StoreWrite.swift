@@ -6,8 +6,10 @@ import Model
 /// the time it happened, so a row written after a busy database still says when it was true. Paths are named
 /// by `PathKey` and resolved to their `paths.id` inside the writer's transaction.
 public enum StoreWrite: Hashable, Sendable {
-    /// A planned path's `paths` row (`Store.upsertPath`).
-    case path(destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, at: Date)
+    /// A planned path's `paths` row (`Store.upsertPath`); `id` is what a new row gets (an existing one keeps its).
+    case path(id: PathID, destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, at: Date)
+    /// The slot of every planned path, cleared on the others (`Store.setPathSlots`).
+    case pathSlots([PathID: UInt16])
     /// A path's status and, when measured, one `path_metrics` row, in the same transaction.
     case pathState(PathStateWrite)
     /// One `failover_events` row; never coalesced.
@@ -27,13 +29,14 @@ public enum StoreWrite: Hashable, Sendable {
     /// What two writes must share to be merged when the queue is full: the same row. Failover events have
     /// none (every one is kept).
     enum Key: Hashable {
-        case path(PathKey), pathState(PathKey), site(SiteID), conflicts, localSite, localCertificate, prune
+        case path(PathKey), pathSlots, pathState(PathKey), site(SiteID), conflicts, localSite, localCertificate, prune
     }
 
     var key: Key? {
         switch self {
-        case .path(let destination, let uplink, let endpoint, _, _):
+        case .path(_, let destination, let uplink, let endpoint, _, _):
             .path(PathKey(site: destination, localLabel: uplink.label, remoteLabel: endpoint.label))
+        case .pathSlots: .pathSlots
         case .pathState(let state): .pathState(state.key)
         case .failover: nil
         case .remoteSite(let site, _): .site(site.id)
@@ -49,7 +52,7 @@ public enum StoreWrite: Hashable, Sendable {
     /// only the older one carried (a site's endpoints, a metrics sample) is kept. nil when they cannot merge.
     func merged(with newer: StoreWrite) -> StoreWrite? {
         switch (self, newer) {
-        case (.path, .path), (.conflicts, .conflicts), (.localSite, .localSite),
+        case (.path, .path), (.pathSlots, .pathSlots), (.conflicts, .conflicts), (.localSite, .localSite),
              (.localCertificate, .localCertificate), (.pruneMetrics, .pruneMetrics):
             return newer
         case (.pathState(let old), .pathState(let new)):
@@ -126,8 +129,11 @@ extension Store {
     /// Applies `write` inside the caller's transaction (the writer's batch).
     func apply(_ write: StoreWrite, _ db: Database) throws {
         switch write {
-        case .path(let destination, let uplink, let endpoint, let wgInterface, let at):
-            _ = try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface, now: at, db)
+        case .path(let id, let destination, let uplink, let endpoint, let wgInterface, let at):
+            _ = try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface, now: at,
+                               id: id, db)
+        case .pathSlots(let slots):
+            try Store.setPathSlots(slots, db)
         case .pathState(let state):
             guard let id = try Store.pathID(of: state.key, db) else {
                 throw StoreError.sql(path: path, operation: "record the status of path \(state.key)",

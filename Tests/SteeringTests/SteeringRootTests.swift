@@ -13,7 +13,7 @@ import Netlink
         let f = try SteeringFixture()
         let steering = try f.steering()
         let changes = try steering.apply(f.plan(voip: 1, bulk: 2, other: 1))
-        #expect(changes.tableCreated && changes.ipRulesAdded.count == 2 && changes.routesAdded.count == 2)
+        #expect(changes.tableCreated && changes.ipRulesAdded.count == 2 + 3 && changes.routesAdded.count == 2)
 
         let v = try KernelView.read(f.router, tables: [6201, 6202])
         #expect(v.tables == ["inet patronus"])
@@ -31,7 +31,8 @@ import Netlink
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
         #expect(elements == ["131072:bulk_path2", "196608:default_path1", "65536:voip_path1"])
-        #expect(v.ourRules == ["6210 0x10000/0xff0000 6201", "6210 0x20000/0xff0000 6202"])
+        #expect(v.ourRules == ["6211 0x10000/0xfff0000 6201", "6211 0x20000/0xfff0000 6202"])
+        #expect(v.ourJumps == ["6206 0/0xfff0000 goto 6299", "6210 0/0xfc00000 goto 6211", "6299 nop"])
         for (table, gateway, dev) in [(6201, "192.0.2.2", "pa"), (6202, "198.51.100.2", "pb")] {
             let routes = v.routes[table] ?? []
             #expect(routes.count == 1)
@@ -44,7 +45,7 @@ import Netlink
         #expect(try f.steering().apply(f.plan(voip: 1, bulk: 2, other: 1)).isEmpty)
         try steering.removeAll()
         let after = try KernelView.read(f.router, tables: [6201, 6202])
-        #expect(after.tables.isEmpty && after.ourRules.isEmpty && after.routes.values.allSatisfy(\.isEmpty))
+        #expect(after.tables.isEmpty && after.ourRules.isEmpty && after.ourJumps.isEmpty && after.routes.values.allSatisfy(\.isEmpty))
     }
 
     @Test(.enabled(if: isRoot)) func rootPacketsLeaveByTheExpectedPath() throws {
@@ -62,8 +63,8 @@ import Netlink
         #expect(bulk2 >= 1 && bulk1 == 0)
         #expect(other1 == 5 && other2 == 0)
         let counters = try steering.counters()
-        #expect(counters.packets(className: "voip", slot: 1) == 10)
-        #expect(counters.packets(className: "default", slot: 1) == 5)
+        #expect(counters.packets(className: "voip", pathID: 1) == 10)
+        #expect(counters.packets(className: "default", pathID: 1) == 5)
         #expect(counters.flowsPerClass["voip"] == 2 && counters.flowsPerClass["default"] == 1)
 
         // A packet already pinned to path 2 by its socket mark (how probes measure one path) keeps it.
@@ -106,7 +107,7 @@ import Netlink
         #expect(try f.count(f.peer1, "otherreply") == 3)
         let counters = try steering.counters()
         #expect(counters.flowsPerClass["voip"] == 1 && counters.flowsPerClass["default"] == 1)
-        #expect(counters.packets(className: "voip", slot: 2) == 3)
+        #expect(counters.packets(className: "voip", pathID: 2) == 3)
         try steering.removeAll()
     }
 
@@ -233,7 +234,7 @@ import Netlink
             #expect(Set(v.chains) == Set(expected.chains.map(\.name)))
             for (chain, rules) in expected.rules { #expect(v.rulesPerChain[chain] == rules.count, "chain \(chain) after kill at \(delay) us") }
             #expect(Set(v.sets) == Set(expected.staticSets.map(\.set.name) + expected.maps.map(\.set.name)))
-            #expect(v.ourRules == ["6210 0x10000/0xff0000 6201", "6210 0x20000/0xff0000 6202"])
+            #expect(v.ourRules == ["6211 0x10000/0xfff0000 6201", "6211 0x20000/0xfff0000 6202"])
             #expect(v.routes[6201]?.count == 1 && v.routes[6202]?.count == 1 && v.routes[6203]?.isEmpty == true)
             #expect(try steering.apply(target).isEmpty)
         }
@@ -244,7 +245,7 @@ import Netlink
         let sources = (10..<42).map { "10.1.0.\($0)" }
         for s in sources { try f.client.ip("addr", "add", "\(s)/32", "dev", "lan0") }
         let steering = try f.steering()
-        let spread: [UInt8] = (0..<16).map { $0 % 2 == 0 ? 1 : 2 }
+        let spread: [UInt16] = (0..<16).map { $0 % 2 == 0 ? 1 : 2 }
         try steering.apply(f.plan(otherTarget: .buckets(spread)))
         for s in sources { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
         let (first1, first2) = (try f.count(f.peer1, "other"), try f.count(f.peer2, "other"))
@@ -290,7 +291,7 @@ import Netlink
         // An admin flushes everything and deletes one of our rules: the next re-steer finds its cached view
         // wrong (the kernel says ENOENT), re-reads the kernel and rebuilds, in the same call.
         try f.router.check(["nft", "flush", "ruleset"])
-        try f.router.ip("rule", "del", "priority", "6210", "fwmark", "0x10000/0xff0000", "table", "6201")
+        try f.router.ip("rule", "del", "priority", "6211", "fwmark", "0x10000/0xfff0000", "table", "6201")
         let changes = try steering.apply(f.plan(voip: 2))
         #expect(changes.tableCreated && changes.ipRulesAdded.count == 1)
         var v = try KernelView.read(f.router, tables: [6201, 6202])
