@@ -164,11 +164,12 @@ public final class StoreWriter: Sendable {
             }
             do {
                 try write(batch)
-                done(batch.count, refused: 0)
+                let (pending, flushed) = done(batch.count, refused: 0)
                 if let since = busySince {
-                    report(.recovered(seconds: Self.seconds(.now - since), pending: statistics.pending))
+                    report(.recovered(seconds: Self.seconds(.now - since), pending: pending))
                     busySince = nil
                 }
+                for continuation in flushed { continuation.resume() }
             } catch let error where error.isBusy {
                 let pending = state.withLock { state in
                     state.queue.finish(0)
@@ -195,7 +196,7 @@ public final class StoreWriter: Sendable {
                     }
                     finished += 1
                 }
-                done(finished, refused: refused)
+                for continuation in done(finished, refused: refused).flushed { continuation.resume() }
             }
         }
     }
@@ -209,16 +210,16 @@ public final class StoreWriter: Sendable {
         try store.write(batch: batch)
     }
 
-    private func done(_ count: Int, refused: Int) {
-        let resumed = state.withLock { state in
+    /// Removes the `count` writes done from the queue; returns what is pending and the `flush` callers to resume.
+    private func done(_ count: Int, refused: Int) -> (pending: Int, flushed: [CheckedContinuation<Void, Never>]) {
+        state.withLock { state in
             state.queue.finish(count)
             state.statistics.written += count - refused
             state.statistics.refused += refused
             state.statistics.transactions += count - refused > 0 ? 1 : 0
             state.statistics.pending = state.queue.count
-            return Self.takeFlushes(&state, through: state.queue.base)
+            return (state.queue.count, Self.takeFlushes(&state, through: state.queue.base))
         }
-        for continuation in resumed { continuation.resume() }
     }
 
     private func finish(unwritten: Int, error: StoreError?) {
