@@ -135,10 +135,9 @@ extension Store {
         case .pathSlots(let slots):
             try Store.setPathSlots(slots, db)
         case .pathState(let state):
-            guard let id = try Store.pathID(of: state.key, db) else {
-                throw StoreError.sql(path: path, operation: "record the status of path \(state.key)",
-                                     message: "no such path (its row was never recorded)")
-            }
+            // A path whose row was refused (its site not recorded yet) has nothing to update; that refusal was
+            // reported, and the next plan records the row.
+            guard let id = try Store.pathID(of: state.key, db) else { return }
             try setPathStatus(id, status: state.status, score: state.score, now: state.at, db)
             if let metrics = state.metrics {
                 try Store.insertMetrics([MetricsSample(path: id, metrics: metrics, measuredAt: state.measuredAt)], db)

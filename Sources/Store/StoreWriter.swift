@@ -9,8 +9,8 @@ import Synchronization
 /// Guarantees:
 /// - `enqueue` never blocks: it takes a lock held only to append to or take from an in-memory queue.
 /// - Everything acknowledged (`.queued` or `.coalesced`) is written, in order, unless the database refuses
-///   that write itself (a row whose path or site does not exist): busy and locked databases are retried with
-///   the rows kept, for as long as it takes.
+///   that write itself (a row naming a site it does not have; a status of a path without a row updates
+///   nothing): busy and locked databases are retried with the rows kept, until `stop`'s deadline.
 /// - Batches: whatever is pending (at most `batchLimit` writes) goes in ONE transaction (BEGIN IMMEDIATE),
 ///   so a reader (status, dashboard, sqlite3; WAL) sees a batch's statuses, samples and events together.
 /// - Bounded by coalescing (`WriteQueue`): past `capacity` pending writes, a new status or sample of a path

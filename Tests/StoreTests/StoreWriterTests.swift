@@ -201,7 +201,7 @@ private func busyDatabase(_ dir: String, capacity: Int = 4096) throws
         }
     }
 
-    /// A write the database refuses (a status for a path it has no row of) is reported and skipped; the
+    /// A write the database refuses (a status for a site it has no row of) is reported and skipped; the
     /// rest of its batch is written.
     @Test func aRefusedWriteDoesNotHoldBackTheRestOfItsBatch() async throws {
         try await withTemporaryDirectoryAsync { dir in
@@ -209,12 +209,12 @@ private func busyDatabase(_ dir: String, capacity: Int = 4096) throws
             let reports = Reports()
             let writer = StoreWriter(store: fixture.store, report: reports.add)
             let lock = try WriteLockHolder(fixture.store.path)  // so that all three form one batch
-            let unknown = PathKey(site: fixture.east, localLabel: "nowhere", remoteLabel: "nowhere")
-            writer.enqueue([state(fixture.ethernet, .degraded, latency: 1), state(unknown, .up, latency: 2),
+            let unknown = StoreWrite.siteStatus(SiteID(), .inactive)
+            writer.enqueue([state(fixture.ethernet, .degraded, latency: 1), unknown,
                             failover(7, from: fixture.ethernet, to: fixture.lte)])
             try lock.release()
             await writer.flush()
-            #expect(reports.refused == [state(unknown, .up, latency: 2)])
+            #expect(reports.refused == [unknown])
             #expect(try fixture.store.paths().first?.status == .degraded)
             #expect(try fixture.store.failoverEvents().map(\.policy) == ["voip-7"])
             #expect(writer.statistics.refused == 1 && writer.statistics.written == 2)
