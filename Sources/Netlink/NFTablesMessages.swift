@@ -278,7 +278,8 @@ public enum NFTables {
     }
 
     /// A rule as listed: table, chain, handle, userdata and the expression names (enough to identify our
-    /// rules by their userdata fingerprint; we never need to re-decode the kernel's register program).
+    /// rules by their userdata fingerprint), and the few expressions a reader of the installed steering needs
+    /// decoded (`NFTExpression.decode`): what a rule writes into a mark, and its flow hash.
     public struct ListedRule: Hashable, Sendable {
         public var family: NFTFamily
         public var table: String
@@ -288,10 +289,12 @@ public enum NFTables {
         public var expressionNames: [String]
         /// The rule's first counter expression, if it has one: (packets, bytes).
         public var counter: (packets: UInt64, bytes: UInt64)?
+        /// One entry per expression, in order: the decoded expression, or nil for kinds not decoded.
+        public var expressions: [NFTExpression?] = []
 
         public static func == (a: ListedRule, b: ListedRule) -> Bool {
             a.family == b.family && a.table == b.table && a.chain == b.chain && a.handle == b.handle
-                && a.userdata == b.userdata && a.expressionNames == b.expressionNames
+                && a.userdata == b.userdata && a.expressionNames == b.expressionNames && a.expressions == b.expressions
                 && a.counter?.packets == b.counter?.packets && a.counter?.bytes == b.counter?.bytes
         }
 
@@ -304,12 +307,15 @@ public enum NFTables {
     public static func parseRule(_ m: NetlinkMessage) throws(NetlinkError) -> ListedRule? {
         guard let (f, a) = try attributes(m, UInt32(NFT_MSG_NEWRULE.rawValue)) else { return nil }
         var names: [String] = []
+        var decoded: [NFTExpression?] = []
         var counter: (UInt64, UInt64)?
         if let exprs = try a[NFTA_RULE_EXPRESSIONS.rawValue]?.nested() {
             for e in exprs.attributes {
                 let expr = try e.nested()
                 let name = expr[NFTA_EXPR_NAME.rawValue]?.string ?? "?"
                 names.append(name)
+                let data = try expr[NFTA_EXPR_DATA.rawValue]?.nested()
+                decoded.append(data.flatMap { NFTExpression.decode(name: name, $0) })
                 if name == "counter", counter == nil, let data = try expr[NFTA_EXPR_DATA.rawValue]?.nested() {
                     counter = (data[NFTA_COUNTER_PACKETS.rawValue]?.bigU64 ?? 0, data[NFTA_COUNTER_BYTES.rawValue]?.bigU64 ?? 0)
                 }
@@ -317,7 +323,7 @@ public enum NFTables {
         }
         return ListedRule(family: f, table: a[NFTA_RULE_TABLE.rawValue]?.string ?? "", chain: a[NFTA_RULE_CHAIN.rawValue]?.string ?? "",
                           handle: a[NFTA_RULE_HANDLE.rawValue]?.bigU64 ?? 0, userdata: a[NFTA_RULE_USERDATA.rawValue]?.value,
-                          expressionNames: names, counter: counter)
+                          expressionNames: names, counter: counter, expressions: decoded)
     }
 }
 

@@ -198,6 +198,7 @@ public struct Daemon: Sendable {
             UplinkWatcher(monitor: monitor, settings: tunnelSettings, steering: steering,
                           discovery: discovery, driver: driver, runtime: runtime, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
+            DriftRepair(steering: steering),
             FileWatcher(path: revocationListPath) { [logger] path in
                 do {
                     if let refused = discovery.add(try TrustFiles.revocationList(at: path)), refused != .staleRevocationList {
@@ -514,6 +515,21 @@ struct PolicyWatcher: Service {
 }
 
 /// Runs `body` until graceful shutdown; the cancellation that shutdown causes is the normal way out.
+/// Looks for foreign changes to our kernel state a few times a second and puts ours back
+/// (`KernelSteering.repairDrift`): `nft delete table inet patronus`, `ip rule flush`, a deleted route.
+struct DriftRepair: Service {
+    let steering: KernelSteering
+
+    func run() async throws {
+        try await untilShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: KernelSteering.driftCheckInterval)
+                await steering.repairDrift()
+            }
+        }
+    }
+}
+
 func untilShutdown(_ body: @escaping @Sendable () async throws -> Void) async throws {
     do {
         try await cancelWhenGracefulShutdown(body)

@@ -33,9 +33,12 @@ struct UplinkWatcher: Service {
         let uplinkPaths = runtime.uplinkPaths
         let labels = Dictionary(monitor.initial.uplinks.map { ($0.interface, $0.label) }, uniquingKeysWith: { first, _ in first })
         // The fast path: an uplink that stops has its paths down within the kernel's notification.
-        monitor.start { interface in
+        let steering = steering
+        monitor.start(stopped: { interface in
             if let label = labels[interface] { uplinkPaths.stopped(label) }
-        }
+        }, ourRouteRemoved: {
+            steering.routesTouched.withLock { $0 = true }
+        })
         defer { monitor.stop() }
         try await untilShutdown {
             await monitor.follow(logger: logger) { changes, tracker in await react(to: changes, tracker) }

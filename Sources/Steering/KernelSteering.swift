@@ -1,6 +1,7 @@
 import Logging
 import Model
 import Netlink
+import Synchronization
 
 /// The daemon's one owner of kernel state (`Steering` is single-owner, not thread-safe): every plan and
 /// every uplink change goes through this actor, so two batches never interleave. The routing plan and the
@@ -38,6 +39,32 @@ public actor KernelSteering {
         full.uplinks = pins
         let changes = try steering.apply(full, rereadUplinks: true)
         logger.debug("uplinks pinned", metadata: ["changes": "\(changes)"])
+    }
+
+    /// Set from any thread (the rtnetlink monitor's) when a route in one of our tables was deleted: the next
+    /// drift check then reads our routes too.
+    public nonisolated let routesTouched = Mutex(false)
+
+    /// How often the daemon looks for foreign changes to what we own (`repairDrift`): a repair lands within
+    /// this period plus the repair itself, well inside the 1 s the design allows.
+    public static let driftCheckInterval = Duration.milliseconds(250)
+
+    /// Puts back what somebody else changed of ours (a deleted table, a flushed rule, a deleted route), logged
+    /// once per repair with what was repaired. Returns the repair, nil when nothing had drifted.
+    @discardableResult
+    public func repairDrift() -> SteeringChanges? {
+        let touched = routesTouched.withLock { flag in
+            defer { flag = false }
+            return flag
+        }
+        do {
+            guard let changes = try steering.repairDrift(routesTouched: touched) else { return nil }
+            logger.warning("repaired a foreign change to our kernel state", metadata: ["repaired": "\(changes)"])
+            return changes
+        } catch {
+            logger.error("checking our kernel state for foreign changes failed: \(error)")
+            return nil
+        }
     }
 
     /// Removes everything we installed: our table, rules and routes. Idempotent.

@@ -27,6 +27,10 @@ public final class Steering {
     /// The main table's routes out of the pinned uplinks, read when the pins change or on request.
     private var uplinkRoutes: UplinkRoutes = [:]
     private var uplinkRoutesRead: [SteeringPlan.UplinkPin]?
+    /// The nf_tables generation at the last drift check, and how many batches we committed since: each
+    /// committed batch bumps the generation by one, so any other difference is somebody else's commit.
+    private var checkedGeneration: UInt32?
+    private var commitsSinceCheck: UInt32 = 0
 
     /// Opens netlink sockets in the current namespace (nil) or in /var/run/netns/NAME.
     public convenience init(netns: String? = nil) throws(SteeringError) {
@@ -124,6 +128,27 @@ public final class Steering {
         return try converge(to: lastRuleset)
     }
 
+    /// Finds changes somebody else made to what we own and puts our state back (the last plan). Cheap
+    /// enough to run several times a second: one nf_tables generation request and one dump of the ip
+    /// rules; our routes are read only when `routesTouched` (a route of ours was deleted, as rtnetlink
+    /// notifications tell). Foreign objects are never touched. Returns what was repaired, nil when nothing
+    /// had drifted (or no plan is applied yet).
+    public func repairDrift(routesTouched: Bool = false) throws(SteeringError) -> SteeringChanges? {
+        guard let lastRuleset else { return nil }
+        let generation = try kernel { () throws(NetlinkError) in try nftables.generation() }
+        var drifted = checkedGeneration.map { generation != $0 &+ commitsSinceCheck } ?? true
+        // From here on, only our own commits (the repair's) move the generation.
+        checkedGeneration = generation
+        commitsSinceCheck = 0
+        if !drifted {
+            let rules = try kernel { () throws(NetlinkError) in try routing.rules().filter(SteeringNames.isOurs) }
+            drifted = Set(rules) != Set(lastRuleset.ipRules)
+        }
+        guard drifted || routesTouched else { return nil }
+        let changes = try reconcile()
+        return changes.isEmpty ? nil : changes
+    }
+
     /// Removes everything Steering installed: our table, our ip rules, our routes. Foreign objects stay.
     @discardableResult
     public func removeAll() throws(SteeringError) -> SteeringChanges {
@@ -205,6 +230,7 @@ public final class Steering {
         }
         for r in diff.changes.ipRulesAdded { try kernel { () throws(NetlinkError) in try routing.addRule(r) } }
         try kernel { () throws(NetlinkError) in try nftables.commit(diff.batch) }
+        if !diff.batch.isEmpty { commitsSinceCheck &+= 1 }
         for r in diff.changes.ipRulesDeleted { try deleteRule(r) }
         for r in diff.changes.routesDeleted { try deleteRoute(r) }
         if !changes.routesSkipped.isEmpty {

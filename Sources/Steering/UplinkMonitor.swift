@@ -25,14 +25,16 @@ public final class UplinkMonitor: Sendable {
 
     /// Starts receiving. `stopped` runs on the monitor's own thread, not in the task pool (busy with tunnels,
     /// probes and the database at times), with the interface name of an uplink that lost its carrier or
-    /// disappeared, so that its paths can go down within the kernel's notification.
-    public func start(stopped: @escaping @Sendable (String) -> Void) {
+    /// disappeared, so that its paths can go down within the kernel's notification. `ourRouteRemoved` runs
+    /// there too when a route in one of our tables went (ours or not: drift repair tells).
+    public func start(stopped: @escaping @Sendable (String) -> Void, ourRouteRemoved: @escaping @Sendable () -> Void = {}) {
         let names = Set(initial.uplinks.map(\.interface))
         monitor.start { batch in
             for event in batch {
                 switch event {
                 case .link(let link) where !link.isRunning && names.contains(link.name): stopped(link.name)
                 case .linkRemoved(let link) where names.contains(link.name): stopped(link.name)
+                case .routeRemoved(let route) where SteeringNames.isOurs(route): ourRouteRemoved()
                 default: break
                 }
             }

@@ -293,3 +293,31 @@ extension String {
         #expect(hex(m.payload) == golden("021800000300000008000200c000020108000100c0000201"))
     }
 }
+
+@Suite struct RouteLookupGoldenTests {
+    // ip route get 10.20.0.5 from 10.1.0.2 iif lan mark 0x20000 (lan = ifindex 4), plus RTM_F_LOOKUP_TABLE
+    // so the reply names the table the ip rules chose -> RTM_GETROUTE REQUEST|ACK
+    @Test func routeLookupWithMarkSourceAndInputInterface() {
+        let m = RouteNetlink.routeLookupMessage(destination: 0x0a14_0005, source: 0x0a01_0002, inputInterface: 4, mark: 0x20000)
+        #expect(m.type == 0x1a && m.flags == 0)
+        #expect(hex(m.payload) == golden("""
+            02 20 20 00 00 00 00 00 00100000   # rtmsg: AF_INET, dst /32, src /32, flags RTM_F_LOOKUP_TABLE (0x1000)
+            08000100 0a140005                  # RTA_DST 10.20.0.5
+            08000200 0a010002                  # RTA_SRC 10.1.0.2
+            08000300 04000000                  # RTA_IIF 4
+            08001000 00000200                  # RTA_MARK 0x20000 (host order)
+            """))
+        let bare = RouteNetlink.routeLookupMessage(destination: 0x0a14_0005)
+        #expect(hex(bare.payload) == golden("022000000000000000100000080001000a140005"))
+    }
+
+    @Test func theAnswerNamesTableInterfaceGatewayAndSource() throws {
+        var p: [UInt8] = [2, 32, 0, 0, 0xfc, 0, 0, 1, 0, 0, 0, 0] // AF_INET /32, table 252 (low byte), unicast
+        p += [8, 0, 15, 0, 0x3a, 0x18, 0, 0]              // RTA_TABLE 6202
+        p += [8, 0, 4, 0, 5, 0, 0, 0]                     // RTA_OIF 5
+        p += [8, 0, 5, 0, 198, 51, 100, 2]                // RTA_GATEWAY 198.51.100.2
+        p += [8, 0, 7, 0, 10, 1, 0, 1]                    // RTA_PREFSRC 10.1.0.1
+        let answer = try RouteNetlink.parseRouteLookup(NetlinkMessage(type: 24, flags: 0, payload: p))
+        #expect(answer == RouteLookup(table: 6202, type: 1, outputInterface: 5, gateway: 0xc633_6402, preferredSource: 0x0a01_0001))
+    }
+}
