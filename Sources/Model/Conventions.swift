@@ -63,8 +63,9 @@ public enum Conventions {
     /// `fwmark 0/0x0fff0000 goto 6299`.
     public static let unsteeredRulePriority: UInt32 = 6206
     /// Path rules, two levels so that no packet checks more than 64 + 64 rules whatever the number of
-    /// paths: at 6210 one rule per group of 64 slots present, `fwmark g<<22/0x0fc00000 goto 6211+g`; at
-    /// 6211+g one rule per slot of that group, `fwmark slot<<16/0x0fff0000 lookup 6200+slot`.
+    /// paths: at 6210 one rule per group of 64 slots present, `fwmark g<<22/0x0fc00000 goto 6211+g` (only
+    /// when the paths span two groups or more); at 6211+g one rule per slot of that group,
+    /// `fwmark slot<<16/0x0fff0000 lookup 6200+slot`.
     public static let pathGroupRulePriority: UInt32 = 6210
     public static let pathGroupSize: UInt16 = 64
     public static let pathGroupMask: UInt32 = 0x0fc0_0000

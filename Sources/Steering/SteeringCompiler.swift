@@ -213,8 +213,11 @@ public enum SteeringCompiler {
         ipRules.append(IPRule(priority: Conventions.unsteeredRulePriority, fwmark: 0, fwmask: pathMask,
                               action: .goto(Conventions.bandEndPriority), protocolTag: tag))
         ipRules.append(IPRule(priority: Conventions.bandEndPriority, action: .nop, protocolTag: tag))
+        // Group rules only when the paths span two groups or more: with one group (up to 63 paths, the
+        // usual site) a steered packet goes straight on to that group's rules, one goto fewer.
+        let spanned = Set(paths.map { Conventions.pathGroup(slot: $0.slot) })
         var groups = Set<UInt16>()
-        for p in paths where groups.insert(Conventions.pathGroup(slot: p.slot)).inserted {
+        for p in paths where spanned.count > 1 && groups.insert(Conventions.pathGroup(slot: p.slot)).inserted {
             let group = Conventions.pathGroup(slot: p.slot)
             ipRules.append(IPRule(priority: Conventions.pathGroupRulePriority, fwmark: Conventions.pathGroupMark(group: group),
                                   fwmask: Conventions.pathGroupMask, action: .goto(Conventions.pathRulePriority(slot: p.slot)),

@@ -152,13 +152,13 @@ private extension NFTExpression {
     @Test func rulesAndRoutesFollowTheDocumentedNumbering() throws {
         let r = try SteeringCompiler.compile(referencePlan())
         #expect(r.ipRules.allSatisfy { $0.protocolTag == 77 })
-        // Unsteered packets leave the band at once; the one group of slots 1-63 is looked at; then the paths.
-        #expect(r.ipRules.prefix(3) == [
+        // Unsteered packets leave the band at once; the paths (all in the group of slots 1-63, so no group
+        // rule) follow.
+        #expect(r.ipRules.prefix(2) == [
             IPRule(priority: 6206, fwmark: 0, fwmask: 0x0fff_0000, action: .goto(6299), protocolTag: 77),
             IPRule(priority: 6299, action: .nop, protocolTag: 77),
-            IPRule(priority: 6210, fwmark: 0, fwmask: 0x0fc0_0000, action: .goto(6211), protocolTag: 77),
         ])
-        let paths = r.ipRules.dropFirst(3)
+        let paths = r.ipRules.dropFirst(2)
         #expect(paths.map(\.table) == [6201, 6202, 6203, 6204])
         #expect(paths.allSatisfy { $0.priority == 6211 && $0.fwmask == 0x0fff_0000 })
         #expect(paths.map { $0.fwmark! } == [0x10000, 0x20000, 0x30000, 0x40000])
@@ -221,7 +221,7 @@ private extension NFTExpression {
         let diff = SteeringDiff(installed: InstalledState(), desired: desired)
         #expect(diff.changes.tableCreated)
         #expect(diff.batch.first?.message.type == 0x0a00)
-        #expect(diff.changes.ipRulesAdded.count == 4 + 3) // one per path; unsteered jump, band end, one group
+        #expect(diff.changes.ipRulesAdded.count == 4 + 2) // one per path; unsteered jump, band end
         #expect(diff.changes.routesAdded.count == 6) // branch: 2 prefixes x 2 paths; depot: 1 x 2
         #expect(diff.changes.chainsReloaded.isEmpty)
     }
