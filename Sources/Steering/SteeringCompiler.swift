@@ -60,7 +60,7 @@ public enum SteeringCompiler {
         var sitesElements: [(IPv4Prefix, NFTVerdict)] = []
         for d in plan.destinations {
             let name = SteeringNames.siteChain(d.name)
-            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
                              userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
                                  + NFTUserdata.comment("class -> path to \(d.name)", type: NFTUserdata.setCommentType))
@@ -88,7 +88,7 @@ public enum SteeringCompiler {
             for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
         }
         let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
-                           flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: 7 /* ipv4_addr */, keyLength: 4,
+                           flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
                            dataType: NFTSet.verdictDataType, dataLength: 0,
                            userdata: NFTUserdata.u32(0, 2) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
                                + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
@@ -114,7 +114,7 @@ public enum SteeringCompiler {
                                   [.payload(base: NFT.networkHeader, offset: mirrored, length: 4, dreg: NFT.reg1)]))
                 }
                 if !m.dscp.isEmpty {
-                    let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
+                    let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: .dscp, keyLength: 1,
                                    userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
                     let dscp: [NFTExpression] = [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
                                                  .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
@@ -124,7 +124,7 @@ public enum SteeringCompiler {
                 }
                 if !m.services.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
-                                   keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
+                                   keyType: .concatenation([.inetProtocol, .inetService]), keyLength: 8, fieldLengths: [1, 2],
                                    userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
                     let proto: [NFTExpression] = [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
                                                   .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2)]
@@ -215,7 +215,7 @@ public enum SteeringCompiler {
             guard case .buckets(let slots) = choice.target,
                   let c = classByID[choice.classID], let site = siteName[choice.site] else { continue }
             let name = SteeringNames.balanceChain(c.name, site)
-            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
                              userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
                                  + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
@@ -226,9 +226,9 @@ public enum SteeringCompiler {
             chains.append(NFTChain(family: family, table: table, name: name,
                                    userdata: NFTUserdata.comment("class \(c.name) to \(site): load balanced")))
             let e: [NFTExpression] = ipv4Only + [
-                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: 2),
-                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: 13),
-                .jhash(sreg: 2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
+                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
+                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: .reg32_05),
+                .jhash(sreg: .reg2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
                 .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
             ]
             rules[name] = [rule(name, e, comment: nil, sets: [map])]
@@ -273,7 +273,7 @@ public enum SteeringCompiler {
     }
 
     static func prefixSet(_ name: String, comment: String) -> NFTSet {
-        NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: 7, keyLength: 4,
+        NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
                userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
     }
 

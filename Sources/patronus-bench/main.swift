@@ -161,7 +161,7 @@ case "rawhash":
             NetlinkRequest(NFTables.newTable(NFTTable(family: .inet, name: "hb")), "t"),
             NetlinkRequest(NFTables.newChain(NFTChain(family: .inet, table: "hb", name: "a")), "a"),
             NetlinkRequest(NFTables.newChain(NFTChain(family: .inet, table: "hb", name: "b")), "b"),
-            NetlinkRequest(NFTables.newSet(NFTSet(family: .inet, table: "hb", name: "m", flags: NFTSet.flagMap, keyType: 19, keyLength: 4,
+            NetlinkRequest(NFTables.newSet(NFTSet(family: .inet, table: "hb", name: "m", flags: NFTSet.flagMap, keyType: .mark, keyLength: 4,
                                                   dataType: NFTSet.verdictDataType, dataLength: 0, id: 1)), "m"),
             NetlinkRequest(NFTables.elements([NFTElement(key: [0, 0, 1, 0], data: .verdict(.goto("a")))], family: .inet, table: "hb", set: "m"), "e"),
         ])
