@@ -413,3 +413,22 @@ final class NFTNLRule {
                                    expressionNames: names, counter: counter)
     }
 }
+
+// MARK: userdata
+
+/// A libnftnl udata buffer (the TLVs nft keeps in a table's, chain's, set's or rule's userdata).
+final class NFTNLUserdata {
+    private let u: OpaquePointer
+
+    init(capacity: Int) { u = nftnl_udata_buf_alloc(UInt32(max(capacity, 1))) }
+    deinit { nftnl_udata_buf_free(u) }
+
+    /// Appends one TLV; values longer than 255 bytes do not fit the length byte and are cut.
+    func put(_ type: UInt8, _ value: [UInt8]) {
+        let value = value.prefix(255)
+        let fitted = value.withUnsafeBytes { nftnl_udata_put(u, type, UInt32($0.count), $0.baseAddress) }
+        precondition(fitted, "udata buffer sized for \(value.count) bytes of value")
+    }
+
+    var bytes: [UInt8] { NFTNL.bytes(nftnl_udata_buf_data(u), nftnl_udata_buf_len(u)) }
+}

@@ -276,24 +276,43 @@ public struct NFTRule: Hashable, Sendable {
     }
 }
 
-/// nft's userdata TLVs (libnftnl udata: u8 type, u8 length, value). Comments are NUL-terminated.
+/// nft's userdata TLVs (u8 type, u8 length, value), written and read by libnftnl's nftnl_udata. nft keeps
+/// comments and set metadata there; the kernel only stores them. Comments are NUL-terminated.
 public enum NFTUserdata {
     /// NFTNL_UDATA_{TABLE,CHAIN,RULE}_COMMENT
-    public static let commentType: UInt8 = 0
+    public static let commentType = UInt8(NFTNL_UDATA_RULE_COMMENT.rawValue)
     /// NFTNL_UDATA_SET_COMMENT
-    public static let setCommentType: UInt8 = 7
-    public static let setKeyByteorderType: UInt8 = 0
-    public static let setDataByteorderType: UInt8 = 1
+    public static let setCommentType = SetField.comment.rawValue
+
+    /// A set's userdata fields (enum nftnl_udata_set_types).
+    public enum SetField: UInt8, Sendable {
+        case keyByteorder = 0, dataByteorder, mergeElements, keyTypeof, dataTypeof, expression, dataInterval, comment
+    }
+
+    /// The byte order nft prints a set's key or data in (nftables `enum byteorder`).
+    public enum Byteorder: UInt32, Sendable {
+        case invalid = 0, host = 1, big = 2
+    }
+
+    public static func keyByteorder(_ b: Byteorder) -> [UInt8] { u32(SetField.keyByteorder.rawValue, b.rawValue) }
+    public static func dataByteorder(_ b: Byteorder) -> [UInt8] { u32(SetField.dataByteorder.rawValue, b.rawValue) }
+    /// Whether a map's data are intervals.
+    public static func dataInterval(_ on: Bool) -> [UInt8] { u32(SetField.dataInterval.rawValue, on ? 1 : 0) }
+    public static func setField(_ field: SetField, _ value: [UInt8]) -> [UInt8] { tlv(field.rawValue, value) }
 
     public static func tlv(_ type: UInt8, _ value: [UInt8]) -> [UInt8] {
-        [type, UInt8(truncatingIfNeeded: value.count)] + value
+        let buffer = NFTNLUserdata(capacity: value.count + 2)
+        buffer.put(type, value)
+        return buffer.bytes
     }
     public static func comment(_ text: String, type: UInt8 = commentType) -> [UInt8] {
-        // nft caps comments at 128 bytes; so do we, keeping the length byte honest.
-        tlv(type, Array(text.utf8.prefix(127)) + [0])
+        // nft caps comments at 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN); so do we, keeping the length byte honest.
+        tlv(type, Array(text.utf8.prefix(Int(NFTNL_UDATA_COMMENT_MAXLEN) - 1)) + [0])
     }
     public static func u32(_ type: UInt8, _ value: UInt32) -> [UInt8] { tlv(type, value.hostBytes) }
 
+    /// The TLVs in order; a truncated last one is dropped. Ours, not `nftnl_udata_parse`: libnftnl 1.2.4
+    /// hands a TLV whose length runs past the end of the buffer to its callback (docs/STEERING.md).
     public static func parse(_ bytes: [UInt8]) -> [(UInt8, [UInt8])] {
         var out: [(UInt8, [UInt8])] = []
         var i = 0

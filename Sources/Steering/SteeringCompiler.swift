@@ -62,7 +62,7 @@ public enum SteeringCompiler {
             let name = SteeringNames.siteChain(d.name)
             let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                  + NFTUserdata.comment("class -> path to \(d.name)", type: NFTUserdata.setCommentType))
             maps.append(.init(set: map, elements: []))
             chains.append(NFTChain(family: family, table: table, name: name,
@@ -90,7 +90,7 @@ public enum SteeringCompiler {
         let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
                            flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
                            dataType: NFTSet.verdictDataType, dataLength: 0,
-                           userdata: NFTUserdata.u32(0, 2) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                           userdata: NFTUserdata.keyByteorder(.big) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
         let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owners: [SteeringNames.preroutingChain, SteeringNames.outputChain])
 
@@ -115,7 +115,7 @@ public enum SteeringCompiler {
                 }
                 if !m.dscp.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: .dscp, keyLength: 1,
-                                   userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
+                                   userdata: NFTUserdata.keyByteorder(.big) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
                     let dscp: [NFTExpression] = [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
                                                  .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
                                                  .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2)]
@@ -217,7 +217,7 @@ public enum SteeringCompiler {
             let name = SteeringNames.balanceChain(c.name, site)
             let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                  + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
             let elements = slots.enumerated().map { i, slot in
                 NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(SteeringNames.classPathChain(c.name, slot))))
@@ -252,7 +252,8 @@ public enum SteeringCompiler {
 
     /// nft's set userdata for concatenated interval keys (key byte order, then a typeof blob nft 1.0.6
     /// writes for `type a . b` sets); copied from what nft sends so `nft list` shows our sets like its own.
-    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
+    static let concatUserdata: [UInt8] = NFTUserdata.keyByteorder(.invalid)
+        + NFTUserdata.setField(.keyTypeof, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
 
     static let ipv4Only: [NFTExpression] = [
         .meta(key: NFT.metaNFProto, dreg: NFT.reg1),
@@ -274,7 +275,7 @@ public enum SteeringCompiler {
 
     static func prefixSet(_ name: String, comment: String) -> NFTSet {
         NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
-               userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
+               userdata: NFTUserdata.keyByteorder(.big) + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
     }
 
     /// Interval set elements as nft sends them for the rbtree backend: each merged range is a start element

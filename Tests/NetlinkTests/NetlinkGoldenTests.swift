@@ -270,6 +270,15 @@ let table = "patronus"
         }
     }
 
+    @Test func userdataTLVsReadBackAndATruncatedTailIsDropped() {
+        let u = NFTUserdata.keyByteorder(.big) + NFTUserdata.comment("class voip", type: NFTUserdata.setCommentType)
+        #expect(u == [0, 4, 2, 0, 0, 0, 7, 11] + Array("class voip".utf8) + [0])
+        #expect(NFTUserdata.parse(u).map(\.0) == [0, 7])
+        #expect(NFTUserdata.comment(in: u, type: NFTUserdata.setCommentType) == "class voip")
+        #expect(NFTUserdata.parse(u + [0xf0, 8, 1, 2]).count == 2)
+        #expect(NFTUserdata.comment(String(repeating: "x", count: 300)).count == 2 + 128)
+    }
+
     @Test func attributeTreeSeesValuesNestingAndListOrder() {
         let rule = NFTables.newRule(NFTRule(family: .inet, table: table, chain: "c", expressions: [.counter, .meta(key: .mark, dreg: .reg1)]))
         let swapped = NFTables.newRule(NFTRule(family: .inet, table: table, chain: "c", expressions: [.meta(key: .mark, dreg: .reg1), .counter]))
