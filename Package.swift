@@ -32,7 +32,7 @@ let package = Package(
         // Netlink sockets and batches: rtnetlink (links, addresses, routes, rules), nftables objects.
         .target(name: "Netlink", dependencies: ["CNetfilter"]),
         // SteeringPlan -> kernel: compile, diff, apply atomically, reconcile, remove.
-        .target(name: "Steering", dependencies: ["Model", "Netlink"]),
+        .target(name: "Steering", dependencies: ["Model", "Netlink", .product(name: "Logging", package: "swift-log")]),
         // Pure decisions: policies + path states -> SteeringPlan. No I/O.
         .target(name: "Routing", dependencies: ["Model"]),
         // SQLite schema, migrations and queries. The only module that speaks SQL.

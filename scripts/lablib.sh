@@ -23,21 +23,17 @@ lab_wait_up() {
     awk -v ns=$(( $(date +%s%N) - start )) 'BEGIN { printf "%.1f\n", ns / 1e9 }'
 }
 
-# The path slot SITE's kernel uses for CLASS towards DEST (from nft: the classify chain's ct mark for the
-# class, then the destination site's class -> path map).
-lab_class_slot() {
+# The path id (`paths.id`) SITE's kernel uses for CLASS towards DEST, from nft: the classify chain's ct mark
+# for the class, then the destination site's class -> path map (chains are named `<class>_path<id>`).
+lab_class_path() {
     local site=$1 class=$2 dest=$3 mark
     mark=$(ip netns exec "$LAB_NS-$site" nft list chain inet patronus classify | grep "comment \"class $class\"" | grep -o '| 0x[0-9a-f]*' | awk '{print $2}')
     ip netns exec "$LAB_NS-$site" nft list map inet patronus "site_$dest" | grep -o "$mark : goto ${class}_path[0-9]*" | grep -o '[0-9]*$'
 }
 
-# The uplink label (isp-a, isp-b, ...) of a path slot: its routing table names the tunnel, whose number
-# is the uplink's position.
-lab_slot_uplink() {
-    local site=$1 slot=$2 dev index
-    dev=$(ip netns exec "$LAB_NS-$site" ip route show table $((6200 + slot)) | grep -o 'dev [^ ]*' | head -1 | awk '{print $2}')
-    index=${dev##*[!0-9]}
-    printf 'isp-%s\n' "$(printf "\\x$(printf %x $((97 + index)))")"
+# The local uplink label (isp-a, isp-b, ...) of SITE's path ID, from its database.
+lab_path_uplink() {
+    sqlite3 "$LAB_STATE/$1.db" "SELECT local_label FROM paths WHERE id = $2"
 }
 
 # Streams VoIP-class UDP (160-byte datagrams to port 20000, RTP range) at 200 packets/s from hq's LAN host to

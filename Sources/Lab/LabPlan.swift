@@ -1,3 +1,5 @@
+import Model
+
 /// The lab's topology and addressing as a value: which namespaces, interfaces and addresses exist. Pure;
 /// `LabTopology` builds it. The plan is documented in docs/LAB.md ("Topology and addressing plan").
 ///
@@ -130,7 +132,7 @@ public struct LabPlan: Codable, Equatable, Sendable {
     public static let internetAddress = "100.64.0.254"
     public static let coreInterface = "core"
     /// The discovery port the routers listen on (`--peer` targets it).
-    public static let discoveryPort = 51821
+    public static let discoveryPort = Int(Conventions.discoveryPort)
 
     /// A plan for `sites` sites with `uplinks` uplinks each. `instance` (1-16 lowercase letters or digits)
     /// makes every namespace name unique: `lab up` uses "lab", tests a random one. `nat` (routed only) puts

@@ -18,7 +18,7 @@ public struct DiscoverySettings: Sendable, Equatable {
     public var timestampWindow: TimeInterval
     public var ttl: UInt8
 
-    public static let defaultGroup = SocketAddress4(IPv4Address(239, 255, 77, 77), port: 51821)
+    public static let defaultGroup = SocketAddress4(Conventions.multicastGroup, port: Conventions.discoveryPort)
 
     public init(uplinks: [String], peers: [SocketAddress4] = [], group: SocketAddress4 = DiscoverySettings.defaultGroup,
                 interval: Duration = .seconds(1), expiryIntervals: Int = 3, timestampWindow: TimeInterval = 60,

@@ -10,7 +10,7 @@ import Model
 /// site applies the same rule, so all converge on distinct addresses with no negotiation, and a site keeps
 /// its address across restarts as long as the set of smaller-id claimants does not change.
 public enum OverlayAddressing {
-    public static let defaultPool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)
+    public static let defaultPool = Conventions.overlayPool
 
     public static func candidate(for id: SiteID, in pool: IPv4Prefix, attempt: UInt32) -> IPv4Address {
         precondition(pool.length <= 30, "an overlay pool needs at least two usable addresses")

@@ -24,7 +24,7 @@ public struct TunnelSettings: Sendable, Equatable {
     public var pairing: PathPairing
     public var persistentKeepalive: UInt16
 
-    public init(interfacePrefix: String = "wg-sdwan", listenPort: UInt16 = 51820, pairing: PathPairing = .sameLabel,
+    public init(interfacePrefix: String = "wg-sdwan", listenPort: UInt16 = Conventions.wireGuardPort, pairing: PathPairing = .sameLabel,
                 persistentKeepalive: UInt16 = 25) {
         self.interfacePrefix = interfacePrefix
         self.listenPort = listenPort
@@ -32,13 +32,12 @@ public struct TunnelSettings: Sendable, Equatable {
         self.persistentKeepalive = persistentKeepalive
     }
 
-    /// Uplink slots are 1...15 (the mark field 0x0f000000 has 4 bits).
-    public static let maxUplinks = 15
-    public static let markMask: UInt32 = 0x0f00_0000
+    /// Uplink slots are 1...15 (`Conventions.uplinkSlots`: the mark field has 4 bits).
+    public static let maxUplinks = Conventions.uplinkSlots.count
 
     /// The socket mark of the tunnels of uplink `slot`: the steering layer routes it by that uplink
-    /// (`ip rule fwmark slot<<24/0x0f000000 -> table 6100+slot`).
-    public static func fwmark(slot: UInt8) -> UInt32 { UInt32(slot) << 24 }
+    /// (`Conventions.uplinkMark`).
+    public static func fwmark(slot: UInt8) -> UInt32 { Conventions.uplinkMark(slot: slot) }
 
     /// The port uplink `slot` announces: its interface's (same-label) or its block's base (all-pairs).
     public func listenPort(slot: UInt8) -> UInt16 {

@@ -1,9 +1,10 @@
 /// What the kernel should do with traffic to remote sites: the one value the pure Routing layer produces
 /// and the Steering layer applies. Printing it shows the whole decision; two plans compare with `==`.
 ///
-/// Kernel conventions it encodes (docs/STEERING.md): path slot 1...255 -> packet mark `slot << 16` under
-/// mask 0x00ff0000 and routing table 6200 + slot; class id 1...254 -> conntrack mark `id << 16` under the
-/// same mask (255 marks "no policy matched").
+/// Kernel conventions it encodes (`Conventions`, docs/STEERING.md): path slot 1...4094 -> packet mark
+/// `slot << 16` under 0x0fff0000 and routing table 6200 + slot; class id 1...254 -> conntrack mark `id << 16`
+/// under 0x00ff0000 (255 marks "no policy matched"); uplink slot 1...15 -> WireGuard's socket mark
+/// `slot << 28` and routing table 6100 + slot.
 public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible {
     /// Application classes, in match order (first match wins, like policy priority).
     public var classes: [TrafficClass]
@@ -11,27 +12,17 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     public var destinations: [Destination]
     /// For each (destination site, class): the path, or weighted buckets of paths.
     public var choices: [Choice]
+    /// The uplinks whose tunnels are pinned to them (by WireGuard's socket mark).
+    public var uplinks: [UplinkPin]
 
     public init(classes: [TrafficClass] = [], paths: [SteeringPath] = [], destinations: [Destination] = [],
-                choices: [Choice] = []) {
+                choices: [Choice] = [], uplinks: [UplinkPin] = []) {
         self.classes = classes
         self.paths = paths
         self.destinations = destinations
         self.choices = choices
+        self.uplinks = uplinks
     }
-
-    /// The bits of the packet and conntrack mark that steering owns. All other bits are preserved.
-    public static let markMask: UInt32 = 0x00ff_0000
-    /// First table number of the per-path routing tables (table = base + slot).
-    public static let tableBase: UInt32 = 6200
-    /// The ip-rule priority of the per-path `fwmark -> table` rules (inside our band 6200-6299).
-    public static let rulePriority: UInt32 = 6210
-    /// A packet carrying any value under `markMask` when it reaches our chains is already pinned to a path by
-    /// its sender (SO_MARK) and is not steered again. This value (slot 255) has no ip rule: the main table and
-    /// the socket's outgoing interface decide. The probe responder replies with it.
-    public static let pinnedMark: UInt32 = 0x00ff_0000
-    /// Class id that marks a flow no policy matched: classified once, never steered.
-    public static let unclassifiedID: UInt8 = 255
 
     /// One application class, from one policy.
     public struct TrafficClass: Hashable, Sendable, Codable, CustomStringConvertible {
@@ -51,7 +42,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
             self.counters = counters
         }
 
-        public var ctMark: UInt32 { UInt32(id) << 16 }
+        public var ctMark: UInt32 { Conventions.classMark(id: id) }
 
         public var description: String {
             let m = matches.map(SteeringPlan.describe).joined(separator: " | ")
@@ -61,8 +52,13 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
 
     /// One path: a tunnel interface towards one remote site.
     public struct SteeringPath: Hashable, Sendable, Codable, CustomStringConvertible {
-        /// 1...255; decides mark and table.
-        public var slot: UInt8
+        /// The path's identity, the same everywhere a person reads it: the `paths.id` of the database, the
+        /// `<class>_path<id>` chains and their comments, status, metrics and logs. Without a database (tests,
+        /// benches) the slot.
+        public var id: Int64
+        /// 1...4094: decides the packet mark and the routing table (`Conventions`). Internal; the `paths`
+        /// table has it as the `slot` column, and it equals the id whenever the id is a free slot.
+        public var slot: UInt16
         /// The WireGuard interface the path's traffic leaves by.
         public var interface: String
         /// The remote site this path reaches.
@@ -71,23 +67,50 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         public var gateway: IPv4Address?
         /// Which uplink/endpoint pair this is, for comments and status; optional.
         public var key: PathKey?
+        /// What a person needs to recognise the path in `nft list ruleset` (site, local uplink, remote
+        /// endpoint), e.g. "east via isp-a (eth1) to isp-b 198.51.100.2:51820"; nil: the key's words.
+        public var summary: String?
 
-        public init(slot: UInt8, interface: String, site: SiteID, gateway: IPv4Address? = nil, key: PathKey? = nil) {
+        public init(id: Int64? = nil, slot: UInt16, interface: String, site: SiteID, gateway: IPv4Address? = nil,
+                    key: PathKey? = nil, summary: String? = nil) {
+            self.id = id ?? Int64(slot)
             self.slot = slot
             self.interface = interface
             self.site = site
             self.gateway = gateway
             self.key = key
+            self.summary = summary
         }
 
-        public var mark: UInt32 { Self.mark(slot: slot) }
-        public var table: UInt32 { SteeringPlan.tableBase + UInt32(slot) }
-        /// The packet mark that selects the path of `slot` (its routing table leads into its tunnel).
-        public static func mark(slot: UInt8) -> UInt32 { UInt32(slot) << 16 }
+        public var mark: UInt32 { Conventions.pathMark(slot: slot) }
+        public var table: UInt32 { Conventions.pathTable(slot: slot) }
+
+        /// "path 7 (east via isp-a to isp-b, wg-sdwan0)": the words of chain comments and logs.
+        public var label: String {
+            let about = summary ?? key.map { "\($0.localLabel) to \($0.remoteLabel)" }
+            return "path \(id) (\(about.map { $0 + ", " } ?? "")\(interface))"
+        }
 
         public var description: String {
-            "path \(slot) dev \(interface)\(gateway.map { " via \($0)" } ?? "") -> site \(site) mark \(hex(mark)) table \(table)"
+            "path \(id) slot \(slot) dev \(interface)\(gateway.map { " via \($0)" } ?? "") -> site \(site) mark \(hex(mark)) table \(table)"
         }
+    }
+
+    /// One uplink whose tunnels are pinned to it: WireGuard's packets with the socket mark of `slot` take
+    /// the uplink's routing table, which copies the main table's routes out of `interface`.
+    public struct UplinkPin: Hashable, Sendable, Codable, CustomStringConvertible {
+        /// 1...15.
+        public var slot: UInt8
+        public var interface: String
+
+        public init(slot: UInt8, interface: String) {
+            self.slot = slot
+            self.interface = interface
+        }
+
+        public var mark: UInt32 { Conventions.uplinkMark(slot: slot) }
+        public var table: UInt32 { Conventions.uplinkTable(slot: slot) }
+        public var description: String { "uplink \(slot) dev \(interface) mark \(hex(mark)) table \(table)" }
     }
 
     /// A remote site and the prefixes reachable there (over every path to it).
@@ -108,13 +131,13 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
 
     /// Where one class's traffic to one site goes.
     public enum Target: Hashable, Sendable, Codable, CustomStringConvertible {
-        /// Every flow takes this path slot.
-        case path(UInt8)
+        /// Every flow takes the path of this slot.
+        case path(UInt16)
         /// A flow hash (source . destination address, so all flows of one call stay together) picks bucket
         /// i, which takes `slots[i]`. Weights are the number of buckets a path holds.
-        case buckets([UInt8])
+        case buckets([UInt16])
 
-        public var slots: Set<UInt8> {
+        public var slots: Set<UInt16> {
             switch self {
             case .path(let s): [s]
             case .buckets(let b): Set(b)
@@ -149,6 +172,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         lines += paths.map { "  " + $0.description }
         lines += destinations.map { "  " + $0.description }
         lines += choices.map { "  " + $0.description }
+        lines += uplinks.map { "  " + $0.description }
         return lines.joined(separator: "\n")
     }
 
@@ -170,16 +194,26 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         var out: [String] = []
         var ids = Set<UInt8>(), names = Set<String>()
         for c in classes {
-            if c.id == 0 || c.id == SteeringPlan.unclassifiedID { out.append("class \(c.name): id \(c.id) is not in 1...254") }
+            if !Conventions.classIDs.contains(c.id) { out.append("class \(c.name): id \(c.id) is not in \(Conventions.classIDs)") }
             if !ids.insert(c.id).inserted { out.append("class id \(c.id) is used twice") }
             if !names.insert(c.name).inserted { out.append("class name \(c.name) is used twice") }
             if !Policy.isValidName(c.name) { out.append("class name '\(c.name)' is not a valid policy name") }
         }
-        var slots = Set<UInt8>()
+        var slots = Set<UInt16>(), pathIDs = Set<Int64>()
         for p in paths {
-            if p.slot == 0 { out.append("path on \(p.interface): slot 0 is not in 1...255") }
+            if !Conventions.pathSlots.contains(p.slot) {
+                out.append("path \(p.id) on \(p.interface): slot \(p.slot) is not in \(Conventions.pathSlots) (at most \(Conventions.pathSlots.count) paths)")
+            }
             if !slots.insert(p.slot).inserted { out.append("path slot \(p.slot) is used twice") }
-            if !Uplink.isValidInterfaceName(p.interface) { out.append("path \(p.slot): interface name '\(p.interface)' is invalid") }
+            if p.id < 1 { out.append("path on \(p.interface): id \(p.id) is not positive") }
+            if !pathIDs.insert(p.id).inserted { out.append("path id \(p.id) is used twice") }
+            if !Uplink.isValidInterfaceName(p.interface) { out.append("path \(p.id): interface name '\(p.interface)' is invalid") }
+        }
+        var uplinkSlots = Set<UInt8>()
+        for u in uplinks {
+            if !Conventions.uplinkSlots.contains(u.slot) { out.append("uplink \(u.interface): slot \(u.slot) is not in \(Conventions.uplinkSlots)") }
+            if !uplinkSlots.insert(u.slot).inserted { out.append("uplink slot \(u.slot) is used twice") }
+            if !Uplink.isValidInterfaceName(u.interface) { out.append("uplink \(u.slot): interface name '\(u.interface)' is invalid") }
         }
         var sites = Set<SiteID>(), siteNames = Set<String>()
         for d in destinations {

@@ -6,25 +6,47 @@ import CNetfilter
 /// A policy-routing rule (`ip rule`), IPv4. Verbs map to netlink flags one to one:
 /// add = RTM_NEWRULE CREATE|EXCL, delete = RTM_DELRULE (matched on every field we set).
 public struct IPRule: Hashable, Sendable, CustomStringConvertible {
+    /// What a matching packet does: look a table up, jump to the rules of a later priority, or nothing
+    /// (a `nop` rule is a `goto` target).
+    public enum Action: Hashable, Sendable {
+        case lookup(UInt32)
+        case goto(UInt32)
+        case nop
+    }
+
     public var priority: UInt32
     public var fwmark: UInt32?
     public var fwmask: UInt32?
-    public var table: UInt32
+    public var action: Action
     /// rtnetlink protocol tag (FRA_PROTOCOL); lets an owner recognise its rules among foreign ones.
     public var protocolTag: UInt8
 
-    public init(priority: UInt32, fwmark: UInt32? = nil, fwmask: UInt32? = nil, table: UInt32, protocolTag: UInt8 = 0) {
+    public init(priority: UInt32, fwmark: UInt32? = nil, fwmask: UInt32? = nil, action: Action, protocolTag: UInt8 = 0) {
         self.priority = priority
         self.fwmark = fwmark
         self.fwmask = fwmask
-        self.table = table
+        self.action = action
         self.protocolTag = protocolTag
+    }
+
+    public init(priority: UInt32, fwmark: UInt32? = nil, fwmask: UInt32? = nil, table: UInt32, protocolTag: UInt8 = 0) {
+        self.init(priority: priority, fwmark: fwmark, fwmask: fwmask, action: .lookup(table), protocolTag: protocolTag)
+    }
+
+    /// The table a `lookup` rule names; nil for `goto` and `nop`.
+    public var table: UInt32? {
+        if case .lookup(let table) = action { table } else { nil }
     }
 
     public var description: String {
         var s = "priority \(priority)"
         if let fwmark { s += " fwmark " + hex(fwmark) + (fwmask.map { "/" + hex($0) } ?? "") }
-        return s + " table \(table) protocol \(protocolTag)"
+        switch action {
+        case .lookup(let table): s += " table \(table)"
+        case .goto(let target): s += " goto \(target)"
+        case .nop: s += " nop"
+        }
+        return s + " protocol \(protocolTag)"
     }
 }
 
@@ -114,14 +136,24 @@ public enum RouteNetlink {
     /// hdr.table = RT_TABLE_UNSPEC, as iproute2 does.
     public static func ruleMessage(_ rule: IPRule, delete: Bool = false) -> NetlinkMessage {
         var p: [UInt8] = [UInt8(AF_INET), 0, 0, 0] // family, dst_len, src_len, tos
-        p.append(rule.table < 256 ? UInt8(rule.table) : 0) // table
+        let table = rule.table ?? 0
+        p.append(table < 256 ? UInt8(table) : 0) // table
         p.append(0); p.append(0) // res1, res2
-        p.append(delete ? 0 : UInt8(FR_ACT_TO_TBL)) // action
+        let action: Int
+        switch rule.action {
+        case .lookup: action = FR_ACT_TO_TBL
+        case .goto: action = FR_ACT_GOTO
+        case .nop: action = FR_ACT_NOP
+        }
+        // A delete of a lookup rule matches by attributes (action 0, as iproute2 sends it); the kernel
+        // refuses FRA_GOTO without the goto action.
+        p.append(delete && action == FR_ACT_TO_TBL ? 0 : UInt8(action))
         p.appendHost(UInt32(0)) // flags
         var a = AttributeWriter()
         if let fwmark = rule.fwmark { a.putHostU32(t(FRA_FWMARK), fwmark) }
         if let fwmask = rule.fwmask { a.putHostU32(t(FRA_FWMASK), fwmask) }
-        a.putHostU32(t(FRA_TABLE), rule.table)
+        if rule.table != nil { a.putHostU32(t(FRA_TABLE), table) }
+        if case .goto(let target) = rule.action { a.putHostU32(t(FRA_GOTO), target) }
         a.putHostU32(t(FRA_PRIORITY), rule.priority)
         if rule.protocolTag != 0 { a.putU8(t(FRA_PROTOCOL), rule.protocolTag) }
         return NetlinkMessage(type: UInt16(delete ? RTM_DELRULE : RTM_NEWRULE),
@@ -133,14 +165,23 @@ public enum RouteNetlink {
         NetlinkMessage(type: UInt16(RTM_GETRULE), flags: 0, payload: [UInt8(AF_INET), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
     }
 
-    /// Parses one RTM_NEWRULE dump entry; returns nil for rules that are not simple `lookup table` rules.
+    /// Parses one RTM_NEWRULE dump entry; returns nil for rules that are not `lookup`, `goto` or `nop` rules.
     public static func parseRule(_ m: NetlinkMessage) throws(NetlinkError) -> IPRule? {
-        guard m.type == UInt16(RTM_NEWRULE), m.payload.count >= 12 else { return nil }
-        guard m.payload[0] == UInt8(AF_INET), m.payload[7] == UInt8(FR_ACT_TO_TBL) else { return nil }
+        guard m.type == UInt16(RTM_NEWRULE), m.payload.count >= 12, m.payload[0] == UInt8(AF_INET) else { return nil }
         let attrs = try AttributeList(parsing: Array(m.payload[12...]))
-        let table = attrs[FRA_TABLE]?.hostU32 ?? UInt32(m.payload[4])
-        return IPRule(priority: attrs[FRA_PRIORITY]?.hostU32 ?? 0, fwmark: attrs[FRA_FWMARK]?.hostU32,
-                      fwmask: attrs[FRA_FWMASK]?.hostU32, table: table, protocolTag: attrs[FRA_PROTOCOL]?.u8 ?? 0)
+        let action: IPRule.Action
+        switch Int(m.payload[7]) {
+        case FR_ACT_TO_TBL: action = .lookup(attrs[FRA_TABLE]?.hostU32 ?? UInt32(m.payload[4]))
+        case FR_ACT_GOTO:
+            guard let target = attrs[FRA_GOTO]?.hostU32 else { return nil }
+            action = .goto(target)
+        case FR_ACT_NOP: action = .nop
+        default: return nil
+        }
+        // The kernel leaves FRA_FWMARK out when the mark is 0, even under a mask (`fwmark 0/0xfff0000`).
+        let fwmask = attrs[FRA_FWMASK]?.hostU32
+        return IPRule(priority: attrs[FRA_PRIORITY]?.hostU32 ?? 0, fwmark: attrs[FRA_FWMARK]?.hostU32 ?? fwmask.map { _ in 0 },
+                      fwmask: fwmask, action: action, protocolTag: attrs[FRA_PROTOCOL]?.u8 ?? 0)
     }
 
     // MARK: routes

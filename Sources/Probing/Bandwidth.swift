@@ -100,8 +100,8 @@ public struct TrainMeasurement: Sendable {
 /// like the responder's.
 public final class BandwidthReceiver: @unchecked Sendable {
     public struct Configuration: Hashable, Sendable {
-        public var port: UInt16 = 51823
-        public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        public var port = Conventions.bandwidthPort
+        public var allowedSources: [IPv4Prefix] = [Conventions.overlayPool]
         /// SO_MARK for reports, as for the probe responder's replies: the daemon's pinned mark keeps its own
         /// steering from moving a report off the tunnel its train came in on.
         public var replyMark: UInt32?

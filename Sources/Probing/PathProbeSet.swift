@@ -109,7 +109,7 @@ public final class PathProbeSet: @unchecked Sendable {
     /// after, so the test never makes its own path look lossy or dead.
     /// Without `test`, the test is sized for the path's last estimate (`BandwidthTest.sized(forMbps:)`).
     public func measureBandwidth(path: String, test: BandwidthTest? = nil,
-                                 receiverPort: UInt16 = 51823, sharingUplink: [String] = [],
+                                 receiverPort: UInt16 = Conventions.bandwidthPort, sharingUplink: [String] = [],
                                  settle: Duration = .milliseconds(300)) async throws(BandwidthTest.Failure)
         -> BandwidthEstimate? {
         guard let prober = lock.withLock({ probers[path] }) else { return nil }

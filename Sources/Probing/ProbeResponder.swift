@@ -11,10 +11,10 @@ import Model
 /// responder cannot amplify. Cost: one socket and one thread blocked in recvmsg; ~2 syscalls per probe.
 public final class ProbeResponder: @unchecked Sendable {
     public struct Configuration: Hashable, Sendable {
-        public var port: UInt16 = 51822
+        public var port = Conventions.probePort
         public var bindAddress = IPv4Address(0)
         /// Requests from other sources are dropped. Default: the overlay pool, i.e. only through tunnels.
-        public var allowedSources: [IPv4Prefix] = [IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)]
+        public var allowedSources: [IPv4Prefix] = [Conventions.overlayPool]
         /// The receive thread's nice value when the kernel allows it (nil: inherit): a busy CPU should not
         /// delay replies into misses on the probing side. Under a flood it still only gets its fair share.
         public var niceness: Int32? = -10

@@ -1,6 +1,7 @@
 import Logging
 import Model
 import Routing
+import Steering
 
 /// Installs a plan in the kernel. The real one is the Steering layer (one netlink batch per change).
 public protocol PlanApplier: Sendable {
@@ -47,7 +48,7 @@ public actor Controller {
     private var sites: [SiteID: RemoteSite] = [:]
     private var bindings: [PathKey: PathBinding] = [:]
     private var states: [PathKey: PathState] = [:]
-    private var classNumbers = StableNumbering<String>(range: 1...254)
+    private var classNumbers = StableNumbering<String, UInt8>(range: Int(Conventions.classIDs.lowerBound)...Int(Conventions.classIDs.upperBound))
     private var routing = RoutingState()
     public private(set) var installed: SteeringPlan?
     public private(set) var failovers: UInt64 = 0
@@ -130,6 +131,8 @@ public actor Controller {
             logger.info("steering moved", metadata: [
                 "policy": "\(change.key.policy)", "site": "\(sites[change.key.site]?.name ?? "\(change.key.site)")",
                 "from": "\(from.map(name(of:)) ?? "-")", "to": "\(to.map(name(of:)) ?? "-")",
+                "from_path": "\(from.flatMap { bindings[$0]?.id }.map(String.init) ?? "-")",
+                "to_path": "\(to.flatMap { bindings[$0]?.id }.map(String.init) ?? "-")",
                 "reason": "\(change.reason.rawValue)",
             ])
         }
@@ -144,3 +147,5 @@ public actor Controller {
         Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
     }
 }
+
+extension KernelSteering: PlanApplier {}

@@ -1,7 +1,6 @@
 import Foundation
 import Logging
 import Mesh
-import Netlink
 import Model
 import Probing
 import ServiceLifecycle
@@ -46,15 +45,12 @@ public struct Daemon: Sendable {
             logger.info("loaded the default policies into \(files.database)")
         }
 
-        // Subscribed before the interfaces are read, so that no change falls between the read and the
-        // notifications the UplinkWatcher follows.
-        let monitor = try RouteMonitor()
+        // The monitor subscribes before it reads the uplinks' state, so that no change falls between the
+        // read and the notifications the UplinkWatcher follows.
         let inventory = try InterfaceInventory.read()
         let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
-        var tracker = UplinkTracker(uplinks: uplinks)
-        let rtnl = try RouteNetlinkClient()
-        _ = tracker.reset(links: try rtnl.links(), addresses: try rtnl.addresses(),
-                          routes: try rtnl.routes(table: UplinkTracker.mainTable))
+        let monitor = try UplinkMonitor(uplinks: uplinks)
+        let tracker = monitor.initial
         for state in tracker.states where state.index == nil || state.address == nil {
             logger.notice("uplink \(state.uplink) is \(state.index == nil ? "absent" : "without an address") now: used when it is ready")
         }
@@ -78,7 +74,7 @@ public struct Daemon: Sendable {
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
                                           addresses: [TunnelAddress(overlay, prefixLength: 32)])
         do {
-            try await steering.pinUplinks(UplinkWatcher.bindings(uplinks))
+            try await steering.pinUplinks(UplinkWatcher.pinned(uplinks))
             try await serve(store: store, siteID: siteID, privateKey: privateKey, authentication: authentication,
                             identity: identity, revocationListPath: configuration.revocationListPath ?? files.revocationList,
                             uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
@@ -116,7 +112,7 @@ public struct Daemon: Sendable {
     private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
                        identity: DiscoveryService.Identity, revocationListPath: String,
                        uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
-                       steering: KernelSteering, reconciler: TunnelReconciler, monitor: RouteMonitor,
+                       steering: KernelSteering, reconciler: TunnelReconciler, monitor: UplinkMonitor,
                        tracker: UplinkTracker) async throws {
         let local = SiteDescription(siteID: siteID, name: configuration.siteName, publicKey: privateKey.publicKey,
                                     overlay: overlay, lanPrefixes: configuration.lanPrefixes, endpoints: endpoints)
@@ -130,7 +126,7 @@ public struct Daemon: Sendable {
         let driver = TunnelDriver(discovery: discovery, reconciler: reconciler, uplinks: uplinks,
                                   settings: tunnelSettings, logger: logger)
         var responderConfiguration = ProbeResponder.Configuration()
-        responderConfiguration.replyMark = SteeringPlan.pinnedMark
+        responderConfiguration.replyMark = Conventions.pinnedMark
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
         let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
@@ -149,7 +145,7 @@ public struct Daemon: Sendable {
                                   probeInterval: configuration.probeInterval, logger: logger)
         // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
         var receiverConfiguration = BandwidthReceiver.Configuration()
-        receiverConfiguration.replyMark = SteeringPlan.pinnedMark
+        receiverConfiguration.replyMark = Conventions.pinnedMark
         let bandwidthReceiver = try BandwidthReceiver(configuration: receiverConfiguration, logger: logger) { interfaceIndex in
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
             guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
@@ -179,9 +175,10 @@ public struct Daemon: Sendable {
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
                                 logger: logger),
-            UplinkWatcher(monitor: monitor, initial: tracker, settings: tunnelSettings, steering: steering,
+            UplinkWatcher(monitor: monitor, settings: tunnelSettings, steering: steering,
                           discovery: discovery, driver: driver, runtime: runtime, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
+            DriftRepair(steering: steering),
             FileWatcher(path: revocationListPath) { [logger] path in
                 do {
                     if let refused = discovery.add(try TrustFiles.revocationList(at: path)), refused != .staleRevocationList {
@@ -504,6 +501,21 @@ struct PolicyWatcher: Service {
 }
 
 /// Runs `body` until graceful shutdown; the cancellation that shutdown causes is the normal way out.
+/// Looks for foreign changes to our kernel state a few times a second and puts ours back
+/// (`KernelSteering.repairDrift`): `nft delete table inet patronus`, `ip rule flush`, a deleted route.
+struct DriftRepair: Service {
+    let steering: KernelSteering
+
+    func run() async throws {
+        try await untilShutdown {
+            while !Task.isCancelled {
+                try await Task.sleep(for: KernelSteering.driftCheckInterval)
+                await steering.repairDrift()
+            }
+        }
+    }
+}
+
 func untilShutdown(_ body: @escaping @Sendable () async throws -> Void) async throws {
     do {
         try await cancelWhenGracefulShutdown(body)

@@ -5,14 +5,14 @@ import WireGuard
 /// Everything `patronus-router run` was asked to do, validated. The CLI builds it from flags; tests and the
 /// lab build it directly. `validate()` holds every rule, so any way of building one gets the same checks.
 public struct RouterConfiguration: Hashable, Sendable {
-    public static let defaultListenPort: UInt16 = 51820
+    public static let defaultListenPort = Conventions.wireGuardPort
     public static let defaultDatabasePath = "sdwan.db"
     public static let defaultInterfaceName = "wg-sdwan"
-    public static let defaultMulticastGroup = SocketAddress4(IPv4Address(239, 255, 77, 77), port: 51821)
+    public static let defaultMulticastGroup = SocketAddress4(Conventions.multicastGroup, port: Conventions.discoveryPort)
     public static let defaultProbeInterval = Duration.milliseconds(50)
     public static let probeIntervalRange = 10...10_000
     public static let defaultStatusInterval = Duration.seconds(30)
-    public static let overlayPool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)
+    public static let overlayPool = Conventions.overlayPool
     public static let defaultMetricsRetention = Duration.seconds(7 * 24 * 3600)
     /// How often every path's bandwidth is measured again after its first test (15 minutes): a test costs the
     /// path a 368 kB burst, and capacity changes slowly.

@@ -4,6 +4,8 @@ import Synchronization
 
 /// One path as the metrics endpoint shows it.
 public struct PathSample: Hashable, Sendable {
+    /// The path's id (`paths.id`, the `<class>_path<id>` chains): the `path_id` label.
+    public var pathID: Int64
     public var path: String
     public var site: String
     public var uplink: String
@@ -13,8 +15,9 @@ public struct PathSample: Hashable, Sendable {
     public var transmitBytes: UInt64
     public var receiveBytes: UInt64
 
-    public init(path: String, site: String, uplink: String, status: PathStatus, metrics: PathMetrics?,
+    public init(pathID: Int64, path: String, site: String, uplink: String, status: PathStatus, metrics: PathMetrics?,
                 transmitBytes: UInt64, receiveBytes: UInt64) {
+        self.pathID = pathID
         self.path = path
         self.site = site
         self.uplink = uplink
@@ -25,18 +28,20 @@ public struct PathSample: Hashable, Sendable {
     }
 }
 
-/// What our nft counters saw for one traffic class on one path (the `<class>_path<slot>` chain), whether
+/// What our nft counters saw for one traffic class on one path (the `<class>_path<id>` chain), whether
 /// or not the class is on that path now.
 public struct ClassSample: Hashable, Sendable {
     public var policy: String
     public var site: String
+    public var pathID: Int64
     public var path: String
     public var packets: UInt64
     public var bytes: UInt64
 
-    public init(policy: String, site: String, path: String, packets: UInt64, bytes: UInt64) {
+    public init(policy: String, site: String, pathID: Int64, path: String, packets: UInt64, bytes: UInt64) {
         self.policy = policy
         self.site = site
+        self.pathID = pathID
         self.path = path
         self.packets = packets
         self.bytes = bytes
@@ -47,11 +52,13 @@ public struct ClassSample: Hashable, Sendable {
 public struct SelectionSample: Hashable, Sendable {
     public var policy: String
     public var site: String
+    public var pathID: Int64
     public var path: String
 
-    public init(policy: String, site: String, path: String) {
+    public init(policy: String, site: String, pathID: Int64, path: String) {
         self.policy = policy
         self.site = site
+        self.pathID = pathID
         self.path = path
     }
 }
@@ -120,7 +127,7 @@ public final class RouterMetrics: Sendable {
             }
 
             for path in sample.paths {
-                let labels = [("path", path.path), ("site", path.site), ("uplink", path.uplink)]
+                let labels = [("path_id", "\(path.pathID)"), ("path", path.path), ("site", path.site), ("uplink", path.uplink)]
                 for status in PathStatus.allCases {
                     gauge("path_status", "1 for the path's current status (up, degraded, down)",
                           labels + [("status", status.rawValue)], path.status == status ? 1 : 0)
@@ -147,10 +154,11 @@ public final class RouterMetrics: Sendable {
             }
             for selection in sample.selections {
                 gauge("class_selected_path", "1 on the path a policy's traffic to a site takes",
-                      [("policy", selection.policy), ("site", selection.site), ("path", selection.path)], 1)
+                      [("policy", selection.policy), ("site", selection.site), ("path_id", "\(selection.pathID)"),
+                       ("path", selection.path)], 1)
             }
             for cls in sample.classes {
-                let labels = [("policy", cls.policy), ("site", cls.site), ("path", cls.path)]
+                let labels = [("policy", cls.policy), ("site", cls.site), ("path_id", "\(cls.pathID)"), ("path", cls.path)]
                 counter("class_packets_total", "Packets steered for the policy on the path (nft counter)", labels,
                         cls.packets)
                 counter("class_bytes_total", "Bytes steered for the policy on the path (nft counter)", labels,

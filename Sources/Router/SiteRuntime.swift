@@ -18,7 +18,7 @@ actor SiteRuntime {
     let probeInterval: Duration
     let logger: Logger
 
-    private var slots = StableNumbering<PathKey>(range: 1...254)  // 255 is the reserved "pinned" mark
+    private var slots = StableNumbering<PathKey, UInt16>(range: Int(Conventions.pathSlots.lowerBound)...Int(Conventions.pathSlots.upperBound))
     private var paths: [String: PlannedRoute] = [:]            // by probe name
     private var pathIDs: [PathKey: PathID] = [:]
     private var lastTopology: [PathBinding] = []
@@ -69,17 +69,37 @@ actor SiteRuntime {
     /// a site stays known for as long as any path to it works.
     @discardableResult
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async -> [TunnelRoute] {
-        let numbers = slots.update(plan.paths.map(Self.key(of:)))
+        // Database rows first: a path's id names it everywhere (chains, status, metrics), and its slot is
+        // the id whenever that slot is free.
+        for path in plan.paths {
+            let key = Self.key(of: path)
+            do {
+                pathIDs[key] = try store.upsertPath(to: key.site, uplink: path.uplink, endpoint: path.remoteEndpoint,
+                                                    wgInterface: path.interface)
+            } catch {
+                logger.error("recording path \(key): \(error)")
+            }
+        }
+        let numbers = slots.update(plan.paths.map(Self.key(of:))) { key in self.pathIDs[key].map(Int.init) }
         var routes: [String: PlannedRoute] = [:]
         for path in plan.paths {
             let key = Self.key(of: path)
             guard let slot = numbers[key] else {
-                logger.error("no steering slot left for path \(key): at most 254 paths")
+                logger.error("no steering slot left for path \(key): at most \(Conventions.pathSlots.count) paths at once")
                 continue
             }
             let name = key.name(siteName: path.remoteName)
-            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, slot: slot, interface: path.interface),
+            let summary = "\(path.remoteName) via \(path.uplink.label) (\(path.uplink.interface)) to \(path.remoteEndpoint.label) \(path.remoteEndpoint.address)"
+            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, id: pathIDs[key], slot: slot,
+                                                                       interface: path.interface, summary: summary),
                                         path: path)
+        }
+        do {
+            try store.setPathSlots(Dictionary(routes.values.compactMap { route in
+                pathIDs[route.key].map { ($0, route.binding.slot) }
+            }, uniquingKeysWith: { a, _ in a }))
+        } catch {
+            logger.error("recording path slots: \(error)")
         }
         let remoteSites = sites.map { announcement in
             RemoteSite(id: announcement.site.siteID, name: announcement.site.name,
@@ -104,7 +124,7 @@ actor SiteRuntime {
                 var configuration = ProbeConfiguration()
                 configuration.interval = probeInterval
                 configuration.rttWindow = Self.latencyWindowSamples(probeInterval: probeInterval)
-                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: 51822),
+                try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: Conventions.probePort),
                                            pinning: .mark(route.binding.mark)),
                                configuration: configuration)
             } catch {
@@ -117,16 +137,7 @@ actor SiteRuntime {
             bandwidthMeasured.remove(name)
         }
 
-        // Database rows: every current path; paths that left are marked down (their history stays).
-        for (_, route) in routes {
-            do {
-                pathIDs[route.key] = try store.upsertPath(to: route.key.site, uplink: route.path.uplink,
-                                                          endpoint: route.path.remoteEndpoint,
-                                                          wgInterface: route.path.interface)
-            } catch {
-                logger.error("recording path \(route.key): \(error)")
-            }
-        }
+        // Paths that left are marked down (their history stays).
         for (name, route) in paths where routes[name] == nil {
             if let id = pathIDs[route.key] { try? store.setPathStatus(id, status: .down, score: 0) }
         }
@@ -218,7 +229,9 @@ actor SiteRuntime {
             logger.error("steering after a path change failed: \(error)")
         }
         if let change = event.change {
-            logger.info("path \(change.to.rawValue)", metadata: ["path": "\(event.path)", "reason": "\(change.reason)"])
+            logger.info("path \(change.to.rawValue)", metadata: [
+                "path": "\(event.path)", "path_id": "\(route.binding.id)", "reason": "\(change.reason)",
+            ])
             if let id = pathIDs[route.key] {
                 // The status and the measurements that decided it, together: a report read right after a
                 // path came back never shows its new status beside the loss of its outage.
@@ -308,12 +321,13 @@ actor SiteRuntime {
     /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
     /// when the policy balances): for the metrics endpoint and the dashboard.
     func selectionSamples(_ selections: [SelectionKey: Selection], siteNames: [SiteID: String]) -> [SelectionSample] {
-        let names = Dictionary(paths.map { ($0.value.key, $0.key) }, uniquingKeysWith: { a, _ in a })
+        let byKey = Dictionary(paths.map { ($0.value.key, ($0.key, $0.value.binding.id)) }, uniquingKeysWith: { a, _ in a })
         var samples: [SelectionSample] = []
         for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
             for path in selection.paths.sorted() {
+                guard let (name, id) = byKey[path] else { continue } // not planned (yet): no kernel path
                 samples.append(SelectionSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
-                                               path: names[path] ?? "\(path)"))
+                                               pathID: id, path: name))
             }
         }
         return samples
@@ -336,17 +350,17 @@ actor SiteRuntime {
             var metrics = state?.metrics
             metrics?.throughputTxMbps = carried[name]?.transmitMbps
             metrics?.throughputRxMbps = carried[name]?.receiveMbps
-            sample.paths.append(PathSample(path: name, site: route.path.remoteName, uplink: route.key.localLabel,
+            sample.paths.append(PathSample(pathID: route.binding.id, path: name, site: route.path.remoteName, uplink: route.key.localLabel,
                                            status: state?.status ?? .down, metrics: metrics,
                                            transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
         }
         sample.selections = selectionSamples(selections, siteNames: siteNames)
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
-        let bySlot = Dictionary(paths.map { ($0.value.binding.slot, $0) }, uniquingKeysWith: { a, _ in a })
+        let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })
         for counter in counters.paths {
-            guard let (name, route) = bySlot[counter.slot] else { continue }
-            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, path: name,
+            guard let (name, route) = byID[counter.pathID] else { continue }
+            sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, pathID: counter.pathID, path: name,
                                               packets: counter.packets, bytes: counter.bytes))
         }
         sample.classes.sort { ($0.policy, $0.site, $0.path) < ($1.policy, $1.site, $1.path) }

@@ -1,7 +1,6 @@
 import Logging
 import Mesh
 import Model
-import Netlink
 import ServiceLifecycle
 import Steering
 
@@ -13,9 +12,7 @@ import Steering
 /// named with `--uplink` that is absent at start is used when it appears; one that disappears is dropped
 /// (its endpoint withdrawn, its paths down) until it comes back.
 struct UplinkWatcher: Service {
-    let monitor: RouteMonitor
-    /// The state the daemon started from (read after `monitor` subscribed).
-    let initial: UplinkTracker
+    let monitor: UplinkMonitor
     let settings: TunnelSettings
     let steering: KernelSteering
     let discovery: DiscoveryService
@@ -24,10 +21,8 @@ struct UplinkWatcher: Service {
     let runtime: SiteRuntime
     let logger: Logger
 
-    /// The pinning of each configured uplink, by its position (slot 1, 2, ...).
-    static func bindings(_ uplinks: [Uplink]) -> [UplinkPinning.Binding] {
-        uplinks.enumerated().map { UplinkPinning.Binding(slot: UInt8($0.offset + 1), interface: $0.element.interface) }
-    }
+    /// The interfaces of the configured uplinks, in slot order (slot 1, 2, ...), for `KernelSteering.pinUplinks`.
+    static func pinned(_ uplinks: [Uplink]) -> [String] { uplinks.map(\.interface) }
 
     /// What we announce for the uplinks' current addresses.
     static func endpoints(_ tracker: UplinkTracker, settings: TunnelSettings) -> [Endpoint] {
@@ -35,61 +30,19 @@ struct UplinkWatcher: Service {
     }
 
     func run() async throws {
-        let tracker = initial
         let uplinkPaths = runtime.uplinkPaths
-        // The fast path runs on the monitor's thread, not in the task pool (busy with tunnels, probes and
-        // the database at times): an uplink that stops has its paths down within the kernel's notification.
-        let labels = Dictionary(tracker.uplinks.map { ($0.interface, $0.label) }, uniquingKeysWith: { first, _ in first })
-        monitor.start { batch in
-            for event in batch {
-                switch event {
-                case .link(let link):
-                    if !link.isRunning, let label = labels[link.name] { uplinkPaths.stopped(label) }
-                case .linkRemoved(let link):
-                    if let label = labels[link.name] { uplinkPaths.stopped(label) }
-                default:
-                    break
-                }
-            }
-        }
+        let labels = Dictionary(monitor.initial.uplinks.map { ($0.interface, $0.label) }, uniquingKeysWith: { first, _ in first })
+        // The fast path: an uplink that stops has its paths down within the kernel's notification.
+        let steering = steering
+        monitor.start(stopped: { interface in
+            if let label = labels[interface] { uplinkPaths.stopped(label) }
+        }, ourRouteRemoved: {
+            steering.routesTouched.withLock { $0 = true }
+        })
         defer { monitor.stop() }
-        try await untilShutdown { [initial] in
-            var tracker = initial
-            for await batch in monitor.events {
-                var changes: [UplinkChange] = []
-                for event in batch {
-                    if event == .overrun {
-                        logger.warning("rtnetlink notifications were lost: reading the uplinks again")
-                        do {
-                            let client = try RouteNetlinkClient()
-                            changes += tracker.reset(links: try client.links(), addresses: try client.addresses(),
-                                                     routes: try client.routes(table: UplinkTracker.mainTable))
-                        } catch {
-                            logger.error("reading the uplinks failed: \(error)")
-                        }
-                    } else {
-                        changes += tracker.apply(event)
-                    }
-                }
-                await react(to: Self.merged(changes), tracker)
-            }
+        try await untilShutdown {
+            await monitor.follow(logger: logger) { changes, tracker in await react(to: changes, tracker) }
         }
-    }
-
-    /// One change per uplink: from its state before the batch to its state after.
-    static func merged(_ changes: [UplinkChange]) -> [UplinkChange] {
-        var order: [String] = []
-        var byInterface: [String: UplinkChange] = [:]
-        for change in changes {
-            let name = change.before.uplink.interface
-            if let first = byInterface[name] {
-                byInterface[name] = UplinkChange(before: first.before, after: change.after)
-            } else {
-                order.append(name)
-                byInterface[name] = change
-            }
-        }
-        return order.compactMap { byInterface[$0] }.filter { $0.before != $0.after }
     }
 
     private func react(to changes: [UplinkChange], _ tracker: UplinkTracker) async {
@@ -102,7 +55,7 @@ struct UplinkWatcher: Service {
         }
         if changes.contains(where: \.needsPinning) {
             do {
-                try await steering.pinUplinks(Self.bindings(tracker.uplinks))
+                try await steering.pinUplinks(Self.pinned(tracker.uplinks))
             } catch {
                 logger.error("rewriting the per-uplink routing tables failed: \(error)")
             }

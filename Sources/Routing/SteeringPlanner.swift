@@ -14,54 +14,80 @@ public struct RemoteSite: Hashable, Sendable {
     }
 }
 
-/// A path as the kernel knows it: its slot and the tunnel interface its traffic leaves by.
+/// A path as the kernel knows it: its identity (the `paths.id`), its slot (mark and table) and the tunnel
+/// interface its traffic leaves by.
 public struct PathBinding: Hashable, Sendable {
     public var key: PathKey
-    public var slot: UInt8
+    /// The `paths.id` of the database (the slot where there is none).
+    public var id: Int64
+    public var slot: UInt16
     public var interface: String
+    /// Site, uplink and remote endpoint in words, for the ruleset's comments.
+    public var summary: String?
 
-    public init(key: PathKey, slot: UInt8, interface: String) {
+    public init(key: PathKey, id: Int64? = nil, slot: UInt16, interface: String, summary: String? = nil) {
         self.key = key
+        self.id = id ?? Int64(slot)
         self.slot = slot
         self.interface = interface
+        self.summary = summary
     }
 
     /// The packet mark that pins a datagram to this path (probes, announcements through the tunnel).
-    public var mark: UInt32 { SteeringPlan.SteeringPath.mark(slot: slot) }
+    public var mark: UInt32 { Conventions.pathMark(slot: slot) }
 }
 
 /// Hands out small numbers that must stay the same for a name as long as it exists: class ids (they live in
 /// the conntrack marks of flows already classified) and path slots (they live in packet marks and table
 /// numbers). A released number is reused only after every never-used one, so a stale conntrack mark from a
-/// deleted class is unlikely to meet a new class with its id.
-public struct StableNumbering<Name: Hashable & Sendable>: Sendable {
-    public private(set) var assigned: [Name: UInt8] = [:]
-    private var released: [UInt8] = []
+/// deleted class is unlikely to meet a new class with its id. A name may prefer a number (a path its
+/// `paths.id`, so slot and id agree): it gets it when that number is free.
+public struct StableNumbering<Name: Hashable & Sendable, Number: FixedWidthInteger & Sendable>: Sendable {
+    public private(set) var assigned: [Name: Number] = [:]
+    private var inUse: Set<Number> = []
+    private var released: [Number] = []
     private var next: Int
     private let range: ClosedRange<Int>
 
     public init(range: ClosedRange<Int>) {
+        precondition(range.lowerBound >= Int(Number.min) && range.upperBound <= Int(Number.max))
         self.range = range
         self.next = range.lowerBound
     }
 
     /// Gives every name in `names` a number (keeping existing ones), releases names no longer present.
-    /// Returns nil for names that could not get a number because the range is exhausted.
-    public mutating func update(_ names: some Sequence<Name>) -> [Name: UInt8] {
+    /// Names that could not get a number because the range is exhausted are missing from the result.
+    public mutating func update(_ names: some Sequence<Name>, preferring preferred: (Name) -> Int? = { _ in nil })
+        -> [Name: Number] {
         let wanted = Set(names)
         for (name, number) in assigned where !wanted.contains(name) {
             assigned[name] = nil
+            inUse.remove(number)
             released.append(number)
         }
         for name in names where assigned[name] == nil {
-            if next <= range.upperBound {
-                assigned[name] = UInt8(next)
-                next += 1
-            } else if !released.isEmpty {
-                assigned[name] = released.removeFirst()
+            if let p = preferred(name), range.contains(p), !inUse.contains(Number(p)) {
+                take(Number(p), for: name)
+            } else if let number = nextFree() {
+                take(number, for: name)
             }
         }
         return assigned
+    }
+
+    private mutating func take(_ number: Number, for name: Name) {
+        assigned[name] = number
+        inUse.insert(number)
+        released.removeAll { $0 == number }
+    }
+
+    private mutating func nextFree() -> Number? {
+        while next <= range.upperBound {
+            let number = Number(next)
+            next += 1
+            if !inUse.contains(number) { return number }
+        }
+        return released.first { !inUse.contains($0) }
     }
 }
 
@@ -82,7 +108,8 @@ public enum SteeringPlanner {
         }
         let slotOf = Dictionary(uniqueKeysWithValues: paths.map { ($0.key, $0.slot) })
         let steeringPaths = paths.sorted { $0.slot < $1.slot }.map {
-            SteeringPlan.SteeringPath(slot: $0.slot, interface: $0.interface, site: $0.key.site, key: $0.key)
+            SteeringPlan.SteeringPath(id: $0.id, slot: $0.slot, interface: $0.interface, site: $0.key.site, key: $0.key,
+                                      summary: $0.summary)
         }
         let reachable = Set(paths.map(\.key.site))
         var usedNames = Set<String>()

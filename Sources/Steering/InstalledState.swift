@@ -37,23 +37,14 @@ public struct InstalledState: Sendable, Equatable {
                 }
             }
         }
-        s.ipRules = try rtnl.rules().filter(isOurs)
+        s.ipRules = try rtnl.rules().filter(SteeringNames.isOurs)
         let names = Dictionary(try rtnl.links().map { ($0.index, $0.name) }, uniquingKeysWith: { a, _ in a })
-        s.routes = try rtnl.routes().filter(isOurs).map {
+        s.routes = try rtnl.routes().filter(SteeringNames.isOurs).map {
             SteeringRuleset.Route(prefix: IPv4Prefix(IPv4Address($0.destination), length: $0.prefixLength), table: $0.table,
                                   interface: names[$0.outputInterface] ?? "#\($0.outputInterface)",
                                   gateway: $0.gateway.map(IPv4Address.init))
         }
         return s
-    }
-
-    static func isOurs(_ rule: IPRule) -> Bool {
-        rule.protocolTag == SteeringNames.protocolTag && SteeringNames.ruleBand.contains(rule.priority)
-            && SteeringNames.tableRange.contains(rule.table)
-    }
-
-    static func isOurs(_ route: IPRoute) -> Bool {
-        route.protocolTag == SteeringNames.protocolTag && SteeringNames.tableRange.contains(route.table)
     }
 
     static func fingerprint(_ userdata: [UInt8]?) -> [UInt8]? {

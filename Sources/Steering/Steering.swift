@@ -1,8 +1,9 @@
 import Model
 import Netlink
 
-/// Applies steering plans to the kernel of one network namespace: `table inet patronus`, ip rules with
-/// protocol 77 in the 6200-6299 band, routes in tables 6201-6455 (docs/STEERING.md).
+/// The one owner of everything the router installs in the kernel of one network namespace: `table inet
+/// patronus`, our ip rules in the 6200-6299 band, the per-path and per-uplink routing tables (`Conventions`,
+/// docs/STEERING.md). One plan, one diff.
 ///
 /// Guarantees:
 /// - `apply` diffs the plan against what is installed and sends the nf_tables part as ONE atomic batch,
@@ -10,7 +11,7 @@ import Netlink
 ///   class to another path changes map elements only.
 /// - What is installed is read from the kernel at the first call and after any failure, so leftovers of a
 ///   crashed run are adopted or removed, never duplicated.
-/// - Foreign tables, rules, routes and mark bits outside 0x00ff0000 are never touched.
+/// - Foreign tables, rules, routes and mark bits outside our fields are never touched.
 ///
 /// Cost: a re-steer is one `sendto` + one `recv` (no dump); the first apply dumps our table, rules and routes.
 /// Not thread-safe: one owner (the daemon's steering service).
@@ -23,6 +24,13 @@ public final class Steering {
     private var interfaceIndex: [String: Int32] = [:]
     private var structureKey: StructureKey?
     private var structure: SteeringRuleset?
+    /// The main table's routes out of the pinned uplinks, read when the pins change or on request.
+    private var uplinkRoutes: UplinkRoutes = [:]
+    private var uplinkRoutesRead: [SteeringPlan.UplinkPin]?
+    /// The nf_tables generation at the last drift check, and how many batches we committed since: each
+    /// committed batch bumps the generation by one, so any other difference is somebody else's commit.
+    private var checkedGeneration: UInt32?
+    private var commitsSinceCheck: UInt32 = 0
 
     /// Opens netlink sockets in the current namespace (nil) or in /var/run/netns/NAME.
     public convenience init(netns: String? = nil) throws(SteeringError) {
@@ -40,8 +48,14 @@ public final class Steering {
     public var currentPlan: SteeringPlan? { lastPlan }
 
     /// Makes the kernel match `plan`. Returns what changed (`elementsOnly` for a pure re-steer).
+    /// `rereadUplinks`: the main table's routes out of an uplink changed (its address, gateway or carrier):
+    /// read them again for the uplink tables. They are read anyway when the plan's uplinks change.
     @discardableResult
-    public func apply(_ plan: SteeringPlan) throws(SteeringError) -> SteeringChanges {
+    public func apply(_ plan: SteeringPlan, rereadUplinks: Bool = false) throws(SteeringError) -> SteeringChanges {
+        if rereadUplinks || uplinkRoutesRead != plan.uplinks {
+            uplinkRoutes = try readUplinkRoutes(plan.uplinks)
+            uplinkRoutesRead = plan.uplinks
+        }
         let ruleset = try compile(plan)
         do {
             let changes = try converge(to: ruleset)
@@ -63,10 +77,11 @@ public final class Steering {
 
     /// Compiles with the structure (classes, paths, destinations) cached: a re-steer only rebuilds choices.
     private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
-        if plan == lastPlan, let lastRuleset { return lastRuleset }
-        let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations)
+        let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations,
+                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes)
+        if plan == lastPlan, key == structureKey, let lastRuleset { return lastRuleset }
         if key != structureKey || structure == nil {
-            structure = try SteeringCompiler.compileStructure(plan)
+            structure = try SteeringCompiler.compileStructure(plan, uplinkRoutes: uplinkRoutes)
             structureKey = key
         }
         var ruleset = structure!
@@ -78,6 +93,26 @@ public final class Steering {
         var classes: [SteeringPlan.TrafficClass]
         var paths: [SteeringPlan.SteeringPath]
         var destinations: [SteeringPlan.Destination]
+        var uplinks: [SteeringPlan.UplinkPin]
+        var uplinkRoutes: UplinkRoutes
+    }
+
+    /// The main table's routes out of each pinned uplink that exists now.
+    private func readUplinkRoutes(_ pins: [SteeringPlan.UplinkPin]) throws(SteeringError) -> UplinkRoutes {
+        guard !pins.isEmpty else { return [:] }
+        return try kernel { () throws(NetlinkError) in
+            let links = Dictionary(try routing.links().map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
+            let main = try routing.routes(table: Conventions.mainTable)
+            var out: UplinkRoutes = [:]
+            for pin in pins {
+                guard let index = links[pin.interface] else { continue }
+                out[pin.interface] = main.filter { $0.table == Conventions.mainTable && $0.outputInterface == index }.map {
+                    UplinkRoute(prefix: IPv4Prefix(IPv4Address($0.destination), length: $0.prefixLength),
+                                gateway: $0.gateway.map(IPv4Address.init))
+                }
+            }
+            return out
+        }
     }
 
     /// Re-reads the kernel and converges to the last applied plan (repairs drift); with no plan applied
@@ -91,6 +126,27 @@ public final class Steering {
             return SteeringChanges()
         }
         return try converge(to: lastRuleset)
+    }
+
+    /// Finds changes somebody else made to what we own and puts our state back (the last plan). Cheap
+    /// enough to run several times a second: one nf_tables generation request and one dump of the ip
+    /// rules; our routes are read only when `routesTouched` (a route of ours was deleted, as rtnetlink
+    /// notifications tell). Foreign objects are never touched. Returns what was repaired, nil when nothing
+    /// had drifted (or no plan is applied yet).
+    public func repairDrift(routesTouched: Bool = false) throws(SteeringError) -> SteeringChanges? {
+        guard let lastRuleset else { return nil }
+        let generation = try kernel { () throws(NetlinkError) in try nftables.generation() }
+        var drifted = checkedGeneration.map { generation != $0 &+ commitsSinceCheck } ?? true
+        // From here on, only our own commits (the repair's) move the generation.
+        checkedGeneration = generation
+        commitsSinceCheck = 0
+        if !drifted {
+            let rules = try kernel { () throws(NetlinkError) in try routing.rules().filter(SteeringNames.isOurs) }
+            drifted = Set(rules) != Set(lastRuleset.ipRules)
+        }
+        guard drifted || routesTouched else { return nil }
+        let changes = try reconcile()
+        return changes.isEmpty ? nil : changes
     }
 
     /// Removes everything Steering installed: our table, our ip rules, our routes. Foreign objects stay.
@@ -115,10 +171,11 @@ public final class Steering {
         installed = InstalledState()
         lastPlan = nil
         lastRuleset = nil
+        uplinkRoutesRead = nil
         return c
     }
 
-    /// Packets and bytes per class and path (the `<class>_path<slot>` chains), and new flows per class (the
+    /// Packets and bytes per class and path (the `<class>_path<id>` chains), and new flows per class (the
     /// `classify` and `classify_reply` rules), read from the kernel in one dump. For the status report and metrics.
     public func counters() throws(SteeringError) -> SteeringCounters {
         let rules: [NFTables.ListedRule]
@@ -127,16 +184,15 @@ public final class Steering {
             throw .kernel(error)
         }
         var out = SteeringCounters()
-        let plan = lastPlan
+        let classNames = lastPlan?.classes.map(\.name) ?? []
         for r in rules {
             guard let (packets, bytes) = r.counter else { continue }
             if r.chain == SteeringNames.classifyChain || r.chain == SteeringNames.classifyReplyChain {
                 let comment = NFTUserdata.comment(in: r.userdata) ?? ""
                 let name = comment.hasPrefix("class ") ? String(comment.dropFirst("class ".count)) : comment
                 out.flowsPerClass[name, default: 0] += packets
-            } else if let c = plan?.classes.first(where: { r.chain.hasPrefix($0.name + "_path") }),
-                      let slot = UInt8(r.chain.dropFirst(c.name.count + "_path".count)) {
-                out.paths.append(.init(className: c.name, slot: slot, packets: packets, bytes: bytes))
+            } else if let (className, pathID) = SteeringNames.parseClassPathChain(r.chain, classNames: classNames) {
+                out.paths.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
             }
         }
         return out
@@ -174,6 +230,7 @@ public final class Steering {
         }
         for r in diff.changes.ipRulesAdded { try kernel { () throws(NetlinkError) in try routing.addRule(r) } }
         try kernel { () throws(NetlinkError) in try nftables.commit(diff.batch) }
+        if !diff.batch.isEmpty { commitsSinceCheck &+= 1 }
         for r in diff.changes.ipRulesDeleted { try deleteRule(r) }
         for r in diff.changes.routesDeleted { try deleteRoute(r) }
         if !changes.routesSkipped.isEmpty {
@@ -220,14 +277,15 @@ public final class Steering {
                 index = try routing.link(named: r.interface).index
             } catch {
                 if error.errno == 19 /* ENODEV */ {
-                    throw .missingInterface(path: UInt8(truncatingIfNeeded: r.table - SteeringPlan.tableBase), interface: r.interface)
+                    throw .missingInterface(table: r.table, interface: r.interface)
                 }
                 throw .kernel(error)
             }
             interfaceIndex[r.interface] = index
         }
         return IPRoute(destination: r.prefix.network.value, prefixLength: r.prefix.length, table: r.table,
-                       outputInterface: index, gateway: r.gateway?.value, protocolTag: SteeringNames.protocolTag)
+                       outputInterface: index, gateway: r.gateway?.value,
+                       protocolTag: SteeringNames.protocolTag(forTable: r.table))
     }
 
     /// The installed state right after `ruleset` committed, so the next diff needs no dump.
@@ -251,7 +309,7 @@ public final class Steering {
 public struct SteeringCounters: Hashable, Sendable {
     public struct PathCounter: Hashable, Sendable {
         public var className: String
-        public var slot: UInt8
+        public var pathID: Int64
         public var packets: UInt64
         public var bytes: UInt64
     }
@@ -263,7 +321,7 @@ public struct SteeringCounters: Hashable, Sendable {
 
     public init() {}
 
-    public func packets(className: String, slot: UInt8) -> UInt64 {
-        paths.first { $0.className == className && $0.slot == slot }?.packets ?? 0
+    public func packets(className: String, pathID: Int64) -> UInt64 {
+        paths.first { $0.className == className && $0.pathID == pathID }?.packets ?? 0
     }
 }

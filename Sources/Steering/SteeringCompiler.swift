@@ -6,14 +6,14 @@ import Netlink
 ///
 /// Datapath (per packet, flat in the number of policies): prerouting/output look the destination up in the
 /// interval map `sites` (remote prefix -> `site_<name>` chain); there the class bits of the ct mark select,
-/// in the hash map `site_<name>`, the chain `<class>_path<slot>` (sets the path's packet mark, counts) or
+/// in the hash map `site_<name>`, the chain `<class>_path<id>` (sets the path's packet mark, counts) or
 /// `lb_<class>_<site>` (hashes the flow's addresses into a bucket map). An established flow's packet runs
 /// exactly those two lookups and the mark write: the "has this flow a class?" test sits in the site chain
 /// behind the map lookup, so it is paid once per flow (the map misses class 0), not per packet, and traffic
 /// that is not for a remote site never reads the ct mark. A flow without a class jumps once to `classify`
 /// (first packet in the original direction) or `classify_reply` (first packet a reply), whose rules (one per
-/// class match, set lookups inside) write the class id into the ct mark. Only mark bits under 0x00ff0000 are
-/// written.
+/// class match, set lookups inside) write the class id into the ct mark. Only the mark bits of
+/// `Conventions` are written: the path field of the packet mark, the class field of the ct mark.
 ///
 /// Why two lookups and not one `ip daddr . class` interval map: a re-steer replaces elements, and the
 /// kernel commits an element replace in a hash map in ~8 us but in a concatenated-interval (pipapo) map
@@ -21,20 +21,23 @@ import Netlink
 public enum SteeringCompiler {
     static let family = SteeringNames.family
     static let table = SteeringNames.table
-    static let mask = SteeringPlan.markMask
+    static let pathMask = Conventions.pathMarkMask
+    static let classMask = Conventions.classMarkMask
 
     /// Userdata TLV type carrying a rule's fingerprint (nft ignores unknown udata types when listing).
     public static let fingerprintUserdataType: UInt8 = 0xf0
 
-    public static func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
-        var r = try compileStructure(plan)
+    public static func compile(_ plan: SteeringPlan, uplinkRoutes: UplinkRoutes = [:]) throws(SteeringError) -> SteeringRuleset {
+        var r = try compileStructure(plan, uplinkRoutes: uplinkRoutes)
         try addChoices(plan, to: &r)
         return r
     }
 
     /// The part of the ruleset that depends on classes, paths and destinations only (not on choices):
     /// Steering caches it, so a re-steer compiles nothing but map elements.
-    public static func compileStructure(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
+    /// `uplinkRoutes`: the main table's routes out of each pinned uplink's interface (by interface name),
+    /// which the uplink's table copies.
+    public static func compileStructure(_ plan: SteeringPlan, uplinkRoutes: UplinkRoutes = [:]) throws(SteeringError) -> SteeringRuleset {
         let problems = plan.structureProblems()
         guard problems.isEmpty else { throw .invalidPlan(problems) }
 
@@ -47,9 +50,9 @@ public enum SteeringCompiler {
         // is an element change only.
         for c in plan.classes {
             for p in plan.paths.sorted(by: { $0.slot < $1.slot }) {
-                let name = SteeringNames.classPathChain(c.name, p.slot)
+                let name = SteeringNames.classPathChain(c.name, p.id)
                 chains.append(NFTChain(family: family, table: table, name: name,
-                                       userdata: NFTUserdata.comment("class \(c.name) via path \(p.slot)")))
+                                       userdata: NFTUserdata.comment("class \(c.name) via \(p.label)")))
                 var e = setMark(meta: true, value: p.mark)
                 if c.counters { e.append(.counter) }
                 rules[name] = [rule(name, e, comment: nil)]
@@ -149,7 +152,7 @@ public enum SteeringCompiler {
             }
         }
         for chain in classifiers {
-            let r = rule(chain, setMark(meta: false, value: UInt32(SteeringPlan.unclassifiedID) << 16) + [.counter],
+            let r = rule(chain, setMark(meta: false, value: Conventions.classMark(id: Conventions.unclassifiedClassID)) + [.counter],
                          comment: "no policy matched: not steered")
             if chain == SteeringNames.classifyChain { classify.append(r) } else { classifyReply.append(r) }
         }
@@ -165,7 +168,7 @@ public enum SteeringCompiler {
         // traffic (output) pays for the "pinned by SO_MARK" check; fewer expressions per forwarded packet.
         let pinned = rule(SteeringNames.outputChain, [
             .meta(key: NFT.metaMark, dreg: NFT.reg1),
-            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: pathMask.hostBytes, xor: [0, 0, 0, 0]),
             .cmp(sreg: NFT.reg1, op: NFT.neq, data: [0, 0, 0, 0]),
             .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
         ], comment: "already pinned to a path (probes): keep")
@@ -183,20 +186,48 @@ public enum SteeringCompiler {
             rules[name] = name == SteeringNames.outputChain ? [pinned] + steer : steer
         }
 
-        var ipRules: [IPRule] = []
-        var routes: [SteeringRuleset.Route] = []
-        for p in plan.paths.sorted(by: { $0.slot < $1.slot }) {
-            ipRules.append(IPRule(priority: SteeringPlan.rulePriority, fwmark: p.mark, fwmask: mask, table: p.table,
-                                  protocolTag: SteeringNames.protocolTag))
-            for prefix in plan.destinations.first(where: { $0.site == p.site })?.prefixes.sorted() ?? [] {
-                routes.append(.init(prefix: prefix, table: p.table, interface: p.interface, gateway: p.gateway))
-            }
-        }
-
+        let (ipRules, routes) = policyRouting(plan, uplinkRoutes: uplinkRoutes)
         return SteeringRuleset(
             table: NFTTable(family: family, name: table,
                             userdata: NFTUserdata.comment("patronus-router steering; managed, do not edit")),
             chains: chains, rules: rules, staticSets: staticSets, maps: maps, ipRules: ipRules, routes: routes)
+    }
+
+    /// The ip rules and routes of a plan (`Conventions`, "ip rules"). Uplink pinning first; then every
+    /// packet without path bits leaves the band with one check; a steered packet checks the group rules (one
+    /// per group of 64 slots that has a path) and then the rules of its own group only: at most 64 + 64
+    /// checks with 4094 paths, instead of one per path.
+    static func policyRouting(_ plan: SteeringPlan, uplinkRoutes: UplinkRoutes) -> ([IPRule], [SteeringRuleset.Route]) {
+        var ipRules: [IPRule] = []
+        var routes: [SteeringRuleset.Route] = []
+        for u in plan.uplinks.sorted(by: { $0.slot < $1.slot }) {
+            ipRules.append(IPRule(priority: Conventions.uplinkRulePriority, fwmark: u.mark, fwmask: Conventions.uplinkMarkMask,
+                                  table: u.table, protocolTag: Conventions.uplinkProtocol))
+            for r in (uplinkRoutes[u.interface] ?? []).sorted(by: { ($0.prefix, $0.gateway?.value ?? 0) < ($1.prefix, $1.gateway?.value ?? 0) }) {
+                routes.append(.init(prefix: r.prefix, table: u.table, interface: u.interface, gateway: r.gateway))
+            }
+        }
+        let paths = plan.paths.sorted { $0.slot < $1.slot }
+        guard !paths.isEmpty else { return (ipRules, routes) }
+        let tag = Conventions.steeringProtocol
+        ipRules.append(IPRule(priority: Conventions.unsteeredRulePriority, fwmark: 0, fwmask: pathMask,
+                              action: .goto(Conventions.bandEndPriority), protocolTag: tag))
+        ipRules.append(IPRule(priority: Conventions.bandEndPriority, action: .nop, protocolTag: tag))
+        var groups = Set<UInt16>()
+        for p in paths where groups.insert(Conventions.pathGroup(slot: p.slot)).inserted {
+            let group = Conventions.pathGroup(slot: p.slot)
+            ipRules.append(IPRule(priority: Conventions.pathGroupRulePriority, fwmark: Conventions.pathGroupMark(group: group),
+                                  fwmask: Conventions.pathGroupMask, action: .goto(Conventions.pathRulePriority(slot: p.slot)),
+                                  protocolTag: tag))
+        }
+        for p in paths {
+            ipRules.append(IPRule(priority: Conventions.pathRulePriority(slot: p.slot), fwmark: p.mark, fwmask: pathMask,
+                                  table: p.table, protocolTag: tag))
+            for prefix in plan.destinations.first(where: { $0.site == p.site })?.prefixes.sorted() ?? [] {
+                routes.append(.init(prefix: prefix, table: p.table, interface: p.interface, gateway: p.gateway))
+            }
+        }
+        return (ipRules, routes)
     }
 
     /// Adds what the choices decide: the `steer` map's elements and, for balanced choices, the bucket
@@ -207,6 +238,10 @@ public enum SteeringCompiler {
         let siteName = Dictionary(plan.destinations.map { ($0.site, $0.name) }, uniquingKeysWith: { a, _ in a })
         let classByID = Dictionary(plan.classes.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let destinationBySite = Dictionary(plan.destinations.map { ($0.site, $0) }, uniquingKeysWith: { a, _ in a })
+        let pathID = Dictionary(plan.paths.map { ($0.slot, $0.id) }, uniquingKeysWith: { a, _ in a })
+        func pathChain(_ c: SteeringPlan.TrafficClass, _ slot: UInt16) -> String {
+            SteeringNames.classPathChain(c.name, pathID[slot] ?? Int64(slot)) // choiceProblems: every slot is known
+        }
         var chains: [NFTChain] = []
         var rules: [String: [NFTRule]] = [:]
         var maps: [SteeringRuleset.Map] = []
@@ -220,7 +255,7 @@ public enum SteeringCompiler {
                              userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                  + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
             let elements = slots.enumerated().map { i, slot in
-                NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(SteeringNames.classPathChain(c.name, slot))))
+                NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(pathChain(c, slot))))
             }
             maps.append(.init(set: map, elements: elements))
             chains.append(NFTChain(family: family, table: table, name: name,
@@ -239,7 +274,7 @@ public enum SteeringCompiler {
             guard let c = classByID[choice.classID], let d = destinationBySite[choice.site] else { continue }
             let verdict: NFTVerdict
             switch choice.target {
-            case .path(let slot): verdict = .goto(SteeringNames.classPathChain(c.name, slot))
+            case .path(let slot): verdict = .goto(pathChain(c, slot))
             case .buckets: verdict = .goto(SteeringNames.balanceChain(c.name, d.name))
             }
             siteElements[SteeringNames.siteChain(d.name), default: []].append(NFTElement(key: c.ctMark.hostBytes, data: .verdict(verdict)))
@@ -263,13 +298,15 @@ public enum SteeringCompiler {
     /// The class id bits of the ct mark, into register 1.
     static let classBits: [NFTExpression] = [
         .ct(key: NFT.ctMark, dreg: NFT.reg1),
-        .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: mask.hostBytes, xor: [0, 0, 0, 0]),
+        .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: classMask.hostBytes, xor: [0, 0, 0, 0]),
     ]
 
-    /// mark = (mark & ~mask) | value: our bits only.
+    /// mark = (mark & ~field) | value: our field only (the path field of the packet mark, the class field
+    /// of the ct mark).
     static func setMark(meta: Bool, value: UInt32) -> [NFTExpression] {
-        [meta ? .meta(key: NFT.metaMark, dreg: NFT.reg1) : .ct(key: NFT.ctMark, dreg: NFT.reg1),
-         .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~mask).hostBytes, xor: value.hostBytes),
+        let field = meta ? pathMask : classMask
+        return [meta ? .meta(key: NFT.metaMark, dreg: NFT.reg1) : .ct(key: NFT.ctMark, dreg: NFT.reg1),
+         .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~field).hostBytes, xor: value.hostBytes),
          meta ? .metaSet(key: NFT.metaMark, sreg: NFT.reg1) : .ctSet(key: NFT.ctMark, sreg: NFT.reg1)]
     }
 

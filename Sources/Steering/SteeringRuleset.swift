@@ -39,24 +39,58 @@ public struct SteeringRuleset: Sendable, Equatable {
     }
 }
 
-/// Names and numbers of the kernel objects Steering owns (documented in docs/STEERING.md).
+/// The main table's routes out of each pinned uplink (by interface name): what its uplink table copies.
+public typealias UplinkRoutes = [String: [UplinkRoute]]
+
+public struct UplinkRoute: Hashable, Sendable {
+    public var prefix: IPv4Prefix
+    public var gateway: IPv4Address?
+
+    public init(prefix: IPv4Prefix, gateway: IPv4Address?) {
+        self.prefix = prefix
+        self.gateway = gateway
+    }
+}
+
+/// Names of the nftables objects Steering owns (docs/STEERING.md); every number is in `Conventions`.
 public enum SteeringNames {
-    public static let table = "patronus"
+    public static let table = Conventions.nftTable
     public static let family = NFTFamily.inet
     public static let sitesMap = "sites"
     public static let classifyChain = "classify"
     public static let classifyReplyChain = "classify_reply"
     public static let preroutingChain = "prerouting"
     public static let outputChain = "output"
-    /// rtnetlink protocol number on our ip rules and routes, so we recognise ours among foreign ones.
-    public static let protocolTag: UInt8 = 77
-    /// Our slice of the shared 6200-6299 rule band: Steering owns only rules tagged with `protocolTag` here.
-    public static let ruleBand: ClosedRange<UInt32> = 6200...6299
-    public static let tableRange: ClosedRange<UInt32> = 6201...6455
     /// Seed of the load-balancing flow hash: fixed, so a re-created chain hashes flows the same way.
     public static let hashSeed: UInt32 = 0x7061_7472
 
-    public static func classPathChain(_ className: String, _ slot: UInt8) -> String { "\(className)_path\(slot)" }
+    /// `<class>_path<id>`: sets the mark of path `id` (the `paths.id`) for the class.
+    public static func classPathChain(_ className: String, _ pathID: Int64) -> String { "\(className)_path\(pathID)" }
+    /// The class name and path id of a `classPathChain` name, given the class names (a class name may
+    /// itself contain "_path").
+    public static func parseClassPathChain(_ chain: String, classNames: [String]) -> (className: String, pathID: Int64)? {
+        for name in classNames where chain.hasPrefix(name + "_path") {
+            if let id = Int64(chain.dropFirst(name.count + "_path".count)), id > 0 { return (name, id) }
+        }
+        return nil
+    }
     public static func siteChain(_ siteName: String) -> String { "site_\(siteName)" }
     public static func balanceChain(_ className: String, _ siteName: String) -> String { "lb_\(className)_\(siteName)" }
+
+    /// Whether an ip rule is ours: one of our protocol tags, inside our band.
+    public static func isOurs(_ rule: IPRule) -> Bool {
+        (rule.protocolTag == Conventions.steeringProtocol || rule.protocolTag == Conventions.uplinkProtocol)
+            && Conventions.ruleBand.contains(rule.priority)
+    }
+
+    /// Whether a route is ours: in a path table with the steering tag, or an uplink table with the uplink tag.
+    public static func isOurs(_ route: IPRoute) -> Bool {
+        (route.protocolTag == Conventions.steeringProtocol && Conventions.pathTables.contains(route.table))
+            || (route.protocolTag == Conventions.uplinkProtocol && Conventions.uplinkTables.contains(route.table))
+    }
+
+    /// The protocol tag our route in `table` carries.
+    public static func protocolTag(forTable table: UInt32) -> UInt8 {
+        Conventions.uplinkTables.contains(table) ? Conventions.uplinkProtocol : Conventions.steeringProtocol
+    }
 }

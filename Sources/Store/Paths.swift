@@ -17,6 +17,8 @@ public struct PathRecord: Hashable, Sendable {
     public var localUplink: Uplink
     public var remoteEndpoint: Endpoint
     public var updatedAt: Date
+    /// The kernel slot while the path is planned (mark `slot << 16`, table 6200 + slot); nil otherwise.
+    public var slot: UInt16?
 
     /// The path's stable name (destination, local label, remote label), the same one routing uses.
     public var key: PathKey {
@@ -59,6 +61,17 @@ extension Store {
                 RETURNING id
                 """, arguments: [local, destination.description, wgInterface, uplink.interface, uplink.label,
                                  endpoint.label, endpoint.address.description, now.utcText])!
+        }
+    }
+
+    /// Records the kernel slot of every planned path (`slots`) and clears it on every other path, in one
+    /// transaction, so `SELECT id, slot FROM paths` maps marks and tables to paths at any moment.
+    public func setPathSlots(_ slots: [PathID: UInt16]) throws(StoreError) {
+        try write("record path slots") { db in
+            try db.execute(sql: "UPDATE paths SET slot = NULL WHERE slot IS NOT NULL")
+            for (id, slot) in slots {
+                try db.execute(sql: "UPDATE paths SET slot = ? WHERE id = ?", arguments: [Int64(slot), id])
+            }
         }
     }
 
@@ -195,7 +208,8 @@ extension Store {
         return PathRecord(id: id, source: source, destination: destination, status: status,
                           wgInterface: text("wg_interface"), score: row["score"],
                           localUplink: Uplink(interface: text("local_uplink"), label: text("local_label")),
-                          remoteEndpoint: Endpoint(label: text("remote_label"), address: address), updatedAt: updated)
+                          remoteEndpoint: Endpoint(label: text("remote_label"), address: address), updatedAt: updated,
+                          slot: (row["slot"] as Int64?).flatMap { UInt16(exactly: $0) })
     }
 
     static func sample(_ row: Row) throws -> MetricsSample {

@@ -8,7 +8,8 @@ import GRDB
 enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
-                                       "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts"]
+                                       "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts",
+                                       "v6-path-slot"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -155,6 +156,11 @@ enum Schema {
                     issuer TEXT NOT NULL
                 );
                 """)
+        }
+        migrator.registerMigration(migrationIdentifiers[5]) { db in
+            // The kernel slot of a live path (its mark `slot << 16` and table 6200 + slot, docs/STEERING.md);
+            // NULL while the path is not planned. Usually equal to the id.
+            try db.execute(sql: "ALTER TABLE paths ADD COLUMN slot INTEGER")
         }
         return migrator
     }

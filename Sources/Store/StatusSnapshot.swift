@@ -41,6 +41,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var dstName: String
         public var status: String
         public var wgInterface: String
+        /// The kernel slot while the path is planned (mark `slot << 16`, table 6200 + slot).
+        public var slot: UInt16?
         public var localUplink: String
         public var localLabel: String
         public var remoteLabel: String
@@ -126,6 +128,17 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         if let best = paths.first(where: { $0.id == bestPath }) { lines.append("  Best path: \(Self.describe(best))") }
         if let worst = paths.first(where: { $0.id == worstPath }) { lines.append("  Worst path: \(Self.describe(worst))") }
         if pathCounts.total > 0, bestPath == nil, worstPath == nil { lines.append("  No path measured yet") }
+        if !paths.isEmpty {
+            // The id is the one of `paths`, failover_events, /metrics (path_id) and the nft chains
+            // `<class>_path<id>`; the slot picks the mark and the table (docs/STEERING.md).
+            lines.append("")
+            lines.append("Paths (id: route, tunnel, status; slot: mark and table):")
+            for path in paths {
+                let via = path.localLabel == path.remoteLabel ? path.localLabel : "\(path.localLabel)→\(path.remoteLabel)"
+                let slot = path.slot.map { "slot \($0), table \(Conventions.pathTable(slot: $0))" } ?? "not planned"
+                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface), \(path.status); \(slot))")
+            }
+        }
         lines.append(rule)
         return lines.joined(separator: "\n") + "\n"
     }
@@ -203,7 +216,7 @@ extension Store {
                 return StatusSnapshot.Path(
                     id: path.id, name: path.key.name(siteName: names[path.destination] ?? "?"), srcSite: path.source.description, srcName: names[path.source] ?? "?",
                     dstSite: path.destination.description, dstName: names[path.destination] ?? "?",
-                    status: path.status.rawValue, wgInterface: path.wgInterface,
+                    status: path.status.rawValue, wgInterface: path.wgInterface, slot: path.slot,
                     localUplink: path.localUplink.interface, localLabel: path.localUplink.label,
                     remoteLabel: path.remoteEndpoint.label, remoteEndpoint: path.remoteEndpoint.address.description,
                     score: sample.map { $0.metrics.score } ?? path.score, latencyMs: sample?.metrics.latencyMs,

@@ -7,7 +7,7 @@ import Model
 public struct InterfaceConfiguration: Hashable, Sendable {
     public var privateKey: WireGuardKey
     public var listenPort: UInt16
-    /// The socket mark of the encrypted UDP (0 = none). Mesh puts the uplink slot under 0x0f000000 here.
+    /// The socket mark of the encrypted UDP (0 = none). Mesh puts the uplink slot in it (`Conventions.uplinkMark`).
     public var fwmark: UInt32
     public var peers: [PeerConfiguration]
 

@@ -17,7 +17,7 @@ import Steering
 let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
 let remote = IPv4Prefix("10.20.0.0/16")!
 
-func plan(voip: UInt8, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false) -> SteeringPlan {
+func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false) -> SteeringPlan {
     var classes: [SteeringPlan.TrafficClass] = [
         .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
                                                                    ServiceMatch(.tcp, [PortRange(5060, 5061)])])]),

@@ -31,8 +31,9 @@ struct TunnelPlanTests {
         all.pairing = .allPairs
         #expect(all.listenPort(slot: 1) == 52020)
         #expect(!(51821...51823).contains(settings.listenPort(slot: 1)) && all.listenPort(slot: 15) + 7 < 52200)
-        #expect(TunnelSettings.fwmark(slot: 2) == 0x0200_0000)
-        #expect(TunnelSettings.fwmark(slot: 15) & ~TunnelSettings.markMask == 0)
+        #expect(TunnelSettings.fwmark(slot: 2) == 0x2000_0000)
+        #expect(TunnelSettings.fwmark(slot: 15) & ~Conventions.uplinkMarkMask == 0)
+        #expect(TunnelSettings.fwmark(slot: 15) & Conventions.pathMarkMask == 0, "uplink and path fields never overlap")
         #expect(local == [Endpoint(label: "isp", address: SocketAddress4("198.51.100.1:51820")!),
                           Endpoint(label: "lte", address: SocketAddress4("203.0.113.1:51830")!)])
         // An uplink without an address is not announced.
@@ -45,7 +46,7 @@ struct TunnelPlanTests {
         let plan = try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: local, remotes: [west, east], settings: settings)
         #expect(plan.interfaces.map(\.name) == ["wg-hq0", "wg-hq1"])
         let isp = plan.interfaces[0]
-        #expect(isp.listenPort == 51820 && isp.fwmark == 0x0100_0000 && isp.slot == 1)
+        #expect(isp.listenPort == 51820 && isp.fwmark == 0x1000_0000 && isp.slot == 1)
         #expect(isp.peers.map(\.publicKey) == [east.publicKey, west.publicKey])
         #expect(isp.peers[0].endpoint == east.endpoints[0].address)
         #expect(isp.peers[0].allowedIPs == [IPv4Prefix("10.99.0.1/32")!, IPv4Prefix("192.168.20.0/24")!])

@@ -100,7 +100,7 @@ struct TunnelReconcilerTests {
         #expect(backend.recorded.first == .create("wg-hq0"))
         // Created up and empty, then the peers are added (so wireguard-go handshakes at once).
         guard case .configure("wg-hq0", let full) = backend.recorded[1] else { Issue.record("expected a full configure"); return }
-        #expect(full.replacePeers && full.privateKey == key.secret && full.listenPort == 51820 && full.fwmark == 0x0100_0000)
+        #expect(full.replacePeers && full.privateKey == key.secret && full.listenPort == 51820 && full.fwmark == 0x1000_0000)
         #expect(full.peers.isEmpty)
         #expect(backend.recorded[2] == .bringUp("wg-hq0", overlay))
         guard case .configure("wg-hq0", let peers) = backend.recorded[3] else { Issue.record("expected the peers"); return }

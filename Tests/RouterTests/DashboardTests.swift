@@ -48,8 +48,8 @@ private struct DashboardFixture {
 
     func dashboard() throws -> Dashboard {
         Dashboard(store: try Store.openReadOnly(path: path)) {
-            [SelectionSample(policy: "voip", site: "east", path: "isp-a->east"),
-             SelectionSample(policy: "default", site: "east", path: "isp-b->east")]
+            [SelectionSample(policy: "voip", site: "east", pathID: 1, path: "isp-a->east"),
+             SelectionSample(policy: "default", site: "east", pathID: 2, path: "isp-b->east")]
         }
     }
 

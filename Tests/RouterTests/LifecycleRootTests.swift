@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Lab
+import Model
 import Testing
 
 /// Two namespaces joined by two veth pairs (two uplinks, labels isp-a and isp-b): `a` runs the router under
@@ -173,7 +174,7 @@ struct OwnState: Equatable {
         let rules = ((Ops.json((try? ns.check(["ip", "-j", "rule"])) ?? "") as? [[String: Any]]) ?? [])
             .filter { (6200...6299).contains($0["priority"] as? Int ?? 0) }.map(Ops.canonical).sorted()
         let routes = ((Ops.json((try? ns.check(["ip", "-j", "route", "show", "table", "all"])) ?? "") as? [[String: Any]]) ?? [])
-            .filter { Int("\($0["table"] ?? "")").map { (6100...6455).contains($0) } ?? false }
+            .filter { UInt32("\($0["table"] ?? "")").map { (Conventions.uplinkTables.lowerBound...Conventions.pathTables.upperBound).contains($0) } ?? false }
             .map(Ops.canonical).sorted()
         let links = ((try? ns.links()) ?? [:]).keys.filter { $0.hasPrefix(tunnelPrefix) }.sorted()
         return OwnState(table: table, rules: rules, routes: routes, links: links,
@@ -408,7 +409,7 @@ struct LifecycleRootTests {
         let cleaned = Ops.waitUntil(timeout: .seconds(10)) {
             state = OwnState.take(pair.a, tunnelPrefix: pair.tunnelA)
             return state.links == [pair.tunnelA + "0"] && state.wireguardProcesses == 1
-                && !state.rules.contains { $0.contains("0x2000000") } && !state.routes.contains { $0.contains("\"6102\"") }
+                && !state.rules.contains { $0.contains("0x20000000") } && !state.routes.contains { $0.contains("\"6102\"") }
         }
         print("ops: restart with one uplink fewer: the stale tunnel gone after \(String(format: "%.0f", Ops.milliseconds(since: restarted))) ms")
         #expect(cleaned, "left: \(state)")

@@ -23,15 +23,15 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
         let metrics = RouterMetrics()
         var sample = RouterSample()
         sample.paths = [
-            PathSample(path: "isp-a->east", site: "east", uplink: "isp-a", status: .up,
+            PathSample(pathID: 1, path: "isp-a->east", site: "east", uplink: "isp-a", status: .up,
                        metrics: PathMetrics(latencyMs: 12.5, jitterMs: 2.1, lossPct: 0.05, bandwidthMbps: 987.3, score: 98,
                                             throughputTxMbps: 41.5, throughputRxMbps: 2.25),
                        transmitBytes: 1000, receiveBytes: 2000),
-            PathSample(path: "isp-b->east", site: "east", uplink: "isp-b", status: .down, metrics: nil,
+            PathSample(pathID: 2, path: "isp-b->east", site: "east", uplink: "isp-b", status: .down, metrics: nil,
                        transmitBytes: 10, receiveBytes: 0),
         ]
-        sample.classes = [ClassSample(policy: "voip", site: "east", path: "isp-a->east", packets: 7, bytes: 700)]
-        sample.selections = [SelectionSample(policy: "voip", site: "east", path: "isp-a->east")]
+        sample.classes = [ClassSample(policy: "voip", site: "east", pathID: 1, path: "isp-a->east", packets: 7, bytes: 700)]
+        sample.selections = [SelectionSample(policy: "voip", site: "east", pathID: 1, path: "isp-a->east")]
         sample.failovers = 3
         sample.drops = [.init(component: "discovery", reason: "bad-mac"): 4]
         metrics.update(sample)
@@ -48,13 +48,13 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
 
             let first = try curl([url])
             #expect(first.status == 0)
-            #expect(first.output.contains(#"patronus_path_latency_ms{path="isp-a->east",site="east",uplink="isp-a"} 12.5"#))
-            #expect(first.output.contains(#"patronus_path_status{path="isp-b->east",site="east",uplink="isp-b",status="down"} 1"#))
-            #expect(first.output.contains(#"patronus_path_bandwidth_mbps{path="isp-a->east",site="east",uplink="isp-a"} 987.3"#))
-            #expect(first.output.contains(#"patronus_path_throughput_mbps{path="isp-a->east",site="east",uplink="isp-a",direction="transmit"} 41.5"#))
-            #expect(first.output.contains(#"patronus_path_throughput_mbps{path="isp-a->east",site="east",uplink="isp-a",direction="receive"} 2.25"#))
-            #expect(first.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path="isp-a->east"} 7"#))
-            #expect(first.output.contains(#"patronus_class_selected_path{policy="voip",site="east",path="isp-a->east"} 1"#))
+            #expect(first.output.contains(#"patronus_path_latency_ms{path_id="1",path="isp-a->east",site="east",uplink="isp-a"} 12.5"#))
+            #expect(first.output.contains(#"patronus_path_status{path_id="2",path="isp-b->east",site="east",uplink="isp-b",status="down"} 1"#))
+            #expect(first.output.contains(#"patronus_path_bandwidth_mbps{path_id="1",path="isp-a->east",site="east",uplink="isp-a"} 987.3"#))
+            #expect(first.output.contains(#"patronus_path_throughput_mbps{path_id="1",path="isp-a->east",site="east",uplink="isp-a",direction="transmit"} 41.5"#))
+            #expect(first.output.contains(#"patronus_path_throughput_mbps{path_id="1",path="isp-a->east",site="east",uplink="isp-a",direction="receive"} 2.25"#))
+            #expect(first.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path_id="1",path="isp-a->east"} 7"#))
+            #expect(first.output.contains(#"patronus_class_selected_path{policy="voip",site="east",path_id="1",path="isp-a->east"} 1"#))
             #expect(first.output.contains("patronus_failovers_total 3"))
             #expect(first.output.contains(#"patronus_dropped_datagrams_total{component="discovery",reason="bad-mac"} 4"#))
 
@@ -64,8 +64,8 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
             sample.classes[0].packets = 9
             metrics.update(sample)
             let second = try curl([url])
-            #expect(second.output.contains(#"patronus_path_transmit_bytes_total{path="isp-a->east",site="east",uplink="isp-a"} 1500"#))
-            #expect(second.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path="isp-a->east"} 9"#))
+            #expect(second.output.contains(#"patronus_path_transmit_bytes_total{path_id="1",path="isp-a->east",site="east",uplink="isp-a"} 1500"#))
+            #expect(second.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path_id="1",path="isp-a->east"} 9"#))
             #expect(!second.output.contains("isp-b->east"))
 
             let missing = try curl(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/nope"])

@@ -8,7 +8,7 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
 
 @Suite struct StableNumberingTests {
     @Test func keepsNumbersAndReusesReleasedOnesLast() {
-        var numbers = StableNumbering<String>(range: 1...3)
+        var numbers = StableNumbering<String, UInt8>(range: 1...3)
         #expect(numbers.update(["voip", "bulk"]) == ["voip": 1, "bulk": 2])
         #expect(numbers.update(["bulk", "voip", "default"]) == ["voip": 1, "bulk": 2, "default": 3])
         // "bulk" goes away; a new name gets its number only because the range is exhausted.
@@ -17,6 +17,29 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
         let full = numbers.update(["voip", "default", "video", "extra"])
         #expect(full["extra"] == nil)
         #expect(Set(full.values).count == full.count)
+    }
+
+    /// A path prefers its database id as its slot, so that marks and tables read like the id; a taken or
+    /// out-of-range preference falls back to the next free number, and a kept name never moves.
+    @Test func aPreferredNumberIsTakenWhenFree() {
+        var numbers = StableNumbering<String, UInt16>(range: 1...4094)
+        let ids = ["a": 7, "b": 3, "c": 7, "d": 5000]
+        #expect(numbers.update(["a", "b", "c", "d"], preferring: { ids[$0] }) == ["a": 7, "b": 3, "c": 1, "d": 2])
+        // "b" leaves, "e" prefers 3: free again, so it gets it; the others keep theirs.
+        #expect(numbers.update(["a", "c", "d", "e"], preferring: { ["e": 3][$0] ?? ids[$0] })
+            == ["a": 7, "c": 1, "d": 2, "e": 3])
+        // Never-used numbers come before released ones, skipping the ones taken by preference.
+        #expect(numbers.update(["a", "c", "d", "e", "f", "g", "h", "i"])
+            == ["a": 7, "c": 1, "d": 2, "e": 3, "f": 4, "g": 5, "h": 6, "i": 8])
+    }
+
+    /// 4094 paths fit; the 4095th gets no slot (and the runtime logs it) rather than a number in use.
+    @Test func pathSlotsReachTheDocumentedLimit() {
+        var numbers = StableNumbering<Int, UInt16>(range: 1...Int(Conventions.pathSlots.upperBound))
+        let all = numbers.update(0..<4095)
+        #expect(all.count == 4094)
+        #expect(Set(all.values).count == 4094)
+        #expect(all.values.allSatisfy { Conventions.pathSlots.contains($0) })
     }
 }
 
@@ -41,6 +64,7 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
         #expect(plan.problems() == [])
         #expect(plan.classes.map(\.name) == ["voip", "default"])
         #expect(plan.paths.map(\.slot) == [1, 2])
+        #expect(plan.paths.map(\.id) == [1, 2], "without a database, a path's id is its slot")
         #expect(plan.destinations.map(\.name) == ["east"], "west has no path yet")
         #expect(plan.choices == [
             SteeringPlan.Choice(site: east, classID: 1, target: .path(1)),

@@ -20,7 +20,7 @@ let siteC = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000c1")!)
 
 /// The plan of the reference ruleset (rules/reference-ruleset.nft): the seed's default policies over two
 /// paths to one branch, plus a load-balanced class to a second site.
-func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> SteeringPlan {
+func referencePlan(voip: UInt16 = 1, buckets: [UInt16] = [3, 4, 3, 4]) -> SteeringPlan {
     SteeringPlan(
         classes: [
             .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
@@ -30,10 +30,10 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
             .init(id: 4, name: "default", matches: [TrafficMatch()]),
         ],
         paths: [
-            .init(slot: 1, interface: "wg-b-isp", site: siteB),
-            .init(slot: 2, interface: "wg-b-lte", site: siteB),
-            .init(slot: 3, interface: "wg-c-isp", site: siteC),
-            .init(slot: 4, interface: "wg-c-lte", site: siteC),
+            .init(slot: 1, interface: "wg-b-isp", site: siteB, summary: "branch via isp (eth1) to isp 198.51.100.20:51820"),
+            .init(slot: 2, interface: "wg-b-lte", site: siteB, summary: "branch via lte (wwan0) to lte 203.0.113.20:51830"),
+            .init(slot: 3, interface: "wg-c-isp", site: siteC, summary: "depot via isp (eth1) to isp 198.51.100.30:51820"),
+            .init(slot: 4, interface: "wg-c-lte", site: siteC, summary: "depot via lte (wwan0) to lte 203.0.113.30:51830"),
         ],
         destinations: [
             .init(site: siteB, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.2.0/24")!]),
@@ -47,6 +47,10 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
             .init(site: siteC, classID: 3, target: .path(4)),
             .init(site: siteC, classID: 4, target: .buckets(buckets)),
         ])
+}
+
+private extension NFTExpression {
+    var isMetaSet: Bool { if case .metaSet = self { true } else { false } }
 }
 
 @Suite struct SteeringCompilerTests {
@@ -140,8 +144,10 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
                 case .metaSet, .ctSet:
                     let m = UInt32(mask[0]) | UInt32(mask[1]) << 8 | UInt32(mask[2]) << 16 | UInt32(mask[3]) << 24
                     let x = UInt32(xor[0]) | UInt32(xor[1]) << 8 | UInt32(xor[2]) << 16 | UInt32(xor[3]) << 24
-                    #expect(m == ~SteeringPlan.markMask, "rule in \(rule.chain) clears bits outside 0x00ff0000")
-                    #expect(x & ~SteeringPlan.markMask == 0, "rule in \(rule.chain) sets bits outside 0x00ff0000")
+                    // The packet mark's path field, the ct mark's class field: nothing else.
+                    let field = rule.expressions[i + 1].isMetaSet ? Conventions.pathMarkMask : Conventions.classMarkMask
+                    #expect(m == ~field, "rule in \(rule.chain) clears bits outside \(field)")
+                    #expect(x & ~field == 0, "rule in \(rule.chain) sets bits outside \(field)")
                     writes += 1
                 default: break
                 }
@@ -153,11 +159,43 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
 
     @Test func rulesAndRoutesFollowTheDocumentedNumbering() throws {
         let r = try SteeringCompiler.compile(referencePlan())
-        #expect(r.ipRules.map(\.table) == [6201, 6202, 6203, 6204])
-        #expect(r.ipRules.allSatisfy { $0.priority == 6210 && $0.fwmask == 0x00ff_0000 && $0.protocolTag == 77 })
-        #expect(r.ipRules.map { $0.fwmark! } == [0x10000, 0x20000, 0x30000, 0x40000])
+        #expect(r.ipRules.allSatisfy { $0.protocolTag == 77 })
+        // Unsteered packets leave the band at once; the one group of slots 1-63 is looked at; then the paths.
+        #expect(r.ipRules.prefix(3) == [
+            IPRule(priority: 6206, fwmark: 0, fwmask: 0x0fff_0000, action: .goto(6299), protocolTag: 77),
+            IPRule(priority: 6299, action: .nop, protocolTag: 77),
+            IPRule(priority: 6210, fwmark: 0, fwmask: 0x0fc0_0000, action: .goto(6211), protocolTag: 77),
+        ])
+        let paths = r.ipRules.dropFirst(3)
+        #expect(paths.map(\.table) == [6201, 6202, 6203, 6204])
+        #expect(paths.allSatisfy { $0.priority == 6211 && $0.fwmask == 0x0fff_0000 })
+        #expect(paths.map { $0.fwmark! } == [0x10000, 0x20000, 0x30000, 0x40000])
         #expect(Set(r.routes.filter { $0.table == 6201 }.map(\.prefix.description)) == ["10.20.0.0/16", "10.99.2.0/24"])
         #expect(r.routes.filter { $0.table == 6203 }.map(\.interface) == ["wg-c-isp"])
+    }
+
+    /// More than 255 paths: slots up to 4094 in the 12-bit field, one group rule per 64 slots, each path's
+    /// rule under its group's priority; a slot outside the field is refused with the limit in words.
+    @Test func fourThousandPathsCompileIntoTwoLevelRules() throws {
+        let site = SiteID()
+        var plan = SteeringPlan(classes: [.init(id: 1, name: "voip", matches: [TrafficMatch()])],
+                                destinations: [.init(site: site, name: "hub", prefixes: [IPv4Prefix("10.50.0.0/16")!])])
+        let slots: [UInt16] = Array(1...300) + [4000, 4094]
+        plan.paths = slots.map { .init(id: Int64($0) + 1000, slot: $0, interface: "wgp\($0)", site: site) }
+        plan.choices = [.init(site: site, classID: 1, target: .path(4094))]
+        let r = try SteeringCompiler.compile(plan)
+        let groups = r.ipRules.filter { $0.priority == 6210 }
+        #expect(groups.map(\.fwmark) == [0, 1, 2, 3, 4, 62, 63].map { UInt32($0) << 22 })
+        #expect(groups.map(\.action) == [0, 1, 2, 3, 4, 62, 63].map { .goto(6211 + $0) })
+        let last = try #require(r.ipRules.first { $0.table == 6200 + 4094 })
+        #expect(last.priority == 6211 + 63 && last.fwmark == 4094 << 16 && last.fwmask == 0x0fff_0000)
+        #expect(r.ipRules.filter { $0.table != nil }.count == slots.count)
+        // Checks a packet of the last path makes: the unsteered rule, the group rules, its group's rules.
+        #expect(1 + groups.count + r.ipRules.filter { $0.priority == 6274 }.count <= 1 + 64 + 64)
+        #expect(r.chains.contains { $0.name == "voip_path5094" }, "chains are named by path id, not slot")
+        plan.paths.append(.init(slot: 4095, interface: "wgpx", site: site))
+        let problems = plan.problems().joined(separator: "\n")
+        #expect(problems.contains("slot 4095 is not in 1...4094 (at most 4094 paths)"))
     }
 
     @Test func invalidPlansAreRefusedWithReasons() {
@@ -177,7 +215,7 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
         let data = try JSONEncoder().encode(plan)
         #expect(try JSONDecoder().decode(SteeringPlan.self, from: data) == plan)
         #expect(plan.description.contains("class 1 voip: udp 5060-5061,16384-32767,tcp 5060-5061"))
-        #expect(plan.description.contains("path 2 dev wg-b-lte -> site 00000000-0000-0000-0000-0000000000b1 mark 0x00020000 table 6202"))
+        #expect(plan.description.contains("path 2 slot 2 dev wg-b-lte -> site 00000000-0000-0000-0000-0000000000b1 mark 0x00020000 table 6202"))
     }
 
     @Test func compilingIsDeterministic() throws {
@@ -191,7 +229,7 @@ func referencePlan(voip: UInt8 = 1, buckets: [UInt8] = [3, 4, 3, 4]) -> Steering
         let diff = SteeringDiff(installed: InstalledState(), desired: desired)
         #expect(diff.changes.tableCreated)
         #expect(diff.batch.first?.message.type == 0x0a00)
-        #expect(diff.changes.ipRulesAdded.count == 4)
+        #expect(diff.changes.ipRulesAdded.count == 4 + 3) // one per path; unsteered jump, band end, one group
         #expect(diff.changes.routesAdded.count == 6) // branch: 2 prefixes x 2 paths; depot: 1 x 2
         #expect(diff.changes.chainsReloaded.isEmpty)
     }

@@ -67,7 +67,7 @@ final class SteeringFixture {
     }
 
     /// Three classes (voip, bulk, default) over two paths.
-    func plan(voip: UInt8 = 1, bulk: UInt8 = 2, other: UInt8 = 1, otherTarget: SteeringPlan.Target? = nil) -> SteeringPlan {
+    func plan(voip: UInt16 = 1, bulk: UInt16 = 2, other: UInt16 = 1, otherTarget: SteeringPlan.Target? = nil) -> SteeringPlan {
         SteeringPlan(
             classes: [
                 .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
@@ -183,8 +183,17 @@ struct KernelView {
     }
 
     /// Our rules (protocol 77) as "priority fwmark/mask table".
+    /// Our path rules (`lookup`), as "priority fwmark/fwmask table".
     var ourRules: [String] {
-        ipRules.filter { "\($0["protocol"] ?? "")" == "77" }
+        ipRules.filter { "\($0["protocol"] ?? "")" == "77" && $0["table"] != nil }
             .map { "\($0["priority"]!) \($0["fwmark"] ?? "")/\($0["fwmask"] ?? "") \($0["table"]!)" }.sorted()
+    }
+
+    /// Our other rules: the unsteered and group jumps ("priority fwmark/fwmask goto N") and the band's end ("6299 nop").
+    var ourJumps: [String] {
+        ipRules.filter { "\($0["protocol"] ?? "")" == "77" && $0["table"] == nil }.map { rule in
+            let mark = rule["fwmark"].map { "\($0)/\(rule["fwmask"] ?? "") " } ?? ""
+            return "\(rule["priority"]!) " + mark + (rule["goto"].map { "goto \($0)" } ?? "nop")
+        }.sorted()
     }
 }

@@ -1,7 +1,7 @@
 import Model
 import Netlink
 import Testing
-@testable import Router
+@testable import Steering
 
 /// The uplink tracker fed kernel notifications by hand: every transition the daemon reacts to.
 @Suite struct UplinkTrackerTests {
@@ -75,10 +75,10 @@ import Testing
         var tracker = started()
         var changes = tracker.apply(.link(wanA(flags: 1, operState: 2)))
         changes += tracker.apply(.link(wanA()))
-        #expect(UplinkWatcher.merged(changes).isEmpty, "down and up again within one batch: nothing to do")
+        #expect(UplinkChange.merged(changes).isEmpty, "down and up again within one batch: nothing to do")
         changes = tracker.apply(.addressRemoved(address))
         changes += tracker.apply(.address(InterfaceAddress(interfaceIndex: 3, address: 0x6441_1102, prefixLength: 24)))
-        let merged = UplinkWatcher.merged(changes)
+        let merged = UplinkChange.merged(changes)
         #expect(merged.count == 1 && merged[0].before.address == IPv4Address(100, 65, 1, 2)
                 && merged[0].after.address == IPv4Address(100, 65, 17, 2))
     }

@@ -40,7 +40,7 @@ public struct InterfaceInventory: Sendable {
     static func isGlobal(_ address: IPv4Address) -> Bool {
         !IPv4Prefix(IPv4Address(127, 0, 0, 0), length: 8).contains(address)
             && !IPv4Prefix(IPv4Address(169, 254, 0, 0), length: 16).contains(address)
-            && !RouterConfiguration.overlayPool.contains(address)
+            && !Conventions.overlayPool.contains(address)
     }
 
     /// `--uplink` when given, present or not (one that is absent or has no address yet is used when it

@@ -69,7 +69,7 @@ public struct UplinkTracker: Sendable {
     /// Main-table default routes.
     private var defaults: Set<IPRoute> = []
 
-    static let mainTable: UInt32 = 254
+    public static let mainTable = Conventions.mainTable
 
     public init(uplinks: [Uplink]) {
         self.uplinks = uplinks

@@ -1,0 +1,101 @@
+/// Every number the router shares with the kernel, the wire and the other sites, in one place. Nothing else
+/// in the code base spells these values; docs/STEERING.md ("What we own") and docs/MESH.md point here.
+///
+/// Mark layout (32-bit packet mark and conntrack mark; every other bit is preserved for other software):
+///
+///     bits 31-28  uplink slot 1...15 on WireGuard's own (outer) packets    0xf0000000
+///     bits 27-16  path slot 1...4094 on a steered packet                    0x0fff0000
+///                 (ct mark, bits 23-16: class id 1...254, 255 = no policy)  0x00ff0000
+public enum Conventions {
+    // MARK: Paths
+
+    /// The packet-mark field that selects a path: `slot << 16` under this mask.
+    public static let pathMarkMask: UInt32 = 0x0fff_0000
+    public static let pathMarkShift: UInt32 = 16
+    /// Path slots are 1...4094: a site can have at most this many paths at once.
+    public static let pathSlots: ClosedRange<UInt16> = 1...4094
+    /// Slot 4095 marks a packet that its sender already pinned to a path (SO_MARK): not steered again, and
+    /// no ip rule matches it, so the main table and the socket's interface decide. Probe replies carry it.
+    public static let pinnedPathSlot: UInt16 = 4095
+    public static var pinnedMark: UInt32 { pathMark(slot: pinnedPathSlot) }
+
+    /// The packet mark of path `slot` (its ip rule sends it to `pathTable(slot:)`).
+    public static func pathMark(slot: UInt16) -> UInt32 { UInt32(slot) << pathMarkShift & pathMarkMask }
+    /// The slot a packet mark selects (0: none).
+    public static func pathSlot(mark: UInt32) -> UInt16 { UInt16((mark & pathMarkMask) >> pathMarkShift) }
+
+    /// Per-path routing tables: 6200 + slot (6201...10294), routes tagged `steeringProtocol`.
+    public static let pathTableBase: UInt32 = 6200
+    public static func pathTable(slot: UInt16) -> UInt32 { pathTableBase + UInt32(slot) }
+    public static let pathTables: ClosedRange<UInt32> = pathTableBase + 1...pathTableBase + UInt32(pathSlots.upperBound)
+
+    // MARK: Classes (conntrack mark)
+
+    public static let classMarkMask: UInt32 = 0x00ff_0000
+    public static let classMarkShift: UInt32 = 16
+    /// Class ids 1...254; 255 marks a flow no policy matched (classified once, never steered).
+    public static let classIDs: ClosedRange<UInt8> = 1...254
+    public static let unclassifiedClassID: UInt8 = 255
+    public static func classMark(id: UInt8) -> UInt32 { UInt32(id) << classMarkShift }
+
+    // MARK: Uplinks (WireGuard's socket mark)
+
+    /// Each tunnel interface of uplink slot s sets the socket mark `s << 28`; an ip rule sends it to the
+    /// uplink's table, which copies the main table's routes out of that uplink.
+    public static let uplinkMarkMask: UInt32 = 0xf000_0000
+    public static let uplinkMarkShift: UInt32 = 28
+    /// Uplink slots are 1...15 (the mark field has 4 bits).
+    public static let uplinkSlots: ClosedRange<UInt8> = 1...15
+    public static func uplinkMark(slot: UInt8) -> UInt32 { UInt32(slot) << uplinkMarkShift & uplinkMarkMask }
+    /// Per-uplink routing tables: 6100 + uplink slot (6101...6115), routes tagged `uplinkProtocol`.
+    public static let uplinkTableBase: UInt32 = 6100
+    public static func uplinkTable(slot: UInt8) -> UInt32 { uplinkTableBase + UInt32(slot) }
+    public static let uplinkTables: ClosedRange<UInt32> = uplinkTableBase + 1...uplinkTableBase + UInt32(uplinkSlots.upperBound)
+
+    // MARK: ip rules
+
+    /// Our priority band: we install rules only here, and only rules carrying one of our protocol tags in
+    /// this band are ours.
+    public static let ruleBand: ClosedRange<UInt32> = 6200...6299
+    /// Uplink pinning: `fwmark s<<28/0xf0000000 lookup 6100+s`.
+    public static let uplinkRulePriority: UInt32 = 6205
+    /// Packets without path bits (everything not steered) leave the band here with one rule check:
+    /// `fwmark 0/0x0fff0000 goto 6299`.
+    public static let unsteeredRulePriority: UInt32 = 6206
+    /// Path rules, two levels so that no packet checks more than 64 + 64 rules whatever the number of
+    /// paths: at 6210 one rule per group of 64 slots present, `fwmark g<<22/0x0fc00000 goto 6211+g`; at
+    /// 6211+g one rule per slot of that group, `fwmark slot<<16/0x0fff0000 lookup 6200+slot`.
+    public static let pathGroupRulePriority: UInt32 = 6210
+    public static let pathGroupSize: UInt16 = 64
+    public static let pathGroupMask: UInt32 = 0x0fc0_0000
+    public static func pathGroup(slot: UInt16) -> UInt16 { slot / pathGroupSize }
+    public static func pathRulePriority(slot: UInt16) -> UInt32 { pathGroupRulePriority + 1 + UInt32(pathGroup(slot: slot)) }
+    public static func pathGroupMark(group: UInt16) -> UInt32 { UInt32(group) << 22 }
+    /// The end of the band: a `nop` rule, the target of the unsteered jump.
+    public static let bandEndPriority: UInt32 = 6299
+
+    /// rtnetlink protocol numbers on our ip rules and routes, so ours are told from foreign ones.
+    public static let steeringProtocol: UInt8 = 77
+    public static let uplinkProtocol: UInt8 = 78
+    /// Linux's main routing table.
+    public static let mainTable: UInt32 = 254
+
+    // MARK: nftables
+
+    public static let nftTable = "patronus"
+
+    // MARK: Ports and addresses
+
+    /// The first tunnel's WireGuard port (`--listen-port`); the mesh layer derives the others from it.
+    public static let wireGuardPort: UInt16 = 51820
+    /// Discovery announcements (multicast and unicast).
+    public static let discoveryPort: UInt16 = 51821
+    /// Path probes (each site's responder, on its overlay address).
+    public static let probePort: UInt16 = 51822
+    /// Bandwidth tests (each site's receiver, on its overlay address).
+    public static let bandwidthPort: UInt16 = 51823
+    /// The discovery multicast group (site-local scope).
+    public static let multicastGroup = IPv4Address(239, 255, 77, 77)
+    /// The overlay pool: each site's tunnel address is chosen from it (`OverlayAddressing`).
+    public static let overlayPool = IPv4Prefix(IPv4Address(10, 99, 0, 0), length: 16)
+}
