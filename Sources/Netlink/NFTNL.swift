@@ -20,12 +20,17 @@ enum NFTNL {
     /// `capacity` must bound what libnftnl writes (it does not check): callers size it with `room`.
     static func message(_ command: UInt32, _ family: NFTFamily, flags: UInt16, capacity: Int,
                         _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> NetlinkMessage {
+        message(command, family: family.rawValue, flags: flags, capacity: capacity, payload)
+    }
+
+    static func message(_ command: UInt32, family: UInt8, flags: UInt16, capacity: Int,
+                        _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) -> NetlinkMessage {
         let capacity = capacity + 64 // nlmsghdr + nfgenmsg
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: capacity) { buffer -> NetlinkMessage in
             buffer.initialize(repeating: 0)
             let base = UnsafeMutableRawPointer(buffer.baseAddress!)
             let nlh = nftnl_nlmsg_build_hdr(base.assumingMemoryBound(to: CChar.self), UInt16(command),
-                                            UInt16(family.rawValue), flags, 0)!
+                                            UInt16(family), flags, 0)!
             payload(nlh)
             let length = Int(nlh.pointee.nlmsg_len)
             precondition(length <= capacity, "libnftnl wrote \(length) bytes into a \(capacity)-byte message buffer")
@@ -411,6 +416,28 @@ final class NFTNLRule {
                                    chain: NFTNL.string(nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))),
                                    handle: nftnl_rule_get_u64(r, attr(NFTNL_RULE_HANDLE)), userdata: userdata,
                                    expressionNames: names, counter: counter)
+    }
+}
+
+// MARK: ruleset generation
+
+final class NFTNLGeneration {
+    private let g: OpaquePointer
+
+    init() { g = nftnl_gen_alloc() }
+    deinit { nftnl_gen_free(g) }
+
+    /// NFT_MSG_GETGEN: a header only (AF_UNSPEC), answered by one NFT_MSG_NEWGEN.
+    static func request() -> NetlinkMessage {
+        NFTNL.message(NFT_MSG_GETGEN.rawValue, family: UInt8(AF_UNSPEC), flags: 0, capacity: 0) { _ in }
+    }
+
+    /// The generation id of a NFT_MSG_NEWGEN (nil if it carries none).
+    static func parse(_ m: NetlinkMessage) throws(NetlinkError) -> UInt32? {
+        let o = NFTNLGeneration()
+        let g = o.g
+        try NFTNL.decode(m, "generation") { nftnl_gen_nlmsg_parse($0, g) }
+        return nftnl_gen_is_set(g, attr(NFTNL_GEN_ID)) ? nftnl_gen_get_u32(g, attr(NFTNL_GEN_ID)) : nil
     }
 }
 
