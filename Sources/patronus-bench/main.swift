@@ -135,7 +135,7 @@ case "resteer":
         try steering.removeAll()
         let a = summary(ours), b = summary(cli), c = summary(raw)
         print(String(format: "re-steer (one class moved, one batch, acked): n=%d median %.1f us  p99 %.1f us", n, a.median, a.p99))
-        print(String(format: "  of which kernel + syscalls (same 2 messages, prebuilt): median %.1f us  p99 %.1f us", c.median, c.p99))
+        print(String(format: "  of which libnftnl build + kernel + syscalls (same 2 messages, no compile or diff): median %.1f us  p99 %.1f us", c.median, c.p99))
         let d = summary(dumps)
         print(String(format: "  rule dump of the table (%d rules, libnftnl decode, as counters() reads it): median %.1f us  p99 %.1f us", rules, d.median, d.p99))
         print(String(format: "nft -f (same delete+add element):            n=%d median %.1f us  p99 %.1f us", cliRuns, b.median, b.p99))

@@ -270,6 +270,19 @@ let table = "patronus"
         }
     }
 
+    // nft monitor's first request: NFT_MSG_GETGEN, AF_UNSPEC, no attributes; answered by NEWGEN with NFTA_GEN_ID.
+    @Test func generationRequestAndReply() throws {
+        let request = NFTables.getGeneration()
+        #expect(request.type == 0x0a10 && request.flags == 0 && request.payload == [0, 0, 0, 0])
+        let reply = NetlinkMessage(type: 0x0a0f, flags: 0, payload: golden("""
+            00000000                                   # nfgenmsg: AF_UNSPEC, v0, res_id 0
+            08000100 0000002a                          # NFTA_GEN_ID 42
+            08000200 00000457                          # NFTA_GEN_PROC_PID 1111
+            """).hexBytes)
+        #expect(try NFTables.parseGeneration(reply) == 42)
+        #expect(try NFTables.parseGeneration(request) == nil)
+    }
+
     @Test func userdataTLVsReadBackAndATruncatedTailIsDropped() {
         let u = NFTUserdata.keyByteorder(.big) + NFTUserdata.comment("class voip", type: NFTUserdata.setCommentType)
         #expect(u == [0, 4, 2, 0, 0, 0, 7, 11] + Array("class voip".utf8) + [0])
