@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "Probing", dependencies: ["Model", .product(name: "Logging", package: "swift-log")]),
         // The daemon: services under one ServiceGroup, failover loop, status report.
         .target(name: "Router", dependencies: [
-            "CNetfilter", "Model", "Netlink", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
+            "CNetfilter", "Model", "Steering", "Routing", "Store", "WireGuard", "Mesh", "Probing",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Prometheus", package: "swift-prometheus"),

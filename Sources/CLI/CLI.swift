@@ -8,7 +8,7 @@ public struct PatronusRouter: AsyncParsableCommand {
         commandName: "patronus-router",
         abstract: "An SD-WAN site router for Linux.",
         version: BuildInfo.description,
-        subcommands: [RunCommand.self, StatusCommand.self, PolicyCommand.self, MeshKeyCommand.self, CACommand.self,
+        subcommands: [RunCommand.self, StatusCommand.self, ExplainCommand.self, PolicyCommand.self, MeshKeyCommand.self, CACommand.self,
                       IdentityCommand.self, LabCommand.self]
     )
     public init() {}

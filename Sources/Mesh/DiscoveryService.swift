@@ -612,7 +612,8 @@ public final class DiscoveryService: Sendable {
                     return error
                 }
                 guard codec.checksSignatures(of: opened) else { return nil }
-                return state.budget.take(source: source.address, now: seconds) ? nil : .rateLimited
+                return state.budget.take(source: source.address, relayedSite: relayed ? opened.announcement?.siteID : nil,
+                                         now: seconds) ? nil : .rateLimited
             }
             if rejection == nil {
                 do { message = try codec.verify(opened, now: wall) } catch { rejection = error }

@@ -394,6 +394,7 @@ final class NFTNLRule {
         try NFTNL.decode(m, "rule") { nftnl_rule_nlmsg_parse($0, r) }
         guard let family = NFTFamily(rawValue: UInt8(truncatingIfNeeded: nftnl_rule_get_u32(r, attr(NFTNL_RULE_FAMILY)))) else { return nil }
         var names: [String] = []
+        var decoded: [NFTExpression?] = []
         var counter: (UInt64, UInt64)?
         if let iterator = nftnl_expr_iter_create(r) {
             defer { nftnl_expr_iter_destroy(iterator) }
@@ -402,6 +403,7 @@ final class NFTNLRule {
                 next = nftnl_expr_iter_next(iterator)
                 let name = NFTNL.string(nftnl_expr_get_str(e, attr(NFTNL_EXPR_NAME)))
                 names.append(name)
+                decoded.append(decode(e, name))
                 if name == "counter", counter == nil {
                     counter = (nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_PACKETS)), nftnl_expr_get_u64(e, attr(NFTNL_EXPR_CTR_BYTES)))
                 }
@@ -415,8 +417,78 @@ final class NFTNLRule {
         return NFTables.ListedRule(family: family, table: NFTNL.string(nftnl_rule_get_str(r, attr(NFTNL_RULE_TABLE))),
                                    chain: NFTNL.string(nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))),
                                    handle: nftnl_rule_get_u64(r, attr(NFTNL_RULE_HANDLE)), userdata: userdata,
-                                   expressionNames: names, counter: counter)
+                                   expressionNames: names, counter: counter, expressions: decoded)
     }
+
+    /// The inverse of `add` for every kind we write; nil for other kinds and forms (a hash with an offset,
+    /// a register or key we do not name): the caller still has the expression's name.
+    private static func decode(_ e: OpaquePointer, _ name: String) -> NFTExpression? {
+        func u32(_ a: Int) -> UInt32? { nftnl_expr_is_set(e, attr(a)) ? nftnl_expr_get_u32(e, attr(a)) : nil }
+        func reg(_ a: Int) -> NFTRegister? { u32(a).flatMap(NFTRegister.init(rawValue:)) }
+        func data(_ a: Int) -> [UInt8]? {
+            guard nftnl_expr_is_set(e, attr(a)) else { return nil }
+            var length: UInt32 = 0
+            return NFTNL.bytes(nftnl_expr_get(e, attr(a), &length), length)
+        }
+        switch name {
+        case "meta":
+            guard let key = u32(NFTNL_EXPR_META_KEY).flatMap(NFTMetaKey.init(rawValue:)) else { return nil }
+            if let dreg = reg(NFTNL_EXPR_META_DREG) { return .meta(key: key, dreg: dreg) }
+            return reg(NFTNL_EXPR_META_SREG).map { .metaSet(key: key, sreg: $0) }
+        case "ct":
+            guard let key = u32(NFTNL_EXPR_CT_KEY).flatMap(NFTCtKey.init(rawValue:)) else { return nil }
+            if let dreg = reg(NFTNL_EXPR_CT_DREG) { return .ct(key: key, dreg: dreg) }
+            return reg(NFTNL_EXPR_CT_SREG).map { .ctSet(key: key, sreg: $0) }
+        case "payload":
+            guard let dreg = reg(NFTNL_EXPR_PAYLOAD_DREG), let base = u32(NFTNL_EXPR_PAYLOAD_BASE).flatMap(NFTPayloadBase.init(rawValue:)),
+                  let offset = u32(NFTNL_EXPR_PAYLOAD_OFFSET), let length = u32(NFTNL_EXPR_PAYLOAD_LEN) else { return nil }
+            return .payload(base: base, offset: offset, length: length, dreg: dreg)
+        case "cmp":
+            guard let sreg = reg(NFTNL_EXPR_CMP_SREG), let op = u32(NFTNL_EXPR_CMP_OP).flatMap(NFTCmpOp.init(rawValue:)),
+                  let value = data(NFTNL_EXPR_CMP_DATA) else { return nil }
+            return .cmp(sreg: sreg, op: op, data: value)
+        case "bitwise":
+            guard let sreg = reg(NFTNL_EXPR_BITWISE_SREG), let dreg = reg(NFTNL_EXPR_BITWISE_DREG) else { return nil }
+            switch u32(NFTNL_EXPR_BITWISE_OP) ?? NFT_BITWISE_MASK_XOR.rawValue {
+            case NFT_BITWISE_MASK_XOR.rawValue:
+                guard let mask = data(NFTNL_EXPR_BITWISE_MASK), let xor = data(NFTNL_EXPR_BITWISE_XOR) else { return nil }
+                return .bitwise(sreg: sreg, dreg: dreg, mask: mask, xor: xor)
+            case NFT_BITWISE_RSHIFT.rawValue:
+                guard let length = u32(NFTNL_EXPR_BITWISE_LEN), let shift = data(NFTNL_EXPR_BITWISE_DATA), shift.count == 4 else { return nil }
+                return .shiftRight(sreg: sreg, dreg: dreg, length: length, shift: shift.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+            default:
+                return nil
+            }
+        case "byteorder":
+            guard let sreg = reg(NFTNL_EXPR_BYTEORDER_SREG), let dreg = reg(NFTNL_EXPR_BYTEORDER_DREG),
+                  let op = u32(NFTNL_EXPR_BYTEORDER_OP).flatMap(NFTByteorderOp.init(rawValue:)),
+                  let length = u32(NFTNL_EXPR_BYTEORDER_LEN), let size = u32(NFTNL_EXPR_BYTEORDER_SIZE) else { return nil }
+            return .byteorder(sreg: sreg, dreg: dreg, op: op, length: length, size: size)
+        case "lookup":
+            guard let sreg = reg(NFTNL_EXPR_LOOKUP_SREG), nftnl_expr_is_set(e, attr(NFTNL_EXPR_LOOKUP_SET)) else { return nil }
+            return .lookup(sreg: sreg, set: NFTNL.string(nftnl_expr_get_str(e, attr(NFTNL_EXPR_LOOKUP_SET))),
+                           setID: u32(NFTNL_EXPR_LOOKUP_SET_ID), dreg: reg(NFTNL_EXPR_LOOKUP_DREG))
+        case "immediate":
+            guard let dreg = reg(NFTNL_EXPR_IMM_DREG) else { return nil }
+            if let code = u32(NFTNL_EXPR_IMM_VERDICT) {
+                let chain = NFTNL.string(nftnl_expr_get_str(e, attr(NFTNL_EXPR_IMM_CHAIN)))
+                guard let verdict = try? NFTVerdict(code: Int32(bitPattern: code), chain: chain) else { return nil }
+                return .immediate(dreg: dreg, data: .verdict(verdict))
+            }
+            return data(NFTNL_EXPR_IMM_DATA).map { .immediate(dreg: dreg, data: .value($0)) }
+        case "counter":
+            return .counter
+        case "hash":
+            guard (u32(NFTNL_EXPR_HASH_TYPE) ?? NFT_HASH_JENKINS.rawValue) == NFT_HASH_JENKINS.rawValue,
+                  (u32(NFTNL_EXPR_HASH_OFFSET) ?? 0) == 0,
+                  let sreg = reg(NFTNL_EXPR_HASH_SREG), let dreg = reg(NFTNL_EXPR_HASH_DREG),
+                  let length = u32(NFTNL_EXPR_HASH_LEN), let modulus = u32(NFTNL_EXPR_HASH_MODULUS) else { return nil }
+            return .jhash(sreg: sreg, length: length, dreg: dreg, modulus: modulus, seed: u32(NFTNL_EXPR_HASH_SEED) ?? 0)
+        default:
+            return nil
+        }
+    }
+
 }
 
 // MARK: ruleset generation

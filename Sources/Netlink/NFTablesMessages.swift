@@ -155,7 +155,8 @@ public enum NFTables {
     }
 
     /// A rule as listed: table, chain, handle, userdata and the expression names (enough to identify our
-    /// rules by their userdata fingerprint; we never need to re-decode the kernel's register program).
+    /// rules by their userdata fingerprint), and the few expressions a reader of the installed steering needs
+    /// decoded: what a rule writes into a mark, and its flow hash (libnftnl decodes every kind we write).
     public struct ListedRule: Hashable, Sendable {
         public var family: NFTFamily
         public var table: String
@@ -165,10 +166,12 @@ public enum NFTables {
         public var expressionNames: [String]
         /// The rule's first counter expression, if it has one: (packets, bytes).
         public var counter: (packets: UInt64, bytes: UInt64)?
+        /// One entry per expression, in order: the decoded expression, or nil for kinds not decoded.
+        public var expressions: [NFTExpression?] = []
 
         public static func == (a: ListedRule, b: ListedRule) -> Bool {
             a.family == b.family && a.table == b.table && a.chain == b.chain && a.handle == b.handle
-                && a.userdata == b.userdata && a.expressionNames == b.expressionNames
+                && a.userdata == b.userdata && a.expressionNames == b.expressionNames && a.expressions == b.expressions
                 && a.counter?.packets == b.counter?.packets && a.counter?.bytes == b.counter?.bytes
         }
 

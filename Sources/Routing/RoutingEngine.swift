@@ -228,7 +228,7 @@ public struct RoutingEngine: Sendable {
         (meetsSLA(path, policy) ? 0 : 2) + (path.status == .up ? 0 : 1)
     }
 
-    private func meetsSLA(_ path: PathState, _ policy: Policy) -> Bool {
+    func meetsSLA(_ path: PathState, _ policy: Policy) -> Bool {
         guard let metrics = path.metrics else { return false }
         return policy.sla.isMet(by: metrics)
     }
@@ -283,7 +283,7 @@ public struct RoutingEngine: Sendable {
     /// Loss-driven comparisons (score, loss, and "up beats degraded", where degraded is usually a loss
     /// threshold crossed by an estimate) allow for the estimates' noise, so random loss on equal paths moves
     /// no traffic, while a path that is really worse is still left.
-    private func beatsByMargin(_ challenger: PathState, _ incumbent: PathState, strategy: Strategy) -> Bool {
+    func beatsByMargin(_ challenger: PathState, _ incumbent: PathState, strategy: Strategy) -> Bool {
         let c = challenger.metrics!, i = incumbent.metrics!
         if challenger.status == .up && incumbent.status == .degraded && c.score >= i.score + scoreMargin(c, i) {
             return true

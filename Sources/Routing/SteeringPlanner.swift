@@ -101,8 +101,7 @@ public enum SteeringPlanner {
     ///   - selections: the engine's current decision.
     public static func plan(policies: [Policy], classIDs: [String: UInt8], sites: [RemoteSite],
                             paths: [PathBinding], selections: [SelectionKey: Selection]) -> SteeringPlan {
-        let ordered = policies.filter { $0.enabled && classIDs[$0.name] != nil }
-            .sorted { ($0.priority, $0.name) < ($1.priority, $1.name) }
+        let ordered = classOrder(policies).filter { classIDs[$0.name] != nil }
         let classes = ordered.map {
             SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match])
         }
@@ -135,6 +134,18 @@ public enum SteeringPlanner {
             }
         }
         return SteeringPlan(classes: classes, paths: steeringPaths, destinations: destinations, choices: choices)
+    }
+
+    /// The enabled policies in the order the kernel's `classify` chain tries their classes: priority, then
+    /// name. The first whose match selects a flow gives the flow its class.
+    public static func classOrder(_ policies: [Policy]) -> [Policy] {
+        policies.filter(\.enabled).sorted { ($0.priority, $0.name) < ($1.priority, $1.name) }
+    }
+
+    /// The policy whose class the `classify` chain gives `flow` (first match in `classOrder`), or nil when
+    /// none matches (the flow is marked unclassified and not steered).
+    public static func classify(_ flow: Flow, policies: [Policy]) -> Policy? {
+        classOrder(policies).first { $0.match.matches(flow) }
     }
 
     /// Site names may hold characters and lengths nft object names cannot ("branch.east", 63 characters):

@@ -145,7 +145,7 @@ public enum SteeringCompiler {
                         e.append(.lookup(sreg: NFT.reg1, set: l.set.set.name, setID: nil, dreg: nil))
                     }
                     let chain = reply ? SteeringNames.classifyReplyChain : SteeringNames.classifyChain
-                    let r = rule(chain, e + tail, comment: "class \(c.name)", sets: loads.map(\.set.set),
+                    let r = rule(chain, e + tail, comment: SteeringNames.classifyComment(c.name), sets: loads.map(\.set.set),
                                  elements: loads.map(\.set.elements))
                     if reply { classifyReply.append(r) } else { classify.append(r) }
                 }
@@ -345,7 +345,7 @@ public enum SteeringCompiler {
         var seen = Set<[UInt8]>()
         var out: [NFTElement] = []
         for s in services {
-            for r in (s.ports.isEmpty ? [PortRange(0, 65535)] : s.ports.sorted()) {
+            for r in s.effectivePorts {
                 let proto: [UInt8] = [s.proto.number, 0, 0, 0]
                 let key = proto + [UInt8(r.lower >> 8), UInt8(r.lower & 0xff), 0, 0]
                 let keyEnd = proto + [UInt8(r.upper >> 8), UInt8(r.upper & 0xff), 0, 0]

@@ -74,6 +74,14 @@ public enum SteeringNames {
         }
         return nil
     }
+    /// The comment on a class's rules in `classify` and `classify_reply`, and its inverse (nil for the
+    /// "no policy matched" rule and anything not ours).
+    public static func classifyComment(_ className: String) -> String { "class \(className)" }
+    public static func className(inClassifyComment comment: String?) -> String? {
+        guard let comment, comment.hasPrefix("class ") else { return nil }
+        let name = comment.dropFirst("class ".count)
+        return Policy.isValidName(name) ? String(name) : nil
+    }
     public static func siteChain(_ siteName: String) -> String { "site_\(siteName)" }
     public static func balanceChain(_ className: String, _ siteName: String) -> String { "lb_\(className)_\(siteName)" }
 

@@ -73,6 +73,13 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var conflicts: [ConflictRecord]?
     /// This site's certificate, when it runs with one.
     public var certificate: CertificateSummary?
+    /// Per remote site and class, the path the kernel sends it by now and why (`status` fills it from the
+    /// kernel of the namespace it runs in; nil when not read).
+    public var steering: [ClassSteering]? = nil
+    /// How many of `steering`'s entries disagree with the database (0 when all agree).
+    public var steeringDisagreements: Int? = nil
+    /// Why the kernel's steering could not be read (no table in this namespace, no permission).
+    public var steeringError: String? = nil
 
     public struct CertificateSummary: Codable, Hashable, Sendable {
         public var serial: String
@@ -139,6 +146,7 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
                 lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface), \(path.status); \(slot))")
             }
         }
+        lines += steeringReport()
         lines.append(rule)
         return lines.joined(separator: "\n") + "\n"
     }
@@ -171,7 +179,7 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     }
 
     /// Up to two decimals, trailing zeros dropped: 98, 12.5, 0.05.
-    static func formatNumber(_ value: Double) -> String {
+    public static func formatNumber(_ value: Double) -> String {
         var text = String(format: "%.2f", value)
         while text.hasSuffix("0") { text.removeLast() }
         if text.hasSuffix(".") { text.removeLast() }

@@ -50,6 +50,24 @@ struct CommandTests {
         }
     }
 
+    /// A destination outside every site's prefixes is an answer, not an error: one line on stdout, exit 1,
+    /// and nothing written.
+    @Test func explainingAnAddressOfNoSiteSaysNotSteered() throws {
+        try withTemporaryDirectory { dir in
+            let database = dir + "/hq.db"
+            let store = try Store.open(path: database)
+            _ = try store.ensureLocalSite(name: "hq")
+            try store.loadDefaultPoliciesIfNew(Policy.defaults())
+            let before = fileBytes(database)
+            let result = try run(["explain", "203.0.113.5", "udp", "5060", "--database", database])
+            #expect(result.status == 1 && result.stdout == "not steered: 203.0.113.5 is not in any site's prefixes\n"
+                    && result.stderr.isEmpty, "\(result.stdout)\(result.stderr)")
+            #expect(fileBytes(database) == before)
+            let bad = try run(["explain", "203.0.113.5", "gre", "1", "--database", database])
+            #expect(bad.status == 64 && bad.stderrLines.count == 1 && bad.stdout.isEmpty)
+        }
+    }
+
     @Test func statusOfAMissingDatabaseCreatesNothing() throws {
         try withTemporaryDirectory { dir in
             let result = try run(["status", "--database", dir + "/none.db"])

@@ -139,6 +139,38 @@ import Router
         #expect(fixed.policy.strategy == .fixed(uplinkLabel: "isp-a") && fixed.policy.match.matchesEverything)
     }
 
+    /// explain's bad input is a usage error like every other bad flag: one line, exit 64, before anything is read.
+    @Test func malformedExplainQueriesAreUsageErrors() throws {
+        let cases: [([String], String)] = [
+            (["explain", "10.10.2.2", "icmp", "1"], "icmp"),
+            (["explain", "10.10.2.2", "udp", "0"], "port '0'"),
+            (["explain", "10.10.2.2", "udp", "65536"], "port '65536'"),
+            (["explain", "10.10.2.2", "tcp", "-5"], "PORT"),
+            (["explain", "10.10.2.2", "udp"], "PROTO and PORT"),
+            (["explain", "10.10.2"], "10.10.2"),
+            (["explain", "10.10.2.2", "--from", "hq"], "'hq'"),
+            (["explain", "10.10.2.2", "--dscp", "64"], "DSCP"),
+            (["explain", "10.10.2.2", "--netns", "../x"], "--netns"),
+            (["explain"], "<destination>"),
+        ]
+        expectRefusedInOneLine(cases, exitCode: 64)
+    }
+
+    /// Each argument list must fail to parse with one line naming `expected` (and the exit code, if given).
+    func expectRefusedInOneLine(_ cases: [([String], String)], exitCode: Int32? = nil) {
+        for (arguments, expected) in cases {
+            do {
+                _ = try PatronusRouter.parseAsRoot(arguments)
+                Issue.record("\(arguments) was accepted")
+            } catch {
+                let message = PatronusRouter.oneLineMessage(for: error)
+                #expect(message.contains(expected), "\(arguments): \(message)")
+                #expect(!message.contains("\n"))
+                if let exitCode { #expect(PatronusRouter.exitCode(for: error).rawValue == exitCode, "\(arguments)") }
+            }
+        }
+    }
+
     @Test func malformedPoliciesAreRefusedInOneLine() throws {
         let base = ["policy", "add", "--name", "p", "--priority", "5", "--strategy", "best-score"]
         let cases: [([String], String)] = [
@@ -156,22 +188,21 @@ import Router
             (["policy", "add", "--name", "p", "--strategy", "best-score"], "--priority"),
             (["policy", "remove"], "<name>"),
         ]
-        for (arguments, expected) in cases {
-            do {
-                _ = try PatronusRouter.parseAsRoot(arguments)
-                Issue.record("\(arguments) was accepted")
-            } catch {
-                let message = PatronusRouter.oneLineMessage(for: error)
-                #expect(message.contains(expected), "\(arguments): \(message)")
-                #expect(!message.contains("\n"))
-            }
-        }
+        expectRefusedInOneLine(cases)
     }
 
     @Test func otherCommandsParse() throws {
         let status = try #require(try PatronusRouter.parseAsRoot(["status", "--database", "a.db", "--json"]) as? StatusCommand)
-        #expect(status.database == "a.db" && status.json)
-        #expect((try PatronusRouter.parseAsRoot(["status"]) as? StatusCommand)?.database == "sdwan.db")
+        #expect(status.options.database == "a.db" && status.json && status.options.netns == nil)
+        #expect((try PatronusRouter.parseAsRoot(["status"]) as? StatusCommand)?.options.database == "sdwan.db")
+        #expect((try PatronusRouter.parseAsRoot(["status", "--netns", "ptlab-hq"]) as? StatusCommand)?.options.netns == "ptlab-hq")
+        let explain = try #require(try PatronusRouter.parseAsRoot(["explain", "10.10.2.2", "udp", "5060", "--from", "10.10.1.2",
+                                                                   "--dscp", "46", "--netns", "ptlab-hq", "--json"]) as? ExplainCommand)
+        #expect(explain.destination == IPv4Address("10.10.2.2") && explain.proto == .udp && explain.port == 5060
+                && explain.source == IPv4Address("10.10.1.2") && explain.dscp == 46 && explain.json
+                && explain.options.netns == "ptlab-hq" && explain.options.database == "sdwan.db")
+        let bare = try #require(try PatronusRouter.parseAsRoot(["explain", "10.10.2.2"]) as? ExplainCommand)
+        #expect(bare.proto == nil && bare.port == nil && bare.source == nil && bare.dscp == 0)
         #expect((try PatronusRouter.parseAsRoot(["policy", "disable", "bulk"]) as? PolicyCommand.Disable)?.name == "bulk")
         #expect((try PatronusRouter.parseAsRoot(["policy", "list", "--json"]) as? PolicyCommand.List)?.json == true)
         let generate = try #require(try PatronusRouter.parseAsRoot(["mesh-key", "generate", "--output", "k", "--force"])

@@ -263,6 +263,32 @@ struct CertificateTests {
         let siteGranted = budget.take(source: site, now: 1.0)
         #expect(siteGranted)
     }
+
+    /// A hub relaying 300 sites once a second each (300 datagrams a second from one address): every one is
+    /// checked, where a per-address budget of 100/s refused two thirds; one relayed site flooding through
+    /// the hub is still bounded like one address, and the total still bounds everything.
+    @Test func aHubRelayingHundredsOfSitesGetsEachItsShare() {
+        var budget = SignatureBudget()
+        let hub = IPv4Address(198, 51, 100, 1)
+        let sites = (0..<300).map { _ in SiteID() }
+        var granted = 0
+        for second in 0..<5 {
+            for (i, site) in sites.enumerated() where budget.take(source: hub, relayedSite: site, now: Double(second) + Double(i) / 300) {
+                granted += 1
+            }
+        }
+        #expect(granted == 5 * 300)
+        var unrelayed = SignatureBudget()
+        var byAddress = 0
+        for second in 0..<5 {
+            for i in sites.indices where unrelayed.take(source: hub, now: Double(second) + Double(i) / 300) { byAddress += 1 }
+        }
+        #expect(byAddress < 5 * 300 / 2, "keyed by address alone, the hub's relays were refused: \(byAddress) granted")
+        let flooder = sites[0]
+        var flood = 0
+        for i in 0..<10_000 where budget.take(source: hub, relayedSite: flooder, now: 10 + Double(i) / 10_000) { flood += 1 }
+        #expect(flood <= 300, "one relayed site is bounded like one address: \(flood)")
+    }
 }
 
 extension CertificateTests {

@@ -314,6 +314,24 @@ let table = "patronus"
         #expect(listed.userdata == r.userdata)
         #expect(listed.expressionNames == ["meta", "meta", "counter", "immediate"])
         #expect(listed.counter?.packets == 0 && listed.counter?.bytes == 0)
+        #expect(listed.expressions == r.expressions.map(Optional.some))
+    }
+
+    @Test func everyExpressionKindWeWriteDecodesBackExactly() throws {
+        let all: [NFTExpression] = [
+            .meta(key: .nfproto, dreg: .reg1), .metaSet(key: .mark, sreg: .reg1), .ct(key: .direction, dreg: .reg32_01),
+            .ctSet(key: .mark, sreg: .reg1), .payload(base: .transport, offset: 2, length: 2, dreg: .reg32_01),
+            .cmp(sreg: .reg1, op: .neq, data: [0, 0, 0, 0]),
+            .bitwise(sreg: .reg1, dreg: .reg1, mask: UInt32(0xff00_ffff).hostBytes, xor: UInt32(0x0001_0000).hostBytes),
+            .shiftRight(sreg: .reg1, dreg: .reg1, length: 1, shift: 2),
+            .byteorder(sreg: .reg1, dreg: .reg1, op: .hton, length: 1, size: 2),
+            .lookup(sreg: .reg1, set: "voip_svc", setID: 3, dreg: nil), .lookup(sreg: .reg1, set: "sites", setID: nil, dreg: .verdict),
+            .immediate(dreg: .verdict, data: .verdict(.jump("classify"))), .immediate(dreg: .reg1, data: .value([1, 2, 3, 4])),
+            .counter, .jhash(sreg: .reg2, length: 8, dreg: .reg1, modulus: 64, seed: 0x7061_7472),
+        ]
+        let listed = try #require(try NFTables.parseRule(NFTables.newRule(NFTRule(family: .inet, table: table, chain: "c", expressions: all))))
+        #expect(listed.expressions == all.map(Optional.some))
+        #expect(listed.expressionNames == all.map(\.name))
     }
 
     @Test func dataTypesPackConcatenationsAsNftDoes() {
@@ -406,5 +424,33 @@ extension String {
         let m = RouteNetlink.addressMessage(InterfaceAddress(interfaceIndex: 3, address: 0xc000_0201, prefixLength: 24))
         #expect(m.type == 0x14 && m.flags | NetlinkFlag.request | NetlinkFlag.ack == 0x0605)
         #expect(hex(m.payload) == golden("021800000300000008000200c000020108000100c0000201"))
+    }
+}
+
+@Suite struct RouteLookupGoldenTests {
+    // ip route get 10.20.0.5 from 10.1.0.2 iif lan mark 0x20000 (lan = ifindex 4), plus RTM_F_LOOKUP_TABLE
+    // so the reply names the table the ip rules chose -> RTM_GETROUTE REQUEST|ACK
+    @Test func routeLookupWithMarkSourceAndInputInterface() {
+        let m = RouteNetlink.routeLookupMessage(destination: 0x0a14_0005, source: 0x0a01_0002, inputInterface: 4, mark: 0x20000)
+        #expect(m.type == 0x1a && m.flags == 0)
+        #expect(hex(m.payload) == golden("""
+            02 20 20 00 00 00 00 00 00100000   # rtmsg: AF_INET, dst /32, src /32, flags RTM_F_LOOKUP_TABLE (0x1000)
+            08000100 0a140005                  # RTA_DST 10.20.0.5
+            08000200 0a010002                  # RTA_SRC 10.1.0.2
+            08000300 04000000                  # RTA_IIF 4
+            08001000 00000200                  # RTA_MARK 0x20000 (host order)
+            """))
+        let bare = RouteNetlink.routeLookupMessage(destination: 0x0a14_0005)
+        #expect(hex(bare.payload) == golden("022000000000000000100000080001000a140005"))
+    }
+
+    @Test func theAnswerNamesTableInterfaceGatewayAndSource() throws {
+        var p: [UInt8] = [2, 32, 0, 0, 0xfc, 0, 0, 1, 0, 0, 0, 0] // AF_INET /32, table 252 (low byte), unicast
+        p += [8, 0, 15, 0, 0x3a, 0x18, 0, 0]              // RTA_TABLE 6202
+        p += [8, 0, 4, 0, 5, 0, 0, 0]                     // RTA_OIF 5
+        p += [8, 0, 5, 0, 198, 51, 100, 2]                // RTA_GATEWAY 198.51.100.2
+        p += [8, 0, 7, 0, 10, 1, 0, 1]                    // RTA_PREFSRC 10.1.0.1
+        let answer = try RouteNetlink.parseRouteLookup(NetlinkMessage(type: 24, flags: 0, payload: p))
+        #expect(answer == RouteLookup(table: 6202, type: 1, outputInterface: 5, gateway: 0xc633_6402, preferredSource: 0x0a01_0001))
     }
 }

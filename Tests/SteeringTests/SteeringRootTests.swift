@@ -406,3 +406,32 @@ func referenceRulesetPath() -> String {
         #expect(try KernelView.read(f.router, tables: []).tables == ["ip foreign"])
     }
 }
+
+/// Issue 21: more than 255 paths at one site. 300 paths (slots 1-299 over one link, slot 4094, the last
+/// one, over the other): the kernel takes the two-level rules and the tables past 6455, and real packets
+/// follow: VoIP steered to slot 4094 arrives over its link, as does a local packet pinned to it by SO_MARK.
+@Suite(.serialized) struct ManyPathsRootTests {
+    @Test(.enabled(if: isRoot)) func rootThreeHundredPathsUpToTheLastSlotCarryTheirTraffic() throws {
+        let f = try SteeringFixture()
+        let steering = try f.steering()
+        var plan = f.plan(voip: 4094, bulk: 299, other: 1)
+        plan.paths = (1...299).map {
+            SteeringPlan.SteeringPath(slot: UInt16($0), interface: "pa", site: f.site, gateway: IPv4Address("192.0.2.2"))
+        } + [SteeringPlan.SteeringPath(id: 5000, slot: 4094, interface: "pb", site: f.site, gateway: IPv4Address("198.51.100.2"))]
+        let changes = try steering.apply(plan)
+        #expect(changes.ipRulesAdded.count == 300 + 2 + 6, "300 paths, unsteered jump and band end, groups 0-4 and 63")
+        let rules = try f.router.check(["ip", "rule", "show"])
+        #expect(rules.contains("6274:\tfrom all fwmark 0xffe0000/0xfff0000 lookup 10294 proto 77"))
+        #expect(rules.contains("6210:\tfrom all fwmark 0xfc00000/0xfc00000 goto 6274 proto 77"))
+        #expect(try f.router.check(["ip", "route", "show", "table", "10294"]).contains("via 198.51.100.2 dev pb"))
+        #expect(try f.router.check(["nft", "list", "chain", "inet", "patronus", "voip_path5000"]).contains("0x0ffe0000"))
+
+        try f.sendUDP(from: f.client, port: 5060)             // forwarded, steered to slot 4094
+        try f.sendUDP(from: f.client, port: 9999)             // forwarded, steered to slot 1
+        try f.sendUDP(from: f.router, port: 9999, mark: 4094 << 16) // local, pinned by SO_MARK
+        #expect(try f.count(f.peer2, "voip") == 5 && f.count(f.peer1, "voip") == 0)
+        #expect(try f.count(f.peer1, "other") == 5 && f.count(f.peer2, "other") == 5)
+        try steering.removeAll()
+        #expect(try KernelView.read(f.router, tables: [10294]).ourRules.isEmpty)
+    }
+}

@@ -1,0 +1,200 @@
+import Model
+import Netlink
+
+/// The steering the kernel does now, read from `table inet patronus`: which chain each remote prefix goes
+/// to, each class's conntrack mark, each site map's class -> chain elements, the bucket maps and their flow
+/// hashes, the packet mark each path chain writes, and every chain's counter. Read-only: dumps, never a
+/// write, so it is safe beside the daemon and while traffic flows.
+///
+/// It follows the packet the way the ruleset does (docs/STEERING.md): `sites` (interval map) -> `site_<name>`
+/// chain, whose map of the same name is looked up with the class bits of the ct mark -> a path chain, or a
+/// `lb_*` chain whose map of the same name is looked up with the flow hash. Nothing is derived from chain
+/// names: marks, hashes and class ids are read from the rules' expressions.
+public struct InstalledSteering: Sendable, Equatable {
+    public var tableExists = false
+    /// Class name -> the conntrack mark value its `classify` rules write (the class bits).
+    public var classMarks: [String: UInt32] = [:]
+    /// Remote address ranges (host order, inclusive) and the chain they go to.
+    public var siteRanges: [SiteRange] = []
+    /// Per map (by name): key (host-order u32: a class mark or a bucket) -> the chain its verdict goes to.
+    public var maps: [String: [UInt32: String]] = [:]
+    /// Per chain: the packet mark its rule writes (the `<class>_path<n>` chains).
+    public var chainMarks: [String: UInt32] = [:]
+    /// Per chain: the flow hash its rule computes (the `lb_*` chains).
+    public var chainHashes: [String: Hash] = [:]
+    /// Per chain: the first counter of its rules.
+    public var chainCounters: [String: Counter] = [:]
+    /// Per chain: its comment.
+    public var chainComments: [String: String] = [:]
+
+    public struct SiteRange: Sendable, Equatable {
+        public var first: UInt32
+        public var last: UInt32
+        public var chain: String
+    }
+
+    public struct Hash: Sendable, Equatable {
+        public var modulus: UInt32
+        public var seed: UInt32
+    }
+
+    public struct Counter: Sendable, Equatable {
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    public init() {}
+
+    /// Builds the view from what a dump returns: chains, rules and the elements of every map.
+    public init(chains: [NFTChain], rules: [NFTables.ListedRule], mapElements: [String: [NFTElement]]) {
+        tableExists = true
+        for c in chains { chainComments[c.name] = NFTUserdata.comment(in: c.userdata) }
+        for r in rules {
+            if let counter = r.counter, chainCounters[r.chain] == nil {
+                chainCounters[r.chain] = Counter(packets: counter.packets, bytes: counter.bytes)
+            }
+            for (i, e) in r.expressions.enumerated() {
+                switch e {
+                case .metaSet(let key, _)? where key == NFT.metaMark:
+                    if let value = Self.xor(before: i, in: r) { chainMarks[r.chain] = value }
+                case .ctSet(let key, _)? where key == NFT.ctMark && r.chain == SteeringNames.classifyChain:
+                    if let value = Self.xor(before: i, in: r),
+                       let name = SteeringNames.className(inClassifyComment: NFTUserdata.comment(in: r.userdata)) {
+                        classMarks[name] = value
+                    }
+                case .jhash(_, _, _, let modulus, let seed)?:
+                    chainHashes[r.chain] = Hash(modulus: modulus, seed: seed)
+                default:
+                    break
+                }
+            }
+        }
+        for (name, elements) in mapElements {
+            if name == SteeringNames.sitesMap {
+                siteRanges = Self.ranges(elements)
+                continue
+            }
+            var map: [UInt32: String] = [:]
+            for e in elements {
+                guard let key = Self.hostU32(e.key), let chain = Self.target(e.data) else { continue }
+                map[key] = chain
+            }
+            maps[name] = map
+        }
+    }
+
+    /// Reads our table in the namespace `nft` is bound to. A missing table gives `tableExists == false`.
+    public static func read(_ nft: NFTablesClient) throws(NetlinkError) -> InstalledSteering {
+        let family = SteeringNames.family, table = SteeringNames.table
+        guard try nft.tables(family: family).contains(where: { $0.name == table }) else { return InstalledSteering() }
+        let chains = try nft.chains(family: family, table: table)
+        let rules = try nft.rules(family: family, table: table)
+        var elements: [String: [NFTElement]] = [:]
+        for set in try nft.sets(family: family, table: table) where set.flags & NFTSet.flagMap != 0 {
+            elements[set.name] = try nft.elements(family: family, table: table, set: set.name)
+        }
+        return InstalledSteering(chains: chains, rules: rules, mapElements: elements)
+    }
+
+    // MARK: following a packet
+
+    /// Where the kernel sends a packet to `destination`: the site chain of the `sites` map, or nil when the
+    /// address is in no remote range (not steered).
+    public func siteChain(for destination: IPv4Address) -> String? {
+        siteRanges.first { $0.first <= destination.value && destination.value <= $0.last }?.chain
+    }
+
+    /// The path a flow of the class whose ct mark is `classMark` takes through `siteChain`: the element of
+    /// the site's map, and for a load-balanced class the bucket the flow hash picks. Nil when the map has no
+    /// element for the class (a flow of it is not steered).
+    public func decide(siteChain: String, classMark: UInt32, source: IPv4Address,
+                       destination: IPv4Address) -> Decision? {
+        guard let target = maps[siteChain]?[classMark] else { return nil }
+        guard let buckets = maps[target] else {
+            return Decision(siteChain: siteChain, pathChain: target, mark: chainMarks[target])
+        }
+        // A bucket map: the chain of the same name hashes the flow's addresses into it.
+        let hash = chainHashes[target] ?? Hash(modulus: UInt32(buckets.count), seed: SteeringNames.hashSeed)
+        let bucket = FlowHash.bucket(source: source, destination: destination, modulus: hash.modulus, seed: hash.seed)
+        guard let chain = buckets[bucket] else { return nil }
+        return Decision(siteChain: siteChain, balance: Balance(chain: target, bucket: bucket, buckets: hash.modulus,
+                                                               seed: hash.seed),
+                        pathChain: chain, mark: chainMarks[chain])
+    }
+
+    /// One flow's way through the table.
+    public struct Decision: Sendable, Hashable {
+        public var siteChain: String
+        public var balance: Balance?
+        /// The chain that sets the path mark (and counts the class on that path).
+        public var pathChain: String
+        /// The packet mark `pathChain` writes (nil if its rule writes none: not our ruleset).
+        public var mark: UInt32?
+
+        public init(siteChain: String, balance: Balance? = nil, pathChain: String, mark: UInt32?) {
+            self.siteChain = siteChain
+            self.balance = balance
+            self.pathChain = pathChain
+            self.mark = mark
+        }
+    }
+
+    public struct Balance: Sendable, Hashable {
+        public var chain: String
+        public var bucket: UInt32
+        public var buckets: UInt32
+        public var seed: UInt32
+    }
+
+    /// The distinct path chains a class can take through a site chain (one, or every bucket's).
+    public func pathChains(siteChain: String, classMark: UInt32) -> [String] {
+        guard let target = maps[siteChain]?[classMark] else { return [] }
+        guard let buckets = maps[target] else { return [target] }
+        return Array(Set(buckets.values)).sorted()
+    }
+
+    /// How many buckets of a load-balanced target each path chain holds.
+    public func bucketShares(siteChain: String, classMark: UInt32) -> [String: Int]? {
+        guard let target = maps[siteChain]?[classMark], let buckets = maps[target] else { return nil }
+        return Dictionary(buckets.values.map { ($0, 1) }, uniquingKeysWith: +)
+    }
+
+    // MARK: decoding
+
+    /// The xor operand of the `bitwise` right before expression `index` (the `(mark & ~ours) ^ value` the
+    /// compiler writes): the value our bits get.
+    static func xor(before index: Int, in rule: NFTables.ListedRule) -> UInt32? {
+        guard index > 0, case .bitwise(_, _, _, let xor)? = rule.expressions[index - 1] else { return nil }
+        return hostU32(xor)
+    }
+
+    static func hostU32(_ bytes: [UInt8]) -> UInt32? {
+        guard bytes.count == 4 else { return nil }
+        return bytes.reversed().reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
+    static func target(_ data: NFTData?) -> String? {
+        switch data {
+        case .verdict(.goto(let chain))?, .verdict(.jump(let chain))?: chain
+        default: nil
+        }
+    }
+
+    /// Interval-map elements (start elements with a verdict, end elements flagged INTERVAL_END, keys in
+    /// network order, any order in a dump) as inclusive ranges.
+    static func ranges(_ elements: [NFTElement]) -> [SiteRange] {
+        // Adjacent ranges share a key: the first one's end and the next one's start. The end sorts first.
+        func isEnd(_ e: NFTElement) -> Bool { e.flags & NFTElement.flagIntervalEnd != 0 }
+        let sorted = elements.compactMap { e -> (UInt32, NFTElement)? in
+            guard let key = IPv4Address(bytes: e.key) else { return nil }
+            return (key.value, e)
+        }.sorted { ($0.0, isEnd($0.1) ? 0 : 1) < ($1.0, isEnd($1.1) ? 0 : 1) }
+        var out: [SiteRange] = []
+        for (i, (start, e)) in sorted.enumerated() where !isEnd(e) {
+            guard let chain = target(e.data) else { continue }
+            let end = sorted[(i + 1)...].first { isEnd($0.1) }?.0
+            out.append(SiteRange(first: start, last: end.map { $0 &- 1 } ?? UInt32.max, chain: chain))
+        }
+        return out
+    }
+}
