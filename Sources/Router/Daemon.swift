@@ -73,16 +73,22 @@ public struct Daemon: Sendable {
                                   logger: logger)
         let reconciler = TunnelReconciler(backend: backend, privateKey: privateKey,
                                           addresses: [TunnelAddress(overlay, prefixLength: 32)])
+        // From here on, the database is written only by the writer's thread: nothing that steers waits for it.
+        let writer = StoreWriter(store: store, report: Self.storeReporter(logger))
         do {
             try await steering.pinUplinks(UplinkWatcher.pinned(uplinks))
-            try await serve(store: store, siteID: siteID, privateKey: privateKey, authentication: authentication,
-                            identity: identity, revocationListPath: configuration.revocationListPath ?? files.revocationList,
+            try await serve(store: store, writer: writer, siteID: siteID, privateKey: privateKey,
+                            authentication: authentication, identity: identity,
+                            revocationListPath: configuration.revocationListPath ?? files.revocationList,
                             uplinks: uplinks, endpoints: endpoints, overlay: overlay, tunnelSettings: tunnelSettings,
                             steering: steering, reconciler: reconciler, monitor: monitor, tracker: tracker)
         } catch {
+            await writer.stop()
             await tearDown(steering: steering, reconciler: reconciler, forwarding: forwarding)
             throw error
         }
+        // Every service has stopped: what they queued is flushed before the tunnels go.
+        await writer.stop()
         await tearDown(steering: steering, reconciler: reconciler, forwarding: forwarding)
         _ = try? store.ensureLocalSite(name: configuration.siteName)
         logger.notice("stopped")
@@ -109,8 +115,26 @@ public struct Daemon: Sendable {
         return key
     }
 
-    private func serve(store: Store, siteID: SiteID, privateKey: WireGuardPrivateKey, authentication: MeshAuthentication,
-                       identity: DiscoveryService.Identity, revocationListPath: String,
+    /// The writer's reports, as log lines: a busy database once per outage and once when it is writable again.
+    static func storeReporter(_ logger: Logger) -> @Sendable (StoreWriter.Report) -> Void {
+        { report in
+            switch report {
+            case .busy(let error, let pending):
+                logger.warning("the database is busy: \(pending) writes kept and retried until it is free (\(error))")
+            case .recovered(let seconds, let pending):
+                logger.notice("the database is writable again after \(String(format: "%.1f", seconds)) s (\(pending) writes pending)")
+            case .refused(let write, let error):
+                logger.error("the database refused a write, which is not retried: \(error)", metadata: ["write": "\(write)"])
+            case .pruned(let rows):
+                if rows > 0 { logger.debug("pruned \(rows) metrics rows") }
+            case .unflushed(let pending, let error):
+                logger.error("\(pending) queued writes were not written before shutdown: \(error)")
+            }
+        }
+    }
+
+    private func serve(store: Store, writer: StoreWriter, siteID: SiteID, privateKey: WireGuardPrivateKey,
+                       authentication: MeshAuthentication, identity: DiscoveryService.Identity, revocationListPath: String,
                        uplinks: [Uplink], endpoints: [Endpoint], overlay: IPv4Address, tunnelSettings: TunnelSettings,
                        steering: KernelSteering, reconciler: TunnelReconciler, monitor: UplinkMonitor,
                        tracker: UplinkTracker) async throws {
@@ -131,17 +155,17 @@ public struct Daemon: Sendable {
         let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
         let controller = Controller(applier: steering, logger: logger) { records in
-            do {
-                try store.recordFailovers(records.map {
-                    (FailoverEvent(policy: $0.policy, destination: $0.site, fromPath: nil, toPath: nil, reason: $0.reason,
-                                   detectionMs: $0.detectionMs, switchMs: $0.switchMs), $0.from, $0.to)
-                })
-            } catch {
-                failoverLogger.error("recording failover events: \(error)")
+            let acknowledged = writer.enqueue(records.map {
+                .failover(FailoverEvent(policy: $0.policy, destination: $0.site, fromPath: nil, toPath: nil,
+                                        reason: $0.reason, detectionMs: $0.detectionMs, switchMs: $0.switchMs),
+                          from: $0.from, to: $0.to)
+            })
+            if acknowledged.contains(.refused) {
+                failoverLogger.error("failover events after shutdown began were not recorded")
             }
         }
         try await controller.setPolicies(try store.policies().map(\.policy))
-        let runtime = SiteRuntime(store: store, controller: controller, probes: probes,
+        let runtime = SiteRuntime(writer: writer, pathIDs: try store.pathIDs(), controller: controller, probes: probes,
                                   probeInterval: configuration.probeInterval, logger: logger)
         // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
         var receiverConfiguration = BandwidthReceiver.Configuration()
@@ -162,12 +186,8 @@ public struct Daemon: Sendable {
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime) { [logger, configuration] moved in
                 logger.notice("overlay address moved to \(moved)")
-                do {
-                    try store.updateLocalSite(overlayAddress: moved, publicKey: privateKey.publicKey.base64,
-                                              lanPrefixes: configuration.lanPrefixes)
-                } catch {
-                    logger.error("recording the new overlay address: \(error)")
-                }
+                writer.enqueue(.localSite(overlayAddress: moved, publicKey: privateKey.publicKey.base64,
+                                          lanPrefixes: configuration.lanPrefixes, at: Date()))
             },
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
                          bandwidthInterval: configuration.bandwidthInterval, logger: logger),
@@ -189,7 +209,7 @@ public struct Daemon: Sendable {
                 }
             },
             StatusReporter(store: store, interval: configuration.statusInterval, logger: logger),
-            MetricsPruner(store: store, retention: configuration.metricsRetention, logger: logger),
+            MetricsPruner(writer: writer, retention: configuration.metricsRetention),
         ]
         let files = StoreFiles(database: configuration.databasePath)
         if let path = identity.signer.flatMap({ _ in MeshTrust.certificatePath(configuration: configuration, files: files) }) {
@@ -199,7 +219,7 @@ public struct Daemon: Sendable {
                       signer.certificate != discovery.certificate else { return }
                 do {
                     try discovery.replaceSigner(signer)
-                    try store.setLocalCertificate(MeshTrust.record(signer.certificate))
+                    writer.enqueue(.localCertificate(MeshTrust.record(signer.certificate)))
                     logger.notice("the site certificate changed: announcing with the new one")
                     MeshTrust.log(signer.certificate, logger: logger)
                 } catch {
@@ -453,21 +473,15 @@ struct StatusReporter: Service {
     }
 }
 
-/// Deletes metrics rows older than the retention, at start and hourly.
+/// Deletes metrics rows older than the retention, at start and hourly, on the writer's thread.
 struct MetricsPruner: Service {
-    let store: Store
+    let writer: StoreWriter
     let retention: Duration
-    let logger: Logger
 
     func run() async throws {
         try await untilShutdown {
             while true {
-                do {
-                    let removed = try store.pruneMetrics(retention: TimeInterval(retention.components.seconds))
-                    if removed > 0 { logger.debug("pruned \(removed) metrics rows") }
-                } catch {
-                    logger.error("pruning metrics: \(error)")
-                }
+                writer.enqueue(.pruneMetrics(retention: TimeInterval(retention.components.seconds), at: Date()))
                 try await Task.sleep(for: .seconds(3600))
             }
         }

@@ -1,5 +1,6 @@
 import Model
 import Prometheus
+import Store
 import Synchronization
 
 /// One path as the metrics endpoint shows it.
@@ -75,6 +76,8 @@ public struct RouterSample: Sendable {
     public var certificateDaysLeft: Double?
     /// (component, reason) -> dropped datagrams, e.g. ("discovery", "bad-mac").
     public var drops: [DropKey: UInt64] = [:]
+    /// The database writer's counts.
+    public var storeWrites = StoreWriter.Statistics()
 
     public struct DropKey: Hashable, Sendable {
         public var component: String
@@ -170,6 +173,14 @@ public final class RouterMetrics: Sendable {
             if let days = sample.certificateDaysLeft {
                 gauge("certificate_days_left", "Days until this site's certificate expires", [], days)
             }
+            let store = sample.storeWrites
+            counter("store_writes_total", "Rows the database writer committed", [], UInt64(store.written))
+            counter("store_writes_coalesced_total", "Rows merged into a pending row of the same path or site (write queue full)",
+                    [], UInt64(store.coalesced))
+            counter("store_writes_refused_total", "Rows the database refused (logged)", [], UInt64(store.refused))
+            counter("store_busy_retries_total", "Write attempts that found the database busy and were retried", [],
+                    UInt64(store.retries))
+            gauge("store_writes_pending", "Rows waiting for the database writer", [], Double(store.pending))
             for (key, count) in sample.drops {
                 counter("dropped_datagrams_total", "Untrusted datagrams rejected, by reason",
                         [("component", key.component), ("reason", key.reason)], count)

@@ -8,24 +8,22 @@ import Steering
 import Store
 import WireGuard
 
-/// The glue between the daemon's services: it turns tunnel plans into paths (slots, probe targets,
-/// database rows, the controller's topology), site events into database rows, and probe events into
-/// controller updates and path status. One actor, so these views never disagree with each other.
+/// The glue between the daemon's services: it turns tunnel plans into paths (the `PathRegistry`: slots,
+/// probe targets, database rows, the controller's topology), site events into database rows, and probe
+/// events into controller updates and path status. One actor, so these views never disagree with each other.
+/// It never waits for the database: every row goes to the `StoreWriter`'s queue.
 actor SiteRuntime {
-    let store: Store
+    let writer: StoreWriter
     let controller: Controller
     let probes: PathProbeSet
     let probeInterval: Duration
     let logger: Logger
 
-    private var slots = StableNumbering<PathKey, UInt16>(range: Int(Conventions.pathSlots.lowerBound)...Int(Conventions.pathSlots.upperBound))
-    private var paths: [String: PlannedRoute] = [:]            // by probe name
-    private var pathIDs: [PathKey: PathID] = [:]
+    private var registry: PathRegistry
+    private var paths: [String: PlannedRoute] { registry.paths }
     private var lastTopology: [PathBinding] = []
     private var lastSites: [RemoteSite] = []
-    private var bandwidthMeasured: Set<String> = []
-    private var bandwidthQueue: [String] = []
-    private var bandwidthFailures: [String: Int] = [:]
+    private var bandwidth = BandwidthSchedule()
     /// The paths leaving by each uplink (not actor-isolated: the UplinkWatcher takes a dead uplink's paths
     /// down without waiting for this actor).
     nonisolated let uplinkPaths: UplinkPaths
@@ -33,14 +31,13 @@ actor SiteRuntime {
     private var throughput: [String: ThroughputMeter] = [:]
     private var carried: [String: Throughput] = [:]
 
-    struct PlannedRoute: Hashable {
-        var key: PathKey
-        var binding: PathBinding
-        var path: PlannedPath
-    }
+    typealias PlannedRoute = PathRegistry.PlannedRoute
 
-    init(store: Store, controller: Controller, probes: PathProbeSet, probeInterval: Duration, logger: Logger) {
-        self.store = store
+    /// `pathIDs`: the `paths.id` of every path the database has (read at start); new paths are numbered after them.
+    init(writer: StoreWriter, pathIDs: [PathKey: PathID] = [:], controller: Controller, probes: PathProbeSet,
+         probeInterval: Duration, logger: Logger) {
+        self.writer = writer
+        registry = PathRegistry(ids: pathIDs)
         self.controller = controller
         self.probes = probes
         self.probeInterval = probeInterval
@@ -60,46 +57,14 @@ actor SiteRuntime {
         max(5, Int((latencyWindow / probeInterval).rounded()))
     }
 
-    static func key(of path: PlannedPath) -> PathKey {
-        PathKey(site: path.remoteSite, localLabel: path.uplink.label, remoteLabel: path.remoteEndpoint.label)
-    }
-
     /// A new tunnel plan: every path it carries gets a slot, a row, a prober; paths that left lose theirs.
     /// Returns every path as a route for discovery: our announcements also travel through every tunnel, so
     /// a site stays known for as long as any path to it works.
     @discardableResult
     func planned(_ plan: TunnelPlan, sites: [Announcement]) async -> [TunnelRoute] {
-        // Database rows first: a path's id names it everywhere (chains, status, metrics), and its slot is
-        // the id whenever that slot is free.
-        for path in plan.paths {
-            let key = Self.key(of: path)
-            do {
-                pathIDs[key] = try store.upsertPath(to: key.site, uplink: path.uplink, endpoint: path.remoteEndpoint,
-                                                    wgInterface: path.interface)
-            } catch {
-                logger.error("recording path \(key): \(error)")
-            }
-        }
-        let numbers = slots.update(plan.paths.map(Self.key(of:))) { key in self.pathIDs[key].map(Int.init) }
-        var routes: [String: PlannedRoute] = [:]
-        for path in plan.paths {
-            let key = Self.key(of: path)
-            guard let slot = numbers[key] else {
-                logger.error("no steering slot left for path \(key): at most \(Conventions.pathSlots.count) paths at once")
-                continue
-            }
-            let name = key.name(siteName: path.remoteName)
-            let summary = "\(path.remoteName) via \(path.uplink.label) (\(path.uplink.interface)) to \(path.remoteEndpoint.label) \(path.remoteEndpoint.address)"
-            routes[name] = PlannedRoute(key: key, binding: PathBinding(key: key, id: pathIDs[key], slot: slot,
-                                                                       interface: path.interface, summary: summary),
-                                        path: path)
-        }
-        do {
-            try store.setPathSlots(Dictionary(routes.values.compactMap { route in
-                pathIDs[route.key].map { ($0, route.binding.slot) }
-            }, uniquingKeysWith: { a, _ in a }))
-        } catch {
-            logger.error("recording path slots: \(error)")
+        let (routes, unslotted) = registry.routes(of: plan)
+        for key in unslotted {
+            logger.error("no steering slot left for path \(key): at most \(Conventions.pathSlots.count) paths at once")
         }
         let remoteSites = sites.map { announcement in
             RemoteSite(id: announcement.site.siteID, name: announcement.site.name,
@@ -131,17 +96,14 @@ actor SiteRuntime {
                 logger.error("cannot probe path \(name): \(error)")
             }
         }
-        uplinkPaths.planned(Dictionary(grouping: routes.keys) { routes[$0]!.key.localLabel }.mapValues(Set.init))
         for name in paths.keys where routes[name] == nil {
             probes.remove(name)
-            bandwidthMeasured.remove(name)
+            bandwidth.pathRemoved(name)
         }
 
-        // Paths that left are marked down (their history stays).
-        for (name, route) in paths where routes[name] == nil {
-            if let id = pathIDs[route.key] { try? store.setPathStatus(id, status: .down, score: 0) }
-        }
-        paths = routes
+        // Database rows: every path of the plan; paths that left are marked down (their history stays).
+        writer.enqueue(registry.adopt(routes, of: plan))
+        uplinkPaths.planned(registry.namesByUplink)
         let overlays = Dictionary(sites.map { ($0.site.siteID, $0.site.overlay) }, uniquingKeysWith: { a, _ in a })
         tunnelRoutes = routes.values.sorted { $0.binding.slot < $1.binding.slot }.compactMap { route in
             overlays[route.key.site].map { TunnelRoute(site: route.key.site, overlay: $0, mark: route.binding.mark) }
@@ -168,34 +130,28 @@ actor SiteRuntime {
         if case .siteAppeared(let announcement) = event, restored.remove(announcement.siteID) != nil { return }
         if case .siteExpired(let announcement) = event { restored.remove(announcement.siteID) }
         if case .siteRevoked(let announcement) = event { restored.remove(announcement.siteID) }
-        do {
-            switch event {
-            case .siteAppeared(let announcement), .siteChanged(_, let announcement):
-                let site = announcement.site
-                try store.upsertRemoteSite(SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(),
-                                                      overlayAddress: site.overlay, publicKey: site.publicKey.base64,
-                                                      lanPrefixes: site.lanPrefixes))
-                try store.replaceEndpoints(of: site.siteID, with: site.endpoints)
-                // Discovery already logged the change at info (one line per state change): details only.
-                logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
-                                                         "endpoints": "\(site.endpoints.map(\.description))"])
-            case .siteExpired(let announcement), .siteRevoked(let announcement):
-                try store.setSiteStatus(announcement.site.siteID, .inactive)
-                logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
-            }
-        } catch {
-            logger.error("recording site event: \(error)")
+        switch event {
+        case .siteAppeared(let announcement), .siteChanged(_, let announcement):
+            let site = announcement.site
+            writer.enqueue(.remoteSite(Self.record(of: site), endpoints: site.endpoints))
+            // Discovery already logged the change at info (one line per state change): details only.
+            logger.debug("site recorded", metadata: ["site": "\(site.name)", "id": "\(site.siteID)",
+                                                     "endpoints": "\(site.endpoints.map(\.description))"])
+        case .siteExpired(let announcement), .siteRevoked(let announcement):
+            writer.enqueue(.siteStatus(announcement.site.siteID, .inactive))
+            logger.debug("site recorded inactive", metadata: ["site": "\(announcement.site.name)"])
         }
+    }
+
+    /// A remote site's row as it announces itself, seen now.
+    private static func record(of site: SiteDescription) -> SiteRecord {
+        SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(), overlayAddress: site.overlay,
+                   publicKey: site.publicKey.base64, lanPrefixes: site.lanPrefixes)
     }
 
     /// Sites are seen continuously; keep last_seen current without a write per announcement.
     func touchSites(_ sites: [Announcement]) {
-        for announcement in sites {
-            let site = announcement.site
-            try? store.upsertRemoteSite(SiteRecord(id: site.siteID, name: site.name, status: .active, lastSeen: Date(),
-                                                   overlayAddress: site.overlay, publicKey: site.publicKey.base64,
-                                                   lanPrefixes: site.lanPrefixes))
-        }
+        writer.enqueue(sites.map { .remoteSite(Self.record(of: $0.site), endpoints: nil) })
     }
 
     private var lastConflicts: [PrefixConflict] = []
@@ -203,19 +159,16 @@ actor SiteRuntime {
     /// The refused prefixes, for `status` (rewritten only when they change).
     func recordConflicts(_ conflicts: [PrefixConflict]) {
         guard conflicts != lastConflicts else { return }
-        do {
-            try store.replaceConflicts(conflicts.map {
-                ConflictRecord(siteID: $0.site.description, siteName: $0.siteName, prefix: $0.prefix.description,
-                               kind: $0.kind.rawValue, heldPrefix: $0.heldPrefix.description,
-                               holderID: $0.holder?.description, holderName: $0.holderName, since: Date())
-            })
-            lastConflicts = conflicts
-        } catch {
-            logger.error("recording prefix conflicts: \(error)")
-        }
+        writer.enqueue(.conflicts(conflicts.map {
+            ConflictRecord(siteID: $0.site.description, siteName: $0.siteName, prefix: $0.prefix.description,
+                           kind: $0.kind.rawValue, heldPrefix: $0.heldPrefix.description,
+                           holderID: $0.holder?.description, holderName: $0.holderName, since: Date())
+        }))
+        lastConflicts = conflicts
     }
 
-    /// A prober's event: the controller hears it first (a down path moves traffic now), then the database.
+    /// A prober's event: the controller hears it first (a down path moves traffic now), then the database's
+    /// queue.
     func pathEvent(_ event: PathEvent) async {
         guard let route = paths[event.path] else { return }
         var detectionMs: Double?
@@ -232,63 +185,48 @@ actor SiteRuntime {
             logger.info("path \(change.to.rawValue)", metadata: [
                 "path": "\(event.path)", "path_id": "\(route.binding.id)", "reason": "\(change.reason)",
             ])
-            if let id = pathIDs[route.key] {
-                // The status and the measurements that decided it, together: a report read right after a
-                // path came back never shows its new status beside the loss of its outage.
-                var metrics = event.metrics
-                metrics.throughputTxMbps = carried[event.path]?.transmitMbps
-                metrics.throughputRxMbps = carried[event.path]?.receiveMbps
-                do { try store.recordPathStates([(id, event.status, metrics)]) } catch {
-                    logger.error("recording path status: \(error)")
-                }
-            }
-            if change.to == .up, !bandwidthMeasured.contains(event.path) {
-                bandwidthMeasured.insert(event.path)
-                bandwidthQueue.append(event.path)
-            }
+            // The status and the measurements that decided it, together: a report read right after a path
+            // came back never shows its new status beside the loss of its outage.
+            var metrics = event.metrics
+            metrics.throughputTxMbps = carried[event.path]?.transmitMbps
+            metrics.throughputRxMbps = carried[event.path]?.receiveMbps
+            writer.enqueue(.pathState(PathStateWrite(key: route.key, status: event.status, score: metrics.score,
+                                                     metrics: metrics, at: Date())))
+            if change.to == .up { bandwidth.pathCameUp(event.path) }
         }
     }
 
-    /// The next path whose bandwidth should be measured, if any. Tests run one at a time per site: trains on
-    /// several paths at once would share the uplinks and measure each other.
+    /// The next path whose bandwidth should be measured, if any (`BandwidthSchedule`).
     func nextBandwidthTest() -> String? {
-        while !bandwidthQueue.isEmpty {
-            let name = bandwidthQueue.removeFirst()
-            if paths[name] != nil { return name }
-        }
-        return nil
+        bandwidth.next { paths[$0] != nil }
     }
 
     /// The other paths whose probes leave by the same local uplink as `name` (a bandwidth test on it loads them too).
     func pathsSharingUplink(with name: String) -> [String] {
-        guard let label = paths[name]?.key.localLabel else { return [] }
-        return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
+        registry.sharingUplink(with: name)
     }
 
     /// A remote site's bandwidth train is arriving through `interface`: excuse the probes of every path that
     /// leaves by the same uplink for a moment (one train plus the queue draining).
     func trainArriving(through interface: String) {
-        guard let label = paths.values.first(where: { $0.binding.interface == interface })?.key.localLabel else { return }
-        probes.excuse(paths.filter { $0.value.key.localLabel == label }.map(\.key), for: .milliseconds(500))
+        let names = registry.leavingBy(interface: interface)
+        guard !names.isEmpty else { return }
+        probes.excuse(names, for: .milliseconds(500))
     }
 
-    /// A test that got no report (its trains or the report lost, e.g. in the burst of start-up tests) is
-    /// queued again, at most twice per round, so a path does not wait a whole `--bandwidth-interval` for its
-    /// first estimate.
+    /// A test that got no report is queued again, at most twice per round.
     func bandwidthTestFailed(_ name: String) {
-        let failures = bandwidthFailures[name, default: 0] + 1
-        bandwidthFailures[name] = failures
-        if failures <= 2, paths[name] != nil, !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
+        bandwidth.testFailed(name, exists: paths[name] != nil)
     }
 
     /// Queues every path for a new measurement (the daemon does this rarely: bandwidth changes slowly, and a
     /// test costs the path a short burst).
     func remeasureBandwidth() {
-        bandwidthFailures.removeAll()
-        for name in paths.keys.sorted() where !bandwidthQueue.contains(name) { bandwidthQueue.append(name) }
+        bandwidth.remeasure(paths.keys.sorted())
     }
 
-    /// One metrics row per path, all in one transaction; scores and statuses refreshed with them. `tunnels`
+    /// One metrics row per path, queued together (so written in one transaction unless the queue is full);
+    /// scores and statuses refreshed with them. `tunnels`
     /// (the WireGuard interfaces' live state) feed each path's passive throughput; without them (the final
     /// flush at shutdown) the rows carry the last reading.
     func writeMetrics(tunnels: [String: InterfaceState]? = nil, at instant: MonotonicInstant = .now()) {
@@ -307,15 +245,16 @@ actor SiteRuntime {
                     .sample(receivedBytes: peer.rxBytes, transmittedBytes: peer.txBytes, at: instant)
             }
         }
-        var states: [(path: PathID, status: PathStatus, metrics: PathMetrics)] = []
-        for (name, state) in snapshot {
-            guard let route = paths[name], let id = pathIDs[route.key], state.counters.probesSent > 0 else { continue }
+        var states: [StoreWrite] = []
+        for (name, state) in snapshot.sorted(by: { $0.key < $1.key }) {
+            guard let route = paths[name], state.counters.probesSent > 0 else { continue }
             var metrics = state.metrics
             metrics.throughputTxMbps = carried[name]?.transmitMbps
             metrics.throughputRxMbps = carried[name]?.receiveMbps
-            states.append((id, state.status, metrics))
+            states.append(.pathState(PathStateWrite(key: route.key, status: state.status, score: metrics.score,
+                                                    metrics: metrics, at: now)))
         }
-        do { try store.recordPathStates(states, now: now) } catch { logger.error("writing path metrics: \(error)") }
+        writer.enqueue(states)
     }
 
     /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
@@ -366,6 +305,7 @@ actor SiteRuntime {
         sample.classes.sort { ($0.policy, $0.site, $0.path) < ($1.policy, $1.site, $1.path) }
         sample.failovers = failovers
         sample.drops = drops
+        sample.storeWrites = writer.statistics
         return sample
     }
 }

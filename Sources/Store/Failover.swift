@@ -47,20 +47,16 @@ extension Store {
     public func recordFailovers(_ events: [(event: FailoverEvent, from: PathKey?, to: PathKey?)]) throws(StoreError) {
         guard !events.isEmpty else { return }
         try write("record \(events.count) failover events") { db in
-            func id(_ key: PathKey?) throws -> PathID? {
-                guard let key else { return nil }
-                return try PathID.fetchOne(db, sql: """
-                    SELECT id FROM paths WHERE dst_site = ? AND local_label = ? AND remote_label = ?
-                    """, arguments: [key.site.description, key.localLabel, key.remoteLabel])
-            }
-            for (event, from, to) in events {
-                var resolved = event
-                resolved.destination = event.destination ?? from?.site ?? to?.site
-                resolved.fromPath = try id(from) ?? event.fromPath
-                resolved.toPath = try id(to) ?? event.toPath
-                try insert(resolved, db)
-            }
+            for (event, from, to) in events { try insert(event, from: from, to: to, db) }
         }
+    }
+
+    func insert(_ event: FailoverEvent, from: PathKey?, to: PathKey?, _ db: Database) throws {
+        var resolved = event
+        resolved.destination = event.destination ?? from?.site ?? to?.site
+        resolved.fromPath = try from.flatMap { try Store.pathID(of: $0, db) } ?? event.fromPath
+        resolved.toPath = try to.flatMap { try Store.pathID(of: $0, db) } ?? event.toPath
+        try insert(resolved, db)
     }
 
     /// The newest events first, at most `limit`; with `since`, only those at or after it (one range of the

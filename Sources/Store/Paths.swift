@@ -47,41 +47,58 @@ extension Store {
     public func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String,
                            now: Date = Date()) throws(StoreError) -> PathID {
         try write("record a path") { db in
-            guard let local = try String.fetchOne(db, sql: "SELECT id FROM sites WHERE is_local = 1") else {
-                throw StoreError.noLocalSite(path: path)
-            }
-            return try Int64.fetchOne(db, sql: """
-                INSERT INTO paths (src_site, dst_site, status, wg_interface, local_uplink, local_label,
-                                   remote_label, remote_endpoint, updated_at)
-                VALUES (?, ?, 'down', ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (dst_site, local_label, remote_label) DO UPDATE SET
-                    src_site = excluded.src_site, wg_interface = excluded.wg_interface,
-                    local_uplink = excluded.local_uplink, remote_endpoint = excluded.remote_endpoint,
-                    updated_at = excluded.updated_at
-                RETURNING id
-                """, arguments: [local, destination.description, wgInterface, uplink.interface, uplink.label,
-                                 endpoint.label, endpoint.address.description, now.utcText])!
+            try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface, now: now, db)
         }
+    }
+
+    /// `id`: the row id a new path gets (the daemon numbers paths itself, so it never waits for this write to
+    /// learn it); nil lets SQLite choose. An existing path keeps its id.
+    func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, now: Date,
+                    id: PathID? = nil, _ db: Database) throws -> PathID {
+        guard let local = try String.fetchOne(db, sql: "SELECT id FROM sites WHERE is_local = 1") else {
+            throw StoreError.noLocalSite(path: path)
+        }
+        return try Int64.fetchOne(db, sql: """
+            INSERT INTO paths (id, src_site, dst_site, status, wg_interface, local_uplink, local_label,
+                               remote_label, remote_endpoint, updated_at)
+            VALUES (?, ?, ?, 'down', ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (dst_site, local_label, remote_label) DO UPDATE SET
+                src_site = excluded.src_site, wg_interface = excluded.wg_interface,
+                local_uplink = excluded.local_uplink, remote_endpoint = excluded.remote_endpoint,
+                updated_at = excluded.updated_at
+            RETURNING id
+            """, arguments: [id, local, destination.description, wgInterface, uplink.interface, uplink.label,
+                             endpoint.label, endpoint.address.description, now.utcText])!
+    }
+
+    /// The row id of the path named `key`, if it has one.
+    static func pathID(of key: PathKey, _ db: Database) throws -> PathID? {
+        try PathID.fetchOne(db, sql: "SELECT id FROM paths WHERE dst_site = ? AND local_label = ? AND remote_label = ?",
+                            arguments: [key.site.description, key.localLabel, key.remoteLabel])
     }
 
     /// Records the kernel slot of every planned path (`slots`) and clears it on every other path, in one
     /// transaction, so `SELECT id, slot FROM paths` maps marks and tables to paths at any moment.
     public func setPathSlots(_ slots: [PathID: UInt16]) throws(StoreError) {
-        try write("record path slots") { db in
-            try db.execute(sql: "UPDATE paths SET slot = NULL WHERE slot IS NOT NULL")
-            for (id, slot) in slots {
-                try db.execute(sql: "UPDATE paths SET slot = ? WHERE id = ?", arguments: [Int64(slot), id])
-            }
+        try write("record path slots") { db in try Store.setPathSlots(slots, db) }
+    }
+
+    static func setPathSlots(_ slots: [PathID: UInt16], _ db: Database) throws {
+        try db.execute(sql: "UPDATE paths SET slot = NULL WHERE slot IS NOT NULL")
+        for (id, slot) in slots {
+            try db.execute(sql: "UPDATE paths SET slot = ? WHERE id = ?", arguments: [Int64(slot), id])
         }
     }
 
     public func setPathStatus(_ id: PathID, status: PathStatus, score: Double?, now: Date = Date()) throws(StoreError) {
-        try write("set path status") { db in
-            try db.execute(sql: "UPDATE paths SET status = ?, score = ?, updated_at = ? WHERE id = ?",
-                           arguments: [status.rawValue, score, now.utcText, id])
-            guard db.changesCount == 1 else {
-                throw StoreError.sql(path: path, operation: "set path status", message: "no path with id \(id)")
-            }
+        try write("set path status") { db in try setPathStatus(id, status: status, score: score, now: now, db) }
+    }
+
+    func setPathStatus(_ id: PathID, status: PathStatus, score: Double?, now: Date, _ db: Database) throws {
+        try db.cachedStatement(sql: "UPDATE paths SET status = ?, score = ?, updated_at = ? WHERE id = ?")
+            .execute(arguments: [status.rawValue, score, now.utcText, id])
+        guard db.changesCount == 1 else {
+            throw StoreError.sql(path: path, operation: "set path status", message: "no path with id \(id)")
         }
     }
 
@@ -96,7 +113,7 @@ extension Store {
             for state in states {
                 try update.execute(arguments: [state.status.rawValue, state.metrics.score, now.utcText, state.path])
             }
-            try insertMetrics(states.map { MetricsSample(path: $0.path, metrics: $0.metrics, measuredAt: now) }, db)
+            try Store.insertMetrics(states.map { MetricsSample(path: $0.path, metrics: $0.metrics, measuredAt: now) }, db)
         }
     }
 
@@ -120,10 +137,10 @@ extension Store {
     /// second's worth of measurements for all paths at once.
     public func insertMetrics(_ samples: [MetricsSample]) throws(StoreError) {
         guard !samples.isEmpty else { return }
-        try write("insert \(samples.count) metrics rows") { db in try insertMetrics(samples, db) }
+        try write("insert \(samples.count) metrics rows") { db in try Store.insertMetrics(samples, db) }
     }
 
-    private func insertMetrics(_ samples: [MetricsSample], _ db: Database) throws {
+    static func insertMetrics(_ samples: [MetricsSample], _ db: Database) throws {
         let statement = try db.cachedStatement(sql: """
             INSERT INTO path_metrics (path_id, latency_ms, jitter_ms, packet_loss_pct, bandwidth_mbps, score,
                                       measured_at, throughput_tx_mbps, throughput_rx_mbps)

@@ -70,12 +70,17 @@ extension Store {
     public func updateLocalSite(overlayAddress: IPv4Address?, publicKey: String?, lanPrefixes: [IPv4Prefix],
                                 now: Date = Date()) throws(StoreError) {
         try write("update the local site") { db in
-            try db.execute(sql: """
-                UPDATE sites SET overlay_address = ?, public_key = ?, lan_prefixes = ?, last_seen = ?
-                WHERE is_local = 1
-                """, arguments: [overlayAddress?.description, publicKey, Store.join(lanPrefixes), now.utcText])
-            guard db.changesCount == 1 else { throw StoreError.noLocalSite(path: path) }
+            try updateLocalSite(overlayAddress: overlayAddress, publicKey: publicKey, lanPrefixes: lanPrefixes, now: now, db)
         }
+    }
+
+    func updateLocalSite(overlayAddress: IPv4Address?, publicKey: String?, lanPrefixes: [IPv4Prefix], now: Date,
+                         _ db: Database) throws {
+        try db.execute(sql: """
+            UPDATE sites SET overlay_address = ?, public_key = ?, lan_prefixes = ?, last_seen = ?
+            WHERE is_local = 1
+            """, arguments: [overlayAddress?.description, publicKey, Store.join(lanPrefixes), now.utcText])
+        guard db.changesCount == 1 else { throw StoreError.noLocalSite(path: path) }
     }
 
     public func localSite() throws(StoreError) -> SiteRecord? {
@@ -87,29 +92,32 @@ extension Store {
     /// Inserts or refreshes a remote site (marked active, last_seen = now). The local site cannot be
     /// overwritten this way: a remote announcement carrying our own id is refused.
     public func upsertRemoteSite(_ site: SiteRecord, now: Date = Date()) throws(StoreError) {
-        try write("record remote site \(site.name)") { db in
-            if try Bool.fetchOne(db, sql: "SELECT is_local FROM sites WHERE id = ?",
-                                 arguments: [site.id.description]) == true {
-                throw StoreError.sql(path: path, operation: "record remote site \(site.name)",
-                                     message: "its id \(site.id) is the local site's")
-            }
-            try db.execute(sql: """
-                INSERT INTO sites (id, name, status, last_seen, overlay_address, public_key, lan_prefixes,
-                                   is_local, created_at)
-                VALUES (?, ?, 'active', ?, ?, ?, ?, 0, ?)
-                ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = 'active',
-                    last_seen = excluded.last_seen, overlay_address = excluded.overlay_address,
-                    public_key = excluded.public_key, lan_prefixes = excluded.lan_prefixes
-                """, arguments: [site.id.description, site.name, now.utcText, site.overlayAddress?.description,
-                                 site.publicKey, Store.join(site.lanPrefixes), now.utcText])
+        try write("record remote site \(site.name)") { db in try upsertRemoteSite(site, now: now, db) }
+    }
+
+    func upsertRemoteSite(_ site: SiteRecord, now: Date, _ db: Database) throws {
+        if try Bool.fetchOne(db, sql: "SELECT is_local FROM sites WHERE id = ?", arguments: [site.id.description]) == true {
+            throw StoreError.sql(path: path, operation: "record remote site \(site.name)",
+                                 message: "its id \(site.id) is the local site's")
         }
+        try db.execute(sql: """
+            INSERT INTO sites (id, name, status, last_seen, overlay_address, public_key, lan_prefixes,
+                               is_local, created_at)
+            VALUES (?, ?, 'active', ?, ?, ?, ?, 0, ?)
+            ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = 'active',
+                last_seen = excluded.last_seen, overlay_address = excluded.overlay_address,
+                public_key = excluded.public_key, lan_prefixes = excluded.lan_prefixes
+            """, arguments: [site.id.description, site.name, now.utcText, site.overlayAddress?.description,
+                             site.publicKey, Store.join(site.lanPrefixes), now.utcText])
     }
 
     public func setSiteStatus(_ id: SiteID, _ status: SiteStatus) throws(StoreError) {
-        try write("set site status") { db in
-            try db.execute(sql: "UPDATE sites SET status = ? WHERE id = ?", arguments: [status.rawValue, id.description])
-            guard db.changesCount == 1 else { throw StoreError.noSuchSite(id) }
-        }
+        try write("set site status") { db in try Store.setSiteStatus(id, status, db) }
+    }
+
+    static func setSiteStatus(_ id: SiteID, _ status: SiteStatus, _ db: Database) throws {
+        try db.execute(sql: "UPDATE sites SET status = ? WHERE id = ?", arguments: [status.rawValue, id.description])
+        guard db.changesCount == 1 else { throw StoreError.noSuchSite(id) }
     }
 
     /// Every site, local first, then by name.
@@ -124,20 +132,22 @@ extension Store {
     /// Makes `endpoints` of `site` exactly the given list (by label): new ones are added, known ones
     /// refreshed, ones no longer announced removed. One transaction.
     public func replaceEndpoints(of site: SiteID, with endpoints: [Endpoint], now: Date = Date()) throws(StoreError) {
-        try write("record endpoints") { db in
-            for endpoint in endpoints {
-                try db.execute(sql: """
-                    INSERT INTO endpoints (site_id, label, address, port, last_seen) VALUES (?, ?, ?, ?, ?)
-                    ON CONFLICT (site_id, label) DO UPDATE SET address = excluded.address, port = excluded.port,
-                        last_seen = excluded.last_seen
-                    """, arguments: [site.description, endpoint.label, endpoint.address.address.description,
-                                     Int(endpoint.address.port), now.utcText])
-            }
-            let labels = endpoints.map(\.label)
-            let placeholders = labels.isEmpty ? "''" : Array(repeating: "?", count: labels.count).joined(separator: ",")
-            try db.execute(sql: "DELETE FROM endpoints WHERE site_id = ? AND label NOT IN (\(placeholders))",
-                           arguments: StatementArguments([site.description] + labels))
+        try write("record endpoints") { db in try Store.replaceEndpoints(of: site, with: endpoints, now: now, db) }
+    }
+
+    static func replaceEndpoints(of site: SiteID, with endpoints: [Endpoint], now: Date, _ db: Database) throws {
+        for endpoint in endpoints {
+            try db.execute(sql: """
+                INSERT INTO endpoints (site_id, label, address, port, last_seen) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (site_id, label) DO UPDATE SET address = excluded.address, port = excluded.port,
+                    last_seen = excluded.last_seen
+                """, arguments: [site.description, endpoint.label, endpoint.address.address.description,
+                                 Int(endpoint.address.port), now.utcText])
         }
+        let labels = endpoints.map(\.label)
+        let placeholders = labels.isEmpty ? "''" : Array(repeating: "?", count: labels.count).joined(separator: ",")
+        try db.execute(sql: "DELETE FROM endpoints WHERE site_id = ? AND label NOT IN (\(placeholders))",
+                       arguments: StatementArguments([site.description] + labels))
     }
 
     public func endpoints(of site: SiteID? = nil) throws(StoreError) -> [EndpointRecord] {

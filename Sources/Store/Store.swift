@@ -9,7 +9,8 @@ import Model
 /// refusal (with nothing changed) of a file that is not SQLite or whose schema is newer than this binary.
 /// A new database file is created 0600; SQLite gives its -wal and -shm files the same mode.
 /// Cost: each call is one short transaction on the writer (writes) or a pooled reader (reads); a metrics
-/// batch is one transaction whatever its size.
+/// batch is one transaction whatever its size. Each write waits for the write lock (up to the busy timeout):
+/// the daemon therefore writes only through a `StoreWriter`, on its own thread.
 public final class Store: Sendable {
     /// How long a write waits for another writer before failing with `StoreError.locked`.
     public static let defaultBusyTimeout: TimeInterval = 5

@@ -51,19 +51,21 @@ public struct CertificateRecord: Hashable, Sendable {
 extension Store {
     /// Replaces the refused prefixes with `conflicts`; a conflict still present keeps its `since`.
     public func replaceConflicts(_ conflicts: [ConflictRecord]) throws(StoreError) {
-        try write("record prefix conflicts") { db in
-            let held = try Row.fetchAll(db, sql: "SELECT site_id, prefix, since FROM prefix_conflicts")
-            var since: [String: String] = [:]
-            for row in held { since["\(row["site_id"] as String)|\(row["prefix"] as String)"] = row["since"] }
-            try db.execute(sql: "DELETE FROM prefix_conflicts")
-            for c in conflicts {
-                try db.execute(sql: """
-                    INSERT OR REPLACE INTO prefix_conflicts
-                        (site_id, site_name, prefix, kind, held_prefix, holder_id, holder_name, since)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [c.siteID, c.siteName, c.prefix, c.kind, c.heldPrefix, c.holderID, c.holderName,
-                                     since["\(c.siteID)|\(c.prefix)"] ?? c.since])
-            }
+        try write("record prefix conflicts") { db in try Store.replaceConflicts(conflicts, db) }
+    }
+
+    static func replaceConflicts(_ conflicts: [ConflictRecord], _ db: Database) throws {
+        let held = try Row.fetchAll(db, sql: "SELECT site_id, prefix, since FROM prefix_conflicts")
+        var since: [String: String] = [:]
+        for row in held { since["\(row["site_id"] as String)|\(row["prefix"] as String)"] = row["since"] }
+        try db.execute(sql: "DELETE FROM prefix_conflicts")
+        for c in conflicts {
+            try db.execute(sql: """
+                INSERT OR REPLACE INTO prefix_conflicts
+                    (site_id, site_name, prefix, kind, held_prefix, holder_id, holder_name, since)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [c.siteID, c.siteName, c.prefix, c.kind, c.heldPrefix, c.holderID, c.holderName,
+                                 since["\(c.siteID)|\(c.prefix)"] ?? c.since])
         }
     }
 
@@ -83,13 +85,15 @@ extension Store {
 
     /// Records this site's certificate (nil: it runs without one).
     public func setLocalCertificate(_ certificate: CertificateRecord?) throws(StoreError) {
-        try write("record the local certificate") { db in
-            try db.execute(sql: "DELETE FROM local_certificate")
-            guard let c = certificate else { return }
-            try db.execute(sql: """
-                INSERT INTO local_certificate (id, serial, not_before, not_after, issuer) VALUES (1, ?, ?, ?, ?)
-                """, arguments: [c.serial, c.notBefore.utcText, c.notAfter.utcText, c.issuer])
-        }
+        try write("record the local certificate") { db in try Store.setLocalCertificate(certificate, db) }
+    }
+
+    static func setLocalCertificate(_ certificate: CertificateRecord?, _ db: Database) throws {
+        try db.execute(sql: "DELETE FROM local_certificate")
+        guard let c = certificate else { return }
+        try db.execute(sql: """
+            INSERT INTO local_certificate (id, serial, not_before, not_after, issuer) VALUES (1, ?, ?, ?, ?)
+            """, arguments: [c.serial, c.notBefore.utcText, c.notAfter.utcText, c.issuer])
     }
 
     static func localCertificate(_ db: Database) throws -> CertificateRecord? {

@@ -2,8 +2,10 @@
 //   patronus-bench resteer [ITERATIONS]   one class moved between two paths, acked, ITERATIONS times,
 //                                         then the nft CLI doing the same update; prints median/p99 in us
 //   patronus-bench churn                  applies two different plans alternately forever (crash tests)
-//   patronus-bench apply POLICIES ENTRIES applies a plan with POLICIES classes holding ENTRIES match
-//                                         entries in total, then exits (datapath bench)
+//   patronus-bench apply POLICIES ENTRIES [balanced]
+//                                         applies a plan with POLICIES classes holding ENTRIES match
+//                                         entries in total, then exits (datapath bench); balanced: the
+//                                         default class is load balanced over paths 1 and 2 (64 buckets)
 //   patronus-bench stream-send HOST PORT PPS SECONDS / stream-recv PORT SECONDS
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.
@@ -17,7 +19,7 @@ import Steering
 let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
 let remote = IPv4Prefix("10.20.0.0/16")!
 
-func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false) -> SteeringPlan {
+func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false, balanced: Bool = false) -> SteeringPlan {
     var classes: [SteeringPlan.TrafficClass] = [
         .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
                                                                    ServiceMatch(.tcp, [PortRange(5060, 5061)])])]),
@@ -35,8 +37,11 @@ func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = f
     classes.append(.init(id: UInt8(3 + extra), name: "default", matches: [TrafficMatch()]))
     var paths: [SteeringPlan.SteeringPath] = [.init(slot: 1, interface: "pbench1", site: site), .init(slot: 2, interface: "pbench2", site: site)]
     if thirdPath { paths.append(.init(slot: 3, interface: "pbench3", site: site)) }
+    // Balanced: the buckets the routing engine gives two paths of equal score (its bucketCount is 64).
+    let balancedTarget = SteeringPlan.Target.buckets(Array(repeating: 1, count: 32) + Array(repeating: 2, count: 32))
     let choices = classes.map { c in
-        SteeringPlan.Choice(site: site, classID: c.id, target: c.name == "voip" ? .path(voip) : .path(thirdPath ? 3 : 1))
+        SteeringPlan.Choice(site: site, classID: c.id, target: c.name == "voip" ? .path(voip)
+                            : c.name == "default" && balanced ? balancedTarget : .path(thirdPath ? 3 : 1))
     }
     return SteeringPlan(classes: classes, paths: paths,
                         destinations: [.init(site: site, name: "branch", prefixes: thirdPath ? [remote, IPv4Prefix("10.21.0.0/16")!] : [remote])],
@@ -157,9 +162,10 @@ case "churn":
 case "apply":
     let policies = args.count > 2 ? Int(args[2]) ?? 10 : 10
     let entries = args.count > 3 ? Int(args[3]) ?? 0 : 0
+    let balanced = args.count > 4 && args[4] == "balanced"
     do {
         let steering = try Steering(netns: nil)
-        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries))
+        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries, balanced: balanced))
         print("applied \(policies) policies, \(entries) entries: \(changes.batchMessages) messages")
     } catch { fail("apply: \(error)") }
 
@@ -195,5 +201,5 @@ case "rawhash":
     } catch { fail("rawhash: \(error)") }
 
 default:
-    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES")
+    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced]")
 }

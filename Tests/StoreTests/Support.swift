@@ -5,10 +5,15 @@ import GRDB
 
 /// A fresh directory removed when the body returns, also when it throws.
 func withTemporaryDirectory<T>(_ body: (String) throws -> T) throws -> T {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("pt-store-\(UUID().uuidString)").path
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    let path = try makeTemporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: path) }
     return try body(path)
+}
+
+private func makeTemporaryDirectory() throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("pt-store-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
 }
 
 func fileMode(_ path: String) -> mode_t? {
@@ -68,4 +73,11 @@ struct Fixture {
         try store.setPathStatus(second, status: .degraded, score: 72, now: Fixture.now)
         paths = [first, second]
     }
+}
+
+/// `withTemporaryDirectory` for async bodies.
+func withTemporaryDirectoryAsync<T>(_ body: (String) async throws -> T) async throws -> T {
+    let path = try makeTemporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
 }
