@@ -500,10 +500,12 @@ public final class DiscoveryService: Sendable {
     /// by what we receive, so no input can make it storm.
     static func relays(relayable: [SiteID: [UInt8]], to destinations: [SocketAddress4],
                        correspondents: [SiteID: SocketAddress4]) -> [([UInt8], SocketAddress4)] {
+        // Wrapped once per site, sent to every destination (a hub of n sites sends n x n).
+        let envelopes = relayable.sorted(by: { $0.key < $1.key }).map { ($0.key, RelayEnvelope.wrap($0.value)) }
         var out: [([UInt8], SocketAddress4)] = []
         for destination in destinations {
-            for (site, datagram) in relayable.sorted(by: { $0.key < $1.key }) where correspondents[site] != destination {
-                out.append((RelayEnvelope.wrap(datagram), destination))
+            for (site, envelope) in envelopes where correspondents[site] != destination {
+                out.append((envelope, destination))
             }
         }
         return out
