@@ -5,15 +5,11 @@ import CNetfilter
 /// anybody else changed the ruleset since.
 extension NFTables {
     /// NFT_MSG_GETGEN (no dump): answered by one NFT_MSG_NEWGEN carrying NFTA_GEN_ID.
-    public static func getGeneration() -> NetlinkMessage {
-        NetlinkMessage(type: UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(NFT_MSG_GETGEN.rawValue), flags: 0,
-                       payload: [UInt8(AF_UNSPEC), UInt8(NFNETLINK_V0), 0, 0])
-    }
+    public static func getGeneration() -> NetlinkMessage { NFTNLGeneration.request() }
 
-    /// The generation id of a NFT_MSG_NEWGEN message; nil for any other message.
+    /// The generation id of a NFT_MSG_NEWGEN message (decoded by libnftnl); nil for any other message.
     public static func parseGeneration(_ m: NetlinkMessage) throws(NetlinkError) -> UInt32? {
-        guard m.type == UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(NFT_MSG_NEWGEN.rawValue), m.payload.count >= 4 else { return nil }
-        return try AttributeList(parsing: Array(m.payload[4...]))[NFTA_GEN_ID.rawValue]?.bigU32
+        m.type == type(NFT_MSG_NEWGEN) ? try NFTNLGeneration.parse(m) : nil
     }
 }
 

@@ -1,165 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CNetfilter
 
-/// Message builders and dump parsers for nf_tables (NETLINK_NETFILTER). Pure: no I/O, so every message
+/// nf_tables messages, built and parsed by libnftnl (see NFTNL.swift). Pure: no I/O, so every message
 /// is golden-tested against what `nft` sends; `NFTablesClient` sends them in batches.
 public enum NFTables {
-    static func type(_ command: UInt32) -> UInt16 { UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(command) }
-
-    /// struct nfgenmsg: family, version NFNETLINK_V0, res_id (big-endian, 0 for objects).
-    static func header(_ family: UInt8, resID: UInt16 = 0) -> [UInt8] {
-        [family, UInt8(NFNETLINK_V0), UInt8(resID >> 8), UInt8(resID & 0xff)]
-    }
+    static func type(_ command: nf_tables_msg_types) -> UInt16 { UInt16(NFNL_SUBSYS_NFTABLES) << 8 | UInt16(command.rawValue) }
 
     /// NFNL_MSG_BATCH_BEGIN/END: res_id names the subsystem the batch is for.
-    public static func batchMarker(type: UInt16, sequence: UInt32) -> NetlinkMessage {
-        NetlinkMessage(type: type, flags: NetlinkFlag.request, sequence: sequence,
-                       payload: header(UInt8(AF_UNSPEC), resID: UInt16(NFNL_SUBSYS_NFTABLES)))
-    }
-
-    static func message(_ command: UInt32, _ family: NFTFamily, flags: UInt16, _ body: (inout AttributeWriter) -> Void) -> NetlinkMessage {
-        var a = AttributeWriter()
-        body(&a)
-        return NetlinkMessage(type: type(command), flags: flags, payload: header(family.rawValue) + a.bytes)
-    }
-
-    static func encodeData(_ data: NFTData, into a: inout AttributeWriter) {
-        switch data {
-        case .value(let bytes):
-            a.put(t(NFTA_DATA_VALUE.rawValue), bytes)
-        case .verdict(let v):
-            a.nested(t(NFTA_DATA_VERDICT.rawValue)) { d in
-                d.putBigU32(t(NFTA_VERDICT_CODE.rawValue), UInt32(bitPattern: v.code))
-                switch v {
-                case .jump(let chain), .goto(let chain): d.putString(t(NFTA_VERDICT_CHAIN.rawValue), chain)
-                default: break
-                }
-            }
-        }
+    public static func batchMarker(begin: Bool, sequence: UInt32) -> NetlinkMessage {
+        NFTNL.batchMarker(begin: begin, sequence: sequence)
     }
 
     // MARK: tables
 
     /// NFT_MSG_NEWTABLE with NLM_F_CREATE (like `nft add table`: no error if it exists).
     public static func newTable(_ table: NFTTable) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_NEWTABLE.rawValue), table.family, flags: NetlinkFlag.create) { a in
-            a.putString(t(NFTA_TABLE_NAME.rawValue), table.name)
-            a.putBigU32(t(NFTA_TABLE_FLAGS.rawValue), table.flags)
-            if let u = table.userdata { a.put(t(NFTA_TABLE_USERDATA.rawValue), u) }
-        }
+        NFTNLTable(table).message(NFT_MSG_NEWTABLE, table.family, flags: NetlinkFlag.create,
+                                  capacity: room(table.name) + room(4) + room(table.userdata?.count ?? 0))
     }
 
     /// NFT_MSG_DELTABLE: removes the table and everything in it.
     public static func deleteTable(family: NFTFamily, name: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_DELTABLE.rawValue), family, flags: 0) { $0.putString(t(NFTA_TABLE_NAME.rawValue), name) }
+        NFTNLTable(name: name).message(NFT_MSG_DELTABLE, family, flags: 0, capacity: room(name))
     }
 
     public static func listTables(family: NFTFamily) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_GETTABLE.rawValue), family, flags: 0) { _ in }
+        NFTNLTable().message(NFT_MSG_GETTABLE, family, flags: 0, capacity: 0)
     }
 
     // MARK: chains
 
     /// NFT_MSG_NEWCHAIN (CREATE). Base chains carry TYPE, POLICY and HOOK (in nft's order).
     public static func newChain(_ chain: NFTChain) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_NEWCHAIN.rawValue), chain.family, flags: NetlinkFlag.create) { a in
-            a.putString(t(NFTA_CHAIN_TABLE.rawValue), chain.table)
-            a.putString(t(NFTA_CHAIN_NAME.rawValue), chain.name)
-            if let hook = chain.hook {
-                a.putString(t(NFTA_CHAIN_TYPE.rawValue), hook.type)
-                a.putBigU32(t(NFTA_CHAIN_POLICY.rawValue), hook.policy)
-                a.nested(t(NFTA_CHAIN_HOOK.rawValue)) { h in
-                    h.putBigU32(t(NFTA_HOOK_HOOKNUM.rawValue), hook.hook)
-                    h.putBigU32(t(NFTA_HOOK_PRIORITY.rawValue), UInt32(bitPattern: hook.priority))
-                }
-            }
-            if let u = chain.userdata { a.put(t(NFTA_CHAIN_USERDATA.rawValue), u) }
-        }
+        NFTNLChain(chain).message(NFT_MSG_NEWCHAIN, chain.family, flags: NetlinkFlag.create,
+                                  capacity: room(chain.table) + room(chain.name) + room(chain.hook?.type ?? "") + 64
+                                      + room(chain.userdata?.count ?? 0))
     }
 
     public static func deleteChain(family: NFTFamily, table: String, name: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_DELCHAIN.rawValue), family, flags: 0) { a in
-            a.putString(t(NFTA_CHAIN_TABLE.rawValue), table)
-            a.putString(t(NFTA_CHAIN_NAME.rawValue), name)
-        }
+        NFTNLChain(table: table, name: name).message(NFT_MSG_DELCHAIN, family, flags: 0, capacity: room(table) + room(name))
     }
 
     /// Flush = NFT_MSG_DELRULE with only table and chain: removes every rule of the chain.
     public static func flushChain(family: NFTFamily, table: String, name: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_DELRULE.rawValue), family, flags: 0) { a in
-            a.putString(t(NFTA_RULE_TABLE.rawValue), table)
-            a.putString(t(NFTA_RULE_CHAIN.rawValue), name)
-        }
+        NFTNLRule(table: table, chain: name).message(NFT_MSG_DELRULE, family, flags: 0, capacity: room(table) + room(name))
     }
 
     public static func listChains(family: NFTFamily, table: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_GETCHAIN.rawValue), family, flags: 0) { $0.putString(t(NFTA_CHAIN_TABLE.rawValue), table) }
+        NFTNLChain(table: table, name: nil).message(NFT_MSG_GETCHAIN, family, flags: 0, capacity: room(table))
     }
 
     // MARK: sets
 
     /// NFT_MSG_NEWSET (CREATE). Concatenations describe each field length in NFTA_SET_DESC_CONCAT.
     public static func newSet(_ set: NFTSet) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_NEWSET.rawValue), set.family, flags: NetlinkFlag.create) { a in
-            a.putString(t(NFTA_SET_TABLE.rawValue), set.table)
-            a.putString(t(NFTA_SET_NAME.rawValue), set.name)
-            a.putBigU32(t(NFTA_SET_FLAGS.rawValue), set.flags)
-            a.putBigU32(t(NFTA_SET_KEY_TYPE.rawValue), set.keyType)
-            a.putBigU32(t(NFTA_SET_KEY_LEN.rawValue), set.keyLength)
-            if let dt = set.dataType { a.putBigU32(t(NFTA_SET_DATA_TYPE.rawValue), dt) }
-            if let dl = set.dataLength { a.putBigU32(t(NFTA_SET_DATA_LEN.rawValue), dl) }
-            if let id = set.id { a.putBigU32(t(NFTA_SET_ID.rawValue), id) }
-            if !set.fieldLengths.isEmpty {
-                a.nested(t(NFTA_SET_DESC.rawValue)) { d in
-                    d.nested(t(NFTA_SET_DESC_CONCAT.rawValue)) { c in
-                        for length in set.fieldLengths {
-                            c.nested(t(NFTA_LIST_ELEM.rawValue)) { $0.putBigU32(t(NFTA_SET_FIELD_LEN.rawValue), length) }
-                        }
-                    }
-                }
-            }
-            if let u = set.userdata { a.put(t(NFTA_SET_USERDATA.rawValue), u) }
-        }
+        NFTNLSet(set).message(NFT_MSG_NEWSET, set.family, flags: NetlinkFlag.create,
+                              capacity: room(set.table) + room(set.name) + 6 * room(4) + 16 + 16 * set.fieldLengths.count
+                                  + room(set.userdata?.count ?? 0))
     }
 
     public static func deleteSet(family: NFTFamily, table: String, name: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_DELSET.rawValue), family, flags: 0) { a in
-            a.putString(t(NFTA_SET_TABLE.rawValue), table)
-            a.putString(t(NFTA_SET_NAME.rawValue), name)
-        }
+        NFTNLSet(table: table, name: name).message(NFT_MSG_DELSET, family, flags: 0, capacity: room(table) + room(name))
     }
 
     public static func listSets(family: NFTFamily, table: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_GETSET.rawValue), family, flags: 0) { $0.putString(t(NFTA_SET_TABLE.rawValue), table) }
+        NFTNLSet(table: table, name: nil).message(NFT_MSG_GETSET, family, flags: 0, capacity: room(table))
     }
 
     // MARK: elements
 
     /// NFT_MSG_NEWSETELEM (CREATE) or NFT_MSG_DELSETELEM for a list of elements of one set.
     /// Callers keep one message under ~64 KiB (see `elementMessages`).
-    public static func elements(_ elements: [NFTElement], family: NFTFamily, table: String, set: String,
+    public static func elements(_ elements: some Collection<NFTElement>, family: NFTFamily, table: String, set: String,
                                 setID: UInt32? = nil, delete: Bool = false) -> NetlinkMessage {
-        let command = delete ? UInt32(NFT_MSG_DELSETELEM.rawValue) : UInt32(NFT_MSG_NEWSETELEM.rawValue)
-        return message(command, family, flags: delete ? 0 : NetlinkFlag.create) { a in
-            a.putString(t(NFTA_SET_ELEM_LIST_TABLE.rawValue), table)
-            a.putString(t(NFTA_SET_ELEM_LIST_SET.rawValue), set)
-            if let setID { a.putBigU32(t(NFTA_SET_ELEM_LIST_SET_ID.rawValue), setID) }
-            a.nested(t(NFTA_SET_ELEM_LIST_ELEMENTS.rawValue)) { list in
-                // libnftnl numbers the list entries 1, 2, 3... (the kernel ignores the type); we do the same
-                // so our bytes equal nft's.
-                for (index, e) in elements.enumerated() {
-                    list.nested(UInt16(truncatingIfNeeded: index + 1)) { el in
-                        if e.flags != 0 { el.putBigU32(t(NFTA_SET_ELEM_FLAGS.rawValue), e.flags) }
-                        el.nested(t(NFTA_SET_ELEM_KEY.rawValue)) { $0.put(t(NFTA_DATA_VALUE.rawValue), e.key) }
-                        if let end = e.keyEnd {
-                            el.nested(t(NFTA_SET_ELEM_KEY_END.rawValue)) { $0.put(t(NFTA_DATA_VALUE.rawValue), end) }
-                        }
-                        if let data = e.data {
-                            el.nested(t(NFTA_SET_ELEM_DATA.rawValue)) { encodeData(data, into: &$0) }
-                        }
-                    }
-                }
-            }
-        }
+        let s = NFTNLSet(table: table, name: set, id: setID)
+        s.add(elements)
+        return s.elementsMessage(delete ? NFT_MSG_DELSETELEM : NFT_MSG_NEWSETELEM, family, flags: delete ? 0 : NetlinkFlag.create,
+                                 capacity: room(table) + room(set) + room(4) + 8)
     }
 
     /// Splits many elements into messages of at most `chunk` elements each (10,000 elements fit in a
@@ -167,119 +86,77 @@ public enum NFTables {
     public static func elementMessages(_ elements: [NFTElement], family: NFTFamily, table: String, set: String,
                                        setID: UInt32? = nil, delete: Bool = false, chunk: Int = 512) -> [NetlinkMessage] {
         stride(from: 0, to: elements.count, by: chunk).map {
-            self.elements(Array(elements[$0..<min($0 + chunk, elements.count)]), family: family, table: table,
+            self.elements(elements[$0..<min($0 + chunk, elements.count)], family: family, table: table,
                           set: set, setID: setID, delete: delete)
         }
     }
 
     public static func listElements(family: NFTFamily, table: String, set: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_GETSETELEM.rawValue), family, flags: 0) { a in
-            a.putString(t(NFTA_SET_ELEM_LIST_TABLE.rawValue), table)
-            a.putString(t(NFTA_SET_ELEM_LIST_SET.rawValue), set)
-        }
+        NFTNLSet(table: table, name: set).elementsMessage(NFT_MSG_GETSETELEM, family, flags: 0, capacity: room(table) + room(set))
     }
 
     // MARK: rules
 
     /// NFT_MSG_NEWRULE with CREATE|APPEND (like `nft add rule`: appended at the end of the chain).
     public static func newRule(_ rule: NFTRule) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_NEWRULE.rawValue), rule.family, flags: NetlinkFlag.create | NetlinkFlag.append) { a in
-            a.putString(t(NFTA_RULE_TABLE.rawValue), rule.table)
-            a.putString(t(NFTA_RULE_CHAIN.rawValue), rule.chain)
-            a.nested(t(NFTA_RULE_EXPRESSIONS.rawValue)) { list in
-                for e in rule.expressions { list.nested(t(NFTA_LIST_ELEM.rawValue)) { e.encode(into: &$0) } }
-            }
-            if let u = rule.userdata { a.put(t(NFTA_RULE_USERDATA.rawValue), u) }
-        }
+        NFTNLRule(rule).message(NFT_MSG_NEWRULE, rule.family, flags: NetlinkFlag.create | NetlinkFlag.append,
+                                capacity: room(rule.table) + room(rule.chain) + 8 + room(rule.userdata?.count ?? 0))
     }
 
     public static func deleteRule(family: NFTFamily, table: String, chain: String, handle: UInt64) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_DELRULE.rawValue), family, flags: 0) { a in
-            a.putString(t(NFTA_RULE_TABLE.rawValue), table)
-            a.putString(t(NFTA_RULE_CHAIN.rawValue), chain)
-            a.putBigU64(t(NFTA_RULE_HANDLE.rawValue), handle)
-        }
+        NFTNLRule(table: table, chain: chain, handle: handle).message(NFT_MSG_DELRULE, family, flags: 0,
+                                                                      capacity: room(table) + room(chain) + room(8))
     }
 
     public static func listRules(family: NFTFamily, table: String) -> NetlinkMessage {
-        message(UInt32(NFT_MSG_GETRULE.rawValue), family, flags: 0) { $0.putString(t(NFTA_RULE_TABLE.rawValue), table) }
+        NFTNLRule(table: table, chain: nil).message(NFT_MSG_GETRULE, family, flags: 0, capacity: room(table))
     }
 
-    // MARK: parsing dumps
-
-    static func family(_ m: NetlinkMessage) -> NFTFamily? { m.payload.first.flatMap(NFTFamily.init(rawValue:)) }
-
-    static func attributes(_ m: NetlinkMessage, _ command: UInt32) throws(NetlinkError) -> (NFTFamily, AttributeList)? {
-        guard m.type == type(command), m.payload.count >= 4, let f = family(m) else { return nil }
-        return (f, try AttributeList(parsing: Array(m.payload[4...])))
+    /// An nf_tables payload (nfgenmsg, then attributes) as the kernel reads it, for comparing our messages
+    /// with captures of nft's (tests, debugging): each attribute as `type=value`
+    /// or `type{...}` for a nest (NLA_F_NESTED), siblings in type order (stable: list items keep theirs).
+    public static func attributeTree(_ payload: [UInt8]) -> String {
+        func tree(_ b: ArraySlice<UInt8>) -> String {
+            var items: [(UInt16, String)] = []
+            var i = b.startIndex
+            while i + 4 <= b.endIndex {
+                let length = Int(UInt16(b[i]) | UInt16(b[i + 1]) << 8), type = UInt16(b[i + 2]) | UInt16(b[i + 3]) << 8
+                guard length >= 4, i + length <= b.endIndex else { return "malformed at \(i - b.startIndex): " + hexString(Array(b[i...])) }
+                let value = b[(i + 4)..<(i + length)]
+                items.append((type & 0x3fff, type & 0x8000 != 0 ? "\(type & 0x3fff){\(tree(value))}" : "\(type)=\(hexString(Array(value)))"))
+                i += (length + 3) & ~3
+            }
+            return items.enumerated().sorted { ($0.element.0, $0.offset) < ($1.element.0, $1.offset) }.map(\.element.1).joined(separator: " ")
+        }
+        return hexString(Array(payload.prefix(4))) + " " + tree(payload.dropFirst(4))
     }
+
+    static func hexString(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
+    }
+
+    // MARK: parsing dumps (libnftnl decodes; other messages of the dump are skipped)
 
     public static func parseTable(_ m: NetlinkMessage) throws(NetlinkError) -> NFTTable? {
-        guard let (f, a) = try attributes(m, UInt32(NFT_MSG_NEWTABLE.rawValue)) else { return nil }
-        return NFTTable(family: f, name: a[NFTA_TABLE_NAME.rawValue]?.string ?? "",
-                        flags: a[NFTA_TABLE_FLAGS.rawValue]?.bigU32 ?? 0, userdata: a[NFTA_TABLE_USERDATA.rawValue]?.value)
+        m.type == type(NFT_MSG_NEWTABLE) ? try NFTNLTable.parse(m) : nil
     }
 
     public static func parseChain(_ m: NetlinkMessage) throws(NetlinkError) -> NFTChain? {
-        guard let (f, a) = try attributes(m, UInt32(NFT_MSG_NEWCHAIN.rawValue)) else { return nil }
-        var hook: NFTHook?
-        if let h = try a[NFTA_CHAIN_HOOK.rawValue]?.nested() {
-            hook = NFTHook(hook: h[NFTA_HOOK_HOOKNUM.rawValue]?.bigU32 ?? 0,
-                           priority: Int32(bitPattern: h[NFTA_HOOK_PRIORITY.rawValue]?.bigU32 ?? 0),
-                           type: a[NFTA_CHAIN_TYPE.rawValue]?.string ?? "",
-                           policy: a[NFTA_CHAIN_POLICY.rawValue]?.bigU32 ?? UInt32(NF_ACCEPT))
-        }
-        return NFTChain(family: f, table: a[NFTA_CHAIN_TABLE.rawValue]?.string ?? "", name: a[NFTA_CHAIN_NAME.rawValue]?.string ?? "",
-                        hook: hook, userdata: a[NFTA_CHAIN_USERDATA.rawValue]?.value)
+        m.type == type(NFT_MSG_NEWCHAIN) ? try NFTNLChain.parse(m) : nil
     }
 
     public static func parseSet(_ m: NetlinkMessage) throws(NetlinkError) -> NFTSet? {
-        guard let (f, a) = try attributes(m, UInt32(NFT_MSG_NEWSET.rawValue)) else { return nil }
-        var fields: [UInt32] = []
-        if let desc = try a[NFTA_SET_DESC.rawValue]?.nested(), let concat = try desc[NFTA_SET_DESC_CONCAT.rawValue]?.nested() {
-            for e in concat.attributes { if let l = try e.nested()[NFTA_SET_FIELD_LEN.rawValue]?.bigU32 { fields.append(l) } }
-        }
-        return NFTSet(family: f, table: a[NFTA_SET_TABLE.rawValue]?.string ?? "", name: a[NFTA_SET_NAME.rawValue]?.string ?? "",
-                      flags: a[NFTA_SET_FLAGS.rawValue]?.bigU32 ?? 0, keyType: a[NFTA_SET_KEY_TYPE.rawValue]?.bigU32 ?? 0,
-                      keyLength: a[NFTA_SET_KEY_LEN.rawValue]?.bigU32 ?? 0, dataType: a[NFTA_SET_DATA_TYPE.rawValue]?.bigU32,
-                      dataLength: a[NFTA_SET_DATA_LEN.rawValue]?.bigU32, fieldLengths: fields,
-                      userdata: a[NFTA_SET_USERDATA.rawValue]?.value)
-    }
-
-    static func parseData(_ list: AttributeList) throws(NetlinkError) -> NFTData? {
-        if let v = list[NFTA_DATA_VALUE.rawValue] { return .value(v.value) }
-        guard let verdict = try list[NFTA_DATA_VERDICT.rawValue]?.nested() else { return nil }
-        let code = Int32(bitPattern: verdict[NFTA_VERDICT_CODE.rawValue]?.bigU32 ?? 0)
-        let chain = verdict[NFTA_VERDICT_CHAIN.rawValue]?.string ?? ""
-        switch code {
-        case Int32(NF_ACCEPT): return .verdict(.accept)
-        case Int32(NF_DROP): return .verdict(.drop)
-        case NFT_CONTINUE.rawValue: return .verdict(.continue)
-        case NFT_RETURN.rawValue: return .verdict(.return)
-        case NFT_JUMP.rawValue: return .verdict(.jump(chain))
-        case NFT_GOTO.rawValue: return .verdict(.goto(chain))
-        default: throw .malformed("parse verdict", "unknown verdict code \(code)")
-        }
+        m.type == type(NFT_MSG_NEWSET) ? try NFTNLSet.parse(m) : nil
     }
 
     public static func parseElements(_ m: NetlinkMessage) throws(NetlinkError) -> [NFTElement] {
-        guard let (_, a) = try attributes(m, UInt32(NFT_MSG_NEWSETELEM.rawValue)),
-              let list = try a[NFTA_SET_ELEM_LIST_ELEMENTS.rawValue]?.nested() else { return [] }
-        var out: [NFTElement] = []
-        for item in list.attributes {
-            let e = try item.nested()
-            guard let key = try e[NFTA_SET_ELEM_KEY.rawValue]?.nested()[NFTA_DATA_VALUE.rawValue]?.value else { continue }
-            let end = try e[NFTA_SET_ELEM_KEY_END.rawValue]?.nested()[NFTA_DATA_VALUE.rawValue]?.value
-            var data: NFTData?
-            if let d = try e[NFTA_SET_ELEM_DATA.rawValue]?.nested() { data = try parseData(d) }
-            out.append(NFTElement(key: key, keyEnd: end, data: data, flags: e[NFTA_SET_ELEM_FLAGS.rawValue]?.bigU32 ?? 0))
-        }
-        return out
+        m.type == type(NFT_MSG_NEWSETELEM) ? try NFTNLSet.parseElements(m) : []
     }
 
     /// A rule as listed: table, chain, handle, userdata and the expression names (enough to identify our
     /// rules by their userdata fingerprint), and the few expressions a reader of the installed steering needs
-    /// decoded (`NFTExpression.decode`): what a rule writes into a mark, and its flow hash.
+    /// decoded: what a rule writes into a mark, and its flow hash (libnftnl decodes every kind we write).
     public struct ListedRule: Hashable, Sendable {
         public var family: NFTFamily
         public var table: String
@@ -305,25 +182,7 @@ public enum NFTables {
     }
 
     public static func parseRule(_ m: NetlinkMessage) throws(NetlinkError) -> ListedRule? {
-        guard let (f, a) = try attributes(m, UInt32(NFT_MSG_NEWRULE.rawValue)) else { return nil }
-        var names: [String] = []
-        var decoded: [NFTExpression?] = []
-        var counter: (UInt64, UInt64)?
-        if let exprs = try a[NFTA_RULE_EXPRESSIONS.rawValue]?.nested() {
-            for e in exprs.attributes {
-                let expr = try e.nested()
-                let name = expr[NFTA_EXPR_NAME.rawValue]?.string ?? "?"
-                names.append(name)
-                let data = try expr[NFTA_EXPR_DATA.rawValue]?.nested()
-                decoded.append(data.flatMap { NFTExpression.decode(name: name, $0) })
-                if name == "counter", counter == nil, let data = try expr[NFTA_EXPR_DATA.rawValue]?.nested() {
-                    counter = (data[NFTA_COUNTER_PACKETS.rawValue]?.bigU64 ?? 0, data[NFTA_COUNTER_BYTES.rawValue]?.bigU64 ?? 0)
-                }
-            }
-        }
-        return ListedRule(family: f, table: a[NFTA_RULE_TABLE.rawValue]?.string ?? "", chain: a[NFTA_RULE_CHAIN.rawValue]?.string ?? "",
-                          handle: a[NFTA_RULE_HANDLE.rawValue]?.bigU64 ?? 0, userdata: a[NFTA_RULE_USERDATA.rawValue]?.value,
-                          expressionNames: names, counter: counter, expressions: decoded)
+        m.type == type(NFT_MSG_NEWRULE) ? try NFTNLRule.parse(m) : nil
     }
 }
 
@@ -333,8 +192,10 @@ public final class NFTablesClient {
 
     public init(connection: NetlinkConnection) { self.connection = connection }
 
+    /// Over a libmnl socket in the current or a named namespace.
     public convenience init(netns: String? = nil) throws(NetlinkError) {
-        self.init(connection: try NetlinkConnection(.netfilter, netns: netns))
+        self.init(connection: NetlinkConnection(transport: try MNLSocket(.netfilter, netns: netns),
+                                                firstSequence: UInt32(truncatingIfNeeded: time(nil))))
     }
 
     /// Sends the requests as one atomic batch; returns only when every message is acked. On any error

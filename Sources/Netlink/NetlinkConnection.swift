@@ -67,7 +67,7 @@ public final class NetlinkConnection {
         guard !requests.isEmpty else { return }
         var datagram: [UInt8] = []
         let begin = takeSequence()
-        NFTables.batchMarker(type: UInt16(NFNL_MSG_BATCH_BEGIN), sequence: begin).encode(into: &datagram)
+        NFTables.batchMarker(begin: true, sequence: begin).encode(into: &datagram)
         var pending: [UInt32: Int] = [:]
         for (index, request) in requests.enumerated() {
             var m = request.message
@@ -76,7 +76,7 @@ public final class NetlinkConnection {
             pending[m.sequence] = index
             m.encode(into: &datagram)
         }
-        NFTables.batchMarker(type: UInt16(NFNL_MSG_BATCH_END), sequence: takeSequence()).encode(into: &datagram)
+        NFTables.batchMarker(begin: false, sequence: takeSequence()).encode(into: &datagram)
         var operations = requests.map(\.operation)
         operations.append("commit nf_tables batch")
         let errors = try collectAcks(send: datagram, pending: pending, operations: operations,

@@ -36,16 +36,20 @@ public final class NetlinkSocket: NetlinkTransport {
     ///   - receiveTimeout: seconds to wait for a reply before throwing ETIMEDOUT.
     public init(_ netlinkProtocol: NetlinkProtocol, netns: String? = nil, receiveTimeout: Double = 5) throws(NetlinkError) {
         self.netlinkProtocol = netlinkProtocol
-        if let netns {
-            fd = try NetlinkSocket.openInNamespace(netns, netlinkProtocol)
-        } else {
-            fd = try NetlinkSocket.open(netlinkProtocol)
-        }
+        fd = try NetlinkSocket.openConfigured(netlinkProtocol, netns: netns, receiveTimeout: receiveTimeout)
         buffer = [UInt8](repeating: 0, count: 1 << 20)
-        configure(receiveTimeout: receiveTimeout)
     }
 
     deinit { close(fd) }
+
+    /// A bound netlink socket in the namespace, with acks capped, extended acks on, 8 MiB buffers and the
+    /// receive timeout (shared with `MNLSocket`, which hands the descriptor to libmnl).
+    static func openConfigured(_ p: NetlinkProtocol, netns: String?, receiveTimeout: Double) throws(NetlinkError) -> Int32 {
+        let fd: Int32
+        if let netns { fd = try openInNamespace(netns, p) } else { fd = try open(p) }
+        configure(fd, receiveTimeout: receiveTimeout)
+        return fd
+    }
 
     private static func open(_ p: NetlinkProtocol) throws(NetlinkError) -> Int32 {
         let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), p.rawValue)
@@ -90,7 +94,7 @@ public final class NetlinkSocket: NetlinkTransport {
         return try result.get()
     }
 
-    private func configure(receiveTimeout: Double) {
+    private static func configure(_ fd: Int32, receiveTimeout: Double) {
         var one: Int32 = 1
         // Errors carry no copy of our request (acks for a 10k-element batch stay small) but do carry the
         // kernel's explanation.

@@ -63,9 +63,9 @@ public enum SteeringCompiler {
         var sitesElements: [(IPv4Prefix, NFTVerdict)] = []
         for d in plan.destinations {
             let name = SteeringNames.siteChain(d.name)
-            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                  + NFTUserdata.comment("class -> path to \(d.name)", type: NFTUserdata.setCommentType))
             maps.append(.init(set: map, elements: []))
             chains.append(NFTChain(family: family, table: table, name: name,
@@ -91,9 +91,9 @@ public enum SteeringCompiler {
             for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
         }
         let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
-                           flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: 7 /* ipv4_addr */, keyLength: 4,
+                           flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
                            dataType: NFTSet.verdictDataType, dataLength: 0,
-                           userdata: NFTUserdata.u32(0, 2) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                           userdata: NFTUserdata.keyByteorder(.big) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                + NFTUserdata.comment("remote prefix -> site", type: NFTUserdata.setCommentType))
         let sitesSet = SteeringRuleset.StaticSet(set: sites, elements: intervalElements(sitesElements), owners: [SteeringNames.preroutingChain, SteeringNames.outputChain])
 
@@ -117,8 +117,8 @@ public enum SteeringCompiler {
                                   [.payload(base: NFT.networkHeader, offset: mirrored, length: 4, dreg: NFT.reg1)]))
                 }
                 if !m.dscp.isEmpty {
-                    let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: 36, keyLength: 1,
-                                   userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
+                    let s = NFTSet(family: family, table: table, name: "\(base)_dscp", flags: 0, keyType: .dscp, keyLength: 1,
+                                   userdata: NFTUserdata.keyByteorder(.big) + NFTUserdata.comment("policy \(c.name): DSCP", type: NFTUserdata.setCommentType))
                     let dscp: [NFTExpression] = [.payload(base: NFT.networkHeader, offset: 1, length: 1, dreg: NFT.reg1),
                                                  .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: [0xfc], xor: [0]),
                                                  .shiftRight(sreg: NFT.reg1, dreg: NFT.reg1, length: 1, shift: 2)]
@@ -127,7 +127,7 @@ public enum SteeringCompiler {
                 }
                 if !m.services.isEmpty {
                     let s = NFTSet(family: family, table: table, name: "\(base)_svc", flags: NFTSet.flagInterval | NFTSet.flagConcat,
-                                   keyType: 12 << 6 | 13 /* inet_proto . inet_service */, keyLength: 8, fieldLengths: [1, 2],
+                                   keyType: .concatenation([.inetProtocol, .inetService]), keyLength: 8, fieldLengths: [1, 2],
                                    userdata: concatUserdata + NFTUserdata.comment("policy \(c.name): protocol . port", type: NFTUserdata.setCommentType))
                     let proto: [NFTExpression] = [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
                                                   .byteorder(sreg: NFT.reg1, dreg: NFT.reg1, op: NFT.hton, length: 1, size: 2)]
@@ -253,9 +253,9 @@ public enum SteeringCompiler {
             guard case .buckets(let slots) = choice.target,
                   let c = classByID[choice.classID], let site = siteName[choice.site] else { continue }
             let name = SteeringNames.balanceChain(c.name, site)
-            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: 19 /* mark */,
+            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
                              keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.u32(0, 1) + NFTUserdata.u32(1, 0) + NFTUserdata.u32(6, 0)
+                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                  + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
             let elements = slots.enumerated().map { i, slot in
                 NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(pathChain(c, slot))))
@@ -264,9 +264,9 @@ public enum SteeringCompiler {
             chains.append(NFTChain(family: family, table: table, name: name,
                                    userdata: NFTUserdata.comment("class \(c.name) to \(site): load balanced")))
             let e: [NFTExpression] = ipv4Only + [
-                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: 2),
-                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: 13),
-                .jhash(sreg: 2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
+                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
+                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: .reg32_05),
+                .jhash(sreg: .reg2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
                 .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
             ]
             rules[name] = [rule(name, e, comment: nil, sets: [map])]
@@ -290,7 +290,8 @@ public enum SteeringCompiler {
 
     /// nft's set userdata for concatenated interval keys (key byte order, then a typeof blob nft 1.0.6
     /// writes for `type a . b` sets); copied from what nft sends so `nft list` shows our sets like its own.
-    static let concatUserdata: [UInt8] = NFTUserdata.u32(0, 0) + NFTUserdata.tlv(3, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
+    static let concatUserdata: [UInt8] = NFTUserdata.keyByteorder(.invalid)
+        + NFTUserdata.setField(.keyTypeof, [0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x00])
 
     static let ipv4Only: [NFTExpression] = [
         .meta(key: NFT.metaNFProto, dreg: NFT.reg1),
@@ -313,8 +314,8 @@ public enum SteeringCompiler {
     }
 
     static func prefixSet(_ name: String, comment: String) -> NFTSet {
-        NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: 7, keyLength: 4,
-               userdata: NFTUserdata.u32(0, 2) + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
+        NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
+               userdata: NFTUserdata.keyByteorder(.big) + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
     }
 
     /// Interval set elements as nft sends them for the rbtree backend: each merged range is a start element

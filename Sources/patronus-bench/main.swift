@@ -93,6 +93,15 @@ case "resteer":
             ours.append(now() - t0)
             guard changes.elementsOnly, changes.batchMessages == 2 else { fail("re-steer was not an element change: \(changes)") }
         }
+        // Reading counters: one rule dump of the whole table, decoded by libnftnl.
+        var dumps: [UInt64] = []
+        var rules = 0
+        for _ in 0..<100 {
+            let t0 = now()
+            rules = try steering.nftables.rules(family: .inet, table: "patronus").count
+            _ = try steering.counters()
+            dumps.append((now() - t0) / 2)
+        }
         // The same two messages sent directly (no compile, no diff): the kernel + syscall floor.
         let nft = try NFTablesClient(netns: nil)
         var raw: [UInt64] = []
@@ -131,7 +140,9 @@ case "resteer":
         try steering.removeAll()
         let a = summary(ours), b = summary(cli), c = summary(raw)
         print(String(format: "re-steer (one class moved, one batch, acked): n=%d median %.1f us  p99 %.1f us", n, a.median, a.p99))
-        print(String(format: "  of which kernel + syscalls (same 2 messages, prebuilt): median %.1f us  p99 %.1f us", c.median, c.p99))
+        print(String(format: "  of which libnftnl build + kernel + syscalls (same 2 messages, no compile or diff): median %.1f us  p99 %.1f us", c.median, c.p99))
+        let d = summary(dumps)
+        print(String(format: "  rule dump of the table (%d rules, libnftnl decode, as counters() reads it): median %.1f us  p99 %.1f us", rules, d.median, d.p99))
         print(String(format: "nft -f (same delete+add element):            n=%d median %.1f us  p99 %.1f us", cliRuns, b.median, b.p99))
         print(String(format: "ratio (nft median / ours median): %.0fx", b.median / a.median))
         print("targets: median <= 50 us: \(a.median <= 50 ? "met" : "MISSED"); >= 100x: \(b.median / a.median >= 100 ? "met" : "MISSED")")
@@ -160,28 +171,33 @@ case "apply":
 
 case "rawhash":
     // Floor of an element replace in a hash map (type mark : verdict), for comparison with the interval map.
+    // Over the libmnl socket NFTablesClient uses, and over our plain NetlinkSocket, alternately.
     do {
-        let nft = try NFTablesClient(netns: nil)
+        let mnl = try NFTablesClient(netns: nil)
+        let plain = NFTablesClient(connection: NetlinkConnection(transport: try NetlinkSocket(.netfilter), firstSequence: 1 << 30))
         let n = args.count > 2 ? Int(args[2]) ?? 1000 : 1000
-        try nft.commit([
+        try mnl.commit([
             NetlinkRequest(NFTables.newTable(NFTTable(family: .inet, name: "hb")), "t"),
             NetlinkRequest(NFTables.newChain(NFTChain(family: .inet, table: "hb", name: "a")), "a"),
             NetlinkRequest(NFTables.newChain(NFTChain(family: .inet, table: "hb", name: "b")), "b"),
-            NetlinkRequest(NFTables.newSet(NFTSet(family: .inet, table: "hb", name: "m", flags: NFTSet.flagMap, keyType: 19, keyLength: 4,
+            NetlinkRequest(NFTables.newSet(NFTSet(family: .inet, table: "hb", name: "m", flags: NFTSet.flagMap, keyType: .mark, keyLength: 4,
                                                   dataType: NFTSet.verdictDataType, dataLength: 0, id: 1)), "m"),
             NetlinkRequest(NFTables.elements([NFTElement(key: [0, 0, 1, 0], data: .verdict(.goto("a")))], family: .inet, table: "hb", set: "m"), "e"),
         ])
-        var raw: [UInt64] = []
-        for i in 0..<n {
-            let t0 = now()
-            try nft.commit([
+        var times: [[UInt64]] = [[], []]
+        for i in 0..<(2 * n) {
+            let requests = [
                 NetlinkRequest(NFTables.elements([NFTElement(key: [0, 0, 1, 0])], family: .inet, table: "hb", set: "m", delete: true), "delete"),
-                NetlinkRequest(NFTables.elements([NFTElement(key: [0, 0, 1, 0], data: .verdict(.goto(i % 2 == 0 ? "b" : "a")))], family: .inet, table: "hb", set: "m"), "add"),
-            ])
-            raw.append(now() - t0)
+                NetlinkRequest(NFTables.elements([NFTElement(key: [0, 0, 1, 0], data: .verdict(.goto(i % 4 < 2 ? "b" : "a")))], family: .inet, table: "hb", set: "m"), "add"),
+            ]
+            let t0 = now()
+            try (i % 2 == 0 ? mnl : plain).commit(requests)
+            times[i % 2].append(now() - t0)
         }
-        let c = summary(raw)
-        print(String(format: "hash map element replace: median %.1f us p99 %.1f us", c.median, c.p99))
+        try mnl.commit([NetlinkRequest(NFTables.deleteTable(family: .inet, name: "hb"), "delete table hb")])
+        let m = summary(times[0]), p = summary(times[1])
+        print(String(format: "hash map element replace, libmnl socket:    median %.1f us p99 %.1f us", m.median, m.p99))
+        print(String(format: "hash map element replace, plain NetlinkSocket: median %.1f us p99 %.1f us", p.median, p.p99))
     } catch { fail("rawhash: \(error)") }
 
 default:

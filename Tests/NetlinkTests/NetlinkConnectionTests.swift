@@ -1,4 +1,5 @@
 import Testing
+import CNetfilter
 @testable import Netlink
 
 /// Records what is sent; replays scripted datagrams.
@@ -94,6 +95,12 @@ func ack(_ sequence: UInt32, _ code: Int32, text: String? = nil) -> [UInt8] {
             _ = try? NetlinkMessage.parse(bytes)
             _ = try? AttributeList(parsing: bytes)
             if let ms = try? NetlinkMessage.parse(bytes) { for m in ms { _ = try? NFTables.parseElements(m); _ = try? NFTables.parseSet(m) } }
+            // The same bytes as the payload of each dump reply type libnftnl decodes for us.
+            for command in [NFT_MSG_NEWTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWRULE] {
+                let m = NetlinkMessage(type: NFTables.type(command), flags: 0, payload: [1, 0, 0, 0] + bytes)
+                _ = try? NFTables.parseTable(m); _ = try? NFTables.parseChain(m); _ = try? NFTables.parseSet(m)
+                _ = try? NFTables.parseElements(m); _ = try? NFTables.parseRule(m)
+            }
         }
     }
 }

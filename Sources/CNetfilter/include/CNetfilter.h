@@ -32,6 +32,7 @@
 #include <libnftnl/expr.h>
 #include <libnftnl/object.h>
 #include <libnftnl/udata.h>
+#include <libnftnl/gen.h>
 
 // MNL_SOCKET_BUFFER_SIZE is a macro (depends on the page size); Swift cannot import it.
 static inline size_t cnf_mnl_socket_buffer_size(void) { return MNL_SOCKET_BUFFER_SIZE; }
