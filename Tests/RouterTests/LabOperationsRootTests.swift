@@ -107,15 +107,12 @@ struct LabOperationsRootTests {
             if i % 50 == 0 { usleep(10_000) }
         }
 
-        // Slot -> path name: the per-path table 6200+slot routes out of the path's interface; the database
-        // names the path on that interface.
+        // Chains are `<policy>_path<id>`, the id of `paths`: id -> "id|name", so that a metric series must
+        // carry both the same id (path_id) and the same name (path) to match.
         let hq = lab.router("hq")
         let dbPaths = (Ops.status(database: lab.database("hq"))?["paths"] as? [[String: Any]]) ?? []
-        func pathOfSlot(_ slot: Int) -> String? {
-            let routes = Ops.json((try? hq.check(["ip", "-j", "route", "show", "table", "\(6200 + slot)"])) ?? "") as? [[String: Any]]
-            guard let device = routes?.first?["dev"] as? String,
-                  let path = dbPaths.first(where: { $0["wg_interface"] as? String == device }) else { return nil }
-            return pathName(path)
+        func pathOfID(_ id: Int) -> String? {
+            dbPaths.first(where: { $0["id"] as? Int == id }).map { "\(id)|\(pathName($0))" }
         }
 
         struct Reading: Equatable { var packets: Double; var bytes: Double }
@@ -132,29 +129,29 @@ struct LabOperationsRootTests {
             let objects = Ops.nftObjects((try? hq.check(["nft", "-j", "list", "table", "inet", "patronus"])) ?? "")
             for object in objects {
                 if let rule = object["rule"] as? [String: Any], let chain = rule["chain"] as? String,
-                   let range = chain.range(of: "_path"), let slot = Int(chain[range.upperBound...]),
+                   let range = chain.range(of: "_path"), let id = Int(chain[range.upperBound...]),
                    let counter = (rule["expr"] as? [[String: Any]])?.compactMap({ $0["counter"] as? [String: Any] }).first,
-                   let path = pathOfSlot(slot) {
+                   let path = pathOfID(id) {
                     nftCounters["\(chain[..<range.lowerBound])|\(path)"] = Reading(
                         packets: Double(counter["packets"] as? Int ?? -1), bytes: Double(counter["bytes"] as? Int ?? -1))
                 }
                 if let map = object["map"] as? [String: Any], (map["name"] as? String)?.hasPrefix("site_") == true {
                     for element in map["elem"] as? [[Any]] ?? [] {
                         guard let target = ((element.last as? [String: Any])?["goto"] as? [String: Any])?["target"] as? String,
-                              let range = target.range(of: "_path"), let slot = Int(target[range.upperBound...]),
-                              let path = pathOfSlot(slot) else { continue }
+                              let range = target.range(of: "_path"), let id = Int(target[range.upperBound...]),
+                              let path = pathOfID(id) else { continue }
                         nftSelected.insert("\(target[..<range.lowerBound])|\(path)")
                     }
                 }
             }
             metricCounters = [:]
             for (labels, packets) in scraped.all("patronus_class_packets_total") {
-                let key = "\(labels["policy"] ?? "")|\(labels["path"] ?? "")"
+                let key = "\(labels["policy"] ?? "")|\(labels["path_id"] ?? "")|\(labels["path"] ?? "")"
                 metricCounters[key] = Reading(packets: packets,
                                               bytes: scraped.value("patronus_class_bytes_total", labels) ?? -1)
             }
             metricSelected = Set(scraped.all("patronus_class_selected_path").filter { $0.1 == 1 }
-                .map { "\($0.0["policy"] ?? "")|\($0.0["path"] ?? "")" })
+                .map { "\($0.0["policy"] ?? "")|\($0.0["path_id"] ?? "")|\($0.0["path"] ?? "")" })
             let total = { (policy: String) in
                 nftCounters.filter { $0.key.hasPrefix(policy + "|") }.map(\.value.packets).reduce(0, +)
             }
@@ -170,9 +167,9 @@ struct LabOperationsRootTests {
             guard let scraped = lab.scrape("hq") else { return false }
             exposition = scraped
             let rows = (Ops.status(database: lab.database("hq"))?["paths"] as? [[String: Any]]) ?? []
-            let fromDatabase = Set(rows.map { "\(pathName($0)) \($0["dst_name"] ?? "") \($0["local_label"] ?? "") \($0["status"] ?? "")" })
+            let fromDatabase = Set(rows.map { "\($0["id"] ?? "") \(pathName($0)) \($0["dst_name"] ?? "") \($0["local_label"] ?? "") \($0["status"] ?? "")" })
             let fromMetrics = Set(scraped.all("patronus_path_status").filter { $0.1 == 1 }
-                .map { "\($0.0["path"] ?? "") \($0.0["site"] ?? "") \($0.0["uplink"] ?? "") \($0.0["status"] ?? "")" })
+                .map { "\($0.0["path_id"] ?? "") \($0.0["path"] ?? "") \($0.0["site"] ?? "") \($0.0["uplink"] ?? "") \($0.0["status"] ?? "")" })
             return !fromDatabase.isEmpty && fromDatabase == fromMetrics
         }
         #expect(statusMatched, "\(exposition?.all("patronus_path_status").filter { $0.1 == 1 } ?? [])")
@@ -181,7 +178,7 @@ struct LabOperationsRootTests {
         if let scraped = exposition, FileManager.default.isExecutableFile(atPath: "/usr/bin/wg") {
             for row in dbPaths {
                 guard let device = row["wg_interface"] as? String else { continue }
-                let labels = ["path": pathName(row), "site": row["dst_name"] as? String ?? "",
+                let labels = ["path_id": "\(row["id"] ?? "")", "path": pathName(row), "site": row["dst_name"] as? String ?? "",
                               "uplink": row["local_label"] as? String ?? ""]
                 let tx = scraped.value("patronus_path_transmit_bytes_total", labels) ?? -1
                 let rx = scraped.value("patronus_path_receive_bytes_total", labels) ?? -1
