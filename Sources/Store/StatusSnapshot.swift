@@ -141,7 +141,7 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
             lines.append("")
             lines.append("Paths (id: route, tunnel, status; slot: mark and table):")
             for path in paths {
-                let via = path.localLabel == path.remoteLabel ? path.localLabel : "\(path.localLabel)→\(path.remoteLabel)"
+                let via = Self.via(path)
                 let slot = path.slot.map { "slot \($0), table \(Conventions.pathTable(slot: $0))" } ?? "not planned"
                 lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface), \(path.status); \(slot))")
             }
@@ -165,8 +165,13 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         return (best?.path.id, worst?.path.id)
     }
 
+    /// "isp-a", or "isp-a→lte" when the local and remote labels differ.
+    static func via(_ path: Path) -> String {
+        path.localLabel == path.remoteLabel ? path.localLabel : "\(path.localLabel)→\(path.remoteLabel)"
+    }
+
     static func describe(_ path: Path) -> String {
-        let via = path.localLabel == path.remoteLabel ? path.localLabel : "\(path.localLabel)→\(path.remoteLabel)"
+        let via = Self.via(path)
         func number(_ value: Double?, _ unit: String) -> String {
             guard let value else { return "n/a" }
             return formatNumber(value) + unit
