@@ -44,6 +44,28 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
     public var description: String { "\(interface)=\(label)" }
 }
 
+/// One `--uplink IFACE[=LABEL][,no-copies]`: the uplink and its options. `no-copies`: the uplink never
+/// carries the copies of duplicated classes (a metered link); it still carries traffic the engine puts on it.
+public struct UplinkArgument: Hashable, Sendable {
+    public var uplink: Uplink
+    public var noCopies: Bool
+
+    public init(uplink: Uplink, noCopies: Bool = false) {
+        self.uplink = uplink
+        self.noCopies = noCopies
+    }
+
+    public static let options = ["no-copies"]
+
+    public init?(argument: String) {
+        var parts = argument.split(separator: ",", omittingEmptySubsequences: false)
+        guard let first = parts.first, let uplink = Uplink(argument: String(first)) else { return nil }
+        parts.removeFirst()
+        guard parts.allSatisfy({ Self.options.contains(String($0)) }) else { return nil }
+        self.init(uplink: uplink, noCopies: parts.contains("no-copies"))
+    }
+}
+
 /// Where a remote site can be reached: one of its uplinks, as it announced it.
 public struct Endpoint: Hashable, Sendable, Codable, CustomStringConvertible {
     public var label: String

@@ -9,7 +9,7 @@ enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
                                        "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts",
-                                       "v6-path-slot"]
+                                       "v6-path-slot", "v7-policy-duplicate"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -161,6 +161,11 @@ enum Schema {
             // The kernel slot of a live path (its mark `slot << 16` and table 6200 + slot, docs/STEERING.md);
             // NULL while the path is not planned. Usually equal to the id.
             try db.execute(sql: "ALTER TABLE paths ADD COLUMN slot INTEGER")
+        }
+        migrator.registerMigration(migrationIdentifiers[6]) { db in
+            // 1: the policy's packets are copied over a second path (docs/STEERING.md, "Duplication").
+            // Added last, so `SELECT * FROM policies` keeps the seed's columns first.
+            try db.execute(sql: "ALTER TABLE policies ADD COLUMN duplicate INTEGER NOT NULL DEFAULT 0")
         }
         return migrator
     }

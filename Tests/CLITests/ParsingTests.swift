@@ -71,6 +71,18 @@ import Router
         #expect(configuration.bandwidthInterval == .seconds(30))
         #expect(configuration.metricsListen?.description == "127.0.0.1:9477")
         #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
+        #expect(configuration.noCopyUplinks.isEmpty)
+    }
+
+    @Test func anUplinkCanRefuseCopies() throws {
+        let configuration = try parseRun(["--site-name", "hq", "--uplink", "eth0=isp-a", "--uplink", "wwan0=lte,no-copies",
+                                          "--uplink", "eth2,no-copies"]).routerConfiguration
+        #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte"),
+                                          Uplink(interface: "eth2", label: "eth2")])
+        #expect(configuration.noCopyUplinks == ["wwan0", "eth2"])
+        for bad in ["wwan0=lte,no-copy", "wwan0=lte,", ",no-copies"] {
+            #expect(error(["run", "--site-name", "hq", "--uplink", bad])?.contains("IFACE[=LABEL][,no-copies]") == true, "\(bad)")
+        }
     }
 
     @Test func everyBadFlagIsOneClearLine() throws {
