@@ -58,8 +58,8 @@ public enum NFTExpression: Hashable, Sendable {
     case lookup(sreg: NFTRegister, set: String, setID: UInt32?, dreg: NFTRegister?)
     case immediate(dreg: NFTRegister, data: NFTData)
     case counter
-    /// jhash of `length` bytes at sreg, `% modulus`, into dreg.
-    case jhash(sreg: NFTRegister, length: UInt32, dreg: NFTRegister, modulus: UInt32, seed: UInt32)
+    /// jhash of `length` bytes at sreg, scaled onto `0..<modulus`, plus `offset`, into dreg.
+    case jhash(sreg: NFTRegister, length: UInt32, dreg: NFTRegister, modulus: UInt32, seed: UInt32, offset: UInt32 = 0)
     /// Adds the key at sreg to a dynamic set (`add @set { key }`); timeout 0: the set's own.
     case dynsetAdd(sreg: NFTRegister, set: String, setID: UInt32?, timeoutMs: UInt64)
     /// Sends a copy of the packet to the address at `sregAddress` out of the interface whose index is at

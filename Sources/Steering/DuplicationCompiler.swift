@@ -65,10 +65,7 @@ extension SteeringCompiler {
 
         // dedup: the flow's class (classified here once, like a steered flow, so a one-way stream is known
         // too), then the class's chain if it duplicates.
-        let classes = NFTSet(family: family, table: table, name: SteeringNames.dedupClassesMap, flags: NFTSet.flagMap, keyType: .mark,
-                             keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
-                                 + NFTUserdata.comment("duplicated class -> its de-duplication", type: NFTUserdata.setCommentType))
+        let classes = markMap(SteeringNames.dedupClassesMap, comment: "duplicated class -> its de-duplication")
         maps.append(.init(set: classes, elements: duplicated.map {
             NFTElement(key: $0.ctMark.hostBytes, data: .verdict(.goto(SteeringNames.dedupClassChain($0.name))))
         }))
