@@ -89,10 +89,11 @@ public struct LabController: Sendable {
     @discardableResult
     public func up(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
                    unplugged: [UplinkID] = [], hub: String? = nil, routers: Bool = LabController.routersByDefault,
-                   emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = []) throws -> LabState {
+                   emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = [],
+                   noCopies: [UplinkID] = []) throws -> LabState {
         try Self.requireRoot()
         let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks, wan: wan, nat: nat,
-                                    unplugged: unplugged, hub: hub)
+                                    unplugged: unplugged, hub: hub, noCopies: noCopies)
         mkdir(stateRoot, 0o755)
         let directory = stateDirectory
         let undoDirectory = try LabCleanup.shared.creating { () throws(LabError) -> CleanupHandle in
