@@ -37,6 +37,23 @@ extension SteeringCompiler {
         Array(name.utf8.prefix(15)) + Array(repeating: 0, count: 16 - min(name.utf8.count, 15))
     }
 
+    /// (tunnel interface . remote prefix range) -> `<class>_dup<id>`, one element per path and prefix of its
+    /// site. Two paths on one interface to one site cannot be told apart by their packets: the lower id counts.
+    static func arrivalElements(_ plan: SteeringPlan, className: String) -> [NFTElement] {
+        var out: [NFTElement] = []
+        var seen = Set<[UInt8]>()
+        for p in plan.paths.sorted(by: { $0.id < $1.id }) {
+            for prefix in plan.destinations.first(where: { $0.site == p.site })?.prefixes.sorted() ?? [] {
+                let name = interfaceNameKey(p.interface)
+                let key = name + prefix.network.value.bigEndianBytes
+                guard seen.insert(key).inserted else { continue }
+                out.append(NFTElement(key: key, keyEnd: name + prefix.last.value.bigEndianBytes,
+                                      data: .verdict(.goto(SteeringNames.duplicateChain(className, p.id)))))
+            }
+        }
+        return out.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+    }
+
     static func deduplication(_ plan: SteeringPlan) -> Deduplication? {
         let duplicated = plan.classes.filter(\.duplicate)
         guard !duplicated.isEmpty else { return nil }
@@ -80,19 +97,22 @@ extension SteeringCompiler {
         let paths = plan.paths.sorted { $0.slot < $1.slot }
         for c in duplicated {
             let name = SteeringNames.dedupClassChain(c.name)
-            let arrivals = NFTSet(family: family, table: table, name: SteeringNames.arrivalsMap(c.name), flags: NFTSet.flagMap,
-                                  keyType: ifnameType, keyLength: 16, dataType: NFTSet.verdictDataType, dataLength: 0,
-                                  userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
-                                      + NFTUserdata.comment("class \(c.name): tunnel of a second copy -> its counter", type: NFTUserdata.setCommentType))
-            maps.append(.init(set: arrivals, elements: paths.map {
-                NFTElement(key: interfaceNameKey($0.interface), data: .verdict(.goto(SteeringNames.duplicateChain(c.name, $0.id))))
-            }))
+            // Tunnel . source -> the path: one tunnel interface can carry paths to several sites (one peer
+            // each), so the path of an arrival is its interface and the site its source address is in.
+            let arrivals = NFTSet(family: family, table: table, name: SteeringNames.arrivalsMap(c.name),
+                                  flags: NFTSet.flagMap | NFTSet.flagInterval | NFTSet.flagConcat,
+                                  keyType: .concatenation([ifnameType, .ipv4Address]), keyLength: 20, dataType: NFTSet.verdictDataType,
+                                  dataLength: 0, fieldLengths: [16, 4],
+                                  userdata: NFTUserdata.keyByteorder(.invalid) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
+                                      + NFTUserdata.comment("class \(c.name): tunnel . source of a second copy -> its path's counter", type: NFTUserdata.setCommentType))
+            maps.append(.init(set: arrivals, elements: arrivalElements(plan, className: c.name)))
             chains.append(NFTChain(family: family, table: table, name: name,
                                    userdata: NFTUserdata.comment("class \(c.name): drop a packet seen in the last \(Conventions.copySeenTimeoutMs) ms")))
             rules[name] = [
                 rule(name, packetKey + [
                     .lookup(sreg: NFT.reg1, set: seen.name, setID: nil, dreg: nil),
                     .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
+                    .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
                     .lookup(sreg: NFT.reg1, set: arrivals.name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: "second copy: count by tunnel, drop", sets: [seen, arrivals]),
                 rule(name, packetKey + [

@@ -143,6 +143,9 @@ public final class Steering {
             _ = try currentState()
             return SteeringChanges()
         }
+        // A tunnel re-created under its name has a new index (its routes went with the old one, which is
+        // what brings us here): the copy rules are compiled again with the indexes of now.
+        if let lastPlan { lastCopies = try compileCopies(lastPlan) }
         return try converge(to: lastRuleset, copies: lastCopies)
     }
 

@@ -190,6 +190,18 @@ final class DuplicationFixture {
         #expect(resumed.elementsOnly, "\(resumed)")
         #expect(try sa.nftables.elements(family: .ip, table: Conventions.copyTable, set: SteeringNames.copiesMap).count == 1)
 
+        // 4b. The second path's tunnel is re-created under its name (a new interface index): a reconcile (the
+        // daemon's reaction to its routes vanishing) points the copy rule at the new interface.
+        _ = try f.a.ip("link", "del", "pb")
+        try f.a.addVeth("pb", peer: "pb", in: f.b)
+        try f.a.addAddress("198.51.100.1/24", to: "pb")
+        try f.b.addAddress("198.51.100.2/24", to: "pb")
+        try sa.reconcile()
+        let index = try #require(Int(try f.a.check(["cat", "/sys/class/net/pb/ifindex"]).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let rule = try sa.nftables.rules(family: .ip, table: Conventions.copyTable).first { $0.chain == "copy_voip_path8" }
+        #expect(rule?.expressions.contains(.immediate(dreg: .reg2, data: .value(UInt32(index).hostBytes))) == true,
+                "the copy rule still names the old interface index: \(String(describing: rule?.expressions))")
+
         // 5. Stop removes the copy table with the rest.
         let stop = try sa.removeAll()
         #expect(stop.copyTableDeleted)

@@ -375,11 +375,20 @@ private extension NFTExpression {
         #expect(rules[1].expressions.last == .dynsetAdd(sreg: .reg1, set: SteeringNames.copiesSeenSet, setID: nil, timeoutMs: 0))
         // The key: IP id, addresses, UDP header and the first 12 payload bytes (RTP's sequence, timestamp, SSRC).
         #expect(Array(rules[1].expressions.prefix(3)) == SteeringCompiler.packetKey)
+        // Tunnel . source -> path: one element per path and prefix of its site (branch has two prefixes).
         let arrivals = try #require(r.maps.first { $0.set.name == "voip_arrivals" })
-        #expect(arrivals.elements.count == 4)
-        #expect(arrivals.elements[1].key == Array("wg-b-lte".utf8) + [UInt8](repeating: 0, count: 8))
-        #expect(arrivals.elements[1].data == .verdict(.goto("voip_dup2")))
+        #expect(arrivals.elements.count == 6)
+        let lte = try #require(arrivals.elements.first { $0.data == .verdict(.goto("voip_dup2")) && $0.key.suffix(4) == [10, 20, 0, 0] })
+        #expect(lte.key == Array("wg-b-lte".utf8) + [UInt8](repeating: 0, count: 8) + [10, 20, 0, 0])
+        #expect(lte.keyEnd == Array("wg-b-lte".utf8) + [UInt8](repeating: 0, count: 8) + [10, 20, 255, 255])
         #expect(r.rules["voip_dup2"]?.first?.expressions == [.counter, .immediate(dreg: .verdict, data: .verdict(.drop))])
+        // One tunnel interface carrying paths to two sites: the source address tells them apart.
+        var shared = plan(copies: [])
+        shared.paths[2].interface = "wg-b-isp"
+        let sharedArrivals = try #require(try SteeringCompiler.compile(shared).maps.first { $0.set.name == "voip_arrivals" })
+        #expect(Set(sharedArrivals.elements.filter { $0.key.starts(with: Array("wg-b-isp".utf8)) }.compactMap(\.data)) == [
+            .verdict(.goto("voip_dup1")), .verdict(.goto("voip_dup3")),
+        ])
         #expect(SteeringNames.parse("voip_dup2", classNames: ["voip"], SteeringNames.duplicateChain)! == ("voip", 2))
         #expect(SteeringNames.parse("copy_voip_path12", classNames: ["voip"], SteeringNames.copyChain)! == ("voip", 12))
         #expect(SteeringNames.parse("voip_path2", classNames: ["voip"], SteeringNames.duplicateChain) == nil)
