@@ -10,7 +10,8 @@
 ///   at once by `decreaseFactor` and then at most every `decreaseHoldoff` (the change needs about one queue
 ///   drain to show).
 /// - Busy and clean (RTT within `cleanDelayMs` of the baseline): raise by `increaseFactor`, at most every
-///   `increaseInterval`, up to `ceilingFraction` of the estimate.
+///   `increaseInterval`, up to `ceilingFraction` of the estimate (the estimate itself: a faster link shows in
+///   the next bandwidth test, whose trains bypass the shaper).
 /// - Never below the floor: `floorFraction` of the estimate, and never under `minimumFloor`.
 /// - The baseline is the lowest RTT seen; while the path is not busy it also follows a higher RTT slowly
 ///   (`baselineFollow` per sample), so a route change that lengthens the path is not read as a queue.
@@ -19,7 +20,7 @@ public struct ShaperRateController: Sendable, Equatable {
         public var startFraction = 0.9
         public var floorFraction = 0.25
         public var minimumFloor: UInt64 = 256_000
-        public var ceilingFraction = 1.1
+        public var ceilingFraction = 1.0
         public var busyFraction = 0.7
         public var raiseDelayMs = 8.0
         public var cleanDelayMs = 3.0
