@@ -6,12 +6,13 @@
 ///   last observation). On an idle or silent link it does nothing at all: no rate is lowered for lack of
 ///   traffic or of probe replies (cake-autorate #23, sqm-autorate #119 collapse to the minimum there).
 /// - Busy, with the probes' RTT (they ride the realtime band, so they see the queue outside us, in the
-///   modem) more than `raiseDelayMs` above its idle baseline: the bottleneck is below our rate, lower it
+///   modem) more than `raiseDelayMs` above its idle baseline in each of the last `sustainSamples` samples: the bottleneck is below our rate, lower it
 ///   at once by `decreaseFactor` and then at most every `decreaseHoldoff` (the change needs about one queue
 ///   drain to show).
 /// - Busy and clean (RTT within `cleanDelayMs` of the baseline): raise by `increaseFactor`, at most every
-///   `increaseInterval`, up to `ceilingFraction` of the estimate (the estimate itself: a faster link shows in
-///   the next bandwidth test, whose trains bypass the shaper).
+///   `increaseInterval`, up to `ceilingFraction` of the estimate (95 %: a faster link shows in the next
+///   bandwidth test, whose trains bypass the shaper; at 100 % wireguard-go's send batches queued in the lab's
+///   modem and the rate kept going down and up around it).
 /// - Never below the floor: `floorFraction` of the estimate, and never under `minimumFloor`.
 /// - The baseline is the lowest RTT seen; while the path is not busy it also follows a higher RTT slowly
 ///   (`baselineFollow` per sample), so a route change that lengthens the path is not read as a queue.
@@ -20,7 +21,7 @@ public struct ShaperRateController: Sendable, Equatable {
         public var startFraction = 0.9
         public var floorFraction = 0.25
         public var minimumFloor: UInt64 = 256_000
-        public var ceilingFraction = 1.0
+        public var ceilingFraction = 0.95
         public var busyFraction = 0.7
         public var raiseDelayMs = 8.0
         public var cleanDelayMs = 3.0
@@ -29,6 +30,9 @@ public struct ShaperRateController: Sendable, Equatable {
         public var increaseFactor = 1.04
         public var increaseInterval = 1.0
         public var baselineFollow = 0.02
+        /// The delay is judged on the lowest of the last this many RTT samples: a standing queue raises
+        /// all of them, a scheduling hiccup or one late probe only one.
+        public var sustainSamples = 3
 
         public init() {}
     }
@@ -57,6 +61,7 @@ public struct ShaperRateController: Sendable, Equatable {
     public private(set) var baselineMs: Double?
     private var lastDecrease: Double?
     private var lastIncrease: Double?
+    private var recent: [Double] = []
 
     /// Starts from a bandwidth estimate in bits per second (`Probing`'s bandwidth test).
     public init(estimate: UInt64, configuration: Configuration = Configuration()) {
@@ -84,6 +89,8 @@ public struct ShaperRateController: Sendable, Equatable {
     public mutating func observe(now: Double, rttMs: Double?, sentBitsPerSecond: Double) -> Decision {
         let busy = sentBitsPerSecond >= Double(rate) * configuration.busyFraction
         guard let rttMs, rttMs.isFinite, rttMs >= 0 else { return .hold }
+        recent.append(rttMs)
+        if recent.count > configuration.sustainSamples { recent.removeFirst(recent.count - configuration.sustainSamples) }
         guard let baseline = baselineMs else {
             baselineMs = rttMs
             return .hold
@@ -94,7 +101,7 @@ public struct ShaperRateController: Sendable, Equatable {
             baselineMs = baseline + (rttMs - baseline) * configuration.baselineFollow
         }
         guard busy else { return .hold }
-        let excess = rttMs - (baselineMs ?? rttMs)
+        let excess = (recent.min() ?? rttMs) - (baselineMs ?? rttMs)
         if excess > configuration.raiseDelayMs {
             if let lastDecrease, now - lastDecrease < configuration.decreaseHoldoff { return .hold }
             let old = rate
