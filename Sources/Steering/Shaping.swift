@@ -131,12 +131,15 @@ final class ShaperInstaller {
     private let routing: RouteNetlinkClient
     /// What we installed, by interface: the shaper and the interface index it was installed on.
     private(set) var installed: [String: (shaper: SteeringPlan.Shaper, index: Int32)] = [:]
+    /// What the last plan asked for, installed or not (a tunnel that does not exist yet).
+    private var wanted: [SteeringPlan.Shaper] = []
 
     init(routing: RouteNetlinkClient) { self.routing = routing }
 
     /// Makes the kernel hold exactly `shapers` (ours; other interfaces' qdiscs are never touched).
     /// A rate change replaces the classes and leaf queues in place: no qdisc is rebuilt, no packet dropped.
     func converge(_ shapers: [SteeringPlan.Shaper], changes: inout SteeringChanges) {
+        self.wanted = shapers
         let wanted = Dictionary(shapers.map { ($0.interface, $0) }, uniquingKeysWith: { a, _ in a })
         for (name, old) in installed where wanted[name] == nil {
             do {
@@ -213,6 +216,15 @@ final class ShaperInstaller {
     /// Interfaces whose shaper somebody changed or removed (one qdisc dump, one class dump per shaper), and
     /// what was wrong. Interfaces that went away are forgotten (their shaper went with them).
     func drifted() throws(NetlinkError) -> [String: [String]] {
+        guard !wanted.isEmpty || !installed.isEmpty else { return [:] }
+        // A tunnel that went away took its shaper with it; one recreated under its name (a new index) or one
+        // that appeared since the plan is shaped now, quietly: neither is somebody else's change.
+        let links = Dictionary(try routing.links().map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
+        for (name, entry) in installed where links[name] != entry.index { installed[name] = nil }
+        if wanted.contains(where: { installed[$0.interface] == nil && links[$0.interface] != nil }) {
+            var quiet = SteeringChanges()
+            converge(wanted, changes: &quiet)
+        }
         guard !installed.isEmpty else { return [:] }
         let qdiscs = try routing.qdiscs()
         var out: [String: [String]] = [:]
@@ -231,9 +243,8 @@ final class ShaperInstaller {
 
     /// Puts the shapers of `interfaces` back (after `drifted`).
     func repair(_ interfaces: [String], changes: inout SteeringChanges) {
-        let shapers = interfaces.compactMap { installed[$0]?.shaper }
         for name in interfaces { installed[name] = nil }
-        converge(Array(installed.values.map(\.shaper)) + shapers, changes: &changes)
+        converge(wanted, changes: &changes)
     }
 
     /// Every installed shaper's statistics (one class dump per shaper).

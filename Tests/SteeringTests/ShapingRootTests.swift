@@ -153,12 +153,19 @@ extension SteeringFixture {
         missing.shapers.append(.init(interface: "nope0", rateBitsPerSecond: 5_000_000))
         let skipped = try restarted.apply(missing)
         #expect(skipped.shaperProblems.isEmpty && skipped.shapersInstalled.isEmpty)
+        // It appears: the next drift check shapes it, quietly (not somebody else's change); recreated, again.
+        for _ in 0..<2 {
+            _ = try? f.router.ip("link", "del", "nope0")
+            try f.router.ip("link", "add", "nope0", "type", "veth", "peer", "name", "nope1")
+            #expect(try restarted.repairDrift() == nil)
+            #expect(try f.qdiscs("nope0").contains("htb 62: root"))
+        }
 
         // Unshaped again: the shape chain and our qdisc go, the interface gets its default qdisc back.
         var unshaped = f.shapedPlan()
         unshaped.shapers = []
         let removed = try restarted.apply(unshaped)
-        #expect(removed.shapersRemoved == ["pa"])
+        #expect(removed.shapersRemoved == ["nope0", "pa"])
         #expect(try !f.qdiscs().contains { $0.hasPrefix("htb 62:") })
         #expect(try !f.router.check(["nft", "list", "table", "inet", "patronus"]).contains("chain shape"))
         try restarted.removeAll()
