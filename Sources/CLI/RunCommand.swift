@@ -32,9 +32,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(help: "Enable debug logging.")
     var debug = false
 
-    @Option(help: ArgumentHelp("An uplink to use, with an optional label (repeatable; default: detect); ',no-copies': it never carries copies of duplicated classes (metered links).",
-                               valueName: "iface[=label][,no-copies]"), transform: ArgumentParsing.uplink)
-    var uplink: [UplinkArgument] = []
+    @Option(help: ArgumentHelp("An uplink to use, with an optional label and egress shaping of its tunnels: auto (default: from the measured bandwidth, adapted to the delay under load), off, or a fixed rate such as 20M; ',no-copies': it never carries copies of duplicated classes, for metered links (repeatable; default: detect).",
+                               valueName: "iface[=label][,shape=auto|off|rate][,no-copies]"), transform: ArgumentParsing.uplink)
+    var uplink: [Uplink] = []
 
     @Option(help: ArgumentHelp("A LAN prefix this site announces (repeatable).", valueName: "cidr"),
             transform: ArgumentParsing.prefix)
@@ -100,11 +100,10 @@ struct RunCommand: AsyncParsableCommand {
     var routerConfiguration: RouterConfiguration {
         var configuration = RouterConfiguration(
             siteName: siteName, listenPort: listenPort, databasePath: database, interfaceName: interface,
-            multicastGroup: multicastGroup, debug: debug, uplinks: uplink.map(\.uplink), lanPrefixes: lan, meshKeyPath: meshKey,
+            multicastGroup: multicastGroup, debug: debug, uplinks: uplink, lanPrefixes: lan, meshKeyPath: meshKey,
             insecureNoAuth: insecureNoAuth, peers: peer, probeInterval: .milliseconds(probeInterval),
             metricsListen: metricsListen, bandwidthInterval: .seconds(bandwidthInterval))
         configuration.wireguard = wireguard
-        configuration.noCopyUplinks = Set(uplink.filter(\.noCopies).map(\.uplink.interface))
         configuration.pairing = pairing
         configuration.caPath = ca
         configuration.certificatePath = certificate

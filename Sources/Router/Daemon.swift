@@ -186,7 +186,7 @@ public struct Daemon: Sendable {
         let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
         var routingSettings = RoutingSettings()
-        routingSettings.noCopyLabels = Set(uplinks.filter { configuration.noCopyUplinks.contains($0.interface) }.map(\.label))
+        routingSettings.noCopyLabels = Set(uplinks.filter(\.noCopies).map(\.label))
         let controller = Controller(engine: RoutingEngine(settings: routingSettings), applier: steering, logger: logger) { records in
             let acknowledged = writer.enqueue(records.map {
                 .failover(FailoverEvent(policy: $0.policy, destination: $0.site, fromPath: nil, toPath: nil,
@@ -210,6 +210,7 @@ public struct Daemon: Sendable {
             Task { await runtime.trainArriving(through: interface) }
         }
         let metrics = RouterMetrics()
+        let shaping = ShapingState()
         // A restart (crash, upgrade, kill -9) picks up the sites it was talking to a moment ago, so the first
         // plan rebuilds the same tunnels and steering instead of tearing them down until they announce.
         let restorable = Self.recentSites(in: store, logger: logger)
@@ -227,7 +228,10 @@ public struct Daemon: Sendable {
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
-                                logger: logger),
+                                shaping: shaping, logger: logger),
+            ShapingService(steering: steering, runtime: runtime, probes: probes,
+                           modes: Dictionary(configuration.uplinks.map { ($0.label, $0.shaping) }, uniquingKeysWith: { a, _ in a }),
+                           state: shaping, logger: logger),
             UplinkWatcher(monitor: monitor, settings: tunnelSettings, steering: steering,
                           discovery: discovery, driver: driver, runtime: runtime, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
@@ -403,6 +407,7 @@ struct HousekeepingService: Service {
     let reconciler: TunnelReconciler
     /// Only the metrics endpoint shows the nft counters: without it, no nft dump every 5 s.
     let readsKernelCounters: Bool
+    let shaping: ShapingState
     let logger: Logger
 
     func run() async throws {
@@ -441,13 +446,15 @@ struct HousekeepingService: Service {
                         countersFailed = true
                     }
                 }
-                metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
+                var sample = await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,
                                                     counters: counters, tunnels: tunnels,
                                                     conflicts: conflicts.count,
                                                     certificateDaysLeft: discovery.certificate.map {
                                                         $0.notAfterDate.timeIntervalSinceNow / 86_400
-                                                    }))
+                                                    })
+                sample.shapers = shaping.current
+                metrics.update(sample)
             }
         }
         // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers

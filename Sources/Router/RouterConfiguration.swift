@@ -31,8 +31,6 @@ public struct RouterConfiguration: Hashable, Sendable {
     public var debug: Bool
     /// Empty means: detect uplinks (interfaces with a global address and a route, never our tunnels).
     public var uplinks: [Uplink]
-    /// Interfaces of `uplinks` that never carry copies of duplicated classes (`--uplink IFACE,no-copies`).
-    public var noCopyUplinks: Set<String> = []
     /// LAN prefixes this site announces and routes for.
     public var lanPrefixes: [IPv4Prefix]
     /// A shared mesh key file; nil means the one beside the database.

@@ -71,18 +71,29 @@ import Router
         #expect(configuration.bandwidthInterval == .seconds(30))
         #expect(configuration.metricsListen?.description == "127.0.0.1:9477")
         #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
-        #expect(configuration.noCopyUplinks.isEmpty)
+        #expect(configuration.uplinks.allSatisfy { !$0.noCopies })
     }
 
     @Test func anUplinkCanRefuseCopies() throws {
         let configuration = try parseRun(["--site-name", "hq", "--uplink", "eth0=isp-a", "--uplink", "wwan0=lte,no-copies",
-                                          "--uplink", "eth2,no-copies"]).routerConfiguration
-        #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte"),
-                                          Uplink(interface: "eth2", label: "eth2")])
-        #expect(configuration.noCopyUplinks == ["wwan0", "eth2"])
-        for bad in ["wwan0=lte,no-copy", "wwan0=lte,", ",no-copies"] {
+                                          "--uplink", "eth2,no-copies,shape=20M"]).routerConfiguration
+        #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte", noCopies: true),
+                                          Uplink(interface: "eth2", label: "eth2", shaping: .fixed(bitsPerSecond: 20_000_000), noCopies: true)])
+        #expect(configuration.uplinks[1].description == "wwan0=lte,no-copies")
+        for bad in ["wwan0=lte,no-copy", "wwan0=lte,", ",no-copies", "wwan0,no-copies,no-copies"] {
             #expect(error(["run", "--site-name", "hq", "--uplink", bad])?.contains("IFACE[=LABEL][,no-copies]") == true, "\(bad)")
         }
+    }
+
+    @Test func uplinkShaping() throws {
+        let configuration = try parseRun([
+            "--site-name", "hq", "--uplink", "eth0=isp-a,shape=off", "--uplink", "wwan0=lte,shape=20M",
+            "--uplink", "eth2,shape=1.5G", "--uplink", "eth3=dsl,shape=auto", "--uplink", "eth4=sat,shape=800k",
+        ]).routerConfiguration
+        #expect(configuration.uplinks.map(\.shaping) == [.off, .fixed(bitsPerSecond: 20_000_000), .fixed(bitsPerSecond: 1_500_000_000),
+                                                        .auto, .fixed(bitsPerSecond: 800_000)])
+        #expect(configuration.uplinks.map(\.description) == ["eth0=isp-a,shape=off", "wwan0=lte,shape=20M", "eth2=eth2,shape=1.5G",
+                                                            "eth3=dsl", "eth4=sat,shape=800k"])
     }
 
     @Test func everyBadFlagIsOneClearLine() throws {
@@ -99,6 +110,10 @@ import Router
             (["run", "--site-name", "hq", "--uplink", "eth0=a b"], "--uplink"),
             (["run", "--site-name", "hq", "--uplink", "eth0", "--uplink", "eth0=x"], "twice"),
             (["run", "--site-name", "hq", "--uplink", "wg-sdwan0"], "own tunnels"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=fast"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=10"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=2000G"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,speed=20M"], "shape=auto|off|RATE"),
             (["run", "--site-name", "hq", "--lan", "10.99.3.0/24"], "overlay pool"),
             (["run", "--site-name", "hq", "--lan", "192.168.1.1/24"], "--lan"),
             (["run", "--site-name", "hq", "--lan", "192.168.0.0/16", "--lan", "192.168.1.0/24"], "overlaps"),
