@@ -81,7 +81,7 @@ import Router
                                           Uplink(interface: "eth2", label: "eth2", shaping: .fixed(bitsPerSecond: 20_000_000), noCopies: true)])
         #expect(configuration.uplinks[1].description == "wwan0=lte,no-copies")
         for bad in ["wwan0=lte,no-copy", "wwan0=lte,", ",no-copies", "wwan0,no-copies,no-copies"] {
-            #expect(error(["run", "--site-name", "hq", "--uplink", bad])?.contains("IFACE[=LABEL][,no-copies]") == true, "\(bad)")
+            #expect(error(["run", "--site-name", "hq", "--uplink", bad])?.contains("[,no-copies]") == true, "\(bad)")
         }
     }
 
