@@ -94,6 +94,12 @@ public struct LabPlan: Codable, Equatable, Sendable {
         }
         /// Whether other sites can reach this uplink's address (not behind NAT).
         public var isPublic: Bool { !natted }
+        /// Where other sites see this uplink: its address, or behind NAT the public address its ISP's NAT
+        /// maps it to (routed mode: 100.(64+k).i.2, the address it would have if public; one per NATed uplink,
+        /// as a carrier NAT's pool gives each customer its own).
+        public var publicAddress: String {
+            natted ? "100.\(64 + ispIndex).\(number).2" : address
+        }
         /// In the ISP namespace: the site-facing veth end, the emulator's bridge-side end, its peer (bridge
         /// port or gateway interface).
         public var siteFacing: String { "s-\(site)" }

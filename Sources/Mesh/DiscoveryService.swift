@@ -75,6 +75,9 @@ public struct DiscoveryStatistics: Sendable, Equatable {
     /// Our announcements sent through tunnels, and other sites' announcements we relayed.
     public var tunnelSent: UInt64 = 0
     public var relayedSent: UInt64 = 0
+    /// Endpoint observations sent (through tunnels) and accepted (docs/MESH.md, "NAT").
+    public var observationsSent: UInt64 = 0
+    public var observationsAccepted: UInt64 = 0
     /// Every dropped datagram, by reason.
     public var drops: [AnnouncementRejection: UInt64] = [:]
 
@@ -127,6 +130,12 @@ public final class DiscoveryService: Sendable {
         var revocationDatagrams: [[UInt8]] = []
         /// Signs what we announce (our certificate and identity key); replaceable at run time (renewal).
         var encoder: AnnouncementCodec
+        /// Where other sites see our uplinks from (their observations), and so what we announce.
+        var publicEndpoints = PublicEndpoints()
+        /// The endpoints of our last announcement (ours, with public mappings where we are behind NAT).
+        var announcedEndpoints: [Endpoint]?
+        /// Where we see each site's tunnels from (`setObservations`): sent to it through its tunnels.
+        var observations: [SiteID: [Endpoint]] = [:]
 
         /// Re-settles overlapping claims after the table or `local` changed; returns the conflicts that began
         /// and ended, to log one line each.
@@ -298,6 +307,34 @@ public final class DiscoveryService: Sendable {
         state.withLock { $0.tunnelRoutes = routes }
     }
 
+    /// Where we see each site's tunnels from, by its labels (the tunnel driver sets it from WireGuard's
+    /// learned endpoints of working sessions): each round sends every site its own through its tunnels.
+    public func setObservations(_ observations: [SiteID: [Endpoint]]) {
+        state.withLock { state in
+            let new = observations.filter { !$0.value.isEmpty }
+            // A new or moved mapping goes out now (a site behind NAT waits for it), a repeated one each round.
+            if new.contains(where: { state.observations[$0.key] != $0.value }) {
+                state.announceNow = true
+                Self.wake(state)
+            }
+            state.observations = new
+        }
+    }
+
+    /// Our uplinks that other sites see behind a NAT: label -> the public mapping we announce, and who saw it.
+    public var publicMappings: [String: (address: SocketAddress4, observers: [SiteID])] {
+        state.withLock { state in
+            let now = Date()
+            var out: [String: (address: SocketAddress4, observers: [SiteID])] = [:]
+            for endpoint in state.local.endpoints {
+                if let mapping = state.publicEndpoints.mapping(of: endpoint.label, local: state.local.endpoints, now: now) {
+                    out[endpoint.label] = mapping
+                }
+            }
+            return out
+        }
+    }
+
     /// The sites that announce to us by unicast, with the address we see them at.
     public var correspondents: [SiteID: SocketAddress4] { state.withLock { $0.correspondents } }
 
@@ -467,6 +504,11 @@ public final class DiscoveryService: Sendable {
             for (envelope, destination) in outgoing.relays {
                 if counts.count(sockets.send(envelope, from: sockets.unicast, to: destination)) { counts.relayed += 1 }
             }
+            for (bytes, route) in outgoing.observations {
+                if counts.count(sockets.send(bytes, to: SocketAddress4(route.overlay, port: sockets.group.port), mark: route.mark)) {
+                    counts.observations += 1
+                }
+            }
             return counts
         }
     }
@@ -479,6 +521,8 @@ public final class DiscoveryService: Sendable {
         var unicast: [SocketAddress4]
         var tunnels: [TunnelRoute]
         var relays: [([UInt8], SocketAddress4)]
+        /// Each site's observation, through every path to it.
+        var observations: [([UInt8], TunnelRoute)] = []
     }
 
     struct SendCounts {
@@ -486,6 +530,7 @@ public final class DiscoveryService: Sendable {
         var failed: UInt64 = 0
         var tunnel: UInt64 = 0
         var relayed: UInt64 = 0
+        var observations: UInt64 = 0
 
         @discardableResult
         mutating func count(_ error: Int32?) -> Bool {
@@ -511,6 +556,20 @@ public final class DiscoveryService: Sendable {
         return out
     }
 
+    /// Each site's observation (where we see its tunnels from), encoded once and sent through every path to it.
+    static func observations(_ observations: [SiteID: [Endpoint]], from observer: SiteID, routes: [TunnelRoute],
+                             codec: AnnouncementCodec, now: Date) -> [([UInt8], TunnelRoute)] {
+        var out: [([UInt8], TunnelRoute)] = []
+        for (subject, endpoints) in observations.sorted(by: { $0.key < $1.key }) {
+            let observation = EndpointObservation(observer: observer, subject: subject,
+                                                  timestampMilliseconds: UInt64(now.timeIntervalSince1970 * 1000),
+                                                  endpoints: Array(endpoints.prefix(AnnouncementCodec.maxEndpoints)))
+            guard let bytes = try? codec.encode(observation) else { continue }
+            for route in routes where route.site == subject { out.append((bytes, route)) }
+        }
+        return out
+    }
+
     /// Announces if due and expires sites. Returns what to send when due (the announcement, its version 1 copy
     /// with `legacyCopies`, and the revocation lists we hold: on every uplink, to every unicast destination and
     /// through every tunnel; and the relays) and the poll timeout in ms, or nil when the service is stopping.
@@ -521,8 +580,14 @@ public final class DiscoveryService: Sendable {
             guard !state.stopping else { return nil }
             var outgoing: Outgoing?
             let due = state.lastAnnounce.map { now - $0 >= settings.interval } ?? true
+            state.publicEndpoints.expire(local: state.local.endpoints, now: wall)
+            let endpoints = state.publicEndpoints.announced(state.local.endpoints, now: wall)
+            if endpoints != state.announcedEndpoints { state.announceNow = true }
             if state.announceNow || due {
-                let announcement = Announcement(site: state.local, counter: state.counter.next(),
+                var site = state.local
+                site.endpoints = endpoints
+                state.announcedEndpoints = endpoints
+                let announcement = Announcement(site: site, counter: state.counter.next(),
                                                 timestampMilliseconds: UInt64(wall.timeIntervalSince1970 * 1000))
                 // The description was validated by init/update, so encoding cannot fail here.
                 var datagrams: [[UInt8]] = []
@@ -536,7 +601,10 @@ public final class DiscoveryService: Sendable {
                 }
                 outgoing = Outgoing(datagrams: datagrams, unicast: unicast, tunnels: state.tunnelRoutes,
                                     relays: Self.relays(relayable: state.relayable, to: unicast,
-                                                        correspondents: state.correspondents))
+                                                        correspondents: state.correspondents),
+                                    observations: Self.observations(state.observations, from: state.local.siteID,
+                                                                    routes: state.tunnelRoutes, codec: state.encoder,
+                                                                    now: wall))
                 state.lastAnnounce = now
                 state.announceNow = false
             }
@@ -571,6 +639,39 @@ public final class DiscoveryService: Sendable {
             $0.statistics.sendErrors += counts.failed
             $0.statistics.tunnelSent += counts.tunnel
             $0.statistics.relayedSent += counts.relayed
+            $0.statistics.observationsSent += counts.observations
+        }
+    }
+
+    /// Takes an observation of our uplinks: only about us, only through a tunnel from an active observer (its
+    /// source is the observer's overlay address: WireGuard authenticated the sender, since only the observer's
+    /// peer may send from that address into our tunnels), only fresh. It can only
+    /// change the address we announce for one of our own labels.
+    private func record(_ observation: EndpointObservation, from source: SocketAddress4, now: Date) -> AnnouncementRejection? {
+        let outcome = state.withLock { state -> Result<(announced: [Endpoint], own: [Endpoint])?, AnnouncementRejection> in
+            guard observation.subject == state.local.siteID,
+                  state.resolution.sites.contains(where: { $0.siteID == observation.observer && $0.overlay == source.address })
+            else { return .failure(.badObservation) }
+            let sent = Date(timeIntervalSince1970: Double(observation.timestampMilliseconds) / 1000)
+            guard abs(sent.timeIntervalSince(now)) <= settings.timestampWindow else { return .failure(.stale) }
+            state.statistics.observationsAccepted += 1
+            guard state.publicEndpoints.record(observation, local: state.local.endpoints, now: now) else { return .success(nil) }
+            state.announceNow = true
+            Self.wake(state)
+            return .success((state.publicEndpoints.announced(state.local.endpoints, now: now), state.local.endpoints))
+        }
+        switch outcome {
+        case .failure(let rejection):
+            return rejection
+        case .success(let changed):
+            if let (announced, own) = changed {
+                for (mapped, endpoint) in zip(announced, own) where mapped != endpoint {
+                    logger.notice("uplink behind NAT: announcing its public mapping", metadata: [
+                        "uplink": "\(endpoint.label)", "own": "\(endpoint.address)", "public": "\(mapped.address)",
+                    ])
+                }
+            }
+            return nil
         }
     }
 
@@ -623,6 +724,10 @@ public final class DiscoveryService: Sendable {
         }
         if case .revocationList(let list) = message {
             rejection = apply(list, from: source)
+            message = nil
+        }
+        if case .observation(let observation) = message {
+            rejection = relayed || !unicast ? .badObservation : record(observation, from: source, now: wall)
             message = nil
         }
         let path: AnnouncementPath = relayed ? .relay

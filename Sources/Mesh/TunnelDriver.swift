@@ -64,23 +64,42 @@ public struct TunnelDriver: Sendable {
         return chosen
     }
 
+    /// Tells discovery where we see each site's tunnels from (the endpoint WireGuard learned from the peer's
+    /// authenticated packets, for sessions that work): discovery sends each site its own, through its tunnels,
+    /// so a site behind NAT learns and announces its public mapping. Same-label pairing only: with all-pairs
+    /// an uplink announces a port block, which a NAT does not map as a block.
+    func observe(_ plan: TunnelPlan) async {
+        guard settings.pairing == .sameLabel else { return }
+        let states = await reconciler.states()
+        let now = Date()
+        var observed: [SiteID: [Endpoint]] = [:]
+        for path in plan.paths {
+            guard let live = states[path.interface]?.peer(path.peer), let endpoint = live.endpoint,
+                  let handshake = live.lastHandshake,
+                  now.timeIntervalSince(handshake) < TunnelReconciler.workingSessionAge else { continue }
+            observed[path.remoteSite, default: []].append(Endpoint(label: path.remoteEndpoint.label, address: endpoint))
+        }
+        discovery.setObservations(observed)
+    }
+
     /// Throws only when discovery cannot open its sockets. `onOverlay` hears of a moved overlay address.
     public func run(onEvent: @escaping @Sendable (MeshEvent) async -> Void = { _ in },
                     onPlan: @escaping @Sendable (TunnelPlan, ReconcileReport) async -> Void = { _, _ in },
                     onOverlay: @escaping @Sendable (IPv4Address) async -> Void = { _ in })
         async throws(DiscoveryError)
     {
-        let apply: @Sendable () async -> Void = {
+        let apply: @Sendable (_ observing: Bool) async -> Void = { observing in
             if let moved = await resolveOverlayConflict() { await onOverlay(moved) }
             do {
                 let plan = try currentPlan()
                 let report = await reconciler.apply(plan)
                 await onPlan(plan, report)
+                if observing { await observe(plan) }
             } catch {
                 logger.error("cannot plan tunnels", metadata: ["error": "\(error)"])
             }
         }
-        await apply()  // the interfaces exist (and listen) before anyone hears of them
+        await apply(false)  // the interfaces exist (and listen) before anyone hears of them
         await reconciler.removeStale(prefix: settings.interfacePrefix)
         let failure = await withTaskGroup(of: DiscoveryError?.self) { group -> DiscoveryError? in
             group.addTask {
@@ -94,7 +113,7 @@ public struct TunnelDriver: Sendable {
             group.addTask {
                 for await event in discovery.events {
                     await onEvent(event)
-                    await apply()
+                    await apply(false)
                 }
                 return nil
             }
@@ -102,7 +121,7 @@ public struct TunnelDriver: Sendable {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: retryInterval)
                     if Task.isCancelled { break }
-                    await apply()
+                    await apply(true)
                 }
                 return nil
             }

@@ -383,6 +383,13 @@ struct HousekeepingService: Service {
                 await runtime.touchSites(discovery.heardSites)
                 let conflicts = discovery.conflicts
                 await runtime.recordConflicts(conflicts)
+                let mappings = discovery.publicMappings
+                let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                let localEndpoints = discovery.local.endpoints.map { endpoint in
+                    LocalEndpoint(endpoint: endpoint, publicEndpoint: mappings[endpoint.label]?.address,
+                                  observedBy: (mappings[endpoint.label]?.observers ?? []).map { names[$0] ?? $0.description })
+                }
+                await runtime.recordLocalEndpoints(localEndpoints)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
@@ -391,7 +398,6 @@ struct HousekeepingService: Service {
                                             ("bandwidth", bandwidthReceiver.statistics.drops.counts)] {
                     for (reason, count) in counts { drops[.init(component: component, reason: reason.rawValue)] = count }
                 }
-                let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
                 var counters = SteeringCounters()
                 if readsKernelCounters {
                     do {
@@ -403,13 +409,19 @@ struct HousekeepingService: Service {
                         countersFailed = true
                     }
                 }
-                metrics.update(await runtime.sample(failovers: await controller.failovers, drops: drops,
+                var sample = await runtime.sample(failovers: await controller.failovers, drops: drops,
                                                     selections: await controller.currentSelections, siteNames: names,
                                                     counters: counters, tunnels: tunnels,
                                                     conflicts: conflicts.count,
                                                     certificateDaysLeft: discovery.certificate.map {
                                                         $0.notAfterDate.timeIntervalSinceNow / 86_400
-                                                    }))
+                                                    })
+                sample.publicMappings = localEndpoints.compactMap { local in
+                    local.publicEndpoint.map {
+                        PublicMappingSample(uplink: local.endpoint.label, mapping: $0.description, observers: local.observedBy.count)
+                    }
+                }
+                metrics.update(sample)
             }
         }
         // Flush the measurements since the last 5 s write. Services stop in reverse order, so the probers
