@@ -30,7 +30,7 @@ public struct ReconcileReport: Sendable, Equatable {
 /// the backend's state is the baseline. One actor serializes all changes.
 public actor TunnelReconciler {
     private let backend: any WireGuardBackend
-    private let privateKey: WireGuardPrivateKey
+    private var privateKey: WireGuardPrivateKey
     private let logger: Logger
     private var addresses: [TunnelAddress]
     private var applied: [String: PlannedInterface] = [:]
@@ -116,6 +116,42 @@ public actor TunnelReconciler {
             }
         }
     }
+
+    /// First nudge after a key change: the other sites learn the new key from the announcement sent right
+    /// after the change (one one-way delay), so the first initiation worth sending is due soon after it.
+    public static let rekeyFirstNudge: Duration = .milliseconds(50)
+
+    /// Replaces the site's WireGuard private key on every tunnel interface, without taking one down: the
+    /// device gets the new key and every peer is re-created (its sessions were made with the old key, and a
+    /// re-created peer has no handshake, so the first-handshake maintenance applies: we initiate to the peers
+    /// whose key sorts after our new one, from `rekeyFirstNudge` on; the others initiate to us once they
+    /// have our new key). Announce the new public key right after this returns.
+    public func replacePrivateKey(_ key: WireGuardPrivateKey) async {
+        await exclusively {
+            guard key.publicKey != privateKey.publicKey else { return }
+            privateKey = key
+            let due = ContinuousClock.now + Self.rekeyFirstNudge
+            for name in applied.keys.sorted() {
+                guard let interface = applied[name] else { continue }
+                var update = DeviceUpdate(privateKey: key.secret)
+                for peer in interface.peers { update.peers += [.removing(peer.publicKey), PeerUpdate(setting: peer)] }
+                awaitingHandshake[name] = nil
+                keepaliveHeld[name] = nil
+                update = holdingKeepalive(update, fresh: Set(interface.peers.map(\.publicKey)), on: name)
+                for peer in interface.peers where weInitiate(to: peer.publicKey) {
+                    awaitingHandshake[name, default: [:]][peer.publicKey] = Nudge(due: due, backoff: Self.rekeyFirstNudge)
+                }
+                do {
+                    try await backend.configure(name, update)
+                } catch {
+                    logger.warning("the new private key was not set", metadata: ["interface": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    /// The public half of the key the tunnels use now.
+    public var publicKey: WireGuardKey { privateKey.publicKey }
 
     /// The interfaces as last applied.
     public var interfaces: [PlannedInterface] { applied.values.sorted { $0.name < $1.name } }

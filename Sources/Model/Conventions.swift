@@ -6,6 +6,8 @@
 ///     bits 31-28  uplink slot 1...15 on WireGuard's own (outer) packets    0xf0000000
 ///     bits 27-16  path slot 1...4094 on a steered packet                    0x0fff0000
 ///                 (ct mark, bits 23-16: class id 1...254, 255 = no policy)  0x00ff0000
+///                 (ct mark, bits 12-8: flow hash bucket 1...16 of a flow
+///                  of a load-balanced class; 0 = not hashed)                 0x00001f00
 public enum Conventions {
     // MARK: Paths
 
@@ -37,6 +39,17 @@ public enum Conventions {
     public static let classIDs: ClosedRange<UInt8> = 1...254
     public static let unclassifiedClassID: UInt8 = 255
     public static func classMark(id: UInt8) -> UInt32 { UInt32(id) << classMarkShift }
+
+    // MARK: Load balancing (conntrack mark)
+
+    /// A load-balanced class spreads flows over its paths by a flow hash into this many buckets; a path's
+    /// weight is the number of buckets it holds. The bucket is hashed once per flow and kept in the ct mark,
+    /// so a packet of an established flow costs one map lookup whether its class is balanced or not.
+    public static let balanceBuckets: UInt32 = 16
+    /// The ct mark field holding a flow's bucket, 1...`balanceBuckets` (0: the flow was never hashed).
+    public static let bucketMarkMask: UInt32 = 0x0000_1f00
+    public static let bucketMarkShift: UInt32 = 8
+    public static func bucketMark(_ bucket: UInt32) -> UInt32 { bucket << bucketMarkShift & bucketMarkMask }
 
     // MARK: Uplinks (WireGuard's socket mark)
 

@@ -134,7 +134,8 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         /// Every flow takes the path of this slot.
         case path(UInt16)
         /// A flow hash (source . destination address, so all flows of one call stay together) picks bucket
-        /// i, which takes `slots[i]`. Weights are the number of buckets a path holds.
+        /// i + 1, which takes `slots[i]`; exactly `Conventions.balanceBuckets` of them. Weights are the number
+        /// of buckets a path holds.
         case buckets([UInt16])
 
         public var slots: Set<UInt16> {
@@ -246,8 +247,8 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
             if !seen.insert("\(choice.site)/\(choice.classID)").inserted {
                 out.append("two choices for class \(choice.classID) to site \(choice.site)")
             }
-            if case .buckets(let b) = choice.target, b.isEmpty || b.count > 1024 {
-                out.append("class \(choice.classID) to site \(choice.site): bucket count \(b.count) is not in 1...1024")
+            if case .buckets(let b) = choice.target, b.count != Int(Conventions.balanceBuckets) {
+                out.append("class \(choice.classID) to site \(choice.site): \(b.count) buckets; a balanced class has exactly \(Conventions.balanceBuckets)")
             }
             for slot in choice.target.slots {
                 guard let site = pathSite[slot] else {

@@ -56,8 +56,8 @@ public enum NFTExpression: Hashable, Sendable {
     case lookup(sreg: NFTRegister, set: String, setID: UInt32?, dreg: NFTRegister?)
     case immediate(dreg: NFTRegister, data: NFTData)
     case counter
-    /// jhash of `length` bytes at sreg, `% modulus`, into dreg.
-    case jhash(sreg: NFTRegister, length: UInt32, dreg: NFTRegister, modulus: UInt32, seed: UInt32)
+    /// jhash of `length` bytes at sreg, scaled onto `0..<modulus`, plus `offset`, into dreg.
+    case jhash(sreg: NFTRegister, length: UInt32, dreg: NFTRegister, modulus: UInt32, seed: UInt32, offset: UInt32 = 0)
 
     public var name: String {
         switch self {

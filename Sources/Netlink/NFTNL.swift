@@ -374,13 +374,13 @@ final class NFTNLRule {
             }
         case .counter:
             break // nft sends an empty counter: the kernel starts it at zero
-        case let .jhash(sreg, length, dreg, modulus, seed):
+        case let .jhash(sreg, length, dreg, modulus, seed, offset):
             reg(NFTNL_EXPR_HASH_SREG, sreg)
             reg(NFTNL_EXPR_HASH_DREG, dreg)
             u32(NFTNL_EXPR_HASH_LEN, length)
             u32(NFTNL_EXPR_HASH_MODULUS, modulus)
             u32(NFTNL_EXPR_HASH_SEED, seed)
-            u32(NFTNL_EXPR_HASH_OFFSET, 0)
+            u32(NFTNL_EXPR_HASH_OFFSET, offset)
             u32(NFTNL_EXPR_HASH_TYPE, NFT_HASH_JENKINS.rawValue)
         }
         nftnl_rule_add_expr(r, e)
@@ -480,10 +480,10 @@ final class NFTNLRule {
             return .counter
         case "hash":
             guard (u32(NFTNL_EXPR_HASH_TYPE) ?? NFT_HASH_JENKINS.rawValue) == NFT_HASH_JENKINS.rawValue,
-                  (u32(NFTNL_EXPR_HASH_OFFSET) ?? 0) == 0,
                   let sreg = reg(NFTNL_EXPR_HASH_SREG), let dreg = reg(NFTNL_EXPR_HASH_DREG),
                   let length = u32(NFTNL_EXPR_HASH_LEN), let modulus = u32(NFTNL_EXPR_HASH_MODULUS) else { return nil }
-            return .jhash(sreg: sreg, length: length, dreg: dreg, modulus: modulus, seed: u32(NFTNL_EXPR_HASH_SEED) ?? 0)
+            return .jhash(sreg: sreg, length: length, dreg: dreg, modulus: modulus, seed: u32(NFTNL_EXPR_HASH_SEED) ?? 0,
+                          offset: u32(NFTNL_EXPR_HASH_OFFSET) ?? 0)
         default:
             return nil
         }

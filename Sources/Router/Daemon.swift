@@ -115,6 +115,36 @@ public struct Daemon: Sendable {
         return key
     }
 
+    /// A new WireGuard private key in the key file (`wg genkey` output moved over it): the tunnels take it in
+    /// place (no interface goes down) and the new public key is announced at once. A file that does not
+    /// hold a key is logged and changes nothing.
+    static func replacePrivateKey(from path: String, reconciler: TunnelReconciler, discovery: DiscoveryService,
+                                  writer: StoreWriter, certified: Bool, lanPrefixes: [IPv4Prefix], logger: Logger) async {
+        let key: WireGuardPrivateKey
+        do {
+            guard let read = WireGuardPrivateKey(bytes: try SecretFile.read(at: path)) else { throw DaemonError.malformedKey(path) }
+            key = read
+        } catch {
+            logger.error("the WireGuard key file changed but was not taken (the tunnels keep the old key): \(error)")
+            return
+        }
+        guard key.publicKey != (await reconciler.publicKey) else { return }
+        await reconciler.replacePrivateKey(key)
+        var local = discovery.local
+        local.publicKey = key.publicKey
+        do {
+            try discovery.update(local)
+        } catch {
+            logger.error("the new WireGuard public key cannot be announced: \(error)")
+        }
+        writer.enqueue(.localSite(overlayAddress: local.overlay, publicKey: key.publicKey.base64, lanPrefixes: lanPrefixes, at: Date()))
+        logger.notice("the WireGuard key changed: the tunnels use the new key, announced to every site now",
+                      metadata: ["public_key": "\(key.publicKey.base64)"])
+        if !certified {
+            logger.warning("without a site certificate the other sites refuse a new key for this site until its old entry expires (3 s without announcements): expect an outage of several seconds")
+        }
+    }
+
     /// The writer's reports, as log lines: a busy database once per outage and once when it is writable again.
     static func storeReporter(_ logger: Logger) -> @Sendable (StoreWriter.Report) -> Void {
         { report in
@@ -186,7 +216,7 @@ public struct Daemon: Sendable {
         var services: [any Service] = [
             MeshService(driver: driver, discovery: discovery, runtime: runtime) { [logger, configuration] moved in
                 logger.notice("overlay address moved to \(moved)")
-                writer.enqueue(.localSite(overlayAddress: moved, publicKey: privateKey.publicKey.base64,
+                writer.enqueue(.localSite(overlayAddress: moved, publicKey: discovery.local.publicKey.base64,
                                           lanPrefixes: configuration.lanPrefixes, at: Date()))
             },
             ProbeService(probes: probes, responder: responder, bandwidthReceiver: bandwidthReceiver, runtime: runtime,
@@ -212,6 +242,11 @@ public struct Daemon: Sendable {
             MetricsPruner(writer: writer, retention: configuration.metricsRetention),
         ]
         let files = StoreFiles(database: configuration.databasePath)
+        services.append(FileWatcher(path: files.privateKey) { [logger, configuration] path in
+            await Self.replacePrivateKey(from: path, reconciler: reconciler, discovery: discovery, writer: writer,
+                                         certified: identity.signer != nil, lanPrefixes: configuration.lanPrefixes,
+                                         logger: logger)
+        })
         if let path = identity.signer.flatMap({ _ in MeshTrust.certificatePath(configuration: configuration, files: files) }) {
             services.append(FileWatcher(path: path) { [logger, configuration] path in
                 guard let signer = try? MeshTrust.signer(at: path, configuration: configuration, files: files, siteID: siteID,

@@ -96,8 +96,8 @@ public struct RoutingSettings: Hashable, Sendable {
     public var lossNoiseSigmas: Double = 4.0
     /// Score points per percentage point of loss (PathScore: 2.5 R per %, R scaled by 100 / 93.2).
     public var scorePointsPerLossPct: Double = 2.5 * 100 / 93.2
-    /// Buckets of a load-balanced policy; a flow hash picks one.
-    public var bucketCount: Int = 64
+    /// Buckets of a load-balanced policy; a flow hash picks one (the kernel's bucket field fixes the number).
+    public var bucketCount: Int = Int(Conventions.balanceBuckets)
 
     public init() {}
 }

@@ -8,8 +8,9 @@ import Netlink
 ///
 /// It follows the packet the way the ruleset does (docs/STEERING.md): `sites` (interval map) -> `site_<name>`
 /// chain, whose map of the same name is looked up with the class bits of the ct mark -> a path chain, or a
-/// `lb_*` chain whose map of the same name is looked up with the flow hash. Nothing is derived from chain
-/// names: marks, hashes and class ids are read from the rules' expressions.
+/// `lb_*` chain that hashes the flow into a bucket (its hash's map -> the chain writing the bucket's ct mark
+/// bits) and looks the site map up again with class|bucket. Nothing is derived from chain names: marks,
+/// hashes, buckets and class ids are read from the rules' expressions.
 public struct InstalledSteering: Sendable, Equatable {
     public var tableExists = false
     /// Class name -> the conntrack mark value its `classify` rules write (the class bits).
@@ -22,6 +23,8 @@ public struct InstalledSteering: Sendable, Equatable {
     public var chainMarks: [String: UInt32] = [:]
     /// Per chain: the flow hash its rule computes (the `lb_*` chains).
     public var chainHashes: [String: Hash] = [:]
+    /// Per chain other than `classify`: the ct mark bits its rule writes (the `bucket_<n>` chains).
+    public var chainCtMarks: [String: UInt32] = [:]
     /// Per chain: the first counter of its rules.
     public var chainCounters: [String: Counter] = [:]
     /// Per chain: its comment.
@@ -36,6 +39,9 @@ public struct InstalledSteering: Sendable, Equatable {
     public struct Hash: Sendable, Equatable {
         public var modulus: UInt32
         public var seed: UInt32
+        public var offset: UInt32 = 0
+        /// The map the hash is looked up in (hash value -> the chain writing that bucket), if any.
+        public var map: String?
     }
 
     public struct Counter: Sendable, Equatable {
@@ -62,8 +68,12 @@ public struct InstalledSteering: Sendable, Equatable {
                        let name = SteeringNames.className(inClassifyComment: NFTUserdata.comment(in: r.userdata)) {
                         classMarks[name] = value
                     }
-                case .jhash(_, _, _, let modulus, let seed)?:
-                    chainHashes[r.chain] = Hash(modulus: modulus, seed: seed)
+                case .ctSet(let key, _)? where key == NFT.ctMark && r.chain != SteeringNames.classifyReplyChain:
+                    if let value = Self.xor(before: i, in: r) { chainCtMarks[r.chain] = value }
+                case .jhash(_, _, let dreg, let modulus, let seed, let offset)?:
+                    var map: String?
+                    if case .lookup(let sreg, let set, _, _)? = r.expressions.dropFirst(i + 1).first, sreg == dreg { map = set }
+                    chainHashes[r.chain] = Hash(modulus: modulus, seed: seed, offset: offset, map: map)
                 default:
                     break
                 }
@@ -110,16 +120,27 @@ public struct InstalledSteering: Sendable, Equatable {
     public func decide(siteChain: String, classMark: UInt32, source: IPv4Address,
                        destination: IPv4Address) -> Decision? {
         guard let target = maps[siteChain]?[classMark] else { return nil }
-        guard let buckets = maps[target] else {
+        guard let hash = chainHashes[target] else {
             return Decision(siteChain: siteChain, pathChain: target, mark: chainMarks[target])
         }
-        // A bucket map: the chain of the same name hashes the flow's addresses into it.
-        let hash = chainHashes[target] ?? Hash(modulus: UInt32(buckets.count), seed: SteeringNames.hashSeed)
-        let bucket = FlowHash.bucket(source: source, destination: destination, modulus: hash.modulus, seed: hash.seed)
-        guard let chain = buckets[bucket] else { return nil }
+        // A balanced class: the flow hash picks a bucket, whose chain writes its bits into the ct mark; the
+        // site map then gives class|bucket -> path.
+        let bucket = FlowHash.bucket(source: source, destination: destination, modulus: hash.modulus, seed: hash.seed) + hash.offset
+        guard let chain = bucketTargets(siteChain: siteChain, classMark: classMark, hash: hash)[bucket] else { return nil }
         return Decision(siteChain: siteChain, balance: Balance(chain: target, bucket: bucket, buckets: hash.modulus,
                                                                seed: hash.seed),
                         pathChain: chain, mark: chainMarks[chain])
+    }
+
+    /// Bucket (hash value) -> path chain of a balanced class, as the kernel would resolve each bucket.
+    func bucketTargets(siteChain: String, classMark: UInt32, hash: Hash) -> [UInt32: String] {
+        guard let map = hash.map, let buckets = maps[map], let site = maps[siteChain] else { return [:] }
+        var out: [UInt32: String] = [:]
+        for (value, setter) in buckets {
+            guard let bits = chainCtMarks[setter], let chain = site[classMark | bits] else { continue }
+            out[value] = chain
+        }
+        return out
     }
 
     /// One flow's way through the table.
@@ -149,14 +170,15 @@ public struct InstalledSteering: Sendable, Equatable {
     /// The distinct path chains a class can take through a site chain (one, or every bucket's).
     public func pathChains(siteChain: String, classMark: UInt32) -> [String] {
         guard let target = maps[siteChain]?[classMark] else { return [] }
-        guard let buckets = maps[target] else { return [target] }
-        return Array(Set(buckets.values)).sorted()
+        guard let hash = chainHashes[target] else { return [target] }
+        return Array(Set(bucketTargets(siteChain: siteChain, classMark: classMark, hash: hash).values)).sorted()
     }
 
     /// How many buckets of a load-balanced target each path chain holds.
     public func bucketShares(siteChain: String, classMark: UInt32) -> [String: Int]? {
-        guard let target = maps[siteChain]?[classMark], let buckets = maps[target] else { return nil }
-        return Dictionary(buckets.values.map { ($0, 1) }, uniquingKeysWith: +)
+        guard let target = maps[siteChain]?[classMark], let hash = chainHashes[target] else { return nil }
+        return Dictionary(bucketTargets(siteChain: siteChain, classMark: classMark, hash: hash).values.map { ($0, 1) },
+                          uniquingKeysWith: +)
     }
 
     // MARK: decoding

@@ -63,19 +63,18 @@ public enum SteeringCompiler {
         var sitesElements: [(IPv4Prefix, NFTVerdict)] = []
         for d in plan.destinations {
             let name = SteeringNames.siteChain(d.name)
-            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
-                             keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
-                                 + NFTUserdata.comment("class -> path to \(d.name)", type: NFTUserdata.setCommentType))
+            let map = markMap(name, comment: "class -> path to \(d.name)")
             maps.append(.init(set: map, elements: []))
             chains.append(NFTChain(family: family, table: table, name: name,
                                    userdata: NFTUserdata.comment("to site \(d.name) (\(d.site))")))
-            // A classified flow leaves by the first rule; only a flow's first steered packet reads on.
-            let steer = rule(name, classBits + [
-                .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
-            ], comment: nil, sets: [map])
+            // A classified flow leaves by the first rule (class and, for a balanced class, the flow's bucket);
+            // only a flow's first steered packet reads on. The last rule looks the class alone up: a flow
+            // just classified (no bucket yet: a balanced class goes on to its `lb_` chain), or one hashed
+            // while its class was balanced that now takes one path.
             rules[name] = [
-                steer,
+                rule(name, classAndBucketBits + [
+                    .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
+                ], comment: nil, sets: [map]),
                 rule(name, classBits + [
                     .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
                     .ct(key: NFT.ctDirection, dreg: NFT.reg1),
@@ -86,7 +85,9 @@ public enum SteeringCompiler {
                     .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
                     .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyReplyChain))),
                 ], comment: "new flow seen first in reply: classify once"),
-                steer,
+                rule(name, classBits + [
+                    .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
+                ], comment: nil, sets: [map]),
             ]
             for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
         }
@@ -238,7 +239,6 @@ public enum SteeringCompiler {
     public static func addChoices(_ plan: SteeringPlan, to r: inout SteeringRuleset) throws(SteeringError) {
         let problems = plan.choiceProblems()
         guard problems.isEmpty else { throw .invalidPlan(problems) }
-        let siteName = Dictionary(plan.destinations.map { ($0.site, $0.name) }, uniquingKeysWith: { a, _ in a })
         let classByID = Dictionary(plan.classes.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         let destinationBySite = Dictionary(plan.destinations.map { ($0.site, $0) }, uniquingKeysWith: { a, _ in a })
         let pathID = Dictionary(plan.paths.map { ($0.slot, $0.id) }, uniquingKeysWith: { a, _ in a })
@@ -248,39 +248,61 @@ public enum SteeringCompiler {
         var chains: [NFTChain] = []
         var rules: [String: [NFTRule]] = [:]
         var maps: [SteeringRuleset.Map] = []
-        // Load balancing: one chain + bucket map per (site, class) that is balanced.
-        for choice in plan.choices {
-            guard case .buckets(let slots) = choice.target,
-                  let c = classByID[choice.classID], let site = siteName[choice.site] else { continue }
-            let name = SteeringNames.balanceChain(c.name, site)
-            let map = NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
-                             keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
-                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
-                                 + NFTUserdata.comment("class \(c.name) to \(site): flow hash bucket -> path", type: NFTUserdata.setCommentType))
-            let elements = slots.enumerated().map { i, slot in
-                NFTElement(key: UInt32(i).hostBytes, data: .verdict(.goto(pathChain(c, slot))))
-            }
-            maps.append(.init(set: map, elements: elements))
-            chains.append(NFTChain(family: family, table: table, name: name,
-                                   userdata: NFTUserdata.comment("class \(c.name) to \(site): load balanced")))
-            let e: [NFTExpression] = ipv4Only + [
-                .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
-                .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: .reg32_05),
-                .jhash(sreg: .reg2, length: 8, dreg: NFT.reg1, modulus: UInt32(slots.count), seed: SteeringNames.hashSeed),
-                .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
-            ]
-            rules[name] = [rule(name, e, comment: nil, sets: [map])]
-        }
-
+        // Load balancing. A flow of a balanced class is hashed once, by its first packet: the site map sends
+        // class|0 to `lb_<class>_<site>`, which hashes the flow's addresses into bucket 1...16 (`buckets` ->
+        // `bucket_<n>`, which writes n into the ct mark's bucket field) and then looks the bucket up in its
+        // own map (bucket -> path). Every later packet of the flow finds class|bucket -> path in the site
+        // chain's first lookup: no hash per packet. The bucket -> path elements are in both maps because
+        // the kernel refuses a chain that looks up a map holding a verdict to itself (the site map holds
+        // class|0 -> `lb_...`): a loop, even if no packet could take it. A path's weight is the number of
+        // buckets it holds.
         var siteElements: [String: [NFTElement]] = [:]
+        var balanced = false
         for choice in plan.choices {
             guard let c = classByID[choice.classID], let d = destinationBySite[choice.site] else { continue }
-            let verdict: NFTVerdict
+            let siteChain = SteeringNames.siteChain(d.name)
             switch choice.target {
-            case .path(let slot): verdict = .goto(pathChain(c, slot))
-            case .buckets: verdict = .goto(SteeringNames.balanceChain(c.name, d.name))
+            case .path(let slot):
+                siteElements[siteChain, default: []].append(NFTElement(key: c.ctMark.hostBytes, data: .verdict(.goto(pathChain(c, slot)))))
+            case .buckets(let slots):
+                balanced = true
+                let name = SteeringNames.balanceChain(c.name, d.name)
+                let map = markMap(name, comment: "class \(c.name) to \(d.name): flow hash bucket -> path")
+                chains.append(NFTChain(family: family, table: table, name: name,
+                                       userdata: NFTUserdata.comment("class \(c.name) to \(d.name): load balanced, the flow's first packet")))
+                rules[name] = [
+                    rule(name, ipv4Only + [
+                        .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
+                        .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: .reg32_05),
+                        .jhash(sreg: .reg2, length: 8, dreg: NFT.reg1, modulus: Conventions.balanceBuckets,
+                               seed: SteeringNames.hashSeed, offset: 1),
+                        .lookup(sreg: NFT.reg1, set: SteeringNames.bucketsMap, setID: nil, dreg: NFT.verdictRegister),
+                    ], comment: "hash the flow into a bucket, once", sets: [bucketsMap]),
+                    rule(name, bucketBits + [
+                        .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
+                    ], comment: nil, sets: [map]),
+                ]
+                var elements = [NFTElement(key: c.ctMark.hostBytes, data: .verdict(.goto(name)))]
+                var bucketElements: [NFTElement] = []
+                for (i, slot) in slots.enumerated() {
+                    let bucket = Conventions.bucketMark(UInt32(i + 1))
+                    elements.append(NFTElement(key: (c.ctMark | bucket).hostBytes, data: .verdict(.goto(pathChain(c, slot)))))
+                    bucketElements.append(NFTElement(key: bucket.hostBytes, data: .verdict(.goto(pathChain(c, slot)))))
+                }
+                siteElements[siteChain, default: []] += elements
+                maps.append(.init(set: map, elements: bucketElements))
             }
-            siteElements[SteeringNames.siteChain(d.name), default: []].append(NFTElement(key: c.ctMark.hostBytes, data: .verdict(verdict)))
+        }
+        if balanced {
+            var elements: [NFTElement] = []
+            for bucket in 1...Conventions.balanceBuckets {
+                let name = SteeringNames.bucketChain(bucket)
+                chains.append(NFTChain(family: family, table: table, name: name,
+                                       userdata: NFTUserdata.comment("flow hash bucket \(bucket) of \(Conventions.balanceBuckets): into the ct mark")))
+                rules[name] = [rule(name, setMark(field: Conventions.bucketMarkMask, value: Conventions.bucketMark(bucket)), comment: nil)]
+                elements.append(NFTElement(key: bucket.hostBytes, data: .verdict(.jump(name))))
+            }
+            maps.append(.init(set: bucketsMap, elements: elements))
         }
         r.chains += chains
         r.rules.merge(rules) { _, new in new }
@@ -304,14 +326,44 @@ public enum SteeringCompiler {
         .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: classMask.hostBytes, xor: [0, 0, 0, 0]),
     ]
 
+    /// The class id and flow bucket bits of the ct mark, into register 1.
+    static let classAndBucketBits: [NFTExpression] = [
+        .ct(key: NFT.ctMark, dreg: NFT.reg1),
+        .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (classMask | Conventions.bucketMarkMask).hostBytes, xor: [0, 0, 0, 0]),
+    ]
+
     /// mark = (mark & ~field) | value: our field only (the path field of the packet mark, the class field
     /// of the ct mark).
     static func setMark(meta: Bool, value: UInt32) -> [NFTExpression] {
-        let field = meta ? pathMask : classMask
-        return [meta ? .meta(key: NFT.metaMark, dreg: NFT.reg1) : .ct(key: NFT.ctMark, dreg: NFT.reg1),
-         .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~field).hostBytes, xor: value.hostBytes),
-         meta ? .metaSet(key: NFT.metaMark, sreg: NFT.reg1) : .ctSet(key: NFT.ctMark, sreg: NFT.reg1)]
+        meta ? [.meta(key: NFT.metaMark, dreg: NFT.reg1),
+                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~pathMask).hostBytes, xor: value.hostBytes),
+                .metaSet(key: NFT.metaMark, sreg: NFT.reg1)]
+             : setMark(field: classMask, value: value)
     }
+
+    /// ct mark = (ct mark & ~field) | value.
+    static func setMark(field: UInt32, value: UInt32) -> [NFTExpression] {
+        [.ct(key: NFT.ctMark, dreg: NFT.reg1),
+         .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~field).hostBytes, xor: value.hostBytes),
+         .ctSet(key: NFT.ctMark, sreg: NFT.reg1)]
+    }
+
+    /// The flow bucket bits of the ct mark, into register 1.
+    static let bucketBits: [NFTExpression] = [
+        .ct(key: NFT.ctMark, dreg: NFT.reg1),
+        .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: Conventions.bucketMarkMask.hostBytes, xor: [0, 0, 0, 0]),
+    ]
+
+    /// A map from a mark (host order) to a verdict, as nft declares `type mark : verdict`.
+    static func markMap(_ name: String, comment: String) -> NFTSet {
+        NFTSet(family: family, table: table, name: name, flags: NFTSet.flagMap, keyType: .mark,
+               keyLength: 4, dataType: NFTSet.verdictDataType, dataLength: 0,
+               userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
+                   + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
+    }
+
+    /// Flow hash -> the chain writing that bucket into the ct mark (present while a class is balanced).
+    static let bucketsMap = markMap(SteeringNames.bucketsMap, comment: "flow hash -> bucket")
 
     static func prefixSet(_ name: String, comment: String) -> NFTSet {
         NFTSet(family: family, table: table, name: name, flags: NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,

@@ -12,7 +12,7 @@ public struct SteeringRuleset: Sendable, Equatable {
     public var rules: [String: [NFTRule]]
     /// Class match sets: rebuilt whole when a policy changes (their content is in the rule fingerprint).
     public var staticSets: [StaticSet]
-    /// Maps whose elements move traffic (`steer`, `lb_*`): diffed element by element.
+    /// Maps whose elements move traffic (`site_*`, `buckets`): diffed element by element.
     public var maps: [Map]
     public var ipRules: [IPRule]
     public var routes: [Route]
@@ -84,6 +84,9 @@ public enum SteeringNames {
     }
     public static func siteChain(_ siteName: String) -> String { "site_\(siteName)" }
     public static func balanceChain(_ className: String, _ siteName: String) -> String { "lb_\(className)_\(siteName)" }
+    /// Flow hash -> `bucket_<n>` (present while a class is load balanced).
+    public static let bucketsMap = "buckets"
+    public static func bucketChain(_ bucket: UInt32) -> String { "bucket_\(bucket)" }
 
     /// Whether an ip rule is ours: one of our protocol tags, inside our band.
     public static func isOurs(_ rule: IPRule) -> Bool {

@@ -38,7 +38,8 @@ func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = f
     var paths: [SteeringPlan.SteeringPath] = [.init(slot: 1, interface: "pbench1", site: site), .init(slot: 2, interface: "pbench2", site: site)]
     if thirdPath { paths.append(.init(slot: 3, interface: "pbench3", site: site)) }
     // Balanced: the buckets the routing engine gives two paths of equal score (its bucketCount is 64).
-    let balancedTarget = SteeringPlan.Target.buckets(Array(repeating: 1, count: 32) + Array(repeating: 2, count: 32))
+    let balancedTarget = SteeringPlan.Target.buckets(Array(repeating: 1, count: Int(Conventions.balanceBuckets / 2))
+                                                          + Array(repeating: 2, count: Int(Conventions.balanceBuckets / 2)))
     let choices = classes.map { c in
         SteeringPlan.Choice(site: site, classID: c.id, target: c.name == "voip" ? .path(voip)
                             : c.name == "default" && balanced ? balancedTarget : .path(thirdPath ? 3 : 1))

@@ -195,6 +195,34 @@ struct TrustCertificateRootTests {
         #expect(renewing.received >= renewing.sent - 3)
         #expect(lab.upPaths("hq") == 4)
 
+        // East's WireGuard key replaced at run time (a new `wg genkey` moved over DATABASE.wg-key): east's tunnels
+        // take it in place, hq takes the new key from east's signed announcement, and hq->east traffic loses
+        // at most a failover's worth.
+        let keyFile = lab.database("east") + ".wg-key"
+        let oldKey = try SecretFile.read(at: keyFile)
+        let newKey = WireGuardPrivateKey()
+        let rotation = Thread {
+            usleep(1_000_000)
+            let staged = keyFile + ".new"
+            _ = FileManager.default.createFile(atPath: staged, contents: Data((SecretFile.encode(newKey.secret.bytes) + "\n").utf8),
+                                           attributes: [.posixPermissions: 0o600])
+            _ = rename(staged, keyFile)
+        }
+        rotation.start()
+        let rotating = try TrustRootTests.pingGaps(lab.host("hq"), eastHost, seconds: 6, intervalMs: 20)
+        let heldAtHQ = try Subprocess.run(["sqlite3", lab.database("hq"), "SELECT public_key FROM sites WHERE name = 'east'"])
+        print("trust: east's WireGuard key replaced at run time: hq->east \(rotating.received)/\(rotating.sent), "
+              + "longest gap \(rotating.longestGapMs) ms, slowest reply \(rotating.slowestMs) ms; "
+              + "hq holds east's new key: \(heldAtHQ.stdout.contains(newKey.publicKey.base64))")
+        #expect(try SecretFile.read(at: keyFile) != oldKey)
+        #expect(heldAtHQ.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == newKey.publicKey.base64)
+        #expect(rotating.longestGapMs <= 1000 && rotating.slowestMs <= 1000,
+                "the key change blacked hq->east out: \(rotating.longestGapMs) ms lost, a reply \(rotating.slowestMs) ms late")
+        #expect(rotating.received >= rotating.sent - 50)
+        #expect(Ops.waitUntil(timeout: .seconds(10)) { lab.upPaths("hq") == 4 && lab.upPaths("east") == 4 },
+                "paths after the key change: hq \(lab.upPaths("hq")) east \(lab.upPaths("east"))")
+        #expect(try traffic() >= 38)
+
         // Revocation of west, given to hq only.
         #expect(Self.activeSites(lab, "east").contains("west"))
         let revoked = try Subprocess.run([Ops.binary!, "ca", "revoke", "--dir", ca, "west"])

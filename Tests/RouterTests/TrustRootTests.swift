@@ -15,8 +15,11 @@ struct TrustRootTests {
     }
 
     /// `ping` with one line per reply: the longest gap between consecutive replies' sequence numbers, in ms.
+    /// Pings `address` every `intervalMs` for `seconds`: how many came back, the longest run of lost ones (in
+    /// ms of sending), and the slowest reply (a packet WireGuard held while it made a new session arrives
+    /// late, not lost: the delay is the outage it saw).
     static func pingGaps(_ namespace: NetworkNamespace, _ address: String, seconds: Int, intervalMs: Int) throws
-        -> (sent: Int, received: Int, longestGapMs: Int)
+        -> (sent: Int, received: Int, longestGapMs: Int, slowestMs: Double)
     {
         let count = seconds * 1000 / intervalMs
         let result = try namespace.run(["ping", "-n", "-c", "\(count)", "-i", String(format: "%.3f", Double(intervalMs) / 1000),
@@ -32,7 +35,11 @@ struct TrustRootTests {
             previous = sequence
         }
         longest = max(longest, count - previous)
-        return (count, sequences.count, longest * intervalMs)
+        let slowest = result.stdout.split(separator: "\n").compactMap { line -> Double? in
+            guard let range = line.range(of: "time=") else { return nil }
+            return Double(line[range.upperBound...].prefix { $0.isNumber || $0 == "." })
+        }.max() ?? 0
+        return (count, sequences.count, longest * intervalMs, slowest)
     }
 
     static func conflicts(_ status: [String: Any]?) -> [[String: Any]] { status?["conflicts"] as? [[String: Any]] ?? [] }

@@ -57,7 +57,7 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
                      RemoteSite(id: west, name: "west", prefixes: [IPv4Prefix("10.99.0.3/32")!])]
         let selections: [SelectionKey: Selection] = [
             SelectionKey(site: east, policy: "voip"): .single(a),
-            SelectionKey(site: east, policy: "default"): .buckets([a, b, b, a]),
+            SelectionKey(site: east, policy: "default"): .buckets(Array(repeating: [a, b, b, a], count: 4).flatMap { $0 }),
         ]
         let plan = SteeringPlanner.plan(policies: [fallback, off, voip], classIDs: ["voip": 1, "default": 2, "off": 3],
                                         sites: sites, paths: paths, selections: selections)
@@ -68,7 +68,7 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
         #expect(plan.destinations.map(\.name) == ["east"], "west has no path yet")
         #expect(plan.choices == [
             SteeringPlan.Choice(site: east, classID: 1, target: .path(1)),
-            SteeringPlan.Choice(site: east, classID: 2, target: .buckets([1, 2, 2, 1])),
+            SteeringPlan.Choice(site: east, classID: 2, target: .buckets(Array(repeating: [1, 2, 2, 1], count: 4).flatMap { $0 })),
         ])
     }
 }

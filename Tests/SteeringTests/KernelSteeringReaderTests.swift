@@ -94,10 +94,10 @@ import Netlink
         var seen = Set<UInt16>()
         for host in 1...40 {
             let source = IPv4Address(10, 1, 0, UInt8(host))
-            let bucket = FlowHash.bucket(source: source, destination: to, modulus: 16)
+            let bucket = FlowHash.bucket(source: source, destination: to, modulus: 16) + 1 // buckets are 1...16
             let decision = try #require(kernel.decide(siteChain: "site_branch", classMark: plan.classes[1].ctMark,
                                                       source: source, destination: to))
-            let slot = Self.spread[Int(bucket)]
+            let slot = Self.spread[Int(bucket) - 1]
             seen.insert(slot)
             #expect(decision.balance?.bucket == bucket && decision.balance?.buckets == 16
                     && decision.balance?.seed == SteeringNames.hashSeed)

@@ -20,7 +20,7 @@ let siteC = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000c1")!)
 
 /// The plan of the reference ruleset (rules/reference-ruleset.nft): the seed's default policies over two
 /// paths to one branch, plus a load-balanced class to a second site.
-func referencePlan(voip: UInt16 = 1, buckets: [UInt16] = [3, 4, 3, 4]) -> SteeringPlan {
+func referencePlan(voip: UInt16 = 1, buckets: [UInt16] = (0..<16).map { $0 % 2 == 0 ? 3 : 4 }) -> SteeringPlan {
     SteeringPlan(
         classes: [
             .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
@@ -90,7 +90,8 @@ private extension NFTExpression {
     // scripts/capture-netlink.py 'nft add table inet patronus; nft add chain inet patronus site_branch' --
     //   nft add map inet patronus sites '{ type ipv4_addr : verdict; flags interval; comment "remote prefix -> site";
     //   elements = { 10.20.0.0/16 : goto site_branch, 10.99.2.0/24 : goto site_branch } }'
-    // and: nft add rule inet patronus site_branch ct mark & 0x00ff0000 vmap @site_branch (set id 1)
+    // and: nft add rule inet patronus site_branch ct mark & 0x00ff1f00 vmap @site_branch (set id 1): the class and
+    //   the flow's bucket
     @Test func sitesMapAndSiteChainAreWhatNftSends() throws {
         var plan = referencePlan()
         plan.destinations.removeLast()
@@ -108,7 +109,7 @@ private extension NFTExpression {
             if case let .lookup(sreg, set, _, dreg) = $0 { return .lookup(sreg: sreg, set: set, setID: 1, dreg: dreg) }
             return $0
         }
-        #expect(hex(NFTables.newRule(siteRule).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e636800ac00048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c000480080001000000ff000c00058008000100000000003c0001800b0001006c6f6f6b757000002c0002800800020000000001080003000000000010000100736974655f6272616e6368000800040000000001")
+        #expect(hex(NFTables.newRule(siteRule).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e636800ac00048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c00048008000100001fff000c00058008000100000000003c0001800b0001006c6f6f6b757000002c0002800800020000000001080003000000000010000100736974655f6272616e6368000800040000000001")
         var map = r.maps.first { $0.set.name == "site_branch" }!.set
         map.id = 1
         #expect(hex(NFTables.newSet(map).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e63680008000300000000080800040000000013080005000000000408000600ffffff00080007000000000008000a000000000130000d000004010000000104000000000604000000000718636c617373202d3e207061746820746f206272616e636800")
@@ -144,8 +145,10 @@ private extension NFTExpression {
                 case .metaSet, .ctSet:
                     let m = UInt32(mask[0]) | UInt32(mask[1]) << 8 | UInt32(mask[2]) << 16 | UInt32(mask[3]) << 24
                     let x = UInt32(xor[0]) | UInt32(xor[1]) << 8 | UInt32(xor[2]) << 16 | UInt32(xor[3]) << 24
-                    // The packet mark's path field, the ct mark's class field: nothing else.
-                    let field = rule.expressions[i + 1].isMetaSet ? Conventions.pathMarkMask : Conventions.classMarkMask
+                    // The packet mark's path field, the ct mark's class field (the bucket field in the
+                    // bucket chains): nothing else.
+                    let field = rule.expressions[i + 1].isMetaSet ? Conventions.pathMarkMask
+                        : rule.chain.hasPrefix("bucket_") ? Conventions.bucketMarkMask : Conventions.classMarkMask
                     #expect(m == ~field, "rule in \(rule.chain) clears bits outside \(field)")
                     #expect(x & ~field == 0, "rule in \(rule.chain) sets bits outside \(field)")
                     writes += 1
@@ -153,8 +156,9 @@ private extension NFTExpression {
                 }
             }
         }
-        // class x path chains; per classify chain (original, reply): one rule per class match, "no policy matched"
-        #expect(writes == 4 * 4 + 2 * (4 + 1))
+        // class x path chains; per classify chain (original, reply): one rule per class match, "no policy
+        // matched"; one per bucket chain
+        #expect(writes == 4 * 4 + 2 * (4 + 1) + Int(Conventions.balanceBuckets))
     }
 
     @Test func rulesAndRoutesFollowTheDocumentedNumbering() throws {
@@ -252,11 +256,13 @@ private extension NFTExpression {
     }
 
     @Test func whenAPathLeavesABalancedSetOnlyItsBucketsMove() throws {
-        let before = try SteeringCompiler.compile(referencePlan(buckets: [3, 4, 3, 4]))
-        let after = try SteeringCompiler.compile(referencePlan(buckets: [3, 3, 3, 3]))
+        let before = try SteeringCompiler.compile(referencePlan())
+        let after = try SteeringCompiler.compile(referencePlan(buckets: Array(repeating: 3, count: 16)))
         let diff = SteeringDiff(installed: Steering.afterApply(before), desired: after)
         #expect(diff.changes.elementsOnly)
-        #expect(diff.changes.elementsDeleted == 2 && diff.changes.elementsAdded == 2)
+        // Path 4's 8 buckets, in the site map (class|bucket, what established flows read) and in the
+        // balance chain's own map (bucket, what a flow's first packet reads).
+        #expect(diff.changes.elementsDeleted == 16 && diff.changes.elementsAdded == 16)
     }
 
     @Test func aPolicyEditReloadsClassificationButNotThePathChains() throws {

@@ -252,12 +252,21 @@ import Netlink
         #expect(first1 + first2 == 3 * sources.count)
         #expect(first1 > 0 && first2 > 0, "32 address pairs all hashed to one path")
 
-        // Path 2 leaves the balanced set: exactly its 8 buckets move, as element replaces.
+        // Path 2 leaves the balanced set: exactly its 8 buckets move, as element replaces (in the site map,
+        // which established flows read, and in the balance chain's map, which first packets read).
         let changes = try steering.apply(f.plan(otherTarget: .buckets(Array(repeating: 1, count: 16))))
-        #expect(changes.elementsOnly && changes.elementsDeleted == 8 && changes.elementsAdded == 8)
+        #expect(changes.elementsOnly && changes.elementsDeleted == 16 && changes.elementsAdded == 16)
         for s in sources { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
         #expect(try f.count(f.peer1, "other") == first1 + 3 * sources.count)
         #expect(try f.count(f.peer2, "other") == first2)
+
+        // The class stops being balanced: flows hashed while it was (their bucket stays in the ct mark)
+        // follow its one path, and so do new flows.
+        try steering.apply(f.plan(otherTarget: .path(2)))
+        try f.client.ip("addr", "add", "10.1.0.50/32", "dev", "lan0")
+        for s in sources + ["10.1.0.50"] { try f.sendUDP(from: f.client, port: 9999, count: 3, source: s) }
+        #expect(try f.count(f.peer1, "other") == first1 + 3 * sources.count)
+        #expect(try f.count(f.peer2, "other") == first2 + 3 * (sources.count + 1))
         try steering.removeAll()
     }
 
