@@ -201,11 +201,11 @@ public struct AnnouncementCodec: Sendable {
     /// An endpoint observation (kind 3): MAC-authenticated like every message; what makes it the observer's
     /// is that it only counts when it arrives through a tunnel from the observer (`DiscoveryService`).
     public func encode(_ observation: EndpointObservation) throws(EncodingError) -> [UInt8] {
-        guard (1...Self.maxEndpoints).contains(observation.endpoints.count) else {
-            throw .tooManyEndpoints(observation.endpoints.count)
+        guard (1...Self.maxEndpoints).contains(observation.sightings.count) else {
+            throw .tooManyEndpoints(observation.sightings.count)
         }
-        for endpoint in observation.endpoints where !Policy.isValidName(endpoint.label) {
-            throw .invalidLabel(endpoint.label)
+        for sighting in observation.sightings where !Policy.isValidName(sighting.label) {
+            throw .invalidLabel(sighting.label)
         }
         return seal(kind: .observation, content: observation.body, certificate: nil)
     }
@@ -291,7 +291,7 @@ public struct AnnouncementCodec: Sendable {
         guard Self.isValidName(name) else { throw .malformed }
         let prefixes = try reader.prefixes(max: Self.maxLANPrefixes)
 
-        let endpoints = try reader.endpoints(allowingNone: true)
+        let endpoints = try reader.endpoints()
         return Announcement(siteID: id, name: name, publicKey: publicKey, overlay: overlay,
                             lanPrefixes: prefixes, endpoints: endpoints, counter: counter,
                             timestampMilliseconds: timestamp)
@@ -346,9 +346,8 @@ func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
     withUnsafeBytes(of: value.bigEndian) { Array($0) }
 }
 
-/// A count, then per endpoint: label (length-prefixed), IPv4 address, port (the announcement's and the
-/// observation's layout).
-func encodeEndpoints(_ endpoints: [Endpoint]) -> [UInt8] {
+/// A count, then per endpoint: label (length-prefixed), IPv4 address, port.
+private func encodeEndpoints(_ endpoints: [Endpoint]) -> [UInt8] {
     var out: [UInt8] = [UInt8(endpoints.count)]
     for endpoint in endpoints {
         out.append(UInt8(endpoint.label.utf8.count))
@@ -409,21 +408,26 @@ struct ByteReader {
         return prefixes
     }
 
-    /// A count (at most `AnnouncementCodec.maxEndpoints`; at least one unless `allowingNone`), then that many
-    /// endpoints: a valid label, an IPv4 address, a non-zero port.
-    mutating func endpoints(allowingNone: Bool) throws(AnnouncementRejection) -> [Endpoint] {
+    /// A count (at most `AnnouncementCodec.maxEndpoints`), then that many endpoints: a valid label, an IPv4
+    /// address, a non-zero port.
+    mutating func endpoints() throws(AnnouncementRejection) -> [Endpoint] {
         let count = Int(try u8())
-        guard count <= AnnouncementCodec.maxEndpoints, allowingNone || count > 0 else { throw .malformed }
+        guard count <= AnnouncementCodec.maxEndpoints else { throw .malformed }
         var endpoints: [Endpoint] = []
         for _ in 0..<count {
             let label = try string(maxBytes: AnnouncementCodec.maxLabelBytes)
             guard Policy.isValidName(label) else { throw .malformed }
-            let address = IPv4Address(bytes: try take(4))!
-            let port = try u16()
-            guard port != 0 else { throw .malformed }
-            endpoints.append(Endpoint(label: label, address: SocketAddress4(address, port: port)))
+            endpoints.append(Endpoint(label: label, address: try socketAddress()))
         }
         return endpoints
+    }
+
+    /// An IPv4 address and a non-zero port.
+    mutating func socketAddress() throws(AnnouncementRejection) -> SocketAddress4 {
+        let address = IPv4Address(bytes: try take(4))!
+        let port = try u16()
+        guard port != 0 else { throw .malformed }
+        return SocketAddress4(address, port: port)
     }
 
     /// A length-prefixed (one byte) UTF-8 string of 1...maxBytes bytes.

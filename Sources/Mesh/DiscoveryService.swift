@@ -135,7 +135,7 @@ public final class DiscoveryService: Sendable {
         /// The endpoints of our last announcement (ours, with public mappings where we are behind NAT).
         var announcedEndpoints: [Endpoint]?
         /// Where we see each site's tunnels from (`setObservations`): sent to it through its tunnels.
-        var observations: [SiteID: [Endpoint]] = [:]
+        var observations: [SiteID: [EndpointObservation.Sighting]] = [:]
 
         /// Re-settles overlapping claims after the table or `local` changed; returns the conflicts that began
         /// and ended, to log one line each.
@@ -309,7 +309,7 @@ public final class DiscoveryService: Sendable {
 
     /// Where we see each site's tunnels from, by its labels (the tunnel driver sets it from WireGuard's
     /// learned endpoints of working sessions): each round sends every site its own through its tunnels.
-    public func setObservations(_ observations: [SiteID: [Endpoint]]) {
+    public func setObservations(_ observations: [SiteID: [EndpointObservation.Sighting]]) {
         state.withLock { state in
             let new = observations.filter { !$0.value.isEmpty }
             // A new or moved mapping goes out now (a site behind NAT waits for it), a repeated one each round.
@@ -557,13 +557,13 @@ public final class DiscoveryService: Sendable {
     }
 
     /// Each site's observation (where we see its tunnels from), encoded once and sent through every path to it.
-    static func observations(_ observations: [SiteID: [Endpoint]], from observer: SiteID, routes: [TunnelRoute],
-                             codec: AnnouncementCodec, now: Date) -> [([UInt8], TunnelRoute)] {
+    static func observations(_ observations: [SiteID: [EndpointObservation.Sighting]], from observer: SiteID,
+                             routes: [TunnelRoute], codec: AnnouncementCodec, now: Date) -> [([UInt8], TunnelRoute)] {
         var out: [([UInt8], TunnelRoute)] = []
-        for (subject, endpoints) in observations.sorted(by: { $0.key < $1.key }) {
+        for (subject, sightings) in observations.sorted(by: { $0.key < $1.key }) {
             let observation = EndpointObservation(observer: observer, subject: subject,
                                                   timestampMilliseconds: UInt64(now.timeIntervalSince1970 * 1000),
-                                                  endpoints: Array(endpoints.prefix(AnnouncementCodec.maxEndpoints)))
+                                                  sightings: Array(sightings.prefix(AnnouncementCodec.maxEndpoints)))
             guard let bytes = try? codec.encode(observation) else { continue }
             for route in routes where route.site == subject { out.append((bytes, route)) }
         }

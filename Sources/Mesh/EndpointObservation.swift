@@ -13,27 +13,48 @@ import Model
 /// | 16 | observer site id |
 /// | 16 | subject site id |
 /// | 8 | timestamp, ms since 1970 |
-/// | 1 + ... | count E (1..8), each: label (1 + K), IPv4 address (4), UDP port (2, non-zero) |
+/// | 1 + ... | count E (1..8), each: label (1 + K); the endpoint the subject announced for it, as the observer uses it: IPv4 (4), port (2, non-zero); where the observer sees it: IPv4 (4), port (2, non-zero) |
 /// | 32 | MAC (flags bit 0) |
 public struct EndpointObservation: Hashable, Sendable {
+    /// One of the subject's uplinks: what it announced for it (as the observer uses it) and where the
+    /// observer sees it from.
+    public struct Sighting: Hashable, Sendable {
+        public var label: String
+        public var announced: SocketAddress4
+        public var observed: SocketAddress4
+
+        public init(label: String, announced: SocketAddress4, observed: SocketAddress4) {
+            self.label = label
+            self.announced = announced
+            self.observed = observed
+        }
+    }
+
     public var observer: SiteID
     public var subject: SiteID
     public var timestampMilliseconds: UInt64
-    /// By the subject's labels: where its tunnel of that label is seen from.
-    public var endpoints: [Endpoint]
+    public var sightings: [Sighting]
 
-    public init(observer: SiteID, subject: SiteID, timestampMilliseconds: UInt64, endpoints: [Endpoint]) {
+    public init(observer: SiteID, subject: SiteID, timestampMilliseconds: UInt64, sightings: [Sighting]) {
         self.observer = observer
         self.subject = subject
         self.timestampMilliseconds = timestampMilliseconds
-        self.endpoints = endpoints
+        self.sightings = sightings
     }
 
     var body: [UInt8] {
         var out = withUnsafeBytes(of: observer.uuid.uuid) { Array($0) }
         out += withUnsafeBytes(of: subject.uuid.uuid) { Array($0) }
         out += bigEndian(timestampMilliseconds)
-        out += encodeEndpoints(endpoints)
+        out.append(UInt8(sightings.count))
+        for sighting in sightings {
+            out.append(UInt8(sighting.label.utf8.count))
+            out += Array(sighting.label.utf8)
+            for address in [sighting.announced, sighting.observed] {
+                out += address.address.bytes
+                out += bigEndian(address.port)
+            }
+        }
         return out
     }
 
@@ -41,9 +62,18 @@ public struct EndpointObservation: Hashable, Sendable {
         let observer = try reader.siteID()
         let subject = try reader.siteID()
         let timestamp = try reader.u64()
-        let endpoints = try reader.endpoints(allowingNone: false)
+        let count = Int(try reader.u8())
+        guard (1...AnnouncementCodec.maxEndpoints).contains(count) else { throw .malformed }
+        var sightings: [Sighting] = []
+        for _ in 0..<count {
+            let label = try reader.string(maxBytes: AnnouncementCodec.maxLabelBytes)
+            guard Policy.isValidName(label) else { throw .malformed }
+            let announced = try reader.socketAddress()
+            let observed = try reader.socketAddress()
+            sightings.append(Sighting(label: label, announced: announced, observed: observed))
+        }
         return EndpointObservation(observer: observer, subject: subject, timestampMilliseconds: timestamp,
-                                   endpoints: endpoints)
+                                   sightings: sightings)
     }
 }
 
@@ -74,21 +104,25 @@ public struct PublicEndpoints: Sendable, Equatable {
 
     public init() {}
 
-    /// Records `observation`'s endpoints for the labels we announce (`local`); others are ignored. Returns
-    /// true when what we announce changes.
+    /// Records `observation`'s sightings of the labels we announce (`local`). A sighting counts only when
+    /// the observer uses what we announce now for that uplink (our own address or the mapping we announce):
+    /// one of an address we had before (the observer has not heard of a renumbering yet) says nothing about
+    /// the new one. Returns true when what we announce changes.
     public mutating func record(_ observation: EndpointObservation, local: [Endpoint], now: Date) -> Bool {
         let before = announced(local, now: now)
         forgetMoved(local)
-        for endpoint in observation.endpoints {
-            guard let own = local.first(where: { $0.label == endpoint.label }) else { continue }
-            basis[endpoint.label] = own.address
-            var byObserver = sightings[endpoint.label, default: [:]]
-            byObserver[observation.observer] = Sighting(address: endpoint.address, at: now)
+        for seen in observation.sightings {
+            guard let own = local.first(where: { $0.label == seen.label }),
+                  seen.announced == own.address || seen.announced == before.first(where: { $0.label == seen.label })?.address
+            else { continue }
+            basis[seen.label] = own.address
+            var byObserver = sightings[seen.label, default: [:]]
+            byObserver[observation.observer] = Sighting(address: seen.observed, at: now)
             if byObserver.count > Self.maxObservers,
                let oldest = byObserver.min(by: { $0.value.at < $1.value.at })?.key {
                 byObserver[oldest] = nil
             }
-            sightings[endpoint.label] = byObserver
+            sightings[seen.label] = byObserver
         }
         return announced(local, now: now) != before
     }

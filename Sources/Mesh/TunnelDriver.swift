@@ -72,12 +72,13 @@ public struct TunnelDriver: Sendable {
         guard settings.pairing == .sameLabel else { return }
         let states = await reconciler.states()
         let now = Date()
-        var observed: [SiteID: [Endpoint]] = [:]
+        var observed: [SiteID: [EndpointObservation.Sighting]] = [:]
         for path in plan.paths {
             guard let live = states[path.interface]?.peer(path.peer), let endpoint = live.endpoint,
                   let handshake = live.lastHandshake,
                   now.timeIntervalSince(handshake) < TunnelReconciler.workingSessionAge else { continue }
-            observed[path.remoteSite, default: []].append(Endpoint(label: path.remoteEndpoint.label, address: endpoint))
+            observed[path.remoteSite, default: []].append(.init(label: path.remoteEndpoint.label,
+                                                                announced: path.remoteEndpoint.address, observed: endpoint))
         }
         discovery.setObservations(observed)
     }

@@ -16,13 +16,14 @@ struct ObservationTests {
     @Test func goldenLayoutAndRoundTrip() throws {
         let observer = SiteID(UUID(uuidString: "00112233-4455-6677-8899-aabbccddeeff")!)
         let subject = SiteID(UUID(uuidString: "ffeeddcc-bbaa-9988-7766-554433221100")!)
-        let observation = EndpointObservation(observer: observer, subject: subject, timestampMilliseconds: 0x0304,
-                                              endpoints: [Endpoint(label: "wan", address: SocketAddress4("192.0.2.1:51830")!)])
+        let observation = EndpointObservation(observer: observer, subject: subject, timestampMilliseconds: 0x0304, sightings: [
+            .init(label: "wan", announced: SocketAddress4("10.0.0.2:51830")!, observed: SocketAddress4("192.0.2.1:51830")!),
+        ])
         let insecure = try AnnouncementCodec(authentication: .insecure).encode(observation)
-        let expected: [UInt8] = Array("PTMA".utf8) + [2, 3, 0, 0, 0, 61]
+        let expected: [UInt8] = Array("PTMA".utf8) + [2, 3, 0, 0, 0, 67]
             + [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]
             + [0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00]
-            + [0, 0, 0, 0, 0, 0, 3, 4] + [1, 3] + Array("wan".utf8) + [192, 0, 2, 1, 0xca, 0x76]
+            + [0, 0, 0, 0, 0, 0, 3, 4] + [1, 3] + Array("wan".utf8) + [10, 0, 0, 2, 0xca, 0x76] + [192, 0, 2, 1, 0xca, 0x76]
         #expect(insecure == expected)
         #expect(try AnnouncementCodec(authentication: .insecure).decodeMessage(insecure) == .observation(observation))
         let authenticated = try codec.encode(observation)
@@ -32,7 +33,7 @@ struct ObservationTests {
 
     @Test func tamperedOrMalformedObservationsAreRefused() throws {
         let observation = EndpointObservation(observer: SiteID(), subject: SiteID(), timestampMilliseconds: nowMs,
-                                              endpoints: [own])
+                                              sightings: [.init(label: own.label, announced: own.address, observed: mapped)])
         let bytes = try codec.encode(observation)
         for index in [12, 40, bytes.count - 40] {
             var altered = bytes
@@ -45,7 +46,7 @@ struct ObservationTests {
         // No endpoint, or port 0: malformed (built by hand, since the encoder refuses both).
         let insecure = AnnouncementCodec(authentication: .insecure)
         var none = try insecure.encode(observation)
-        none = Array(none[0..<50]) + [0]
+        none = Array(none[0..<50]) + [0]  // header and ids, timestamp, no sighting
         none[9] = UInt8(none.count)
         #expect(throws: AnnouncementRejection.malformed) { _ = try insecure.decodeMessage(none) }
         var zeroPort = try insecure.encode(observation)
@@ -53,7 +54,7 @@ struct ObservationTests {
         zeroPort[zeroPort.count - 1] = 0
         #expect(throws: AnnouncementRejection.malformed) { _ = try insecure.decodeMessage(zeroPort) }
         #expect(throws: AnnouncementCodec.EncodingError.self) {
-            _ = try codec.encode(EndpointObservation(observer: SiteID(), subject: SiteID(), timestampMilliseconds: 0, endpoints: []))
+            _ = try codec.encode(EndpointObservation(observer: SiteID(), subject: SiteID(), timestampMilliseconds: 0, sightings: []))
         }
     }
 
@@ -62,14 +63,18 @@ struct ObservationTests {
         let now = Date()
         let (hq, west, north) = (SiteID(), SiteID(), SiteID())
         let local = [own, Endpoint(label: "isp-b", address: SocketAddress4("100.66.2.2:51830")!)]
-        func observe(_ observer: SiteID, _ label: String, _ address: SocketAddress4, at: Date = now) -> Bool {
-            endpoints.record(EndpointObservation(observer: observer, subject: SiteID(), timestampMilliseconds: 0,
-                                                 endpoints: [Endpoint(label: label, address: address)]), local: local, now: at)
+        var announced: [Endpoint] { endpoints.announced(local, now: now) }
+        func observe(_ observer: SiteID, _ label: String, _ address: SocketAddress4, using: SocketAddress4? = nil,
+                     local: [Endpoint] = local) -> Bool {
+            let used = using ?? endpoints.announced(local, now: now).first { $0.label == label }?.address ?? address
+            return endpoints.record(EndpointObservation(observer: observer, subject: SiteID(), timestampMilliseconds: 0,
+                                                        sightings: [.init(label: label, announced: used, observed: address)]),
+                                    local: local, now: now)
         }
         // Public uplink: seen where it is, nothing changes. Behind NAT: the mapping is announced.
         #expect(!observe(hq, "isp-b", local[1].address))
         #expect(observe(hq, "isp-a", mapped))
-        #expect(endpoints.announced(local, now: now) == [Endpoint(label: "isp-a", address: mapped), local[1]])
+        #expect(announced == [Endpoint(label: "isp-a", address: mapped), local[1]])
         #expect(endpoints.mapping(of: "isp-a", local: local, now: now)?.observers == [hq])
         // A label we do not have changes nothing.
         #expect(!observe(hq, "lte", mapped))
@@ -78,7 +83,7 @@ struct ObservationTests {
         let westWonTheTie = observe(west, "isp-a", other)
         #expect(westWonTheTie == (min(hq, west) == west))
         #expect(observe(north, "isp-a", other) == !westWonTheTie)
-        #expect(endpoints.announced(local, now: now)[0].address == other)
+        #expect(announced[0].address == other)
         // Unrepeated observations age out: our own address again.
         #expect(endpoints.announced(local, now: now.addingTimeInterval(PublicEndpoints.maxAge + 1)) == local)
         endpoints.expire(local: local, now: now.addingTimeInterval(PublicEndpoints.maxAge + 1))
@@ -89,6 +94,13 @@ struct ObservationTests {
         #expect(endpoints.announced(moved, now: now) == moved)
         endpoints.expire(local: moved, now: now)
         #expect(endpoints.sightings["isp-a"] == nil)
+        // An observer that still uses an address we no longer announce (it has not heard of the renumbering
+        // yet) sees our old address: that says nothing about the new one. Public isp-b renumbered: the
+        // observer still sends to, and sees us at, the old address.
+        let renumbered = [own, Endpoint(label: "isp-b", address: SocketAddress4("100.66.18.2:51830")!)]
+        #expect(!observe(hq, "isp-b", local[1].address, using: local[1].address, local: renumbered))
+        #expect(endpoints.announced(renumbered, now: now) == renumbered)
+        #expect(endpoints.sightings["isp-b"] == nil)
     }
 
     @Test func onlyAnObservationThroughTheObserversTunnelChangesWhatWeAnnounce() throws {
@@ -107,7 +119,7 @@ struct ObservationTests {
             receiver.handle(bytes[...], size: bytes.count, from: SocketAddress4(source)!, unicast: unicast)
         }
         let good = EndpointObservation(observer: hub.siteID, subject: local.siteID, timestampMilliseconds: nowMs,
-                                       endpoints: [Endpoint(label: "isp-a", address: mapped)])
+                                       sightings: [.init(label: "isp-a", announced: own.address, observed: mapped)])
         // Over the underlay (not from the observer's overlay address), about another site, from a site we do
         // not know, relayed, on the multicast socket, stale: all refused, nothing announced.
         try send(good, from: "100.65.1.2:51821")
@@ -139,12 +151,13 @@ struct ObservationTests {
         let routes = [TunnelRoute(site: east, overlay: IPv4Address(10, 99, 0, 2), mark: 0x1000_0000),
                       TunnelRoute(site: east, overlay: IPv4Address(10, 99, 0, 2), mark: 0x2000_0000),
                       TunnelRoute(site: west, overlay: IPv4Address(10, 99, 0, 3), mark: 0x1000_0000)]
-        let out = DiscoveryService.observations([east: [own]], from: SiteID(), routes: routes, codec: codec, now: Date())
+        let sighting = EndpointObservation.Sighting(label: own.label, announced: own.address, observed: mapped)
+        let out = DiscoveryService.observations([east: [sighting]], from: SiteID(), routes: routes, codec: codec, now: Date())
         #expect(out.map(\.1) == Array(routes.prefix(2)))
         guard case .observation(let decoded) = try codec.decodeMessage(out[0].0) else {
             Issue.record("not an observation")
             return
         }
-        #expect(decoded.subject == east && decoded.endpoints == [own])
+        #expect(decoded.subject == east && decoded.sightings == [sighting])
     }
 }
