@@ -112,6 +112,8 @@ public final class DiscoveryService: Sendable {
         var announceNow = true
         /// The uplink sockets are to be opened again (`rebindUplinks()`).
         var rebindNow = false
+        /// The uplinks' interfaces (`settings.uplinks`, then `setUplinks`).
+        var uplinks: [String]
         var lastAnnounce: ContinuousClock.Instant?
         var stopping = false
         var wakeFD: Int32 = -1
@@ -182,7 +184,7 @@ public final class DiscoveryService: Sendable {
         let table = PeerTable(localSiteID: local.siteID, localPublicKey: local.publicKey,
                               settings: .init(timestampWindow: settings.timestampWindow,
                                               expiry: settings.intervalSeconds * Double(settings.expiryIntervals)))
-        var state = State(local: local, table: table, encoder: codec)
+        var state = State(local: local, table: table, uplinks: settings.uplinks, encoder: codec)
         _ = state.resolve()
         self.state = Mutex(state)
         (events, continuation) = AsyncStream.makeStream(of: MeshEvent.self, bufferingPolicy: .bufferingNewest(1024))
@@ -293,6 +295,18 @@ public final class DiscoveryService: Sendable {
     /// new address or interface index. The I/O thread does it, in its network namespace.
     public func rebindUplinks() {
         state.withLock { state in
+            state.rebindNow = true
+            state.announceNow = true
+            Self.wake(state)
+        }
+    }
+
+    /// Changes the uplinks to announce and listen on (a detected uplink appeared); their sockets are opened
+    /// again at once.
+    public func setUplinks(_ interfaces: [String]) {
+        state.withLock { state in
+            guard state.uplinks != interfaces else { return }
+            state.uplinks = interfaces
             state.rebindNow = true
             state.announceNow = true
             Self.wake(state)
@@ -418,11 +432,11 @@ public final class DiscoveryService: Sendable {
         }
     }
 
-    /// Takes a pending rebind request (I/O thread).
-    fileprivate func takeRebind() -> Bool {
+    /// Takes a pending rebind request (I/O thread): the uplinks to bind then, or nil.
+    fileprivate func takeRebind() -> [String]? {
         state.withLock { state in
             defer { state.rebindNow = false }
-            return state.rebindNow
+            return state.rebindNow ? state.uplinks : nil
         }
     }
 
@@ -453,9 +467,9 @@ public final class DiscoveryService: Sendable {
             var skipped: Set<String> = []
             // The uplink sockets, opened at start and again on `rebindUplinks()`; an uplink left out is logged
             // once, not at every rebind.
-            func bind() {
+            func bind(_ names: [String]? = nil) {
                 var now: Set<String> = []
-                sockets.rebind { name, error in
+                sockets.rebind(names) { name, error in
                     now.insert(name)
                     if !skipped.contains(name) { service.logSkipped(name, error) }
                 }
@@ -465,7 +479,7 @@ public final class DiscoveryService: Sendable {
             }
             bind()
             while true {
-                if service.takeRebind() { bind() }
+                if let names = service.takeRebind() { bind(names) }
                 guard let planned = service.plan(now: .now) else { return }
                 if let outgoing = planned.outgoing {
                     service.recordSent(send(outgoing))

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Model
+import Synchronization
 import WireGuard
 
 /// Keeps the tunnels in step with discovery: on every mesh event, and every `retryInterval` (to retry
@@ -14,7 +15,9 @@ import WireGuard
 public struct TunnelDriver: Sendable {
     public let discovery: DiscoveryService
     public let reconciler: TunnelReconciler
-    public let uplinks: [Uplink]
+    /// The uplinks in slot order; grows when a detected uplink appears (`setUplinks`).
+    private let uplinkList: UplinkList
+    public var uplinks: [Uplink] { uplinkList.value.withLock { $0 } }
     public let settings: TunnelSettings
     /// The pool our overlay address was chosen from (`OverlayAddressing`); nil when the operator fixed it.
     /// With a pool, the driver moves our overlay when a site with a smaller id announces the same one.
@@ -28,11 +31,21 @@ public struct TunnelDriver: Sendable {
                 logger: Logger = Logger(label: "patronus.mesh.tunnels")) {
         self.discovery = discovery
         self.reconciler = reconciler
-        self.uplinks = uplinks
+        uplinkList = UplinkList(uplinks)
         self.settings = settings
         self.overlayPool = overlayPool
         self.retryInterval = retryInterval
         self.logger = logger
+    }
+
+    /// Replaces the uplinks (slot order: an uplink keeps its position); the next plan uses them.
+    public func setUplinks(_ uplinks: [Uplink]) {
+        uplinkList.value.withLock { $0 = uplinks }
+    }
+
+    private final class UplinkList: Sendable {
+        let value: Mutex<[Uplink]>
+        init(_ uplinks: [Uplink]) { value = Mutex(uplinks) }
     }
 
     /// The plan for the sites discovery knows now.

@@ -48,9 +48,15 @@ public struct Daemon: Sendable {
         // The monitor subscribes before it reads the uplinks' state, so that no change falls between the
         // read and the notifications the UplinkWatcher follows.
         let inventory = try InterfaceInventory.read()
-        let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
-        let monitor = try UplinkMonitor(uplinks: uplinks)
+        let detected = inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
+        // Without --uplink, interfaces that get an address and a default route later become uplinks then.
+        let detection = configuration.uplinks.isEmpty ? UplinkDetection(tunnelPrefix: configuration.interfaceName) : nil
+        if detection != nil && detected.isEmpty {
+            logger.notice("no uplink yet (no interface is up with a global IPv4 address and a default route): each is used when it has one; or name them with --uplink IFACE[=LABEL]")
+        }
+        let monitor = try UplinkMonitor(uplinks: detected, detection: detection)
         let tracker = monitor.initial
+        let uplinks = tracker.uplinks
         for state in tracker.states where state.index == nil || state.address == nil {
             logger.notice("uplink \(state.uplink) is \(state.index == nil ? "absent" : "without an address") now: used when it is ready")
         }
