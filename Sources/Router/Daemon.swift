@@ -15,7 +15,7 @@ import WireGuard
 public struct Daemon: Sendable {
     public let configuration: RouterConfiguration
     let logger: Logger
-    /// What the start line says this is (`patronus-router 0.9.0 (commit ...)`).
+    /// What the start line says this is (`patronus-router 0.10.0 (commit ...)`).
     let version: String?
 
     public init(configuration: RouterConfiguration, logger: Logger, version: String? = nil) {

@@ -5,7 +5,7 @@
 //   patronus-bench apply POLICIES ENTRIES [balanced]
 //                                         applies a plan with POLICIES classes holding ENTRIES match
 //                                         entries in total, then exits (datapath bench); balanced: the
-//                                         default class is load balanced over paths 1 and 2 (64 buckets)
+//                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each)
 //   patronus-bench stream-send HOST PORT PPS SECONDS / stream-recv PORT SECONDS
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.

@@ -40,14 +40,26 @@ struct TrustCertificateRootTests {
         return (ca, pids)
     }
 
-    static func start(_ lab: MetricsLab, _ site: String, ca: String,
+    /// Starts a site's router again (as the lab does) with `flags`, trusting the CA in directory `ca` if given.
+    static func start(_ lab: MetricsLab, _ site: String, ca: String?,
                       flags: [String] = ["--require-certificates"]) throws -> pid_t {
         let directory = lab.controller.stateDirectory
         let arguments = Array(lab.state.plan.routerArguments(site: site, executable: Ops.binary!, stateDirectory: directory,
                                                              meshKey: "\(directory)/mesh.key").dropFirst())
         return try Ops.startRouter(in: lab.state.plan.routerNamespace(site),
-                                   arguments + ["--metrics-listen", "127.0.0.1:9477", "--ca", "\(ca)/ca.crt"] + flags,
+                                   arguments + ["--metrics-listen", "127.0.0.1:9477"] + (ca.map { ["--ca", "\($0)/ca.crt"] } ?? []) + flags,
                                    log: lab.log(site))
+    }
+
+    /// The LAN hosts of hq and east reach each other both ways, within 40 s (the status rows of a restarted
+    /// router can be stale, so traffic is the judge).
+    static func talking(_ lab: MetricsLab) -> Bool {
+        let hqHost = lab.state.plan.site(named: "hq")!.hostAddress
+        let eastHost = lab.state.plan.site(named: "east")!.hostAddress
+        return Ops.waitUntil(timeout: .seconds(40)) {
+            ((try? TrustRootTests.ping(lab.host("east"), hqHost, count: 5, intervalMs: 20)) ?? 0) >= 5
+                && ((try? TrustRootTests.ping(lab.host("hq"), eastHost, count: 5, intervalMs: 20)) ?? 0) >= 5
+        }
     }
 
     static func stop(_ pids: [String: pid_t]) {
@@ -261,15 +273,7 @@ struct TrustCertificateRootTests {
     /// every step, and hq refuses unsigned announcements for east once east spoke certified.
     @Test func aSharedKeyMeshMovesToCertificatesSiteBySiteRoot() throws {
         let lab = try MetricsLab(sites: 2, uplinks: 1)
-        let hqHost = lab.state.plan.site(named: "hq")!.hostAddress
-        let eastHost = lab.state.plan.site(named: "east")!.hostAddress
-        /// The LAN hosts reach each other both ways (the status rows of a restarted router can be stale).
-        func talking() -> Bool {
-            Ops.waitUntil(timeout: .seconds(40)) {
-                ((try? TrustRootTests.ping(lab.host("east"), hqHost, count: 5, intervalMs: 20)) ?? 0) >= 5
-                    && ((try? TrustRootTests.ping(lab.host("hq"), eastHost, count: 5, intervalMs: 20)) ?? 0) >= 5
-            }
-        }
+        func talking() -> Bool { Self.talking(lab) }
         try #require(talking())
         var pids: [String: pid_t] = [:]
         defer { Self.stop(pids) }
@@ -293,5 +297,58 @@ struct TrustCertificateRootTests {
         #expect(talking(), "both requiring certificates")
         #expect(Self.drops(lab, "hq", "unsigned") == 0 && Self.drops(lab, "east", "unsigned") == 0)
         print("trust: migration: hq certified, then east, then both requiring certificates: the LANs talked at every step")
+    }
+
+    /// docs/MESH.md "Migration", step 1: upgraded sites run with `--announce-v1` until the last site is upgraded.
+    /// Here every version-2 datagram to the discovery port is dropped in both router namespaces (nft, before our
+    /// sockets: on the uplinks and inside the tunnels), so each site hears the other only as a site still on
+    /// version 1 would speak: the two discover each other from the version-1 copies alone, keep their tunnels
+    /// past the expiry of what they restored from the database, and the LANs talk. Then `--announce-v1` is
+    /// dropped (the network passes version 2 again) and they still talk. What this cannot show is a 0.9 binary
+    /// itself; its format is pinned by the version-1 golden bytes of the codec tests.
+    @Test func upgradedSitesTalkThroughVersion1CopiesAloneRoot() throws {
+        let lab = try MetricsLab(sites: 2, uplinks: 1)
+        try #require(Self.talking(lab))
+        var pids: [String: pid_t] = [:]
+        defer { Self.stop(pids) }
+        let dropV2 = """
+            table inet v2drop {
+              chain input {
+                type filter hook input priority -10; policy accept;
+                udp dport 51821 @th,64,32 0x50544d41 @th,96,8 2 counter drop
+              }
+            }
+            """
+        for site in ["hq", "east"] {
+            let old = lab.state.routers[site]!.pid
+            kill(old, SIGTERM)
+            _ = Ops.waitForExit(old, timeout: .seconds(10))
+            let file = "\(lab.controller.stateDirectory)/v2drop.nft"
+            try dropV2.write(toFile: file, atomically: true, encoding: .utf8)
+            _ = try lab.router(site).check(["nft", "-f", file])
+            pids[site] = try Self.start(lab, site, ca: nil, flags: ["--announce-v1"])
+        }
+        usleep(5_000_000)  // past the restored entries' expiry (3 s): what is up now was heard anew, as version 1
+        #expect(Self.talking(lab), "hq and east reading version 1 only")
+        func dropped(_ site: String) -> Int {
+            let listing = (try? lab.router(site).run(["nft", "list", "table", "inet", "v2drop"]).stdout) ?? ""
+            return Int(listing.split(separator: " ").drop { $0 != "packets" }.dropFirst().first ?? "") ?? 0
+        }
+        #expect(dropped("hq") > 0 && dropped("east") > 0, "version-2 announcements were not there to drop")
+        for site in ["hq", "east"] {
+            #expect(TrustCertificateRootTests.activeSites(lab, site).contains(site == "hq" ? "east" : "hq"))
+        }
+        print("trust: migration step 1: version 2 dropped in both routers (hq \(dropped("hq")), east \(dropped("east")) datagrams); "
+              + "the sites peered on the version-1 copies of --announce-v1")
+
+        // Every site upgraded: --announce-v1 goes, version 2 passes again.
+        for site in ["hq", "east"] {
+            kill(pids[site]!, SIGTERM)
+            _ = Ops.waitForExit(pids[site]!, timeout: .seconds(10))
+            _ = try lab.router(site).check(["nft", "delete", "table", "inet", "v2drop"])
+            pids[site] = try Self.start(lab, site, ca: nil, flags: [])
+        }
+        usleep(5_000_000)
+        #expect(Self.talking(lab), "hq and east on version 2 alone")
     }
 }

@@ -270,6 +270,46 @@ import Netlink
         try steering.removeAll()
     }
 
+    /// Upgrading from 0.9: what it left behind (its table, from its reference listing rules/ruleset-0.9.nft; its
+    /// path rules at 6210 under the 8-bit mask 0x00ff0000 and its uplink rule at 6220, both with our protocol
+    /// tags; a route in a path table) is replaced by the first apply, in place: afterwards the kernel holds
+    /// exactly what a fresh apply installs, packets follow the new plan, and a foreign rule in our band stays.
+    @Test(.enabled(if: isRoot)) func rootTheFirstApplyAfterAnUpgradeFrom09ReplacesItsLayout() throws {
+        let f = try SteeringFixture()
+        let old = URL(fileURLWithPath: referenceRulesetPath()).deletingLastPathComponent().appendingPathComponent("ruleset-0.9.nft").path
+        _ = try f.router.check(["nft", "-f", old])
+        for rule in [["priority", "6210", "fwmark", "0x10000/0xff0000", "lookup", "6201", "proto", "77"],
+                     ["priority", "6210", "fwmark", "0x20000/0xff0000", "lookup", "6202", "proto", "77"],
+                     ["priority", "6220", "fwmark", "0x1000000/0xf000000", "lookup", "6101", "proto", "78"],
+                     ["priority", "6215", "fwmark", "0x5", "lookup", "100"]] {
+            _ = try f.router.check(["ip", "rule", "add"] + rule)
+        }
+        _ = try f.router.check(["ip", "route", "add", "10.20.0.0/16", "via", "198.51.100.2", "dev", "pb", "table", "6201", "proto", "77"])
+
+        let steering = try f.steering()
+        try steering.apply(f.plan())
+        let upgraded = try KernelView.read(f.router, tables: [6201, 6202])
+        #expect(!upgraded.chains.contains { $0.hasPrefix("lb_") }, "0.9's balance chain is gone: \(upgraded.chains)")
+        #expect(upgraded.ourRules == ["6211 0x10000/0xfff0000 6201", "6211 0x20000/0xfff0000 6202"])
+        #expect(!upgraded.ipRules.contains { [6210, 6220].contains($0["priority"] as? Int ?? 0) }, "0.9's rules are gone")
+        #expect(upgraded.ipRules.contains { $0["priority"] as? Int == 6215 && $0["table"] as? String == "100" }, "the foreign rule stays")
+        #expect(upgraded.routes[6201]?.map { "\($0["dst"] ?? "") \($0["dev"] ?? "")" } == ["10.20.0.0/16 pa"])
+
+        // The same as a fresh apply in a clean namespace.
+        let fresh = try SteeringFixture()
+        try fresh.steering().apply(fresh.plan())
+        let clean = try KernelView.read(fresh.router, tables: [6201, 6202])
+        #expect(upgraded.chains.sorted() == clean.chains.sorted() && upgraded.rulesPerChain == clean.rulesPerChain
+                && upgraded.sets.sorted() == clean.sets.sorted() && upgraded.ourJumps == clean.ourJumps)
+
+        // Packets follow the new plan: voip by path 1 (pa), bulk by path 2 (pb).
+        try f.sendUDP(from: f.client, port: 5060, count: 3)
+        #expect(try f.count(f.peer1, "voip") == 3 && f.count(f.peer2, "voip") == 0)
+        try steering.removeAll()
+        let removed = try KernelView.read(f.router, tables: [6201, 6202])
+        #expect(removed.ourRules.isEmpty && removed.ipRules.contains { $0["priority"] as? Int == 6215 })
+    }
+
     @Test(.enabled(if: isRoot)) func rootAMissingOrVanishedTunnelDoesNotBlockTheRest() throws {
         let f = try SteeringFixture()
         var plan = f.plan()
