@@ -5,7 +5,7 @@ import Model
 enum ArgumentParsing {
     static func uplink(_ text: String) throws -> Uplink {
         guard let uplink = Uplink(argument: text) else {
-            throw ValidationError("'\(text)' is not IFACE[=LABEL] (an interface name of 1-15 characters; a label of 1-32 letters, digits, '-' or '_')")
+            throw ValidationError("'\(text)' is not IFACE[=LABEL][,shape=auto|off|RATE] (an interface name of 1-15 characters; a label of 1-32 letters, digits, '-' or '_'; a rate of 64k...1000G bit/s such as 20M)")
         }
         return uplink
     }

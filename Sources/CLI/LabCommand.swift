@@ -136,6 +136,7 @@ public struct LabCommand: ParsableCommand {
         @Option(parsing: .unconditional, help: "Jitter (normal standard deviation) in ms (0-5000).") var jitter: Double?
         @Option(parsing: .unconditional, help: "Random loss in percent (0-100).") var loss: Double?
         @Option(parsing: .unconditional, help: "Rate limit in Mbit/s (0.01-10000; 0 removes it).") var rate: Double?
+        @Option(parsing: .unconditional, help: "The rate limiter's FIFO in ms at its rate (1-10000; default 100): a modem's deep buffer is hundreds.") var queue: Double?
         @Flag(help: "Blackhole the uplink.") var cut = false
         @Flag(help: "Lift a cut.") var restore = false
         @Flag(help: "Reset the uplink to a clean link before applying the other settings.") var clear = false
@@ -152,7 +153,7 @@ public struct LabCommand: ParsableCommand {
                 default: throw LabError.invalidArgument("--direction '\(direction)' must be in, out or both")
                 }
                 let change = ImpairmentChange(delayMs: delay, jitterMs: jitter, lossPercent: loss, rateMbit: rate,
-                                              cut: cut ? true : (restore ? false : nil), clear: clear)
+                                              cut: cut ? true : (restore ? false : nil), clear: clear, queueLimitMs: queue)
                 let links = try common.controller.impair(site: site, uplink: uplink, change, directions: directions)
                 let plan = try common.controller.read().plan
                 let id = try plan.uplink(site: site, named: uplink).id

@@ -31,6 +31,11 @@ struct StatusCommand: ParsableCommand {
         } catch {
             snapshot.steeringError = "\(error)"
         }
+        do {
+            snapshot.shaping = try SteeringInspector(store: store, netns: options.netns).shapers(paths: snapshot.paths)
+        } catch {
+            snapshot.shapingError = "\(error)"
+        }
         FileHandle.standardOutput.write(Data((json ? snapshot.json() : snapshot.report()).utf8))
     }
 }

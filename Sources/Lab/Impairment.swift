@@ -73,11 +73,14 @@ public struct ImpairmentChange: Codable, Equatable, Sendable {
     public var rateMbit: Double?
     /// true: blackhole; false: restore (lift the cut, keep the other settings).
     public var cut: Bool?
+    /// The rate limiter's buffer, in ms of transmission at its rate (a modem's deep FIFO: hundreds of ms).
+    public var queueLimitMs: Double?
     /// Start from a clean link before applying the other fields.
     public var clear: Bool = false
 
     public init(delayMs: Double? = nil, jitterMs: Double? = nil, lossPercent: Double? = nil,
-                rateMbit: Double? = nil, cut: Bool? = nil, clear: Bool = false) {
+                rateMbit: Double? = nil, cut: Bool? = nil, clear: Bool = false, queueLimitMs: Double? = nil) {
+        self.queueLimitMs = queueLimitMs
         self.delayMs = delayMs
         self.jitterMs = jitterMs
         self.lossPercent = lossPercent
@@ -97,6 +100,7 @@ public struct ImpairmentChange: Codable, Equatable, Sendable {
         try check(delayMs, "delay", 0...Impairment.maxDelayMs, "ms")
         try check(jitterMs, "jitter", 0...Impairment.maxJitterMs, "ms")
         try check(lossPercent, "loss", 0...100, "%")
+        try check(queueLimitMs, "queue", 1...Impairment.maxDelayMs, "ms")
         if let rateMbit, rateMbit != 0 {
             try check(rateMbit, "rate", Impairment.minRateMbit...Impairment.maxRateMbit, "Mbit/s (0 removes the limit)")
         } else if let rateMbit, !rateMbit.isFinite {
@@ -112,6 +116,7 @@ public struct ImpairmentChange: Codable, Equatable, Sendable {
         if let lossPercent { next.lossPercent = lossPercent }
         if let rateMbit { next.rateMbit = rateMbit == 0 ? nil : rateMbit }
         if let cut { next.cut = cut }
+        if let queueLimitMs { next.queueLimitMs = queueLimitMs }
         return next
     }
 

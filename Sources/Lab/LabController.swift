@@ -86,11 +86,13 @@ public struct LabController: Sendable {
     /// Builds the lab, starts the WAN emulator daemon (or uses netem) and, with `routers`, the routers.
     /// `extraRouterArguments` are appended to every router's command line (tests: `--metrics-listen`,
     /// `--debug`); the default lab passes none.
+    /// `shaping`: per ISP label, every site's `--uplink ...,shape=` for it (tests: shaped vs unshaped uplinks).
     @discardableResult
     public func up(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
                    unplugged: [UplinkID] = [], hub: String? = nil, detecting: [String] = [],
                    routers: Bool = LabController.routersByDefault,
-                   emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = []) throws -> LabState {
+                   emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = [],
+                   shaping: [String: String] = [:]) throws -> LabState {
         try Self.requireRoot()
         let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks, wan: wan, nat: nat,
                                     unplugged: unplugged, hub: hub, detecting: detecting)
@@ -125,7 +127,7 @@ public struct LabController: Sendable {
                 try Subprocess.check([executable, "mesh-key", "generate", "--output", meshKey])
                 for site in plan.sites {
                     let argv = plan.routerArguments(site: site.name, executable: executable, stateDirectory: directory,
-                                                    meshKey: meshKey) + extraRouterArguments
+                                                    meshKey: meshKey, shaping: shaping) + extraRouterArguments
                     let router = try startRouter(argv, in: topology.router(site.name), log: "\(directory)/\(site.name).log")
                     started.append(router)
                     state.routers[site.name] = RecordedProcess(pid: router.pid, role: "router \(site.name)")
@@ -272,7 +274,7 @@ public struct LabController: Sendable {
         try Self.requireRoot()
         try change.validate()
         guard !change.isEmpty else {
-            throw LabError.invalidArgument("nothing to change: give --delay, --jitter, --loss, --rate, --cut, --restore or --clear")
+            throw LabError.invalidArgument("nothing to change: give --delay, --jitter, --loss, --rate, --queue, --cut, --restore or --clear")
         }
         var state = try read()
         let resolved = try state.plan.uplink(site: site, named: uplink)

@@ -244,13 +244,16 @@ public struct LabPlan: Codable, Equatable, Sendable {
     /// The command line that runs the real router for `site` inside its namespace (the hook `lab up`
     /// uses once `patronus-router run` works). Its WireGuard interfaces are named after the site
     /// (`wg-hq`...), because wireguard-go's UAPI sockets in /var/run/wireguard are shared by all namespaces.
+    /// `shaping`: per ISP label, the `shape=` option of that uplink (`auto`, `off`, a rate); none: the default.
     public func routerArguments(site name: String, executable: String, stateDirectory: String,
-                                meshKey: String? = nil) -> [String] {
+                                meshKey: String? = nil, shaping: [String: String] = [:]) -> [String] {
         guard let site = site(named: name) else { return [] }
         var argv = [executable, "run", "--site-name", site.name, "--database", "\(stateDirectory)/\(site.name).db",
                     "--interface", tunnelPrefix(site: site.name)]
         if detecting?.contains(site.name) != true {
-            for uplink in uplinks(of: site.name) { argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)"] }
+            for uplink in uplinks(of: site.name) {
+                argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)" + (shaping[uplink.isp].map { ",shape=\($0)" } ?? "")]
+            }
         }
         argv += ["--lan", site.lanPrefix]
         for peer in discoveryPeers(of: site.name) { argv += ["--peer", peer] }

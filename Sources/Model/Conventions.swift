@@ -94,6 +94,38 @@ public enum Conventions {
     /// Linux's main routing table.
     public static let mainTable: UInt32 = 254
 
+    // MARK: Shaping (docs/SHAPING.md)
+
+    /// The htb qdisc we put at the root of every shaped tunnel interface: handle `62:`. Its classes:
+    /// `62:1` (the whole rate), under it one leaf per band (`ShapingBand.classMinor`), each with a bfifo
+    /// whose handle major is `shaperLeafMajorBase + minor` (`6210:`, `6220:`, `6230:`).
+    public static let shaperMajor: UInt16 = 0x62
+    public static let shaperRootClassMinor: UInt16 = 0x1
+    public static let shaperLeafMajorBase: UInt16 = 0x6200
+    /// `meta priority` = `shaperMajor:0` (the qdisc's own handle): htb sends the packet unshaped from its
+    /// direct queue. Our bandwidth trains take it, so a test measures the path, not our own shaper.
+    public static var shaperDirectPriority: UInt32 { UInt32(shaperMajor) << 16 }
+    /// The `meta priority` that puts a packet into `band`'s htb class.
+    public static func shaperPriority(_ band: ShapingBand) -> UInt32 { UInt32(shaperMajor) << 16 | UInt32(band.classMinor) }
+
+    /// What WireGuard adds to every inner packet on the wire, in bytes: outer IPv4 header 20, UDP 8,
+    /// WireGuard's data header 16 and authentication tag 16 (IPv6 outer: 80). The payload is also padded to a
+    /// multiple of 16 bytes (0-15, 8 on average), and the uplink's Ethernet header adds 14. The shaper counts
+    /// inner bytes, so it adds this much per packet: 60 + 8 + 14.
+    public static let wireGuardOverheadIPv4: UInt16 = 60
+    public static let wireGuardOverheadIPv6: UInt16 = 80
+    public static let wireGuardPaddingAverage: UInt16 = 8
+    public static let ethernetHeader: UInt16 = 14
+    public static var shaperOverhead: UInt16 { wireGuardOverheadIPv4 + wireGuardPaddingAverage + ethernetHeader }
+    /// Queue bounds, in milliseconds of transmission at the shaper's rate (never txqueuelen packets):
+    /// the realtime band holds little (voice is small and served first), the others enough for TCP.
+    public static let shaperRealtimeQueueMs: Double = 10
+    public static let shaperQueueMs: Double = 50
+    /// No queue holds fewer bytes than this (a few full-size packets).
+    public static let shaperMinimumQueueBytes: UInt32 = 6_000
+    /// The htb direct queue (our bandwidth trains), in packets.
+    public static let shaperDirectQueuePackets: UInt32 = 512
+
     // MARK: nftables
 
     public static let nftTable = "patronus"

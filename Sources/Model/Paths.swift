@@ -20,19 +20,40 @@ public struct SiteID: Hashable, Comparable, Sendable, Codable, CustomStringConve
 public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
     public var interface: String
     public var label: String
+    /// Egress shaping of the tunnels over this uplink (docs/SHAPING.md).
+    public var shaping: ShapingMode
 
-    public init(interface: String, label: String) {
+    public init(interface: String, label: String, shaping: ShapingMode = .auto) {
         self.interface = interface
         self.label = label
+        self.shaping = shaping
     }
 
-    /// Parses the `--uplink IFACE[=LABEL]` form; the label defaults to the interface name.
+    /// Parses the `--uplink IFACE[=LABEL][,shape=auto|off|RATE]` form; the label defaults to the interface
+    /// name, shaping to auto.
     public init?(argument: String) {
-        let parts = argument.split(separator: "=", omittingEmptySubsequences: false)
+        var fields = argument.split(separator: ",", omittingEmptySubsequences: false)
+        var shaping = ShapingMode.auto
+        if fields.count == 2 {
+            let option = fields.removeLast()
+            guard option.hasPrefix("shape="), let mode = ShapingMode(option.dropFirst("shape=".count)) else { return nil }
+            shaping = mode
+        }
+        guard fields.count == 1 else { return nil }
+        let parts = fields[0].split(separator: "=", omittingEmptySubsequences: false)
         guard (1...2).contains(parts.count), Uplink.isValidInterfaceName(parts[0]) else { return nil }
         let label = parts.count == 2 ? parts[1] : parts[0]
         guard Policy.isValidName(label) else { return nil }
-        self.init(interface: String(parts[0]), label: String(label))
+        self.init(interface: String(parts[0]), label: String(label), shaping: shaping)
+    }
+
+    private enum CodingKeys: String, CodingKey { case interface, label, shaping }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        interface = try c.decode(String.self, forKey: .interface)
+        label = try c.decode(String.self, forKey: .label)
+        shaping = try c.decodeIfPresent(ShapingMode.self, forKey: .shaping) ?? .auto
     }
 
     /// Linux interface names: 1-15 bytes, no '/', whitespace or ':'.
@@ -41,7 +62,61 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
             && name.allSatisfy { $0.isASCII && !$0.isWhitespace && $0 != "/" && $0 != ":" }
     }
 
-    public var description: String { "\(interface)=\(label)" }
+    public var description: String { "\(interface)=\(label)" + (shaping == .auto ? "" : ",shape=\(shaping)") }
+}
+
+/// How an uplink's tunnels are shaped on egress: `auto` (from the paths' measured bandwidth, adapted to
+/// the delay under load), `off`, or a fixed rate in bits per second (`shape=20M`, `shape=1.5G`, `shape=800k`).
+public enum ShapingMode: Hashable, Sendable, Codable, CustomStringConvertible {
+    case auto
+    case off
+    case fixed(bitsPerSecond: UInt64)
+
+    /// "auto", "off", or a rate: a number with an optional k, M or G suffix (bits per second), within
+    /// 64 kbit/s ... 1 Tbit/s.
+    public init?(_ text: some StringProtocol) {
+        switch text.lowercased() {
+        case "auto": self = .auto
+        case "off": self = .off
+        default:
+            var digits = Substring(text)
+            var scale = 1.0
+            switch digits.last {
+            case "k", "K": scale = 1e3
+            case "m", "M": scale = 1e6
+            case "g", "G": scale = 1e9
+            default: break
+            }
+            if scale != 1 { digits = digits.dropLast() }
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
+                  let value = Double(digits), value.isFinite else { return nil }
+            let bps = value * scale
+            guard bps >= 64_000, bps <= 1e12 else { return nil }
+            self = .fixed(bitsPerSecond: UInt64(bps))
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .auto: "auto"
+        case .off: "off"
+        case .fixed(let bps): ShapingMode.rateText(bps)
+        }
+    }
+
+    /// "20M", "1.5G", "800k": the form `--uplink ...,shape=` takes.
+    public static func rateText(_ bps: UInt64) -> String {
+        for (scale, suffix) in [(1e9, "G"), (1e6, "M"), (1e3, "k")] where Double(bps) >= scale {
+            let v = Double(bps) / scale
+            return (v == v.rounded() ? String(Int(v)) : String(format2(v))) + suffix
+        }
+        return String(bps)
+    }
+
+    private static func format2(_ v: Double) -> String {
+        let r = (v * 100).rounded() / 100
+        return r == r.rounded() ? String(Int(r)) : String(r)
+    }
 }
 
 /// Where a remote site can be reached: one of its uplinks, as it announced it.
@@ -84,9 +159,14 @@ public struct PathMetrics: Hashable, Sendable, Codable {
     /// two readings of the counters exist.
     public var throughputTxMbps: Double?
     public var throughputRxMbps: Double?
+    /// The smoothed RTT of the last few probes (RFC 6298's SRTT, 1/8 per sample), ms: reacts within a few
+    /// probe intervals, where `latencyMs` is the median of the whole window. The shaper's delay signal.
+    public var recentLatencyMs: Double?
 
     public init(latencyMs: Double, jitterMs: Double, lossPct: Double, bandwidthMbps: Double? = nil,
-                score: Double, throughputTxMbps: Double? = nil, throughputRxMbps: Double? = nil) {
+                score: Double, throughputTxMbps: Double? = nil, throughputRxMbps: Double? = nil,
+                recentLatencyMs: Double? = nil) {
+        self.recentLatencyMs = recentLatencyMs
         self.latencyMs = latencyMs
         self.jitterMs = jitterMs
         self.lossPct = lossPct

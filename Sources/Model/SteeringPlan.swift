@@ -14,14 +14,37 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     public var choices: [Choice]
     /// The uplinks whose tunnels are pinned to them (by WireGuard's socket mark).
     public var uplinks: [UplinkPin]
+    /// Egress shapers, one per shaped tunnel interface (docs/SHAPING.md). Empty: nothing shaped, and the
+    /// ruleset has no `shape` chain.
+    public var shapers: [Shaper]
 
     public init(classes: [TrafficClass] = [], paths: [SteeringPath] = [], destinations: [Destination] = [],
-                choices: [Choice] = [], uplinks: [UplinkPin] = []) {
+                choices: [Choice] = [], uplinks: [UplinkPin] = [], shapers: [Shaper] = []) {
         self.classes = classes
         self.paths = paths
         self.destinations = destinations
         self.choices = choices
         self.uplinks = uplinks
+        self.shapers = shapers
+    }
+
+    /// An htb shaper at the root of one tunnel interface: every class shares `rateBitsPerSecond`, counted
+    /// with `overhead` bytes per packet added (what the encapsulation and the uplink's framing add).
+    public struct Shaper: Hashable, Sendable, Codable, CustomStringConvertible {
+        public var interface: String
+        public var rateBitsPerSecond: UInt64
+        public var overhead: UInt16
+
+        public init(interface: String, rateBitsPerSecond: UInt64, overhead: UInt16 = Conventions.shaperOverhead) {
+            self.interface = interface
+            self.rateBitsPerSecond = rateBitsPerSecond
+            self.overhead = overhead
+        }
+
+        /// 64 kbit/s ... 1 Tbit/s: outside, a number is wrong, not a link.
+        public static let rates: ClosedRange<UInt64> = 64_000...1_000_000_000_000
+
+        public var description: String { "shaper dev \(interface) rate \(rateBitsPerSecond) bit/s overhead \(overhead)" }
     }
 
     /// One application class, from one policy.
@@ -34,19 +57,22 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         public var matches: [TrafficMatch]
         /// Keep per-class counters (cheap: nft counters on rules the class already has).
         public var counters: Bool
+        /// Which queue of a shaped tunnel the class's packets wait in.
+        public var band: ShapingBand
 
-        public init(id: UInt8, name: String, matches: [TrafficMatch], counters: Bool = true) {
+        public init(id: UInt8, name: String, matches: [TrafficMatch], counters: Bool = true, band: ShapingBand = .standard) {
             self.id = id
             self.name = name
             self.matches = matches
             self.counters = counters
+            self.band = band
         }
 
         public var ctMark: UInt32 { Conventions.classMark(id: id) }
 
         public var description: String {
             let m = matches.map(SteeringPlan.describe).joined(separator: " | ")
-            return "class \(id) \(name): \(m.isEmpty ? "nothing" : m)\(counters ? " [counters]" : "")"
+            return "class \(id) \(name): \(m.isEmpty ? "nothing" : m)\(counters ? " [counters]" : "")\(band == .standard ? "" : " [\(band)]")"
         }
     }
 
@@ -174,6 +200,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         lines += destinations.map { "  " + $0.description }
         lines += choices.map { "  " + $0.description }
         lines += uplinks.map { "  " + $0.description }
+        lines += shapers.map { "  " + $0.description }
         return lines.joined(separator: "\n")
     }
 
@@ -215,6 +242,14 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
             if !Conventions.uplinkSlots.contains(u.slot) { out.append("uplink \(u.interface): slot \(u.slot) is not in \(Conventions.uplinkSlots)") }
             if !uplinkSlots.insert(u.slot).inserted { out.append("uplink slot \(u.slot) is used twice") }
             if !Uplink.isValidInterfaceName(u.interface) { out.append("uplink \(u.slot): interface name '\(u.interface)' is invalid") }
+        }
+        var shaped = Set<String>()
+        for s in shapers {
+            if !Uplink.isValidInterfaceName(s.interface) { out.append("shaper: interface name '\(s.interface)' is invalid") }
+            if !shaped.insert(s.interface).inserted { out.append("interface \(s.interface) has two shapers") }
+            if !Shaper.rates.contains(s.rateBitsPerSecond) {
+                out.append("shaper on \(s.interface): rate \(s.rateBitsPerSecond) bit/s is not in 64 kbit/s ... 1 Tbit/s")
+            }
         }
         var sites = Set<SiteID>(), siteNames = Set<String>()
         for d in destinations {
@@ -260,6 +295,32 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         }
         return out
     }
+}
+
+/// The queue a class waits in on a shaped tunnel: realtime first (voice, our probes), then standard, then
+/// bulk. Each is an htb class under the shaper's rate; a lower band is served first whenever it has packets.
+public enum ShapingBand: String, Hashable, Sendable, Codable, CaseIterable, CustomStringConvertible {
+    case realtime, standard, bulk
+
+    /// The htb class minor (`62:10`, `62:20`, `62:30`).
+    public var classMinor: UInt16 {
+        switch self {
+        case .realtime: 0x10
+        case .standard: 0x20
+        case .bulk: 0x30
+        }
+    }
+
+    /// htb `prio`: 0 is served first.
+    public var prio: UInt32 {
+        switch self {
+        case .realtime: 0
+        case .standard: 1
+        case .bulk: 2
+        }
+    }
+
+    public var description: String { rawValue }
 }
 
 private func hex(_ v: UInt32) -> String {

@@ -82,6 +82,7 @@ public enum NFT {
     public static let verdictRegister = NFTRegister.verdict
     public static let metaMark = NFTMetaKey.mark
     public static let metaL4Proto = NFTMetaKey.l4proto
+    public static let metaPriority = NFTMetaKey.priority
     public static let metaNFProto = NFTMetaKey.nfproto
     public static let ctMark = NFTCtKey.mark
     public static let ctState = NFTCtKey.state

@@ -102,6 +102,7 @@ public struct NFTHook: Hashable, Sendable {
 
     public static let prerouting = UInt32(NF_INET_PRE_ROUTING.rawValue)
     public static let output = UInt32(NF_INET_LOCAL_OUT.rawValue)
+    public static let postrouting = UInt32(NF_INET_POST_ROUTING.rawValue)
     /// NF_IP_PRI_MANGLE: after conntrack, before the routing decision.
     public static let manglePriority: Int32 = -150
 }

@@ -103,6 +103,10 @@ extension Array where Element == UInt8 {
         guard i >= 0, i + 4 <= count else { return 0 }
         return UInt32(self[i]) | UInt32(self[i + 1]) << 8 | UInt32(self[i + 2]) << 16 | UInt32(self[i + 3]) << 24
     }
+    func readHostU64(at i: Int) -> UInt64 {
+        guard i >= 0, i + 8 <= count else { return 0 }
+        return UInt64(readHostU32(at: i)) | UInt64(readHostU32(at: i + 4)) << 32
+    }
 }
 
 extension UInt32 {
@@ -110,6 +114,11 @@ extension UInt32 {
     public var hostBytes: [UInt8] { var a: [UInt8] = []; a.appendHost(self); return a }
     /// The value's bytes in network order.
     public var bigEndianBytes: [UInt8] { var a: [UInt8] = []; a.appendBig(self); return a }
+}
+
+extension UInt64 {
+    /// The value's bytes in host (little-endian) order.
+    public var hostBytes: [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: self >> (8 * $0)) } }
 }
 
 extension ArraySlice where Element == UInt8 {

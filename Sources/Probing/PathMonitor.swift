@@ -237,7 +237,7 @@ public struct PathMonitor: Sendable {
         let score = status == .down || rtt.median == nil
             ? 0 : PathScore.score(latencyMs: latency, jitterMs: jitter, lossPct: lossPct)
         return PathMetrics(latencyMs: latency, jitterMs: jitter, lossPct: lossPct, bandwidthMbps: bandwidthMbps,
-                           score: score)
+                           score: score, recentLatencyMs: rtt.smoothed)
     }
 
     /// The path's uplink lost carrier (the kernel said so): down now (see ``PathHealth/forceDown(at:)``). The

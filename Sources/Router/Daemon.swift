@@ -213,6 +213,7 @@ public struct Daemon: Sendable {
             Task { await runtime.trainArriving(through: interface) }
         }
         let metrics = RouterMetrics()
+        let shaping = ShapingState()
         // A restart (crash, upgrade, kill -9) picks up the sites it was talking to a moment ago, so the first
         // plan rebuilds the same tunnels and steering instead of tearing them down until they announce.
         let restorable = Self.recentSites(in: store, logger: logger)
@@ -230,7 +231,10 @@ public struct Daemon: Sendable {
             HousekeepingService(controller: controller, runtime: runtime, discovery: discovery, metrics: metrics,
                                 responder: responder, bandwidthReceiver: bandwidthReceiver, steering: steering,
                                 reconciler: reconciler, readsKernelCounters: configuration.metricsListen != nil,
-                                logger: logger),
+                                shaping: shaping, logger: logger),
+            ShapingService(steering: steering, runtime: runtime, probes: probes,
+                           modes: Dictionary(configuration.uplinks.map { ($0.label, $0.shaping) }, uniquingKeysWith: { a, _ in a }),
+                           state: shaping, logger: logger),
             UplinkWatcher(monitor: monitor, settings: tunnelSettings, steering: steering,
                           discovery: discovery, driver: driver, runtime: runtime, logger: logger),
             PolicyWatcher(store: store, controller: controller, logger: logger),
@@ -406,6 +410,7 @@ struct HousekeepingService: Service {
     let reconciler: TunnelReconciler
     /// Only the metrics endpoint shows the nft counters: without it, no nft dump every 5 s.
     let readsKernelCounters: Bool
+    let shaping: ShapingState
     let logger: Logger
 
     func run() async throws {
@@ -462,6 +467,7 @@ struct HousekeepingService: Service {
                         PublicMappingSample(uplink: local.endpoint.label, mapping: $0.description, observers: local.observedBy.count)
                     }
                 }
+                sample.shapers = shaping.current
                 metrics.update(sample)
             }
         }

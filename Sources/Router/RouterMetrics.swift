@@ -1,5 +1,6 @@
 import Model
 import Prometheus
+import Steering
 import Store
 import Synchronization
 
@@ -94,6 +95,8 @@ public struct RouterSample: Sendable {
     public var drops: [DropKey: UInt64] = [:]
     /// The database writer's counts.
     public var storeWrites = StoreWriter.Statistics()
+    /// Every shaped tunnel (docs/SHAPING.md).
+    public var shapers: [ShaperSample] = []
 
     public struct DropKey: Hashable, Sendable {
         public var component: String
@@ -182,6 +185,19 @@ public final class RouterMetrics: Sendable {
                         cls.packets)
                 counter("class_bytes_total", "Bytes steered for the policy on the path (nft counter)", labels,
                         cls.bytes)
+            }
+            for shaper in sample.shapers {
+                let labels = [("path_id", "\(shaper.pathID)"), ("path", shaper.path), ("uplink", shaper.uplink),
+                              ("interface", shaper.interface)]
+                gauge("shaper_rate_bits", "Egress shaper rate of the path's tunnel (bit/s, encapsulation counted)", labels,
+                      Double(shaper.rateBitsPerSecond))
+                gauge("shaper_queue_delay_ms", "Time the packets waiting in the shaper need at its rate", labels, shaper.queueDelayMs)
+                for band in shaper.bands {
+                    let bandLabels = labels + [("band", band.band.rawValue)]
+                    gauge("shaper_backlog_bytes", "Bytes waiting in the shaper's band", bandLabels, Double(band.backlogBytes))
+                    counter("shaper_sent_bytes_total", "Bytes the shaper's band sent", bandLabels, band.sentBytes)
+                    counter("shaper_drops_total", "Packets the band's bounded queue dropped", bandLabels, UInt64(band.drops))
+                }
             }
             counter("failovers_total", "Selections moved to another path", [], sample.failovers)
             gauge("prefix_conflicts", "Announced prefixes refused: they overlap an earlier holder's", [],

@@ -101,6 +101,8 @@ actor SiteRuntime {
             bandwidth.pathRemoved(name)
         }
 
+        bindingsByName = routes.mapValues(\.binding)
+
         // Database rows: every path of the plan; paths that left are marked down (their history stays).
         writer.enqueue(registry.adopt(routes, of: plan))
         uplinkPaths.planned(registry.namesByUplink)
@@ -118,6 +120,11 @@ actor SiteRuntime {
 
     /// The routes of the last plan that steering accepted.
     private var tunnelRoutes: [TunnelRoute] = []
+    /// Every planned path's kernel binding (tunnel interface, uplink label), by prober name.
+    private var bindingsByName: [String: PathBinding] = [:]
+
+    /// Every planned path's kernel binding, by the name its prober reports under (the shaping service's view).
+    func pathBindings() -> [String: PathBinding] { bindingsByName }
 
     /// Sites restored from the database at start: their first `siteAppeared` is not news for the database
     /// (their rows are where they came from), and must not refresh `last_seen` for a site nobody heard.

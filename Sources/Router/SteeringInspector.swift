@@ -104,6 +104,19 @@ public final class SteeringInspector {
 
     // MARK: status
 
+    /// Every shaped tunnel in the namespace, from the kernel, with the path whose tunnel it is (`paths`).
+    public func shapers(paths: [StatusSnapshot.Path]) throws(InspectionError) -> [StatusSnapshot.Shaper] {
+        let installed = try ask { () throws(SteeringError) in try kernel.shapers() }
+        return installed.map { s in
+            StatusSnapshot.Shaper(interface: s.interface, pathId: paths.first { $0.wgInterface == s.interface }?.id,
+                                  qdisc: "htb", rateBps: s.rateBitsPerSecond, queueDelayMs: s.queueDelayMs,
+                                  bands: s.bands.map {
+                                      .init(band: $0.band.rawValue, sentBytes: $0.sentBytes, sentPackets: $0.sentPackets,
+                                            backlogBytes: $0.backlogBytes, queuedPackets: $0.queuedPackets, drops: $0.drops)
+                                  })
+        }
+    }
+
     /// For every active remote site and every enabled class: the path(s) the kernel sends the class by now,
     /// why, and any disagreement with the database.
     public func currentSteering() throws(InspectionError) -> [StatusSnapshot.ClassSteering] {

@@ -103,7 +103,7 @@ public enum SteeringPlanner {
                             paths: [PathBinding], selections: [SelectionKey: Selection]) -> SteeringPlan {
         let ordered = classOrder(policies).filter { classIDs[$0.name] != nil }
         let classes = ordered.map {
-            SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match])
+            SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match], band: band(of: $0))
         }
         let slotOf = Dictionary(uniqueKeysWithValues: paths.map { ($0.key, $0.slot) })
         let steeringPaths = paths.sorted { $0.slot < $1.slot }.map {
@@ -134,6 +134,17 @@ public enum SteeringPlanner {
             }
         }
         return SteeringPlan(classes: classes, paths: steeringPaths, destinations: destinations, choices: choices)
+    }
+
+    /// The queue a policy's traffic waits in on a shaped tunnel (docs/SHAPING.md): the class that asks for
+    /// the lowest latency (voice) is served first, the one that asks for the most bandwidth (bulk transfers)
+    /// last, everything else between.
+    public static func band(of policy: Policy) -> ShapingBand {
+        switch policy.strategy {
+        case .lowestLatency: .realtime
+        case .highestBandwidth: .bulk
+        default: .standard
+        }
     }
 
     /// The enabled policies in the order the kernel's `classify` chain tries their classes: priority, then

@@ -12,6 +12,7 @@ public actor KernelSteering {
     /// The last plan routing asked for (its `uplinks` are ours, not routing's).
     private var routed = SteeringPlan()
     private var pins: [SteeringPlan.UplinkPin] = []
+    private var shapers: [SteeringPlan.Shaper] = []
 
     public init(netns: String? = nil, logger: Logger) throws {
         steering = try Steering(netns: netns)
@@ -21,9 +22,39 @@ public actor KernelSteering {
     public func apply(_ plan: SteeringPlan) async throws {
         var full = plan
         full.uplinks = pins
+        full.shapers = shapers
         let changes = try steering.apply(full)
         routed = plan
         logger.debug("steering applied", metadata: ["changes": "\(changes)"])
+        logShaperProblems(changes)
+    }
+
+    /// The shapers of the tunnels (docs/SHAPING.md): installed, changed in place or removed with the rest of
+    /// the plan. A shaper that cannot be installed is logged and its tunnel stays unshaped; routing goes on.
+    @discardableResult
+    public func setShapers(_ wanted: [SteeringPlan.Shaper]) throws -> SteeringChanges {
+        guard wanted != shapers else { return SteeringChanges() }
+        shapers = wanted
+        var full = routed
+        full.uplinks = pins
+        full.shapers = shapers
+        let changes = try steering.apply(full)
+        logShaperProblems(changes)
+        return changes
+    }
+
+    private var reportedShaperProblems: [String] = []
+
+    /// Once per distinct set of problems, not on every rate change.
+    private func logShaperProblems(_ changes: SteeringChanges) {
+        guard changes.shaperProblems != reportedShaperProblems else { return }
+        reportedShaperProblems = changes.shaperProblems
+        for problem in changes.shaperProblems { logger.error("shaping: \(problem)") }
+    }
+
+    /// Every installed shaper's rate, queues and drops, for the shaping service, status and metrics.
+    public func shaperStatistics() throws(SteeringError) -> [ShaperStatistics] {
+        try steering.shaperStatistics()
     }
 
     /// Pins the tunnels of each uplink (by position: slot 1, 2, ...) to it: WireGuard's packets with the
@@ -37,6 +68,7 @@ public actor KernelSteering {
         }
         var full = routed
         full.uplinks = pins
+        full.shapers = shapers
         let changes = try steering.apply(full, rereadUplinks: true)
         logger.debug("uplinks pinned", metadata: ["changes": "\(changes)"])
     }

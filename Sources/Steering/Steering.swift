@@ -31,6 +31,8 @@ public final class Steering {
     /// committed batch bumps the generation by one, so any other difference is somebody else's commit.
     private var checkedGeneration: UInt32?
     private var commitsSinceCheck: UInt32 = 0
+    /// The htb shapers of the plan's tunnels (docs/SHAPING.md).
+    private let shaping: ShaperInstaller
 
     /// Opens netlink sockets in the current namespace (nil) or in /var/run/netns/NAME.
     public convenience init(netns: String? = nil) throws(SteeringError) {
@@ -42,6 +44,7 @@ public final class Steering {
     public init(nftables: NFTablesClient, routing: RouteNetlinkClient) {
         self.nftables = nftables
         self.routing = routing
+        shaping = ShaperInstaller(routing: routing)
     }
 
     /// The plan last applied successfully.
@@ -52,15 +55,25 @@ public final class Steering {
     /// read them again for the uplink tables. They are read anyway when the plan's uplinks change.
     @discardableResult
     public func apply(_ plan: SteeringPlan, rereadUplinks: Bool = false) throws(SteeringError) -> SteeringChanges {
+        // Only shaper rates (or which tunnels are shaped) changed: rtnetlink only, nothing for nf_tables.
+        // (Not while routes wait for their interface: every apply retries those.)
+        if !rereadUplinks, let lastPlan, lastPlan.shapers != plan.shapers, !routesWaiting,
+           Self.withoutShapers(lastPlan) == Self.withoutShapers(plan) {
+            var changes = SteeringChanges()
+            shaping.converge(plan.shapers, changes: &changes)
+            self.lastPlan = plan
+            return changes
+        }
         if rereadUplinks || uplinkRoutesRead != plan.uplinks {
             uplinkRoutes = try readUplinkRoutes(plan.uplinks)
             uplinkRoutesRead = plan.uplinks
         }
         let ruleset = try compile(plan)
         do {
-            let changes = try converge(to: ruleset)
+            var changes = try converge(to: ruleset)
             lastPlan = plan
             lastRuleset = ruleset
+            shaping.converge(plan.shapers, changes: &changes)
             return changes
         } catch let first {
             if case .invalidPlan = first { throw first }
@@ -68,17 +81,32 @@ public final class Steering {
             // The kernel state may have changed behind our back: read it again and retry once.
             installed = nil
             interfaceIndex = [:]
-            let changes = try converge(to: ruleset)
+            var changes = try converge(to: ruleset)
             lastPlan = plan
             lastRuleset = ruleset
+            shaping.converge(plan.shapers, changes: &changes)
             return changes
         }
+    }
+
+    /// The plan as nf_tables sees it: the `shape` chain exists while anything is shaped; rates and
+    /// interfaces of the shapers are rtnetlink's business only.
+    private static func withoutShapers(_ plan: SteeringPlan) -> SteeringPlan {
+        var p = plan
+        p.shapers = plan.shapers.isEmpty ? [] : [SteeringPlan.Shaper(interface: "-", rateBitsPerSecond: 0)]
+        return p
+    }
+
+    /// Every installed shaper's rate and, per band, bytes sent, bytes waiting and drops (one class dump per
+    /// shaped interface), for status and metrics.
+    public func shaperStatistics() throws(SteeringError) -> [ShaperStatistics] {
+        try kernel { () throws(NetlinkError) in try shaping.statistics() }
     }
 
     /// Compiles with the structure (classes, paths, destinations) cached: a re-steer only rebuilds choices.
     private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
         let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations,
-                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes)
+                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes, shaped: !plan.shapers.isEmpty)
         if plan == lastPlan, key == structureKey, let lastRuleset { return lastRuleset }
         if key != structureKey || structure == nil {
             structure = try SteeringCompiler.compileStructure(plan, uplinkRoutes: uplinkRoutes)
@@ -95,6 +123,7 @@ public final class Steering {
         var destinations: [SteeringPlan.Destination]
         var uplinks: [SteeringPlan.UplinkPin]
         var uplinkRoutes: UplinkRoutes
+        var shaped: Bool
     }
 
     /// The main table's routes out of each pinned uplink that exists now.
@@ -135,6 +164,14 @@ public final class Steering {
     /// had drifted (or no plan is applied yet).
     public func repairDrift(routesTouched: Bool = false) throws(SteeringError) -> SteeringChanges? {
         guard let lastRuleset else { return nil }
+        var shaperRepair: SteeringChanges?
+        let brokenShapers = try kernel { () throws(NetlinkError) in try shaping.drifted() }
+        if !brokenShapers.isEmpty {
+            var c = SteeringChanges()
+            shaping.repair(brokenShapers.keys.sorted(), changes: &c)
+            c.shaperDrift = brokenShapers.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.joined(separator: ", "))" }
+            shaperRepair = c
+        }
         let generation = try kernel { () throws(NetlinkError) in try nftables.generation() }
         var drifted = checkedGeneration.map { generation != $0 &+ commitsSinceCheck } ?? true
         // From here on, only our own commits (the repair's) move the generation.
@@ -144,8 +181,13 @@ public final class Steering {
             let rules = try kernel { () throws(NetlinkError) in try routing.rules().filter(SteeringNames.isOurs) }
             drifted = Set(rules) != Set(lastRuleset.ipRules)
         }
-        guard drifted || routesTouched else { return nil }
-        let changes = try reconcile()
+        guard drifted || routesTouched else { return shaperRepair }
+        var changes = try reconcile()
+        if let shaperRepair {
+            changes.shapersInstalled += shaperRepair.shapersInstalled
+            changes.shaperProblems += shaperRepair.shaperProblems
+            changes.shaperDrift = shaperRepair.shaperDrift
+        }
         return changes.isEmpty ? nil : changes
     }
 
@@ -155,6 +197,7 @@ public final class Steering {
         installed = nil
         let state = try currentState()
         var c = SteeringChanges()
+        shaping.removeAll(changes: &c)
         installed = nil
         if state.tableExists {
             try kernel { () throws(NetlinkError) in
@@ -208,7 +251,11 @@ public final class Steering {
         } catch { throw .kernel(error) }
     }
 
+    /// The last converge left routes out because their interface did not exist yet.
+    private var routesWaiting = false
+
     private func converge(to ruleset: SteeringRuleset) throws(SteeringError) -> SteeringChanges {
+        routesWaiting = true // until this converge completes
         let state = try currentState()
         let diff = SteeringDiff(installed: state, desired: ruleset)
         // Until this converge completes, what is installed is unknown: a failure makes the next call re-read.
@@ -233,6 +280,7 @@ public final class Steering {
         if !diff.batch.isEmpty { commitsSinceCheck &+= 1 }
         for r in diff.changes.ipRulesDeleted { try deleteRule(r) }
         for r in diff.changes.routesDeleted { try deleteRoute(r) }
+        routesWaiting = !changes.routesSkipped.isEmpty
         if !changes.routesSkipped.isEmpty {
             var known = Self.afterApply(ruleset)
             known.routes.removeAll { changes.routesSkipped.contains($0) }

@@ -187,11 +187,60 @@ public enum SteeringCompiler {
             rules[name] = name == SteeringNames.outputChain ? [pinned] + steer : steer
         }
 
+        if !plan.shapers.isEmpty {
+            chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeChain,
+                                   hook: NFTHook(hook: NFTHook.postrouting, priority: NFTHook.manglePriority, type: "filter"),
+                                   userdata: NFTUserdata.comment("shaped tunnels: class -> htb band (meta priority)")))
+            rules[SteeringNames.shapeChain] = shapeRules(plan)
+        }
+
         let (ipRules, routes) = policyRouting(plan, uplinkRoutes: uplinkRoutes)
         return SteeringRuleset(
             table: NFTTable(family: family, name: table,
                             userdata: NFTUserdata.comment("patronus-router steering; managed, do not edit")),
             chains: chains, rules: rules, staticSets: staticSets, maps: maps, ipRules: ipRules, routes: routes)
+    }
+
+    /// The `shape` chain (postrouting: forwarding rewrites `meta priority` from the TOS before the forward
+    /// hook, so only a late hook can set it): for packets bound to a tunnel (path bits in the mark), the htb
+    /// class of the shaped tunnel they leave by. Our bandwidth trains take htb's direct queue (unshaped, so
+    /// a test measures the path, not our shaper); our probes and their replies, and every class in the
+    /// realtime band, take the realtime class; bulk classes the bulk class; the rest stays unset and htb
+    /// puts it in its default (standard) class. Packets that leave by an unshaped interface carry the
+    /// priority harmlessly (its low 4 bits, what pfifo_fast reads, are 0).
+    static func shapeRules(_ plan: SteeringPlan) -> [NFTRule] {
+        let chain = SteeringNames.shapeChain
+        func setPriority(_ value: UInt32) -> [NFTExpression] {
+            [.immediate(dreg: NFT.reg1, data: .value(value.hostBytes)),
+             .metaSet(key: NFT.metaPriority, sreg: NFT.reg1),
+             .immediate(dreg: NFT.verdictRegister, data: .verdict(.return))]
+        }
+        func udpPort(_ offset: UInt32, _ port: UInt16) -> [NFTExpression] {
+            [.meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
+             .cmp(sreg: NFT.reg1, op: NFT.eq, data: [TransportProtocol.udp.number]),
+             .payload(base: NFT.transportHeader, offset: offset, length: 2, dreg: NFT.reg1),
+             .cmp(sreg: NFT.reg1, op: NFT.eq, data: [UInt8(port >> 8), UInt8(port & 0xff)])]
+        }
+        var out = [
+            rule(chain, [
+                .meta(key: NFT.metaMark, dreg: NFT.reg1),
+                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: pathMask.hostBytes, xor: [0, 0, 0, 0]),
+                .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
+            ], comment: "not for a tunnel"),
+            rule(chain, udpPort(2, Conventions.bandwidthPort) + setPriority(Conventions.shaperDirectPriority),
+                 comment: "bandwidth trains: unshaped"),
+            rule(chain, udpPort(2, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
+                 comment: "probes: realtime"),
+            rule(chain, udpPort(0, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
+                 comment: "probe replies: realtime"),
+        ]
+        for c in plan.classes where c.band != .standard {
+            out.append(rule(chain, classBits + [.cmp(sreg: NFT.reg1, op: NFT.eq, data: c.ctMark.hostBytes)]
+                                + setPriority(Conventions.shaperPriority(c.band)),
+                            comment: "class \(c.name): \(c.band)"))
+        }
+        return out
     }
 
     /// The ip rules and routes of a plan (`Conventions`, "ip rules"). Uplink pinning first; then every

@@ -21,6 +21,14 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
     public var routesSkipped: [SteeringRuleset.Route] = []
     /// nf_tables messages in the one batch (0 when nothing changed).
     public var batchMessages = 0
+    /// Shapers (by interface) installed, removed, or changed in place (a new rate).
+    public var shapersInstalled: [String] = []
+    public var shapersRemoved: [String] = []
+    public var shaperRatesChanged: [String] = []
+    /// Shapers that could not be installed or changed: their interfaces stay unshaped (routing goes on).
+    public var shaperProblems: [String] = []
+    /// What a drift check found changed or missing in our shapers (they were then put back).
+    public var shaperDrift: [String] = []
 
     public init() {}
 
@@ -48,6 +56,11 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
         if elementsAdded + elementsDeleted > 0 { parts.append("elements +\(elementsAdded) -\(elementsDeleted)") }
         if !ipRulesAdded.isEmpty || !ipRulesDeleted.isEmpty { parts.append("ip rules +\(ipRulesAdded.count) -\(ipRulesDeleted.count)") }
         if !routesAdded.isEmpty || !routesDeleted.isEmpty { parts.append("routes +\(routesAdded.count) -\(routesDeleted.count)") }
+        if !shapersInstalled.isEmpty { parts.append("shapers installed: \(shapersInstalled.joined(separator: ","))") }
+        if !shapersRemoved.isEmpty { parts.append("shapers removed: \(shapersRemoved.joined(separator: ","))") }
+        if !shaperRatesChanged.isEmpty { parts.append("shaper rates changed: \(shaperRatesChanged.joined(separator: ","))") }
+        if !shaperDrift.isEmpty { parts.append("shapers found changed: \(shaperDrift.joined(separator: "; "))") }
+        if !shaperProblems.isEmpty { parts.append("shaper problems: \(shaperProblems.joined(separator: "; "))") }
         if !routesSkipped.isEmpty { parts.append("routes waiting for interfaces: \(Set(routesSkipped.map(\.interface)).sorted().joined(separator: ","))") }
         return parts.joined(separator: "; ")
     }

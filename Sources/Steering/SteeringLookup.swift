@@ -16,6 +16,29 @@ public final class SteeringLookup {
         } catch { throw .kernel(error) }
     }
 
+    /// The shapers installed in this namespace (our htb `62:` at the root of an interface), with their rate
+    /// (class `62:1`) and per-band statistics: one qdisc dump, one class dump per shaped interface. Read-only.
+    public func shapers() throws(SteeringError) -> [ShaperStatistics] {
+        try kernel { () throws(NetlinkError) in
+            let names = Dictionary(try routing.links().map { ($0.index, $0.name) }, uniquingKeysWith: { a, _ in a })
+            var out: [ShaperStatistics] = []
+            for root in try routing.qdiscs() where root.parent == .root && root.handle == ShaperLayout.rootHandle && root.kind == "htb" {
+                let classes = try routing.classes(interface: root.interfaceIndex)
+                let rate = classes.first { $0.handle == ShaperLayout.rootClass }?.rateBytesPerSecond ?? 0
+                var bands: [ShaperStatistics.Band] = []
+                for c in classes {
+                    guard let band = ShaperLayout.band(ofClass: c.handle) else { continue }
+                    bands.append(.init(band: band, sentBytes: c.statistics.bytes, sentPackets: c.statistics.packets,
+                                       backlogBytes: c.statistics.backlog, queuedPackets: c.statistics.queueLength,
+                                       drops: c.statistics.drops))
+                }
+                out.append(ShaperStatistics(interface: names[root.interfaceIndex] ?? "#\(root.interfaceIndex)",
+                                            rateBitsPerSecond: rate * 8, bands: bands.sorted { $0.band.prio < $1.band.prio }))
+            }
+            return out.sorted { $0.interface < $1.interface }
+        }
+    }
+
     public func installed() throws(SteeringError) -> InstalledSteering {
         try kernel { () throws(NetlinkError) in try InstalledSteering.read(nftables) }
     }

@@ -61,6 +61,8 @@ public enum SteeringNames {
     public static let classifyReplyChain = "classify_reply"
     public static let preroutingChain = "prerouting"
     public static let outputChain = "output"
+    /// Postrouting, only while something is shaped: sets `meta priority` to the htb class (docs/SHAPING.md).
+    public static let shapeChain = "shape"
     /// Seed of the load-balancing flow hash: fixed, so a re-created chain hashes flows the same way.
     public static let hashSeed: UInt32 = 0x7061_7472
 

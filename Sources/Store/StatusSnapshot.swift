@@ -84,6 +84,53 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var steeringDisagreements: Int? = nil
     /// Why the kernel's steering could not be read (no table in this namespace, no permission).
     public var steeringError: String? = nil
+    /// Every shaped tunnel of this namespace, read from the kernel (docs/SHAPING.md); nil when not read.
+    public var shaping: [Shaper]? = nil
+    /// Why the shapers could not be read.
+    public var shapingError: String? = nil
+
+    /// One tunnel's egress shaper as the kernel holds it.
+    public struct Shaper: Codable, Hashable, Sendable {
+        public var interface: String
+        /// The path whose tunnel this is (by `paths.wg_interface`), when the database knows it.
+        public var pathId: Int64?
+        /// The queueing discipline in use: "htb" (this kernel has neither cake nor fq_codel).
+        public var qdisc: String
+        /// The shaper's rate, bits per second, encapsulation overhead counted.
+        public var rateBps: UInt64
+        /// Time the packets waiting in all bands need at that rate.
+        public var queueDelayMs: Double
+        public var bands: [Band]
+
+        public struct Band: Codable, Hashable, Sendable {
+            /// realtime, standard or bulk.
+            public var band: String
+            public var sentBytes: UInt64
+            public var sentPackets: UInt64
+            public var backlogBytes: UInt32
+            public var queuedPackets: UInt32
+            public var drops: UInt32
+
+            public init(band: String, sentBytes: UInt64, sentPackets: UInt64, backlogBytes: UInt32, queuedPackets: UInt32,
+                        drops: UInt32) {
+                self.band = band
+                self.sentBytes = sentBytes
+                self.sentPackets = sentPackets
+                self.backlogBytes = backlogBytes
+                self.queuedPackets = queuedPackets
+                self.drops = drops
+            }
+        }
+
+        public init(interface: String, pathId: Int64?, qdisc: String, rateBps: UInt64, queueDelayMs: Double, bands: [Band]) {
+            self.interface = interface
+            self.pathId = pathId
+            self.qdisc = qdisc
+            self.rateBps = rateBps
+            self.queueDelayMs = queueDelayMs
+            self.bands = bands
+        }
+    }
 
     public struct CertificateSummary: Codable, Hashable, Sendable {
         public var serial: String
@@ -159,6 +206,15 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
             }
         }
         lines += steeringReport()
+        if let shaping, !shaping.isEmpty {
+            lines.append("")
+            lines.append("Shaping (egress, htb; docs/SHAPING.md):")
+            for s in shaping {
+                let drops = s.bands.map { "\($0.band) \($0.drops)" }.joined(separator: ", ")
+                lines.append("  \(s.interface)\(s.pathId.map { " (path \($0))" } ?? ""): \(Self.formatNumber(Double(s.rateBps) / 1e6)) Mbit/s, "
+                             + "queue \(Self.formatNumber(s.queueDelayMs)) ms, drops \(drops)")
+            }
+        }
         lines.append(rule)
         return lines.joined(separator: "\n") + "\n"
     }

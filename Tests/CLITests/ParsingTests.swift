@@ -73,6 +73,17 @@ import Router
         #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
     }
 
+    @Test func uplinkShaping() throws {
+        let configuration = try parseRun([
+            "--site-name", "hq", "--uplink", "eth0=isp-a,shape=off", "--uplink", "wwan0=lte,shape=20M",
+            "--uplink", "eth2,shape=1.5G", "--uplink", "eth3=dsl,shape=auto", "--uplink", "eth4=sat,shape=800k",
+        ]).routerConfiguration
+        #expect(configuration.uplinks.map(\.shaping) == [.off, .fixed(bitsPerSecond: 20_000_000), .fixed(bitsPerSecond: 1_500_000_000),
+                                                        .auto, .fixed(bitsPerSecond: 800_000)])
+        #expect(configuration.uplinks.map(\.description) == ["eth0=isp-a,shape=off", "wwan0=lte,shape=20M", "eth2=eth2,shape=1.5G",
+                                                            "eth3=dsl", "eth4=sat,shape=800k"])
+    }
+
     @Test func everyBadFlagIsOneClearLine() throws {
         let cases: [([String], String)] = [
             (["run"], "--site-name"),
@@ -87,6 +98,10 @@ import Router
             (["run", "--site-name", "hq", "--uplink", "eth0=a b"], "--uplink"),
             (["run", "--site-name", "hq", "--uplink", "eth0", "--uplink", "eth0=x"], "twice"),
             (["run", "--site-name", "hq", "--uplink", "wg-sdwan0"], "own tunnels"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=fast"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=10"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=2000G"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,speed=20M"], "shape=auto|off|RATE"),
             (["run", "--site-name", "hq", "--lan", "10.99.3.0/24"], "overlay pool"),
             (["run", "--site-name", "hq", "--lan", "192.168.1.1/24"], "--lan"),
             (["run", "--site-name", "hq", "--lan", "192.168.0.0/16", "--lan", "192.168.1.0/24"], "overlaps"),

@@ -18,6 +18,8 @@
 #include <linux/fib_rules.h>
 #include <linux/if_link.h>
 #include <linux/if_addr.h>
+#include <linux/pkt_sched.h>
+#include <linux/gen_stats.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nf_tables.h>

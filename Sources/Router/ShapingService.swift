@@ -1,0 +1,141 @@
+import Logging
+import Model
+import Probing
+import Routing
+import ServiceLifecycle
+import Steering
+import Synchronization
+
+/// One shaped path as metrics show it.
+public struct ShaperSample: Hashable, Sendable {
+    public var pathID: Int64
+    public var path: String
+    public var uplink: String
+    public var interface: String
+    /// "auto" or the fixed rate ("20M").
+    public var mode: String
+    public var rateBitsPerSecond: UInt64
+    public var queueDelayMs: Double
+    public var bands: [ShaperStatistics.Band]
+}
+
+/// The shaping service's latest view, shared with the metrics sample (read every 5 s).
+public final class ShapingState: Sendable {
+    private let samples = Mutex<[ShaperSample]>([])
+    public init() {}
+    public var current: [ShaperSample] { samples.withLock { $0 } }
+    func set(_ value: [ShaperSample]) { samples.withLock { $0 = value } }
+}
+
+/// Egress shaping of every tunnel (docs/SHAPING.md): every `interval`, for each path whose uplink is shaped,
+/// the rate comes from `--uplink ...,shape=RATE`, or (auto) from a `ShaperRateController` fed with the
+/// path's bandwidth estimate, its probes' recent RTT and what the shaper sent; `KernelSteering` installs
+/// the shapers and changes their rates in place. A path without a bandwidth estimate yet stays unshaped
+/// (logged once), as does one whose shaper cannot be installed: routing never waits for shaping.
+struct ShapingService: Service {
+    let steering: KernelSteering
+    let runtime: SiteRuntime
+    let probes: PathProbeSet
+    /// By uplink label; labels not listed are `auto`.
+    let modes: [String: ShapingMode]
+    let state: ShapingState
+    let logger: Logger
+    static let interval = Duration.milliseconds(200)
+
+    func run() async throws {
+        try await untilShutdown {
+            var loop = ShapingLoop(modes: modes)
+            let start = ContinuousClock.now
+            while !Task.isCancelled {
+                try await Task.sleep(for: Self.interval)
+                let elapsed = ContinuousClock.now - start
+                let now = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                let statistics = (try? await steering.shaperStatistics()) ?? []
+                let step = loop.step(now: now, bindings: await runtime.pathBindings(), snapshot: probes.snapshot(),
+                                     statistics: statistics)
+                for line in step.log { logger.notice("shaping: \(line)") }
+                for line in step.decisions { logger.debug("shaping: \(line)") }
+                do { try await steering.setShapers(step.shapers) } catch {
+                    logger.error("shaping: applying the shapers failed, tunnels stay as they were: \(error)")
+                }
+                state.set(step.samples)
+            }
+        }
+    }
+}
+
+/// The shaping service's decisions, without I/O: which tunnels get which rate, from the bindings, the
+/// probers' snapshot and the shapers' statistics. Unit-tested.
+struct ShapingLoop {
+    let modes: [String: ShapingMode]
+    private var controllers: [String: ShaperRateController] = [:]
+    private var lastSent: [String: (bytes: UInt64, at: Double)] = [:]
+    private var lastReplies: [String: UInt64] = [:]
+    private var waiting: Set<String> = []
+
+    init(modes: [String: ShapingMode]) { self.modes = modes }
+
+    struct Step {
+        var shapers: [SteeringPlan.Shaper] = []
+        var samples: [ShaperSample] = []
+        var log: [String] = []
+        /// Rate changes (debug level: under load they come every second or so).
+        var decisions: [String] = []
+    }
+
+    mutating func step(now: Double, bindings: [String: PathBinding], snapshot: [String: PathProbeSet.Snapshot],
+                       statistics: [ShaperStatistics]) -> Step {
+        var out = Step()
+        let stats = Dictionary(statistics.map { ($0.interface, $0) }, uniquingKeysWith: { a, _ in a })
+        for (name, binding) in bindings.sorted(by: { $0.key < $1.key }) {
+            let mode = modes[binding.key.localLabel] ?? .auto
+            let rate: UInt64
+            switch mode {
+            case .off:
+                controllers[name] = nil
+                continue
+            case .fixed(let bps):
+                rate = bps
+            case .auto:
+                guard let mbps = snapshot[name]?.metrics.bandwidthMbps, mbps > 0 else {
+                    if waiting.insert(name).inserted {
+                        out.log.append("path \(binding.id) (\(name)) stays unshaped until its bandwidth is measured")
+                    }
+                    continue
+                }
+                let estimate = UInt64(mbps * 1e6)
+                if waiting.remove(name) != nil || controllers[name] == nil {
+                    controllers[name] = ShaperRateController(estimate: estimate)
+                    out.log.append("path \(binding.id) (\(name)) shaped from its measured \(ShapingMode.rateText(estimate))bit/s: starting at \(ShapingMode.rateText(controllers[name]!.rate))bit/s")
+                }
+                controllers[name]!.updateEstimate(estimate)
+                // What the shaper sent since the last step, and whether a probe reply came meanwhile.
+                let sentBytes = stats[binding.interface]?.sentBytes
+                var sentBps = 0.0
+                if let sentBytes, let last = lastSent[name], now > last.at, sentBytes >= last.bytes {
+                    sentBps = Double(sentBytes - last.bytes) * 8 / (now - last.at)
+                }
+                if let sentBytes { lastSent[name] = (sentBytes, now) }
+                let replies = snapshot[name]?.counters.repliesOnTime ?? 0
+                let answered = replies > (lastReplies[name] ?? 0)
+                lastReplies[name] = replies
+                let rtt = answered ? snapshot[name]?.metrics.recentLatencyMs : nil
+                let decision = controllers[name]!.observe(now: now, rttMs: rtt, sentBitsPerSecond: sentBps)
+                if decision != .hold { out.decisions.append("path \(binding.id) (\(name)): \(decision)") }
+                rate = controllers[name]!.rate
+            }
+            out.shapers.append(SteeringPlan.Shaper(interface: binding.interface, rateBitsPerSecond: rate))
+            let s = stats[binding.interface]
+            out.samples.append(ShaperSample(pathID: binding.id, path: name, uplink: binding.key.localLabel,
+                                            interface: binding.interface, mode: "\(mode)",
+                                            rateBitsPerSecond: rate, queueDelayMs: s?.queueDelayMs ?? 0,
+                                            bands: s?.bands ?? []))
+        }
+        for name in controllers.keys where bindings[name] == nil {
+            controllers[name] = nil
+            lastSent[name] = nil
+            lastReplies[name] = nil
+        }
+        return out
+    }
+}

@@ -1,0 +1,126 @@
+/// The rate of one path's egress shaper, adapted from our own measurements (docs/SHAPING.md). Pure: the
+/// daemon feeds it one observation at a time and applies the rate it returns; no clock or I/O inside.
+///
+/// - It starts just below the path's measured bandwidth (`startFraction` of the estimate).
+/// - It acts only while the path is busy (we sent at least `busyFraction` of the current rate since the
+///   last observation). On an idle or silent link it does nothing at all: no rate is lowered for lack of
+///   traffic or of probe replies (cake-autorate #23, sqm-autorate #119 collapse to the minimum there).
+/// - Busy, with the probes' RTT (they ride the realtime band, so they see the queue outside us, in the
+///   modem) more than `raiseDelayMs` above its idle baseline in each of the last `sustainSamples` samples: the bottleneck is below our rate, lower it
+///   at once by `decreaseFactor` and then at most every `decreaseHoldoff` (the change needs about one queue
+///   drain to show).
+/// - Busy and clean (RTT within `cleanDelayMs` of the baseline): raise by `increaseFactor`, at most every
+///   `increaseInterval`, up to `ceilingFraction` of the estimate (95 %: a faster link shows in the next
+///   bandwidth test, whose trains bypass the shaper; at 100 % wireguard-go's send batches queued in the lab's
+///   modem and the rate kept going down and up around it).
+/// - Never below the floor: `floorFraction` of the estimate, and never under `minimumFloor`.
+/// - The baseline is the lowest RTT seen; while the path is not busy it also follows a higher RTT slowly
+///   (`baselineFollow` per sample), so a route change that lengthens the path is not read as a queue.
+public struct ShaperRateController: Sendable, Equatable {
+    public struct Configuration: Sendable, Equatable {
+        public var startFraction = 0.9
+        public var floorFraction = 0.25
+        public var minimumFloor: UInt64 = 256_000
+        public var ceilingFraction = 0.95
+        public var busyFraction = 0.7
+        public var raiseDelayMs = 8.0
+        public var cleanDelayMs = 3.0
+        public var decreaseFactor = 0.85
+        public var decreaseHoldoff = 0.5
+        public var increaseFactor = 1.04
+        public var increaseInterval = 1.0
+        public var baselineFollow = 0.02
+        /// The delay is judged on the lowest of the last this many RTT samples: a standing queue raises
+        /// all of them, a scheduling hiccup or one late probe only one.
+        public var sustainSamples = 3
+
+        public init() {}
+    }
+
+    public enum Decision: Equatable, Sendable, CustomStringConvertible {
+        /// Nothing to do (idle, no RTT sample, inside the hold-off, or delay between the thresholds).
+        case hold
+        case decrease(from: UInt64, to: UInt64)
+        case increase(from: UInt64, to: UInt64)
+
+        public var description: String {
+            switch self {
+            case .hold: "hold"
+            case .decrease(let a, let b): "decrease \(a) -> \(b) bit/s"
+            case .increase(let a, let b): "increase \(a) -> \(b) bit/s"
+            }
+        }
+    }
+
+    public let configuration: Configuration
+    /// The shaper's rate now, bits per second.
+    public private(set) var rate: UInt64
+    /// The estimate the floor and ceiling are taken from.
+    public private(set) var estimate: UInt64
+    /// The idle RTT baseline, ms (nil until the first sample).
+    public private(set) var baselineMs: Double?
+    private var lastDecrease: Double?
+    private var lastIncrease: Double?
+    private var recent: [Double] = []
+
+    /// Starts from a bandwidth estimate in bits per second (`Probing`'s bandwidth test).
+    public init(estimate: UInt64, configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        self.estimate = estimate
+        rate = 0
+        rate = clamp(UInt64(Double(estimate) * configuration.startFraction))
+    }
+
+    public var floor: UInt64 { max(configuration.minimumFloor, UInt64(Double(estimate) * configuration.floorFraction)) }
+    public var ceiling: UInt64 { max(floor, UInt64(Double(estimate) * configuration.ceilingFraction)) }
+
+    private func clamp(_ value: UInt64) -> UInt64 { min(ceiling, max(floor, value)) }
+
+    /// A new bandwidth measurement: floor and ceiling move with it; the rate restarts from it only when it
+    /// no longer fits between them.
+    public mutating func updateEstimate(_ bitsPerSecond: UInt64) {
+        guard bitsPerSecond > 0, bitsPerSecond != estimate else { return }
+        estimate = bitsPerSecond
+        rate = clamp(rate)
+    }
+
+    /// One observation at time `now` (seconds, monotonic): the probes' recent RTT (nil when no reply came
+    /// since the last observation) and what the shaper sent since the last one, in bits per second.
+    public mutating func observe(now: Double, rttMs: Double?, sentBitsPerSecond: Double) -> Decision {
+        let busy = sentBitsPerSecond >= Double(rate) * configuration.busyFraction
+        guard let rttMs, rttMs.isFinite, rttMs >= 0 else { return .hold }
+        recent.append(rttMs)
+        if recent.count > configuration.sustainSamples { recent.removeFirst(recent.count - configuration.sustainSamples) }
+        guard let baseline = baselineMs else {
+            baselineMs = rttMs
+            return .hold
+        }
+        if rttMs < baseline {
+            baselineMs = rttMs
+        } else if !busy {
+            baselineMs = baseline + (rttMs - baseline) * configuration.baselineFollow
+        }
+        guard busy else { return .hold }
+        let excess = (recent.min() ?? rttMs) - (baselineMs ?? rttMs)
+        if excess > configuration.raiseDelayMs {
+            if let lastDecrease, now - lastDecrease < configuration.decreaseHoldoff { return .hold }
+            let old = rate
+            rate = clamp(UInt64(Double(rate) * configuration.decreaseFactor))
+            lastDecrease = now
+            lastIncrease = now
+            return rate == old ? .hold : .decrease(from: old, to: rate)
+        }
+        if excess <= configuration.cleanDelayMs {
+            if let lastIncrease, now - lastIncrease < configuration.increaseInterval { return .hold }
+            if lastIncrease == nil {
+                lastIncrease = now
+                return .hold
+            }
+            let old = rate
+            rate = clamp(UInt64(Double(rate) * configuration.increaseFactor))
+            lastIncrease = now
+            return rate == old ? .hold : .increase(from: old, to: rate)
+        }
+        return .hold
+    }
+}
