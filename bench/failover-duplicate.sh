@@ -1,12 +1,12 @@
 # bench/failover --duplicate (sourced by bench/failover once the lab is up and measured; see its header).
-# Needs: BIN, BENCH, STATE, CUTS, FALSE_DROPS, lablib.sh.
+# Needs: BIN, BENCH, STATE, CUTS, FALSE_DROPS, SITES, PATHS, lablib.sh.
 
 # Duplication of voip on (1) or off (0) in every site's database; waits until hq's kernel agrees (the copy
 # map has an element, or the copy table is gone) and east's has its de-duplication chain when on.
 dup_set() {
     local on=$1 flag site
     flag=$([[ $on == 1 ]] && echo --duplicate || echo --no-duplicate)
-    for site in hq east west; do "$BIN" policy edit --database "$STATE/$site.db" voip "$flag" >/dev/null; done
+    for site in "${SITES[@]}"; do "$BIN" policy edit --database "$STATE/$site.db" voip "$flag" >/dev/null; done
     for _ in $(seq 100); do
         if [[ $on == 1 ]]; then
             ip netns exec "$LAB_NS-hq" nft list map ip patronus_copy copies 2>/dev/null | grep -q "goto copy_voip_path" \
@@ -32,8 +32,8 @@ for ((i = 1; i <= CUTS; i++)); do
         blackout=$(lab_blackout_ms "$line")
         row+=$(printf ' | %s %-5s lost %3s blackout %6s ms duplicates %s' "$([[ $on == 1 ]] && echo dup || echo off)" \
             "$uplink" "$(field lost "$line")" "$blackout" "$(field duplicates "$line")")
-        lab_wait_up hq 4 >/dev/null
-        lab_wait_up east 4 >/dev/null
+        lab_wait_up hq $PATHS >/dev/null
+        lab_wait_up east $PATHS >/dev/null
         # Copying resumes only once the cut path is usable again (up and measured): let it settle.
         sleep 2
     done
@@ -67,7 +67,7 @@ echo "$summary"
 false_report=""
 if (( FALSE_DROPS > 0 )); then
     dup_set 1
-    lab_wait_up hq 4 >/dev/null
+    lab_wait_up hq $PATHS >/dev/null
     sleep 2
     counters() {  # copies sent by hq, second copies dropped by east (voip, every path), from status --json
         "$BIN" status --database "$STATE/$1.db" --json | python3 -c "

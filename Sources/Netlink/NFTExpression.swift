@@ -60,8 +60,13 @@ public enum NFTExpression: Hashable, Sendable {
     case counter
     /// jhash of `length` bytes at sreg, scaled onto `0..<modulus`, plus `offset`, into dreg.
     case jhash(sreg: NFTRegister, length: UInt32, dreg: NFTRegister, modulus: UInt32, seed: UInt32, offset: UInt32 = 0)
-    /// Adds the key at sreg to a dynamic set (`add @set { key }`); timeout 0: the set's own.
-    case dynsetAdd(sreg: NFTRegister, set: String, setID: UInt32?, timeoutMs: UInt64)
+    /// Adds the key at sreg to a dynamic set (`add @set { key EXPR }`); timeout 0: the set's own. `element`: a
+    /// stateful expression each element gets its own copy of, evaluated on every add (at most one, as nft
+    /// 1.0.6 sends it): its verdict is the rule's, e.g. a `limitOver` that breaks the rule for an element's
+    /// first packet and lets it go on for the next ones.
+    indirect case dynsetAdd(sreg: NFTRegister, set: String, setID: UInt32?, timeoutMs: UInt64, element: NFTExpression? = nil)
+    /// `limit rate over RATE/UNIT burst BURST packets`: goes on when over the rate, breaks the rule otherwise.
+    case limitOver(rate: UInt64, unitSeconds: UInt64, burst: UInt32)
     /// Sends a copy of the packet to the address at `sregAddress` out of the interface whose index is at
     /// `sregDevice` (`dup to ADDR device DEV`; ip and ip6 tables only).
     case dup(sregAddress: NFTRegister, sregDevice: NFTRegister)
@@ -79,6 +84,7 @@ public enum NFTExpression: Hashable, Sendable {
         case .counter: "counter"
         case .jhash: "hash"
         case .dynsetAdd: "dynset"
+        case .limitOver: "limit"
         case .dup: "dup"
         }
     }

@@ -311,6 +311,13 @@ final class NFTNLRule {
 
     /// Encodes one expression with libnftnl and appends it to the rule (which then owns it).
     private func add(_ expression: NFTExpression) {
+        let (e, bytes) = Self.build(expression)
+        nftnl_rule_add_expr(r, e)
+        expressionRoom += bytes
+    }
+
+    /// One libnftnl expression (the caller owns it) and an upper bound of its encoded size.
+    private static func build(_ expression: NFTExpression) -> (OpaquePointer, Int) {
         let e: OpaquePointer = nftnl_expr_alloc(expression.name)
         func u32(_ a: Int, _ v: UInt32) { nftnl_expr_set_u32(e, attr(a), v) }
         func reg(_ a: Int, _ v: NFTRegister) { nftnl_expr_set_u32(e, attr(a), v.rawValue) }
@@ -386,19 +393,30 @@ final class NFTNLRule {
             u32(NFTNL_EXPR_HASH_SEED, seed)
             u32(NFTNL_EXPR_HASH_OFFSET, offset)
             u32(NFTNL_EXPR_HASH_TYPE, NFT_HASH_JENKINS.rawValue)
-        case let .dynsetAdd(sreg, set, setID, timeoutMs):
+        case let .dynsetAdd(sreg, set, setID, timeoutMs, element):
             reg(NFTNL_EXPR_DYNSET_SREG_KEY, sreg)
             u32(NFTNL_EXPR_DYNSET_OP, UInt32(NFT_DYNSET_OP_ADD.rawValue))
             nftnl_expr_set_u64(e, attr(NFTNL_EXPR_DYNSET_TIMEOUT), timeoutMs)
             nftnl_expr_set_str(e, attr(NFTNL_EXPR_DYNSET_SET_NAME), set)
             if let setID { u32(NFTNL_EXPR_DYNSET_SET_ID, setID) }
             bytes += room(set) + room(8)
+            if let element {
+                // libnftnl takes the nested expression itself (not a copy) and frees it with this one.
+                let (inner, innerBytes) = build(element)
+                _ = nftnl_expr_set(e, attr(NFTNL_EXPR_DYNSET_EXPR), UnsafeRawPointer(inner), 0)
+                bytes += innerBytes
+            }
+        case let .limitOver(rate, unitSeconds, burst):
+            nftnl_expr_set_u64(e, attr(NFTNL_EXPR_LIMIT_RATE), rate)
+            nftnl_expr_set_u64(e, attr(NFTNL_EXPR_LIMIT_UNIT), unitSeconds)
+            u32(NFTNL_EXPR_LIMIT_BURST, burst)
+            u32(NFTNL_EXPR_LIMIT_TYPE, UInt32(NFT_LIMIT_PKTS.rawValue))
+            u32(NFTNL_EXPR_LIMIT_FLAGS, UInt32(NFT_LIMIT_F_INV.rawValue))
         case let .dup(sregAddress, sregDevice):
             reg(NFTNL_EXPR_DUP_SREG_ADDR, sregAddress)
             reg(NFTNL_EXPR_DUP_SREG_DEV, sregDevice)
         }
-        nftnl_rule_add_expr(r, e)
-        expressionRoom += bytes
+        return (e, bytes)
     }
 
     /// Decodes one NFT_MSG_NEWRULE of a dump: identity, userdata, expression names and the first counter.
@@ -502,8 +520,21 @@ final class NFTNLRule {
             guard (u32(NFTNL_EXPR_DYNSET_OP) ?? 0) == UInt32(NFT_DYNSET_OP_ADD.rawValue),
                   let sreg = reg(NFTNL_EXPR_DYNSET_SREG_KEY), nftnl_expr_is_set(e, attr(NFTNL_EXPR_DYNSET_SET_NAME)) else { return nil }
             let timeout = nftnl_expr_is_set(e, attr(NFTNL_EXPR_DYNSET_TIMEOUT)) ? nftnl_expr_get_u64(e, attr(NFTNL_EXPR_DYNSET_TIMEOUT)) : 0
+            var element: NFTExpression?
+            if nftnl_expr_is_set(e, attr(NFTNL_EXPR_DYNSET_EXPR)) {
+                var length: UInt32 = 0
+                guard let raw = nftnl_expr_get(e, attr(NFTNL_EXPR_DYNSET_EXPR), &length) else { return nil }
+                let inner = OpaquePointer(raw)
+                element = decode(inner, NFTNL.string(nftnl_expr_get_str(inner, attr(NFTNL_EXPR_NAME))))
+                if element == nil { return nil }
+            }
             return .dynsetAdd(sreg: sreg, set: NFTNL.string(nftnl_expr_get_str(e, attr(NFTNL_EXPR_DYNSET_SET_NAME))),
-                              setID: u32(NFTNL_EXPR_DYNSET_SET_ID), timeoutMs: timeout)
+                              setID: u32(NFTNL_EXPR_DYNSET_SET_ID), timeoutMs: timeout, element: element)
+        case "limit":
+            guard u32(NFTNL_EXPR_LIMIT_TYPE) == UInt32(NFT_LIMIT_PKTS.rawValue), u32(NFTNL_EXPR_LIMIT_FLAGS) == UInt32(NFT_LIMIT_F_INV.rawValue),
+                  nftnl_expr_is_set(e, attr(NFTNL_EXPR_LIMIT_RATE)), let burst = u32(NFTNL_EXPR_LIMIT_BURST) else { return nil }
+            return .limitOver(rate: nftnl_expr_get_u64(e, attr(NFTNL_EXPR_LIMIT_RATE)), unitSeconds: nftnl_expr_get_u64(e, attr(NFTNL_EXPR_LIMIT_UNIT)),
+                              burst: burst)
         case "dup":
             guard let address = reg(NFTNL_EXPR_DUP_SREG_ADDR), let device = reg(NFTNL_EXPR_DUP_SREG_DEV) else { return nil }
             return .dup(sregAddress: address, sregDevice: device)

@@ -29,6 +29,8 @@ extension SteeringCompiler {
         .payload(base: NFT.transportHeader, offset: 0, length: 20, dreg: .reg32_03),
     ]
     static let packetKeyLength: UInt32 = 32
+    /// Each remembered packet's limiter: over after one packet (`limit rate over 1/hour burst 1 packets`).
+    static let firstArrivalPasses = NFTExpression.limitOver(rate: 1, unitSeconds: 3600, burst: 1)
 
     /// The kernel's `ifname` data type (nftables' TYPE_IFNAME), so `nft list` prints the map's keys as names.
     static let ifnameType = NFTDataType.other(41)
@@ -108,16 +110,17 @@ extension SteeringCompiler {
             maps.append(.init(set: arrivals, elements: arrivalElements(plan, className: c.name)))
             chains.append(NFTChain(family: family, table: table, name: name,
                                    userdata: NFTUserdata.comment("class \(c.name): drop a packet seen in the last \(Conventions.copySeenTimeoutMs) ms")))
+            // One rule, so that two copies handled at the same instant on two CPUs cannot both pass: the add
+            // finds or inserts the packet's element atomically, and the element's own limiter (one packet,
+            // refilled after an hour, i.e. never within the element's 2 s) lets exactly one arrival through:
+            // the first breaks the rule (delivered), every later one goes on to its path's counter and drop.
             rules[name] = [
                 rule(name, packetKey + [
-                    .lookup(sreg: NFT.reg1, set: seen.name, setID: nil, dreg: nil),
+                    .dynsetAdd(sreg: NFT.reg1, set: seen.name, setID: nil, timeoutMs: 0, element: firstArrivalPasses),
                     .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
                     .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
                     .lookup(sreg: NFT.reg1, set: arrivals.name, setID: nil, dreg: NFT.verdictRegister),
-                ], comment: "second copy: count by tunnel, drop", sets: [seen, arrivals]),
-                rule(name, packetKey + [
-                    .dynsetAdd(sreg: NFT.reg1, set: seen.name, setID: nil, timeoutMs: 0),
-                ], comment: "first copy: remember, deliver", sets: [seen]),
+                ], comment: "first arrival: remembered, delivered; a second: counted by path, dropped", sets: [seen, arrivals]),
             ]
             for p in paths {
                 let drop = SteeringNames.duplicateChain(c.name, p.id)

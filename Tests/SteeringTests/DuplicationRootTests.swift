@@ -159,7 +159,7 @@ final class DuplicationFixture {
         let listingA = try f.a.check(["nft", "list", "table", "ip", Conventions.copyTable])
         #expect(listingA.contains("dup to 198.51.100.2 device \"pb\""), "\(listingA)")
         let listingB = try f.b.check(["nft", "list", "table", "inet", Conventions.nftTable])
-        #expect(listingB.contains("add @copies_seen"), "\(listingB)")
+        #expect(listingB.contains("add @copies_seen {") && listingB.contains("limit rate over 1/hour burst 1 packets }"), "\(listingB)")
 
         // 1. Two clean paths: every packet once on each link, once at the receiver.
         let clean = try f.stream(seconds: 3)

@@ -369,12 +369,14 @@ private extension NFTExpression {
         // Only duplicated classes reach a de-duplication chain.
         let classes = try #require(r.maps.first { $0.set.name == SteeringNames.dedupClassesMap })
         #expect(classes.elements == [NFTElement(key: Conventions.classMark(id: 1).hostBytes, data: .verdict(.goto("voip_dedup")))])
+        // One rule: add the packet (atomically found or inserted) with its own one-packet limiter, then the path.
         let rules = try #require(r.rules["voip_dedup"])
-        #expect(rules.count == 2)
-        #expect(rules[0].expressions.contains(.lookup(sreg: .reg1, set: SteeringNames.copiesSeenSet, setID: nil, dreg: nil)))
-        #expect(rules[1].expressions.last == .dynsetAdd(sreg: .reg1, set: SteeringNames.copiesSeenSet, setID: nil, timeoutMs: 0))
+        #expect(rules.count == 1)
+        #expect(rules[0].expressions[3] == .dynsetAdd(sreg: .reg1, set: SteeringNames.copiesSeenSet, setID: nil, timeoutMs: 0,
+                                                       element: .limitOver(rate: 1, unitSeconds: 3600, burst: 1)))
+        #expect(rules[0].expressions.last == .lookup(sreg: .reg1, set: "voip_arrivals", setID: nil, dreg: .verdict))
         // The key: IP id, addresses, UDP header and the first 12 payload bytes (RTP's sequence, timestamp, SSRC).
-        #expect(Array(rules[1].expressions.prefix(3)) == SteeringCompiler.packetKey)
+        #expect(Array(rules[0].expressions.prefix(3)) == SteeringCompiler.packetKey)
         // Tunnel . source -> path: one element per path and prefix of its site (branch has two prefixes).
         let arrivals = try #require(r.maps.first { $0.set.name == "voip_arrivals" })
         #expect(arrivals.elements.count == 6)
