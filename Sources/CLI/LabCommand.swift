@@ -50,6 +50,9 @@ public struct LabCommand: ParsableCommand {
         @Option(help: ArgumentHelp("Routed: give every other site only this site's addresses as --peer (the others learn each other relayed through it).",
                                    valueName: "site"))
         var hub: String?
+        @Option(help: ArgumentHelp("Give SITE's router no --uplink: it detects its uplinks, also ones plugged in later (labels wan-a, wan-b, ...; repeatable).",
+                                   valueName: "site"))
+        var detectUplinks: [String] = []
         @Flag(inversion: .prefixedNo,
               help: "Start `patronus-router run` in every site (--no-routers: the topology alone; bridged: static routes between the LANs).")
         var routers = LabController.routersByDefault
@@ -61,11 +64,15 @@ public struct LabCommand: ParsableCommand {
                 }
                 let state = try common.controller.up(sites: sites, uplinks: uplinks, wan: mode,
                                                      nat: try nat.map(LabCommand.uplinkID), unplugged: try unplugged.map(LabCommand.uplinkID),
-                                                     hub: hub, routers: routers)
+                                                     hub: hub, detecting: detectUplinks, routers: routers)
                 let plan = state.plan
                 print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN: \(plan.wan.rawValue), emulation: \(state.backend.rawValue)")
-                for id in plan.natted { print("NAT: \(id) is behind \(id.uplink)'s carrier NAT (\(try plan.uplink(site: id.site, named: id.uplink).address))") }
+                for id in plan.natted {
+                    let uplink = try plan.uplink(site: id.site, named: id.uplink)
+                    print("NAT: \(id) is behind \(id.uplink)'s carrier NAT (\(uplink.address), seen outside as \(uplink.publicAddress))")
+                }
                 for id in plan.unplugged { print("unplugged: \(id) (sudo patronus-router lab plug \(id.site) \(id.uplink))") }
+                for site in plan.detecting ?? [] { print("detecting: \(site)'s router detects its uplinks (no --uplink)") }
                 if state.routers.isEmpty {
                     print("routers: not started: the topology alone\(state.staticRoutes ? ", with static routes between the LANs over \(plan.isps[0].label)" : "")")
                 } else {

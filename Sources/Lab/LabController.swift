@@ -89,12 +89,13 @@ public struct LabController: Sendable {
     /// `shaping`: per ISP label, every site's `--uplink ...,shape=` for it (tests: shaped vs unshaped uplinks).
     @discardableResult
     public func up(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
-                   unplugged: [UplinkID] = [], hub: String? = nil, routers: Bool = LabController.routersByDefault,
+                   unplugged: [UplinkID] = [], hub: String? = nil, detecting: [String] = [],
+                   routers: Bool = LabController.routersByDefault,
                    emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = [],
                    shaping: [String: String] = [:]) throws -> LabState {
         try Self.requireRoot()
         let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks, wan: wan, nat: nat,
-                                    unplugged: unplugged, hub: hub)
+                                    unplugged: unplugged, hub: hub, detecting: detecting)
         mkdir(stateRoot, 0o755)
         let directory = stateDirectory
         let undoDirectory = try LabCleanup.shared.creating { () throws(LabError) -> CleanupHandle in

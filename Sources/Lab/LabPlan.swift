@@ -94,6 +94,12 @@ public struct LabPlan: Codable, Equatable, Sendable {
         }
         /// Whether other sites can reach this uplink's address (not behind NAT).
         public var isPublic: Bool { !natted }
+        /// Where other sites see this uplink: its address, or behind NAT the public address its ISP's NAT
+        /// maps it to (routed mode: 100.(64+k).i.2, the address it would have if public; one per NATed uplink,
+        /// as a carrier NAT's pool gives each customer its own).
+        public var publicAddress: String {
+            natted ? "100.\(64 + ispIndex).\(number).2" : address
+        }
         /// In the ISP namespace: the site-facing veth end, the emulator's bridge-side end, its peer (bridge
         /// port or gateway interface).
         public var siteFacing: String { "s-\(site)" }
@@ -120,6 +126,9 @@ public struct LabPlan: Codable, Equatable, Sendable {
     public var hub: String?
     /// Renumbering generation per uplink (`renumber` changes it); absent means 0.
     public var generations: [String: Int] = [:]
+    /// Sites whose routers get no `--uplink` and detect their uplinks (interfaces with an address and a
+    /// default route, labelled by their names: `wan-a`...). Nil: none (every router is told its uplinks).
+    public var detecting: [String]?
 
     public static let defaultSiteNames = ["hq", "east", "west", "north", "south", "central"]
     public static let maxSites = 16
@@ -138,7 +147,8 @@ public struct LabPlan: Codable, Equatable, Sendable {
     /// makes every namespace name unique: `lab up` uses "lab", tests a random one. `nat` (routed only) puts
     /// those uplinks behind their ISP's NAT; `unplugged` leaves those uplinks unplugged at start.
     public static func make(instance: String, sites: Int = 3, uplinks: Int = 2, wan: WANMode = .bridged,
-                            nat: [UplinkID] = [], unplugged: [UplinkID] = [], hub: String? = nil) throws(LabError) -> LabPlan {
+                            nat: [UplinkID] = [], unplugged: [UplinkID] = [], hub: String? = nil,
+                            detecting: [String] = []) throws(LabError) -> LabPlan {
         guard (1...16).contains(instance.count),
               instance.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) }) else {
             throw .invalidArgument("lab instance '\(instance)' must be 1-16 lowercase letters or digits")
@@ -169,6 +179,10 @@ public struct LabPlan: Codable, Equatable, Sendable {
             guard plan.site(named: hub) != nil else { throw .invalidArgument("--hub \(hub): no such site") }
             plan.hub = hub
         }
+        for site in detecting where plan.site(named: site) == nil {
+            throw .invalidArgument("detecting uplinks at \(site): no such site")
+        }
+        plan.detecting = detecting.isEmpty ? nil : detecting
         return plan
     }
 
@@ -236,8 +250,10 @@ public struct LabPlan: Codable, Equatable, Sendable {
         guard let site = site(named: name) else { return [] }
         var argv = [executable, "run", "--site-name", site.name, "--database", "\(stateDirectory)/\(site.name).db",
                     "--interface", tunnelPrefix(site: site.name)]
-        for uplink in uplinks(of: site.name) {
-            argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)" + (shaping[uplink.isp].map { ",shape=\($0)" } ?? "")]
+        if detecting?.contains(site.name) != true {
+            for uplink in uplinks(of: site.name) {
+                argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)" + (shaping[uplink.isp].map { ",shape=\($0)" } ?? "")]
+            }
         }
         argv += ["--lan", site.lanPrefix]
         for peer in discoveryPeers(of: site.name) { argv += ["--peer", peer] }

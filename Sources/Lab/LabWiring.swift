@@ -27,6 +27,12 @@ enum LabWiring {
             let internet = namespace(plan.internetNamespace)
             try internet.addBridge(LabPlan.bridge)
             try internet.addAddress("\(LabPlan.internetAddress)/24", to: LabPlan.bridge)
+            // The exchange also routes (each ISP's block to it): a customer behind an ISP's NAT reaching another
+            // customer's public mapping at the same ISP goes out and comes back in by it (hairpinning).
+            try internet.enableForwarding()
+            try internet.setSysctl("net.ipv4.conf.all.send_redirects", "0")
+            try internet.setSysctl("net.ipv4.conf.\(LabPlan.bridge).send_redirects", "0")
+            for isp in plan.isps { try internet.addRoute(isp.block, via: isp.coreAddress) }
             for isp in plan.isps {
                 let ns = namespace(plan.ispNamespace(isp.label))
                 let port = "i-\(isp.label)"
@@ -74,7 +80,7 @@ enum LabWiring {
     }
 
     /// Routed mode: the carrier NAT of `isp` rebuilt from the plan: every natted uplink's private subnet is
-    /// source-NATed to the ISP's core address, and nothing outside may open a connection into it (only
+    /// source-NATed (port-preserving where it can) to the uplink's own public address, and nothing outside may open a connection into it (only
     /// replies of a mapping pass).
     static func installNAT(_ plan: LabPlan, isp label: String, _ namespace: Namespaces) throws {
         guard plan.wan == .routed, let isp = plan.isps.first(where: { $0.label == label }) else { return }
@@ -89,9 +95,16 @@ enum LabWiring {
                       "{", "type", "filter", "hook", "forward", "priority", "filter", ";", "}"])
         for uplink in natted {
             try ns.check(["nft", "add", "rule", "ip", natTable, "postrouting", "ip", "saddr", uplink.subnet,
-                          "ip", "daddr", "!=", uplink.subnet, "snat", "to", isp.coreAddress])
+                          "ip", "daddr", "!=", uplink.subnet, "snat", "to", uplink.publicAddress])
             try ns.check(["nft", "add", "rule", "ip", natTable, "forward", "ip", "daddr", uplink.subnet,
                           "ct", "direction", "original", "counter", "drop"])
+            // Unsolicited packets to the public address are dropped before conntrack keeps them (a kept one
+            // would take the tuple a later mapping needs, and the NAT would then change the port: real CPEs
+            // drop them too). Hairpinning (one customer to another's public address) goes by the exchange:
+            // out SNATed, back in as a reply to the other customer's mapping.
+            try ns.check(["nft", "add", "rule", "ip", natTable, "forward", "iifname", LabPlan.coreInterface,
+                          "ip", "daddr", uplink.publicAddress, "ct", "direction", "original", "counter", "drop"])
+            try ns.ip("route", "replace", "\(uplink.publicAddress)/32", "via", LabPlan.internetAddress)
         }
     }
 

@@ -139,6 +139,9 @@ public enum AnnouncementRejection: String, Error, Hashable, Sendable, CaseIterab
     case rateLimited
     /// A revocation list not newer than the one we hold (the normal case: every site repeats its list).
     case staleRevocationList
+    /// An endpoint observation that is not about us, or that did not come through a tunnel from its
+    /// observer (its source is not the observer's overlay address).
+    case badObservation
 
     public var description: String { rawValue }
 }

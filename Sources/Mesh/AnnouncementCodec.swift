@@ -11,12 +11,16 @@ public enum MeshMessageKind: UInt8, Sendable, Hashable {
     case relay = 1
     /// A CA-signed revocation list, passed on by every site.
     case revocationList = 2
+    /// Where a site sees another site's tunnels from (NAT traversal, `EndpointObservation`); sent only through
+    /// a tunnel to that site.
+    case observation = 3
 }
 
 /// A decoded, verified message.
 public enum MeshMessage: Hashable, Sendable {
     case announcement(Announcement)
     case revocationList(RevocationList)
+    case observation(EndpointObservation)
 }
 
 /// A message whose header, MAC and structure checked out, before any signature check (`AnnouncementCodec.open`).
@@ -27,6 +31,8 @@ public struct OpenedMessage: Sendable {
     public var announcement: Announcement?
     /// Kind 2; its CA signature not yet checked.
     public var revocationList: RevocationList?
+    /// Kind 3 (MAC-checked; the receiver checks that it came through the observer's tunnel).
+    public var observation: EndpointObservation?
     /// Kind 0 when signed: the certificate it carries, and what the site's signature covers.
     var certificate: SiteCertificate?
     var signedRegion: ArraySlice<UInt8> = []
@@ -144,13 +150,7 @@ public struct AnnouncementCodec: Sendable {
             out += prefix.network.bytes
             out.append(prefix.length)
         }
-        out.append(UInt8(announcement.endpoints.count))
-        for endpoint in announcement.endpoints {
-            out.append(UInt8(endpoint.label.utf8.count))
-            out += Array(endpoint.label.utf8)
-            out += endpoint.address.address.bytes
-            out += bigEndian(endpoint.address.port)
-        }
+        out += encodeEndpoints(announcement.endpoints)
         return out
     }
 
@@ -196,6 +196,18 @@ public struct AnnouncementCodec: Sendable {
     /// A revocation list message (kind 2): the CA-signed list as it is, passed on unchanged by every site.
     public func encode(_ list: RevocationList) throws(RevocationList.Invalid) -> [UInt8] {
         seal(kind: .revocationList, content: try list.encode(), certificate: nil)
+    }
+
+    /// An endpoint observation (kind 3): MAC-authenticated like every message; what makes it the observer's
+    /// is that it only counts when it arrives through a tunnel from the observer (`DiscoveryService`).
+    public func encode(_ observation: EndpointObservation) throws(EncodingError) -> [UInt8] {
+        guard (1...Self.maxEndpoints).contains(observation.sightings.count) else {
+            throw .tooManyEndpoints(observation.sightings.count)
+        }
+        for sighting in observation.sightings where !Policy.isValidName(sighting.label) {
+            throw .invalidLabel(sighting.label)
+        }
+        return seal(kind: .observation, content: observation.body, certificate: nil)
     }
 
     /// Header, MAC and structure (no signature checked yet). See the type's documentation.
@@ -247,6 +259,11 @@ public struct AnnouncementCodec: Sendable {
             return OpenedMessage(kind: kind, revocationList: list)
         case .relay:
             throw .badKind
+        case .observation:
+            var reader = ByteReader(bytes: bytes[..<end], offset: headerSize)
+            let observation = try EndpointObservation.read(&reader)
+            guard reader.isAtEnd else { throw .malformed }
+            return OpenedMessage(kind: kind, observation: observation)
         case .announcement:
             var reader = ByteReader(bytes: bytes[..<end], offset: headerSize)
             let announcement = try Self.readBody(&reader)
@@ -274,17 +291,7 @@ public struct AnnouncementCodec: Sendable {
         guard Self.isValidName(name) else { throw .malformed }
         let prefixes = try reader.prefixes(max: Self.maxLANPrefixes)
 
-        let endpointCount = Int(try reader.u8())
-        guard endpointCount <= Self.maxEndpoints else { throw .malformed }
-        var endpoints: [Endpoint] = []
-        for _ in 0..<endpointCount {
-            let label = try reader.string(maxBytes: Self.maxLabelBytes)
-            guard Policy.isValidName(label) else { throw .malformed }
-            let address = IPv4Address(bytes: try reader.take(4))!
-            let port = try reader.u16()
-            guard port != 0 else { throw .malformed }
-            endpoints.append(Endpoint(label: label, address: SocketAddress4(address, port: port)))
-        }
+        let endpoints = try reader.endpoints()
         return Announcement(siteID: id, name: name, publicKey: publicKey, overlay: overlay,
                             lanPrefixes: prefixes, endpoints: endpoints, counter: counter,
                             timestampMilliseconds: timestamp)
@@ -297,6 +304,7 @@ public struct AnnouncementCodec: Sendable {
             guard list.isSigned(by: authority) else { throw .badSignature }
             return .revocationList(list)
         }
+        if let observation = opened.observation { return .observation(observation) }
         guard var announcement = opened.announcement else { throw .badKind }
         guard let certificate = opened.certificate else {
             guard !trust.required else { throw .unsigned }
@@ -334,8 +342,20 @@ public struct AnnouncementCodec: Sendable {
     }
 }
 
-private func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
     withUnsafeBytes(of: value.bigEndian) { Array($0) }
+}
+
+/// A count, then per endpoint: label (length-prefixed), IPv4 address, port.
+private func encodeEndpoints(_ endpoints: [Endpoint]) -> [UInt8] {
+    var out: [UInt8] = [UInt8(endpoints.count)]
+    for endpoint in endpoints {
+        out.append(UInt8(endpoint.label.utf8.count))
+        out += Array(endpoint.label.utf8)
+        out += endpoint.address.address.bytes
+        out += bigEndian(endpoint.address.port)
+    }
+    return out
 }
 
 /// Reads big-endian fields from a byte slice; every read is bounds-checked and throws `.truncated`.
@@ -386,6 +406,28 @@ struct ByteReader {
             prefixes.append(prefix)
         }
         return prefixes
+    }
+
+    /// A count (at most `AnnouncementCodec.maxEndpoints`), then that many endpoints: a valid label, an IPv4
+    /// address, a non-zero port.
+    mutating func endpoints() throws(AnnouncementRejection) -> [Endpoint] {
+        let count = Int(try u8())
+        guard count <= AnnouncementCodec.maxEndpoints else { throw .malformed }
+        var endpoints: [Endpoint] = []
+        for _ in 0..<count {
+            let label = try string(maxBytes: AnnouncementCodec.maxLabelBytes)
+            guard Policy.isValidName(label) else { throw .malformed }
+            endpoints.append(Endpoint(label: label, address: try socketAddress()))
+        }
+        return endpoints
+    }
+
+    /// An IPv4 address and a non-zero port.
+    mutating func socketAddress() throws(AnnouncementRejection) -> SocketAddress4 {
+        let address = IPv4Address(bytes: try take(4))!
+        let port = try u16()
+        guard port != 0 else { throw .malformed }
+        return SocketAddress4(address, port: port)
     }
 
     /// A length-prefixed (one byte) UTF-8 string of 1...maxBytes bytes.

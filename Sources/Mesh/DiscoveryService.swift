@@ -75,6 +75,9 @@ public struct DiscoveryStatistics: Sendable, Equatable {
     /// Our announcements sent through tunnels, and other sites' announcements we relayed.
     public var tunnelSent: UInt64 = 0
     public var relayedSent: UInt64 = 0
+    /// Endpoint observations sent (through tunnels) and accepted (docs/MESH.md, "NAT").
+    public var observationsSent: UInt64 = 0
+    public var observationsAccepted: UInt64 = 0
     /// Every dropped datagram, by reason.
     public var drops: [AnnouncementRejection: UInt64] = [:]
 
@@ -109,6 +112,8 @@ public final class DiscoveryService: Sendable {
         var announceNow = true
         /// The uplink sockets are to be opened again (`rebindUplinks()`).
         var rebindNow = false
+        /// The uplinks' interfaces (`settings.uplinks`, then `setUplinks`).
+        var uplinks: [String]
         var lastAnnounce: ContinuousClock.Instant?
         var stopping = false
         var wakeFD: Int32 = -1
@@ -127,6 +132,12 @@ public final class DiscoveryService: Sendable {
         var revocationDatagrams: [[UInt8]] = []
         /// Signs what we announce (our certificate and identity key); replaceable at run time (renewal).
         var encoder: AnnouncementCodec
+        /// Where other sites see our uplinks from (their observations), and so what we announce.
+        var publicEndpoints = PublicEndpoints()
+        /// The endpoints of our last announcement (ours, with public mappings where we are behind NAT).
+        var announcedEndpoints: [Endpoint]?
+        /// Where we see each site's tunnels from (`setObservations`): sent to it through its tunnels.
+        var observations: [SiteID: [EndpointObservation.Sighting]] = [:]
 
         /// Re-settles overlapping claims after the table or `local` changed; returns the conflicts that began
         /// and ended, to log one line each.
@@ -173,7 +184,7 @@ public final class DiscoveryService: Sendable {
         let table = PeerTable(localSiteID: local.siteID, localPublicKey: local.publicKey,
                               settings: .init(timestampWindow: settings.timestampWindow,
                                               expiry: settings.intervalSeconds * Double(settings.expiryIntervals)))
-        var state = State(local: local, table: table, encoder: codec)
+        var state = State(local: local, table: table, uplinks: settings.uplinks, encoder: codec)
         _ = state.resolve()
         self.state = Mutex(state)
         (events, continuation) = AsyncStream.makeStream(of: MeshEvent.self, bufferingPolicy: .bufferingNewest(1024))
@@ -290,12 +301,52 @@ public final class DiscoveryService: Sendable {
         }
     }
 
+    /// Changes the uplinks to announce and listen on (a detected uplink appeared); their sockets are opened
+    /// again at once.
+    public func setUplinks(_ interfaces: [String]) {
+        state.withLock { state in
+            guard state.uplinks != interfaces else { return }
+            state.uplinks = interfaces
+            state.rebindNow = true
+            state.announceNow = true
+            Self.wake(state)
+        }
+    }
+
     public var statistics: DiscoveryStatistics { state.withLock { $0.statistics } }
 
     /// The paths to announce through (every path of every known site; the daemon sets them on each tunnel
     /// plan). Announcing through them starts with the next announcement.
     public func setTunnelRoutes(_ routes: [TunnelRoute]) {
         state.withLock { $0.tunnelRoutes = routes }
+    }
+
+    /// Where we see each site's tunnels from, by its labels (the tunnel driver sets it from WireGuard's
+    /// learned endpoints of working sessions): each round sends every site its own through its tunnels.
+    public func setObservations(_ observations: [SiteID: [EndpointObservation.Sighting]]) {
+        state.withLock { state in
+            let new = observations.filter { !$0.value.isEmpty }
+            // A new or moved mapping goes out now (a site behind NAT waits for it), a repeated one each round.
+            if new.contains(where: { state.observations[$0.key] != $0.value }) {
+                state.announceNow = true
+                Self.wake(state)
+            }
+            state.observations = new
+        }
+    }
+
+    /// Our uplinks that other sites see behind a NAT: label -> the public mapping we announce, and who saw it.
+    public var publicMappings: [String: (address: SocketAddress4, observers: [SiteID])] {
+        state.withLock { state in
+            let now = Date()
+            var out: [String: (address: SocketAddress4, observers: [SiteID])] = [:]
+            for endpoint in state.local.endpoints {
+                if let mapping = state.publicEndpoints.mapping(of: endpoint.label, local: state.local.endpoints, now: now) {
+                    out[endpoint.label] = mapping
+                }
+            }
+            return out
+        }
     }
 
     /// The sites that announce to us by unicast, with the address we see them at.
@@ -381,11 +432,11 @@ public final class DiscoveryService: Sendable {
         }
     }
 
-    /// Takes a pending rebind request (I/O thread).
-    fileprivate func takeRebind() -> Bool {
+    /// Takes a pending rebind request (I/O thread): the uplinks to bind then, or nil.
+    fileprivate func takeRebind() -> [String]? {
         state.withLock { state in
             defer { state.rebindNow = false }
-            return state.rebindNow
+            return state.rebindNow ? state.uplinks : nil
         }
     }
 
@@ -416,9 +467,9 @@ public final class DiscoveryService: Sendable {
             var skipped: Set<String> = []
             // The uplink sockets, opened at start and again on `rebindUplinks()`; an uplink left out is logged
             // once, not at every rebind.
-            func bind() {
+            func bind(_ names: [String]? = nil) {
                 var now: Set<String> = []
-                sockets.rebind { name, error in
+                sockets.rebind(names) { name, error in
                     now.insert(name)
                     if !skipped.contains(name) { service.logSkipped(name, error) }
                 }
@@ -428,7 +479,7 @@ public final class DiscoveryService: Sendable {
             }
             bind()
             while true {
-                if service.takeRebind() { bind() }
+                if let names = service.takeRebind() { bind(names) }
                 guard let planned = service.plan(now: .now) else { return }
                 if let outgoing = planned.outgoing {
                     service.recordSent(send(outgoing))
@@ -467,6 +518,11 @@ public final class DiscoveryService: Sendable {
             for (envelope, destination) in outgoing.relays {
                 if counts.count(sockets.send(envelope, from: sockets.unicast, to: destination)) { counts.relayed += 1 }
             }
+            for (bytes, route) in outgoing.observations {
+                if counts.count(sockets.send(bytes, to: SocketAddress4(route.overlay, port: sockets.group.port), mark: route.mark)) {
+                    counts.observations += 1
+                }
+            }
             return counts
         }
     }
@@ -479,6 +535,8 @@ public final class DiscoveryService: Sendable {
         var unicast: [SocketAddress4]
         var tunnels: [TunnelRoute]
         var relays: [([UInt8], SocketAddress4)]
+        /// Each site's observation, through every path to it.
+        var observations: [([UInt8], TunnelRoute)] = []
     }
 
     struct SendCounts {
@@ -486,6 +544,7 @@ public final class DiscoveryService: Sendable {
         var failed: UInt64 = 0
         var tunnel: UInt64 = 0
         var relayed: UInt64 = 0
+        var observations: UInt64 = 0
 
         @discardableResult
         mutating func count(_ error: Int32?) -> Bool {
@@ -511,6 +570,20 @@ public final class DiscoveryService: Sendable {
         return out
     }
 
+    /// Each site's observation (where we see its tunnels from), encoded once and sent through every path to it.
+    static func observations(_ observations: [SiteID: [EndpointObservation.Sighting]], from observer: SiteID,
+                             routes: [TunnelRoute], codec: AnnouncementCodec, now: Date) -> [([UInt8], TunnelRoute)] {
+        var out: [([UInt8], TunnelRoute)] = []
+        for (subject, sightings) in observations.sorted(by: { $0.key < $1.key }) {
+            let observation = EndpointObservation(observer: observer, subject: subject,
+                                                  timestampMilliseconds: UInt64(now.timeIntervalSince1970 * 1000),
+                                                  sightings: Array(sightings.prefix(AnnouncementCodec.maxEndpoints)))
+            guard let bytes = try? codec.encode(observation) else { continue }
+            for route in routes where route.site == subject { out.append((bytes, route)) }
+        }
+        return out
+    }
+
     /// Announces if due and expires sites. Returns what to send when due (the announcement, its version 1 copy
     /// with `legacyCopies`, and the revocation lists we hold: on every uplink, to every unicast destination and
     /// through every tunnel; and the relays) and the poll timeout in ms, or nil when the service is stopping.
@@ -521,8 +594,14 @@ public final class DiscoveryService: Sendable {
             guard !state.stopping else { return nil }
             var outgoing: Outgoing?
             let due = state.lastAnnounce.map { now - $0 >= settings.interval } ?? true
+            state.publicEndpoints.expire(local: state.local.endpoints, now: wall)
+            let endpoints = state.publicEndpoints.announced(state.local.endpoints, now: wall)
+            if endpoints != state.announcedEndpoints { state.announceNow = true }
             if state.announceNow || due {
-                let announcement = Announcement(site: state.local, counter: state.counter.next(),
+                var site = state.local
+                site.endpoints = endpoints
+                state.announcedEndpoints = endpoints
+                let announcement = Announcement(site: site, counter: state.counter.next(),
                                                 timestampMilliseconds: UInt64(wall.timeIntervalSince1970 * 1000))
                 // The description was validated by init/update, so encoding cannot fail here.
                 var datagrams: [[UInt8]] = []
@@ -536,7 +615,10 @@ public final class DiscoveryService: Sendable {
                 }
                 outgoing = Outgoing(datagrams: datagrams, unicast: unicast, tunnels: state.tunnelRoutes,
                                     relays: Self.relays(relayable: state.relayable, to: unicast,
-                                                        correspondents: state.correspondents))
+                                                        correspondents: state.correspondents),
+                                    observations: Self.observations(state.observations, from: state.local.siteID,
+                                                                    routes: state.tunnelRoutes, codec: state.encoder,
+                                                                    now: wall))
                 state.lastAnnounce = now
                 state.announceNow = false
             }
@@ -571,6 +653,39 @@ public final class DiscoveryService: Sendable {
             $0.statistics.sendErrors += counts.failed
             $0.statistics.tunnelSent += counts.tunnel
             $0.statistics.relayedSent += counts.relayed
+            $0.statistics.observationsSent += counts.observations
+        }
+    }
+
+    /// Takes an observation of our uplinks: only about us, only through a tunnel from an active observer (its
+    /// source is the observer's overlay address: WireGuard authenticated the sender, since only the observer's
+    /// peer may send from that address into our tunnels), only fresh. It can only
+    /// change the address we announce for one of our own labels.
+    private func record(_ observation: EndpointObservation, from source: SocketAddress4, now: Date) -> AnnouncementRejection? {
+        let outcome = state.withLock { state -> Result<(announced: [Endpoint], own: [Endpoint])?, AnnouncementRejection> in
+            guard observation.subject == state.local.siteID,
+                  state.resolution.sites.contains(where: { $0.siteID == observation.observer && $0.overlay == source.address })
+            else { return .failure(.badObservation) }
+            let sent = Date(timeIntervalSince1970: Double(observation.timestampMilliseconds) / 1000)
+            guard abs(sent.timeIntervalSince(now)) <= settings.timestampWindow else { return .failure(.stale) }
+            state.statistics.observationsAccepted += 1
+            guard state.publicEndpoints.record(observation, local: state.local.endpoints, now: now) else { return .success(nil) }
+            state.announceNow = true
+            Self.wake(state)
+            return .success((state.publicEndpoints.announced(state.local.endpoints, now: now), state.local.endpoints))
+        }
+        switch outcome {
+        case .failure(let rejection):
+            return rejection
+        case .success(let changed):
+            if let (announced, own) = changed {
+                for (mapped, endpoint) in zip(announced, own) where mapped != endpoint {
+                    logger.notice("uplink behind NAT: announcing its public mapping", metadata: [
+                        "uplink": "\(endpoint.label)", "own": "\(endpoint.address)", "public": "\(mapped.address)",
+                    ])
+                }
+            }
+            return nil
         }
     }
 
@@ -623,6 +738,10 @@ public final class DiscoveryService: Sendable {
         }
         if case .revocationList(let list) = message {
             rejection = apply(list, from: source)
+            message = nil
+        }
+        if case .observation(let observation) = message {
+            rejection = relayed || !unicast ? .badObservation : record(observation, from: source, now: wall)
             message = nil
         }
         let path: AnnouncementPath = relayed ? .relay

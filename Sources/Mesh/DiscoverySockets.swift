@@ -28,7 +28,7 @@ final class DiscoverySockets {
         let fd: Int32
     }
 
-    let names: [String]
+    private(set) var names: [String]
     private(set) var uplinks: [Uplink] = []
     let unicast: Int32
     /// Send-only: SO_MARK is set before each datagram (one I/O thread sends, so no two marks interleave).
@@ -72,9 +72,11 @@ final class DiscoverySockets {
         return send(bytes, from: tunnel, to: destination)
     }
 
-    /// Closes the uplink sockets and opens one for every uplink that exists now. `skipped` hears of each
-    /// uplink left out: nil error when the interface does not exist.
-    func rebind(skipped: (String, DiscoveryError?) -> Void) {
+    /// Closes the uplink sockets and opens one for every uplink that exists now (of `names`, which replace
+    /// the uplinks when given). `skipped` hears of each uplink left out: nil error when the interface does
+    /// not exist.
+    func rebind(_ replacing: [String]? = nil, skipped: (String, DiscoveryError?) -> Void) {
+        if let replacing { names = replacing }
         for uplink in uplinks { close(uplink.fd) }
         uplinks = []
         for name in names {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Model
+import Synchronization
 import WireGuard
 
 /// Keeps the tunnels in step with discovery: on every mesh event, and every `retryInterval` (to retry
@@ -14,7 +15,9 @@ import WireGuard
 public struct TunnelDriver: Sendable {
     public let discovery: DiscoveryService
     public let reconciler: TunnelReconciler
-    public let uplinks: [Uplink]
+    /// The uplinks in slot order; grows when a detected uplink appears (`setUplinks`).
+    private let uplinkList: UplinkList
+    public var uplinks: [Uplink] { uplinkList.value.withLock { $0 } }
     public let settings: TunnelSettings
     /// The pool our overlay address was chosen from (`OverlayAddressing`); nil when the operator fixed it.
     /// With a pool, the driver moves our overlay when a site with a smaller id announces the same one.
@@ -28,11 +31,21 @@ public struct TunnelDriver: Sendable {
                 logger: Logger = Logger(label: "patronus.mesh.tunnels")) {
         self.discovery = discovery
         self.reconciler = reconciler
-        self.uplinks = uplinks
+        uplinkList = UplinkList(uplinks)
         self.settings = settings
         self.overlayPool = overlayPool
         self.retryInterval = retryInterval
         self.logger = logger
+    }
+
+    /// Replaces the uplinks (slot order: an uplink keeps its position); the next plan uses them.
+    public func setUplinks(_ uplinks: [Uplink]) {
+        uplinkList.value.withLock { $0 = uplinks }
+    }
+
+    private final class UplinkList: Sendable {
+        let value: Mutex<[Uplink]>
+        init(_ uplinks: [Uplink]) { value = Mutex(uplinks) }
     }
 
     /// The plan for the sites discovery knows now.
@@ -64,23 +77,43 @@ public struct TunnelDriver: Sendable {
         return chosen
     }
 
+    /// Tells discovery where we see each site's tunnels from (the endpoint WireGuard learned from the peer's
+    /// authenticated packets, for sessions that work): discovery sends each site its own, through its tunnels,
+    /// so a site behind NAT learns and announces its public mapping. Same-label pairing only: with all-pairs
+    /// an uplink announces a port block, which a NAT does not map as a block.
+    func observe(_ plan: TunnelPlan) async {
+        guard settings.pairing == .sameLabel else { return }
+        let states = await reconciler.states()
+        let now = Date()
+        var observed: [SiteID: [EndpointObservation.Sighting]] = [:]
+        for path in plan.paths {
+            guard let live = states[path.interface]?.peer(path.peer), let endpoint = live.endpoint,
+                  let handshake = live.lastHandshake,
+                  now.timeIntervalSince(handshake) < TunnelReconciler.workingSessionAge else { continue }
+            observed[path.remoteSite, default: []].append(.init(label: path.remoteEndpoint.label,
+                                                                announced: path.remoteEndpoint.address, observed: endpoint))
+        }
+        discovery.setObservations(observed)
+    }
+
     /// Throws only when discovery cannot open its sockets. `onOverlay` hears of a moved overlay address.
     public func run(onEvent: @escaping @Sendable (MeshEvent) async -> Void = { _ in },
                     onPlan: @escaping @Sendable (TunnelPlan, ReconcileReport) async -> Void = { _, _ in },
                     onOverlay: @escaping @Sendable (IPv4Address) async -> Void = { _ in })
         async throws(DiscoveryError)
     {
-        let apply: @Sendable () async -> Void = {
+        let apply: @Sendable (_ observing: Bool) async -> Void = { observing in
             if let moved = await resolveOverlayConflict() { await onOverlay(moved) }
             do {
                 let plan = try currentPlan()
                 let report = await reconciler.apply(plan)
                 await onPlan(plan, report)
+                if observing { await observe(plan) }
             } catch {
                 logger.error("cannot plan tunnels", metadata: ["error": "\(error)"])
             }
         }
-        await apply()  // the interfaces exist (and listen) before anyone hears of them
+        await apply(false)  // the interfaces exist (and listen) before anyone hears of them
         await reconciler.removeStale(prefix: settings.interfacePrefix)
         let failure = await withTaskGroup(of: DiscoveryError?.self) { group -> DiscoveryError? in
             group.addTask {
@@ -94,7 +127,7 @@ public struct TunnelDriver: Sendable {
             group.addTask {
                 for await event in discovery.events {
                     await onEvent(event)
-                    await apply()
+                    await apply(false)
                 }
                 return nil
             }
@@ -102,7 +135,7 @@ public struct TunnelDriver: Sendable {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: retryInterval)
                     if Task.isCancelled { break }
-                    await apply()
+                    await apply(true)
                 }
                 return nil
             }

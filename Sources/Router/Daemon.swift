@@ -48,9 +48,15 @@ public struct Daemon: Sendable {
         // The monitor subscribes before it reads the uplinks' state, so that no change falls between the
         // read and the notifications the UplinkWatcher follows.
         let inventory = try InterfaceInventory.read()
-        let uplinks = try inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
-        let monitor = try UplinkMonitor(uplinks: uplinks)
+        let detected = inventory.uplinks(configured: configuration.uplinks, tunnelPrefix: configuration.interfaceName)
+        // Without --uplink, interfaces that get an address and a default route later become uplinks then.
+        let detection = configuration.uplinks.isEmpty ? UplinkDetection(tunnelPrefix: configuration.interfaceName) : nil
+        if detection != nil && detected.isEmpty {
+            logger.notice("no uplink yet (no interface is up with a global IPv4 address and a default route): each is used when it has one; or name them with --uplink IFACE[=LABEL]")
+        }
+        let monitor = try UplinkMonitor(uplinks: detected, detection: detection)
         let tracker = monitor.initial
+        let uplinks = tracker.uplinks
         for state in tracker.states where state.index == nil || state.address == nil {
             logger.notice("uplink \(state.uplink) is \(state.index == nil ? "absent" : "without an address") now: used when it is ready")
         }
@@ -423,6 +429,13 @@ struct HousekeepingService: Service {
                 await runtime.touchSites(discovery.heardSites)
                 let conflicts = discovery.conflicts
                 await runtime.recordConflicts(conflicts)
+                let mappings = discovery.publicMappings
+                let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
+                let localEndpoints = discovery.local.endpoints.map { endpoint in
+                    LocalEndpoint(endpoint: endpoint, publicEndpoint: mappings[endpoint.label]?.address,
+                                  observedBy: (mappings[endpoint.label]?.observers ?? []).map { names[$0] ?? $0.description })
+                }
+                await runtime.recordLocalEndpoints(localEndpoints)
                 var drops: [RouterSample.DropKey: UInt64] = [:]
                 for (reason, count) in discovery.statistics.drops {
                     drops[.init(component: "discovery", reason: "\(reason)")] = count
@@ -431,7 +444,6 @@ struct HousekeepingService: Service {
                                             ("bandwidth", bandwidthReceiver.statistics.drops.counts)] {
                     for (reason, count) in counts { drops[.init(component: component, reason: reason.rawValue)] = count }
                 }
-                let names = Dictionary(sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
                 var counters = SteeringCounters()
                 if readsKernelCounters {
                     do {
@@ -450,6 +462,11 @@ struct HousekeepingService: Service {
                                                     certificateDaysLeft: discovery.certificate.map {
                                                         $0.notAfterDate.timeIntervalSinceNow / 86_400
                                                     })
+                sample.publicMappings = localEndpoints.compactMap { local in
+                    local.publicEndpoint.map {
+                        PublicMappingSample(uplink: local.endpoint.label, mapping: $0.description, observers: local.observedBy.count)
+                    }
+                }
                 sample.shapers = shaping.current
                 metrics.update(sample)
             }

@@ -65,6 +65,20 @@ public struct SelectionSample: Hashable, Sendable {
     }
 }
 
+/// An uplink that other sites see behind a NAT: the public mapping this site announces for it.
+public struct PublicMappingSample: Hashable, Sendable {
+    public var uplink: String
+    public var mapping: String
+    /// How many sites observed it.
+    public var observers: Int
+
+    public init(uplink: String, mapping: String, observers: Int) {
+        self.uplink = uplink
+        self.mapping = mapping
+        self.observers = observers
+    }
+}
+
 /// Everything the exporter publishes, taken in one piece so a scrape never sees half an update.
 public struct RouterSample: Sendable {
     public var paths: [PathSample] = []
@@ -75,6 +89,8 @@ public struct RouterSample: Sendable {
     public var prefixConflicts = 0
     /// Days until this site's certificate expires; nil without one.
     public var certificateDaysLeft: Double?
+    /// Our uplinks behind NAT, with the public mapping we announce.
+    public var publicMappings: [PublicMappingSample] = []
     /// (component, reason) -> dropped datagrams, e.g. ("discovery", "bad-mac").
     public var drops: [DropKey: UInt64] = [:]
     /// The database writer's counts.
@@ -188,6 +204,11 @@ public final class RouterMetrics: Sendable {
                   Double(sample.prefixConflicts))
             if let days = sample.certificateDaysLeft {
                 gauge("certificate_days_left", "Days until this site's certificate expires", [], days)
+            }
+            for mapping in sample.publicMappings {
+                gauge("uplink_public_mapping",
+                      "An uplink other sites see behind NAT: the public mapping announced for it (value: how many sites observed it)",
+                      [("uplink", mapping.uplink), ("mapping", mapping.mapping)], Double(mapping.observers))
             }
             let store = sample.storeWrites
             counter("store_writes_total", "Rows the database writer committed", [], UInt64(store.written))

@@ -161,6 +161,15 @@ actor SiteRuntime {
         writer.enqueue(sites.map { .remoteSite(Self.record(of: $0.site), endpoints: nil) })
     }
 
+    private var lastLocalEndpoints: [LocalEndpoint]?
+
+    /// Our endpoints and their public mappings, for `status` (rewritten only when they change).
+    func recordLocalEndpoints(_ endpoints: [LocalEndpoint]) {
+        guard endpoints != lastLocalEndpoints else { return }
+        writer.enqueue(.localEndpoints(endpoints, at: Date()))
+        lastLocalEndpoints = endpoints
+    }
+
     private var lastConflicts: [PrefixConflict] = []
 
     /// The refused prefixes, for `status` (rewritten only when they change).

@@ -10,7 +10,9 @@ import Steering
 /// gateway or carrier rewrites the per-uplink routing tables; a new, moved or lost address is announced
 /// at once; discovery's sockets are opened again when an uplink appears, comes back or moves. An uplink
 /// named with `--uplink` that is absent at start is used when it appears; one that disappears is dropped
-/// (its endpoint withdrawn, its paths down) until it comes back.
+/// (its endpoint withdrawn, its paths down) until it comes back. Without `--uplink`, an interface that
+/// qualifies later (`UplinkDetection`: an address and a default route) becomes an uplink then, and is
+/// dropped the same way when it goes.
 struct UplinkWatcher: Service {
     let monitor: UplinkMonitor
     let settings: TunnelSettings
@@ -31,12 +33,9 @@ struct UplinkWatcher: Service {
 
     func run() async throws {
         let uplinkPaths = runtime.uplinkPaths
-        let labels = Dictionary(monitor.initial.uplinks.map { ($0.interface, $0.label) }, uniquingKeysWith: { first, _ in first })
         // The fast path: an uplink that stops has its paths down within the kernel's notification.
         let steering = steering
-        monitor.start(stopped: { interface in
-            if let label = labels[interface] { uplinkPaths.stopped(label) }
-        }, ourRouteRemoved: {
+        monitor.start(stopped: { uplink in uplinkPaths.stopped(uplink.label) }, ourRouteRemoved: {
             steering.routesTouched.withLock { $0 = true }
         })
         defer { monitor.stop() }
@@ -52,6 +51,16 @@ struct UplinkWatcher: Service {
         for change in changes where change.stoppedRunning { runtime.uplinkPaths.stopped(change.after.uplink.label) }
         for change in changes {
             logger.notice("uplink changed", metadata: ["uplink": "\(change.after.uplink)", "now": "\(change.after)"])
+        }
+        // No --uplink: an interface that got an address and a default route became an uplink (the tracker
+        // added it in the next slot). Tunnels and discovery take it before anything is announced for it.
+        if tracker.uplinks != driver.uplinks {
+            for uplink in tracker.uplinks where !driver.uplinks.contains(uplink) {
+                logger.notice("uplink detected: using it", metadata: ["uplink": "\(uplink)",
+                                                                    "slot": "\(tracker.uplinks.count)"])
+            }
+            driver.setUplinks(tracker.uplinks)
+            discovery.setUplinks(tracker.uplinks.map(\.interface))
         }
         if changes.contains(where: \.needsPinning) {
             do {

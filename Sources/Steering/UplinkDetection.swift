@@ -9,7 +9,8 @@ public struct InterfaceInventory: Sendable {
         public var index: Int32
         public var isUp: Bool
         public var addresses: [IPv4Address]
-        public var hasRoute: Bool
+        /// A main-table default route leaves by it.
+        public var hasDefaultRoute: Bool
     }
 
     public var interfaces: [Interface]
@@ -24,7 +25,7 @@ public struct InterfaceInventory: Sendable {
         return InterfaceInventory(interfaces: try client.links().map { link in
             Interface(name: link.name, index: link.index, isUp: link.isUp,
                       addresses: addresses.filter { $0.interfaceIndex == link.index }.map { IPv4Address($0.address) },
-                      hasRoute: routes.contains { $0.outputInterface == link.index })
+                      hasDefaultRoute: routes.contains { $0.outputInterface == link.index && UplinkTracker.isMainDefault($0) })
         })
     }
 
@@ -44,26 +45,32 @@ public struct InterfaceInventory: Sendable {
     }
 
     /// `--uplink` when given, present or not (one that is absent or has no address yet is used when it
-    /// appears), else every interface that is up, has a global address
-    /// and a route, and is not one of our tunnels: labelled by its own name.
-    public func uplinks(configured: [Uplink], tunnelPrefix: String) throws(UplinkError) -> [Uplink] {
+    /// appears), else every interface that is an uplink now by `UplinkDetection` (labelled by its own name;
+    /// possibly none yet: the `UplinkTracker` adds the ones that qualify later).
+    public func uplinks(configured: [Uplink], tunnelPrefix: String) -> [Uplink] {
         if !configured.isEmpty { return configured }
-        let detected = interfaces.filter {
-            $0.name != "lo" && $0.isUp && $0.hasRoute && !$0.name.hasPrefix(tunnelPrefix) && !$0.name.hasPrefix("wg")
-                && $0.addresses.contains(where: Self.isGlobal)
-        }
-        guard !detected.isEmpty else { throw .noneDetected }
-        return detected.map { Uplink(interface: $0.name, label: $0.name) }
+        let rule = UplinkDetection(tunnelPrefix: tunnelPrefix)
+        return interfaces.filter {
+            rule.qualifies(name: $0.name, isUp: $0.isUp, hasGlobalAddress: $0.addresses.contains(where: Self.isGlobal),
+                           hasDefaultRoute: $0.hasDefaultRoute)
+        }.prefix(Conventions.uplinkSlots.count).map { Uplink(interface: $0.name, label: $0.name) }
     }
 }
 
-public enum UplinkError: Error, Equatable, CustomStringConvertible {
-    case noneDetected
+/// Which interfaces are uplinks when none is named with `--uplink`: up, with a global IPv4 address and a
+/// main-table default route out of it (what DHCP or PPPoE gives an uplink; a LAN interface has neither a
+/// default route nor, usually, should it get one), not loopback, not one of our tunnels (nor any `wg*`
+/// interface), and with a name that is a valid label (the uplink is labelled by it). Checked at start
+/// and, by the `UplinkTracker`, on every change after it: an interface that qualifies later becomes an
+/// uplink then, without a restart.
+public struct UplinkDetection: Hashable, Sendable {
+    public var tunnelPrefix: String
 
-    public var description: String {
-        switch self {
-        case .noneDetected:
-            "no uplink found: no interface is up with a global IPv4 address and a route; name them with --uplink IFACE[=LABEL]"
-        }
+    public init(tunnelPrefix: String) { self.tunnelPrefix = tunnelPrefix }
+
+    public func qualifies(name: String, isUp: Bool, hasGlobalAddress: Bool, hasDefaultRoute: Bool) -> Bool {
+        name != "lo" && isUp && hasGlobalAddress && hasDefaultRoute && !name.hasPrefix(tunnelPrefix) && !name.hasPrefix("wg")
+            && Uplink(argument: name) != nil
     }
 }
+

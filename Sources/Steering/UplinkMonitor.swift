@@ -1,6 +1,7 @@
 import Logging
 import Model
 import Netlink
+import Synchronization
 
 /// Follows the uplinks as the kernel changes them, from rtnetlink notifications (never polling): the one
 /// place the daemon reads links, addresses and default routes. Subscribed before the first read, so no
@@ -9,12 +10,27 @@ public final class UplinkMonitor: Sendable {
     private let monitor: RouteMonitor
     /// The uplinks' state when the monitor started.
     public let initial: UplinkTracker
+    /// The uplinks by interface name, as the tracker knows them now (it adds detected ones): what the fast
+    /// path on the monitor's thread reports stops of.
+    private let known: Known
 
-    public init(uplinks: [Uplink]) throws(NetlinkError) {
+    private final class Known: Sendable {
+        let uplinks: Mutex<[String: Uplink]>
+        init(_ uplinks: [String: Uplink]) { self.uplinks = Mutex(uplinks) }
+        func callAsFunction(_ name: String) -> Uplink? { uplinks.withLock { $0[name] } }
+    }
+
+    /// `detection`: no `--uplink` was given; interfaces that qualify later become uplinks (`UplinkTracker`).
+    public init(uplinks: [Uplink], detection: UplinkDetection? = nil) throws(NetlinkError) {
         monitor = try RouteMonitor()
-        var tracker = UplinkTracker(uplinks: uplinks)
+        var tracker = UplinkTracker(uplinks: uplinks, detection: detection)
         _ = try Self.read(into: &tracker)
         initial = tracker
+        known = Known(Self.byInterface(tracker.uplinks))
+    }
+
+    private static func byInterface(_ uplinks: [Uplink]) -> [String: Uplink] {
+        Dictionary(uplinks.map { ($0.interface, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     private static func read(into tracker: inout UplinkTracker) throws(NetlinkError) -> [UplinkChange] {
@@ -24,16 +40,17 @@ public final class UplinkMonitor: Sendable {
     }
 
     /// Starts receiving. `stopped` runs on the monitor's own thread, not in the task pool (busy with tunnels,
-    /// probes and the database at times), with the interface name of an uplink that lost its carrier or
-    /// disappeared, so that its paths can go down within the kernel's notification. `ourRouteRemoved` runs
-    /// there too when a route in one of our tables went (ours or not: drift repair tells).
-    public func start(stopped: @escaping @Sendable (String) -> Void, ourRouteRemoved: @escaping @Sendable () -> Void = {}) {
-        let names = Set(initial.uplinks.map(\.interface))
-        monitor.start { batch in
+    /// probes and the database at times), with an uplink that lost its carrier or disappeared, so that its
+    /// paths can go down within the kernel's notification. `ourRouteRemoved` runs there too when a route in
+    /// one of our tables went (ours or not: drift repair tells).
+    public func start(stopped: @escaping @Sendable (Uplink) -> Void, ourRouteRemoved: @escaping @Sendable () -> Void = {}) {
+        monitor.start { [known] batch in
             for event in batch {
                 switch event {
-                case .link(let link) where !link.isRunning && names.contains(link.name): stopped(link.name)
-                case .linkRemoved(let link) where names.contains(link.name): stopped(link.name)
+                case .link(let link) where !link.isRunning:
+                    if let uplink = known(link.name) { stopped(uplink) }
+                case .linkRemoved(let link):
+                    if let uplink = known(link.name) { stopped(uplink) }
                 case .routeRemoved(let route) where SteeringNames.isOurs(route): ourRouteRemoved()
                 default: break
                 }
@@ -59,6 +76,9 @@ public final class UplinkMonitor: Sendable {
                 } else {
                     changes += tracker.apply(event)
                 }
+            }
+            if tracker.uplinks.count != known.uplinks.withLock({ $0.count }) {
+                known.uplinks.withLock { $0 = Self.byInterface(tracker.uplinks) }
             }
             let merged = UplinkChange.merged(changes)
             if !merged.isEmpty { await react(merged, tracker) }

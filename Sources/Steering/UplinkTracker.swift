@@ -61,9 +61,14 @@ public struct UplinkChange: Hashable, Sendable, CustomStringConvertible {
 ///
 /// An uplink is known by its interface name, so one that is absent at start (a USB modem plugged in later)
 /// or re-created with a new index is picked up when it appears, and one that disappears is absent again.
+/// With `detection` (no `--uplink` given) an interface that qualifies later (`UplinkDetection`: it got an
+/// address and a default route) is added as an uplink then, in the next free slot, and reported as a
+/// change from absent; one that was added keeps its slot when it goes away (absent, its endpoint withdrawn)
+/// and when it comes back. At most `Conventions.uplinkSlots.count` uplinks.
 public struct UplinkTracker: Sendable {
-    public let uplinks: [Uplink]
+    public private(set) var uplinks: [Uplink]
     public private(set) var states: [UplinkState]
+    public let detection: UplinkDetection?
     private var links: [Int32: Link] = [:]
     private var addresses: Set<InterfaceAddress> = []
     /// Main-table default routes.
@@ -71,8 +76,9 @@ public struct UplinkTracker: Sendable {
 
     public static let mainTable = Conventions.mainTable
 
-    public init(uplinks: [Uplink]) {
+    public init(uplinks: [Uplink], detection: UplinkDetection? = nil) {
         self.uplinks = uplinks
+        self.detection = detection
         states = uplinks.map { UplinkState(uplink: $0) }
     }
 
@@ -115,7 +121,25 @@ public struct UplinkTracker: Sendable {
         route.table == mainTable && route.prefixLength == 0 && route.destination == 0
     }
 
+    /// Adds, in interface index order, every interface that qualifies as an uplink and is not one yet.
+    private mutating func detect() {
+        guard let detection else { return }
+        let known = Set(uplinks.map(\.interface))
+        for link in links.values.sorted(by: { $0.index < $1.index }) where !known.contains(link.name) {
+            guard uplinks.count < Conventions.uplinkSlots.count else { return }
+            let qualifies = detection.qualifies(
+                name: link.name, isUp: link.isUp,
+                hasGlobalAddress: addresses.contains { $0.interfaceIndex == link.index && InterfaceInventory.isGlobal(IPv4Address($0.address)) },
+                hasDefaultRoute: defaults.contains { $0.outputInterface == link.index })
+            guard qualifies else { continue }
+            let uplink = Uplink(interface: link.name, label: link.name)
+            uplinks.append(uplink)
+            states.append(UplinkState(uplink: uplink))
+        }
+    }
+
     private mutating func recompute() -> [UplinkChange] {
+        detect()
         var changes: [UplinkChange] = []
         for (position, before) in states.enumerated() {
             let link = links.values.first { $0.name == before.uplink.interface }

@@ -9,7 +9,7 @@ enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
                                        "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts",
-                                       "v6-path-slot"]
+                                       "v6-path-slot", "v7-endpoint-public-mapping"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -161,6 +161,14 @@ enum Schema {
             // The kernel slot of a live path (its mark `slot << 16` and table 6200 + slot, docs/STEERING.md);
             // NULL while the path is not planned. Usually equal to the id.
             try db.execute(sql: "ALTER TABLE paths ADD COLUMN slot INTEGER")
+        }
+        migrator.registerMigration(migrationIdentifiers[6]) { db in
+            // The local site's uplinks that other sites see behind a NAT: the public mapping it announces
+            // ('address:port') and the names of the sites that observed it ('hq,west'); NULL otherwise.
+            try db.execute(sql: """
+                ALTER TABLE endpoints ADD COLUMN public_endpoint TEXT;
+                ALTER TABLE endpoints ADD COLUMN observed_by TEXT;
+                """)
         }
         return migrator
     }

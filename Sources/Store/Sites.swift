@@ -39,6 +39,24 @@ public struct EndpointRecord: Hashable, Sendable {
     public var site: SiteID
     public var endpoint: Endpoint
     public var lastSeen: Date
+    /// The local site's uplink behind NAT: the public mapping it announces, and who observed it.
+    public var publicEndpoint: SocketAddress4?
+    public var observedBy: [String] = []
+}
+
+/// One of the local site's uplink endpoints as `status` shows it: its own address and, behind NAT, the
+/// public mapping other sites observe (and that it announces instead).
+public struct LocalEndpoint: Hashable, Sendable {
+    public var endpoint: Endpoint
+    public var publicEndpoint: SocketAddress4?
+    /// Names of the sites that observed the mapping.
+    public var observedBy: [String]
+
+    public init(endpoint: Endpoint, publicEndpoint: SocketAddress4? = nil, observedBy: [String] = []) {
+        self.endpoint = endpoint
+        self.publicEndpoint = publicEndpoint
+        self.observedBy = observedBy
+    }
 }
 
 extension Store {
@@ -150,6 +168,23 @@ extension Store {
                        arguments: StatementArguments([site.description] + labels))
     }
 
+    /// Makes the local site's endpoints exactly `endpoints`, with their public mappings. One transaction.
+    public func replaceLocalEndpoints(_ endpoints: [LocalEndpoint], now: Date = Date()) throws(StoreError) {
+        try write("record the local endpoints") { db in try Store.replaceLocalEndpoints(endpoints, now: now, db) }
+    }
+
+    static func replaceLocalEndpoints(_ endpoints: [LocalEndpoint], now: Date, _ db: Database) throws {
+        guard let text = try String.fetchOne(db, sql: "SELECT id FROM sites WHERE is_local = 1"), let site = SiteID(text)
+        else { return }
+        try replaceEndpoints(of: site, with: endpoints.map(\.endpoint), now: now, db)
+        for endpoint in endpoints {
+            try db.execute(sql: "UPDATE endpoints SET public_endpoint = ?, observed_by = ? WHERE site_id = ? AND label = ?",
+                           arguments: [endpoint.publicEndpoint?.description,
+                                       endpoint.observedBy.isEmpty ? nil : endpoint.observedBy.joined(separator: ","),
+                                       text, endpoint.endpoint.label])
+        }
+    }
+
     public func endpoints(of site: SiteID? = nil) throws(StoreError) -> [EndpointRecord] {
         try read("read endpoints") { db in
             let rows = if let site {
@@ -198,8 +233,15 @@ extension Store {
         guard let port16 = UInt16(exactly: port), port16 != 0 else { throw bad("port", "\(port)") }
         let seenText: String = row["last_seen"]
         guard let lastSeen = UTCTime.parse(seenText) else { throw bad("last_seen", seenText) }
+        let publicText: String? = row["public_endpoint"]
+        let publicEndpoint = try publicText.map { text throws(StoreError) in
+            guard let parsed = SocketAddress4(text) else { throw bad("public_endpoint", text) }
+            return parsed
+        }
+        let observers: String? = row["observed_by"]
         return EndpointRecord(site: site, endpoint: Endpoint(label: row["label"], address: SocketAddress4(address, port: port16)),
-                              lastSeen: lastSeen)
+                              lastSeen: lastSeen, publicEndpoint: publicEndpoint,
+                              observedBy: observers.map { $0.split(separator: ",").map(String.init) } ?? [])
     }
 
     /// Lists are stored as readable comma-separated text ("10.1.0.0/16,10.2.0.0/16").

@@ -22,6 +22,10 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var label: String
         public var address: String
         public var port: Int
+        /// Local site only, behind NAT: the public mapping other sites observe ('address:port'), which the
+        /// site announces instead, and the names of the sites that observed it.
+        public var publicEndpoint: String?
+        public var observedBy: [String]?
     }
 
     public struct PathCounts: Codable, Hashable, Sendable {
@@ -159,7 +163,15 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public func report() -> String {
         let rule = String(repeating: "═", count: 55)
         var lines = [rule, "Network Status Report", rule]
-        if let local = localSite { lines.append("Local site: \(local.name) (ID: \(local.id))") }
+        if let local = localSite {
+            lines.append("Local site: \(local.name) (ID: \(local.id))")
+            for endpoint in local.endpoints {
+                let nat = endpoint.publicEndpoint.map {
+                    ", behind NAT: announced as \($0) (seen by \((endpoint.observedBy ?? []).joined(separator: ", ")))"
+                } ?? ""
+                lines.append("    - Endpoint: \(endpoint.address):\(endpoint.port) (\(endpoint.label))\(nat)")
+            }
+        }
         if let certificate {
             lines.append("Certificate: serial \(certificate.serial), expires \(certificate.notAfter) "
                          + "(\(certificate.daysLeft) days left)" + (certificate.expiresSoon ? " - RENEW SOON (ca sign)" : ""))
@@ -273,7 +285,8 @@ extension Store {
                     lanPrefixes: site.lanPrefixes.map(\.description),
                     endpoints: endpoints.filter { $0.site == site.id }.map {
                         .init(label: $0.endpoint.label, address: $0.endpoint.address.address.description,
-                              port: Int($0.endpoint.address.port))
+                              port: Int($0.endpoint.address.port), publicEndpoint: $0.publicEndpoint?.description,
+                              observedBy: $0.observedBy.isEmpty ? nil : $0.observedBy)
                     })
             }
             let remote = sites.filter { !$0.isLocal }

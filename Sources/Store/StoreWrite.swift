@@ -23,13 +23,15 @@ public enum StoreWrite: Hashable, Sendable {
     /// What the local site announces (`Store.updateLocalSite`).
     case localSite(overlayAddress: IPv4Address?, publicKey: String?, lanPrefixes: [IPv4Prefix], at: Date)
     case localCertificate(CertificateRecord?)
+    /// The local site's endpoints and their public mappings (`Store.replaceLocalEndpoints`).
+    case localEndpoints([LocalEndpoint], at: Date)
     /// Deletes metrics older than `retention` before `at`, in short transactions of its own (`Store.pruneMetrics`).
     case pruneMetrics(retention: TimeInterval, at: Date)
 
     /// What two writes must share to be merged when the queue is full: the same row. Failover events have
     /// none (every one is kept).
     enum Key: Hashable {
-        case path(PathKey), pathSlots, pathState(PathKey), site(SiteID), conflicts, localSite, localCertificate, prune
+        case path(PathKey), pathSlots, pathState(PathKey), site(SiteID), conflicts, localSite, localCertificate, localEndpoints, prune
     }
 
     var key: Key? {
@@ -44,6 +46,7 @@ public enum StoreWrite: Hashable, Sendable {
         case .conflicts: .conflicts
         case .localSite: .localSite
         case .localCertificate: .localCertificate
+        case .localEndpoints: .localEndpoints
         case .pruneMetrics: .prune
         }
     }
@@ -53,7 +56,7 @@ public enum StoreWrite: Hashable, Sendable {
     func merged(with newer: StoreWrite) -> StoreWrite? {
         switch (self, newer) {
         case (.path, .path), (.pathSlots, .pathSlots), (.conflicts, .conflicts), (.localSite, .localSite),
-             (.localCertificate, .localCertificate), (.pruneMetrics, .pruneMetrics):
+             (.localCertificate, .localCertificate), (.localEndpoints, .localEndpoints), (.pruneMetrics, .pruneMetrics):
             return newer
         case (.pathState(let old), .pathState(let new)):
             return .pathState(old.merged(with: new))
@@ -156,6 +159,8 @@ extension Store {
             try updateLocalSite(overlayAddress: overlay, publicKey: publicKey, lanPrefixes: lanPrefixes, now: at, db)
         case .localCertificate(let certificate):
             try Store.setLocalCertificate(certificate, db)
+        case .localEndpoints(let endpoints, let at):
+            try Store.replaceLocalEndpoints(endpoints, now: at, db)
         case .pruneMetrics:
             preconditionFailure("pruning runs alone, not inside a batch")
         }

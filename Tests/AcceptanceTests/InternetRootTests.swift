@@ -38,6 +38,73 @@ struct InternetRootTests {
         }
     }
 
+    /// Routed ISPs; east and west behind NAT on both uplinks (each mapped to its own public address by its
+    /// ISP's carrier NAT, port-preserving), given only hq (`--peer`). hq observes where their tunnels come from
+    /// and tells each through its tunnel; each announces its public mapping; east and west initiate to each
+    /// other's mappings and the NATs let the crossing handshakes through. Evidence from outside: a stream from
+    /// east's LAN host reaches west's, leaving east's uplinks, and hq's uplinks send none of it (nothing goes
+    /// through hq); time to first packet from the routers' start by a ping every 100 ms.
+    @Test func twoBranchesBothBehindNATReachEachOtherDirectlyRoot() throws {
+        let nat = ["east", "west"].flatMap { site in ["isp-a", "isp-b"].map { UplinkID(site: site, uplink: $0) } }
+        let lab = try AcceptanceLab(sites: 3, wan: .routed, nat: nat, hub: "hq")
+        defer { lab.down() }
+        let pingLog = "\(lab.controller.stateDirectory)/ping-east-west.log"
+        let ping = try lab.host("east").spawn(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "40", lab.hostAddress("west")],
+                                              logPath: pingLog)
+        defer { ping.terminate() }
+        try lab.waitForMesh(timeout: 30)
+        let upAfter = monotonicSeconds() - lab.started
+        print("both behind NAT: all 12 paths up \(String(format: "%.2f", upAfter)) s after the routers started")
+        try lab.wait("a ping reply", timeout: 10) {
+            ((try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? "").contains("icmp_seq=")
+        }
+        let pings = (try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? ""
+        let firstReply = pings.split(separator: "\n").first { $0.contains("bytes from") }
+            .flatMap { $0.split(separator: " ").first { $0.hasPrefix("icmp_seq=") } }
+            .flatMap { Int($0.dropFirst("icmp_seq=".count)) }
+        let firstSeq = try #require(firstReply, "no reply in:\n\(pings)")
+        print("both behind NAT: east LAN -> west LAN first ping reply for the ping sent \(String(format: "%.1f", Double(firstSeq - 1) * 0.1)) s after the routers started")
+
+        // The status is written every 5 s.
+        try lab.wait("east's and west's public mappings in their status", timeout: 15) {
+            try ["east", "west"].allSatisfy { site in
+                let local = try lab.status(site)["local_site"] as? [String: Any]
+                let endpoints = local?["endpoints"] as? [[String: Any]] ?? []
+                return endpoints.count == 2 && endpoints.allSatisfy { $0["public_endpoint"] != nil }
+            }
+        }
+        for (site, other) in [("east", "west"), ("west", "east")] {
+            let status = try lab.status(site)
+            let local = try #require(status["local_site"] as? [String: Any])
+            let endpoints = local["endpoints"] as? [[String: Any]] ?? []
+            for isp in lab.ispLabels {
+                let uplink = try lab.plan.uplink(site: site, named: isp)
+                let endpoint = try #require(endpoints.first { $0["label"] as? String == isp }, "\(site): \(endpoints)")
+                #expect(endpoint["address"] as? String == uplink.address)
+                #expect((endpoint["public_endpoint"] as? String)?.hasPrefix(uplink.publicAddress + ":") == true, "\(site): \(endpoint)")
+                #expect((endpoint["observed_by"] as? [String])?.contains("hq") == true, "\(site): \(endpoint)")
+                let path = try #require(lab.paths(site, to: other)[isp])
+                let remote = try lab.plan.uplink(site: other, named: isp)
+                #expect((path["remote_endpoint"] as? String)?.hasPrefix(remote.publicAddress + ":") == true, "\(path)")
+            }
+            #expect(lab.log(site).contains("uplink behind NAT: announcing its public mapping"))
+        }
+        #expect(try (lab.status("hq")["local_site"] as? [String: Any])?["endpoints"].map { endpoints in
+            (endpoints as? [[String: Any]] ?? []).allSatisfy { $0["public_endpoint"] == nil }
+        } == true, "hq is public: no mapping")
+
+        try lab.installClassCounters([("stream", 245...260)])
+        let before = try lab.classCounters()
+        let result = try lab.stream(from: "east", to: "west", pps: 100, seconds: 3, after: 0) {}
+        let after = try lab.classCounters()
+        print("both behind NAT, east -> west stream: \(result)")
+        #expect(result.received >= 270, "\(result)")
+        let fromEast = lab.ispLabels.map { delta(after, before, isp: $0, "stream_east") }.reduce(0, +)
+        let fromHQ = lab.ispLabels.map { delta(after, before, isp: $0, "stream_hq") }.reduce(0, +)
+        #expect(fromEast >= 270, "the stream left east's uplinks: \(fromEast)")
+        #expect(fromHQ == 0, "hq sent \(fromHQ) stream-sized packets: the stream went through it")
+    }
+
     /// Routed ISPs; east and west are given only hq (`--peer` hq's addresses), hq nobody. hq relays; all three
     /// learn each other and every path between every pair comes up.
     @Test func twoBranchesThatKnowOnlyTheHubBuildEveryPathRoot() throws {

@@ -186,13 +186,15 @@ struct DaemonRootTests {
         }
     }
 
-    /// A namespace where the daemon finds one uplink: `up0`, 192.0.2.1/24, up (its veth peer too).
+    /// A namespace where the daemon finds one uplink: `up0`, 192.0.2.1/24, up (its veth peer too), with the
+    /// default route an uplink has (detection needs it: docs/README "Uplinks that change").
     func namespaceWithOneUplink(label: String) throws -> NetworkNamespace {
         let ns = try NetworkNamespace.create(label: label)
         try ns.ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p")
         try ns.addAddress("192.0.2.1/24", to: "up0")
         try ns.setUp("up0")
         try ns.setUp("up0p")
+        try ns.ip("route", "add", "default", "via", "192.0.2.254", "dev", "up0")
         return ns
     }
 

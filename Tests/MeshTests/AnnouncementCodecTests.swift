@@ -102,7 +102,7 @@ struct AnnouncementCodecTests {
         bad = good
         bad[4] = 3
         #expect(throws: AnnouncementRejection.badVersion) { try codec.decode(bad) }
-        for kind: UInt8 in [1, 3, 0xff] {  // 1 is the relay envelope, not decoded here
+        for kind: UInt8 in [1, 4, 0xff] {  // 1 is the relay envelope, not decoded here
             bad = good
             bad[5] = kind
             #expect(throws: AnnouncementRejection.badKind) { try codec.decode(bad) }

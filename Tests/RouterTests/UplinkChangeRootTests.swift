@@ -70,6 +70,40 @@ struct UplinkChangeRootTests {
         }
     }
 
+    /// No `--uplink` at either site: each detects its uplinks (an address and a default route; labelled by the
+    /// interface: wan-a, wan-b; the LAN interface is not one). hq's isp-b is unplugged at start, so hq starts
+    /// with wan-a alone. Plugged in (the interface appears, then its address and default route), it becomes an
+    /// uplink without a restart and carries a path within 3 s; unplugged, it is dropped cleanly (its path down
+    /// at once, the router runs on, the other path stays up); plugged in again, it is used again.
+    @Test func anUplinkThatAppearsWithoutTheUplinkFlagIsDetectedAndUsedRoot() throws {
+        let lab = try MetricsLab(sites: 2, uplinks: 2, wan: .routed, unplugged: [UplinkID(site: "hq", uplink: "isp-b")],
+                                 detecting: ["hq", "east"])
+        let logs = { (site: String) in (try? String(contentsOfFile: lab.log(site), encoding: .utf8)) ?? "" }
+        let log = { ["hq", "east"].map { "\($0): " + logs($0).suffix(2500) }.joined(separator: "\n") }
+        try #require(Ops.waitUntil(timeout: .seconds(20)) {
+            Self.paths(lab, "hq") == ["wan-a": "up"] && Self.paths(lab, "east") == ["wan-a": "up"]
+        }, "\(log())")
+
+        try lab.controller.plug(site: "hq", uplink: "isp-b")
+        let plugMs = try #require(Self.millisecondsUntil(.seconds(6)) { Self.paths(lab, "hq")["wan-b"] == "up" }, "\(log())")
+        print("uplinks: detected uplink plugged in (no --uplink) -> a path over it up in \(Int(plugMs)) ms")
+        #expect(plugMs < 3000)
+        #expect(Ops.waitUntil(timeout: .seconds(3)) { Self.paths(lab, "east")["wan-b"] == "up" })
+        #expect(logs("hq").contains("uplink detected: using it"), "\(log())")
+
+        try lab.controller.unplug(site: "hq", uplink: "isp-b")
+        let unplugMs = Self.millisecondsUntil(.seconds(2)) { Self.paths(lab, "hq")["wan-b"] == "down" }
+        #expect(unplugMs != nil && unplugMs! < 100, "\(String(describing: unplugMs))")
+        usleep(500_000)
+        #expect(lab.state.routers.values.allSatisfy { $0.isAlive })
+        #expect(Ops.waitUntil(timeout: .seconds(10)) { Self.paths(lab, "hq")["wan-a"] == "up" }, "\(log())")
+
+        try lab.controller.plug(site: "hq", uplink: "isp-b")
+        let againMs = try #require(Self.millisecondsUntil(.seconds(6)) { Self.paths(lab, "hq")["wan-b"] == "up" }, "\(log())")
+        print("uplinks: plugged in again -> its path up in \(Int(againMs)) ms")
+        #expect(logs("hq").components(separatedBy: "uplink detected: using it").count == 2, "detected once, kept its slot")
+    }
+
     @Test func carrierRenumberingAndHotPluggedUplinksRoot() throws {
         let hqC = UplinkID(site: "hq", uplink: "isp-c")
         let started = ContinuousClock.now

@@ -56,6 +56,50 @@ import Testing
         #expect(tracker.apply(.routeRemoved(newGateway)).first?.after.gateway == nil)
     }
 
+    /// No `--uplink`: an interface becomes an uplink once it is up with a global address and a default route,
+    /// in the next slot, reported as a change from absent; a LAN interface (no default route), loopback, our
+    /// tunnels and other `wg*` interfaces never do; one that goes keeps its slot and comes back to it.
+    @Test func withoutConfiguredUplinksAnInterfaceWithAnAddressAndADefaultRouteBecomesOneLater() throws {
+        var tracker = UplinkTracker(uplinks: [], detection: UplinkDetection(tunnelPrefix: "wg-hq"))
+        let lan = Link(index: 2, name: "lan0", flags: running)
+        let lanAddress = InterfaceAddress(interfaceIndex: 2, address: 0x0a0a_0101, prefixLength: 24)  // 10.10.1.1
+        let lanRoute = IPRoute(destination: 0x0a0a_0100, prefixLength: 24, table: 254, outputInterface: 2)
+        let tunnel = Link(index: 5, name: "wg-hq0", flags: running)
+        let tunnelAddress = InterfaceAddress(interfaceIndex: 5, address: 0x0a63_0001, prefixLength: 32)
+        #expect(tracker.reset(links: [Link(index: 1, name: "lo", flags: running), lan, tunnel],
+                              addresses: [lanAddress, tunnelAddress], routes: [lanRoute]).isEmpty)
+        #expect(tracker.uplinks.isEmpty)
+        // wan-a appears, gets its address: not yet (no default route); then its default route: an uplink.
+        #expect(tracker.apply(.link(wanA())).isEmpty)
+        #expect(tracker.apply(.address(address)).isEmpty)
+        let detected = try #require(tracker.apply(.route(gateway)).first)
+        #expect(tracker.uplinks == [Uplink(interface: "wan-a", label: "wan-a")])
+        #expect(detected.before.index == nil && detected.startedRunning && detected.endpointChanged && detected.needsRebind)
+        #expect(tracker.addressesByInterface == ["wan-a": IPv4Address(100, 65, 1, 2)])
+        // A default route out of a wg interface makes no uplink of it.
+        #expect(tracker.apply(.route(IPRoute(destination: 0, prefixLength: 0, table: 254, outputInterface: 5))).isEmpty)
+        // Gone: absent, endpoint withdrawn, slot kept; back: the same uplink, no second one.
+        let gone = try #require(tracker.apply(.linkRemoved(wanA())).first)
+        #expect(gone.stoppedRunning && gone.endpointChanged && tracker.uplinks.count == 1)
+        _ = tracker.apply(.link(wanA(index: 7)))
+        _ = tracker.apply(.address(InterfaceAddress(interfaceIndex: 7, address: 0x6441_0102, prefixLength: 24)))
+        let back = try #require(tracker.apply(.route(IPRoute(destination: 0, prefixLength: 0, table: 254, outputInterface: 7,
+                                                             gateway: 0x6441_0101))).first)
+        #expect(back.after.index == 7 && back.after.running && tracker.uplinks.count == 1)
+    }
+
+    @Test func theInventoryDetectsOnlyInterfacesWithADefaultRoute() {
+        let inventory = InterfaceInventory(interfaces: [
+            .init(name: "lo", index: 1, isUp: true, addresses: [IPv4Address(127, 0, 0, 1)], hasDefaultRoute: false),
+            .init(name: "lan0", index: 2, isUp: true, addresses: [IPv4Address(10, 10, 1, 1)], hasDefaultRoute: false),
+            .init(name: "wan-a", index: 3, isUp: true, addresses: [IPv4Address(100, 65, 1, 2)], hasDefaultRoute: true),
+            .init(name: "wan-b", index: 4, isUp: false, addresses: [IPv4Address(100, 66, 1, 2)], hasDefaultRoute: true),
+            .init(name: "wg-hq0", index: 5, isUp: true, addresses: [IPv4Address(10, 99, 0, 1)], hasDefaultRoute: true),
+        ])
+        #expect(inventory.uplinks(configured: [], tunnelPrefix: "wg-hq") == [Uplink(interface: "wan-a", label: "wan-a")])
+        #expect(inventory.uplinks(configured: uplinks, tunnelPrefix: "wg-hq") == uplinks)
+    }
+
     @Test func anUplinkAbsentAtStartIsUsedWhenItAppearsAndDroppedWhenItGoes() throws {
         var tracker = started()
         let modem = Link(index: 9, name: "wan-c", flags: running, operState: 0)  // a modem with no operstate
