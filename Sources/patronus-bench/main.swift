@@ -6,7 +6,7 @@
 //                                         applies a plan with POLICIES classes holding ENTRIES match
 //                                         entries in total, then exits (datapath bench); balanced: the
 //                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each)
-//   patronus-bench stream-send HOST PORT PPS SECONDS / stream-recv PORT SECONDS
+//   patronus-bench stream-send HOST PORT PPS SECONDS [rtp SSRC] / stream-recv PORT SECONDS [rtp]
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.
 import Foundation
@@ -69,17 +69,19 @@ let args = CommandLine.arguments
 switch args.count > 1 ? args[1] : "" {
 case "stream-send":
     // stream-send HOST PORT PPS SECONDS
-    guard args.count == 6, let port = UInt16(args[3]), let pps = Int(args[4]), pps > 0, let seconds = Double(args[5]) else {
-        fail("usage: patronus-bench stream-send HOST PORT PPS SECONDS")
+    guard args.count == 6 || (args.count == 8 && args[6] == "rtp" && UInt32(args[7]) != nil), let port = UInt16(args[3]),
+          let pps = Int(args[4]), pps > 0, let seconds = Double(args[5]) else {
+        fail("usage: patronus-bench stream-send HOST PORT PPS SECONDS [rtp SSRC]")
     }
-    do { try Stream.send(host: args[2], port: port, pps: pps, seconds: seconds) } catch { fail("stream-send: \(error)") }
+    let ssrc = args.count == 8 ? UInt32(args[7]) : nil
+    do { try Stream.send(host: args[2], port: port, pps: pps, seconds: seconds, rtpSSRC: ssrc) } catch { fail("stream-send: \(error)") }
 
 case "stream-recv":
     // stream-recv PORT SECONDS
-    guard args.count == 4, let port = UInt16(args[2]), let seconds = Double(args[3]) else {
-        fail("usage: patronus-bench stream-recv PORT SECONDS")
+    guard args.count == 4 || (args.count == 5 && args[4] == "rtp"), let port = UInt16(args[2]), let seconds = Double(args[3]) else {
+        fail("usage: patronus-bench stream-recv PORT SECONDS [rtp]")
     }
-    do { try Stream.receive(port: port, seconds: seconds) } catch { fail("stream-recv: \(error)") }
+    do { try Stream.receive(port: port, seconds: seconds, rtp: args.count == 5) } catch { fail("stream-recv: \(error)") }
 
 case "resteer":
     let n = args.count > 2 ? Int(args[2]) ?? 1000 : 1000
