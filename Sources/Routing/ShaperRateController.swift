@@ -12,7 +12,9 @@
 /// - Busy, with one sample more than `severeDelayMs` above the baseline: the bottleneck fell far below
 ///   our rate; halve it at once (then again after the hold-off while it lasts), so the modem's queue
 ///   drains within a couple of seconds.
-/// - Busy and clean (RTT within `cleanDelayMs` of the baseline): raise by `increaseFactor`, at most every
+/// - Busy and clean (RTT within `cleanDelayMs` of the baseline): raise by `increaseFactor` (or by
+///   `increaseGapFraction` of the way to the ceiling when that is more and no delay came for
+///   `fastIncreaseAfter`), at most every
 ///   `increaseInterval`, up to `ceilingFraction` of the estimate (95 %: a faster link shows in the next
 ///   bandwidth test, whose trains bypass the shaper; at 100 % wireguard-go's send batches queued in the lab's
 ///   modem and the rate kept going down and up around it).
@@ -36,6 +38,11 @@ public struct ShaperRateController: Sendable, Equatable {
         public var decreaseHoldoff = 0.5
         public var increaseFactor = 1.04
         public var increaseInterval = 1.0
+        /// Far below the ceiling, and with no delay for `fastIncreaseAfter` seconds (the bottleneck came
+        /// back), a raise closes at least this share of the gap; while delays keep coming it stays at
+        /// `increaseFactor`, so a rate just under a lower bottleneck is probed gently.
+        public var increaseGapFraction = 0.1
+        public var fastIncreaseAfter = 5.0
         public var baselineFollow = 0.02
         /// The delay is judged on the lowest of the last this many RTT samples: a standing queue raises
         /// all of them, a scheduling hiccup or one late probe only one.
@@ -131,7 +138,10 @@ public struct ShaperRateController: Sendable, Equatable {
                 return .hold
             }
             let old = rate
-            rate = clamp(UInt64(Double(rate) * configuration.increaseFactor))
+            let calm = lastDecrease.map { now - $0 >= configuration.fastIncreaseAfter } ?? true
+            let step = max(Double(rate) * (configuration.increaseFactor - 1),
+                           calm ? Double(ceiling > rate ? ceiling - rate : 0) * configuration.increaseGapFraction : 0)
+            rate = clamp(UInt64(Double(rate) + step))
             lastIncrease = now
             return rate == old ? .hold : .increase(from: old, to: rate)
         }

@@ -63,6 +63,15 @@ import Testing
         for i in 1...20 { #expect(d.observe(now: Double(i) * 0.2, rttMs: 20, sentBitsPerSecond: 8e6) == .hold) }
     }
 
+    @Test func afterADelayRaisesStayGentleForFiveSecondsThenCloseTheGap() {
+        var c = ShaperRateController(estimate: 20 * mbit)
+        _ = c.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
+        _ = c.observe(now: 0.2, rttMs: 400, sentBitsPerSecond: Double(c.rate)) // halved: 9 Mbit/s
+        _ = c.observe(now: 0.4, rttMs: 20, sentBitsPerSecond: Double(c.rate))
+        #expect(c.observe(now: 1.3, rttMs: 20, sentBitsPerSecond: Double(c.rate)) == .increase(from: 9 * mbit, to: 9_360_000)) // 4 %
+        #expect(c.observe(now: 5.3, rttMs: 20, sentBitsPerSecond: Double(c.rate)) == .increase(from: 9_360_000, to: 10_324_000)) // 10 % of the gap to 19
+    }
+
     @Test func neverBelowTheFloor() {
         var c = ShaperRateController(estimate: 20 * mbit)
         _ = c.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
