@@ -47,6 +47,9 @@ public struct LabCommand: ParsableCommand {
         @Option(help: ArgumentHelp("Leave SITE's UPLINK unplugged at start (the router is told about it; `lab plug` plugs it; repeatable).",
                                    valueName: "site:uplink"))
         var unplugged: [String] = []
+        @Option(help: ArgumentHelp("Tell SITE's router that UPLINK never carries copies of duplicated classes (`--uplink ...,no-copies`; repeatable).",
+                                   valueName: "site:uplink"))
+        var noCopies: [String] = []
         @Option(help: ArgumentHelp("Routed: give every other site only this site's addresses as --peer (the others learn each other relayed through it).",
                                    valueName: "site"))
         var hub: String?
@@ -64,7 +67,8 @@ public struct LabCommand: ParsableCommand {
                 }
                 let state = try common.controller.up(sites: sites, uplinks: uplinks, wan: mode,
                                                      nat: try nat.map(LabCommand.uplinkID), unplugged: try unplugged.map(LabCommand.uplinkID),
-                                                     hub: hub, detecting: detectUplinks, routers: routers)
+                                                     hub: hub, detecting: detectUplinks, routers: routers,
+                                                     noCopies: try noCopies.map(LabCommand.uplinkID))
                 let plan = state.plan
                 print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN: \(plan.wan.rawValue), emulation: \(state.backend.rawValue)")
                 for id in plan.natted {
@@ -72,6 +76,7 @@ public struct LabCommand: ParsableCommand {
                     print("NAT: \(id) is behind \(id.uplink)'s carrier NAT (\(uplink.address), seen outside as \(uplink.publicAddress))")
                 }
                 for id in plan.unplugged { print("unplugged: \(id) (sudo patronus-router lab plug \(id.site) \(id.uplink))") }
+                for id in plan.noCopies ?? [] { print("no copies: \(id) never carries copies of duplicated classes") }
                 for site in plan.detecting ?? [] { print("detecting: \(site)'s router detects its uplinks (no --uplink)") }
                 if state.routers.isEmpty {
                     print("routers: not started: the topology alone\(state.staticRoutes ? ", with static routes between the LANs over \(plan.isps[0].label)" : "")")

@@ -9,7 +9,7 @@ struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
         abstract: "List and edit the application policies.",
-        subcommands: [List.self, Add.self, Remove.self, Enable.self, Disable.self])
+        subcommands: [List.self, Add.self, Edit.self, Remove.self, Enable.self, Disable.self])
 
     struct DatabaseOption: ParsableArguments {
         @Option(help: "Database file path.")
@@ -78,12 +78,14 @@ struct PolicyCommand: ParsableCommand {
         var description = ""
         @Flag(help: "Add it disabled.")
         var disabled = false
+        @Flag(help: "Copy every packet of the class over a second path; the receiving site drops the second copy (docs/STEERING.md, Duplication).")
+        var duplicate = false
 
         var policy: Policy {
             Policy(name: name, priority: priority,
                    match: TrafficMatch(services: match, dscp: dscp.flatMap { $0 }, sources: src, destinations: dst),
                    strategy: strategy, sla: SLA(maxLatencyMs: maxLatency, maxJitterMs: maxJitter, maxLossPct: maxLoss),
-                   enabled: !disabled, description: description)
+                   enabled: !disabled, description: description, duplicate: duplicate)
         }
 
         func validate() throws {
@@ -93,6 +95,23 @@ struct PolicyCommand: ParsableCommand {
         func run() throws {
             try options.openForWriting().addPolicy(policy)
             FileHandle.standardOutput.write(Data("added policy \(name) (priority \(priority))\n".utf8))
+        }
+    }
+
+    struct Edit: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a policy's options.")
+        @OptionGroup var options: DatabaseOption
+        @Argument(help: "The policy's name.") var name: String
+        @Flag(inversion: .prefixedNo, help: "Copy every packet of the class over a second path (or stop copying).")
+        var duplicate: Bool?
+
+        func validate() throws {
+            guard duplicate != nil else { throw ValidationError("nothing to change: give --duplicate or --no-duplicate") }
+        }
+
+        func run() throws {
+            let on = duplicate ?? false
+            try PolicyCommand.edit(options, on ? "duplicating" : "not duplicating", name) { try $0.setPolicyDuplicate(named: name, on) }
         }
     }
 
@@ -130,7 +149,7 @@ struct PolicyCommand: ParsableCommand {
 
     /// A fixed-width table, one policy per line.
     static func table(_ policies: [Policy]) -> String {
-        let header = ["PRIORITY", "NAME", "ENABLED", "STRATEGY", "MATCH", "SLA"]
+        let header = ["PRIORITY", "NAME", "ENABLED", "STRATEGY", "DUPLICATE", "MATCH", "SLA"]
         let rows = policies.map { policy -> [String] in
             var match = policy.match.services.map(\.argument)
             if !policy.match.dscp.isEmpty { match.append("dscp:" + policy.match.dscp.map(String.init).joined(separator: ",")) }
@@ -143,6 +162,7 @@ struct PolicyCommand: ParsableCommand {
             if let value = policy.sla.maxJitterMs { sla.append("jitter<=\(number(value))ms") }
             if let value = policy.sla.maxLossPct { sla.append("loss<=\(number(value))%") }
             return ["\(policy.priority)", policy.name, policy.enabled ? "yes" : "no", policy.strategy.description,
+                    policy.duplicate ? "yes" : "no",
                     match.isEmpty ? "everything" : match.joined(separator: " "), sla.isEmpty ? "-" : sla.joined(separator: " ")]
         }
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max()! }

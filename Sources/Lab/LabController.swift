@@ -92,10 +92,10 @@ public struct LabController: Sendable {
                    unplugged: [UplinkID] = [], hub: String? = nil, detecting: [String] = [],
                    routers: Bool = LabController.routersByDefault,
                    emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = [],
-                   shaping: [String: String] = [:]) throws -> LabState {
+                   shaping: [String: String] = [:], noCopies: [UplinkID] = []) throws -> LabState {
         try Self.requireRoot()
         let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks, wan: wan, nat: nat,
-                                    unplugged: unplugged, hub: hub, detecting: detecting)
+                                    unplugged: unplugged, hub: hub, detecting: detecting, noCopies: noCopies)
         mkdir(stateRoot, 0o755)
         let directory = stateDirectory
         let undoDirectory = try LabCleanup.shared.creating { () throws(LabError) -> CleanupHandle in

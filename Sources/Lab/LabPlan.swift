@@ -121,6 +121,9 @@ public struct LabPlan: Codable, Equatable, Sendable {
     public var natted: [UplinkID] = []
     /// Uplinks the routers are told about but that are not plugged in (`plug` / `unplug` change it).
     public var unplugged: [UplinkID] = []
+    /// Uplinks whose router is told never to carry copies of duplicated classes (`--uplink ...,no-copies`).
+    /// Optional so that state files written before it still read.
+    public var noCopies: [UplinkID]?
     /// Routed: the one site every other site is given as `--peer` (it has none); the others learn each other
     /// through it (relayed discovery). Nil: every site is given every other site's public addresses.
     public var hub: String?
@@ -148,7 +151,7 @@ public struct LabPlan: Codable, Equatable, Sendable {
     /// those uplinks behind their ISP's NAT; `unplugged` leaves those uplinks unplugged at start.
     public static func make(instance: String, sites: Int = 3, uplinks: Int = 2, wan: WANMode = .bridged,
                             nat: [UplinkID] = [], unplugged: [UplinkID] = [], hub: String? = nil,
-                            detecting: [String] = []) throws(LabError) -> LabPlan {
+                            detecting: [String] = [], noCopies: [UplinkID] = []) throws(LabError) -> LabPlan {
         guard (1...16).contains(instance.count),
               instance.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) }) else {
             throw .invalidArgument("lab instance '\(instance)' must be 1-16 lowercase letters or digits")
@@ -174,6 +177,9 @@ public struct LabPlan: Codable, Equatable, Sendable {
         plan.unplugged = try Set(unplugged.map { id throws(LabError) in
             try plan.uplink(site: id.site, named: id.uplink).id
         }).sorted()
+        if !noCopies.isEmpty {
+            plan.noCopies = try Set(noCopies.map { id throws(LabError) in try plan.uplink(site: id.site, named: id.uplink).id }).sorted()
+        }
         if let hub {
             guard wan == .routed else { throw .invalidArgument("--hub needs --wan routed: bridged sites find each other by multicast") }
             guard plan.site(named: hub) != nil else { throw .invalidArgument("--hub \(hub): no such site") }
@@ -252,7 +258,8 @@ public struct LabPlan: Codable, Equatable, Sendable {
                     "--interface", tunnelPrefix(site: site.name)]
         if detecting?.contains(site.name) != true {
             for uplink in uplinks(of: site.name) {
-                argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)" + (shaping[uplink.isp].map { ",shape=\($0)" } ?? "")]
+                let options = (shaping[uplink.isp].map { ",shape=\($0)" } ?? "") + (noCopies?.contains(uplink.id) == true ? ",no-copies" : "")
+                argv += ["--uplink", "\(uplink.routerInterface)=\(uplink.isp)" + options]
             }
         }
         argv += ["--lan", site.lanPrefix]

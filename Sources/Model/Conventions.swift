@@ -130,6 +130,20 @@ public enum Conventions {
 
     public static let nftTable = "patronus"
 
+    // MARK: Duplication (docs/STEERING.md, "Duplication")
+
+    /// The small `ip` table that makes the copies of duplicated classes: nft's `dup` exists only in ip and
+    /// ip6 tables, not in inet. Owned by Steering like `nftTable`.
+    public static let copyTable = "patronus_copy"
+    /// Its prerouting chain runs right after our inet table's (mangle, -150), which wrote the class and path.
+    public static let copyChainPriority: Int32 = -149
+    /// The receiver remembers each duplicated packet this long (ms): a copy arriving later than this after
+    /// the first one (a path-latency difference over 2 s) is delivered, not dropped.
+    public static let copySeenTimeoutMs: UInt64 = 2000
+    /// At most this many remembered packets (50 packets/s for 2 s = 100 per call: 650 calls); when full, new
+    /// packets are not remembered and their copies are delivered (never a false drop).
+    public static let copySeenSize: UInt32 = 65536
+
     // MARK: Ports and addresses
 
     /// The first tunnel's WireGuard port (`--listen-port`); the mesh layer derives the others from it.

@@ -8,14 +8,15 @@ extension Policy {
     {
       "name": "voip",
       "priority": 100,
-      "description": "SIP signalling and RTP media of one call share one path, the lowest-latency one",
+      "description": "SIP signalling and RTP media of one call share one path, the lowest-latency one, each packet copied over the best other path (a cut loses nothing)",
       "match": {
         "services": [
           { "protocol": "udp", "ports": ["5060-5061", "16384-32767"] },
           { "protocol": "tcp", "ports": ["5060-5061"] }
         ]
       },
-      "strategy": "lowest-latency"
+      "strategy": "lowest-latency",
+      "duplicate": true
     },
     {
       "name": "bulk",

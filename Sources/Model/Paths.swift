@@ -22,38 +22,49 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
     public var label: String
     /// Egress shaping of the tunnels over this uplink (docs/SHAPING.md).
     public var shaping: ShapingMode
+    /// The uplink never carries the copies of duplicated classes (`no-copies`: metered links; docs/STEERING.md,
+    /// "Duplication"). It still carries traffic the routing engine puts on it.
+    public var noCopies: Bool
 
-    public init(interface: String, label: String, shaping: ShapingMode = .auto) {
+    public init(interface: String, label: String, shaping: ShapingMode = .auto, noCopies: Bool = false) {
         self.interface = interface
         self.label = label
         self.shaping = shaping
+        self.noCopies = noCopies
     }
 
-    /// Parses the `--uplink IFACE[=LABEL][,shape=auto|off|RATE]` form; the label defaults to the interface
-    /// name, shaping to auto.
+    /// Parses the `--uplink IFACE[=LABEL][,shape=auto|off|RATE][,no-copies]` form (options in any order, each
+    /// at most once); the label defaults to the interface name, shaping to auto.
     public init?(argument: String) {
         var fields = argument.split(separator: ",", omittingEmptySubsequences: false)
-        var shaping = ShapingMode.auto
-        if fields.count == 2 {
+        var shaping: ShapingMode?
+        var noCopies = false
+        while fields.count > 1 {
             let option = fields.removeLast()
-            guard option.hasPrefix("shape="), let mode = ShapingMode(option.dropFirst("shape=".count)) else { return nil }
-            shaping = mode
+            if option == "no-copies", !noCopies {
+                noCopies = true
+            } else if option.hasPrefix("shape="), shaping == nil, let mode = ShapingMode(option.dropFirst("shape=".count)) {
+                shaping = mode
+            } else {
+                return nil
+            }
         }
         guard fields.count == 1 else { return nil }
         let parts = fields[0].split(separator: "=", omittingEmptySubsequences: false)
         guard (1...2).contains(parts.count), Uplink.isValidInterfaceName(parts[0]) else { return nil }
         let label = parts.count == 2 ? parts[1] : parts[0]
         guard Policy.isValidName(label) else { return nil }
-        self.init(interface: String(parts[0]), label: String(label), shaping: shaping)
+        self.init(interface: String(parts[0]), label: String(label), shaping: shaping ?? .auto, noCopies: noCopies)
     }
 
-    private enum CodingKeys: String, CodingKey { case interface, label, shaping }
+    private enum CodingKeys: String, CodingKey { case interface, label, shaping, noCopies }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         interface = try c.decode(String.self, forKey: .interface)
         label = try c.decode(String.self, forKey: .label)
         shaping = try c.decodeIfPresent(ShapingMode.self, forKey: .shaping) ?? .auto
+        noCopies = try c.decodeIfPresent(Bool.self, forKey: .noCopies) ?? false
     }
 
     /// Linux interface names: 1-15 bytes, no '/', whitespace or ':'.
@@ -62,7 +73,9 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
             && name.allSatisfy { $0.isASCII && !$0.isWhitespace && $0 != "/" && $0 != ":" }
     }
 
-    public var description: String { "\(interface)=\(label)" + (shaping == .auto ? "" : ",shape=\(shaping)") }
+    public var description: String {
+        "\(interface)=\(label)" + (shaping == .auto ? "" : ",shape=\(shaping)") + (noCopies ? ",no-copies" : "")
+    }
 }
 
 /// How an uplink's tunnels are shaped on egress: `auto` (from the paths' measured bandwidth, adapted to

@@ -185,9 +185,13 @@ public struct Policy: Hashable, Sendable, Codable {
     public var sla: SLA
     public var enabled: Bool
     public var description: String
+    /// Send every packet of the class over its path and a copy over the best other path to the same site;
+    /// the receiving site drops the second copy in its kernel (docs/STEERING.md, "Duplication").
+    public var duplicate: Bool
 
     public init(name: String, priority: Int, match: TrafficMatch = TrafficMatch(), strategy: Strategy,
-                sla: SLA = SLA(), enabled: Bool = true, description: String = "") {
+                sla: SLA = SLA(), enabled: Bool = true, description: String = "", duplicate: Bool = false) {
+        self.duplicate = duplicate
         self.name = name
         self.priority = priority
         self.match = match
@@ -206,9 +210,22 @@ public struct Policy: Hashable, Sendable, Codable {
         sla = try c.decodeIfPresent(SLA.self, forKey: .sla) ?? SLA()
         enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? true
         description = try c.decodeIfPresent(String.self, forKey: .description) ?? ""
+        duplicate = try c.decodeIfPresent(Bool.self, forKey: .duplicate) ?? false
     }
 
-    private enum CodingKeys: String, CodingKey { case name, priority, match, strategy, sla, enabled, description }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(priority, forKey: .priority)
+        try c.encode(match, forKey: .match)
+        try c.encode(strategy, forKey: .strategy)
+        try c.encode(sla, forKey: .sla)
+        try c.encode(enabled, forKey: .enabled)
+        try c.encode(description, forKey: .description)
+        if duplicate { try c.encode(duplicate, forKey: .duplicate) }
+    }
+
+    private enum CodingKeys: String, CodingKey { case name, priority, match, strategy, sla, enabled, description, duplicate }
 
     /// Names are short identifiers that are safe in nft comments, set names and log lines.
     public static func isValidName(_ name: some StringProtocol) -> Bool {

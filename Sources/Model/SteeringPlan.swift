@@ -17,9 +17,13 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     /// Egress shapers, one per shaped tunnel interface (docs/SHAPING.md). Empty: nothing shaped, and the
     /// ruleset has no `shape` chain.
     public var shapers: [Shaper]
+    /// For duplicated classes: where the copy of a packet that took path `from` goes (docs/STEERING.md,
+    /// "Duplication"). None for a (site, class) with one usable path: nothing is copied.
+    public var copies: [Copy]
 
     public init(classes: [TrafficClass] = [], paths: [SteeringPath] = [], destinations: [Destination] = [],
-                choices: [Choice] = [], uplinks: [UplinkPin] = [], shapers: [Shaper] = []) {
+                choices: [Choice] = [], uplinks: [UplinkPin] = [], shapers: [Shaper] = [], copies: [Copy] = []) {
+        self.copies = copies
         self.classes = classes
         self.paths = paths
         self.destinations = destinations
@@ -59,8 +63,13 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         public var counters: Bool
         /// Which queue of a shaped tunnel the class's packets wait in.
         public var band: ShapingBand
+        /// The class's packets are copied over a second path (`copies`) and the receiver drops the second
+        /// copy: this site installs the receiving side (de-duplication) for the class whether or not it sends.
+        public var duplicate: Bool
 
-        public init(id: UInt8, name: String, matches: [TrafficMatch], counters: Bool = true, band: ShapingBand = .standard) {
+        public init(id: UInt8, name: String, matches: [TrafficMatch], counters: Bool = true, band: ShapingBand = .standard,
+                    duplicate: Bool = false) {
+            self.duplicate = duplicate
             self.id = id
             self.name = name
             self.matches = matches
@@ -72,7 +81,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
 
         public var description: String {
             let m = matches.map(SteeringPlan.describe).joined(separator: " | ")
-            return "class \(id) \(name): \(m.isEmpty ? "nothing" : m)\(counters ? " [counters]" : "")\(band == .standard ? "" : " [\(band)]")"
+            return "class \(id) \(name): \(m.isEmpty ? "nothing" : m)\(counters ? " [counters]" : "")\(band == .standard ? "" : " [\(band)]")\(duplicate ? " [duplicate]" : "")"
         }
     }
 
@@ -193,6 +202,23 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         public var description: String { "class \(classID) to site \(site) -> \(target)" }
     }
 
+    /// A packet of class `classID` to `site` that took path slot `from` is also sent over path slot `to`.
+    public struct Copy: Hashable, Sendable, Codable, CustomStringConvertible {
+        public var site: SiteID
+        public var classID: UInt8
+        public var from: UInt16
+        public var to: UInt16
+
+        public init(site: SiteID, classID: UInt8, from: UInt16, to: UInt16) {
+            self.site = site
+            self.classID = classID
+            self.from = from
+            self.to = to
+        }
+
+        public var description: String { "class \(classID) to site \(site): path \(from) copied to path \(to)" }
+    }
+
     public var description: String {
         var lines = ["SteeringPlan"]
         lines += classes.map { "  " + $0.description }
@@ -201,6 +227,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         lines += choices.map { "  " + $0.description }
         lines += uplinks.map { "  " + $0.description }
         lines += shapers.map { "  " + $0.description }
+        lines += copies.map { "  " + $0.description }
         return lines.joined(separator: "\n")
     }
 
@@ -291,6 +318,19 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
                     continue
                 }
                 if site != choice.site { out.append("class \(choice.classID): path \(slot) does not lead to site \(choice.site)") }
+            }
+        }
+        let duplicated = Set(classes.filter(\.duplicate).map(\.id))
+        var copied = Set<String>()
+        for copy in copies {
+            let what = "copy of class \(copy.classID) to site \(copy.site)"
+            if !duplicated.contains(copy.classID) { out.append("\(what): the class does not duplicate") }
+            if copy.from == copy.to { out.append("\(what): path \(copy.from) is copied to itself") }
+            if !copied.insert("\(copy.classID)/\(copy.from)").inserted {
+                out.append("\(what): path \(copy.from) has two copy targets")
+            }
+            for slot in [copy.from, copy.to] where pathSite[slot] != copy.site {
+                out.append("\(what): path \(slot) \(pathSite[slot] == nil ? "is unknown" : "does not lead to the site")")
             }
         }
         return out

@@ -12,6 +12,8 @@ public enum NFTRegister: UInt32, Hashable, Sendable {
 /// `meta` keys we read or write (enum nft_meta_keys).
 public enum NFTMetaKey: UInt32, Hashable, Sendable {
     case length = 0, `protocol` = 1, priority = 2, mark = 3, inputInterface = 4, outputInterface = 5
+    /// The input interface's name (16 bytes, IFNAMSIZ, zero padded).
+    case inputInterfaceName = 6
     case nfproto = 15, l4proto = 16
 }
 
@@ -58,6 +60,11 @@ public enum NFTExpression: Hashable, Sendable {
     case counter
     /// jhash of `length` bytes at sreg, scaled onto `0..<modulus`, plus `offset`, into dreg.
     case jhash(sreg: NFTRegister, length: UInt32, dreg: NFTRegister, modulus: UInt32, seed: UInt32, offset: UInt32 = 0)
+    /// Adds the key at sreg to a dynamic set (`add @set { key }`); timeout 0: the set's own.
+    case dynsetAdd(sreg: NFTRegister, set: String, setID: UInt32?, timeoutMs: UInt64)
+    /// Sends a copy of the packet to the address at `sregAddress` out of the interface whose index is at
+    /// `sregDevice` (`dup to ADDR device DEV`; ip and ip6 tables only).
+    case dup(sregAddress: NFTRegister, sregDevice: NFTRegister)
 
     public var name: String {
         switch self {
@@ -71,6 +78,8 @@ public enum NFTExpression: Hashable, Sendable {
         case .immediate: "immediate"
         case .counter: "counter"
         case .jhash: "hash"
+        case .dynsetAdd: "dynset"
+        case .dup: "dup"
         }
     }
 }
@@ -79,6 +88,7 @@ public enum NFTExpression: Hashable, Sendable {
 public enum NFT {
     public static let reg1 = NFTRegister.reg1
     public static let reg32_01 = NFTRegister.reg32_01 // "reg 9" in nft's debug output
+    public static let metaInputInterfaceName = NFTMetaKey.inputInterfaceName
     public static let verdictRegister = NFTRegister.verdict
     public static let metaMark = NFTMetaKey.mark
     public static let metaL4Proto = NFTMetaKey.l4proto

@@ -181,6 +181,8 @@ final class NFTNLSet {
         if let t = set.dataType { nftnl_set_set_u32(s, attr(NFTNL_SET_DATA_TYPE), t.rawValue) }
         if let l = set.dataLength { nftnl_set_set_u32(s, attr(NFTNL_SET_DATA_LEN), l) }
         if let id = set.id { nftnl_set_set_u32(s, attr(NFTNL_SET_ID), id) }
+        if let t = set.timeoutMs { nftnl_set_set_u64(s, attr(NFTNL_SET_TIMEOUT), t) }
+        if let n = set.size { nftnl_set_set_u32(s, attr(NFTNL_SET_DESC_SIZE), n) }
         if !set.fieldLengths.isEmpty {
             // libnftnl takes the field lengths as bytes, zero-terminated (at most 16 fields: NFT_REG32_COUNT).
             let fields = set.fieldLengths.prefix(15).map { UInt8(truncatingIfNeeded: $0) } + [0]
@@ -244,7 +246,9 @@ final class NFTNLSet {
                       name: NFTNL.string(nftnl_set_get_str(s, attr(NFTNL_SET_NAME))), flags: u32(NFTNL_SET_FLAGS) ?? 0,
                       keyType: NFTDataType(rawValue: u32(NFTNL_SET_KEY_TYPE) ?? 0), keyLength: u32(NFTNL_SET_KEY_LEN) ?? 0,
                       dataType: u32(NFTNL_SET_DATA_TYPE).map(NFTDataType.init(rawValue:)), dataLength: u32(NFTNL_SET_DATA_LEN),
-                      fieldLengths: fields, userdata: userdata)
+                      fieldLengths: fields, userdata: userdata,
+                      timeoutMs: nftnl_set_is_set(s, attr(NFTNL_SET_TIMEOUT)) ? nftnl_set_get_u64(s, attr(NFTNL_SET_TIMEOUT)) : nil,
+                      size: u32(NFTNL_SET_DESC_SIZE))
     }
 
     /// Decodes one NFT_MSG_NEWSETELEM of a dump into its elements.
@@ -382,6 +386,16 @@ final class NFTNLRule {
             u32(NFTNL_EXPR_HASH_SEED, seed)
             u32(NFTNL_EXPR_HASH_OFFSET, offset)
             u32(NFTNL_EXPR_HASH_TYPE, NFT_HASH_JENKINS.rawValue)
+        case let .dynsetAdd(sreg, set, setID, timeoutMs):
+            reg(NFTNL_EXPR_DYNSET_SREG_KEY, sreg)
+            u32(NFTNL_EXPR_DYNSET_OP, UInt32(NFT_DYNSET_OP_ADD.rawValue))
+            nftnl_expr_set_u64(e, attr(NFTNL_EXPR_DYNSET_TIMEOUT), timeoutMs)
+            nftnl_expr_set_str(e, attr(NFTNL_EXPR_DYNSET_SET_NAME), set)
+            if let setID { u32(NFTNL_EXPR_DYNSET_SET_ID, setID) }
+            bytes += room(set) + room(8)
+        case let .dup(sregAddress, sregDevice):
+            reg(NFTNL_EXPR_DUP_SREG_ADDR, sregAddress)
+            reg(NFTNL_EXPR_DUP_SREG_DEV, sregDevice)
         }
         nftnl_rule_add_expr(r, e)
         expressionRoom += bytes
@@ -484,6 +498,15 @@ final class NFTNLRule {
                   let length = u32(NFTNL_EXPR_HASH_LEN), let modulus = u32(NFTNL_EXPR_HASH_MODULUS) else { return nil }
             return .jhash(sreg: sreg, length: length, dreg: dreg, modulus: modulus, seed: u32(NFTNL_EXPR_HASH_SEED) ?? 0,
                           offset: u32(NFTNL_EXPR_HASH_OFFSET) ?? 0)
+        case "dynset":
+            guard (u32(NFTNL_EXPR_DYNSET_OP) ?? 0) == UInt32(NFT_DYNSET_OP_ADD.rawValue),
+                  let sreg = reg(NFTNL_EXPR_DYNSET_SREG_KEY), nftnl_expr_is_set(e, attr(NFTNL_EXPR_DYNSET_SET_NAME)) else { return nil }
+            let timeout = nftnl_expr_is_set(e, attr(NFTNL_EXPR_DYNSET_TIMEOUT)) ? nftnl_expr_get_u64(e, attr(NFTNL_EXPR_DYNSET_TIMEOUT)) : 0
+            return .dynsetAdd(sreg: sreg, set: NFTNL.string(nftnl_expr_get_str(e, attr(NFTNL_EXPR_DYNSET_SET_NAME))),
+                              setID: u32(NFTNL_EXPR_DYNSET_SET_ID), timeoutMs: timeout)
+        case "dup":
+            guard let address = reg(NFTNL_EXPR_DUP_SREG_ADDR), let device = reg(NFTNL_EXPR_DUP_SREG_DEV) else { return nil }
+            return .dup(sregAddress: address, sregDevice: device)
         default:
             return nil
         }

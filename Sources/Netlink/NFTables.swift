@@ -211,10 +211,15 @@ public struct NFTSet: Hashable, Sendable {
     public var userdata: [UInt8]?
     /// Batch-local id so rules in the same batch can reference a set created in it.
     public var id: UInt32?
+    /// A dynamic set's default element timeout (NFTA_SET_TIMEOUT, ms) and its size limit (NFTA_SET_DESC_SIZE).
+    public var timeoutMs: UInt64?
+    public var size: UInt32?
 
     public init(family: NFTFamily, table: String, name: String, flags: UInt32, keyType: NFTDataType, keyLength: UInt32,
                 dataType: NFTDataType? = nil, dataLength: UInt32? = nil, fieldLengths: [UInt32] = [],
-                userdata: [UInt8]? = nil, id: UInt32? = nil) {
+                userdata: [UInt8]? = nil, id: UInt32? = nil, timeoutMs: UInt64? = nil, size: UInt32? = nil) {
+        self.timeoutMs = timeoutMs
+        self.size = size
         self.family = family
         self.table = table
         self.name = name
@@ -232,6 +237,10 @@ public struct NFTSet: Hashable, Sendable {
     public static let flagInterval = UInt32(NFT_SET_INTERVAL.rawValue)
     public static let flagMap = UInt32(NFT_SET_MAP.rawValue)
     public static let flagConcat = UInt32(NFT_SET_CONCAT.rawValue)
+    /// Elements expire (`flags timeout`).
+    public static let flagTimeout = UInt32(NFT_SET_TIMEOUT.rawValue)
+    /// Rules may add elements (`flags dynamic`).
+    public static let flagDynamic = UInt32(NFT_SET_EVAL.rawValue)
     public static let verdictDataType = NFTDataType.verdict
 
     /// Identity ignoring the batch id (which the kernel does not report back).

@@ -57,7 +57,7 @@ public enum NFTables {
     /// NFT_MSG_NEWSET (CREATE). Concatenations describe each field length in NFTA_SET_DESC_CONCAT.
     public static func newSet(_ set: NFTSet) -> NetlinkMessage {
         NFTNLSet(set).message(NFT_MSG_NEWSET, set.family, flags: NetlinkFlag.create,
-                              capacity: room(set.table) + room(set.name) + 6 * room(4) + 16 + 16 * set.fieldLengths.count
+                              capacity: room(set.table) + room(set.name) + 6 * room(4) + 16 + 16 * set.fieldLengths.count + 2 * room(8) + 16
                                   + room(set.userdata?.count ?? 0))
     }
 

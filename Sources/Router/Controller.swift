@@ -110,7 +110,8 @@ public actor Controller {
         let ids = classNumbers.update(enabled.sorted { $0.priority < $1.priority }.map(\.name))
         let decision = engine.decide(policies: enabled, paths: Array(states.values), previous: routing, now: now)
         let plan = SteeringPlanner.plan(policies: enabled, classIDs: ids, sites: Array(sites.values),
-                                        paths: Array(bindings.values), selections: decision.state.selections)
+                                        paths: Array(bindings.values), selections: decision.state.selections,
+                                        copies: decision.state.copies)
         let began = clock.now
         if plan != installed {
             try await applier.apply(plan)

@@ -3,6 +3,7 @@ import Logging
 import Mesh
 import Model
 import Probing
+import Routing
 import ServiceLifecycle
 import Steering
 import Store
@@ -190,7 +191,9 @@ public struct Daemon: Sendable {
         let responder = try ProbeResponder(configuration: responderConfiguration, logger: logger)
         let probes = PathProbeSet(metricsInterval: SiteRuntime.metricsInterval)
         let failoverLogger = logger
-        let controller = Controller(applier: steering, logger: logger) { records in
+        var routingSettings = RoutingSettings()
+        routingSettings.noCopyLabels = Set(uplinks.filter(\.noCopies).map(\.label))
+        let controller = Controller(engine: RoutingEngine(settings: routingSettings), applier: steering, logger: logger) { records in
             let acknowledged = writer.enqueue(records.map {
                 .failover(FailoverEvent(policy: $0.policy, destination: $0.site, fromPath: nil, toPath: nil,
                                         reason: $0.reason, detectionMs: $0.detectionMs, switchMs: $0.switchMs),

@@ -39,8 +39,16 @@ public struct ClassSample: Hashable, Sendable {
     public var path: String
     public var packets: UInt64
     public var bytes: UInt64
+    /// Duplicated classes: copies this site sent by the path (`copy_<class>_path<id>` in `ip patronus_copy`).
+    /// Nil for classes that do not duplicate.
+    public var copiesSent: UInt64?
+    /// Duplicated classes: second copies that arrived by the path and were dropped (`<class>_dup<id>`).
+    public var duplicatesDropped: UInt64?
 
-    public init(policy: String, site: String, pathID: Int64, path: String, packets: UInt64, bytes: UInt64) {
+    public init(policy: String, site: String, pathID: Int64, path: String, packets: UInt64, bytes: UInt64,
+                copiesSent: UInt64? = nil, duplicatesDropped: UInt64? = nil) {
+        self.copiesSent = copiesSent
+        self.duplicatesDropped = duplicatesDropped
         self.policy = policy
         self.site = site
         self.pathID = pathID
@@ -185,6 +193,13 @@ public final class RouterMetrics: Sendable {
                         cls.packets)
                 counter("class_bytes_total", "Bytes steered for the policy on the path (nft counter)", labels,
                         cls.bytes)
+                if let copies = cls.copiesSent {
+                    counter("class_copies_sent_total", "Duplicated policies: copies sent by the path (nft counter)", labels, copies)
+                }
+                if let dropped = cls.duplicatesDropped {
+                    counter("class_duplicates_dropped_total",
+                            "Duplicated policies: second copies that arrived by the path, dropped (nft counter)", labels, dropped)
+                }
             }
             for shaper in sample.shapers {
                 let labels = [("path_id", "\(shaper.pathID)"), ("path", shaper.path), ("uplink", shaper.uplink),

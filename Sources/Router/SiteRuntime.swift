@@ -313,10 +313,16 @@ actor SiteRuntime {
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
         let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })
+        func packets(_ list: [SteeringCounters.PathCounter]) -> [String: UInt64] {
+            Dictionary(list.map { ("\($0.className)/\($0.pathID)", $0.packets) }, uniquingKeysWith: +)
+        }
+        let copies = packets(counters.copiesSent), duplicates = packets(counters.duplicatesDropped)
         for counter in counters.paths {
             guard let (name, route) = byID[counter.pathID] else { continue }
+            let key = "\(counter.className)/\(counter.pathID)"
             sample.classes.append(ClassSample(policy: counter.className, site: route.path.remoteName, pathID: counter.pathID, path: name,
-                                              packets: counter.packets, bytes: counter.bytes))
+                                              packets: counter.packets, bytes: counter.bytes,
+                                              copiesSent: copies[key], duplicatesDropped: duplicates[key]))
         }
         sample.classes.sort { ($0.policy, $0.site, $0.path) < ($1.policy, $1.site, $1.path) }
         sample.failovers = failovers

@@ -156,6 +156,14 @@ public final class SteeringInspector {
                     continue
                 }
                 entry.paths = all.map(\.steered)
+                if policy.duplicate {
+                    entry.duplication = sitePaths.map { path in
+                        StatusSnapshot.DuplicationCounters(
+                            pathId: path.id, name: path.name,
+                            copiesSent: installed.copyCounters[SteeringNames.copyChain(policy.name, path.id)]?.packets,
+                            duplicatesDropped: installed.chainCounters[SteeringNames.duplicateChain(policy.name, path.id)]?.packets)
+                    }
+                }
                 let judged = judge(policy: policy, site: site, uses: all, view: view)
                 entry.reason = judged.reason
                 entry.winner = judged.winner

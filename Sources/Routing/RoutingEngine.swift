@@ -98,6 +98,9 @@ public struct RoutingSettings: Hashable, Sendable {
     public var scorePointsPerLossPct: Double = 2.5 * 100 / 93.2
     /// Buckets of a load-balanced policy; a flow hash picks one (the kernel's bucket field fixes the number).
     public var bucketCount: Int = Int(Conventions.balanceBuckets)
+    /// Local uplink labels that never carry copies of duplicated classes (`--uplink IFACE=LABEL,no-copies`:
+    /// metered links). Their paths still carry a class's traffic when the engine selects them.
+    public var noCopyLabels: Set<String> = []
 
     public init() {}
 }
@@ -109,6 +112,9 @@ public struct RoutingState: Hashable, Sendable {
     public var challengers: [SelectionKey: Challenger] = [:]
     /// The policy each selection was made for, to notice policy edits.
     public var policies: [SelectionKey: Policy] = [:]
+    /// For duplicating policies: the path each selected path's packets are copied to (the best other usable
+    /// path to the site, not over a no-copies uplink). Missing: nothing to copy to (one usable path).
+    public var copies: [SelectionKey: [PathKey: PathKey]] = [:]
 
     public struct Challenger: Hashable, Sendable {
         public var path: PathKey
@@ -150,6 +156,10 @@ public struct RoutingEngine: Sendable {
                                      challenger: policyChanged ? nil : previous.challengers[key], now: now)
                 state.selections[key] = outcome.selection
                 state.policies[key] = policy
+                if policy.duplicate {
+                    let targets = copyTargets(policy: policy, paths: sitePaths, selection: outcome.selection)
+                    if !targets.isEmpty { state.copies[key] = targets }
+                }
                 if let challenger = outcome.challenger { state.challengers[key] = challenger }
                 if outcome.selection != old {
                     let reason: SwitchReason = old == nil ? .initial : (policyChanged ? .policyChanged : outcome.reason)
@@ -222,6 +232,17 @@ public struct RoutingEngine: Sendable {
     }
 
     func isUsable(_ path: PathState) -> Bool { path.status != .down && path.metrics != nil }
+
+    /// Where the copies of a duplicating policy go: for each path the selection uses, the best-ranked other
+    /// usable path that is not over a no-copies uplink. A path with no such partner gets no copy.
+    func copyTargets(policy: Policy, paths: [PathState], selection: Selection) -> [PathKey: PathKey] {
+        let candidates = rank(policy: policy, paths: paths).filter { !settings.noCopyLabels.contains($0.key.localLabel) }
+        var out: [PathKey: PathKey] = [:]
+        for path in selection.paths {
+            if let partner = candidates.first(where: { $0.key != path }) { out[path] = partner.key }
+        }
+        return out
+    }
 
     /// 0: up and meets the SLA; 1: degraded and meets it; 2: up, breaks it; 3: degraded, breaks it.
     private func tier(_ path: PathState, _ policy: Policy) -> Int {

@@ -99,11 +99,14 @@ public enum SteeringPlanner {
     ///   - sites: remote sites with their prefixes; sites without a path get no destination.
     ///   - paths: the kernel binding of every known path.
     ///   - selections: the engine's current decision.
+    ///   - copies: for duplicating policies, the engine's copy target of each selected path.
     public static func plan(policies: [Policy], classIDs: [String: UInt8], sites: [RemoteSite],
-                            paths: [PathBinding], selections: [SelectionKey: Selection]) -> SteeringPlan {
+                            paths: [PathBinding], selections: [SelectionKey: Selection],
+                            copies: [SelectionKey: [PathKey: PathKey]] = [:]) -> SteeringPlan {
         let ordered = classOrder(policies).filter { classIDs[$0.name] != nil }
         let classes = ordered.map {
-            SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match], band: band(of: $0))
+            SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match], band: band(of: $0),
+                                      duplicate: $0.duplicate)
         }
         let slotOf = Dictionary(uniqueKeysWithValues: paths.map { ($0.key, $0.slot) })
         let steeringPaths = paths.sorted { $0.slot < $1.slot }.map {
@@ -117,9 +120,17 @@ public enum SteeringPlanner {
                                      prefixes: $0.prefixes.sorted())
         }
         var choices: [SteeringPlan.Choice] = []
+        var planCopies: [SteeringPlan.Copy] = []
         for site in destinations {
             for policy in ordered {
-                guard let selection = selections[SelectionKey(site: site.site, policy: policy.name)] else { continue }
+                let key = SelectionKey(site: site.site, policy: policy.name)
+                if policy.duplicate, let targets = copies[key] {
+                    for (from, to) in targets.sorted(by: { $0.key < $1.key }) {
+                        guard let a = slotOf[from], let b = slotOf[to] else { continue }
+                        planCopies.append(SteeringPlan.Copy(site: site.site, classID: classIDs[policy.name]!, from: a, to: b))
+                    }
+                }
+                guard let selection = selections[key] else { continue }
                 let target: SteeringPlan.Target?
                 switch selection {
                 case .single(let key):
@@ -133,7 +144,8 @@ public enum SteeringPlanner {
                 }
             }
         }
-        return SteeringPlan(classes: classes, paths: steeringPaths, destinations: destinations, choices: choices)
+        return SteeringPlan(classes: classes, paths: steeringPaths, destinations: destinations, choices: choices,
+                            copies: planCopies)
     }
 
     /// The queue a policy's traffic waits in on a shaped tunnel (docs/SHAPING.md): the class that asks for

@@ -21,8 +21,20 @@ public struct InstalledState: Sendable, Equatable {
     /// Reads our objects from the kernel. Foreign tables, rules and routes are not even parsed beyond
     /// the fields that tell they are not ours.
     static func read(nft: NFTablesClient, rtnl: RouteNetlinkClient) throws(NetlinkError) -> InstalledState {
+        var s = try read(nft: nft, family: SteeringNames.family, table: SteeringNames.table)
+        s.ipRules = try rtnl.rules().filter(SteeringNames.isOurs)
+        let names = Dictionary(try rtnl.links().map { ($0.index, $0.name) }, uniquingKeysWith: { a, _ in a })
+        s.routes = try rtnl.routes().filter(SteeringNames.isOurs).map {
+            SteeringRuleset.Route(prefix: IPv4Prefix(IPv4Address($0.destination), length: $0.prefixLength), table: $0.table,
+                                  interface: names[$0.outputInterface] ?? "#\($0.outputInterface)",
+                                  gateway: $0.gateway.map(IPv4Address.init))
+        }
+        return s
+    }
+
+    /// One table of ours (chains, rule fingerprints, sets, map elements); no rules or routes.
+    static func read(nft: NFTablesClient, family: NFTFamily, table: String) throws(NetlinkError) -> InstalledState {
         var s = InstalledState()
-        let family = SteeringNames.family, table = SteeringNames.table
         s.tableExists = try nft.tables(family: family).contains { $0.name == table }
         if s.tableExists {
             for c in try nft.chains(family: family, table: table) { s.chains[c.name] = c }
@@ -36,13 +48,6 @@ public struct InstalledState: Sendable, Equatable {
                     s.mapElements[set.name] = try nft.elements(family: family, table: table, set: set.name)
                 }
             }
-        }
-        s.ipRules = try rtnl.rules().filter(SteeringNames.isOurs)
-        let names = Dictionary(try rtnl.links().map { ($0.index, $0.name) }, uniquingKeysWith: { a, _ in a })
-        s.routes = try rtnl.routes().filter(SteeringNames.isOurs).map {
-            SteeringRuleset.Route(prefix: IPv4Prefix(IPv4Address($0.destination), length: $0.prefixLength), table: $0.table,
-                                  interface: names[$0.outputInterface] ?? "#\($0.outputInterface)",
-                                  gateway: $0.gateway.map(IPv4Address.init))
         }
         return s
     }

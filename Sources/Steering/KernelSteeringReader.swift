@@ -29,6 +29,8 @@ public struct InstalledSteering: Sendable, Equatable {
     public var chainCounters: [String: Counter] = [:]
     /// Per chain: its comment.
     public var chainComments: [String: String] = [:]
+    /// Per chain of `table ip patronus_copy` (duplication): its counter, the copies sent.
+    public var copyCounters: [String: Counter] = [:]
 
     public struct SiteRange: Sendable, Equatable {
         public var first: UInt32
@@ -103,7 +105,15 @@ public struct InstalledSteering: Sendable, Equatable {
         for set in try nft.sets(family: family, table: table) where set.flags & NFTSet.flagMap != 0 {
             elements[set.name] = try nft.elements(family: family, table: table, set: set.name)
         }
-        return InstalledSteering(chains: chains, rules: rules, mapElements: elements)
+        var installed = InstalledSteering(chains: chains, rules: rules, mapElements: elements)
+        if try nft.tables(family: SteeringNames.copyFamily).contains(where: { $0.name == SteeringNames.copyTable }) {
+            for r in try nft.rules(family: SteeringNames.copyFamily, table: SteeringNames.copyTable) {
+                if let counter = r.counter, installed.copyCounters[r.chain] == nil {
+                    installed.copyCounters[r.chain] = Counter(packets: counter.packets, bytes: counter.bytes)
+                }
+            }
+        }
+        return installed
     }
 
     // MARK: following a packet

@@ -19,8 +19,11 @@ public final class Steering {
     public let nftables: NFTablesClient
     public let routing: RouteNetlinkClient
     private var installed: InstalledState?
+    /// `table ip patronus_copy` (duplication), as installed; nil: unknown, read before the next diff.
+    private var installedCopies: InstalledState?
     private var lastPlan: SteeringPlan?
     private var lastRuleset: SteeringRuleset?
+    private var lastCopies: SteeringRuleset?
     private var interfaceIndex: [String: Int32] = [:]
     private var structureKey: StructureKey?
     private var structure: SteeringRuleset?
@@ -69,10 +72,12 @@ public final class Steering {
             uplinkRoutesRead = plan.uplinks
         }
         let ruleset = try compile(plan)
+        let copies = try compileCopies(plan)
         do {
-            var changes = try converge(to: ruleset)
+            var changes = try converge(to: ruleset, copies: copies)
             lastPlan = plan
             lastRuleset = ruleset
+            lastCopies = copies
             shaping.converge(plan.shapers, changes: &changes)
             return changes
         } catch let first {
@@ -80,13 +85,25 @@ public final class Steering {
             if case .missingInterface = first { throw first }
             // The kernel state may have changed behind our back: read it again and retry once.
             installed = nil
+            installedCopies = nil
             interfaceIndex = [:]
-            var changes = try converge(to: ruleset)
+            var changes = try converge(to: ruleset, copies: copies)
             lastPlan = plan
             lastRuleset = ruleset
+            lastCopies = copies
             shaping.converge(plan.shapers, changes: &changes)
             return changes
         }
+    }
+
+    /// The copy table of a plan with duplicated classes (nil without). `dup` names its interface by index,
+    /// so the tunnels' indexes are read on every apply that has one: a tunnel re-created under the same
+    /// name gets a new index, which changes the copy rule's fingerprint and reloads it.
+    private func compileCopies(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset? {
+        guard plan.classes.contains(where: \.duplicate) else { return nil }
+        let links = try kernel { () throws(NetlinkError) in try routing.links() }
+        let index = Dictionary(links.map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
+        return try SteeringCompiler.compileCopies(plan, interfaceIndex: index)
     }
 
     /// The plan as nf_tables sees it: the `shape` chain exists while anything is shaped; rates and
@@ -149,12 +166,16 @@ public final class Steering {
     @discardableResult
     public func reconcile() throws(SteeringError) -> SteeringChanges {
         installed = nil
+        installedCopies = nil
         interfaceIndex = [:]
         guard let lastRuleset else {
             _ = try currentState()
             return SteeringChanges()
         }
-        return try converge(to: lastRuleset)
+        // A tunnel re-created under its name has a new index (its routes went with the old one, which is
+        // what brings us here): the copy rules are compiled again with the indexes of now.
+        if let lastPlan { lastCopies = try compileCopies(lastPlan) }
+        return try converge(to: lastRuleset, copies: lastCopies)
     }
 
     /// Finds changes somebody else made to what we own and puts our state back (the last plan). Cheap
@@ -207,6 +228,14 @@ public final class Steering {
             c.tableDeleted = true
             c.batchMessages = 1
         }
+        installedCopies = nil
+        if try copyState().tableExists {
+            try kernel { () throws(NetlinkError) in try nftables.commit([Self.deleteCopyTable]) }
+            c.copyTableDeleted = true
+            c.batchMessages += 1
+        }
+        installedCopies = InstalledState()
+        lastCopies = nil
         for r in state.ipRules { try deleteRule(r) }
         c.ipRulesDeleted = state.ipRules
         for r in state.routes { try deleteRoute(r) }
@@ -236,7 +265,20 @@ public final class Steering {
                 out.flowsPerClass[name, default: 0] += packets
             } else if let (className, pathID) = SteeringNames.parseClassPathChain(r.chain, classNames: classNames) {
                 out.paths.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
+            } else if let (className, pathID) = SteeringNames.parse(r.chain, classNames: classNames, SteeringNames.duplicateChain) {
+                out.duplicatesDropped.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
             }
+        }
+        guard lastPlan?.classes.contains(where: \.duplicate) ?? false else { return out }
+        let copyRules: [NFTables.ListedRule]
+        do { copyRules = try nftables.rules(family: SteeringNames.copyFamily, table: SteeringNames.copyTable) } catch {
+            if error.errno == 2 { return out }
+            throw .kernel(error)
+        }
+        for r in copyRules {
+            guard let (packets, bytes) = r.counter,
+                  let (className, pathID) = SteeringNames.parse(r.chain, classNames: classNames, SteeringNames.copyChain) else { continue }
+            out.copiesSent.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
         }
         return out
     }
@@ -251,16 +293,43 @@ public final class Steering {
         } catch { throw .kernel(error) }
     }
 
+    /// `table ip patronus_copy` as installed (read when unknown).
+    private func copyState() throws(SteeringError) -> InstalledState {
+        if let installedCopies { return installedCopies }
+        let s = try kernel { () throws(NetlinkError) in
+            try InstalledState.read(nft: nftables, family: SteeringNames.copyFamily, table: SteeringNames.copyTable)
+        }
+        installedCopies = s
+        return s
+    }
+
+    static let deleteCopyTable = NetlinkRequest(NFTables.deleteTable(family: SteeringNames.copyFamily, name: SteeringNames.copyTable),
+                                                "delete table ip \(SteeringNames.copyTable)")
+
     /// The last converge left routes out because their interface did not exist yet.
     private var routesWaiting = false
 
-    private func converge(to ruleset: SteeringRuleset) throws(SteeringError) -> SteeringChanges {
+    private func converge(to ruleset: SteeringRuleset, copies: SteeringRuleset?) throws(SteeringError) -> SteeringChanges {
         routesWaiting = true // until this converge completes
         let state = try currentState()
+        let copiesState = try copyState()
         let diff = SteeringDiff(installed: state, desired: ruleset)
+        // The copy table goes in the same atomic batch: a re-steer moves the class and its copies together.
+        var copyBatch: [NetlinkRequest] = []
+        var copyChanges = SteeringChanges()
+        if let copies {
+            let copyDiff = SteeringDiff(installed: copiesState, desired: copies)
+            copyBatch = copyDiff.batch
+            copyChanges = copyDiff.changes
+        } else if copiesState.tableExists {
+            copyBatch = [Self.deleteCopyTable]
+            copyChanges.copyTableDeleted = true
+        }
         // Until this converge completes, what is installed is unknown: a failure makes the next call re-read.
         installed = nil
+        installedCopies = nil
         var changes = diff.changes
+        changes.merge(copies: copyChanges)
         // Routes and rules first, so a mark never points at an empty table; deletions last.
         for r in diff.changes.routesAdded {
             let route: IPRoute
@@ -276,8 +345,17 @@ public final class Steering {
             try kernel { () throws(NetlinkError) in try routing.route(route, .replace) }
         }
         for r in diff.changes.ipRulesAdded { try kernel { () throws(NetlinkError) in try routing.addRule(r) } }
-        try kernel { () throws(NetlinkError) in try nftables.commit(diff.batch) }
-        if !diff.batch.isEmpty { commitsSinceCheck &+= 1 }
+        let batch = diff.batch + copyBatch
+        try kernel { () throws(NetlinkError) in try nftables.commit(batch) }
+        if !batch.isEmpty { commitsSinceCheck &+= 1 }
+        if let copies {
+            var known = Self.afterApply(copies)
+            known.ipRules = []
+            known.routes = []
+            installedCopies = known
+        } else {
+            installedCopies = InstalledState()
+        }
         for r in diff.changes.ipRulesDeleted { try deleteRule(r) }
         for r in diff.changes.routesDeleted { try deleteRoute(r) }
         routesWaiting = !changes.routesSkipped.isEmpty
@@ -366,6 +444,10 @@ public struct SteeringCounters: Hashable, Sendable {
     public var paths: [PathCounter] = []
     /// First packets classified per class (= flows), by class name; "no policy matched: not steered" too.
     public var flowsPerClass: [String: UInt64] = [:]
+    /// Duplicated classes: copies this site sent per (class, path the copy took).
+    public var copiesSent: [PathCounter] = []
+    /// Duplicated classes: second copies this site received and dropped, per (class, path they arrived by).
+    public var duplicatesDropped: [PathCounter] = []
 
     public init() {}
 

@@ -75,16 +75,7 @@ public enum SteeringCompiler {
                 rule(name, classAndBucketBits + [
                     .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: nil, sets: [map]),
-                rule(name, classBits + [
-                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
-                    .ct(key: NFT.ctDirection, dreg: NFT.reg1),
-                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0]),
-                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
-                ], comment: "new flow: classify once"),
-                rule(name, classBits + [
-                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
-                    .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyReplyChain))),
-                ], comment: "new flow seen first in reply: classify once"),
+            ] + classifyOnce(name) + [
                 rule(name, classBits + [
                     .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: nil, sets: [map]),
@@ -185,6 +176,13 @@ public enum SteeringCompiler {
                 ], comment: "remote destination: to its site", sets: [sites], elements: [sitesSet.elements]),
             ]
             rules[name] = name == SteeringNames.outputChain ? [pinned] + steer : steer
+        }
+        if let receiver = deduplication(plan) {
+            chains.insert(contentsOf: receiver.chains, at: 0)
+            rules.merge(receiver.rules) { _, new in new }
+            staticSets += receiver.staticSets
+            maps += receiver.maps
+            rules[SteeringNames.preroutingChain, default: []].append(receiver.hook)
         }
 
         if !plan.shapers.isEmpty {
@@ -369,6 +367,23 @@ public enum SteeringCompiler {
         .cmp(sreg: NFT.reg1, op: NFT.eq, data: [UInt8(NFTFamily.ip.rawValue)]),
     ]
 
+    /// A flow without a class (ct mark class bits 0) jumps once to `classify` (first packet in the original
+    /// direction) or `classify_reply` (first packet a reply); both return to the next rule.
+    static func classifyOnce(_ chain: String) -> [NFTRule] {
+        [
+            rule(chain, classBits + [
+                .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                .ct(key: NFT.ctDirection, dreg: NFT.reg1),
+                .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0]),
+                .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
+            ], comment: "new flow: classify once"),
+            rule(chain, classBits + [
+                .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyReplyChain))),
+            ], comment: "new flow seen first in reply: classify once"),
+        ]
+    }
+
     /// The class id bits of the ct mark, into register 1.
     static let classBits: [NFTExpression] = [
         .ct(key: NFT.ctMark, dreg: NFT.reg1),
@@ -462,14 +477,15 @@ public enum SteeringCompiler {
     /// A rule whose userdata holds its comment and a fingerprint of everything it depends on: its own
     /// expressions and the definitions (and, for static sets, the elements) of the sets it looks up.
     static func rule(_ chain: String, _ expressions: [NFTExpression], comment: String?, sets: [NFTSet] = [],
-                     elements: [[NFTElement]] = []) -> NFTRule {
+                     elements: [[NFTElement]] = [], family: NFTFamily = SteeringCompiler.family,
+                     table: String = SteeringCompiler.table) -> NFTRule {
         var r = NFTRule(family: family, table: table, chain: chain, expressions: expressions,
                         userdata: comment.map { NFTUserdata.comment($0) })
         var hasher = FNV1a()
         hasher.add(NFTables.newRule(r).payload)
         for s in sets { hasher.add(NFTables.newSet(s).payload) }
         for (s, e) in zip(sets, elements) {
-            hasher.add(NFTables.elements(e, family: family, table: table, set: s.name).payload)
+            hasher.add(NFTables.elements(e, family: s.family, table: s.table, set: s.name).payload)
         }
         r.userdata = (r.userdata ?? []) + NFTUserdata.tlv(fingerprintUserdataType, hasher.value.bigEndianBytes8)
         return r

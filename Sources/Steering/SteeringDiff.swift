@@ -5,6 +5,10 @@ import Netlink
 public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
     public var tableCreated = false
     public var tableDeleted = false
+    /// `table ip patronus_copy` (duplication) created or deleted; its chains, sets and elements are counted
+    /// with the rest, their names prefixed "copy:".
+    public var copyTableCreated = false
+    public var copyTableDeleted = false
     public var chainsCreated: [String] = []
     public var chainsDeleted: [String] = []
     /// Chains whose rules were reloaded (policy or structure change). Empty for a re-steer.
@@ -34,6 +38,20 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
 
     public var isEmpty: Bool { self == SteeringChanges() }
 
+    /// Adds the changes of the copy table's diff.
+    mutating func merge(copies c: SteeringChanges) {
+        copyTableCreated = copyTableCreated || c.tableCreated || c.copyTableCreated
+        copyTableDeleted = copyTableDeleted || c.tableDeleted || c.copyTableDeleted
+        chainsCreated += c.chainsCreated.map { "copy:" + $0 }
+        chainsDeleted += c.chainsDeleted.map { "copy:" + $0 }
+        chainsReloaded += c.chainsReloaded.map { "copy:" + $0 }
+        setsCreated += c.setsCreated.map { "copy:" + $0 }
+        setsDeleted += c.setsDeleted.map { "copy:" + $0 }
+        elementsAdded += c.elementsAdded
+        elementsDeleted += c.elementsDeleted
+        batchMessages += c.batchMessages + (c.copyTableDeleted ? 1 : 0)
+    }
+
     /// True when only map elements changed: the re-steer fast path.
     public var elementsOnly: Bool {
         var s = self
@@ -48,6 +66,8 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
         var parts: [String] = []
         if tableCreated { parts.append("table created") }
         if tableDeleted { parts.append("table deleted") }
+        if copyTableCreated { parts.append("copy table created") }
+        if copyTableDeleted { parts.append("copy table deleted") }
         if !chainsCreated.isEmpty { parts.append("chains created: \(chainsCreated.joined(separator: ","))") }
         if !chainsDeleted.isEmpty { parts.append("chains deleted: \(chainsDeleted.joined(separator: ","))") }
         if !chainsReloaded.isEmpty { parts.append("rules reloaded in: \(chainsReloaded.joined(separator: ","))") }
@@ -72,12 +92,9 @@ struct SteeringDiff {
     var batch: [NetlinkRequest] = []
     var changes = SteeringChanges()
 
-    static let family = SteeringNames.family
-    static let table = SteeringNames.table
-
     init(installed: InstalledState, desired: SteeringRuleset) {
-        let family = Self.family, table = Self.table
-        let where_ = "inet \(table)"
+        let family = desired.table.family, table = desired.table.name
+        let where_ = "\(family) \(table)"
         var c = SteeringChanges()
         var b: [NetlinkRequest] = []
 
@@ -212,7 +229,7 @@ struct SteeringDiff {
     static func sameDefinition(_ installed: NFTSet, _ desired: NFTSet) -> Bool {
         installed.flags == desired.flags && installed.keyType == desired.keyType && installed.keyLength == desired.keyLength
             && installed.dataType == desired.dataType && installed.fieldLengths == desired.fieldLengths
-            && installed.userdata == desired.userdata
+            && installed.userdata == desired.userdata && installed.timeoutMs == desired.timeoutMs && installed.size == desired.size
             && (desired.dataType == NFTSet.verdictDataType || installed.dataLength == desired.dataLength)
     }
 }

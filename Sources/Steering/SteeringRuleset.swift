@@ -85,6 +85,31 @@ public enum SteeringNames {
         return Policy.isValidName(name) ? String(name) : nil
     }
     public static func siteChain(_ siteName: String) -> String { "site_\(siteName)" }
+
+    // Duplication (docs/STEERING.md, "Duplication").
+    public static let copyFamily = NFTFamily.ip
+    public static let copyTable = Conventions.copyTable
+    /// In the copy table: class . path -> `copy_<class>_path<id>`.
+    public static let copiesMap = "copies"
+    /// `copy_<class>_path<id>`: sends a copy of the class's packet by path `id`, counts it.
+    public static func copyChain(_ className: String, _ pathID: Int64) -> String { "copy_\(className)_path\(pathID)" }
+    /// In our inet table: UDP from remote sites goes to `dedup`; its class map leads to `<class>_dedup`.
+    public static let dedupChain = "dedup"
+    public static let dedupClassesMap = "dedup_classes"
+    public static let copySourcesSet = "copy_sources"
+    public static let copiesSeenSet = "copies_seen"
+    public static func dedupClassChain(_ className: String) -> String { "\(className)_dedup" }
+    /// Input interface -> `<class>_dup<id>`, the counter of second copies by path.
+    public static func arrivalsMap(_ className: String) -> String { "\(className)_arrivals" }
+    public static func duplicateChain(_ className: String, _ pathID: Int64) -> String { "\(className)_dup\(pathID)" }
+    /// The class name and path id of a chain named by `make` (`copyChain`, `duplicateChain`).
+    public static func parse(_ chain: String, classNames: [String], _ make: (String, Int64) -> String) -> (className: String, pathID: Int64)? {
+        for name in classNames {
+            let prefix = make(name, 0).dropLast()
+            if chain.hasPrefix(prefix), let id = Int64(chain.dropFirst(prefix.count)), id > 0, make(name, id) == chain { return (name, id) }
+        }
+        return nil
+    }
     public static func balanceChain(_ className: String, _ siteName: String) -> String { "lb_\(className)_\(siteName)" }
     /// Flow hash -> `bucket_<n>` (present while a class is load balanced).
     public static let bucketsMap = "buckets"

@@ -43,6 +43,15 @@ extension Store {
         }
     }
 
+    /// Turns duplication of a policy's class on or off (docs/STEERING.md, "Duplication").
+    public func setPolicyDuplicate(named name: String, _ duplicate: Bool, now: Date = Date()) throws(StoreError) {
+        try write("\(duplicate ? "turn on" : "turn off") duplication of policy \(name)") { db in
+            try db.execute(sql: "UPDATE policies SET duplicate = ?, updated_at = ? WHERE name = ?",
+                           arguments: [duplicate, now.utcText, name])
+            guard db.changesCount == 1 else { throw StoreError.noSuchPolicy(name) }
+        }
+    }
+
     /// A counter that grows on every change to `policies`, by any process (triggers bump it), so a poller
     /// learns of an edit with one single-row read (a few microseconds) and re-reads policies only then.
     public func policyGeneration() throws(StoreError) -> Int64 {
@@ -79,14 +88,14 @@ extension Store {
         try db.execute(sql: """
             INSERT INTO policies (name, priority, enabled, match_services, match_dscp, match_sources,
                                   match_destinations, strategy, max_latency_ms, max_jitter_ms, max_loss_pct,
-                                  description, created_at, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  description, created_at, updated_at, duplicate)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """, arguments: [policy.name, policy.priority, policy.enabled,
                              policy.match.services.map(\.argument).joined(separator: " "),
                              Store.join(policy.match.dscp), Store.join(policy.match.sources),
                              Store.join(policy.match.destinations), policy.strategy.description,
                              policy.sla.maxLatencyMs, policy.sla.maxJitterMs, policy.sla.maxLossPct,
-                             policy.description, now.utcText, now.utcText])
+                             policy.description, now.utcText, now.utcText, policy.duplicate])
     }
 
     static func policy(_ row: Row) throws -> PolicyRecord {
@@ -110,7 +119,8 @@ extension Store {
                             strategy: strategy,
                             sla: SLA(maxLatencyMs: row["max_latency_ms"], maxJitterMs: row["max_jitter_ms"],
                                      maxLossPct: row["max_loss_pct"]),
-                            enabled: row["enabled"], description: text("description"))
+                            enabled: row["enabled"], description: text("description"),
+                            duplicate: row["duplicate"] ?? false)
         do { try policy.validate() } catch { throw StoreError.invalidPolicy(error) }
         return PolicyRecord(id: row["id"], policy: policy)
     }

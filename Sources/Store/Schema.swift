@@ -9,7 +9,7 @@ enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
                                        "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts",
-                                       "v6-path-slot", "v7-endpoint-public-mapping"]
+                                       "v6-path-slot", "v7-endpoint-public-mapping", "v8-policy-duplicate"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -169,6 +169,11 @@ enum Schema {
                 ALTER TABLE endpoints ADD COLUMN public_endpoint TEXT;
                 ALTER TABLE endpoints ADD COLUMN observed_by TEXT;
                 """)
+        }
+        migrator.registerMigration(migrationIdentifiers[7]) { db in
+            // 1: the policy's packets are copied over a second path (docs/STEERING.md, "Duplication").
+            // Added last, so `SELECT * FROM policies` keeps the seed's columns first.
+            try db.execute(sql: "ALTER TABLE policies ADD COLUMN duplicate INTEGER NOT NULL DEFAULT 0")
         }
         return migrator
     }

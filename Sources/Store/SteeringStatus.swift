@@ -18,6 +18,9 @@ extension StatusSnapshot {
         public var reason: String
         /// Set when the kernel and the database (or the daemon's last recorded decision) disagree.
         public var disagreement: String?
+        /// For a duplicated class: per path to the site, the copies this site sent by it and the second
+        /// copies that arrived by it and were dropped (nft counters). Nil for other classes.
+        public var duplication: [DuplicationCounters]?
 
         public init(site: String, siteName: String, policy: String, strategy: String, paths: [SteeredPath],
                     winner: String?, runnerUp: String?, reason: String, disagreement: String?) {
@@ -30,6 +33,23 @@ extension StatusSnapshot {
             self.runnerUp = runnerUp
             self.reason = reason
             self.disagreement = disagreement
+        }
+    }
+
+    /// A duplicated class's counters on one path (docs/STEERING.md, "Duplication").
+    public struct DuplicationCounters: Codable, Hashable, Sendable {
+        public var pathId: Int64
+        public var name: String?
+        /// Copies of the class's packets this site sent by the path (nil: no copy chain, the tunnel is missing).
+        public var copiesSent: UInt64?
+        /// Second copies of the class's packets that arrived by the path and were dropped.
+        public var duplicatesDropped: UInt64?
+
+        public init(pathId: Int64, name: String?, copiesSent: UInt64?, duplicatesDropped: UInt64?) {
+            self.pathId = pathId
+            self.name = name
+            self.copiesSent = copiesSent
+            self.duplicatesDropped = duplicatesDropped
         }
     }
 

@@ -66,6 +66,7 @@ import Testing
         let lab = try AcceptanceLab(sites: 2)
         defer { lab.down() }
         try lab.waitForMesh()
+        try lab.withoutDuplication() // copies of the call would cross the slower path by design
         let directory = "\(lab.controller.stateDirectory)/sipp"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let scenario = "\(directory)/uac.xml"

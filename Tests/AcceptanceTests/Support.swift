@@ -89,6 +89,16 @@ final class AcceptanceLab: @unchecked Sendable {
     func hostAddress(_ site: String) -> String { plan.site(named: site)!.hostAddress }
     var ispLabels: [String] { plan.isps.map(\.label) }
 
+    /// Turns the shipped `voip`'s duplication off in every site (tests that check that a class's packets
+    /// take one path and no other; duplication has its own tests) and gives the routers time to apply it.
+    func withoutDuplication() throws {
+        for site in plan.sites {
+            let result = try Subprocess.run([Binary.path, "policy", "edit", "--database", database(site.name), "voip", "--no-duplicate"])
+            guard result.succeeded else { throw AcceptanceFailure("policy edit voip --no-duplicate: \(result.stderr)") }
+        }
+        usleep(1_500_000) // the daemons poll the policy generation every 500 ms
+    }
+
     func impair(_ site: String, _ isp: String, _ change: ImpairmentChange) throws {
         try controller.impair(site: site, uplink: isp, change, directions: [.inbound, .outbound])
     }

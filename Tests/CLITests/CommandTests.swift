@@ -129,6 +129,33 @@ struct CommandTests {
             let policies = try PolicyFile.decode(Data(list.stdout.utf8))
             #expect(policies.map(\.name) == ["video", "voip", "bulk"])
             #expect(policies.map(\.enabled) == [true, true, false])
+            #expect(policies.map(\.duplicate) == [false, true, false], "the shipped voip duplicates")
+        }
+    }
+
+    @Test func duplicationIsAPolicyOptionInAddEditAndList() throws {
+        try withTemporaryDirectory { dir in
+            let database = dir + "/d.db"
+            let add = try run(["policy", "add", "--database", database, "--name", "games", "--priority", "60",
+                               "--strategy", "lowest-latency", "--match", "udp:3074", "--duplicate"])
+            #expect(add.status == 0, "\(add.stderr)")
+            var lines = try run(["policy", "list", "--database", database]).stdout.split(separator: "\n").map(String.init)
+            let column = try #require(lines[0].range(of: "DUPLICATE")).lowerBound.utf16Offset(in: lines[0])
+            func duplicate(_ name: String) -> String? {
+                lines.first { $0.split(separator: " ").dropFirst().first.map(String.init) == name }
+                    .map { String($0.dropFirst(column).prefix(3)).trimmingCharacters(in: .whitespaces) }
+            }
+            #expect(duplicate("games") == "yes" && duplicate("voip") == "yes" && duplicate("bulk") == "no")
+            #expect(try run(["policy", "edit", "--database", database, "voip", "--no-duplicate"]).stdout == "not duplicating policy voip\n")
+            #expect(try run(["policy", "edit", "--database", database, "bulk", "--duplicate"]).status == 0)
+            lines = try run(["policy", "list", "--database", database]).stdout.split(separator: "\n").map(String.init)
+            #expect(duplicate("voip") == "no" && duplicate("bulk") == "yes")
+            let nothing = try run(["policy", "edit", "--database", database, "bulk"])
+            #expect(nothing.status == 64 && nothing.stderr.contains("--duplicate or --no-duplicate"))
+            let missing = try run(["policy", "edit", "--database", database, "nope", "--duplicate"])
+            #expect(missing.status == 1 && missing.stderr.contains("no policy named 'nope'"))
+            let store = try Store.openReadOnly(path: database)
+            #expect(try store.policies().filter(\.policy.duplicate).map(\.policy.name).sorted() == ["bulk", "games"])
         }
     }
 

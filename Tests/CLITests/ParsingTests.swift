@@ -71,6 +71,18 @@ import Router
         #expect(configuration.bandwidthInterval == .seconds(30))
         #expect(configuration.metricsListen?.description == "127.0.0.1:9477")
         #expect(configuration.multicastGroup.description == "239.1.2.3:4000")
+        #expect(configuration.uplinks.allSatisfy { !$0.noCopies })
+    }
+
+    @Test func anUplinkCanRefuseCopies() throws {
+        let configuration = try parseRun(["--site-name", "hq", "--uplink", "eth0=isp-a", "--uplink", "wwan0=lte,no-copies",
+                                          "--uplink", "eth2,no-copies,shape=20M"]).routerConfiguration
+        #expect(configuration.uplinks == [Uplink(interface: "eth0", label: "isp-a"), Uplink(interface: "wwan0", label: "lte", noCopies: true),
+                                          Uplink(interface: "eth2", label: "eth2", shaping: .fixed(bitsPerSecond: 20_000_000), noCopies: true)])
+        #expect(configuration.uplinks[1].description == "wwan0=lte,no-copies")
+        for bad in ["wwan0=lte,no-copy", "wwan0=lte,", ",no-copies", "wwan0,no-copies,no-copies"] {
+            #expect(error(["run", "--site-name", "hq", "--uplink", bad])?.contains("[,no-copies]") == true, "\(bad)")
+        }
     }
 
     @Test func uplinkShaping() throws {

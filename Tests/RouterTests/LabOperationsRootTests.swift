@@ -12,13 +12,14 @@ final class MetricsLab {
     let stateRoot = "/tmp/ptlab-ops-\(getpid())-\(UInt32.random(in: 0 ... .max))"
 
     init(sites: Int = 2, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, unplugged: [UplinkID] = [],
-         detecting: [String] = [], extraArguments: [String] = []) throws {
+         detecting: [String] = [], extraArguments: [String] = [], noCopies: [UplinkID] = []) throws {
         let controller = LabController(instance: instance, stateRoot: stateRoot, executable: Ops.binary!)
         self.controller = controller
         do {
             state = try controller.up(sites: sites, uplinks: uplinks, wan: wan, unplugged: unplugged, detecting: detecting,
                                       routers: true,
-                                      extraRouterArguments: ["--metrics-listen", "127.0.0.1:9477"] + extraArguments)
+                                      extraRouterArguments: ["--metrics-listen", "127.0.0.1:9477"] + extraArguments,
+                                      noCopies: noCopies)
         } catch {
             _ = try? controller.down()
             try? FileManager.default.removeItem(atPath: stateRoot)

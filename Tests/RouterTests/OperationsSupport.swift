@@ -98,8 +98,10 @@ enum Ops {
     }
 
     /// `patronus-router status --json` of a database, parsed.
-    static func status(database: String) -> [String: Any]? {
-        guard let result = try? Subprocess.run([binary!, "status", "--json", "--database", database]),
+    /// With `netns`, the steering entries are read from that namespace's kernel.
+    static func status(database: String, netns: String? = nil) -> [String: Any]? {
+        guard let result = try? Subprocess.run([binary!, "status", "--json", "--database", database]
+                                                   + (netns.map { ["--netns", $0] } ?? [])),
               result.succeeded else { return nil }
         return json(result.stdout) as? [String: Any]
     }

@@ -308,3 +308,38 @@ private struct SplitMix {
     }
     mutating func nextUnit() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }
+
+@Suite struct DuplicationTests {
+    private let dup = Policy(name: "voip", priority: 10, strategy: .lowestLatency, duplicate: true)
+
+    private func copies(_ engine: RoutingEngine, _ paths: [PathState]) -> [PathKey: PathKey]? {
+        engine.decide(policies: [dup, other], paths: paths, previous: RoutingState(), now: 0)
+            .state.copies[SelectionKey(site: east, policy: dup.name)]
+    }
+
+    @Test func theCopyTakesTheBestOtherUsablePath() {
+        let paths = [path("isp-a", latency: 10), path("isp-b", latency: 30), path("lte", latency: 20)]
+        #expect(copies(RoutingEngine(), paths) == [key("isp-a"): key("lte")])
+    }
+
+    @Test func aNoCopiesUplinkNeverCarriesCopiesButStillCarriesTraffic() {
+        var settings = RoutingSettings()
+        settings.noCopyLabels = ["lte"]
+        let engine = RoutingEngine(settings: settings)
+        #expect(copies(engine, [path("isp-a", latency: 10), path("isp-b", latency: 30), path("lte", latency: 20)])
+                == [key("isp-a"): key("isp-b")])
+        #expect(copies(engine, [path("isp-a", latency: 10), path("lte", latency: 20)]) == nil)
+        // The class itself may take the metered uplink; its copies go elsewhere.
+        #expect(copies(engine, [path("isp-a", latency: 30), path("lte", latency: 5)]) == [key("lte"): key("isp-a")])
+    }
+
+    @Test func oneUsablePathCopiesNothingAndCopyingResumesWhenTheSecondReturns() {
+        let engine = RoutingEngine()
+        #expect(copies(engine, [path("isp-a", latency: 10), path("isp-b", .down, latency: 30)]) == nil)
+        #expect(copies(engine, [path("isp-a", latency: 10), path("isp-b", latency: 30)]) == [key("isp-a"): key("isp-b")])
+        // A policy without duplication has no copies.
+        let plain = engine.decide(policies: [voip], paths: [path("isp-a", latency: 10), path("isp-b", latency: 30)],
+                                  previous: RoutingState(), now: 0)
+        #expect(plain.state.copies.isEmpty)
+    }
+}

@@ -307,3 +307,90 @@ private extension NFTExpression {
         }
     }
 }
+
+@Suite struct DuplicationCompilerTests {
+    func plan(copies: [SteeringPlan.Copy]) -> SteeringPlan {
+        var plan = referencePlan()
+        plan.classes[0].duplicate = true
+        plan.copies = copies
+        return plan
+    }
+
+    @Test func withoutDuplicatedClassesNothingChanges() throws {
+        let r = try SteeringCompiler.compile(referencePlan())
+        #expect(!r.chains.contains { $0.name == SteeringNames.dedupChain })
+        #expect(try SteeringCompiler.compileCopies(referencePlan(), interfaceIndex: ["wg-b-isp": 5]) == nil)
+    }
+
+    @Test func theCopyTableSendsEachCopiedPathsPacketsToItsPartner() throws {
+        let p = plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 2), .init(site: siteB, classID: 1, from: 2, to: 1)])
+        let index: [String: Int32] = ["wg-b-isp": 11, "wg-b-lte": 12, "wg-c-isp": 13]
+        let r = try #require(try SteeringCompiler.compileCopies(p, interfaceIndex: index))
+        #expect(r.table.family == .ip && r.table.name == Conventions.copyTable)
+        // One chain per (duplicated class, path whose tunnel exists), plus the hook; wg-c-lte is missing.
+        #expect(Set(r.chains.map(\.name)) == ["copy_voip_path1", "copy_voip_path2", "copy_voip_path3", "prerouting"])
+        #expect(r.chains.last?.hook?.priority == Conventions.copyChainPriority)
+        let copy2 = try #require(r.rules["copy_voip_path2"]?.first)
+        #expect(copy2.expressions.count == 4 && copy2.expressions[2] == .dup(sregAddress: .reg1, sregDevice: .reg2))
+        #expect(copy2.expressions[1] == .immediate(dreg: .reg2, data: .value(UInt32(12).hostBytes)))
+        // A point-to-point tunnel (no gateway): the copy goes to the packet's own destination.
+        #expect(copy2.expressions[0] == .payload(base: .network, offset: 16, length: 4, dreg: .reg1))
+        let map = try #require(r.maps.first)
+        #expect(map.set.name == SteeringNames.copiesMap && map.set.keyLength == 8)
+        #expect(map.elements == [
+            NFTElement(key: Conventions.classMark(id: 1).hostBytes + Conventions.pathMark(slot: 1).hostBytes, data: .verdict(.goto("copy_voip_path2"))),
+            NFTElement(key: Conventions.classMark(id: 1).hostBytes + Conventions.pathMark(slot: 2).hostBytes, data: .verdict(.goto("copy_voip_path1"))),
+        ])
+        // A copy to a path whose tunnel is missing is left out until it exists.
+        let missing = try #require(try SteeringCompiler.compileCopies(p, interfaceIndex: ["wg-b-isp": 11]))
+        #expect(missing.maps.first?.elements.count == 1)
+    }
+
+    @Test func copiesAreValidated() {
+        #expect(throws: SteeringError.self) {
+            _ = try SteeringCompiler.compileCopies(plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 3)]), interfaceIndex: [:])
+        }
+        var p = plan(copies: [.init(site: siteB, classID: 2, from: 1, to: 2)])
+        #expect(p.choiceProblems().contains { $0.contains("does not duplicate") })
+        p.copies = [.init(site: siteB, classID: 1, from: 1, to: 1)]
+        #expect(p.choiceProblems().contains { $0.contains("copied to itself") })
+    }
+
+    @Test func theReceiverDropsASecondArrivalAndCountsItByTunnel() throws {
+        let r = try SteeringCompiler.compile(plan(copies: []))
+        // Forwarded UDP from a remote site jumps to dedup (after the steering rule).
+        let hook = try #require(r.rules[SteeringNames.preroutingChain]?.last)
+        #expect(hook.expressions.last == .immediate(dreg: .verdict, data: .verdict(.jump(SteeringNames.dedupChain))))
+        let sources = try #require(r.staticSets.first { $0.set.name == SteeringNames.copySourcesSet })
+        #expect(sources.elements.count == 7) // 10.20/16, 10.30/16 and 10.99.2/24: start and end each, after the end at 0.0.0.0
+        let seen = try #require(r.staticSets.first { $0.set.name == SteeringNames.copiesSeenSet }?.set)
+        #expect(seen.flags == NFTSet.flagTimeout | NFTSet.flagDynamic)
+        #expect(seen.timeoutMs == Conventions.copySeenTimeoutMs && seen.size == Conventions.copySeenSize && seen.keyLength == 32)
+        // Only duplicated classes reach a de-duplication chain.
+        let classes = try #require(r.maps.first { $0.set.name == SteeringNames.dedupClassesMap })
+        #expect(classes.elements == [NFTElement(key: Conventions.classMark(id: 1).hostBytes, data: .verdict(.goto("voip_dedup")))])
+        let rules = try #require(r.rules["voip_dedup"])
+        #expect(rules.count == 2)
+        #expect(rules[0].expressions.contains(.lookup(sreg: .reg1, set: SteeringNames.copiesSeenSet, setID: nil, dreg: nil)))
+        #expect(rules[1].expressions.last == .dynsetAdd(sreg: .reg1, set: SteeringNames.copiesSeenSet, setID: nil, timeoutMs: 0))
+        // The key: IP id, addresses, UDP header and the first 12 payload bytes (RTP's sequence, timestamp, SSRC).
+        #expect(Array(rules[1].expressions.prefix(3)) == SteeringCompiler.packetKey)
+        // Tunnel . source -> path: one element per path and prefix of its site (branch has two prefixes).
+        let arrivals = try #require(r.maps.first { $0.set.name == "voip_arrivals" })
+        #expect(arrivals.elements.count == 6)
+        let lte = try #require(arrivals.elements.first { $0.data == .verdict(.goto("voip_dup2")) && $0.key.suffix(4) == [10, 20, 0, 0] })
+        #expect(lte.key == Array("wg-b-lte".utf8) + [UInt8](repeating: 0, count: 8) + [10, 20, 0, 0])
+        #expect(lte.keyEnd == Array("wg-b-lte".utf8) + [UInt8](repeating: 0, count: 8) + [10, 20, 255, 255])
+        #expect(r.rules["voip_dup2"]?.first?.expressions == [.counter, .immediate(dreg: .verdict, data: .verdict(.drop))])
+        // One tunnel interface carrying paths to two sites: the source address tells them apart.
+        var shared = plan(copies: [])
+        shared.paths[2].interface = "wg-b-isp"
+        let sharedArrivals = try #require(try SteeringCompiler.compile(shared).maps.first { $0.set.name == "voip_arrivals" })
+        #expect(Set(sharedArrivals.elements.filter { $0.key.starts(with: Array("wg-b-isp".utf8)) }.compactMap(\.data)) == [
+            .verdict(.goto("voip_dup1")), .verdict(.goto("voip_dup3")),
+        ])
+        #expect(SteeringNames.parse("voip_dup2", classNames: ["voip"], SteeringNames.duplicateChain)! == ("voip", 2))
+        #expect(SteeringNames.parse("copy_voip_path12", classNames: ["voip"], SteeringNames.copyChain)! == ("voip", 12))
+        #expect(SteeringNames.parse("voip_path2", classNames: ["voip"], SteeringNames.duplicateChain) == nil)
+    }
+}

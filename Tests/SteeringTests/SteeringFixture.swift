@@ -16,6 +16,14 @@ let isRoot = getuid() == 0
 /// named counters (voip = udp 5060, bulk = tcp 873, other = udp 9999; voipreply/otherreply = replies from
 /// those udp ports), so a test can tell which path a
 /// packet took. Everything lives in namespaces that are deleted when the fixture goes away.
+/// Loads an nft script inside `ns` (tests only: the router itself never runs nft).
+func loadNftScript(_ ns: NetworkNamespace, _ text: String) throws {
+    let path = "/tmp/\(ns.name).nft"
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+    defer { unlink(path) }
+    try ns.check(["nft", "-f", path])
+}
+
 final class SteeringFixture {
     let router: NetworkNamespace
     let peer1: NetworkNamespace
@@ -87,13 +95,7 @@ final class SteeringFixture {
             ])
     }
 
-    /// Loads an nft script inside `ns` (tests only: the router itself never runs nft).
-    func nftScript(_ ns: NetworkNamespace, _ text: String) throws {
-        let path = "/tmp/\(ns.name).nft"
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        defer { unlink(path) }
-        try ns.check(["nft", "-f", path])
-    }
+    func nftScript(_ ns: NetworkNamespace, _ text: String) throws { try loadNftScript(ns, text) }
 
     func steering() throws -> Steering { try Steering(netns: router.name) }
 

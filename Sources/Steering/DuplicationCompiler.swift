@@ -1,0 +1,193 @@
+import Model
+import Netlink
+
+/// Duplication (docs/STEERING.md, "Duplication"): the sending side copies each packet of a duplicated
+/// class onto a second path in `table ip patronus_copy` (nft's `dup` exists only in ip/ip6 tables); the
+/// receiving side, in `table inet patronus`, remembers every packet of a duplicated class that arrives from
+/// a remote site for `Conventions.copySeenTimeoutMs` and drops a second arrival of the same packet.
+extension SteeringCompiler {
+    /// The receiving side, added to the inet table when any class duplicates.
+    struct Deduplication {
+        var chains: [NFTChain]
+        var rules: [String: [NFTRule]]
+        var staticSets: [SteeringRuleset.StaticSet]
+        var maps: [SteeringRuleset.Map]
+        /// The prerouting rule that sends UDP from remote sites to `dedup`.
+        var hook: NFTRule
+    }
+
+    /// The key that identifies one packet: IP id, source and destination address, the UDP header (ports,
+    /// length, checksum) and the first 12 bytes of the UDP payload (for RTP: flags, sequence, timestamp,
+    /// SSRC). An original and its copy are the same bytes (the copy is made before anything rewrites the
+    /// packet); two distinct packets of one flow share the key only if their IP id (16 bits), their
+    /// checksum and their first 12 payload bytes all agree within the timeout. 32 bytes in reg32_00...07.
+    /// A datagram shorter than 12 payload bytes, or a fragment, fails the load: it is neither remembered
+    /// nor dropped.
+    static let packetKey: [NFTExpression] = [
+        .payload(base: NFT.networkHeader, offset: 4, length: 2, dreg: NFT.reg1),
+        .payload(base: NFT.networkHeader, offset: 12, length: 8, dreg: .reg32_01),
+        .payload(base: NFT.transportHeader, offset: 0, length: 20, dreg: .reg32_03),
+    ]
+    static let packetKeyLength: UInt32 = 32
+
+    /// The kernel's `ifname` data type (nftables' TYPE_IFNAME), so `nft list` prints the map's keys as names.
+    static let ifnameType = NFTDataType.other(41)
+
+    static func interfaceNameKey(_ name: String) -> [UInt8] {
+        Array(name.utf8.prefix(15)) + Array(repeating: 0, count: 16 - min(name.utf8.count, 15))
+    }
+
+    /// (tunnel interface . remote prefix range) -> `<class>_dup<id>`, one element per path and prefix of its
+    /// site. Two paths on one interface to one site cannot be told apart by their packets: the lower id counts.
+    static func arrivalElements(_ plan: SteeringPlan, className: String) -> [NFTElement] {
+        var out: [NFTElement] = []
+        var seen = Set<[UInt8]>()
+        for p in plan.paths.sorted(by: { $0.id < $1.id }) {
+            for prefix in plan.destinations.first(where: { $0.site == p.site })?.prefixes.sorted() ?? [] {
+                let name = interfaceNameKey(p.interface)
+                let key = name + prefix.network.value.bigEndianBytes
+                guard seen.insert(key).inserted else { continue }
+                out.append(NFTElement(key: key, keyEnd: name + prefix.last.value.bigEndianBytes,
+                                      data: .verdict(.goto(SteeringNames.duplicateChain(className, p.id)))))
+            }
+        }
+        return out.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+    }
+
+    static func deduplication(_ plan: SteeringPlan) -> Deduplication? {
+        let duplicated = plan.classes.filter(\.duplicate)
+        guard !duplicated.isEmpty else { return nil }
+        var chains: [NFTChain] = []
+        var rules: [String: [NFTRule]] = [:]
+        var maps: [SteeringRuleset.Map] = []
+
+        let seen = NFTSet(family: family, table: table, name: SteeringNames.copiesSeenSet,
+                          flags: NFTSet.flagTimeout | NFTSet.flagDynamic, keyType: .other(4), keyLength: packetKeyLength,
+                          userdata: NFTUserdata.keyByteorder(.big)
+                              + NFTUserdata.comment("packets of duplicated classes seen: a second arrival is dropped", type: NFTUserdata.setCommentType),
+                          timeoutMs: Conventions.copySeenTimeoutMs, size: Conventions.copySeenSize)
+        let dedupChains = duplicated.map { SteeringNames.dedupClassChain($0.name) }
+        let seenSet = SteeringRuleset.StaticSet(set: seen, elements: [], owners: dedupChains)
+
+        let sources = prefixSet(SteeringNames.copySourcesSet, comment: "remote prefixes: where copies come from")
+        let sourcesSet = SteeringRuleset.StaticSet(set: sources, elements: intervalElements(plan.destinations.flatMap(\.prefixes).map { ($0, nil) }),
+                                                   owners: [SteeringNames.preroutingChain])
+        let hook = rule(SteeringNames.preroutingChain, ipv4Only + [
+            .meta(key: NFT.metaL4Proto, dreg: NFT.reg1),
+            .cmp(sreg: NFT.reg1, op: NFT.eq, data: [TransportProtocol.udp.number]),
+            .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: NFT.reg1),
+            .lookup(sreg: NFT.reg1, set: sources.name, setID: nil, dreg: nil),
+            .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.dedupChain))),
+        ], comment: "UDP from a remote site: drop second copies", sets: [sources], elements: [sourcesSet.elements])
+
+        // dedup: the flow's class (classified here once, like a steered flow, so a one-way stream is known
+        // too), then the class's chain if it duplicates.
+        let classes = markMap(SteeringNames.dedupClassesMap, comment: "duplicated class -> its de-duplication")
+        maps.append(.init(set: classes, elements: duplicated.map {
+            NFTElement(key: $0.ctMark.hostBytes, data: .verdict(.goto(SteeringNames.dedupClassChain($0.name))))
+        }))
+        chains.append(NFTChain(family: family, table: table, name: SteeringNames.dedupChain,
+                               userdata: NFTUserdata.comment("UDP from remote sites: the class, then its de-duplication")))
+        rules[SteeringNames.dedupChain] = classifyOnce(SteeringNames.dedupChain) + [
+            rule(SteeringNames.dedupChain, classBits + [
+                .lookup(sreg: NFT.reg1, set: classes.name, setID: nil, dreg: NFT.verdictRegister),
+            ], comment: nil, sets: [classes]),
+        ]
+
+        let paths = plan.paths.sorted { $0.slot < $1.slot }
+        for c in duplicated {
+            let name = SteeringNames.dedupClassChain(c.name)
+            // Tunnel . source -> the path: one tunnel interface can carry paths to several sites (one peer
+            // each), so the path of an arrival is its interface and the site its source address is in.
+            let arrivals = NFTSet(family: family, table: table, name: SteeringNames.arrivalsMap(c.name),
+                                  flags: NFTSet.flagMap | NFTSet.flagInterval | NFTSet.flagConcat,
+                                  keyType: .concatenation([ifnameType, .ipv4Address]), keyLength: 20, dataType: NFTSet.verdictDataType,
+                                  dataLength: 0, fieldLengths: [16, 4],
+                                  userdata: NFTUserdata.keyByteorder(.invalid) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
+                                      + NFTUserdata.comment("class \(c.name): tunnel . source of a second copy -> its path's counter", type: NFTUserdata.setCommentType))
+            maps.append(.init(set: arrivals, elements: arrivalElements(plan, className: c.name)))
+            chains.append(NFTChain(family: family, table: table, name: name,
+                                   userdata: NFTUserdata.comment("class \(c.name): drop a packet seen in the last \(Conventions.copySeenTimeoutMs) ms")))
+            rules[name] = [
+                rule(name, packetKey + [
+                    .lookup(sreg: NFT.reg1, set: seen.name, setID: nil, dreg: nil),
+                    .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
+                    .payload(base: NFT.networkHeader, offset: 12, length: 4, dreg: .reg2),
+                    .lookup(sreg: NFT.reg1, set: arrivals.name, setID: nil, dreg: NFT.verdictRegister),
+                ], comment: "second copy: count by tunnel, drop", sets: [seen, arrivals]),
+                rule(name, packetKey + [
+                    .dynsetAdd(sreg: NFT.reg1, set: seen.name, setID: nil, timeoutMs: 0),
+                ], comment: "first copy: remember, deliver", sets: [seen]),
+            ]
+            for p in paths {
+                let drop = SteeringNames.duplicateChain(c.name, p.id)
+                chains.append(NFTChain(family: family, table: table, name: drop,
+                                       userdata: NFTUserdata.comment("class \(c.name): second copies arriving by \(p.label)")))
+                rules[drop] = [rule(drop, [.counter, .immediate(dreg: NFT.verdictRegister, data: .verdict(.drop))], comment: nil)]
+            }
+        }
+        return Deduplication(chains: chains, rules: rules, staticSets: [sourcesSet, seenSet], maps: maps, hook: hook)
+    }
+
+    /// The sending side: `table ip patronus_copy`, or nil when no class duplicates. `interfaceIndex`: the
+    /// tunnels' interface indexes (`dup` takes an index); a path whose interface does not exist gets no
+    /// copy chain and no copies until it does. Per packet: one concatenated map lookup (class . path) that
+    /// misses for every packet not to be copied; a hit jumps to `copy_<class>_path<id>`: `dup to ADDRESS
+    /// device INDEX` (ADDRESS: the path's gateway, or the packet's own destination on a point-to-point
+    /// tunnel) and a counter of the copies sent.
+    public static func compileCopies(_ plan: SteeringPlan, interfaceIndex: [String: Int32]) throws(SteeringError) -> SteeringRuleset? {
+        let duplicated = plan.classes.filter(\.duplicate)
+        guard !duplicated.isEmpty else { return nil }
+        let problems = plan.problems()
+        guard problems.isEmpty else { throw .invalidPlan(problems) }
+        let family = NFTFamily.ip, table = Conventions.copyTable
+        var chains: [NFTChain] = []
+        var rules: [String: [NFTRule]] = [:]
+        let paths = plan.paths.sorted { $0.slot < $1.slot }
+        var present: [UInt16: SteeringPlan.SteeringPath] = [:]
+        for c in duplicated {
+            for p in paths {
+                guard let index = interfaceIndex[p.interface] else { continue }
+                present[p.slot] = p
+                let name = SteeringNames.copyChain(c.name, p.id)
+                chains.append(NFTChain(family: family, table: table, name: name,
+                                       userdata: NFTUserdata.comment("class \(c.name): copies sent by \(p.label)")))
+                let address: NFTExpression = p.gateway.map { .immediate(dreg: NFT.reg1, data: .value($0.value.bigEndianBytes)) }
+                    ?? .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1)
+                rules[name] = [rule(name, [
+                    address,
+                    .immediate(dreg: .reg2, data: .value(UInt32(bitPattern: index).hostBytes)),
+                    .dup(sregAddress: NFT.reg1, sregDevice: .reg2),
+                    .counter,
+                ], comment: nil, family: family, table: table)]
+            }
+        }
+        let copies = NFTSet(family: family, table: table, name: SteeringNames.copiesMap, flags: NFTSet.flagMap,
+                            keyType: .concatenation([.mark, .mark]), keyLength: 8, dataType: NFTSet.verdictDataType, dataLength: 0,
+                            userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
+                                + NFTUserdata.comment("class . path taken -> copy to the second path", type: NFTUserdata.setCommentType))
+        let classByID = Dictionary(duplicated.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var elements: [NFTElement] = []
+        for copy in plan.copies {
+            guard let c = classByID[copy.classID], let from = plan.paths.first(where: { $0.slot == copy.from }),
+                  let to = present[copy.to] else { continue }
+            elements.append(NFTElement(key: c.ctMark.hostBytes + from.mark.hostBytes,
+                                       data: .verdict(.goto(SteeringNames.copyChain(c.name, to.id)))))
+        }
+        let hook = SteeringNames.preroutingChain
+        chains.append(NFTChain(family: family, table: table, name: hook,
+                               hook: NFTHook(hook: NFTHook.prerouting, priority: Conventions.copyChainPriority, type: "filter"),
+                               userdata: NFTUserdata.comment("forwarded packets of duplicated classes: a copy to the second path")))
+        rules[hook] = [rule(hook, [
+            .ct(key: NFT.ctMark, dreg: NFT.reg1),
+            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: classMask.hostBytes, xor: [0, 0, 0, 0]),
+            .meta(key: NFT.metaMark, dreg: NFT.reg32_01),
+            .bitwise(sreg: NFT.reg32_01, dreg: NFT.reg32_01, mask: pathMask.hostBytes, xor: [0, 0, 0, 0]),
+            .lookup(sreg: NFT.reg1, set: copies.name, setID: nil, dreg: NFT.verdictRegister),
+        ], comment: "class . path -> copy", sets: [copies], family: family, table: table)]
+        return SteeringRuleset(
+            table: NFTTable(family: family, name: table,
+                            userdata: NFTUserdata.comment("patronus-router packet copies; managed, do not edit")),
+            chains: chains, rules: rules, staticSets: [], maps: [.init(set: copies, elements: elements)], ipRules: [], routes: [])
+    }
+}
