@@ -141,7 +141,7 @@ final class ShaperInstaller {
     func converge(_ shapers: [SteeringPlan.Shaper], changes: inout SteeringChanges) {
         self.wanted = shapers
         let wanted = Dictionary(shapers.map { ($0.interface, $0) }, uniquingKeysWith: { a, _ in a })
-        for (name, old) in installed where wanted[name] == nil {
+        for (name, old) in installed.sorted(by: { $0.key < $1.key }) where wanted[name] == nil {
             do {
                 try routing.deleteRootQdisc(interface: old.index)
             } catch where error.errno == ENOENT || error.errno == ENODEV || error.errno == EINVAL {

@@ -2,10 +2,11 @@
 //   patronus-bench resteer [ITERATIONS]   one class moved between two paths, acked, ITERATIONS times,
 //                                         then the nft CLI doing the same update; prints median/p99 in us
 //   patronus-bench churn                  applies two different plans alternately forever (crash tests)
-//   patronus-bench apply POLICIES ENTRIES [balanced]
+//   patronus-bench apply POLICIES ENTRIES [balanced|features]
 //                                         applies a plan with POLICIES classes holding ENTRIES match
 //                                         entries in total, then exits (datapath bench); balanced: the
-//                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each)
+//                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each);
+//                                         features: voip duplicated and both paths shaped, as shipped
 //   patronus-bench stream-send HOST PORT PPS SECONDS [rtp SSRC] / stream-recv PORT SECONDS [rtp]
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.
@@ -19,11 +20,17 @@ import Steering
 let site = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000b1")!)
 let remote = IPv4Prefix("10.20.0.0/16")!
 
-func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false, balanced: Bool = false) -> SteeringPlan {
+/// `features`: the shipped voip policy's duplication (voip copied from its path to the other) and shaping at
+/// 10 Gbit/s on both paths (above anything the bench offers, so htb costs its work but never limits), with
+/// the shipped policies' bands: what a site with two paths installs as shipped.
+func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false, balanced: Bool = false,
+          features: Bool = false) -> SteeringPlan {
     var classes: [SteeringPlan.TrafficClass] = [
         .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
-                                                                   ServiceMatch(.tcp, [PortRange(5060, 5061)])])]),
-        .init(id: 2, name: "bulk", matches: [TrafficMatch(services: [ServiceMatch(.tcp, [PortRange(20, 21), PortRange(873)])])]),
+                                                                   ServiceMatch(.tcp, [PortRange(5060, 5061)])])],
+              band: features ? .realtime : .standard, duplicate: features),
+        .init(id: 2, name: "bulk", matches: [TrafficMatch(services: [ServiceMatch(.tcp, [PortRange(20, 21), PortRange(873)])])],
+              band: features ? .bulk : .standard),
     ]
     // Extra policies: each with a share of `entries` destination-port entries (udp 40000 + k), so the
     // classification sets hold `entries` elements in total.
@@ -46,7 +53,9 @@ func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = f
     }
     return SteeringPlan(classes: classes, paths: paths,
                         destinations: [.init(site: site, name: "branch", prefixes: thirdPath ? [remote, IPv4Prefix("10.21.0.0/16")!] : [remote])],
-                        choices: choices)
+                        choices: choices,
+                        shapers: features ? paths.map { .init(interface: $0.interface, rateBitsPerSecond: 10_000_000_000) } : [],
+                        copies: features ? [.init(site: site, classID: 1, from: voip, to: voip == 1 ? 2 : 1)] : [])
 }
 
 func now() -> UInt64 {
@@ -166,9 +175,10 @@ case "apply":
     let policies = args.count > 2 ? Int(args[2]) ?? 10 : 10
     let entries = args.count > 3 ? Int(args[3]) ?? 0 : 0
     let balanced = args.count > 4 && args[4] == "balanced"
+    let features = args.count > 4 && args[4] == "features"
     do {
         let steering = try Steering(netns: nil)
-        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries, balanced: balanced))
+        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries, balanced: balanced, features: features))
         print("applied \(policies) policies, \(entries) entries: \(changes.batchMessages) messages")
     } catch { fail("apply: \(error)") }
 
@@ -204,5 +214,5 @@ case "rawhash":
     } catch { fail("rawhash: \(error)") }
 
 default:
-    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced]")
+    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced|features]")
 }

@@ -76,6 +76,82 @@ import Testing
         #expect(shaped.failoversAway == 0, "\(shaped)")
     }
 
+    /// An LTE cell gets busy: under a saturating upload hq's bottleneck drops from 20 to 8 Mbit/s (its FIFO
+    /// still 500 ms) and comes back 12 s later. The shaper must follow it down (VoIP's added RTT p95 from 2 s
+    /// after the drop back under 30 ms) and back up (80 % of the restored 20 Mbit/s within 30 s).
+    @Test(.enabled(if: acceptanceCanRun), .timeLimit(.minutes(5)))
+    func theShaperFollowsTheBottleneckDownAndBackUpRoot() throws {
+        let lab = try AcceptanceLab(sites: 2, routerArguments: Self.debug ? ["--debug"] : [], shaping: ["isp-a": "auto", "isp-b": "off"])
+        defer { lab.down() }
+        for isp in ["isp-a", "isp-b"] {
+            _ = try lab.controller.impair(site: "hq", uplink: isp, Self.hqUpload, directions: [.outbound])
+        }
+        try lab.waitForMesh()
+        let hq = lab.router("hq")
+        try lab.wait("hq's isp-a tunnel shaped", timeout: 40) { try hq.check(["tc", "qdisc", "show"]).contains("qdisc htb 62:") }
+        try lab.impair("hq", "isp-b", ImpairmentChange(cut: true))
+        try lab.wait("hq's isp-b path down", timeout: 30) { try lab.paths("hq", to: "east")["isp-b"]?["status"] as? String == "down" }
+        let server = try lab.host("east").spawn(["iperf3", "-s", "-p", "5201"])
+        defer { server.terminate() }
+        let echo = try UDPEchoResponder(in: lab.host("east"), address: lab.hostAddress("east"), port: 20000)
+        defer { echo.stop() }
+        sleep(1)
+        let idle = percentile(try rtts(lab, count: 100).compactMap { $0 }.sorted(), 0.5)
+        let client = try lab.host("hq").spawn(["iperf3", "-c", lab.hostAddress("east"), "-p", "5201", "-P", "4", "-t", "60",
+                                               "--connect-timeout", "3000"])
+        defer { client.terminate() }
+        sleep(5)
+        // The RTT stream runs 5 s before the drop and 10 s after; the drop happens on another thread.
+        let dropAt = 5.0, stream = 15.0
+        let changer = Thread {
+            usleep(UInt32(dropAt * 1e6))
+            _ = try? lab.controller.impair(site: "hq", uplink: "isp-a", ImpairmentChange(rateMbit: 8), directions: [.outbound])
+        }
+        changer.start()
+        let series = try rtts(lab, count: Int(stream * 50))
+        func window(_ from: Double, _ to: Double) -> [Double] {
+            series.enumerated().filter { Double($0.offset) * 0.02 >= from && Double($0.offset) * 0.02 < to }.compactMap(\.element).sorted()
+        }
+        let before = percentile(window(0, dropAt), 0.95) - idle
+        let settled = percentile(window(dropAt + 2, stream), 0.95) - idle
+        let worst = (window(dropAt, stream).last ?? .nan) - idle
+        let rateAfterDrop = try shaperRate(hq)
+        _ = try lab.controller.impair(site: "hq", uplink: "isp-a", ImpairmentChange(rateMbit: 20), directions: [.outbound])
+        let restored = monotonicSeconds()
+        var recoveredAfter: Double?
+        while monotonicSeconds() - restored < 35 {
+            if try shaperRate(hq) >= 16e6 {
+                recoveredAfter = monotonicSeconds() - restored
+                break
+            }
+            usleep(250_000)
+        }
+        print("shaping drop: VoIP added RTT p95 before the drop \(f(before)) ms; from 2 s after the drop to 10 s after \(f(settled)) ms "
+              + "(worst \(f(worst)) ms); shaper at \(f(rateAfterDrop / 1e6)) Mbit/s 10 s after the drop to 8; back to 16 Mbit/s (80 % of the "
+              + "restored 20) \(recoveredAfter.map { "after \(f($0)) s" } ?? "not within 35 s")")
+        #expect(settled <= 30, "VoIP p95 from 2 s after the drop: \(settled) ms")
+        #expect(rateAfterDrop <= 8.5e6, "the shaper followed the bottleneck down: \(rateAfterDrop)")
+        #expect((recoveredAfter ?? 99) <= 30, "back to 80 % of the restored rate within 30 s")
+    }
+
+    /// The shaper's rate now (class 62:1 of hq's one shaped tunnel), bit/s.
+    private func shaperRate(_ router: NetworkNamespace) throws -> Double {
+        let qdiscs = try router.check(["tc", "qdisc", "show"]).split(separator: "\n")
+        guard let root = qdiscs.first(where: { $0.hasPrefix("qdisc htb 62:") }), let dev = root.split(separator: " ").dropFirst(4).first
+        else { throw AcceptanceFailure("no shaper among \(qdiscs)") }
+        let text = try router.check(["tc", "class", "show", "dev", String(dev)])
+        for line in text.split(separator: "\n") where line.contains("class htb 62:1 ") {
+            let words = line.split(separator: " ").map(String.init)
+            if let i = words.firstIndex(of: "rate"), i + 1 < words.count {
+                let v = words[i + 1]
+                for (suffix, scale) in [("Gbit", 1e9), ("Mbit", 1e6), ("Kbit", 1e3), ("bit", 1.0)] where v.hasSuffix(suffix) {
+                    return (Double(v.dropLast(suffix.count)) ?? 0) * scale
+                }
+            }
+        }
+        throw AcceptanceFailure("no shaper in \(text)")
+    }
+
     /// Cuts `cutting` (every class then takes `on`), measures idle RTT, then RTT and goodput under upload.
     private func measure(_ lab: AcceptanceLab, label: String, on isp: String, cutting other: String) throws -> Phase {
         try lab.impair("hq", isp, ImpairmentChange(cut: false))

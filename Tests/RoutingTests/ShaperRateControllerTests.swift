@@ -42,6 +42,36 @@ import Testing
         }
     }
 
+    @Test func aHugeDelayHalvesTheRateAtOnce() {
+        var c = ShaperRateController(estimate: 20 * mbit)
+        _ = c.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
+        #expect(c.observe(now: 0.2, rttMs: 400, sentBitsPerSecond: Double(c.rate)) == .decrease(from: 18 * mbit, to: 9 * mbit))
+        #expect(c.observe(now: 0.4, rttMs: 400, sentBitsPerSecond: Double(c.rate)) == .hold)
+        #expect(c.observe(now: 0.8, rttMs: 400, sentBitsPerSecond: Double(c.rate)) == .decrease(from: 9 * mbit, to: 5 * mbit)) // the floor
+    }
+
+    @Test func aBottleneckBelowOurRateIsSeenThoughWeSendLessThanOurRate() {
+        var c = ShaperRateController(estimate: 20 * mbit)
+        _ = c.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
+        // The cell fell to 8 Mbit/s: TCP gets 8 of our 18 through, and the modem's queue grows.
+        _ = c.observe(now: 0.2, rttMs: 40, sentBitsPerSecond: 8e6)
+        _ = c.observe(now: 0.4, rttMs: 45, sentBitsPerSecond: 8e6)
+        #expect(c.observe(now: 0.6, rttMs: 45, sentBitsPerSecond: 8e6) == .decrease(from: 18 * mbit, to: 15_300_000))
+        // ... but 8 Mbit/s clean is not a reason to raise an 18 Mbit/s shaper.
+        var d = ShaperRateController(estimate: 20 * mbit)
+        _ = d.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
+        for i in 1...20 { #expect(d.observe(now: Double(i) * 0.2, rttMs: 20, sentBitsPerSecond: 8e6) == .hold) }
+    }
+
+    @Test func afterADelayRaisesStayGentleForFiveSecondsThenCloseTheGap() {
+        var c = ShaperRateController(estimate: 20 * mbit)
+        _ = c.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
+        _ = c.observe(now: 0.2, rttMs: 400, sentBitsPerSecond: Double(c.rate)) // halved: 9 Mbit/s
+        _ = c.observe(now: 0.4, rttMs: 20, sentBitsPerSecond: Double(c.rate))
+        #expect(c.observe(now: 1.3, rttMs: 20, sentBitsPerSecond: Double(c.rate)) == .increase(from: 9 * mbit, to: 9_360_000)) // 4 %
+        #expect(c.observe(now: 5.3, rttMs: 20, sentBitsPerSecond: Double(c.rate)) == .increase(from: 9_360_000, to: 10_324_000)) // 10 % of the gap to 19
+    }
+
     @Test func neverBelowTheFloor() {
         var c = ShaperRateController(estimate: 20 * mbit)
         _ = c.observe(now: 0, rttMs: 20, sentBitsPerSecond: 0)
