@@ -70,7 +70,7 @@ if (( FALSE_DROPS > 0 )); then
     lab_wait_up hq $PATHS >/dev/null
     sleep 2
     counters() {  # copies sent by hq, second copies dropped by east (voip, every path), from status --json
-        "$BIN" status --database "$STATE/$1.db" --json | python3 -c "
+        "$BIN" status --database "$STATE/$1.db" --netns "$LAB_NS-$1" --json | python3 -c "
 import json, sys
 s = json.load(sys.stdin)
 print(sum(d.get('$2', 0) for e in s.get('steering', []) if e['policy'] == 'voip' for d in e.get('duplication', [])))"
