@@ -202,7 +202,8 @@ public enum SteeringCompiler {
     /// The `shape` chain (postrouting: forwarding rewrites `meta priority` from the TOS before the forward
     /// hook, so only a late hook can set it): for packets bound to a tunnel (path bits in the mark), the htb
     /// class of the shaped tunnel they leave by. Our bandwidth trains take htb's direct queue (unshaped, so
-    /// a test measures the path, not our shaper); our probes and their replies, and every class in the
+    /// a test measures the path, not our shaper); our probes and their replies, our announcements, and every
+    /// class in the
     /// realtime band, take the realtime class; bulk classes the bulk class; the rest stays unset and htb
     /// puts it in its default (standard) class. Packets that leave by an unshaped interface carry the
     /// priority harmlessly (its low 4 bits, what pfifo_fast reads, are 0).
@@ -232,6 +233,8 @@ public enum SteeringCompiler {
                  comment: "probes: realtime"),
             rule(chain, udpPort(0, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
                  comment: "probe replies: realtime"),
+            rule(chain, udpPort(2, Conventions.discoveryPort) + setPriority(Conventions.shaperPriority(.realtime)),
+                 comment: "announcements relayed through the tunnel: realtime"),
         ]
         for c in plan.classes where c.band != .standard {
             out.append(rule(chain, classBits + [.cmp(sreg: NFT.reg1, op: NFT.eq, data: c.ctMark.hostBytes)]

@@ -73,12 +73,13 @@ extension SteeringFixture {
         let chain = try #require(r.chains.first { $0.name == SteeringNames.shapeChain })
         #expect(chain.hook?.hook == NFTHook.postrouting)
         let rules = try #require(r.rules[SteeringNames.shapeChain])
-        // not for a tunnel, bandwidth trains, probes, probe replies, then voip and bulk (default: htb's default)
-        #expect(rules.count == 6)
+        // not for a tunnel, bandwidth trains, probes, probe replies, announcements, then voip and bulk
+        // (default: htb's default)
+        #expect(rules.count == 7)
         let priorities = rules.flatMap(\.expressions).compactMap { e -> [UInt8]? in
             if case .immediate(let reg, .value(let v)) = e, reg == NFT.reg1 { return v } else { return nil }
         }
-        #expect(priorities == [0x620000, 0x620010, 0x620010, 0x620010, 0x620030].map { UInt32($0).hostBytes })
+        #expect(priorities == [0x620000, 0x620010, 0x620010, 0x620010, 0x620010, 0x620030].map { UInt32($0).hostBytes })
         #expect(SteeringPlan(shapers: [.init(interface: "wg0", rateBitsPerSecond: 1000)]).structureProblems().count == 1)
     }
 
