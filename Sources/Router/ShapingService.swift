@@ -72,8 +72,30 @@ struct ShapingLoop {
     private var lastSent: [String: (bytes: UInt64, at: Double)] = [:]
     private var lastReplies: [String: UInt64] = [:]
     private var waiting: Set<String> = []
+    /// Per tunnel interface, the path whose measurements drive its one shaper.
+    private var drivers: [String: String] = [:]
 
     init(modes: [String: ShapingMode]) { self.modes = modes }
+
+    /// One shaper per tunnel interface, but an interface carries one path per remote site reached over its
+    /// uplink (same-label pairing: `wg-…0` holds the peers of every site for uplink 0). They share the
+    /// uplink's upload, and each path's estimate is a lower bound of it: the path with the highest estimate
+    /// drives the interface's shaper, and keeps driving it while it is there and measured (no flapping
+    /// between paths of similar estimates). Unmeasured interfaces take their first path by name.
+    mutating func chooseDrivers(_ bindings: [String: PathBinding], _ snapshot: [String: PathProbeSet.Snapshot]) {
+        func estimate(_ name: String) -> Double { snapshot[name]?.metrics.bandwidthMbps ?? 0 }
+        var chosen: [String: String] = [:]
+        for (name, binding) in bindings.sorted(by: { $0.key < $1.key }) {
+            let interface = binding.interface
+            if let kept = drivers[interface], bindings[kept]?.interface == interface, estimate(kept) > 0 {
+                chosen[interface] = kept
+                continue
+            }
+            if let current = chosen[interface], estimate(current) >= estimate(name) { continue }
+            chosen[interface] = name
+        }
+        drivers = chosen
+    }
 
     struct Step {
         var shapers: [SteeringPlan.Shaper] = []
@@ -87,7 +109,8 @@ struct ShapingLoop {
                        statistics: [ShaperStatistics]) -> Step {
         var out = Step()
         let stats = Dictionary(statistics.map { ($0.interface, $0) }, uniquingKeysWith: { a, _ in a })
-        for (name, binding) in bindings.sorted(by: { $0.key < $1.key }) {
+        chooseDrivers(bindings, snapshot)
+        for (name, binding) in bindings.sorted(by: { $0.key < $1.key }) where drivers[binding.interface] == name {
             let mode = modes[binding.key.localLabel] ?? .auto
             let rate: UInt64
             switch mode {
@@ -131,7 +154,7 @@ struct ShapingLoop {
                                             rateBitsPerSecond: rate, queueDelayMs: s?.queueDelayMs ?? 0,
                                             bands: s?.bands ?? []))
         }
-        for name in controllers.keys where bindings[name] == nil {
+        for name in controllers.keys where bindings[name] == nil || drivers[bindings[name]!.interface] != name {
             controllers[name] = nil
             lastSent[name] = nil
             lastReplies[name] = nil

@@ -42,3 +42,32 @@ struct TrustStoreTests {
         }
     }
 }
+
+/// Issue 13's status: the local site's uplinks, and for one other sites see behind NAT the public mapping it
+/// announces and who observed it, as `status` and `status --json` show them.
+struct LocalEndpointStoreTests {
+    @Test func theLocalEndpointsAndTheirPublicMappingsAppearInStatus() throws {
+        try withTemporaryDirectory { dir in
+            let store = try Store.open(path: dir + "/east.db")
+            _ = try store.ensureLocalSite(name: "east")
+            let natted = LocalEndpoint(endpoint: Endpoint(label: "isp-b", address: SocketAddress4("172.18.2.2:51830")!),
+                                       publicEndpoint: SocketAddress4("100.66.2.2:51830")!, observedBy: ["hq", "west"])
+            let open = LocalEndpoint(endpoint: Endpoint(label: "isp-a", address: SocketAddress4("100.65.2.2:51820")!))
+            try store.replaceLocalEndpoints([open, natted])
+            let snapshot = try store.statusSnapshot()
+            let endpoints = try #require(snapshot.localSite?.endpoints)
+            #expect(endpoints.map(\.label) == ["isp-a", "isp-b"])
+            #expect(endpoints[0].publicEndpoint == nil && endpoints[0].observedBy == nil)
+            #expect(endpoints[1].publicEndpoint == "100.66.2.2:51830" && endpoints[1].observedBy == ["hq", "west"])
+            #expect(snapshot.report().contains(
+                "- Endpoint: 172.18.2.2:51830 (isp-b), behind NAT: announced as 100.66.2.2:51830 (seen by hq, west)"))
+            let json = snapshot.json()
+            #expect(json.contains("\"public_endpoint\" : \"100.66.2.2:51830\""))
+            #expect(try StatusSnapshot.decode(json: Data(json.utf8)) == snapshot)
+            // The mapping gone (no observer repeats it): the row says so.
+            try store.replaceLocalEndpoints([open, LocalEndpoint(endpoint: natted.endpoint)])
+            #expect(try store.statusSnapshot().localSite?.endpoints[1].publicEndpoint == nil)
+            #expect(!(try store.statusSnapshot().json()).contains("public_endpoint"))
+        }
+    }
+}

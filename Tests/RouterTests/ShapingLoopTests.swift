@@ -1,0 +1,51 @@
+import Foundation
+import Model
+@testable import Probing
+@testable import Router
+import Routing
+import Testing
+
+/// One shaper per tunnel interface: an interface carries one path per remote site reached over its uplink,
+/// and two shapers for one interface make the whole steering plan invalid (seen in a 3-site lab: every plan
+/// refused, steering frozen).
+@Suite struct ShapingLoopTests {
+    static let east = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e1")!)
+    static let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2")!)
+
+    static func binding(_ site: SiteID, _ slot: UInt16, _ interface: String) -> PathBinding {
+        PathBinding(key: PathKey(site: site, localLabel: "isp-a", remoteLabel: "isp-a"), slot: slot, interface: interface)
+    }
+
+    static func snapshot(_ name: String, mbps: Double?) -> PathProbeSet.Snapshot {
+        let metrics = PathMetrics(latencyMs: 10, jitterMs: 1, lossPct: 0, bandwidthMbps: mbps, score: 95)
+        return PathProbeSet.Snapshot(target: ProbeTarget(name: name, remote: SocketAddress4(IPv4Address(10, 99, 0, 2), port: 51822),
+                                                         pinning: .interface("wg-hq0")),
+                                     status: .up, metrics: metrics, counters: ProbeCounters())
+    }
+
+    @Test func pathsSharingATunnelGetOneShaperDrivenByTheBestEstimate() {
+        var loop = ShapingLoop(modes: [:])
+        let bindings = ["isp-a->east": Self.binding(Self.east, 1, "wg-hq0"), "isp-a->west": Self.binding(Self.west, 2, "wg-hq0"),
+                        "isp-b->east": Self.binding(Self.east, 3, "wg-hq1")]
+        var snapshots = ["isp-a->east": Self.snapshot("isp-a->east", mbps: 40), "isp-a->west": Self.snapshot("isp-a->west", mbps: 80),
+                         "isp-b->east": Self.snapshot("isp-b->east", mbps: 20)]
+        let first = loop.step(now: 1, bindings: bindings, snapshot: snapshots, statistics: [])
+        #expect(first.shapers.map(\.interface).sorted() == ["wg-hq0", "wg-hq1"], "one shaper per interface")
+        #expect(first.samples.first { $0.interface == "wg-hq0" }?.path == "isp-a->west", "the higher estimate drives")
+        let plan = SteeringPlan(shapers: first.shapers)
+        #expect(!plan.structureProblems().contains { $0.contains("two shapers") })
+
+        // A wobble of the estimates does not move the shaper to the other path while its driver is measured.
+        snapshots["isp-a->east"] = Self.snapshot("isp-a->east", mbps: 85)
+        let second = loop.step(now: 2, bindings: bindings, snapshot: snapshots, statistics: [])
+        #expect(second.samples.first { $0.interface == "wg-hq0" }?.path == "isp-a->west")
+        #expect(second.shapers.count == 2)
+
+        // The driver goes away (west expired): the other path of the interface takes over.
+        var without = bindings
+        without["isp-a->west"] = nil
+        let third = loop.step(now: 3, bindings: without, snapshot: snapshots, statistics: [])
+        #expect(third.samples.first { $0.interface == "wg-hq0" }?.path == "isp-a->east")
+        #expect(third.shapers.count == 2)
+    }
+}
