@@ -74,6 +74,20 @@ struct ShapingLoop {
     private var waiting: Set<String> = []
     /// Per tunnel interface, the path whose measurements drive its one shaper.
     private var drivers: [String: String] = [:]
+    /// Per path, its bandwidth measurements of the last `estimateWindow` seconds (time, bit/s).
+    private var estimates: [String: [(at: Double, bps: UInt64)]] = [:]
+    /// The ceiling follows the highest measurement of this window, not the latest: a bandwidth test that
+    /// ran while the bottleneck was briefly lower (a busy LTE cell) must not cap the rate after it recovers;
+    /// the delay signal is what keeps the rate down while the bottleneck is low.
+    static let estimateWindow = 600.0
+
+    /// The estimate the shaper of path `name` works from: the highest measurement of the window.
+    mutating func windowedEstimate(_ name: String, measured: UInt64, now: Double) -> UInt64 {
+        var kept = (estimates[name] ?? []).filter { now - $0.at <= Self.estimateWindow }
+        if kept.last?.bps != measured { kept.append((now, measured)) }
+        estimates[name] = kept
+        return kept.map(\.bps).max() ?? measured
+    }
 
     init(modes: [String: ShapingMode]) { self.modes = modes }
 
@@ -126,7 +140,7 @@ struct ShapingLoop {
                     }
                     continue
                 }
-                let estimate = UInt64(mbps * 1e6)
+                let estimate = windowedEstimate(name, measured: UInt64(mbps * 1e6), now: now)
                 if waiting.remove(name) != nil || controllers[name] == nil {
                     controllers[name] = ShaperRateController(estimate: estimate)
                     out.log.append("path \(binding.id) (\(name)) shaped from its measured \(ShapingMode.rateText(estimate))bit/s: starting at \(ShapingMode.rateText(controllers[name]!.rate))bit/s")
@@ -154,6 +168,7 @@ struct ShapingLoop {
                                             rateBitsPerSecond: rate, queueDelayMs: s?.queueDelayMs ?? 0,
                                             bands: s?.bands ?? []))
         }
+        for name in estimates.keys where bindings[name] == nil { estimates[name] = nil }
         for name in controllers.keys where bindings[name] == nil || drivers[bindings[name]!.interface] != name {
             controllers[name] = nil
             lastSent[name] = nil

@@ -305,8 +305,10 @@ struct LifecycleRootTests {
         // wireguard-go processes are the same ones, and the database did not grow path rows.
         #expect(now.wireguardProcesses == 2 && now.links.count == 2)
         #expect(Ops.processes(named: "wireguard-go", inNamespace: pair.a.name) == wireguardBefore, "adopted, not restarted")
+        // Our tables, each once: the steering table, and the copy table while voip is duplicated over the two paths.
         let tables = try pair.a.check(["nft", "list", "tables"]).split(separator: "\n").filter { $0.contains("patronus") }
-        #expect(tables.count == 1)
+        #expect(tables.contains("table inet patronus") && Set(tables).count == tables.count
+                && tables.allSatisfy { ["table inet patronus", "table ip patronus_copy"].contains($0) }, "\(tables)")
         #expect((Ops.status(database: pair.databaseA)?["paths"] as? [Any])?.count == pathRows)
         #expect(Ops.waitUntil(timeout: .seconds(10)) { pair.pathsUp() })
 

@@ -48,4 +48,15 @@ import Testing
         #expect(third.samples.first { $0.interface == "wg-hq0" }?.path == "isp-a->east")
         #expect(third.shapers.count == 2)
     }
+
+    /// A bandwidth test that ran while the bottleneck was briefly lower does not cap the shaper once it
+    /// recovers: the ceiling follows the highest measurement of the last 10 minutes.
+    @Test func aLowMeasurementDoesNotLowerTheCeilingForTenMinutes() {
+        var loop = ShapingLoop(modes: [:])
+        #expect(loop.windowedEstimate("p", measured: 20_000_000, now: 0) == 20_000_000)
+        #expect(loop.windowedEstimate("p", measured: 8_000_000, now: 30) == 20_000_000, "the drop is the delay signal's job")
+        #expect(loop.windowedEstimate("p", measured: 8_000_000, now: 599) == 20_000_000)
+        #expect(loop.windowedEstimate("p", measured: 8_000_000, now: 601) == 8_000_000, "a lasting drop is taken after the window")
+        #expect(loop.windowedEstimate("p", measured: 25_000_000, now: 602) == 25_000_000, "a faster link at once")
+    }
 }
