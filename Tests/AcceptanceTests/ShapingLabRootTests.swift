@@ -33,19 +33,30 @@ import Testing
     /// SHAPING_DEBUG=1: the routers log every rate decision (`--debug`) and the test prints them.
     static let debug = ProcessInfo.processInfo.environment["SHAPING_DEBUG"] != nil
 
+    /// hq and east, hq's isp-a shaped (auto) and isp-b not, both behind the modem (upload only, site -> ISP,
+    /// set before the first bandwidth test); returns once isp-a's tunnel is shaped from its measurement.
+    static func shapedLab() throws -> (lab: AcceptanceLab, hq: NetworkNamespace) {
+        let lab = try AcceptanceLab(sites: 2, routerArguments: debug ? ["--debug"] : [], shaping: ["isp-a": "auto", "isp-b": "off"])
+        do {
+            for isp in ["isp-a", "isp-b"] {
+                _ = try lab.controller.impair(site: "hq", uplink: isp, hqUpload, directions: [.outbound])
+            }
+            try lab.waitForMesh()
+            let hq = lab.router("hq")
+            try lab.wait("hq's isp-a tunnel shaped from its measured bandwidth", timeout: 40) {
+                try hq.check(["tc", "qdisc", "show"]).contains("qdisc htb 62:")
+            }
+            return (lab, hq)
+        } catch {
+            lab.down()
+            throw error
+        }
+    }
+
     @Test(.enabled(if: acceptanceCanRun), .timeLimit(.minutes(5)))
     func voipStaysClearBesideASaturatingUploadWhenShapedRoot() throws {
-        let lab = try AcceptanceLab(sites: 2, routerArguments: Self.debug ? ["--debug"] : [], shaping: ["isp-a": "auto", "isp-b": "off"])
+        let (lab, _) = try Self.shapedLab()
         defer { lab.down() }
-        // The modem: upload only (site -> ISP), both uplinks, before the first bandwidth test.
-        for isp in ["isp-a", "isp-b"] {
-            _ = try lab.controller.impair(site: "hq", uplink: isp, Self.hqUpload, directions: [.outbound])
-        }
-        try lab.waitForMesh()
-        let hq = lab.router("hq")
-        try lab.wait("hq's isp-a tunnel shaped from its measured bandwidth", timeout: 40) {
-            try hq.check(["tc", "qdisc", "show"]).contains("qdisc htb 62:")
-        }
         // status --json reads the shapers from the kernel of the router's namespace.
         let status = try Subprocess.check([Binary.path, "status", "--json", "--database", lab.database("hq"),
                                            "--netns", lab.plan.routerNamespace("hq")])
@@ -81,14 +92,8 @@ import Testing
     /// after the drop back under 30 ms) and back up (80 % of the restored 20 Mbit/s within 30 s).
     @Test(.enabled(if: acceptanceCanRun), .timeLimit(.minutes(5)))
     func theShaperFollowsTheBottleneckDownAndBackUpRoot() throws {
-        let lab = try AcceptanceLab(sites: 2, routerArguments: Self.debug ? ["--debug"] : [], shaping: ["isp-a": "auto", "isp-b": "off"])
+        let (lab, hq) = try Self.shapedLab()
         defer { lab.down() }
-        for isp in ["isp-a", "isp-b"] {
-            _ = try lab.controller.impair(site: "hq", uplink: isp, Self.hqUpload, directions: [.outbound])
-        }
-        try lab.waitForMesh()
-        let hq = lab.router("hq")
-        try lab.wait("hq's isp-a tunnel shaped", timeout: 40) { try hq.check(["tc", "qdisc", "show"]).contains("qdisc htb 62:") }
         try lab.impair("hq", "isp-b", ImpairmentChange(cut: true))
         try lab.wait("hq's isp-b path down", timeout: 30) { try lab.paths("hq", to: "east")["isp-b"]?["status"] as? String == "down" }
         let server = try lab.host("east").spawn(["iperf3", "-s", "-p", "5201"])
