@@ -86,4 +86,23 @@ import Testing
         let none = noLAN.step(now: 1, bindings: bindings, snapshot: [:], statistics: [])
         #expect(none.downloadShapers.isEmpty && none.log.contains { $0.contains("no --lan") })
     }
+
+    /// Issue 23's "10 idle minutes never drag the rate to the floor", through the service's own loop: a
+    /// measured path, its probes answering every 200 ms step with a noisy RTT (radio wake-ups: every 7th
+    /// reply 200 ms), nothing sent through the shaper. The rate stays where it started for the whole time.
+    @Test func tenIdleMinutesOfProbesOnlyNeverMoveTheRate() throws {
+        var loop = ShapingLoop(modes: [:])
+        let bindings = ["isp-a->east": Self.binding(Self.east, 1, "wg-hq0")]
+        var replies: UInt64 = 0
+        var rates = Set<UInt64>()
+        for step in 1...3000 {
+            replies += 2
+            var snapshot = Self.snapshot("isp-a->east", mbps: 20)
+            snapshot.counters.repliesOnTime = replies
+            snapshot.metrics.recentLatencyMs = step % 7 == 0 ? 200 : 20 + Double(step % 3)
+            let out = loop.step(now: Double(step) * 0.2, bindings: bindings, snapshot: ["isp-a->east": snapshot], statistics: [])
+            rates.formUnion(out.shapers.map(\.rateBitsPerSecond))
+        }
+        #expect(rates == [18_000_000], "90 % of the 20 Mbit/s estimate all along: \(rates.sorted())")
+    }
 }
