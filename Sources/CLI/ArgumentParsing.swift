@@ -5,7 +5,11 @@ import Model
 enum ArgumentParsing {
     static func uplink(_ text: String) throws -> Uplink {
         guard let uplink = Uplink(argument: text) else {
-            throw ValidationError("'\(text)' is not IFACE[=LABEL][,shape=auto|off|RATE][,no-copies] (an interface name of 1-15 characters; a label of 1-32 letters, digits, '-' or '_'; a rate of 64k...1000G bit/s such as 20M; no-copies: the uplink never carries copies of duplicated classes)")
+            if let shape = text.split(separator: ",").first(where: { $0.hasPrefix("shape=") }),
+               let problem = ShapingMode.problem(shape.dropFirst("shape=".count)) {
+                throw ValidationError("'\(text)': \(problem)")
+            }
+            throw ValidationError("'\(text)' is not IFACE[=LABEL][,shape=MODE[/MODE]][,no-copies] (an interface name of 1-15 characters; a label of 1-32 letters, digits, '-' or '_'; MODE auto, off or a rate of 64k...1000G bit/s such as 20M, UP/DOWN for upload and download; no-copies: the uplink never carries copies of duplicated classes)")
         }
         return uplink
     }

@@ -32,8 +32,8 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(help: "Enable debug logging.")
     var debug = false
 
-    @Option(help: ArgumentHelp("An uplink to use, with an optional label and egress shaping of its tunnels: auto (default: from the measured bandwidth, adapted to the delay under load), off, or a fixed rate such as 20M; ',no-copies': it never carries copies of duplicated classes, for metered links (repeatable; default: detect).",
-                               valueName: "iface[=label][,shape=auto|off|rate][,no-copies]"), transform: ArgumentParsing.uplink)
+    @Option(help: ArgumentHelp("An uplink to use, with an optional label and the shaping of its tunnels: auto (default: from the measured bandwidth, adapted to the delay under load), off, or a fixed rate such as 20M (upload only); UP/DOWN sets upload and download apart, e.g. 20M/100M or auto/off; ',no-copies': it never carries copies of duplicated classes, for metered links (repeatable; default: detect).",
+                               valueName: "iface[=label][,shape=mode[/mode]][,no-copies]"), transform: ArgumentParsing.uplink)
     var uplink: [Uplink] = []
 
     @Option(help: ArgumentHelp("A LAN prefix this site announces (repeatable).", valueName: "cidr"),

@@ -22,29 +22,35 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
     public var label: String
     /// Egress shaping of the tunnels over this uplink (docs/SHAPING.md).
     public var shaping: ShapingMode
+    /// Download shaping of what arrives over the tunnels of this uplink (docs/SHAPING.md, "Download").
+    public var downloadShaping: ShapingMode
     /// The uplink never carries the copies of duplicated classes (`no-copies`: metered links; docs/STEERING.md,
     /// "Duplication"). It still carries traffic the routing engine puts on it.
     public var noCopies: Bool
 
-    public init(interface: String, label: String, shaping: ShapingMode = .auto, noCopies: Bool = false) {
+    public init(interface: String, label: String, shaping: ShapingMode = .auto, downloadShaping: ShapingMode = .auto,
+                noCopies: Bool = false) {
         self.interface = interface
         self.label = label
         self.shaping = shaping
+        self.downloadShaping = downloadShaping
         self.noCopies = noCopies
     }
 
-    /// Parses the `--uplink IFACE[=LABEL][,shape=auto|off|RATE][,no-copies]` form (options in any order, each
-    /// at most once); the label defaults to the interface name, shaping to auto.
+    /// Parses the `--uplink IFACE[=LABEL][,shape=MODE[/MODE]][,no-copies]` form (options in any order, each
+    /// at most once); the label defaults to the interface name, shaping to auto. `shape=UP/DOWN` sets the
+    /// upload and the download; a single `auto` or `off` sets both, a single rate the upload only (the
+    /// download stays auto).
     public init?(argument: String) {
         var fields = argument.split(separator: ",", omittingEmptySubsequences: false)
-        var shaping: ShapingMode?
+        var shaping: (up: ShapingMode, down: ShapingMode)?
         var noCopies = false
         while fields.count > 1 {
             let option = fields.removeLast()
             if option == "no-copies", !noCopies {
                 noCopies = true
-            } else if option.hasPrefix("shape="), shaping == nil, let mode = ShapingMode(option.dropFirst("shape=".count)) {
-                shaping = mode
+            } else if option.hasPrefix("shape="), shaping == nil, let modes = ShapingMode.pair(option.dropFirst("shape=".count)) {
+                shaping = modes
             } else {
                 return nil
             }
@@ -54,16 +60,18 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
         guard (1...2).contains(parts.count), Uplink.isValidInterfaceName(parts[0]) else { return nil }
         let label = parts.count == 2 ? parts[1] : parts[0]
         guard Policy.isValidName(label) else { return nil }
-        self.init(interface: String(parts[0]), label: String(label), shaping: shaping ?? .auto, noCopies: noCopies)
+        self.init(interface: String(parts[0]), label: String(label), shaping: shaping?.up ?? .auto,
+                  downloadShaping: shaping?.down ?? .auto, noCopies: noCopies)
     }
 
-    private enum CodingKeys: String, CodingKey { case interface, label, shaping, noCopies }
+    private enum CodingKeys: String, CodingKey { case interface, label, shaping, downloadShaping, noCopies }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         interface = try c.decode(String.self, forKey: .interface)
         label = try c.decode(String.self, forKey: .label)
         shaping = try c.decodeIfPresent(ShapingMode.self, forKey: .shaping) ?? .auto
+        downloadShaping = try c.decodeIfPresent(ShapingMode.self, forKey: .downloadShaping) ?? .auto
         noCopies = try c.decodeIfPresent(Bool.self, forKey: .noCopies) ?? false
     }
 
@@ -74,7 +82,17 @@ public struct Uplink: Hashable, Sendable, Codable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(interface)=\(label)" + (shaping == .auto ? "" : ",shape=\(shaping)") + (noCopies ? ",no-copies" : "")
+        "\(interface)=\(label)" + (shapeOption.map { ",shape=\($0)" } ?? "") + (noCopies ? ",no-copies" : "")
+    }
+
+    /// The `shape=` value that gives this uplink's shaping (nil: auto both ways, the default).
+    public var shapeOption: String? {
+        switch (shaping, downloadShaping) {
+        case (.auto, .auto): nil
+        case (.off, .off): "off"
+        case (.fixed, .auto): "\(shaping)"
+        default: "\(shaping)/\(downloadShaping)"
+        }
     }
 }
 
@@ -115,6 +133,35 @@ public enum ShapingMode: Hashable, Sendable, Codable, CustomStringConvertible {
         case .off: "off"
         case .fixed(let bps): ShapingMode.rateText(bps)
         }
+    }
+
+    /// `UP/DOWN` (each auto, off or a rate), or one mode: `auto` and `off` for both directions, a rate for the
+    /// upload only (the download stays auto, as before download shaping existed).
+    public static func pair(_ text: some StringProtocol) -> (up: ShapingMode, down: ShapingMode)? {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        switch parts.count {
+        case 1:
+            guard let mode = ShapingMode(parts[0]) else { return nil }
+            if case .fixed = mode { return (mode, .auto) }
+            return (mode, mode)
+        case 2:
+            guard let up = ShapingMode(parts[0]), let down = ShapingMode(parts[1]) else { return nil }
+            return (up, down)
+        default:
+            return nil
+        }
+    }
+
+    /// What is wrong with a `shape=` value, in one line (nil: nothing).
+    public static func problem(_ text: some StringProtocol) -> String? {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count) else {
+            return "shape=\(text) has \(parts.count) directions; give one mode or UP/DOWN (e.g. 20M/100M)"
+        }
+        for (part, direction) in zip(parts, parts.count == 1 ? ["upload"] : ["upload", "download"]) where ShapingMode(part) == nil {
+            return "shape=\(text): the \(direction) '\(part)' is not auto, off or a rate of 64k...1000G bit/s (a number with an optional k, M or G suffix)"
+        }
+        return nil
     }
 
     /// "20M", "1.5G", "800k": the form `--uplink ...,shape=` takes.

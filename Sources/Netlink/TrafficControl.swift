@@ -15,6 +15,11 @@ public struct TCHandle: Hashable, Sendable, Comparable, CustomStringConvertible 
     /// TC_H_ROOT: the parent of a device's root qdisc.
     public static let root = TCHandle(0xffff_ffff)
     public static let none = TCHandle(0)
+    /// TC_H_CLSACT (= TC_H_INGRESS): the parent of a device's clsact qdisc, whose handle is `ffff:`.
+    public static let clsact = TCHandle(0xffff_fff1)
+    public static let clsactHandle = TCHandle(major: 0xffff, minor: 0)
+    /// TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS): the parent of a clsact's egress filters (`tc filter ... egress`).
+    public static let clsactEgress = TCHandle(0xffff_fff3)
 
     public var description: String {
         if self == .root { return "root" }
@@ -99,11 +104,15 @@ public enum QdiscKind: Hashable, Sendable {
     case htb(defaultClass: UInt16, directQueueLength: UInt32)
     /// `bfifo limit BYTES`.
     case bfifo(limitBytes: UInt32)
+    /// `clsact`: no queue, the attachment point of a device's ingress and egress filters (handle `ffff:`,
+    /// parent `TCHandle.clsact`).
+    case clsact
 
     public var name: String {
         switch self {
         case .htb: "htb"
         case .bfifo: "bfifo"
+        case .clsact: "clsact"
         }
     }
 }
@@ -123,6 +132,7 @@ public struct Qdisc: Hashable, Sendable, CustomStringConvertible {
         switch kind {
         case .htb(let d, let q): "qdisc htb \(handle) \(parent == .root ? "root" : "parent \(parent)") default \(String(d, radix: 16)) direct_qlen \(q)"
         case .bfifo(let limit): "qdisc bfifo \(handle) parent \(parent) limit \(limit)"
+        case .clsact: "qdisc clsact"
         }
     }
 }
@@ -199,6 +209,8 @@ public enum TrafficControl {
             }
         case .bfifo(let limit):
             a.put(t(TCA_OPTIONS), limit.hostBytes) // struct tc_fifo_qopt, not nested
+        case .clsact:
+            break // no options
         }
         return NetlinkMessage(type: UInt16(RTM_NEWQDISC), flags: flags(verb),
                               payload: tcmsg(interface: interface, handle: q.handle, parent: q.parent) + a.bytes)
@@ -207,6 +219,14 @@ public enum TrafficControl {
     /// RTM_DELQDISC of a device's root qdisc (`tc qdisc del dev X root`): its classes and children go with it.
     public static func deleteRootQdiscMessage(interface: Int32) -> NetlinkMessage {
         NetlinkMessage(type: UInt16(RTM_DELQDISC), flags: 0, payload: tcmsg(interface: interface, handle: .none, parent: .root))
+    }
+
+    /// RTM_DELQDISC of a device's clsact (`tc qdisc del dev X clsact`): its filters go with it.
+    public static func deleteClsactMessage(interface: Int32) -> NetlinkMessage {
+        var a = AttributeWriter()
+        a.putString(t(TCA_KIND), QdiscKind.clsact.name)
+        return NetlinkMessage(type: UInt16(RTM_DELQDISC), flags: 0,
+                              payload: tcmsg(interface: interface, handle: .clsactHandle, parent: .clsact) + a.bytes)
     }
 
     /// RTM_NEWTCLASS for an htb class: TCA_KIND "htb", TCA_OPTIONS { TCA_HTB_PARMS [, TCA_HTB_RATE64,

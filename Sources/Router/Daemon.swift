@@ -73,6 +73,9 @@ public struct Daemon: Sendable {
         ]
         if let version { startMetadata["version"] = "\(version)" }
         logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: startMetadata)
+        for uplink in configuration.uplinks where uplink.downloadShaping != .auto && uplink.downloadShaping != .off {
+            logger.warning("uplink \(uplink.label): shape=\(uplink.shapeOption ?? "auto"): download shaping is not built yet (docs/SHAPING.md, \"Download\"); its download stays unshaped, the upload is shaped as given")
+        }
 
         let steering = try KernelSteering(logger: logger)
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")

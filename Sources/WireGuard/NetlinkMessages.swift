@@ -3,8 +3,8 @@ import Foundation
 import Model
 import Netlink
 
-/// The WireGuard generic netlink messages (linux/wireguard.h) and the two rtnetlink link messages the
-/// Netlink layer does not build (create a "wireguard" link, delete a link), as `Netlink.NetlinkMessage`
+/// The WireGuard generic netlink messages (linux/wireguard.h) and the two rtnetlink link messages of a
+/// wireguard link (built by the Netlink layer), as `Netlink.NetlinkMessage`
 /// values for a `NetlinkConnection` (which adds REQUEST, ACK and the sequence). Pure; golden-byte tested.
 enum WireGuardNetlink {
     /// CTRL_CMD_GETFAMILY for "wireguard" to the generic netlink controller: how the family id is found and how
@@ -176,27 +176,11 @@ enum WireGuardNetlink {
 
 /// The rtnetlink link messages of the WireGuard layer (addresses and link state come from `Netlink`).
 enum WireGuardLinks {
-    /// struct ifinfomsg, all zero: family AF_UNSPEC, no index (the name attribute selects the link).
-    static let emptyLinkHeader = [UInt8](repeating: 0, count: 16)
-
     /// RTM_NEWLINK, CREATE|EXCL, kind "wireguard": what `ip link add NAME type wireguard` sends.
-    static func create(name: String) -> NetlinkMessage {
-        var attributes = AttributeWriter()
-        attributes.putString(UInt16(IFLA_IFNAME), name)
-        // iproute2 nests IFLA_LINKINFO without NLA_F_NESTED and sends the kind without a NUL; so do we.
-        var info = AttributeWriter()
-        info.put(UInt16(IFLA_INFO_KIND), Array("wireguard".utf8))
-        attributes.put(UInt16(IFLA_LINKINFO), info.bytes)
-        return NetlinkMessage(type: UInt16(RTM_NEWLINK), flags: NetlinkFlag.create | NetlinkFlag.exclusive,
-                              payload: emptyLinkHeader + attributes.bytes)
-    }
+    static func create(name: String) -> NetlinkMessage { RouteNetlink.createLinkMessage(name: name, kind: "wireguard") }
 
     /// RTM_DELLINK by name: `ip link del NAME`.
-    static func delete(name: String) -> NetlinkMessage {
-        var attributes = AttributeWriter()
-        attributes.putString(UInt16(IFLA_IFNAME), name)
-        return NetlinkMessage(type: UInt16(RTM_DELLINK), flags: 0, payload: emptyLinkHeader + attributes.bytes)
-    }
+    static func delete(name: String) -> NetlinkMessage { RouteNetlink.deleteLinkMessage(name: name) }
 
     /// Deletes a link by name over a fresh rtnetlink socket; no error when it is already gone.
     static func deleteLink(named name: String) throws(WireGuardError) {

@@ -104,6 +104,22 @@ import Router
                                                         .auto, .fixed(bitsPerSecond: 800_000)])
         #expect(configuration.uplinks.map(\.description) == ["eth0=isp-a,shape=off", "wwan0=lte,shape=20M", "eth2=eth2,shape=1.5G",
                                                             "eth3=dsl", "eth4=sat,shape=800k"])
+        // One rate is the upload's (the download stays auto); auto and off apply to both directions.
+        #expect(configuration.uplinks.map(\.downloadShaping) == [.off, .auto, .auto, .auto, .auto])
+    }
+
+    @Test func uplinkShapingUpAndDown() throws {
+        let configuration = try parseRun([
+            "--site-name", "hq", "--uplink", "eth0=isp-a,shape=20M/100M", "--uplink", "wwan0=lte,shape=auto/off",
+            "--uplink", "eth2,no-copies,shape=off/8M", "--uplink", "eth3,shape=auto/auto",
+        ]).routerConfiguration
+        #expect(configuration.uplinks.map(\.shaping) == [.fixed(bitsPerSecond: 20_000_000), .auto, .off, .auto])
+        #expect(configuration.uplinks.map(\.downloadShaping) == [.fixed(bitsPerSecond: 100_000_000), .off,
+                                                                .fixed(bitsPerSecond: 8_000_000), .auto])
+        #expect(configuration.uplinks.map(\.description) == ["eth0=isp-a,shape=20M/100M", "wwan0=lte,shape=auto/off",
+                                                            "eth2=eth2,shape=off/8M,no-copies", "eth3=eth3"])
+        // The description parses back to the same uplink.
+        for uplink in configuration.uplinks { #expect(Uplink(argument: uplink.description) == uplink) }
     }
 
     @Test func everyBadFlagIsOneClearLine() throws {
@@ -120,10 +136,14 @@ import Router
             (["run", "--site-name", "hq", "--uplink", "eth0=a b"], "--uplink"),
             (["run", "--site-name", "hq", "--uplink", "eth0", "--uplink", "eth0=x"], "twice"),
             (["run", "--site-name", "hq", "--uplink", "wg-sdwan0"], "own tunnels"),
-            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=fast"], "shape=auto|off|RATE"),
-            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=10"], "shape=auto|off|RATE"),
-            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=2000G"], "shape=auto|off|RATE"),
-            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,speed=20M"], "shape=auto|off|RATE"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=fast"], "the upload 'fast' is not auto, off or a rate"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=10"], "the upload '10' is not auto, off or a rate"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=2000G"], "64k...1000G"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=20M/5"], "the download '5' is not auto, off or a rate"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=x/20M"], "the upload 'x'"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=20M/"], "the download ''"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,shape=1M/2M/3M"], "UP/DOWN"),
+            (["run", "--site-name", "hq", "--uplink", "eth0=isp-a,speed=20M"], "shape=MODE[/MODE]"),
             (["run", "--site-name", "hq", "--lan", "10.99.3.0/24"], "overlay pool"),
             (["run", "--site-name", "hq", "--lan", "192.168.1.1/24"], "--lan"),
             (["run", "--site-name", "hq", "--lan", "192.168.0.0/16", "--lan", "192.168.1.0/24"], "overlaps"),

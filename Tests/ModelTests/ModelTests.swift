@@ -100,6 +100,25 @@ import Testing
         #expect(Uplink(argument: "eth0=a=b") == nil)
     }
 
+    @Test func shapingPairsAndTheirProblems() throws {
+        #expect(ShapingMode.pair("20M/100M")! == (ShapingMode.fixed(bitsPerSecond: 20_000_000), ShapingMode.fixed(bitsPerSecond: 100_000_000)))
+        #expect(ShapingMode.pair("off")! == (ShapingMode.off, ShapingMode.off))
+        #expect(ShapingMode.pair("8M")! == (ShapingMode.fixed(bitsPerSecond: 8_000_000), ShapingMode.auto))
+        for bad in ["", "/", "20M/", "/20M", "1M/2M/3M", "20M/10", "fast"] {
+            #expect(ShapingMode.pair(bad) == nil, "\(bad)")
+            #expect(ShapingMode.problem(bad) != nil, "\(bad)")
+        }
+        #expect(ShapingMode.problem("20M/auto") == nil)
+        // An uplink stored before download shaping existed decodes with the download on auto.
+        var stored = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(Uplink(interface: "eth0", label: "isp-a", shaping: .off)))
+                                  as? [String: Any])
+        stored["downloadShaping"] = nil
+        let old = try JSONDecoder().decode(Uplink.self, from: JSONSerialization.data(withJSONObject: stored))
+        #expect(old.shaping == .off && old.downloadShaping == .auto)
+        let both = Uplink(interface: "eth0", label: "isp-a", shaping: .auto, downloadShaping: .fixed(bitsPerSecond: 50_000_000))
+        #expect(try JSONDecoder().decode(Uplink.self, from: JSONEncoder().encode(both)) == both)
+    }
+
     @Test func formatsAndParsesUTCTimes() throws {
         let date = Date(timeIntervalSince1970: 1_760_020_335)
         #expect(UTCTime.format(date) == "2025-10-09 14:32:15")

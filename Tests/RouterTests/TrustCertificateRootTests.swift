@@ -212,6 +212,27 @@ struct TrustCertificateRootTests {
         // at most a failover's worth.
         let keyFile = lab.database("east") + ".wg-key"
         let oldKey = try SecretFile.read(at: keyFile)
+        func eastKeyAtHQ() throws -> String {
+            try Subprocess.run(["sqlite3", lab.database("hq"), "SELECT public_key FROM sites WHERE name = 'east'"])
+                .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let eastKeyBefore = try eastKeyAtHQ()
+
+        // First a file that holds no key (a truncated copy, the wrong file moved over it): logged, nothing changes.
+        func eastLog() -> String { (try? String(contentsOfFile: lab.log("east"), encoding: .utf8)) ?? "" }
+        let refusalsBefore = eastLog().components(separatedBy: "was not taken").count
+        let malformedStaged = keyFile + ".bad"
+        _ = FileManager.default.createFile(atPath: malformedStaged, contents: Data("not a wireguard key\n".utf8),
+                                           attributes: [.posixPermissions: 0o600])
+        _ = rename(malformedStaged, keyFile)
+        #expect(Ops.waitUntil(timeout: .seconds(10)) { eastLog().components(separatedBy: "was not taken").count > refusalsBefore },
+                "east did not report the malformed key file: \(eastLog().suffix(1500))")
+        let malformed = try TrustRootTests.pingGaps(lab.host("hq"), eastHost, seconds: 2, intervalMs: 20)
+        print("trust: a malformed WireGuard key file at east: refused and logged; hq->east \(malformed.received)/\(malformed.sent), longest gap \(malformed.longestGapMs) ms")
+        #expect(malformed.received >= malformed.sent - 3, "a malformed key file disturbed the tunnels")
+        #expect(try eastKeyAtHQ() == eastKeyBefore, "hq took a new key for east from a malformed key file")
+        #expect(lab.upPaths("hq") == 4)
+
         let newKey = WireGuardPrivateKey()
         let rotation = Thread {
             usleep(1_000_000)
@@ -222,12 +243,12 @@ struct TrustCertificateRootTests {
         }
         rotation.start()
         let rotating = try TrustRootTests.pingGaps(lab.host("hq"), eastHost, seconds: 6, intervalMs: 20)
-        let heldAtHQ = try Subprocess.run(["sqlite3", lab.database("hq"), "SELECT public_key FROM sites WHERE name = 'east'"])
+        let heldAtHQ = try eastKeyAtHQ()
         print("trust: east's WireGuard key replaced at run time: hq->east \(rotating.received)/\(rotating.sent), "
               + "longest gap \(rotating.longestGapMs) ms, slowest reply \(rotating.slowestMs) ms; "
-              + "hq holds east's new key: \(heldAtHQ.stdout.contains(newKey.publicKey.base64))")
+              + "hq holds east's new key: \(heldAtHQ == newKey.publicKey.base64)")
         #expect(try SecretFile.read(at: keyFile) != oldKey)
-        #expect(heldAtHQ.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == newKey.publicKey.base64)
+        #expect(heldAtHQ == newKey.publicKey.base64)
         #expect(rotating.longestGapMs <= 1000 && rotating.slowestMs <= 1000,
                 "the key change blacked hq->east out: \(rotating.longestGapMs) ms lost, a reply \(rotating.slowestMs) ms late")
         #expect(rotating.received >= rotating.sent - 50)
