@@ -41,8 +41,8 @@ public struct LabCommand: ParsableCommand {
         var uplinks = 2
         @Option(help: "bridged (one L2 segment per ISP, multicast discovery) or routed (every uplink on its own subnet behind its ISP's router, the ISPs joined by an internet exchange; routers get --peer).")
         var wan = "bridged"
-        @Option(help: ArgumentHelp("Put SITE's UPLINK behind its ISP's carrier NAT (routed only; repeatable).",
-                                   valueName: "site:uplink"))
+        @Option(help: ArgumentHelp("Put SITE's UPLINK behind its ISP's carrier NAT (routed only; repeatable). MAPPING: port-preserving (default: endpoint-independent, like most CPE) or symmetric (a new random port for every destination: defeats direct traversal).",
+                                   valueName: "site:uplink[:mapping]"))
         var nat: [String] = []
         @Option(help: ArgumentHelp("Leave SITE's UPLINK unplugged at start (the router is told about it; `lab plug` plugs it; repeatable).",
                                    valueName: "site:uplink"))
@@ -65,15 +65,17 @@ public struct LabCommand: ParsableCommand {
                 guard let mode = LabPlan.WANMode(rawValue: wan) else {
                     throw LabError.invalidArgument("--wan '\(wan)' must be bridged or routed")
                 }
+                let nats = try nat.map(LabCommand.natUplink)
                 let state = try common.controller.up(sites: sites, uplinks: uplinks, wan: mode,
-                                                     nat: try nat.map(LabCommand.uplinkID), unplugged: try unplugged.map(LabCommand.uplinkID),
+                                                     nat: nats.filter { !$0.symmetric }.map(\.id),
+                                                     symmetricNAT: nats.filter(\.symmetric).map(\.id), unplugged: try unplugged.map(LabCommand.uplinkID),
                                                      hub: hub, detecting: detectUplinks, routers: routers,
                                                      noCopies: try noCopies.map(LabCommand.uplinkID))
                 let plan = state.plan
                 print("lab '\(plan.instance)' is up: \(plan.sites.count) sites (\(plan.sites.map(\.name).joined(separator: ", "))), \(plan.isps.count) uplinks each (\(plan.isps.map(\.label).joined(separator: ", "))), WAN: \(plan.wan.rawValue), emulation: \(state.backend.rawValue)")
                 for id in plan.natted {
                     let uplink = try plan.uplink(site: id.site, named: id.uplink)
-                    print("NAT: \(id) is behind \(id.uplink)'s carrier NAT (\(uplink.address), seen outside as \(uplink.publicAddress))")
+                    print("NAT: \(id) is behind \(id.uplink)'s \(plan.isSymmetricNAT(id) ? "symmetric " : "")carrier NAT (\(uplink.address), seen outside as \(uplink.publicAddress))")
                 }
                 for id in plan.unplugged { print("unplugged: \(id) (sudo patronus-router lab plug \(id.site) \(id.uplink))") }
                 for id in plan.noCopies ?? [] { print("no copies: \(id) never carries copies of duplicated classes") }
@@ -166,6 +168,18 @@ public struct LabCommand: ParsableCommand {
                     print("\(id): in \(link.inbound), out \(link.outbound)")
                 }
             }
+        }
+    }
+
+    /// `site:uplink[:mapping]` (as `--nat` takes it): mapping `port-preserving` (the default) or `symmetric`.
+    static func natUplink(_ text: String) throws(LabError) -> (id: UplinkID, symmetric: Bool) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 3 else { return (try uplinkID(text), false) }
+        let id = try uplinkID(parts[0...1].joined(separator: ":"))
+        switch parts[2] {
+        case "symmetric": return (id, true)
+        case "port-preserving": return (id, false)
+        default: throw .invalidArgument("'\(text)': the NAT mapping must be port-preserving or symmetric, e.g. east:isp-b:symmetric")
         }
     }
 

@@ -94,6 +94,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(help: "Also announce in format version 1, for sites not upgraded yet.")
     var announceV1 = false
 
+    @Flag(help: "Relay: announce that this site forwards between members that cannot reach each other directly (both behind NATs that defeat traversal). Give it to a site with a public uplink; with certificates it also needs role hub.")
+    var relay = false
+
     init() {}
 
     /// The validated configuration these flags describe.
@@ -110,6 +113,7 @@ struct RunCommand: AsyncParsableCommand {
         configuration.requireCertificates = requireCertificates
         configuration.revocationListPath = revocationList
         configuration.announceV1 = announceV1
+        configuration.relay = relay
         configuration.dashboardListen = dashboardListen
         return configuration
     }

@@ -89,13 +89,13 @@ public struct LabController: Sendable {
     /// `shaping`: per ISP label, every site's `--uplink ...,shape=` for it (tests: shaped vs unshaped uplinks).
     @discardableResult
     public func up(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
-                   unplugged: [UplinkID] = [], hub: String? = nil, detecting: [String] = [],
+                   symmetricNAT: [UplinkID] = [], unplugged: [UplinkID] = [], hub: String? = nil, detecting: [String] = [],
                    routers: Bool = LabController.routersByDefault,
                    emulation: LabTopology.Emulation = .automatic, extraRouterArguments: [String] = [],
                    shaping: [String: String] = [:], noCopies: [UplinkID] = []) throws -> LabState {
         try Self.requireRoot()
         let plan = try LabPlan.make(instance: instance, sites: sites, uplinks: uplinks, wan: wan, nat: nat,
-                                    unplugged: unplugged, hub: hub, detecting: detecting, noCopies: noCopies)
+                                    symmetricNAT: symmetricNAT, unplugged: unplugged, hub: hub, detecting: detecting, noCopies: noCopies)
         mkdir(stateRoot, 0o755)
         let directory = stateDirectory
         let undoDirectory = try LabCleanup.shared.creating { () throws(LabError) -> CleanupHandle in
@@ -363,7 +363,7 @@ public struct LabController: Sendable {
         lines.append("SITE      NAMESPACE              LAN             UPLINKS")
         for site in plan.sites {
             let uplinks = plan.uplinks(of: site.name).map { uplink in
-                let notes = (uplink.natted ? " NAT" : "") + (plan.isPlugged(uplink.id) ? "" : " unplugged")
+                let notes = (uplink.natted ? (plan.isSymmetricNAT(uplink.id) ? " NAT (symmetric)" : " NAT") : "") + (plan.isPlugged(uplink.id) ? "" : " unplugged")
                 return "\(uplink.routerInterface) \(uplink.address) (\(uplink.isp)\(notes))"
             }
             lines.append("\(pad(site.name, 9)) \(pad(plan.routerNamespace(site.name), 22)) \(pad(site.lanPrefix, 15)) \(uplinks.joined(separator: ", "))")

@@ -119,6 +119,10 @@ public struct LabPlan: Codable, Equatable, Sendable {
     public var wan: WANMode = .bridged
     /// Uplinks behind carrier NAT (routed mode).
     public var natted: [UplinkID] = []
+    /// Those of `natted` whose NAT is symmetric (endpoint-dependent mapping: every new destination gets a new,
+    /// random public port), which defeats direct traversal. Optional so that state files written before it
+    /// still read.
+    public var symmetricNAT: [UplinkID]?
     /// Uplinks the routers are told about but that are not plugged in (`plug` / `unplug` change it).
     public var unplugged: [UplinkID] = []
     /// Uplinks whose router is told never to carry copies of duplicated classes (`--uplink ...,no-copies`).
@@ -150,8 +154,8 @@ public struct LabPlan: Codable, Equatable, Sendable {
     /// makes every namespace name unique: `lab up` uses "lab", tests a random one. `nat` (routed only) puts
     /// those uplinks behind their ISP's NAT; `unplugged` leaves those uplinks unplugged at start.
     public static func make(instance: String, sites: Int = 3, uplinks: Int = 2, wan: WANMode = .bridged,
-                            nat: [UplinkID] = [], unplugged: [UplinkID] = [], hub: String? = nil,
-                            detecting: [String] = [], noCopies: [UplinkID] = []) throws(LabError) -> LabPlan {
+                            nat: [UplinkID] = [], symmetricNAT: [UplinkID] = [], unplugged: [UplinkID] = [],
+                            hub: String? = nil, detecting: [String] = [], noCopies: [UplinkID] = []) throws(LabError) -> LabPlan {
         guard (1...16).contains(instance.count),
               instance.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) }) else {
             throw .invalidArgument("lab instance '\(instance)' must be 1-16 lowercase letters or digits")
@@ -169,11 +173,14 @@ public struct LabPlan: Codable, Equatable, Sendable {
             sites: names.enumerated().map { Site(name: $1, index: $0 + 1) },
             isps: (0..<uplinks).map { ISP(label: "isp-\(letters[$0])", index: $0 + 1) })
         plan.wan = wan
-        if !nat.isEmpty && wan != .routed {
+        if !(nat + symmetricNAT).isEmpty && wan != .routed {
             throw .invalidArgument("--nat needs --wan routed: a bridged ISP is one L2 segment with no router to NAT")
         }
         // Each named uplink must exist; resolving also accepts `b` or `wan-b` for `isp-b`.
-        plan.natted = try Set(nat.map { id throws(LabError) in try plan.uplink(site: id.site, named: id.uplink).id }).sorted()
+        plan.natted = try Set((nat + symmetricNAT).map { id throws(LabError) in try plan.uplink(site: id.site, named: id.uplink).id }).sorted()
+        if !symmetricNAT.isEmpty {
+            plan.symmetricNAT = try Set(symmetricNAT.map { id throws(LabError) in try plan.uplink(site: id.site, named: id.uplink).id }).sorted()
+        }
         plan.unplugged = try Set(unplugged.map { id throws(LabError) in
             try plan.uplink(site: id.site, named: id.uplink).id
         }).sorted()
@@ -191,6 +198,9 @@ public struct LabPlan: Codable, Equatable, Sendable {
         plan.detecting = detecting.isEmpty ? nil : detecting
         return plan
     }
+
+    /// Whether `id` is behind a symmetric NAT (`symmetricNAT`).
+    public func isSymmetricNAT(_ id: UplinkID) -> Bool { symmetricNAT?.contains(id) == true }
 
     public var uplinks: [Uplink] {
         sites.flatMap { site in
@@ -264,6 +274,7 @@ public struct LabPlan: Codable, Equatable, Sendable {
         }
         argv += ["--lan", site.lanPrefix]
         for peer in discoveryPeers(of: site.name) { argv += ["--peer", peer] }
+        if site.name == hub { argv.append("--relay") }  // the hub relays for branches that cannot meet directly
         if let meshKey { argv += ["--mesh-key", meshKey] }
         return argv
     }

@@ -61,9 +61,10 @@ public final class LabTopology: @unchecked Sendable {
     /// A lab with a unique instance name `t<pid>x<random>` (base 36; for tests): `LabTopology.build(sites: 2)`,
     /// `LabTopology.build(sites: 2, wan: .routed, nat: [UplinkID(site: "east", uplink: "isp-b")])`.
     public static func build(sites: Int = 3, uplinks: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [],
-                             unplugged: [UplinkID] = [], options: Options = Options()) throws -> LabTopology {
+                             symmetricNAT: [UplinkID] = [], unplugged: [UplinkID] = [],
+                             options: Options = Options()) throws -> LabTopology {
         try build(LabPlan.make(instance: uniqueInstance(), sites: sites, uplinks: uplinks, wan: wan, nat: nat,
-                               unplugged: unplugged), options: options)
+                               symmetricNAT: symmetricNAT, unplugged: unplugged), options: options)
     }
 
     /// `t<pid>x<random>`: the pid in the name tells, in `ip netns list`, which process a lab belongs to.

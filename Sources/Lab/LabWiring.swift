@@ -80,7 +80,7 @@ enum LabWiring {
     }
 
     /// Routed mode: the carrier NAT of `isp` rebuilt from the plan: every natted uplink's private subnet is
-    /// source-NATed (port-preserving where it can) to the uplink's own public address, and nothing outside may open a connection into it (only
+    /// source-NATed (port-preserving where it can, or symmetric: a random port per destination) to the uplink's own public address, and nothing outside may open a connection into it (only
     /// replies of a mapping pass).
     static func installNAT(_ plan: LabPlan, isp label: String, _ namespace: Namespaces) throws {
         guard plan.wan == .routed, let isp = plan.isps.first(where: { $0.label == label }) else { return }
@@ -94,8 +94,12 @@ enum LabWiring {
         try ns.check(["nft", "add", "chain", "ip", natTable, "forward",
                       "{", "type", "filter", "hook", "forward", "priority", "filter", ";", "}"])
         for uplink in natted {
+            // Symmetric (endpoint-dependent mapping): a random public port for every new conntrack entry, so
+            // each destination sees the uplink at another port, and a port learned by one site is useless to
+            // another. Otherwise port-preserving where it can (endpoint-independent, like most CPE).
             try ns.check(["nft", "add", "rule", "ip", natTable, "postrouting", "ip", "saddr", uplink.subnet,
-                          "ip", "daddr", "!=", uplink.subnet, "snat", "to", uplink.publicAddress])
+                          "ip", "daddr", "!=", uplink.subnet, "snat", "to", uplink.publicAddress]
+                         + (plan.isSymmetricNAT(uplink.id) ? ["fully-random"] : []))
             try ns.check(["nft", "add", "rule", "ip", natTable, "forward", "ip", "daddr", uplink.subnet,
                           "ct", "direction", "original", "counter", "drop"])
             // Unsolicited packets to the public address are dropped before conntrack keeps them (a kept one

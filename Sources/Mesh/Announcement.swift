@@ -11,15 +11,19 @@ public struct SiteDescription: Hashable, Sendable {
     public var lanPrefixes: [IPv4Prefix]
     /// One per uplink: the label and the address and port where that uplink's tunnel listens.
     public var endpoints: [Endpoint]
+    /// The site forwards between other members' tunnels (`run --relay`; flags bit 2 of a version 2
+    /// announcement): sites that cannot reach each other directly may send their traffic through it.
+    public var relay: Bool
 
     public init(siteID: SiteID, name: String, publicKey: WireGuardKey, overlay: IPv4Address,
-                lanPrefixes: [IPv4Prefix] = [], endpoints: [Endpoint] = []) {
+                lanPrefixes: [IPv4Prefix] = [], endpoints: [Endpoint] = [], relay: Bool = false) {
         self.siteID = siteID
         self.name = name
         self.publicKey = publicKey
         self.overlay = overlay
         self.lanPrefixes = lanPrefixes
         self.endpoints = endpoints
+        self.relay = relay
     }
 }
 

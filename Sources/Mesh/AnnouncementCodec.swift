@@ -61,6 +61,9 @@ public struct AnnouncementCodec: Sendable {
     public static let flagAuthenticated: UInt8 = 0x01
     /// Version 2, kind 0: a certificate and the site's signature follow the body.
     public static let flagSigned: UInt8 = 0x02
+    /// Version 2, kind 0: the site relays for other members (`SiteDescription.relay`). Honoured only unsigned
+    /// (the mesh key vouches for it) or with a certificate of role hub.
+    public static let flagRelay: UInt8 = 0x04
     /// Version 2: magic, version, kind, flags, reserved, length.
     public static let headerSize = 10
     static let legacyHeaderSize = 16
@@ -157,8 +160,8 @@ public struct AnnouncementCodec: Sendable {
     private var authenticated: Bool { if case .key = authentication { true } else { false } }
 
     /// Header + content (+ the site's signature when `sign`) + MAC, with the length filled in.
-    private func seal(kind: MeshMessageKind, content: [UInt8], certificate: [UInt8]?) -> [UInt8] {
-        let flags = (authenticated ? Self.flagAuthenticated : 0) | (certificate != nil ? Self.flagSigned : 0)
+    private func seal(kind: MeshMessageKind, content: [UInt8], certificate: [UInt8]?, flags extra: UInt8 = 0) -> [UInt8] {
+        let flags = (authenticated ? Self.flagAuthenticated : 0) | (certificate != nil ? Self.flagSigned : 0) | extra
         var out = Self.magic + [Self.version, kind.rawValue, flags, 0, 0, 0] + content
         if let certificate {
             out += bigEndian(UInt16(certificate.count)) + certificate
@@ -176,7 +179,8 @@ public struct AnnouncementCodec: Sendable {
     /// A version 2 announcement: signed with our identity key and carrying our certificate when we have one.
     public func encode(_ announcement: Announcement) throws(EncodingError) -> [UInt8] {
         try validate(announcement.site)
-        return seal(kind: .announcement, content: Self.body(announcement), certificate: signer?.encodedCertificate)
+        return seal(kind: .announcement, content: Self.body(announcement), certificate: signer?.encodedCertificate,
+                    flags: announcement.relay ? Self.flagRelay : 0)
     }
 
     /// A version 1 announcement (the shared key alone), for sites that do not read version 2 yet.
@@ -232,7 +236,7 @@ public struct AnnouncementCodec: Sendable {
         } else {
             guard let known = MeshMessageKind(rawValue: bytes[5]), known != .relay else { throw .badKind }
             (kind, flags, lengthAt) = (known, bytes[6], 8)
-            let allowed = Self.flagAuthenticated | (kind == .announcement ? Self.flagSigned : 0)
+            let allowed = Self.flagAuthenticated | (kind == .announcement ? Self.flagSigned | Self.flagRelay : 0)
             guard flags & ~allowed == 0, bytes[7] == 0 else { throw .badFlags }
         }
         let declared = Int(bytes[lengthAt]) << 8 | Int(bytes[lengthAt + 1])
@@ -266,7 +270,8 @@ public struct AnnouncementCodec: Sendable {
             return OpenedMessage(kind: kind, observation: observation)
         case .announcement:
             var reader = ByteReader(bytes: bytes[..<end], offset: headerSize)
-            let announcement = try Self.readBody(&reader)
+            var announcement = try Self.readBody(&reader)
+            announcement.relay = !legacy && flags & Self.flagRelay != 0
             guard flags & Self.flagSigned != 0 else {
                 guard reader.isAtEnd else { throw .malformed }
                 return OpenedMessage(kind: kind, announcement: announcement)
@@ -322,6 +327,8 @@ public struct AnnouncementCodec: Sendable {
         }
         guard certificate.isSigned(by: authority) else { throw .badCertificate }
         announcement.certificate = certificate
+        // The CA decides who relays: a certified site relays only with role hub.
+        if certificate.role != .hub { announcement.relay = false }
         return .announcement(announcement)
     }
 

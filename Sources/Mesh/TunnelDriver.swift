@@ -48,10 +48,58 @@ public struct TunnelDriver: Sendable {
         init(_ uplinks: [Uplink]) { value = Mutex(uplinks) }
     }
 
+    /// The relay decision in force (site -> relay) and when each member was first planned.
+    private struct RelayState {
+        var decision: [SiteID: SiteID] = [:]
+        var knownSince: [SiteID: Date] = [:]
+    }
+    private final class RelayBox: Sendable {
+        let value = Mutex(RelayState())
+    }
+    private let relayBox = RelayBox()
+
+    /// Sites reached through a relay now: site -> relay.
+    public var relayed: [SiteID: SiteID] { relayBox.value.withLock { $0.decision } }
+
+    /// Decides again which sites go through a relay, from the sessions the interfaces report now
+    /// (`RelayPlanner.decide`); logs each change.
+    func decideRelays(_ plan: TunnelPlan) async {
+        let states = await reconciler.states()
+        let now = Date()
+        var handshakes: [TunnelSession: Date?] = [:]
+        for path in plan.paths {
+            handshakes[TunnelSession(interface: path.interface, peer: path.peer)] = states[path.interface]?.peer(path.peer)?.lastHandshake
+        }
+        let members = discovery.sites.map(\.site)
+        let names = Dictionary(members.map { ($0.siteID, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let (old, new) = relayBox.value.withLock { state in
+            let present = Set(members.map(\.siteID))
+            state.knownSince = state.knownSince.filter { present.contains($0.key) }
+            for site in present where state.knownSince[site] == nil { state.knownSince[site] = now }
+            let old = state.decision
+            state.decision = RelayPlanner.decide(RelayInputs(members: members, knownSince: state.knownSince,
+                                                             handshakes: handshakes, now: now),
+                                                 plan: plan, current: old)
+            return (old, state.decision)
+        }
+        for (site, relay) in new where old[site] != relay {
+            logger.info("no direct session: reaching the site through a relay", metadata: [
+                "site": "\(names[site] ?? site.description)", "relay": "\(names[relay] ?? relay.description)"])
+        }
+        for site in old.keys where new[site] == nil {
+            logger.info("site reached directly again (or gone): relay dropped", metadata: ["site": "\(names[site] ?? site.description)"])
+        }
+    }
+
     /// The plan for the sites discovery knows now.
     public func currentPlan() throws(TunnelPlanError) -> TunnelPlan {
         try TunnelPlanner.plan(uplinks: uplinks, localEndpoints: discovery.local.endpoints,
                                remotes: discovery.sites.map(\.site), settings: settings)
+    }
+
+    /// `currentPlan()` with the relay decision in force applied (`RelayPlanner.apply`).
+    public func relayedPlan() throws(TunnelPlanError) -> TunnelPlan {
+        RelayPlanner.apply(relayed, to: try currentPlan())
     }
 
     /// Moves our overlay address if a site with a smaller id claims it; returns the new address.
@@ -105,7 +153,8 @@ public struct TunnelDriver: Sendable {
         let apply: @Sendable (_ observing: Bool) async -> Void = { observing in
             if let moved = await resolveOverlayConflict() { await onOverlay(moved) }
             do {
-                let plan = try currentPlan()
+                if observing { await decideRelays(try currentPlan()) }
+                let plan = try relayedPlan()
                 let report = await reconciler.apply(plan)
                 await onPlan(plan, report)
                 if observing { await observe(plan) }

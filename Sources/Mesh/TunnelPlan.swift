@@ -91,6 +91,9 @@ public struct PlannedPath: Hashable, Sendable {
     public var peer: WireGuardKey
     /// What the path's routing table should send into `interface`: the remote overlay /32 and LAN prefixes.
     public var destinations: [IPv4Prefix]
+    /// Relayed (`RelayPlanner`): the site whose peer on `interface` carries this path's traffic (nil: direct).
+    public var relay: SiteID? = nil
+    public var relayName: String? = nil
 
     /// The path's stable name (site, local label, remote label), as the store and steering key paths.
     public var key: PathKey { PathKey(site: remoteSite, localLabel: uplink.label, remoteLabel: remoteEndpoint.label) }

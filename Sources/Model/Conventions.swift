@@ -160,6 +160,12 @@ public enum Conventions {
     /// packets are not remembered and their copies are delivered (never a false drop).
     public static let copySeenSize: UInt32 = 65536
 
+    // MARK: Relayed paths (docs/MESH.md "Relayed paths")
+
+    /// A site with no working direct session this long after we first planned it is reached through a relay
+    /// (NAT traversal through observed mappings needs about 2.6 s in the lab).
+    public static let relayDirectGrace: Double = 5
+
     // MARK: Ports and addresses
 
     /// The first tunnel's WireGuard port (`--listen-port`); the mesh layer derives the others from it.

@@ -176,7 +176,8 @@ public struct Daemon: Sendable {
                        steering: KernelSteering, reconciler: TunnelReconciler, monitor: UplinkMonitor,
                        tracker: UplinkTracker) async throws {
         let local = SiteDescription(siteID: siteID, name: configuration.siteName, publicKey: privateKey.publicKey,
-                                    overlay: overlay, lanPrefixes: configuration.lanPrefixes, endpoints: endpoints)
+                                    overlay: overlay, lanPrefixes: configuration.lanPrefixes, endpoints: endpoints,
+                                    relay: configuration.relay)
         let discovery = try DiscoveryService(
             local: local,
             settings: DiscoverySettings(uplinks: uplinks.map(\.interface), peers: configuration.peers,

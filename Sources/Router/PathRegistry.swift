@@ -65,7 +65,7 @@ struct PathRegistry {
         var rows: [StoreWrite] = plan.paths.compactMap { path in
             ids[Self.key(of: path)].map { id in
                 .path(id: id, destination: path.remoteSite, uplink: path.uplink, endpoint: path.remoteEndpoint,
-                      wgInterface: path.interface, at: now)
+                      wgInterface: path.interface, relayVia: path.relayName, at: now)
             }
         }
         rows.append(.pathSlots(Dictionary(routes.values.map { ($0.binding.id, $0.binding.slot) },

@@ -65,6 +65,8 @@ public struct RouterConfiguration: Hashable, Sendable {
     public var revocationListPath: String?
     /// Also announce in format version 1, for sites not upgraded yet (`--announce-v1`).
     public var announceV1 = false
+    /// Relay for other members that cannot reach each other directly (`--relay`; docs/MESH.md "Relayed paths").
+    public var relay = false
 
     public init(siteName: String, listenPort: UInt16 = defaultListenPort, databasePath: String = defaultDatabasePath,
                 interfaceName: String = defaultInterfaceName, multicastGroup: SocketAddress4 = defaultMulticastGroup,

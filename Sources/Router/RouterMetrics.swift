@@ -16,9 +16,11 @@ public struct PathSample: Hashable, Sendable {
     /// Cumulative bytes through the path's tunnel peer, as WireGuard counts them.
     public var transmitBytes: UInt64
     public var receiveBytes: UInt64
+    /// Relayed: the name of the site the path goes through; nil: direct.
+    public var relayVia: String?
 
     public init(pathID: Int64, path: String, site: String, uplink: String, status: PathStatus, metrics: PathMetrics?,
-                transmitBytes: UInt64, receiveBytes: UInt64) {
+                transmitBytes: UInt64, receiveBytes: UInt64, relayVia: String? = nil) {
         self.pathID = pathID
         self.path = path
         self.site = site
@@ -27,6 +29,7 @@ public struct PathSample: Hashable, Sendable {
         self.metrics = metrics
         self.transmitBytes = transmitBytes
         self.receiveBytes = receiveBytes
+        self.relayVia = relayVia
     }
 }
 
@@ -177,6 +180,8 @@ public final class RouterMetrics: Sendable {
                               labels + [("direction", "receive")], rx)
                     }
                 }
+                gauge("path_relayed", "1 when the path goes through a relay (label via: the relay's name), 0 when direct",
+                      labels + [("via", path.relayVia ?? "")], path.relayVia == nil ? 0 : 1)
                 counter("path_transmit_bytes_total", "Bytes sent to the path's tunnel peer", labels,
                         path.transmitBytes)
                 counter("path_receive_bytes_total", "Bytes received from the path's tunnel peer", labels,

@@ -307,7 +307,8 @@ actor SiteRuntime {
             metrics?.throughputRxMbps = carried[name]?.receiveMbps
             sample.paths.append(PathSample(pathID: route.binding.id, path: name, site: route.path.remoteName, uplink: route.key.localLabel,
                                            status: state?.status ?? .down, metrics: metrics,
-                                           transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0))
+                                           transmitBytes: peer?.txBytes ?? 0, receiveBytes: peer?.rxBytes ?? 0,
+                                           relayVia: route.path.relayName))
         }
         sample.selections = selectionSamples(selections, siteNames: siteNames)
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a

@@ -77,7 +77,7 @@ struct UplinkWatcher: Service {
                 logger.notice("announcing the new endpoints", metadata: ["endpoints": "\(local.endpoints.map(\.description))"])
                 // Re-planned now, not at the driver's next tick: a site that hears of a new endpoint starts its
                 // handshake at once, and our tunnel must know that site as a peer by then.
-                let plan = try driver.currentPlan()
+                let plan = try driver.relayedPlan()
                 _ = await driver.reconciler.apply(plan)
                 await runtime.planned(plan, discovery: discovery)
             } catch {

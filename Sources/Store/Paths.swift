@@ -19,6 +19,8 @@ public struct PathRecord: Hashable, Sendable {
     public var updatedAt: Date
     /// The kernel slot while the path is planned (mark `slot << 16`, table 6200 + slot); nil otherwise.
     public var slot: UInt16?
+    /// Relayed: the name of the site the path goes through (docs/MESH.md "Relayed paths"); nil: direct.
+    public var relayVia: String? = nil
 
     /// The path's stable name (destination, local label, remote label), the same one routing uses.
     public var key: PathKey {
@@ -45,30 +47,31 @@ extension Store {
     /// calls; the uplink's interface and the endpoint's address are refreshed.
     /// A new path starts `down` with no score; an existing one keeps its status and score.
     public func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String,
-                           now: Date = Date()) throws(StoreError) -> PathID {
+                           relayVia: String? = nil, now: Date = Date()) throws(StoreError) -> PathID {
         try write("record a path") { db in
-            try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface, now: now, db)
+            try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface,
+                           relayVia: relayVia, now: now, db)
         }
     }
 
     /// `id`: the row id a new path gets (the daemon numbers paths itself, so it never waits for this write to
     /// learn it); nil lets SQLite choose. An existing path keeps its id.
-    func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, now: Date,
-                    id: PathID? = nil, _ db: Database) throws -> PathID {
+    func upsertPath(to destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String,
+                    relayVia: String? = nil, now: Date, id: PathID? = nil, _ db: Database) throws -> PathID {
         guard let local = try String.fetchOne(db, sql: "SELECT id FROM sites WHERE is_local = 1") else {
             throw StoreError.noLocalSite(path: path)
         }
         return try Int64.fetchOne(db, sql: """
             INSERT INTO paths (id, src_site, dst_site, status, wg_interface, local_uplink, local_label,
-                               remote_label, remote_endpoint, updated_at)
-            VALUES (?, ?, ?, 'down', ?, ?, ?, ?, ?, ?)
+                               remote_label, remote_endpoint, updated_at, relay_via)
+            VALUES (?, ?, ?, 'down', ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (dst_site, local_label, remote_label) DO UPDATE SET
                 src_site = excluded.src_site, wg_interface = excluded.wg_interface,
                 local_uplink = excluded.local_uplink, remote_endpoint = excluded.remote_endpoint,
-                updated_at = excluded.updated_at
+                updated_at = excluded.updated_at, relay_via = excluded.relay_via
             RETURNING id
             """, arguments: [id, local, destination.description, wgInterface, uplink.interface, uplink.label,
-                             endpoint.label, endpoint.address.description, now.utcText])!
+                             endpoint.label, endpoint.address.description, now.utcText, relayVia])!
     }
 
     /// The row id of the path named `key`, if it has one.
@@ -226,7 +229,7 @@ extension Store {
                           wgInterface: text("wg_interface"), score: row["score"],
                           localUplink: Uplink(interface: text("local_uplink"), label: text("local_label")),
                           remoteEndpoint: Endpoint(label: text("remote_label"), address: address), updatedAt: updated,
-                          slot: (row["slot"] as Int64?).flatMap { UInt16(exactly: $0) })
+                          slot: (row["slot"] as Int64?).flatMap { UInt16(exactly: $0) }, relayVia: row["relay_via"])
     }
 
     static func sample(_ row: Row) throws -> MetricsSample {

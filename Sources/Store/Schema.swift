@@ -9,7 +9,8 @@ enum Schema {
     /// Every migration this binary knows, oldest first. A database listing any other one is newer than us.
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
                                        "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts",
-                                       "v6-path-slot", "v7-endpoint-public-mapping", "v8-policy-duplicate"]
+                                       "v6-path-slot", "v7-endpoint-public-mapping", "v8-policy-duplicate",
+                                       "v9-path-relay"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -174,6 +175,10 @@ enum Schema {
             // 1: the policy's packets are copied over a second path (docs/STEERING.md, "Duplication").
             // Added last, so `SELECT * FROM policies` keeps the seed's columns first.
             try db.execute(sql: "ALTER TABLE policies ADD COLUMN duplicate INTEGER NOT NULL DEFAULT 0")
+        }
+        migrator.registerMigration(migrationIdentifiers[8]) { db in
+            // The name of the site a relayed path goes through (docs/MESH.md "Relayed paths"); NULL: direct.
+            try db.execute(sql: "ALTER TABLE paths ADD COLUMN relay_via TEXT")
         }
         return migrator
     }

@@ -59,6 +59,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var throughputTxMbps: Double?
         public var throughputRxMbps: Double?
         public var measuredAt: String?
+        /// Relayed: the name of the site the path goes through (docs/MESH.md "Relayed paths"); nil: direct.
+        public var relayVia: String? = nil
     }
 
     public var schemaVersion: Int
@@ -206,7 +208,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
             for path in paths {
                 let via = Self.via(path)
                 let slot = path.slot.map { "slot \($0), table \(Conventions.pathTable(slot: $0))" } ?? "not planned"
-                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface), \(path.status); \(slot))")
+                let relay = path.relayVia.map { ", relayed via \($0)" } ?? ", direct"
+                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface)\(relay), \(path.status); \(slot))")
             }
         }
         lines += steeringReport()
@@ -308,7 +311,8 @@ extension Store {
                     score: sample.map { $0.metrics.score } ?? path.score, latencyMs: sample?.metrics.latencyMs,
                     jitterMs: sample?.metrics.jitterMs, packetLossPct: sample?.metrics.lossPct,
                     bandwidthMbps: sample?.metrics.bandwidthMbps, throughputTxMbps: sample?.metrics.throughputTxMbps,
-                    throughputRxMbps: sample?.metrics.throughputRxMbps, measuredAt: sample?.measuredAt.utcText)
+                    throughputRxMbps: sample?.metrics.throughputRxMbps, measuredAt: sample?.measuredAt.utcText,
+                    relayVia: path.relayVia)
             }
             let (best, worst) = StatusSnapshot.bestAndWorst(pathSummaries)
             func count(_ status: PathStatus) -> Int { paths.count { $0.status == status } }

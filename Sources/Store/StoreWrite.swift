@@ -7,7 +7,8 @@ import Model
 /// by `PathKey` and resolved to their `paths.id` inside the writer's transaction.
 public enum StoreWrite: Hashable, Sendable {
     /// A planned path's `paths` row (`Store.upsertPath`); `id` is what a new row gets (an existing one keeps its).
-    case path(id: PathID, destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, at: Date)
+    /// `relayVia`: the relay's name for a relayed path, nil when direct.
+    case path(id: PathID, destination: SiteID, uplink: Uplink, endpoint: Endpoint, wgInterface: String, relayVia: String?, at: Date)
     /// The slot of every planned path, cleared on the others (`Store.setPathSlots`).
     case pathSlots([PathID: UInt16])
     /// A path's status and, when measured, one `path_metrics` row, in the same transaction.
@@ -36,7 +37,7 @@ public enum StoreWrite: Hashable, Sendable {
 
     var key: Key? {
         switch self {
-        case .path(_, let destination, let uplink, let endpoint, _, _):
+        case .path(_, let destination, let uplink, let endpoint, _, _, _):
             .path(PathKey(site: destination, localLabel: uplink.label, remoteLabel: endpoint.label))
         case .pathSlots: .pathSlots
         case .pathState(let state): .pathState(state.key)
@@ -132,9 +133,9 @@ extension Store {
     /// Applies `write` inside the caller's transaction (the writer's batch).
     func apply(_ write: StoreWrite, _ db: Database) throws {
         switch write {
-        case .path(let id, let destination, let uplink, let endpoint, let wgInterface, let at):
-            _ = try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface, now: at,
-                               id: id, db)
+        case .path(let id, let destination, let uplink, let endpoint, let wgInterface, let relayVia, let at):
+            _ = try upsertPath(to: destination, uplink: uplink, endpoint: endpoint, wgInterface: wgInterface,
+                               relayVia: relayVia, now: at, id: id, db)
         case .pathSlots(let slots):
             try Store.setPathSlots(slots, db)
         case .pathState(let state):

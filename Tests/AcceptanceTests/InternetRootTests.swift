@@ -93,16 +93,70 @@ struct InternetRootTests {
             (endpoints as? [[String: Any]] ?? []).allSatisfy { $0["public_endpoint"] == nil }
         } == true, "hq is public: no mapping")
 
+        let (result, fromEast, fromHQ) = try streamEastToWest(lab)
+        print("both behind NAT, east -> west stream: \(result)")
+        #expect(result.received >= 270, "\(result)")
+        #expect(fromEast >= 270, "the stream left east's uplinks: \(fromEast)")
+        #expect(fromHQ == 0, "hq sent \(fromHQ) stream-sized packets: the stream went through it")
+        // hq relays (the lab's hub runs with --relay), but a working direct path is never replaced by a relay.
+        for (site, other) in [("east", "west"), ("west", "east")] {
+            for (isp, path) in try lab.paths(site, to: other) {
+                #expect(path["relay_via"] == nil, "\(site) -> \(other) over \(isp) is direct: \(path)")
+            }
+            #expect(!lab.log(site).contains("reaching the site through a relay"), "\(site) relayed:\n\(lab.log(site))")
+        }
+    }
+
+    /// Routed ISPs; east and west behind symmetric NATs on both uplinks (every new destination gets a new
+    /// random public port, so the mapping hq observes is useless to the other branch), given only hq, which
+    /// relays (`--relay`, the lab's hub). No direct path between them can come up; after the grace for NAT
+    /// traversal each sends the other's traffic into its tunnel to hq, and hq forwards it into its tunnel to
+    /// the other. Evidence from outside: east's LAN host reaches west's, and the stream's packets leave hq's
+    /// uplinks (counted on the ISP side) as many as left east's; every status says relayed via hq.
+    @Test func twoBranchesBehindSymmetricNATTalkRelayedThroughTheHubRoot() throws {
+        let nat = ["east", "west"].flatMap { site in ["isp-a", "isp-b"].map { UplinkID(site: site, uplink: $0) } }
+        let lab = try AcceptanceLab(sites: 3, wan: .routed, symmetricNAT: nat, hub: "hq")
+        defer { lab.down() }
+        let pingLog = "\(lab.controller.stateDirectory)/ping-east-west.log"
+        let ping = try lab.host("east").spawn(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "40", lab.hostAddress("west")],
+                                              logPath: pingLog)
+        defer { ping.terminate() }
+        try lab.wait("a ping reply east LAN -> west LAN", timeout: 30) {
+            ((try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? "").contains("bytes from")
+        }
+        print("symmetric NAT both sides: east LAN -> west LAN first reply \(String(format: "%.1f", monotonicSeconds() - lab.started)) s after the routers started")
+        // The status is written every 5 s: every path between the branches relayed via hq and up; hq's direct.
+        try lab.wait("east's and west's paths to each other up, relayed via hq", timeout: 20) {
+            try [("east", "west"), ("west", "east")].allSatisfy { site, other in
+                let paths = try lab.paths(site, to: other)
+                return paths.count == 2 && paths.values.allSatisfy { $0["relay_via"] as? String == "hq" && $0["status"] as? String == "up" }
+            }
+        }
+        for site in ["east", "west"] {
+            for (isp, path) in try lab.paths(site, to: "hq") {
+                #expect(path["relay_via"] == nil && path["status"] as? String == "up", "\(site) -> hq over \(isp): \(path)")
+            }
+            #expect(lab.log(site).contains("reaching the site through a relay"))
+        }
+        let report = try Subprocess.run([Binary.path, "status", "--database", lab.database("east")])
+        #expect(report.stdout.contains("relayed via hq"), "\(report.stdout)")
+
+        let (result, fromEast, fromHQ) = try streamEastToWest(lab)
+        print("symmetric NAT both sides, east -> west stream relayed: \(result)")
+        #expect(result.received >= 270, "\(result)")
+        #expect(fromEast >= 270, "the stream left east's uplinks: \(fromEast)")
+        #expect(fromHQ >= 270, "the stream went through hq: hq sent \(fromHQ) stream-sized packets")
+    }
+
+    /// A 3 s, 100 packets/s stream from east's LAN host to west's, and the stream-sized WireGuard data packets
+    /// that east's and hq's uplinks sent meanwhile (counted on the ISP side).
+    func streamEastToWest(_ lab: AcceptanceLab) throws -> (result: StreamResult, fromEast: Double, fromHQ: Double) {
         try lab.installClassCounters([("stream", 245...260)])
         let before = try lab.classCounters()
         let result = try lab.stream(from: "east", to: "west", pps: 100, seconds: 3, after: 0) {}
         let after = try lab.classCounters()
-        print("both behind NAT, east -> west stream: \(result)")
-        #expect(result.received >= 270, "\(result)")
-        let fromEast = lab.ispLabels.map { delta(after, before, isp: $0, "stream_east") }.reduce(0, +)
-        let fromHQ = lab.ispLabels.map { delta(after, before, isp: $0, "stream_hq") }.reduce(0, +)
-        #expect(fromEast >= 270, "the stream left east's uplinks: \(fromEast)")
-        #expect(fromHQ == 0, "hq sent \(fromHQ) stream-sized packets: the stream went through it")
+        return (result, lab.ispLabels.map { delta(after, before, isp: $0, "stream_east") }.reduce(0, +),
+                lab.ispLabels.map { delta(after, before, isp: $0, "stream_hq") }.reduce(0, +))
     }
 
     /// Routed ISPs; east and west are given only hq (`--peer` hq's addresses), hq nobody. hq relays; all three

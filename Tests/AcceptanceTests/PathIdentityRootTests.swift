@@ -65,7 +65,7 @@ import Testing
         }
         let report = try Subprocess.run([Binary.path, "status", "--database", lab.database("hq")]).stdout
         for path in paths {
-            #expect(report.contains("  \(path.id): hq → east via \(path.uplink) (\(path.interface), up; slot \(path.slot), table \(6200 + path.slot))"),
+            #expect(report.contains("  \(path.id): hq → east via \(path.uplink) (\(path.interface), direct, up; slot \(path.slot), table \(6200 + path.slot))"),
                     "\(report)")
         }
 

@@ -43,12 +43,12 @@ final class AcceptanceLab: @unchecked Sendable {
     /// When `init` returned: the routers had just been started.
     let started: Double
 
-    init(sites: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [], hub: String? = nil,
-         routerArguments: [String] = [], shaping: [String: String] = [:]) throws {
+    init(sites: Int = 2, wan: LabPlan.WANMode = .bridged, nat: [UplinkID] = [], symmetricNAT: [UplinkID] = [],
+         hub: String? = nil, routerArguments: [String] = [], shaping: [String: String] = [:]) throws {
         let instance = "t\(getpid())x\(String(UInt32.random(in: 0...0xffff_ff), radix: 36))"
         controller = LabController(instance: instance, executable: Binary.path)
         self.sites = sites
-        plan = try controller.up(sites: sites, uplinks: 2, wan: wan, nat: nat, hub: hub, routers: true,
+        plan = try controller.up(sites: sites, uplinks: 2, wan: wan, nat: nat, symmetricNAT: symmetricNAT, hub: hub, routers: true,
                                  extraRouterArguments: routerArguments, shaping: shaping).plan
         started = monotonicSeconds()
     }

@@ -4,6 +4,7 @@ import Testing
 import Mesh
 import WireGuard
 @testable import CLI
+import Lab
 import Model
 import Router
 
@@ -40,6 +41,15 @@ import Router
         #expect(hq.siteName == "headquarters" && hq.databasePath == "/var/lib/patronus/hq.db" && hq.interfaceName == "wg-hq")
         let test = try parseRun(["--site-name", "test-site", "--database", "/tmp/sdwan-test.db", "--debug"])
         #expect(test.routerConfiguration.debug)
+    }
+
+    @Test func relayFlagAndTheLabsNATMappings() throws {
+        #expect(try parseRun(["--site-name", "hq", "--relay"]).routerConfiguration.relay)
+        #expect(try !parseRun(["--site-name", "hq"]).routerConfiguration.relay)
+        #expect(try LabCommand.natUplink("east:isp-b") == (UplinkID(site: "east", uplink: "isp-b"), false))
+        #expect(try LabCommand.natUplink("east:isp-b:symmetric") == (UplinkID(site: "east", uplink: "isp-b"), true))
+        #expect(try LabCommand.natUplink("east:b:port-preserving") == (UplinkID(site: "east", uplink: "b"), false))
+        #expect(throws: LabError.self) { try LabCommand.natUplink("east:isp-b:cone") }
     }
 
     @Test func wireguardBackendFlag() throws {

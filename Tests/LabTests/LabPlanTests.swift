@@ -73,6 +73,18 @@ import Testing
         #expect(try LabPlan.make(instance: "lab").discoveryPeers(of: "hq").isEmpty, "bridged: multicast finds them")
     }
 
+    /// `--nat SITE:UPLINK:symmetric`: NATed, and marked symmetric; the hub relays (`--relay`), nobody else.
+    @Test func symmetricNATAndTheRelayingHub() throws {
+        let plan = try LabPlan.make(instance: "lab", wan: .routed, nat: [UplinkID(site: "east", uplink: "isp-a")],
+                                    symmetricNAT: [UplinkID(site: "east", uplink: "b")], hub: "hq")
+        #expect(plan.natted == [UplinkID(site: "east", uplink: "isp-a"), UplinkID(site: "east", uplink: "isp-b")])
+        #expect(plan.isSymmetricNAT(UplinkID(site: "east", uplink: "isp-b")))
+        #expect(!plan.isSymmetricNAT(UplinkID(site: "east", uplink: "isp-a")))
+        #expect(plan.routerArguments(site: "hq", executable: "p", stateDirectory: "/s").contains("--relay"))
+        #expect(!plan.routerArguments(site: "east", executable: "p", stateDirectory: "/s").contains("--relay"))
+        #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", symmetricNAT: [UplinkID(site: "east", uplink: "isp-b")]) }
+    }
+
     @Test func natNeedsRoutedAndNamesAnUplinkOfTheLab() {
         #expect(throws: LabError.self) { try LabPlan.make(instance: "lab", nat: [UplinkID(site: "east", uplink: "isp-b")]) }
         #expect(throws: LabError.self) {

@@ -64,6 +64,22 @@ struct AnnouncementCodecTests {
         #expect(bytes == expected)
     }
 
+    /// `--relay` is flags bit 2 of a version 2 announcement (docs/MESH.md); version 1 cannot say it.
+    @Test func theRelayFlagIsBitTwoAndRoundTrips() throws {
+        var relay = goldenAnnouncement
+        relay.relay = true
+        let insecure = AnnouncementCodec(authentication: .insecure)
+        let bytes = try insecure.encode(relay)
+        #expect(Array(bytes[0..<10]) == Array("PTMA".utf8) + [2, 0, AnnouncementCodec.flagRelay, 0, 0, 98])
+        #expect(Array(bytes[10...]) == goldenBody)
+        #expect(try insecure.decode(bytes).relay)
+        #expect(try !insecure.decode(try insecure.encode(goldenAnnouncement)).relay)
+        #expect(try !insecure.decode(try insecure.encodeLegacy(relay)).relay)
+        var other = bytes
+        other[6] = 0x08  // an unknown bit still refuses
+        #expect(throws: AnnouncementRejection.badFlags) { try insecure.decode(other) }
+    }
+
     @Test func macCoversEveryByteAndIsTheTrailer() throws {
         let bytes = try codec.encode(sampleAnnouncement())
         #expect(bytes[5] == MeshMessageKind.announcement.rawValue)

@@ -47,6 +47,20 @@ struct CertificateTests {
     let mesh = CertifiedMesh()
     let now = CertifiedMesh.now
 
+    /// With certificates the CA decides who relays: the relay flag counts only with role hub.
+    @Test func onlyAHubCertificateMayRelay() throws {
+        var announcement = sampleAnnouncement(timestamp: 1_700_000_000_000)
+        announcement.relay = true
+        var certificate = try mesh.certificate(for: announcement, key: mesh.identity(1))
+        let site = try mesh.codec(signing: mesh.identity(1), certificate).encode(announcement)
+        #expect(site[6] & AnnouncementCodec.flagRelay != 0)
+        #expect(try !mesh.receiver.decode(site, now: now).relay, "role site: the flag is ignored")
+        certificate.role = .hub
+        try certificate.sign(with: mesh.ca)
+        let hub = try mesh.codec(signing: mesh.identity(1), certificate).encode(announcement)
+        #expect(try mesh.receiver.decode(hub, now: now).relay)
+    }
+
     @Test func aSignedAnnouncementVerifiesAndCarriesItsCertificate() throws {
         let (bytes, announcement, certificate) = try mesh.signedSample()
         #expect(bytes[6] == AnnouncementCodec.flagAuthenticated | AnnouncementCodec.flagSigned)
