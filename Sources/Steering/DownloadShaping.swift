@@ -14,8 +14,16 @@ final class DownloadRedirects {
     private var wanted: [SteeringPlan.DownloadShaper] = []
     /// LAN devices on which we added the clsact: removed with our last filter.
     private var clsactAdded: Set<Int32> = []
+    /// The kernel held exactly `wanted` after the last converge: a re-steer (every apply converges the
+    /// shaping) then reads nothing. The drift check clears it when something changed.
+    private var settled = false
 
     init(routing: RouteNetlinkClient) { self.routing = routing }
+
+    /// What the redirects depend on: uplinks, tunnels and LAN prefixes, not rates.
+    private static func redirects(_ downloads: [SteeringPlan.DownloadShaper]) -> [SteeringPlan.DownloadShaper] {
+        downloads.map { SteeringPlan.DownloadShaper(slot: $0.slot, tunnels: $0.tunnels, lanPrefixes: $0.lanPrefixes, rateBitsPerSecond: 0) }
+    }
 
     /// The filter uplink `slot`'s download takes on a LAN device, towards the ifb with index `target`.
     static func filter(slot: UInt8, target: Int32) -> RedirectFilter {
@@ -32,9 +40,12 @@ final class DownloadRedirects {
             .sorted { $0.index < $1.index }
     }
 
-    /// What is missing or wrong (empty: intact): the ifbs, and our filters on the LAN devices.
+    /// What is missing or wrong (empty: intact): the ifbs, and our filters on the LAN devices. Anything
+    /// but "no LAN device" makes the next converge read the kernel again.
     func differences() throws(NetlinkError) -> [String] {
-        try plan().problems
+        let problems = try plan().problems
+        if problems.contains(where: { !$0.hasPrefix("no LAN device") }) { settled = false }
+        return problems
     }
 
     private struct Work {
@@ -115,7 +126,13 @@ final class DownloadRedirects {
 
     /// Makes the kernel hold the ifbs and filters of `downloads`, and none of ours else.
     func converge(_ downloads: [SteeringPlan.DownloadShaper], changes: inout SteeringChanges) {
+        // Same downloads (rates are the htb's business): nothing to read or change.
+        if settled, Self.redirects(downloads) == Self.redirects(wanted) {
+            wanted = downloads
+            return
+        }
         wanted = downloads
+        settled = false
         do {
             var w = try plan()
             for name in w.createIfb {
@@ -162,6 +179,7 @@ final class DownloadRedirects {
             if w.problems.contains(where: { $0.hasPrefix("no LAN device") }) {
                 changes.shaperProblems += w.problems.filter { $0.hasPrefix("no LAN device") }
             }
+            settled = changes.shaperProblems.isEmpty
         } catch {
             changes.shaperProblems.append("download shaping: \(error) (the download stays unshaped)")
         }
