@@ -115,7 +115,8 @@ public final class SteeringInspector {
         let installed = try ask { () throws(SteeringError) in try kernel.shapers() }
         return installed.map { s in
             StatusSnapshot.Shaper(interface: s.interface, pathId: paths.first { $0.wgInterface == s.interface }?.id,
-                                  qdisc: "htb", rateBps: s.rateBitsPerSecond, queueDelayMs: s.queueDelayMs,
+                                  qdisc: "htb", direction: s.interface.hasPrefix(Conventions.downloadDevicePrefix) ? "download" : "upload",
+                                  rateBps: s.rateBitsPerSecond, queueDelayMs: s.queueDelayMs,
                                   bands: s.bands.map {
                                       .init(band: $0.band.rawValue, sentBytes: $0.sentBytes, sentPackets: $0.sentPackets,
                                             backlogBytes: $0.backlogBytes, queuedPackets: $0.queuedPackets, drops: $0.drops)
