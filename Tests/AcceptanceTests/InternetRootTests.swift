@@ -199,8 +199,9 @@ struct InternetRootTests {
             try lab.impair("hq", "isp-a", .init(cut: true))
         }
         let events = try Subprocess.run(["sqlite3", lab.database("east"),
-            "SELECT reason, detection_ms, switch_ms FROM failover_events WHERE policy = 'default' ORDER BY id DESC LIMIT 1"])
-        print("relay: cut of hq's isp-a under a 200 packets/s default-class stream east -> west (no copies): \(plain); east's last failover of default: \(events.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
+            "SELECT s.name, f.from_path, f.to_path, f.reason, f.detection_ms, f.switch_ms FROM failover_events f "
+            + "LEFT JOIN sites s ON s.id = f.dst_site WHERE f.policy = 'default' ORDER BY f.id DESC LIMIT 4"])
+        print("relay: cut of hq's isp-a under a 200 packets/s default-class stream east -> west (no copies): \(plain); east's last failovers of default (site|from|to|reason|detection ms|switch ms): \(events.stdout.split(separator: "\n").joined(separator: "; "))")
         #expect(plain.lost <= 400, "\(plain)")
     }
 
