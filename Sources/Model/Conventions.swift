@@ -117,6 +117,9 @@ public enum Conventions {
     public static let wireGuardPaddingAverage: UInt16 = 8
     public static let ethernetHeader: UInt16 = 14
     public static var shaperOverhead: UInt16 { wireGuardOverheadIPv4 + wireGuardPaddingAverage + ethernetHeader }
+    /// A download shaper's overhead: the packets it sees were redirected from a LAN device's egress with
+    /// their Ethernet header already on (in their length), so that header is not added again.
+    public static var downloadShaperOverhead: UInt16 { shaperOverhead - ethernetHeader }
     /// Queue bounds, in milliseconds of transmission at the shaper's rate (never txqueuelen packets):
     /// the realtime band holds little (voice is small and served first), the others enough for TCP.
     public static let shaperRealtimeQueueMs: Double = 10
@@ -125,6 +128,19 @@ public enum Conventions {
     public static let shaperMinimumQueueBytes: UInt32 = 6_000
     /// The htb direct queue (our bandwidth trains), in packets.
     public static let shaperDirectQueuePackets: UInt32 = 512
+
+    /// Download shaping (docs/SHAPING.md, "Download"): the ifb of uplink slot s, `patronus-dl<s>`. A packet
+    /// that arrived over one of the uplink's tunnels and leaves to the LAN gets the uplink's mark
+    /// (`uplinkMark(slot:)`, in postrouting) and the htb class of its band (`shaperPriority`); on each LAN
+    /// device a clsact egress filter at preference `downloadFilterPreference(slot:)` redirects it to the ifb.
+    public static let downloadDevicePrefix = "patronus-dl"
+    public static func downloadDevice(slot: UInt8) -> String { downloadDevicePrefix + String(slot) }
+    public static let downloadFilterPreferenceBase: UInt16 = 6200
+    public static func downloadFilterPreference(slot: UInt8) -> UInt16 { downloadFilterPreferenceBase + UInt16(slot) }
+    /// Our filters' preferences: those in this range on a clsact egress are ours.
+    public static var downloadFilterPreferences: ClosedRange<UInt16> {
+        downloadFilterPreference(slot: uplinkSlots.lowerBound)...downloadFilterPreference(slot: uplinkSlots.upperBound)
+    }
 
     // MARK: nftables
 

@@ -17,13 +17,17 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     /// Egress shapers, one per shaped tunnel interface (docs/SHAPING.md). Empty: nothing shaped, and the
     /// ruleset has no `shape` chain.
     public var shapers: [Shaper]
+    /// Download shapers, one per uplink whose download is shaped (docs/SHAPING.md, "Download").
+    public var downloadShapers: [DownloadShaper]
     /// For duplicated classes: where the copy of a packet that took path `from` goes (docs/STEERING.md,
     /// "Duplication"). None for a (site, class) with one usable path: nothing is copied.
     public var copies: [Copy]
 
     public init(classes: [TrafficClass] = [], paths: [SteeringPath] = [], destinations: [Destination] = [],
-                choices: [Choice] = [], uplinks: [UplinkPin] = [], shapers: [Shaper] = [], copies: [Copy] = []) {
+                choices: [Choice] = [], uplinks: [UplinkPin] = [], shapers: [Shaper] = [], downloadShapers: [DownloadShaper] = [],
+                copies: [Copy] = []) {
         self.copies = copies
+        self.downloadShapers = downloadShapers
         self.classes = classes
         self.paths = paths
         self.destinations = destinations
@@ -49,6 +53,39 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         public static let rates: ClosedRange<UInt64> = 64_000...1_000_000_000_000
 
         public var description: String { "shaper dev \(interface) rate \(rateBitsPerSecond) bit/s overhead \(overhead)" }
+    }
+
+    /// The download of one uplink, shaped after conntrack (docs/SHAPING.md, "Download"): packets that arrive
+    /// over one of `tunnels` and leave by a device holding an address in one of `lanPrefixes` are redirected
+    /// to the uplink's ifb (`Conventions.downloadDevice(slot:)`), whose htb has the same layout as a tunnel's
+    /// shaper, at `rateBitsPerSecond`.
+    public struct DownloadShaper: Hashable, Sendable, Codable, CustomStringConvertible {
+        /// The uplink's slot: the packet-mark value that selects its ifb (`Conventions.uplinkMark(slot:)`).
+        public var slot: UInt8
+        /// The tunnel interfaces of the uplink: what arrives over them is its download.
+        public var tunnels: [String]
+        /// Where the download leaves to: every device with an address in one of these.
+        public var lanPrefixes: [IPv4Prefix]
+        public var rateBitsPerSecond: UInt64
+        public var overhead: UInt16
+
+        public init(slot: UInt8, tunnels: [String], lanPrefixes: [IPv4Prefix], rateBitsPerSecond: UInt64,
+                    overhead: UInt16 = Conventions.downloadShaperOverhead) {
+            self.slot = slot
+            self.tunnels = tunnels
+            self.lanPrefixes = lanPrefixes
+            self.rateBitsPerSecond = rateBitsPerSecond
+            self.overhead = overhead
+        }
+
+        /// The ifb the download is redirected to.
+        public var device: String { Conventions.downloadDevice(slot: slot) }
+        /// Its htb, as a `Shaper` of the ifb.
+        public var shaper: Shaper { Shaper(interface: device, rateBitsPerSecond: rateBitsPerSecond, overhead: overhead) }
+
+        public var description: String {
+            "download shaper uplink \(slot) dev \(device) from \(tunnels.joined(separator: ",")) to \(lanPrefixes.map(\.description).joined(separator: ",")) rate \(rateBitsPerSecond) bit/s overhead \(overhead)"
+        }
     }
 
     /// One application class, from one policy.
@@ -227,6 +264,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         lines += choices.map { "  " + $0.description }
         lines += uplinks.map { "  " + $0.description }
         lines += shapers.map { "  " + $0.description }
+        lines += downloadShapers.map { "  " + $0.description }
         lines += copies.map { "  " + $0.description }
         return lines.joined(separator: "\n")
     }
@@ -276,6 +314,18 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
             if !shaped.insert(s.interface).inserted { out.append("interface \(s.interface) has two shapers") }
             if !Shaper.rates.contains(s.rateBitsPerSecond) {
                 out.append("shaper on \(s.interface): rate \(s.rateBitsPerSecond) bit/s is not in 64 kbit/s ... 1 Tbit/s")
+            }
+        }
+        var downloadSlots = Set<UInt8>()
+        for d in downloadShapers {
+            if !Conventions.uplinkSlots.contains(d.slot) { out.append("download shaper: uplink slot \(d.slot) is not in \(Conventions.uplinkSlots)") }
+            if !downloadSlots.insert(d.slot).inserted { out.append("uplink slot \(d.slot) has two download shapers") }
+            if d.tunnels.isEmpty || !d.tunnels.allSatisfy(Uplink.isValidInterfaceName) {
+                out.append("download shaper of uplink \(d.slot): tunnel interfaces \(d.tunnels) are missing or invalid")
+            }
+            if d.lanPrefixes.isEmpty { out.append("download shaper of uplink \(d.slot): no LAN prefix (--lan) to shape towards") }
+            if !Shaper.rates.contains(d.rateBitsPerSecond) {
+                out.append("download shaper of uplink \(d.slot): rate \(d.rateBitsPerSecond) bit/s is not in 64 kbit/s ... 1 Tbit/s")
             }
         }
         var sites = Set<SiteID>(), siteNames = Set<String>()

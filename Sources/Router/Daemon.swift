@@ -73,9 +73,6 @@ public struct Daemon: Sendable {
         ]
         if let version { startMetadata["version"] = "\(version)" }
         logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: startMetadata)
-        for uplink in configuration.uplinks where uplink.downloadShaping != .auto && uplink.downloadShaping != .off {
-            logger.warning("uplink \(uplink.label): shape=\(uplink.shapeOption ?? "auto"): download shaping is not built yet (docs/SHAPING.md, \"Download\"); its download stays unshaped, the upload is shaped as given")
-        }
 
         let steering = try KernelSteering(logger: logger)
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
@@ -241,6 +238,7 @@ public struct Daemon: Sendable {
                                 shaping: shaping, logger: logger),
             ShapingService(steering: steering, runtime: runtime, probes: probes,
                            modes: Dictionary(configuration.uplinks.map { ($0.label, $0.shaping) }, uniquingKeysWith: { a, _ in a }),
+                           downloads: ShapingLoop.downloadSettings(configuration.uplinks), lanPrefixes: configuration.lanPrefixes,
                            state: shaping, logger: logger),
             UplinkWatcher(monitor: monitor, settings: tunnelSettings, steering: steering,
                           discovery: discovery, driver: driver, runtime: runtime, logger: logger),

@@ -63,6 +63,11 @@ public struct FlowExplanation: Codable, Hashable, Sendable {
     public var runnerUp: String?
     /// Every path to the site with its latest figures.
     public var candidates: [StatusSnapshot.Path] = []
+    /// Whether the class duplicates (`policy --duplicate`); nil when it does not.
+    public var duplicate: Bool?
+    /// For a duplicated class: the second path the kernel copies the flow's packets to now; nil when nothing
+    /// is copied (one usable path, or no other may carry copies).
+    public var copy: StatusSnapshot.CopyTarget?
     /// Where the kernel and the database disagree (empty when they agree).
     public var disagreements: [String] = []
 
@@ -99,6 +104,10 @@ public struct FlowExplanation: Codable, Hashable, Sendable {
             add("kernel", way)
             add("route", "ip rule \(k.rule ?? "(none of ours matches)") -> table \(k.table.map(String.init) ?? "?")"
                 + " -> dev \(k.interface ?? "?")\(k.gateway.map { " via \($0)" } ?? "")")
+        }
+        if duplicate == true {
+            add("copy", copy.map { "each packet also by \($0.text); \(site.name) drops the second to arrive" }
+                ?? "none now: class \(policy ?? "-") duplicates, but no second usable path to \(site.name) may carry copies")
         }
         add("why", reason)
         for disagreement in disagreements { add("!", disagreement) }

@@ -208,8 +208,8 @@ public final class RouterMetrics: Sendable {
             }
             for shaper in sample.shapers {
                 let labels = [("path_id", "\(shaper.pathID)"), ("path", shaper.path), ("uplink", shaper.uplink),
-                              ("interface", shaper.interface)]
-                gauge("shaper_rate_bits", "Egress shaper rate of the path's tunnel (bit/s, encapsulation counted)", labels,
+                              ("interface", shaper.interface), ("direction", shaper.direction)]
+                gauge("shaper_rate_bits", "Shaper rate: upload of the path's tunnel, or download of the uplink (bit/s, encapsulation counted)", labels,
                       Double(shaper.rateBitsPerSecond))
                 gauge("shaper_queue_delay_ms", "Time the packets waiting in the shaper need at its rate", labels, shaper.queueDelayMs)
                 for band in shaper.bands {

@@ -14,6 +14,8 @@ public struct ShaperSample: Hashable, Sendable {
     public var interface: String
     /// "auto" or the fixed rate ("20M").
     public var mode: String
+    /// "upload" (the tunnel's egress) or "download" (the uplink's ifb; no path: `pathID` 0, `path` empty).
+    public var direction = "upload"
     public var rateBitsPerSecond: UInt64
     public var queueDelayMs: Double
     public var bands: [ShaperStatistics.Band]
@@ -38,13 +40,17 @@ struct ShapingService: Service {
     let probes: PathProbeSet
     /// By uplink label; labels not listed are `auto`.
     let modes: [String: ShapingMode]
+    /// By uplink label: the download's mode and the uplink's download slot (docs/SHAPING.md, "Download").
+    let downloads: [String: ShapingLoop.DownloadSetting]
+    /// Where downloads leave to (`--lan`).
+    let lanPrefixes: [IPv4Prefix]
     let state: ShapingState
     let logger: Logger
     static let interval = Duration.milliseconds(200)
 
     func run() async throws {
         try await untilShutdown {
-            var loop = ShapingLoop(modes: modes)
+            var loop = ShapingLoop(modes: modes, downloads: downloads, lanPrefixes: lanPrefixes)
             let start = ContinuousClock.now
             while !Task.isCancelled {
                 try await Task.sleep(for: Self.interval)
@@ -55,7 +61,7 @@ struct ShapingService: Service {
                                      statistics: statistics)
                 for line in step.log { logger.notice("shaping: \(line)") }
                 for line in step.decisions { logger.debug("shaping: \(line)") }
-                do { try await steering.setShapers(step.shapers) } catch {
+                do { try await steering.setShapers(step.shapers, downloads: step.downloadShapers) } catch {
                     logger.error("shaping: applying the shapers failed, tunnels stay as they were: \(error)")
                 }
                 state.set(step.samples)
@@ -68,6 +74,24 @@ struct ShapingService: Service {
 /// probers' snapshot and the shapers' statistics. Unit-tested.
 struct ShapingLoop {
     let modes: [String: ShapingMode]
+    /// The download of one uplink: its mode, and the slot that names its ifb and mark (its position among
+    /// `--uplink`, 1-based).
+    struct DownloadSetting: Sendable, Hashable {
+        var slot: UInt8
+        var mode: ShapingMode
+    }
+    let downloads: [String: DownloadSetting]
+    let lanPrefixes: [IPv4Prefix]
+
+    /// The download settings of the `--uplink` list: slot = position (1-based; at most the mark's 15).
+    static func downloadSettings(_ uplinks: [Uplink]) -> [String: DownloadSetting] {
+        var out: [String: DownloadSetting] = [:]
+        for (i, u) in uplinks.prefix(Conventions.uplinkSlots.count).enumerated() where out[u.label] == nil {
+            out[u.label] = DownloadSetting(slot: UInt8(i + 1), mode: u.downloadShaping)
+        }
+        return out
+    }
+    private var downloadNotices: Set<String> = []
     private var controllers: [String: ShaperRateController] = [:]
     private var lastSent: [String: (bytes: UInt64, at: Double)] = [:]
     private var lastReplies: [String: UInt64] = [:]
@@ -89,7 +113,11 @@ struct ShapingLoop {
         return kept.map(\.bps).max() ?? measured
     }
 
-    init(modes: [String: ShapingMode]) { self.modes = modes }
+    init(modes: [String: ShapingMode], downloads: [String: DownloadSetting] = [:], lanPrefixes: [IPv4Prefix] = []) {
+        self.modes = modes
+        self.downloads = downloads
+        self.lanPrefixes = lanPrefixes
+    }
 
     /// One shaper per tunnel interface, but an interface carries one path per remote site reached over its
     /// uplink (same-label pairing: `wg-…0` holds the peers of every site for uplink 0). They share the
@@ -113,6 +141,7 @@ struct ShapingLoop {
 
     struct Step {
         var shapers: [SteeringPlan.Shaper] = []
+        var downloadShapers: [SteeringPlan.DownloadShaper] = []
         var samples: [ShaperSample] = []
         var log: [String] = []
         /// Rate changes (debug level: under load they come every second or so).
@@ -168,6 +197,7 @@ struct ShapingLoop {
                                             rateBitsPerSecond: rate, queueDelayMs: s?.queueDelayMs ?? 0,
                                             bands: s?.bands ?? []))
         }
+        downloadStep(bindings: bindings, stats: stats, into: &out)
         for name in estimates.keys where bindings[name] == nil { estimates[name] = nil }
         for name in controllers.keys where bindings[name] == nil || drivers[bindings[name]!.interface] != name {
             controllers[name] = nil
@@ -175,5 +205,38 @@ struct ShapingLoop {
             lastReplies[name] = nil
         }
         return out
+    }
+
+    /// The download shapers: one per uplink whose download has a fixed rate and tunnels now. `auto` needs
+    /// a download estimate, which is not measured yet: such a download stays unshaped (said once, debug).
+    private mutating func downloadStep(bindings: [String: PathBinding], stats: [String: ShaperStatistics], into out: inout Step) {
+        for (label, setting) in downloads.sorted(by: { $0.key < $1.key }) {
+            let tunnels = Set(bindings.values.filter { $0.key.localLabel == label }.map(\.interface)).sorted()
+            guard !tunnels.isEmpty else { continue }
+            let bps: UInt64
+            switch setting.mode {
+            case .off:
+                continue
+            case .auto:
+                if downloadNotices.insert(label).inserted {
+                    out.decisions.append("the download of uplink \(label) stays unshaped: auto needs a download estimate, which is not measured yet (shape=UP/DOWN gives it a rate)")
+                }
+                continue
+            case .fixed(let rate):
+                bps = rate
+            }
+            guard !lanPrefixes.isEmpty else {
+                if downloadNotices.insert(label).inserted {
+                    out.log.append("the download of uplink \(label) stays unshaped: no --lan prefix says where downloads leave to")
+                }
+                continue
+            }
+            let d = SteeringPlan.DownloadShaper(slot: setting.slot, tunnels: tunnels, lanPrefixes: lanPrefixes, rateBitsPerSecond: bps)
+            out.downloadShapers.append(d)
+            let s = stats[d.device]
+            out.samples.append(ShaperSample(pathID: 0, path: "", uplink: label, interface: d.device, mode: "\(setting.mode)",
+                                            direction: "download", rateBitsPerSecond: bps, queueDelayMs: s?.queueDelayMs ?? 0,
+                                            bands: s?.bands ?? []))
+        }
     }
 }

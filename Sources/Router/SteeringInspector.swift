@@ -95,6 +95,12 @@ public final class SteeringInspector {
         e.winner = judged.winner
         e.runnerUp = judged.runnerUp
         e.disagreements = ([all.first?.problem] + [judged.disagreement]).compactMap { $0 }
+        if policy.duplicate {
+            e.duplicate = true
+            e.copy = all.first { $0.steered.chain == decision.pathChain }.flatMap { use in
+                copyTarget(installed, policy: policy, classMark: classMark, use: use, sitePaths: sitePaths)
+            }
+        }
         if let balance = decision.balance {
             e.reason = "flow hash bucket \(balance.bucket) of \(balance.buckets) (jhash of source . destination, seed "
                 + "\(hex(balance.seed))) takes \(used.map { "path \($0.id) \($0.name ?? "")" } ?? "no path"); " + e.reason
@@ -109,7 +115,8 @@ public final class SteeringInspector {
         let installed = try ask { () throws(SteeringError) in try kernel.shapers() }
         return installed.map { s in
             StatusSnapshot.Shaper(interface: s.interface, pathId: paths.first { $0.wgInterface == s.interface }?.id,
-                                  qdisc: "htb", rateBps: s.rateBitsPerSecond, queueDelayMs: s.queueDelayMs,
+                                  qdisc: "htb", direction: s.interface.hasPrefix(Conventions.downloadDevicePrefix) ? "download" : "upload",
+                                  rateBps: s.rateBitsPerSecond, queueDelayMs: s.queueDelayMs,
                                   bands: s.bands.map {
                                       .init(band: $0.band.rawValue, sentBytes: $0.sentBytes, sentPackets: $0.sentPackets,
                                             backlogBytes: $0.backlogBytes, queuedPackets: $0.queuedPackets, drops: $0.drops)
@@ -163,6 +170,9 @@ public final class SteeringInspector {
                             copiesSent: installed.copyCounters[SteeringNames.copyChain(policy.name, path.id)]?.packets,
                             duplicatesDropped: installed.chainCounters[SteeringNames.duplicateChain(policy.name, path.id)]?.packets)
                     }
+                    entry.copies = all.compactMap { use in
+                        copyTarget(installed, policy: policy, classMark: classMark, use: use, sitePaths: sitePaths)
+                    }
                 }
                 let judged = judge(policy: policy, site: site, uses: all, view: view)
                 entry.reason = judged.reason
@@ -173,6 +183,16 @@ public final class SteeringInspector {
             }
         }
         return out
+    }
+
+    /// Where the copy table copies the class's packets that leave by `use`'s chain; nil when it does not.
+    private func copyTarget(_ installed: InstalledSteering, policy: Policy, classMark: UInt32, use: Use,
+                            sitePaths: [StatusSnapshot.Path]) -> StatusSnapshot.CopyTarget? {
+        guard let chain = installed.copyChain(classMark: classMark, pathChain: use.steered.chain) else { return nil }
+        let id = SteeringNames.parse(chain, classNames: [policy.name], SteeringNames.copyChain)?.pathID
+        let path = id.flatMap { id in sitePaths.first { $0.id == id } }
+        return StatusSnapshot.CopyTarget(fromPathId: use.path?.id, pathId: path?.id, name: path?.name, chain: chain,
+                                         copiesSent: installed.copyCounters[chain]?.packets)
     }
 
     /// One path chain a class takes to a site, as the kernel routes its mark.

@@ -13,6 +13,7 @@ public actor KernelSteering {
     private var routed = SteeringPlan()
     private var pins: [SteeringPlan.UplinkPin] = []
     private var shapers: [SteeringPlan.Shaper] = []
+    private var downloadShapers: [SteeringPlan.DownloadShaper] = []
 
     public init(netns: String? = nil, logger: Logger) throws {
         steering = try Steering(netns: netns)
@@ -23,6 +24,7 @@ public actor KernelSteering {
         var full = plan
         full.uplinks = pins
         full.shapers = shapers
+        full.downloadShapers = downloadShapers
         let changes = try steering.apply(full)
         routed = plan
         logger.debug("steering applied", metadata: ["changes": "\(changes)"])
@@ -32,12 +34,14 @@ public actor KernelSteering {
     /// The shapers of the tunnels (docs/SHAPING.md): installed, changed in place or removed with the rest of
     /// the plan. A shaper that cannot be installed is logged and its tunnel stays unshaped; routing goes on.
     @discardableResult
-    public func setShapers(_ wanted: [SteeringPlan.Shaper]) throws -> SteeringChanges {
-        guard wanted != shapers else { return SteeringChanges() }
+    public func setShapers(_ wanted: [SteeringPlan.Shaper], downloads: [SteeringPlan.DownloadShaper] = []) throws -> SteeringChanges {
+        guard wanted != shapers || downloads != downloadShapers else { return SteeringChanges() }
         shapers = wanted
+        downloadShapers = downloads
         var full = routed
         full.uplinks = pins
         full.shapers = shapers
+        full.downloadShapers = downloadShapers
         let changes = try steering.apply(full)
         logShaperProblems(changes)
         return changes
@@ -69,6 +73,7 @@ public actor KernelSteering {
         var full = routed
         full.uplinks = pins
         full.shapers = shapers
+        full.downloadShapers = downloadShapers
         let changes = try steering.apply(full, rereadUplinks: true)
         logger.debug("uplinks pinned", metadata: ["changes": "\(changes)"])
     }

@@ -31,6 +31,19 @@ public struct InstalledSteering: Sendable, Equatable {
     public var chainComments: [String: String] = [:]
     /// Per chain of `table ip patronus_copy` (duplication): its counter, the copies sent.
     public var copyCounters: [String: Counter] = [:]
+    /// The copy table's `copies` map: the class's ct mark bits . the path mark of the path taken -> the chain
+    /// that copies the packet to the second path (`copy_<class>_path<id>`). Empty: nothing is copied.
+    public var copies: [CopyKey: String] = [:]
+
+    public struct CopyKey: Hashable, Sendable {
+        public var classMark: UInt32
+        public var pathMark: UInt32
+
+        public init(classMark: UInt32, pathMark: UInt32) {
+            self.classMark = classMark
+            self.pathMark = pathMark
+        }
+    }
 
     public struct SiteRange: Sendable, Equatable {
         public var first: UInt32
@@ -112,8 +125,29 @@ public struct InstalledSteering: Sendable, Equatable {
                     installed.copyCounters[r.chain] = Counter(packets: counter.packets, bytes: counter.bytes)
                 }
             }
+            let copyMaps = try nft.sets(family: SteeringNames.copyFamily, table: SteeringNames.copyTable)
+            if copyMaps.contains(where: { $0.name == SteeringNames.copiesMap }) {
+                installed.addCopies(try nft.elements(family: SteeringNames.copyFamily, table: SteeringNames.copyTable,
+                                                     set: SteeringNames.copiesMap))
+            }
         }
         return installed
+    }
+
+    /// Takes in the elements of the copy table's `copies` map (key: two host-order u32, class . path mark).
+    public mutating func addCopies(_ elements: [NFTElement]) {
+        for e in elements where e.key.count == 8 {
+            guard let classMark = Self.hostU32(Array(e.key[0..<4])), let pathMark = Self.hostU32(Array(e.key[4..<8])),
+                  let chain = Self.target(e.data) else { continue }
+            copies[CopyKey(classMark: classMark, pathMark: pathMark)] = chain
+        }
+    }
+
+    /// The chain that copies a packet of the class (ct mark bits `classMark`) leaving by `pathChain`, as the
+    /// copy table looks it up (the class bits . the mark `pathChain` writes); nil: the packet is not copied.
+    public func copyChain(classMark: UInt32, pathChain: String) -> String? {
+        guard let mark = chainMarks[pathChain] else { return nil }
+        return copies[CopyKey(classMark: classMark, pathMark: mark)]
     }
 
     // MARK: following a packet

@@ -36,6 +36,8 @@ public final class Steering {
     private var commitsSinceCheck: UInt32 = 0
     /// The htb shapers of the plan's tunnels (docs/SHAPING.md).
     private let shaping: ShaperInstaller
+    /// The ifbs and LAN filters of download shaping (their htbs are `shaping`'s).
+    private let downloads: DownloadRedirects
 
     /// Opens netlink sockets in the current namespace (nil) or in /var/run/netns/NAME.
     public convenience init(netns: String? = nil) throws(SteeringError) {
@@ -48,6 +50,13 @@ public final class Steering {
         self.nftables = nftables
         self.routing = routing
         shaping = ShaperInstaller(routing: routing)
+        downloads = DownloadRedirects(routing: routing)
+    }
+
+    /// The shapers and download redirects of `plan`: the ifbs first, so their htbs can be installed.
+    private func convergeShaping(_ plan: SteeringPlan, changes: inout SteeringChanges) {
+        downloads.converge(plan.downloadShapers, changes: &changes)
+        shaping.converge(plan.shapers + plan.downloadShapers.map(\.shaper), changes: &changes)
     }
 
     /// The plan last applied successfully.
@@ -60,10 +69,10 @@ public final class Steering {
     public func apply(_ plan: SteeringPlan, rereadUplinks: Bool = false) throws(SteeringError) -> SteeringChanges {
         // Only shaper rates (or which tunnels are shaped) changed: rtnetlink only, nothing for nf_tables.
         // (Not while routes wait for their interface: every apply retries those.)
-        if !rereadUplinks, let lastPlan, lastPlan.shapers != plan.shapers, !routesWaiting,
-           Self.withoutShapers(lastPlan) == Self.withoutShapers(plan) {
+        if !rereadUplinks, let lastPlan, lastPlan.shapers != plan.shapers || lastPlan.downloadShapers != plan.downloadShapers,
+           !routesWaiting, Self.withoutShapers(lastPlan) == Self.withoutShapers(plan) {
             var changes = SteeringChanges()
-            shaping.converge(plan.shapers, changes: &changes)
+            convergeShaping(plan, changes: &changes)
             self.lastPlan = plan
             return changes
         }
@@ -78,7 +87,7 @@ public final class Steering {
             lastPlan = plan
             lastRuleset = ruleset
             lastCopies = copies
-            shaping.converge(plan.shapers, changes: &changes)
+            convergeShaping(plan, changes: &changes)
             return changes
         } catch let first {
             if case .invalidPlan = first { throw first }
@@ -91,7 +100,7 @@ public final class Steering {
             lastPlan = plan
             lastRuleset = ruleset
             lastCopies = copies
-            shaping.converge(plan.shapers, changes: &changes)
+            convergeShaping(plan, changes: &changes)
             return changes
         }
     }
@@ -111,7 +120,13 @@ public final class Steering {
     private static func withoutShapers(_ plan: SteeringPlan) -> SteeringPlan {
         var p = plan
         p.shapers = plan.shapers.isEmpty ? [] : [SteeringPlan.Shaper(interface: "-", rateBitsPerSecond: 0)]
+        p.downloadShapers = downloadStructure(plan)
         return p
+    }
+
+    /// The download shapers as the `shape` chain sees them: uplinks and tunnels, not rates.
+    private static func downloadStructure(_ plan: SteeringPlan) -> [SteeringPlan.DownloadShaper] {
+        plan.downloadShapers.map { SteeringPlan.DownloadShaper(slot: $0.slot, tunnels: $0.tunnels, lanPrefixes: [], rateBitsPerSecond: 0) }
     }
 
     /// Every installed shaper's rate and, per band, bytes sent, bytes waiting and drops (one class dump per
@@ -123,7 +138,8 @@ public final class Steering {
     /// Compiles with the structure (classes, paths, destinations) cached: a re-steer only rebuilds choices.
     private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
         let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations,
-                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes, shaped: !plan.shapers.isEmpty)
+                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes, shaped: !plan.shapers.isEmpty,
+                               downloads: Self.downloadStructure(plan))
         if plan == lastPlan, key == structureKey, let lastRuleset { return lastRuleset }
         if key != structureKey || structure == nil {
             structure = try SteeringCompiler.compileStructure(plan, uplinkRoutes: uplinkRoutes)
@@ -141,6 +157,7 @@ public final class Steering {
         var uplinks: [SteeringPlan.UplinkPin]
         var uplinkRoutes: UplinkRoutes
         var shaped: Bool
+        var downloads: [SteeringPlan.DownloadShaper]
     }
 
     /// The main table's routes out of each pinned uplink that exists now.
@@ -193,6 +210,15 @@ public final class Steering {
             c.shaperDrift = brokenShapers.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value.joined(separator: ", "))" }
             shaperRepair = c
         }
+        if let plan = lastPlan, !plan.downloadShapers.isEmpty {
+            let problems = try kernel { () throws(NetlinkError) in try downloads.differences() }.filter { !$0.hasPrefix("no LAN device") }
+            if !problems.isEmpty {
+                var c = shaperRepair ?? SteeringChanges()
+                convergeShaping(plan, changes: &c)
+                c.shaperDrift += problems
+                shaperRepair = c
+            }
+        }
         let generation = try kernel { () throws(NetlinkError) in try nftables.generation() }
         var drifted = checkedGeneration.map { generation != $0 &+ commitsSinceCheck } ?? true
         // From here on, only our own commits (the repair's) move the generation.
@@ -219,6 +245,7 @@ public final class Steering {
         let state = try currentState()
         var c = SteeringChanges()
         shaping.removeAll(changes: &c)
+        downloads.converge([], changes: &c)
         installed = nil
         if state.tableExists {
             try kernel { () throws(NetlinkError) in

@@ -185,7 +185,7 @@ public enum SteeringCompiler {
             rules[SteeringNames.preroutingChain, default: []].append(receiver.hook)
         }
 
-        if !plan.shapers.isEmpty {
+        if !plan.shapers.isEmpty || !plan.downloadShapers.isEmpty {
             chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeChain,
                                    hook: NFTHook(hook: NFTHook.postrouting, priority: NFTHook.manglePriority, type: "filter"),
                                    userdata: NFTUserdata.comment("shaped tunnels: class -> htb band (meta priority)")))
@@ -220,13 +220,33 @@ public enum SteeringCompiler {
              .payload(base: NFT.transportHeader, offset: offset, length: 2, dreg: NFT.reg1),
              .cmp(sreg: NFT.reg1, op: NFT.eq, data: [UInt8(port >> 8), UInt8(port & 0xff)])]
         }
-        var out = [
+        // A download (arrived over a tunnel with a shaped download, leaves by no tunnel) gets its uplink's
+        // mark, which the LAN devices' filters redirect to the uplink's ifb, then its band like an upload.
+        var out: [NFTRule] = []
+        for d in plan.downloadShapers.sorted(by: { $0.slot < $1.slot }) {
+            for tunnel in d.tunnels.sorted() {
+                out.append(rule(chain, [
+                    .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: interfaceNameKey(tunnel)),
+                    .meta(key: NFT.metaMark, dreg: NFT.reg1),
+                    .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: pathMask.hostBytes, xor: [0, 0, 0, 0]),
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+                    .meta(key: NFT.metaMark, dreg: NFT.reg1),
+                    .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~Conventions.uplinkMarkMask).hostBytes,
+                             xor: Conventions.uplinkMark(slot: d.slot).hostBytes),
+                    .metaSet(key: NFT.metaMark, sreg: NFT.reg1),
+                ], comment: "download of uplink \(d.slot) over \(tunnel): to \(d.device)"))
+            }
+        }
+        let downloads = !plan.downloadShapers.isEmpty
+        let notShaped: UInt32 = downloads ? pathMask | Conventions.uplinkMarkMask : pathMask
+        out += [
             rule(chain, [
                 .meta(key: NFT.metaMark, dreg: NFT.reg1),
-                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: pathMask.hostBytes, xor: [0, 0, 0, 0]),
+                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: notShaped.hostBytes, xor: [0, 0, 0, 0]),
                 .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
                 .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
-            ], comment: "not for a tunnel"),
+            ], comment: downloads ? "neither for a tunnel nor a download" : "not for a tunnel"),
             rule(chain, udpPort(2, Conventions.bandwidthPort) + setPriority(Conventions.shaperDirectPriority),
                  comment: "bandwidth trains: unshaped"),
             rule(chain, udpPort(2, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),

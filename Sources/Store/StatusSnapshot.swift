@@ -98,6 +98,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var pathId: Int64?
         /// The queueing discipline in use: "htb" (this kernel has neither cake nor fq_codel).
         public var qdisc: String
+        /// "upload" (a tunnel's egress) or "download" (an uplink's ifb: what arrives over its tunnels).
+        public var direction: String
         /// The shaper's rate, bits per second, encapsulation overhead counted.
         public var rateBps: UInt64
         /// Time the packets waiting in all bands need at that rate.
@@ -124,7 +126,9 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
             }
         }
 
-        public init(interface: String, pathId: Int64?, qdisc: String, rateBps: UInt64, queueDelayMs: Double, bands: [Band]) {
+        public init(interface: String, pathId: Int64?, qdisc: String, direction: String = "upload", rateBps: UInt64,
+                    queueDelayMs: Double, bands: [Band]) {
+            self.direction = direction
             self.interface = interface
             self.pathId = pathId
             self.qdisc = qdisc
@@ -211,10 +215,10 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         lines += steeringReport()
         if let shaping, !shaping.isEmpty {
             lines.append("")
-            lines.append("Shaping (egress, htb; docs/SHAPING.md):")
+            lines.append("Shaping (\(Set(shaping.map(\.qdisc)).sorted().joined(separator: ", ")); docs/SHAPING.md):")
             for s in shaping {
                 let drops = s.bands.map { "\($0.band) \($0.drops)" }.joined(separator: ", ")
-                lines.append("  \(s.interface)\(s.pathId.map { " (path \($0))" } ?? ""): \(Self.formatNumber(Double(s.rateBps) / 1e6)) Mbit/s, "
+                lines.append("  \(s.direction) \(s.interface)\(s.pathId.map { " (path \($0))" } ?? ""): \(Self.formatNumber(Double(s.rateBps) / 1e6)) Mbit/s, "
                              + "queue \(Self.formatNumber(s.queueDelayMs)) ms, drops \(drops)")
             }
         }

@@ -21,6 +21,10 @@ extension StatusSnapshot {
         /// For a duplicated class: per path to the site, the copies this site sent by it and the second
         /// copies that arrived by it and were dropped (nft counters). Nil for other classes.
         public var duplication: [DuplicationCounters]?
+        /// For a duplicated class: per path the class takes, the path its packets are copied to now (the copy
+        /// table's `copies` map); empty when nothing is copied (one usable path, or the others may not carry
+        /// copies). Nil for other classes.
+        public var copies: [CopyTarget]?
 
         public init(site: String, siteName: String, policy: String, strategy: String, paths: [SteeredPath],
                     winner: String?, runnerUp: String?, reason: String, disagreement: String?) {
@@ -50,6 +54,33 @@ extension StatusSnapshot {
             self.name = name
             self.copiesSent = copiesSent
             self.duplicatesDropped = duplicatesDropped
+        }
+    }
+
+    /// Where the kernel copies a duplicated class's packets that leave by one path.
+    public struct CopyTarget: Codable, Hashable, Sendable {
+        /// The path the packets take (nil when its chain routes to no path of the site).
+        public var fromPathId: Int64?
+        /// The second path, which carries the copies (nil when the copy chain names no path of the site).
+        public var pathId: Int64?
+        public var name: String?
+        /// The copy table's chain that makes the copies (`copy_<class>_path<id>`).
+        public var chain: String
+        /// Copies it has sent (its counter).
+        public var copiesSent: UInt64?
+
+        public init(fromPathId: Int64?, pathId: Int64?, name: String?, chain: String, copiesSent: UInt64?) {
+            self.fromPathId = fromPathId
+            self.pathId = pathId
+            self.name = name
+            self.chain = chain
+            self.copiesSent = copiesSent
+        }
+
+        /// "path 3 isp-b->east (copy_voip_path3, 1234 copies sent)".
+        public var text: String {
+            let name = pathId.map { "path \($0) \(self.name ?? "")" } ?? "no path of the site"
+            return "\(name) (\(chain)\(copiesSent.map { ", \($0) copies sent" } ?? ""))"
         }
     }
 
@@ -100,6 +131,10 @@ extension StatusSnapshot {
                 return name + share
             }.joined(separator: ", ")
             lines.append("    \(entry.policy) -> \(paths.isEmpty ? "not steered" : paths): \(entry.reason)")
+            if let copies = entry.copies {
+                lines.append("      duplicated: " + (copies.isEmpty ? "nothing copied now (no second usable path may carry copies)"
+                    : "each packet also by " + copies.map(\.text).joined(separator: "; ")))
+            }
             if let disagreement = entry.disagreement { lines.append("      ! \(disagreement)") }
         }
         return lines

@@ -70,7 +70,7 @@ import Testing
         let directory = "\(lab.controller.stateDirectory)/sipp"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let scenario = "\(directory)/uac.xml"
-        #expect(FileManager.default.createFile(atPath: scenario, contents: Data(Self.uacScenario(plays: 3).utf8)))
+        #expect(FileManager.default.createFile(atPath: scenario, contents: Data(SIPpScenario.uac(plays: 3).utf8)))
 
         // isp-a slow (+25 ms each way), isp-b fast: both routers must see it before the call.
         try lab.impair("hq", "isp-a", ImpairmentChange(delayMs: 25))
@@ -138,61 +138,6 @@ import Testing
         #expect(sipB2 == 0, "SIP split from its RTP: \(Int(sipB2)) SIP packets on isp-b")
         #expect(rtpA2 >= 200, "RTP of the rest of the call on isp-a")
         #expect(rtpB2 <= 3, "RTP still on isp-b after the move: \(Int(rtpB2))")
-    }
-
-    /// A UAC call: INVITE with SDP, ACK, `plays` x the shipped 7-second g711a pcap as RTP, BYE. Every request
-    /// carries a padding header so that its size tells it apart from RTP on the wire.
-    static func uacScenario(plays: Int) -> String {
-        let play = """
-              <nop><action><exec play_pcap_audio="/usr/share/sip-tester/g711a.pcap"/></action></nop>
-              <pause milliseconds="7200"/>
-
-            """
-        let sdp = """
-            Content-Type: application/sdp
-            Content-Length: [len]
-
-            v=0
-            o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-            s=-
-            c=IN IP[media_ip_type] [media_ip]
-            t=0 0
-            m=audio [media_port] RTP/AVP 8
-            a=rtpmap:8 PCMA/8000
-            """
-        return """
-            <?xml version="1.0" encoding="ISO-8859-1" ?>
-            <scenario name="patronus acceptance call">
-            \(request("INVITE", cseq: 1, toTag: false, body: sdp, retransmit: true))
-              <recv response="100" optional="true"/>
-              <recv response="180" optional="true"/>
-              <recv response="200" rtd="true"/>
-            \(request("ACK", cseq: 1, toTag: true, body: "Content-Length: 0\n", retransmit: false))
-            \(String(repeating: play, count: plays))
-            \(request("BYE", cseq: 2, toTag: true, body: "Content-Length: 0\n", retransmit: true))
-              <recv response="200" crlf="true"/>
-            </scenario>
-
-            """
-    }
-
-    static func request(_ method: String, cseq: Int, toTag: Bool, body: String, retransmit: Bool) -> String {
-        """
-          <send\(retransmit ? " retrans=\"500\"" : "")>
-            <![CDATA[
-              \(method) sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-              Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-              From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-              To: [service] <sip:[service]@[remote_ip]:[remote_port]>\(toTag ? "[peer_tag_param]" : "")
-              Call-ID: [call_id]
-              CSeq: \(cseq) \(method)
-              Contact: sip:sipp@[local_ip]:[local_port]
-              Max-Forwards: 70
-              X-Padding: \(String(repeating: "p", count: 500))
-              \(body.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\n      "))
-            ]]>
-          </send>
-        """
     }
 
     // MARK: 3. bulk: rsync on the higher-bandwidth path

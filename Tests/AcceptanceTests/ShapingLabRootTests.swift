@@ -23,8 +23,8 @@ import Testing
         var failoversAway: Int
         var addedP95: Double { loadedP95 - idleP50 }
         var description: String {
-            "\(label): VoIP RTT idle p50 \(f(idleP50)) ms, under upload p50 \(f(loadedP50)) ms p95 \(f(loadedP95)) ms "
-                + "(added p95 \(f(addedP95)) ms), lost \(lost)/\(sent); upload goodput \(f(goodputMbps)) Mbit/s; "
+            "\(label): VoIP RTT idle p50 \(f(idleP50)) ms, under load p50 \(f(loadedP50)) ms p95 \(f(loadedP95)) ms "
+                + "(added p95 \(f(addedP95)) ms), lost \(lost)/\(sent); goodput \(f(goodputMbps)) Mbit/s; "
                 + "failovers away from the loaded path \(failoversAway)"
         }
     }
@@ -157,8 +157,56 @@ import Testing
         throw AcceptanceFailure("no shaper in \(text)")
     }
 
-    /// Cuts `cutting` (every class then takes `on`), measures idle RTT, then RTT and goodput under upload.
-    private func measure(_ lab: AcceptanceLab, label: String, on isp: String, cutting other: String) throws -> Phase {
+    /// Issue 23, download: hq's download comes through a 20 Mbit/s bottleneck with a 500 ms FIFO (the ISP's
+    /// downstream buffer, outside the router). isp-a's download is shaped at a fixed 19 Mbit/s (95 %)
+    /// (`shape=auto/19M`: on hq's ifb, redirected from its LAN device), isp-b's is not (`off`). In each phase a
+    /// 50 packets/s VoIP-class echo stream beside `iperf3 -R -P 4` (east sends, hq receives); the echo replies
+    /// are the download of hq's VoIP flow, so they take the realtime band of the ifb.
+    @Test(.enabled(if: acceptanceCanRun), .timeLimit(.minutes(3)))
+    func voipStaysClearBesideASaturatingDownloadWhenShapedRoot() throws {
+        let lab = try AcceptanceLab(sites: 2, routerArguments: Self.debug ? ["--debug"] : [], shaping: ["isp-a": "auto/19M", "isp-b": "off"])
+        defer { lab.down() }
+        for isp in ["isp-a", "isp-b"] {
+            _ = try lab.controller.impair(site: "hq", uplink: isp, ImpairmentChange(rateMbit: 20, queueLimitMs: 500), directions: [.inbound])
+        }
+        try lab.waitForMesh()
+        let hq = lab.router("hq")
+        // patronus-dl1: isp-a is hq's first --uplink (Conventions.downloadDevice(slot:)).
+        try lab.wait("hq's isp-a download shaped on its ifb", timeout: 40) {
+            try hq.check(["tc", "qdisc", "show", "dev", "patronus-dl1"]).contains("qdisc htb 62:")
+        }
+        let status = try Subprocess.check([Binary.path, "status", "--json", "--database", lab.database("hq"),
+                                           "--netns", lab.plan.routerNamespace("hq")])
+        let shaping = (try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])?["shaping"] as? [[String: Any]] ?? []
+        let download = shaping.first { $0["direction"] as? String == "download" }
+        #expect(download?["rate_bps"] as? Double == 19e6, "\(shaping)")
+
+        let server = try lab.host("east").spawn(["iperf3", "-s", "-p", "5201"])
+        defer { server.terminate() }
+        let echo = try UDPEchoResponder(in: lab.host("east"), address: lab.hostAddress("east"), port: 20000)
+        defer { echo.stop() }
+        let shaped = try measure(lab, label: "download shaped (isp-a, 19M)", on: "isp-a", cutting: "isp-b", download: true)
+        let unshaped = try measure(lab, label: "download unshaped (isp-b, off)", on: "isp-b", cutting: "isp-a", download: true)
+        print("shaping: \(shaped)")
+        print("shaping: \(unshaped)")
+        print("shaping: download goodput shaped/unshaped \(f(shaped.goodputMbps / unshaped.goodputMbps * 100)) %")
+        let ifb = try hq.check(["tc", "-s", "class", "show", "dev", "patronus-dl1"])
+        if Self.debug { print(ifb) }
+
+        // Unshaped, the downstream FIFO showed +39 to +81 ms at p95 (iperf3's four windows do not always fill it).
+        #expect(unshaped.addedP95 > 20, "without shaping the downstream FIFO must show: \(unshaped)")
+        // The issue's target is 15 ms (bench/shaping reports it); generous here, as for the upload.
+        #expect(shaped.addedP95 <= 20 && shaped.addedP95 <= unshaped.addedP95 / 2, "\(shaped) vs \(unshaped)")
+        #expect(shaped.lost == 0, "\(shaped)")
+        // The issue's 85 % is what bench/shaping reports; measured here 86-87 % at 19M of 20 (TCP through a
+        // 50 ms drop-tail band), so the test keeps a margin against the machine's load.
+        #expect(shaped.goodputMbps >= 0.8 * unshaped.goodputMbps, "\(shaped) vs \(unshaped)")
+        #expect(shaped.failoversAway == 0, "\(shaped)")
+    }
+
+    /// Cuts `cutting` (every class then takes `on`), measures idle RTT, then RTT and goodput under upload
+    /// (or, `download`, under a download: iperf3 -R, east sends).
+    private func measure(_ lab: AcceptanceLab, label: String, on isp: String, cutting other: String, download: Bool = false) throws -> Phase {
         try lab.impair("hq", isp, ImpairmentChange(cut: false))
         try lab.impair("hq", other, ImpairmentChange(cut: true))
         try lab.wait("hq's \(isp) path up and \(other) down", timeout: 30) {
@@ -174,12 +222,13 @@ import Testing
         }
         let failoversBefore = try failoversAway()
         let idle = try rtts(lab, count: 100).compactMap { $0 }
-        let log = "\(lab.controller.stateDirectory)/iperf3-\(isp).json"
-        let client = try lab.host("hq").spawn(["iperf3", "-c", lab.hostAddress("east"), "-p", "5201", "-P", "4", "-t", "16",
-                                               "-J", "--connect-timeout", "3000"], logPath: log)
+        let log = "\(lab.controller.stateDirectory)/iperf3-\(isp)\(download ? "-down" : "").json"
+        // A fixed-rate download shaper has nothing to settle: a shorter run keeps the test lean.
+        let client = try lab.host("hq").spawn(["iperf3", "-c", lab.hostAddress("east"), "-p", "5201", "-P", "4", "-t", download ? "11" : "16",
+                                               "-J", "--connect-timeout", "3000"] + (download ? ["-R"] : []), logPath: log)
         defer { client.terminate() }
-        sleep(5) // the queue (the modem's, or ours) fills and the controller settles
-        let loaded = try rtts(lab, count: 400)
+        sleep(download ? 3 : 5) // the queue (the modem's, or ours) fills and the controller settles
+        let loaded = try rtts(lab, count: download ? 300 : 400)
         let deadline = monotonicSeconds() + 20
         while client.isRunning && monotonicSeconds() < deadline { usleep(100_000) }
         let json = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""

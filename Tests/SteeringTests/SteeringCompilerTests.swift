@@ -346,6 +346,22 @@ private extension NFTExpression {
         #expect(missing.maps.first?.elements.count == 1)
     }
 
+    /// `explain` and `status` read the copy map back: a packet of the duplicated class leaving by one path is
+    /// copied by the chain of its partner; a class that does not duplicate, or a path without a copy, is not.
+    @Test func theReaderFindsTheCopyOfEachPathTaken() throws {
+        let p = plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 2), .init(site: siteB, classID: 1, from: 2, to: 1)])
+        var kernel = try InstalledSteeringTests.installed(p)
+        let copies = try #require(try SteeringCompiler.compileCopies(p, interfaceIndex: ["wg-b-isp": 11, "wg-b-lte": 12]))
+        #expect(kernel.copyChain(classMark: Conventions.classMark(id: 1), pathChain: SteeringNames.classPathChain("voip", 1)) == nil, "no copies read yet")
+        kernel.addCopies(try #require(copies.maps.first).elements.reversed())
+        #expect(kernel.copies.count == 2)
+        #expect(kernel.copyChain(classMark: Conventions.classMark(id: 1), pathChain: SteeringNames.classPathChain("voip", 1)) == "copy_voip_path2")
+        #expect(kernel.copyChain(classMark: Conventions.classMark(id: 1), pathChain: SteeringNames.classPathChain("voip", 2)) == "copy_voip_path1")
+        #expect(kernel.copyChain(classMark: Conventions.classMark(id: 1), pathChain: SteeringNames.classPathChain("voip", 3)) == nil)
+        #expect(kernel.copyChain(classMark: Conventions.classMark(id: 2), pathChain: SteeringNames.classPathChain("bulk", 1)) == nil)
+        #expect(SteeringNames.parse("copy_voip_path2", classNames: ["voip"], SteeringNames.copyChain)?.pathID == 2)
+    }
+
     @Test func copiesAreValidated() {
         #expect(throws: SteeringError.self) {
             _ = try SteeringCompiler.compileCopies(plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 3)]), interfaceIndex: [:])

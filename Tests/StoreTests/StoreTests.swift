@@ -287,6 +287,39 @@ import Testing
         }
     }
 
+    /// Issue 17: `status` says which classes are duplicated and onto which second path, with the copies sent, and
+    /// that nothing is copied when no second path may carry copies; `--json` carries it as `copies`.
+    @Test func theSteeringReportShowsWhereADuplicatedClassIsCopied() throws {
+        try withTemporaryDirectory { dir in
+            let fixture = try Fixture(dir)
+            var snapshot = try fixture.store.statusSnapshot(now: Fixture.now)
+            let path1 = StatusSnapshot.SteeredPath(pathId: 1, name: "ethernet->east", chain: "voip_path1", mark: "0x00010000",
+                                                   table: 101, interface: "wg-hq0")
+            var voip = StatusSnapshot.ClassSteering(site: fixture.east.description, siteName: "east", policy: "voip",
+                                                    strategy: "lowest-latency", paths: [path1], winner: nil, runnerUp: nil,
+                                                    reason: "lowest-latency: the lowest latency", disagreement: nil)
+            voip.copies = [.init(fromPathId: 1, pathId: 2, name: "lte->east", chain: "copy_voip_path2", copiesSent: 1234)]
+            var video = voip
+            video.policy = "video"
+            video.copies = []
+            var bulk = voip
+            bulk.policy = "bulk"
+            bulk.copies = nil
+            snapshot.steering = [voip, video, bulk]
+            snapshot.steeringDisagreements = 0
+            let lines = snapshot.report().split(separator: "\n").map(String.init)
+            let at = try #require(lines.firstIndex { $0.hasPrefix("    voip -> path 1 ethernet->east") })
+            #expect(lines[at + 1] == "      duplicated: each packet also by path 2 lte->east (copy_voip_path2, 1234 copies sent)")
+            let videoAt = try #require(lines.firstIndex { $0.hasPrefix("    video -> ") })
+            #expect(lines[videoAt + 1] == "      duplicated: nothing copied now (no second usable path may carry copies)")
+            let bulkAt = try #require(lines.firstIndex { $0.hasPrefix("    bulk -> ") })
+            #expect(bulkAt + 1 == lines.count || !lines[bulkAt + 1].contains("duplicated"))
+            let json = snapshot.json()
+            #expect(json.contains(#""copies" : ["#) && json.contains(#""copies_sent" : 1234"#) && json.contains(#""from_path_id" : 1"#))
+            #expect(try StatusSnapshot.decode(json: Data(json.utf8)) == snapshot)
+        }
+    }
+
     /// Issue 18: a path that went down and up was printed as the best, scored 98.5, at 100 % loss: its status
     /// and score came from `paths` (the up event), its loss from the older metrics row of the outage. The
     /// report now judges and prints each path by one row, and a status is written with its measurements.
