@@ -76,6 +76,16 @@ s = json.load(sys.stdin)
 print(sum(d.get('$2', 0) for e in s.get('steering', []) if e['policy'] == 'voip' for d in e.get('duplication', [])))"
     }
     sent0=$(counters hq copies_sent); dropped0=$(counters east duplicates_dropped)
+    events="SELECT COUNT(*), COALESCE(SUM(reason = 'path-down'), 0) FROM failover_events"
+    events_hq0=$(sqlite3 -cmd ".timeout 5000" "$STATE/hq.db" "$events;"); events_east0=$(sqlite3 -cmd ".timeout 5000" "$STATE/east.db" "$events;")
+    # Once a second: does hq's copy map copy voip (an element), and is east's de-duplication chain there?
+    sampler=$(mktemp)
+    ( end=$((SECONDS + FALSE_DROPS)); while (( SECONDS < end )); do
+        c=$(ip netns exec "$LAB_NS-hq" nft list map ip patronus_copy copies 2>/dev/null | grep -c "goto copy_voip_path" || true)
+        d=$(ip netns exec "$LAB_NS-east" nft list chain inet patronus voip_dedup >/dev/null 2>&1 && echo 1 || echo 0)
+        echo "$c $d" >>"$sampler"; sleep 1
+      done ) &
+    sampler_pid=$!
     outs=()
     pids=()
     for k in $(seq 0 9); do
@@ -91,15 +101,28 @@ print(sum(d.get('$2', 0) for e in s.get('steering', []) if e['policy'] == 'voip'
     wait "${pids[@]}"
     sleep 1
     sent1=$(counters hq copies_sent); dropped1=$(counters east duplicates_dropped)
+    wait "$sampler_pid" || true
+    samples=$(wc -l <"$sampler"); no_copy=$(awk '$1 == 0' "$sampler" | wc -l); no_dedup=$(awk '$2 == 0' "$sampler" | wc -l); rm -f "$sampler"
+    read -r ev_hq down_hq <<<"$(sqlite3 -cmd ".timeout 5000" -separator ' ' "$STATE/hq.db" "$events;")"
+    read -r ev_east down_east <<<"$(sqlite3 -cmd ".timeout 5000" -separator ' ' "$STATE/east.db" "$events;")"
+    read -r ev_hq0 down_hq0 <<<"${events_hq0//|/ }"; read -r ev_east0 down_east0 <<<"${events_east0//|/ }"
     total=0; lost_total=0; dups=0
     for out in "${outs[@]}"; do
         line=$(cat "$out"); rm -f "$out"
         total=$((total + $(field expected "$line"))); lost_total=$((lost_total + $(field lost "$line")))
         dups=$((dups + $(field duplicates "$line")))
     done
-    false_report=$(awk -v s="$FALSE_DROPS" -v t="$total" -v l="$lost_total" -v d="$dups" -v c=$((sent1 - sent0)) -v x=$((dropped1 - dropped0)) 'BEGIN {
+    false_report=$(awk -v s="$FALSE_DROPS" -v t="$total" -v l="$lost_total" -v d="$dups" -v c=$((sent1 - sent0)) -v x=$((dropped1 - dropped0)) \
+        -v ns="$samples" -v nc="$no_copy" -v nd="$no_dedup" -v eh=$((ev_hq - ev_hq0)) -v dh=$((down_hq - down_hq0)) \
+        -v ee=$((ev_east - ev_east0)) -v de=$((down_east - down_east0)) 'BEGIN {
         printf "false drops: 10 RTP streams x 50 packets/s for %d s on two clean paths, duplication on: %d datagrams sent, %d lost at the receiver (false drops <= %d: %.4f %%; target <= 0.01 %%: %s), %d duplicates at the receiver\n", s, t, l, l, (t ? 100 * l / t : 0), (t && l / t <= 0.0001 ? "met" : "NOT met"), d
-        printf "  kernel counters over the run: hq sent %d copies, east dropped %d second copies (a false drop drops both arrivals of a packet: dropped - copies = false drops - copies lost)\n", c, x }')
+        printf "  kernel counters over the run: hq sent %d copies for %d datagrams (%s), east dropped %d second arrivals\n", c, t, (c == t ? "one copy each" : sprintf("%d not copied", t - c)), x
+        # Cross-check: every copy that arrives makes one second arrival at east, which east drops (the copy, or the
+        # original when the copy came first) or, later than the 2 s it remembers a packet, delivers (a duplicate at
+        # the receiver). So copies sent = dropped + duplicates + copies lost on the way - false drops (a false drop
+        # drops a distinct packet that was no second arrival).
+        printf "  cross-check: copies the receiver would have seen without de-duplication: %d (copies sent); east dropped %d, the receiver saw %d: %d copies unaccounted for (= copies lost on the way - false drops)\n", c, x, d, c - x - d
+        printf "  while the streams ran: %d one-second samples of the copy map at hq, %d without a voip copy element (the second path not usable), %d without the voip_dedup chain at east; failover events: hq %d (path-down %d), east %d (path-down %d)\n", ns, nc, nd, eh, dh, ee, de }')
     echo "$false_report"
 fi
 

@@ -103,6 +103,8 @@ public actor Controller {
     }
 
     public var currentSelections: [SelectionKey: Selection] { routing.selections }
+    /// For duplicated classes: where the copies of each selected path go now (the routing engine's choice).
+    public var currentCopies: [SelectionKey: [PathKey: PathKey]] { routing.copies }
     public var pathStates: [PathKey: PathState] { states }
 
     private func reconcile() async throws {

@@ -285,7 +285,8 @@ public struct Daemon: Sendable {
             // Its own read-only connection: the dashboard cannot write, whatever a request asks.
             let dashboard = Dashboard(store: try Store.openReadOnly(path: store.path)) {
                 let names = Dictionary(discovery.sites.map { ($0.site.siteID, $0.site.name) }, uniquingKeysWith: { a, _ in a })
-                return await runtime.selectionSamples(await controller.currentSelections, siteNames: names)
+                return await runtime.selectionSamples(await controller.currentSelections, copies: await controller.currentCopies,
+                                                      siteNames: names)
             }
             services.append(HTTPEndpoint(name: "dashboard", flag: "--dashboard-listen", host: "\(listen.address)",
                                          port: Int(listen.port), logger: logger) { await dashboard.respond(to: $0) })

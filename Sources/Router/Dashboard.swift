@@ -105,6 +105,8 @@ public struct Dashboard: Sendable {
             var site: String
             var path: String
             var pathId: Int64?
+            /// A duplicated class: the path its packets are also copied to (omitted when nothing is copied).
+            var copyPath: String?
         }
     }
 
@@ -113,7 +115,7 @@ public struct Dashboard: Sendable {
                              uniquingKeysWith: { a, _ in a })
         return Self.encode(SelectionsDocument(
             schemaVersion: Self.schemaVersion, generatedAt: UTCTime.format(now()),
-            selections: live.map { .init(policy: $0.policy, site: $0.site, path: $0.path, pathId: ids[$0.path]) }))
+            selections: live.map { .init(policy: $0.policy, site: $0.site, path: $0.path, pathId: ids[$0.path], copyPath: $0.copyPath) }))
     }
 
     struct MetricsDocument: Codable {

@@ -206,7 +206,8 @@ enum DashboardPage {
         const st = statusOf.get(sel.path);
         table.append(h("tr", { "data-selection": sel.policy + "|" + sel.site, "data-selected-path": sel.path },
           h("td", { text: sel.policy }), h("td", { text: sel.site }),
-          h("td", {}, h("span", { class: "dot " + statusClass(st) }), sel.path)));
+          h("td", {}, h("span", { class: "dot " + statusClass(st) }), sel.path,
+            ...(sel.copy_path ? [h("span", { class: "copy", "data-copy-path": sel.copy_path, text: " + a copy of each packet by " + sel.copy_path })] : []))));
       }
       container.replaceChildren(table);
     }

@@ -67,12 +67,15 @@ public struct SelectionSample: Hashable, Sendable {
     public var site: String
     public var pathID: Int64
     public var path: String
+    /// A duplicated class: the path its packets on `path` are also copied to; nil when nothing is copied.
+    public var copyPath: String?
 
-    public init(policy: String, site: String, pathID: Int64, path: String) {
+    public init(policy: String, site: String, pathID: Int64, path: String, copyPath: String? = nil) {
         self.policy = policy
         self.site = site
         self.pathID = pathID
         self.path = path
+        self.copyPath = copyPath
     }
 }
 

@@ -274,15 +274,17 @@ actor SiteRuntime {
     }
 
     /// The path each policy's traffic to each site takes, by the names operators see (one sample per path
-    /// when the policy balances): for the metrics endpoint and the dashboard.
-    func selectionSamples(_ selections: [SelectionKey: Selection], siteNames: [SiteID: String]) -> [SelectionSample] {
+    /// when the policy balances), and for a duplicated class the path its copies take (`copies`, the routing
+    /// engine's): for the metrics endpoint and the dashboard.
+    func selectionSamples(_ selections: [SelectionKey: Selection], copies: [SelectionKey: [PathKey: PathKey]] = [:],
+                          siteNames: [SiteID: String]) -> [SelectionSample] {
         let byKey = Dictionary(paths.map { ($0.value.key, ($0.key, $0.value.binding.id)) }, uniquingKeysWith: { a, _ in a })
         var samples: [SelectionSample] = []
         for (key, selection) in selections.sorted(by: { $0.key < $1.key }) {
             for path in selection.paths.sorted() {
                 guard let (name, id) = byKey[path] else { continue } // not planned (yet): no kernel path
                 samples.append(SelectionSample(policy: key.policy, site: siteNames[key.site] ?? "\(key.site)",
-                                               pathID: id, path: name))
+                                               pathID: id, path: name, copyPath: copies[key]?[path].flatMap { byKey[$0]?.0 }))
             }
         }
         return samples

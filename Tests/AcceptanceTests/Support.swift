@@ -59,15 +59,16 @@ final class AcceptanceLab: @unchecked Sendable {
 
     /// A 160-byte, VoIP-class (RTP port 20000) stream at `pps` from `from`'s LAN host to `to`'s, for `seconds`,
     /// with `during` run after `after` seconds. The receiver (patronus-bench stream-recv) reports what arrived.
-    func stream(from: String, to: String, pps: Int, seconds: Double, after: Double,
+    /// `port` 20000 is VoIP (the default policies: lowest latency, duplicated); outside 16384-32767 it is `default`.
+    func stream(from: String, to: String, pps: Int, seconds: Double, after: Double, port: Int = 20000,
                 during: () throws -> Void) throws -> StreamResult {
         let bench = URL(fileURLWithPath: Binary.path).deletingLastPathComponent().appendingPathComponent("patronus-bench").path
         let log = "\(controller.stateDirectory)/stream-\(UInt32.random(in: 0 ... .max)).log"
         defer { unlink(log) }
-        let receiver = try host(to).spawn([bench, "stream-recv", "20000", "\(seconds + 1.5)"], logPath: log)
+        let receiver = try host(to).spawn([bench, "stream-recv", "\(port)", "\(seconds + 1.5)"], logPath: log)
         defer { receiver.terminate() }
         usleep(300_000)
-        let sender = try host(from).spawn([bench, "stream-send", hostAddress(to), "20000", "\(pps)", "\(seconds)"])
+        let sender = try host(from).spawn([bench, "stream-send", hostAddress(to), "\(port)", "\(pps)", "\(seconds)"])
         defer { sender.terminate() }
         usleep(UInt32(after * 1_000_000))
         try during()

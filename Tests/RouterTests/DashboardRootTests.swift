@@ -40,6 +40,16 @@ struct DashboardRootTests {
             return voip != nil
         }
         let voipPath = try #require(voip, "the dashboard shows where voip to east goes")
+        // voip duplicates as shipped: once both paths are measured, its row names the other path as the copies' path.
+        var copied: (path: String?, copy: String?) = (nil, nil)
+        Ops.waitUntil(timeout: .seconds(20)) {
+            let row = (json("/api/v1/selections")["selections"] as? [[String: Any]])?
+                .first { $0["policy"] as? String == "voip" && $0["site"] as? String == "east" }
+            copied = (row?["path"] as? String, row?["copy_path"] as? String)
+            return copied.copy != nil
+        }
+        #expect(copied.copy != nil && copied.copy != copied.path && copied.copy?.hasSuffix("->east") == true,
+                "voip's copies go by the other path to east: \(copied)")
         // `isp-a->east` or `isp-a/isp-b->east`: the local label comes first.
         let uplink = String(voipPath.components(separatedBy: "->")[0].prefix { $0 != "/" })
         try lab.controller.impair(site: "hq", uplink: uplink, ImpairmentChange(cut: true), directions: [.inbound, .outbound])
@@ -99,6 +109,7 @@ struct DashboardRootTests {
         #expect(points.count == 8, "four charts per path: \(points)")
         #expect(points.allSatisfy { $0 > 0 } && points.max() ?? 0 >= 2, "every chart has data points: \(points)")
         #expect(dom.contains("data-selection=\"voip|east\""))
+        print("dashboard: voip's copy path on the page: \(matches(of: #"data-copy-path="([^"]+)""#, in: dom))")
         let events = matches(of: #"data-events="(\d+)""#, in: dom).compactMap { Int($0) }.first ?? 0
         #expect(!failedOver || events >= 1, "the failover on the timeline: \(events)")
 

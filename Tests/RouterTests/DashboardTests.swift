@@ -48,7 +48,7 @@ private struct DashboardFixture {
 
     func dashboard() throws -> Dashboard {
         Dashboard(store: try Store.openReadOnly(path: path)) {
-            [SelectionSample(policy: "voip", site: "east", pathID: 1, path: "isp-a->east"),
+            [SelectionSample(policy: "voip", site: "east", pathID: 1, path: "isp-a->east", copyPath: "isp-b->east"),
              SelectionSample(policy: "default", site: "east", pathID: 2, path: "isp-b->east")]
         }
     }
@@ -105,6 +105,8 @@ private func curl(_ arguments: [String]) throws -> (body: String, code: Int) {
         let rows = selections["selections"] as? [[String: Any]] ?? []
         #expect(rows.count == 2)
         #expect(rows.first?["path_id"] as? Int == Int(fixture.paths[0]) && rows.first?["policy"] as? String == "voip")
+        // A duplicated class says where its copies go; a class that is not copied has no copy_path.
+        #expect(rows.first?["copy_path"] as? String == "isp-b->east" && rows.last?["copy_path"] == nil)
 
         let history = object(await get(dashboard, "/api/v1/metrics?path=\(fixture.paths[1])&minutes=60"))
         let samples = history["samples"] as? [[String: Any]] ?? []
