@@ -44,12 +44,6 @@ public struct TunnelSession: Hashable, Sendable {
 /// direct session works, the site is direct again. A direct path that works is therefore never replaced by
 /// a relayed one.
 public enum RelayPlanner {
-    /// A session is working when its last handshake is this recent (`TunnelReconciler.workingSessionAge`).
-    static func working(_ handshake: Date??, now: Date) -> Bool {
-        guard let handshake = handshake ?? nil else { return false }
-        return now.timeIntervalSince(handshake) < TunnelReconciler.workingSessionAge
-    }
-
     /// Which member reaches which other member through which relay: site -> relay. `current` is the previous
     /// decision: a relay in use stays while it still qualifies (no flapping between two equal relays).
     public static func decide(_ inputs: RelayInputs, plan: TunnelPlan, current: [SiteID: SiteID]) -> [SiteID: SiteID] {
@@ -58,7 +52,7 @@ public enum RelayPlanner {
         var workingInterfaces: [SiteID: Int] = [:]
         for path in plan.paths where members[path.remoteSite] != nil {
             let session = TunnelSession(interface: path.interface, peer: path.peer)
-            if working(inputs.handshakes[session], now: inputs.now) { workingInterfaces[path.remoteSite, default: 0] += 1 }
+            if TunnelReconciler.isWorking(lastHandshake: inputs.handshakes[session] ?? nil, now: inputs.now) { workingInterfaces[path.remoteSite, default: 0] += 1 }
         }
         let relays = members.values.filter { $0.relay && workingInterfaces[$0.siteID, default: 0] > 0 }
         var decision: [SiteID: SiteID] = [:]

@@ -61,10 +61,9 @@ public struct TunnelDriver: Sendable {
     /// Sites reached through a relay now: site -> relay.
     public var relayed: [SiteID: SiteID] { relayBox.value.withLock { $0.decision } }
 
-    /// Decides again which sites go through a relay, from the sessions the interfaces report now
-    /// (`RelayPlanner.decide`); logs each change.
-    func decideRelays(_ plan: TunnelPlan) async {
-        let states = await reconciler.states()
+    /// Decides again which sites go through a relay, from the sessions the interfaces report now (`states`,
+    /// `RelayPlanner.decide`); logs each change.
+    func decideRelays(_ plan: TunnelPlan, states: [String: InterfaceState]) {
         let now = Date()
         var handshakes: [TunnelSession: Date?] = [:]
         for path in plan.paths {
@@ -129,15 +128,13 @@ public struct TunnelDriver: Sendable {
     /// authenticated packets, for sessions that work): discovery sends each site its own, through its tunnels,
     /// so a site behind NAT learns and announces its public mapping. Same-label pairing only: with all-pairs
     /// an uplink announces a port block, which a NAT does not map as a block.
-    func observe(_ plan: TunnelPlan) async {
+    func observe(_ plan: TunnelPlan, states: [String: InterfaceState]) {
         guard settings.pairing == .sameLabel else { return }
-        let states = await reconciler.states()
         let now = Date()
         var observed: [SiteID: [EndpointObservation.Sighting]] = [:]
         for path in plan.paths {
             guard let live = states[path.interface]?.peer(path.peer), let endpoint = live.endpoint,
-                  let handshake = live.lastHandshake,
-                  now.timeIntervalSince(handshake) < TunnelReconciler.workingSessionAge else { continue }
+                  TunnelReconciler.isWorking(lastHandshake: live.lastHandshake, now: now) else { continue }
             observed[path.remoteSite, default: []].append(.init(label: path.remoteEndpoint.label,
                                                                 announced: path.remoteEndpoint.address, observed: endpoint))
         }
@@ -153,11 +150,13 @@ public struct TunnelDriver: Sendable {
         let apply: @Sendable (_ observing: Bool) async -> Void = { observing in
             if let moved = await resolveOverlayConflict() { await onOverlay(moved) }
             do {
-                if observing { await decideRelays(try currentPlan()) }
+                // One read of every interface's sessions serves the relay decision and the observations.
+                let states = observing ? await reconciler.states() : [:]
+                if observing { decideRelays(try currentPlan(), states: states) }
                 let plan = try relayedPlan()
                 let report = await reconciler.apply(plan)
                 await onPlan(plan, report)
-                if observing { await observe(plan) }
+                if observing { observe(plan, states: states) }
             } catch {
                 logger.error("cannot plan tunnels", metadata: ["error": "\(error)"])
             }

@@ -79,6 +79,11 @@ public actor TunnelReconciler {
     /// learned from the peer's authenticated packets (the address a NAT shows us), is kept.
     public static let workingSessionAge: TimeInterval = 180
 
+    /// Whether a session whose last handshake was at `lastHandshake` (nil: never) is working at `now`.
+    public static func isWorking(lastHandshake: Date?, now: Date) -> Bool {
+        lastHandshake.map { now.timeIntervalSince($0) < workingSessionAge } ?? false
+    }
+
     /// One initiator per pair: the side whose public key sorts first. A new peer sends its first keepalive,
     /// and so a handshake initiation, the moment it is added; when both sides add each other at once their
     /// initiations cross, each consumes the other's (dropping its own pending handshake) and both refuse
@@ -377,7 +382,7 @@ public actor TunnelReconciler {
     /// than the one we set (`planned`): WireGuard learned it from the peer's authenticated packets. Pure.
     static func workingLearnedEndpoints(_ state: InterfaceState, planned: PlannedInterface, now: Date) -> Set<WireGuardKey> {
         Set(state.peers.filter { live in
-            guard let handshake = live.lastHandshake, now.timeIntervalSince(handshake) < workingSessionAge,
+            guard isWorking(lastHandshake: live.lastHandshake, now: now),
                   let set = planned.peers.first(where: { $0.publicKey == live.publicKey }) else { return false }
             return live.endpoint != nil && live.endpoint != set.endpoint
         }.map(\.publicKey))
@@ -425,7 +430,7 @@ public actor TunnelReconciler {
         baseline.fwmark = state.fwmark
         let planned = Dictionary(interface.peers.map { ($0.publicKey, $0.endpoint) }, uniquingKeysWith: { a, _ in a })
         baseline.peers = state.peers.map {
-            let working = $0.lastHandshake.map { now.timeIntervalSince($0) < workingSessionAge } ?? false
+            let working = isWorking(lastHandshake: $0.lastHandshake, now: now)
             let endpoint = working && planned[$0.publicKey] != nil ? planned[$0.publicKey]! : $0.endpoint
             return PeerConfiguration(publicKey: $0.publicKey, endpoint: endpoint, allowedIPs: $0.allowedIPs,
                                      persistentKeepalive: $0.persistentKeepalive)

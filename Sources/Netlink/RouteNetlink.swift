@@ -370,3 +370,53 @@ extension Array where Element == NetlinkMessage {
         return out
     }
 }
+
+extension RouteNetlink {
+    /// RTM_NEWLINK, CREATE|EXCL, of a link of `kind` with no other attributes: what `ip link add NAME type
+    /// KIND` sends (iproute2 nests IFLA_LINKINFO without NLA_F_NESTED and sends the kind without a NUL).
+    public static func createLinkMessage(name: String, kind: String) -> NetlinkMessage {
+        var a = AttributeWriter()
+        a.putString(t(IFLA_IFNAME), name)
+        var info = AttributeWriter()
+        info.put(t(IFLA_INFO_KIND), Array(kind.utf8))
+        a.put(t(IFLA_LINKINFO), info.bytes)
+        return NetlinkMessage(type: UInt16(RTM_NEWLINK), flags: NetlinkFlag.create | NetlinkFlag.exclusive,
+                              payload: [UInt8](repeating: 0, count: 16) + a.bytes)
+    }
+
+    /// RTM_NEWLINK setting IPv6 address generation to none (`ip link set NAME addrgenmode none`): the link
+    /// gets no link-local address, so the kernel sends nothing of its own on it (router solicitations, MLD,
+    /// DAD). An ifb needs it: what the kernel sends on it would go through its shaper and be dropped.
+    /// Not accepted at creation: the IPv6 state of the link does not exist before.
+    public static func setNoIPv6AddressesMessage(index: Int32) -> NetlinkMessage {
+        var p: [UInt8] = [UInt8(AF_UNSPEC), 0, 0, 0]
+        p.appendHost(index)
+        p += [UInt8](repeating: 0, count: 8)
+        var a = AttributeWriter()
+        var inet6 = AttributeWriter()
+        inet6.put(8, [1]) // IFLA_INET6_ADDR_GEN_MODE: IN6_ADDR_GEN_MODE_NONE
+        var spec = AttributeWriter()
+        spec.put(UInt16(AF_INET6), inet6.bytes)
+        a.put(t(IFLA_AF_SPEC), spec.bytes)
+        return NetlinkMessage(type: UInt16(RTM_NEWLINK), flags: 0, payload: p + a.bytes)
+    }
+
+    /// RTM_DELLINK by name: `ip link del NAME`.
+    public static func deleteLinkMessage(name: String) -> NetlinkMessage {
+        var a = AttributeWriter()
+        a.putString(t(IFLA_IFNAME), name)
+        return NetlinkMessage(type: UInt16(RTM_DELLINK), flags: 0, payload: [UInt8](repeating: 0, count: 16) + a.bytes)
+    }
+}
+
+extension RouteNetlinkClient {
+    public func createLink(named name: String, kind: String) throws(NetlinkError) {
+        try connection.perform([NetlinkRequest(RouteNetlink.createLinkMessage(name: name, kind: kind), "create \(kind) link \(name)")])
+    }
+    public func setNoIPv6Addresses(index: Int32) throws(NetlinkError) {
+        try connection.perform([NetlinkRequest(RouteNetlink.setNoIPv6AddressesMessage(index: index), "set addrgenmode none on interface #\(index)")])
+    }
+    public func deleteLink(named name: String) throws(NetlinkError) {
+        try connection.perform([NetlinkRequest(RouteNetlink.deleteLinkMessage(name: name), "delete link \(name)")])
+    }
+}
