@@ -48,17 +48,15 @@ struct InternetRootTests {
         let nat = ["east", "west"].flatMap { site in ["isp-a", "isp-b"].map { UplinkID(site: site, uplink: $0) } }
         let lab = try AcceptanceLab(sites: 3, wan: .routed, nat: nat, hub: "hq")
         defer { lab.down() }
-        let pingLog = "\(lab.controller.stateDirectory)/ping-east-west.log"
-        let ping = try lab.host("east").spawn(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "40", lab.hostAddress("west")],
-                                              logPath: pingLog)
-        defer { ping.terminate() }
+        let ping = try EastWestPing(lab, seconds: 40)
+        defer { ping.process.terminate() }
         try lab.waitForMesh(timeout: 30)
         let upAfter = monotonicSeconds() - lab.started
         print("both behind NAT: all 12 paths up \(String(format: "%.2f", upAfter)) s after the routers started")
         try lab.wait("a ping reply", timeout: 10) {
-            ((try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? "").contains("icmp_seq=")
+            ping.text.contains("icmp_seq=")
         }
-        print("both behind NAT: east LAN -> west LAN first ping reply for the ping sent \(String(format: "%.1f", try firstPingReply(pingLog))) s after the routers started")
+        print("both behind NAT: east LAN -> west LAN first ping reply for the ping sent \(String(format: "%.1f", try ping.firstReply())) s after the routers started")
 
         // The status is written every 5 s.
         try lab.wait("east's and west's public mappings in their status", timeout: 15) {
@@ -112,12 +110,10 @@ struct InternetRootTests {
         let nat = ["east", "west"].flatMap { site in ["isp-a", "isp-b"].map { UplinkID(site: site, uplink: $0) } }
         let lab = try AcceptanceLab(sites: 3, wan: .routed, symmetricNAT: nat, hub: "hq")
         defer { lab.down() }
-        let pingLog = "\(lab.controller.stateDirectory)/ping-east-west.log"
-        let ping = try lab.host("east").spawn(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "40", lab.hostAddress("west")],
-                                              logPath: pingLog)
-        defer { ping.terminate() }
+        let ping = try EastWestPing(lab, seconds: 40)
+        defer { ping.process.terminate() }
         try lab.wait("a ping reply east LAN -> west LAN", timeout: 30) {
-            ((try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? "").contains("bytes from")
+            ping.text.contains("bytes from")
         }
         print("symmetric NAT both sides: east LAN -> west LAN first reply \(String(format: "%.1f", monotonicSeconds() - lab.started)) s after the routers started")
         // The status is written every 5 s: every path between the branches relayed via hq and up; hq's direct.
@@ -143,16 +139,6 @@ struct InternetRootTests {
         #expect(fromHQ >= 270, "the stream went through hq: hq sent \(fromHQ) stream-sized packets")
     }
 
-    /// When the ping (one every 100 ms from the routers' start) that got the first reply was sent.
-    func firstPingReply(_ pingLog: String) throws -> Double {
-        let pings = (try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? ""
-        let firstReply = pings.split(separator: "\n").first { $0.contains("bytes from") }
-            .flatMap { $0.split(separator: " ").first { $0.hasPrefix("icmp_seq=") } }
-            .flatMap { Int($0.dropFirst("icmp_seq=".count)) }
-        let firstSeq = try #require(firstReply, "no reply in:\n\(pings)")
-        return Double(firstSeq - 1) * 0.1
-    }
-
     /// Bench only (`sudo bench/relay`, PATRONUS_BENCH_RELAY set): east and west behind symmetric NAT, relayed via
     /// hq. The time from the routers' start to the first packet east LAN -> west LAN and to every path between
     /// them up (relayed); then a 200 packets/s stream east -> west across a cut of hq's isp-a (the relay's
@@ -163,10 +149,8 @@ struct InternetRootTests {
         let nat = ["east", "west"].flatMap { site in ["isp-a", "isp-b"].map { UplinkID(site: site, uplink: $0) } }
         let lab = try AcceptanceLab(sites: 3, wan: .routed, symmetricNAT: nat, hub: "hq")
         defer { lab.down() }
-        let pingLog = "\(lab.controller.stateDirectory)/ping-east-west.log"
-        let ping = try lab.host("east").spawn(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "30", lab.hostAddress("west")],
-                                              logPath: pingLog)
-        defer { ping.terminate() }
+        let ping = try EastWestPing(lab, seconds: 30)
+        defer { ping.process.terminate() }
         try lab.wait("east's paths to west up, relayed via hq", timeout: 30) {
             let paths = try lab.paths("east", to: "west")
             return paths.count == 2 && paths.values.allSatisfy { $0["relay_via"] as? String == "hq" && $0["status"] as? String == "up" }
@@ -174,9 +158,9 @@ struct InternetRootTests {
         // The status is written every 5 s: the time is when this bench saw it, an upper bound.
         print("relay: east's relayed paths to west seen up (status) \(String(format: "%.1f", monotonicSeconds() - lab.started)) s after the routers started")
         try lab.wait("a ping reply", timeout: 10) {
-            ((try? String(contentsOfFile: pingLog, encoding: .utf8)) ?? "").contains("bytes from")
+            ping.text.contains("bytes from")
         }
-        print("relay: east LAN -> west LAN first ping reply for the ping sent \(String(format: "%.1f", try firstPingReply(pingLog))) s after the routers started")
+        print("relay: east LAN -> west LAN first ping reply for the ping sent \(String(format: "%.1f", try ping.firstReply())) s after the routers started")
         try lab.impair("east", "isp-b", .init(delayMs: 10))
         try lab.wait("east's relayed isp-b path measured slower", timeout: 30) {
             let a = try lab.metric("east", to: "west", isp: "isp-a", "latency_ms") ?? 1000
@@ -224,5 +208,29 @@ struct InternetRootTests {
         try lab.waitForMesh(timeout: 20)
         print("routed + hub: all 12 paths up \(String(format: "%.2f", monotonicSeconds() - lab.started)) s after the routers started")
         #expect(lab.log("east").contains("via=relay"), "east learnt west other than relayed:\n\(lab.log("east"))")
+    }
+}
+
+/// A ping every 100 ms from east's LAN host to west's, from the routers' start, logged to a file.
+struct EastWestPing {
+    let log: String
+    let process: LabProcess
+
+    init(_ lab: AcceptanceLab, seconds: Int) throws {
+        log = "\(lab.controller.stateDirectory)/ping-east-west.log"
+        process = try lab.host("east").spawn(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "\(seconds)", lab.hostAddress("west")],
+                                             logPath: log)
+    }
+
+    var text: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    /// When the ping that got the first reply was sent, in seconds from the start.
+    func firstReply() throws -> Double {
+        let pings = text
+        let firstReply = pings.split(separator: "\n").first { $0.contains("bytes from") }
+            .flatMap { $0.split(separator: " ").first { $0.hasPrefix("icmp_seq=") } }
+            .flatMap { Int($0.dropFirst("icmp_seq=".count)) }
+        let firstSeq = try #require(firstReply, "no reply in:\n\(pings)")
+        return Double(firstSeq - 1) * 0.1
     }
 }
