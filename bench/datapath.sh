@@ -8,11 +8,13 @@
 # and 2) as our table installs them and as mwan3 installs them: iptables mangle chains through iptables-nft
 # (the nf_tables backend), ipset, connmark save/restore, -m statistic, MARK --set-xmark under 0x3f00, and
 # its ip rules (mwan3 below says what was taken from its documented design and what was left out). Ours also
-# as shipped (the rest on one best-score path, no per-packet flow hash); mwan3's per-packet work is the same
-# for a balanced and a one-path policy (after the first packet the mark comes from conntrack). And as shipped
+# with the rest on one best-score path (no per-packet flow hash); mwan3's per-packet work is the same
+# for a balanced and a one-path policy (after the first packet the mark comes from conntrack). And as shipped:
 # with what the shipped voip policy and shaping add on a site with two paths (the voip class copied to the
 # other path, htb on both paths at 10 Gbit/s so it never limits): the measured flow is not voip, so the row
-# shows what those features cost every other packet (the copy table's hook and lookup, the shape chain, htb).
+# shows what those features cost every other packet (the copy table's hook and lookup, the shape chain, htb),
+# split into rows (copies only; copies and the shape chain without the htb) and set against a router with
+# conntrack and the same htb and no rule (what shaping costs any router).
 # Then TCP throughput (iperf3, one flow) through a wireguard-go tunnel, router to sink, with no table and
 # with our table (the three default policies as shipped: best-score, one path), interleaved.
 # The rate is what the sink received (iperf3's receiver report), median of REPEATS runs of SECONDS each.
@@ -71,6 +73,9 @@ config() { # none | base | floor | ct | stateless | ten | big | three | mwan3: i
   ip netns exec $r ipset destroy 2>/dev/null || true
   ip -n $r rule flush protocol 77 2>/dev/null || true   # ours (Conventions.steeringProtocol)
   for p in 1001 1002 2001 2002 2061 2062 3001 3002; do ip -n $r rule flush priority $p 2>/dev/null || true; done   # mwan3's
+  # The shapers' htb outlives the table (a new Steering does not own the last one's qdiscs): without this
+  # every configuration after the first "full" ran with htb on both paths (the results before 2026-12-04 did).
+  for d in pbench1 pbench2; do ip netns exec $r tc qdisc del dev $d root 2>/dev/null || true; done
   case $1 in
     ct)  # conntrack on, no per-packet rule: a ct expression in a chain no hook reaches registers conntrack
          printf 'table inet ctonly {\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
@@ -107,6 +112,14 @@ NFT
     three) ip netns exec $r "$release/patronus-bench" apply 3 0 balanced >/dev/null ;;
     shipped) ip netns exec $r "$release/patronus-bench" apply 3 0 >/dev/null ;;   # rest: best-score, one path
     full) ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null ;;   # + voip duplication, shaping
+    copies) ip netns exec $r "$release/patronus-bench" apply 3 0 copies >/dev/null ;;   # + voip duplication only
+    nohtb) # full, its htb removed: the copy table and the shape chain without the qdisc
+         ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null
+         for d in pbench1 pbench2; do ip netns exec $r tc qdisc del dev $d root; done ;;
+    cthtb) # conntrack on and the same htb as full, no rule: what any router that shapes these paths pays
+         ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null
+         ip netns exec $r nft flush ruleset
+         printf 'table inet ctonly {\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
     mwan3) mwan3 ;;
   esac
 }
@@ -228,7 +241,7 @@ wg_run() { # prints the receiver's TCP Mbit/s of one run (the first second, slow
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A runs
 for i in $(seq "$reps"); do
-  for c in none base floor ct stateless ten big three shipped full mwan3; do config $c; runs[$c]+="$(run) "; done
+  for c in none base floor ct stateless ten big three shipped copies nohtb full cthtb mwan3; do config $c; runs[$c]+="$(run) "; done
 done
 # Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
 # see a per-packet cost when there is one.
@@ -266,8 +279,11 @@ elements, mwan3_marked, ours_classified = sys.argv[1:4]
 names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one mark rule + ip rules",
          "ct": "ref: conntrack on, no rule", "stateless": "ref: stateless prototype, no conntrack",
          "ten": "patronus, 10 policies", "big": "patronus, 10 policies + 10,000 entries",
-         "three": "patronus, 3 default policies, rest balanced", "shipped": "patronus, 3 default policies as shipped",
-         "full": "patronus, as shipped + voip copies + shaping",
+         "three": "patronus, 3 default policies, rest balanced", "shipped": "patronus, 3 default policies, rest on one path",
+         "full": "patronus as shipped: + voip copies + shaping",
+         "copies": "patronus, as shipped + voip copies",
+         "nohtb": "patronus, full without its htb (the nft part)",
+         "cthtb": "ref: conntrack on + the same htb, no rule",
          "mwan3": "mwan3 ruleset, same 3 policies, rest balanced",
          "linear": "control: 10,000 linear rules (not ours)",
          "wg_none": "wireguard-go TCP, no table", "wg_three": "wireguard-go TCP, patronus 3 default policies"}
@@ -286,10 +302,15 @@ def ratio(a, b, note):
           f" (middle half {100 * q[0]:5.1f}-{100 * q[2]:5.1f}%)  {note}")
 ratio("ten", "ct", "(budget >= 95%: our rules on top of the conntrack that classify-once needs)")
 ratio("three", "ct", "(budget >= 95%)")
-ratio("shipped", "ct", "(budget >= 95%)")
+ratio("shipped", "ct", "(budget >= 95%: the policies alone, no copies, no shaper)")
 ratio("three", "mwan3", "(budget > 100%: ahead of mwan3)")
 ratio("shipped", "mwan3", "(rest on one path (best-score); mwan3's per-packet work is the same either way)")
+ratio("full", "cthtb", "(budget >= 95%: as shipped, against a router with conntrack and the same shaper)")
 ratio("full", "shipped", "(what voip duplication's copy table and the tunnels' shapers add to every other packet)")
+ratio("copies", "shipped", "(the copy table's hook and lookup)")
+ratio("nohtb", "copies", "(the shape chain)")
+ratio("full", "nohtb", "(htb at 10 Gbit/s instead of no qdisc on the veth)")
+ratio("cthtb", "ct", "(reference: htb by itself)")
 ratio("full", "mwan3", "(as shipped with duplication and shaping, against mwan3 which has neither)")
 ratio("mwan3", "ct", "(reference)")
 ratio("big", "ten", "(target 95-105%: flat in the number of entries)")

@@ -132,6 +132,8 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
     case inetService
     case mark
     case dscp
+    /// An htb class id (`meta priority`, nft's `classid`).
+    case classID
     /// NFT_DATA_VERDICT: a verdict map's data.
     case verdict
     case concatenation([NFTDataType])
@@ -147,6 +149,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case .inetService: 13
         case .mark: 19
         case .dscp: 36
+        case .classID: 23
         case .verdict: 0xffff_ff00
         case .concatenation(let fields): fields.reduce(0) { $0 << Self.fieldBits | $1.rawValue }
         case .other(let v): v
@@ -173,6 +176,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case 13: .inetService
         case 19: .mark
         case 36: .dscp
+        case 23: .classID
         case 0xffff_ff00: .verdict
         default: nil
         }
@@ -189,6 +193,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case .inetService: "inet_service"
         case .mark: "mark"
         case .dscp: "dscp"
+        case .classID: "classid"
         case .verdict: "verdict"
         case .concatenation(let fields): fields.map(\.description).joined(separator: " . ")
         case .other(let v): "type \(v)"

@@ -186,10 +186,15 @@ public enum SteeringCompiler {
         }
 
         if !plan.shapers.isEmpty || !plan.downloadShapers.isEmpty {
+            let shaping = shapeRules(plan)
+            chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeControlChain,
+                                   userdata: NFTUserdata.comment("our control traffic (to an overlay address): its band")))
             chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeChain,
                                    hook: NFTHook(hook: NFTHook.postrouting, priority: NFTHook.manglePriority, type: "filter"),
                                    userdata: NFTUserdata.comment("shaped tunnels: class -> htb band (meta priority)")))
-            rules[SteeringNames.shapeChain] = shapeRules(plan)
+            rules[SteeringNames.shapeControlChain] = shaping.control
+            rules[SteeringNames.shapeChain] = shaping.shape
+            if let bands = shaping.bands { staticSets.append(bands) }
         }
 
         let (ipRules, routes) = policyRouting(plan, uplinkRoutes: uplinkRoutes)
@@ -201,14 +206,15 @@ public enum SteeringCompiler {
 
     /// The `shape` chain (postrouting: forwarding rewrites `meta priority` from the TOS before the forward
     /// hook, so only a late hook can set it): for packets bound to a tunnel (path bits in the mark), the htb
-    /// class of the shaped tunnel they leave by. Our bandwidth trains take htb's direct queue (unshaped, so
-    /// a test measures the path, not our shaper); our probes and their replies, our announcements, and every
-    /// class in the
-    /// realtime band, take the realtime class; bulk classes the bulk class; the rest stays unset and htb
-    /// puts it in its default (standard) class. Packets that leave by an unshaped interface carry the
-    /// priority harmlessly (its low 4 bits, what pfifo_fast reads, are 0).
-    static func shapeRules(_ plan: SteeringPlan) -> [NFTRule] {
-        let chain = SteeringNames.shapeChain
+    /// class of the shaped tunnel they leave by. Every packet pays for it, so it is short: one lookup of the
+    /// class in `class_bands` (realtime and bulk classes; the rest stays unset and htb puts it in its default,
+    /// standard, class), then one address test that sends only traffic to an overlay address (ours: probes,
+    /// their replies, announcements, bandwidth trains, also when a relay forwards them) on to `shape_control`:
+    /// trains take htb's direct queue (unshaped, so a test measures the path, not our shaper), the rest the
+    /// realtime class. Packets that leave by an unshaped interface carry the priority harmlessly (its low 4
+    /// bits, what pfifo_fast reads, are 0).
+    static func shapeRules(_ plan: SteeringPlan) -> (shape: [NFTRule], control: [NFTRule], bands: SteeringRuleset.StaticSet?) {
+        let chain = SteeringNames.shapeChain, control = SteeringNames.shapeControlChain
         func setPriority(_ value: UInt32) -> [NFTExpression] {
             [.immediate(dreg: NFT.reg1, data: .value(value.hostBytes)),
              .metaSet(key: NFT.metaPriority, sreg: NFT.reg1),
@@ -240,28 +246,46 @@ public enum SteeringCompiler {
         }
         let downloads = !plan.downloadShapers.isEmpty
         let notShaped: UInt32 = downloads ? pathMask | Conventions.uplinkMarkMask : pathMask
-        out += [
-            rule(chain, [
-                .meta(key: NFT.metaMark, dreg: NFT.reg1),
-                .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: notShaped.hostBytes, xor: [0, 0, 0, 0]),
-                .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+        out.append(rule(chain, [
+            .meta(key: NFT.metaMark, dreg: NFT.reg1),
+            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: notShaped.hostBytes, xor: [0, 0, 0, 0]),
+            .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
+            .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
+        ], comment: downloads ? "neither for a tunnel nor a download" : "not for a tunnel"))
+        var bands: SteeringRuleset.StaticSet?
+        let banded = plan.classes.filter { $0.band != .standard }
+        if !banded.isEmpty {
+            let map = NFTSet(family: family, table: table, name: SteeringNames.bandsMap, flags: NFTSet.flagMap, keyType: .mark,
+                             keyLength: 4, dataType: .classID, dataLength: 4,
+                             userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.host) + NFTUserdata.dataInterval(false)
+                                 + NFTUserdata.comment("class -> htb band (meta priority)", type: NFTUserdata.setCommentType))
+            bands = .init(set: map, elements: banded.map {
+                NFTElement(key: $0.ctMark.hostBytes, data: .value(Conventions.shaperPriority($0.band).hostBytes))
+            }, owners: [chain])
+            out.append(rule(chain, classBits + [
+                .lookup(sreg: NFT.reg1, set: SteeringNames.bandsMap, setID: nil, dreg: NFT.reg1),
+                .metaSet(key: NFT.metaPriority, sreg: NFT.reg1),
                 .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
-            ], comment: downloads ? "neither for a tunnel nor a download" : "not for a tunnel"),
-            rule(chain, udpPort(2, Conventions.bandwidthPort) + setPriority(Conventions.shaperDirectPriority),
-                 comment: "bandwidth trains: unshaped"),
-            rule(chain, udpPort(2, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
-                 comment: "probes: realtime"),
-            rule(chain, udpPort(0, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
-                 comment: "probe replies: realtime"),
-            rule(chain, udpPort(2, Conventions.discoveryPort) + setPriority(Conventions.shaperPriority(.realtime)),
-                 comment: "announcements relayed through the tunnel: realtime"),
-        ]
-        for c in plan.classes where c.band != .standard {
-            out.append(rule(chain, classBits + [.cmp(sreg: NFT.reg1, op: NFT.eq, data: c.ctMark.hostBytes)]
-                                + setPriority(Conventions.shaperPriority(c.band)),
-                            comment: "class \(c.name): \(c.band)"))
+            ], comment: "class: its band (" + banded.map { "\($0.name) \($0.band)" }.joined(separator: ", ") + ")", sets: [map]))
         }
-        return out
+        let pool = Conventions.overlayPool
+        out.append(rule(chain, ipv4Only + [
+            .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
+            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: IPv4Address(pool.mask).bytes, xor: [0, 0, 0, 0]),
+            .cmp(sreg: NFT.reg1, op: NFT.eq, data: pool.network.bytes),
+            .immediate(dreg: NFT.verdictRegister, data: .verdict(.goto(control))),
+        ], comment: "to an overlay address: our control traffic"))
+        let controlRules = [
+            rule(control, udpPort(2, Conventions.bandwidthPort) + setPriority(Conventions.shaperDirectPriority),
+                 comment: "bandwidth trains: unshaped"),
+            rule(control, udpPort(2, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
+                 comment: "probes: realtime"),
+            rule(control, udpPort(0, Conventions.probePort) + setPriority(Conventions.shaperPriority(.realtime)),
+                 comment: "probe replies: realtime"),
+            rule(control, udpPort(2, Conventions.discoveryPort) + setPriority(Conventions.shaperPriority(.realtime)),
+                 comment: "announcements through the tunnel: realtime"),
+        ]
+        return (out, controlRules, bands)
     }
 
     /// The ip rules and routes of a plan (`Conventions`, "ip rules"). Uplink pinning first; then every

@@ -63,6 +63,10 @@ public enum SteeringNames {
     public static let outputChain = "output"
     /// Postrouting, only while something is shaped: sets `meta priority` to the htb class (docs/SHAPING.md).
     public static let shapeChain = "shape"
+    /// Class -> htb class (`meta priority`) of the classes outside the standard band; looked up by `shape`.
+    public static let bandsMap = "class_bands"
+    /// Our own control traffic (to an overlay address): probes, their replies, announcements, bandwidth trains.
+    public static let shapeControlChain = "shape_control"
     /// Seed of the load-balancing flow hash: fixed, so a re-created chain hashes flows the same way.
     public static let hashSeed: UInt32 = 0x7061_7472
 

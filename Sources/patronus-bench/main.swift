@@ -2,11 +2,12 @@
 //   patronus-bench resteer [ITERATIONS]   one class moved between two paths, acked, ITERATIONS times,
 //                                         then the nft CLI doing the same update; prints median/p99 in us
 //   patronus-bench churn                  applies two different plans alternately forever (crash tests)
-//   patronus-bench apply POLICIES ENTRIES [balanced|features]
+//   patronus-bench apply POLICIES ENTRIES [balanced|features|copies]
 //                                         applies a plan with POLICIES classes holding ENTRIES match
 //                                         entries in total, then exits (datapath bench); balanced: the
 //                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each);
-//                                         features: voip duplicated and both paths shaped, as shipped
+//                                         features: voip duplicated and both paths shaped, as shipped;
+//                                         copies: voip duplicated, nothing shaped
 //   patronus-bench stream-send HOST PORT PPS SECONDS [rtp SSRC] / stream-recv PORT SECONDS [rtp]
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.
@@ -24,11 +25,11 @@ let remote = IPv4Prefix("10.20.0.0/16")!
 /// 10 Gbit/s on both paths (above anything the bench offers, so htb costs its work but never limits), with
 /// the shipped policies' bands: what a site with two paths installs as shipped.
 func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = false, balanced: Bool = false,
-          features: Bool = false) -> SteeringPlan {
+          features: Bool = false, copies: Bool = false) -> SteeringPlan {
     var classes: [SteeringPlan.TrafficClass] = [
         .init(id: 1, name: "voip", matches: [TrafficMatch(services: [ServiceMatch(.udp, [PortRange(5060, 5061), PortRange(16384, 32767)]),
                                                                    ServiceMatch(.tcp, [PortRange(5060, 5061)])])],
-              band: features ? .realtime : .standard, duplicate: features),
+              band: features ? .realtime : .standard, duplicate: features || copies),
         .init(id: 2, name: "bulk", matches: [TrafficMatch(services: [ServiceMatch(.tcp, [PortRange(20, 21), PortRange(873)])])],
               band: features ? .bulk : .standard),
     ]
@@ -55,7 +56,7 @@ func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = f
                         destinations: [.init(site: site, name: "branch", prefixes: thirdPath ? [remote, IPv4Prefix("10.21.0.0/16")!] : [remote])],
                         choices: choices,
                         shapers: features ? paths.map { .init(interface: $0.interface, rateBitsPerSecond: 10_000_000_000) } : [],
-                        copies: features ? [.init(site: site, classID: 1, from: voip, to: voip == 1 ? 2 : 1)] : [])
+                        copies: features || copies ? [.init(site: site, classID: 1, from: voip, to: voip == 1 ? 2 : 1)] : [])
 }
 
 func now() -> UInt64 {
@@ -176,9 +177,11 @@ case "apply":
     let entries = args.count > 3 ? Int(args[3]) ?? 0 : 0
     let balanced = args.count > 4 && args[4] == "balanced"
     let features = args.count > 4 && args[4] == "features"
+    let copies = args.count > 4 && args[4] == "copies"
     do {
         let steering = try Steering(netns: nil)
-        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries, balanced: balanced, features: features))
+        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries, balanced: balanced,
+                                              features: features, copies: copies))
         print("applied \(policies) policies, \(entries) entries: \(changes.batchMessages) messages")
     } catch { fail("apply: \(error)") }
 
@@ -214,5 +217,5 @@ case "rawhash":
     } catch { fail("rawhash: \(error)") }
 
 default:
-    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced|features]")
+    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced|features|copies]")
 }

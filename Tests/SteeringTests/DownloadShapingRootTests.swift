@@ -98,8 +98,8 @@ extension SteeringFixture {
                                       rateBitsPerSecond: 50_000_000)]
         let r = try SteeringCompiler.compile(plan)
         let rules = try #require(r.rules[SteeringNames.shapeChain], "the shape chain exists for a download alone")
-        // one per tunnel (sorted), then "neither for a tunnel nor a download", trains, probes x2, announcements, voip
-        #expect(rules.count == 2 + 6)
+        // one per tunnel (sorted), then "neither for a tunnel nor a download", the class's band, overlay -> control
+        #expect(rules.count == 2 + 3)
         let first = rules[0].expressions
         #expect(first.contains(.cmp(sreg: NFT.reg1, op: NFT.eq, data: SteeringCompiler.interfaceNameKey("wg-b0"))))
         #expect(first.contains(.bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: (~Conventions.uplinkMarkMask).hostBytes,
@@ -112,7 +112,7 @@ extension SteeringFixture {
         var egress = plan
         egress.downloadShapers = []
         egress.shapers = [.init(interface: "wg-b0", rateBitsPerSecond: 10_000_000)]
-        #expect(try SteeringCompiler.compile(egress).rules[SteeringNames.shapeChain]?.count == 6)
+        #expect(try SteeringCompiler.compile(egress).rules[SteeringNames.shapeChain]?.count == 3)
     }
 
     @Test func badDownloadShapersAreStructureProblems() {

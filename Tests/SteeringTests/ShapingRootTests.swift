@@ -61,25 +61,38 @@ extension SteeringFixture {
 
 @Suite struct ShapeChainTests {
     @Test func theShapeChainExistsOnlyWhileSomethingIsShapedAndMapsBandsToPriorities() throws {
-        let f = SteeringPlan(classes: [
+        let plan = SteeringPlan(classes: [
             .init(id: 1, name: "voip", matches: [TrafficMatch()], band: .realtime),
             .init(id: 2, name: "bulk", matches: [TrafficMatch()], band: .bulk),
             .init(id: 3, name: "default", matches: [TrafficMatch()]),
         ])
-        #expect(try !SteeringCompiler.compile(f).chains.contains { $0.name == SteeringNames.shapeChain })
-        var shaped = f
+        #expect(try !SteeringCompiler.compile(plan).chains.contains { $0.name == SteeringNames.shapeChain })
+        var shaped = plan
         shaped.shapers = [.init(interface: "wg0", rateBitsPerSecond: 10_000_000)]
         let r = try SteeringCompiler.compile(shaped)
         let chain = try #require(r.chains.first { $0.name == SteeringNames.shapeChain })
         #expect(chain.hook?.hook == NFTHook.postrouting)
         let rules = try #require(r.rules[SteeringNames.shapeChain])
-        // not for a tunnel, bandwidth trains, probes, probe replies, announcements, then voip and bulk
-        // (default: htb's default)
-        #expect(rules.count == 7)
-        let priorities = rules.flatMap(\.expressions).compactMap { e -> [UInt8]? in
+        // Every packet: not for a tunnel; the class's band (one lookup); to an overlay address -> shape_control.
+        #expect(rules.count == 3)
+        #expect(rules[1].expressions.contains(.lookup(sreg: NFT.reg1, set: SteeringNames.bandsMap, setID: nil, dreg: NFT.reg1)))
+        #expect(rules[2].expressions.last == .immediate(dreg: NFT.verdictRegister, data: .verdict(.goto(SteeringNames.shapeControlChain))))
+        // voip realtime, bulk bulk; default is not in the map (htb's default class).
+        let bands = try #require(r.staticSets.first { $0.set.name == SteeringNames.bandsMap })
+        #expect(bands.set.dataType == .classID && bands.set.keyType == .mark)
+        #expect(bands.elements.map(\.key) == [plan.classes[0].ctMark.hostBytes, plan.classes[1].ctMark.hostBytes])
+        #expect(bands.elements.map(\.data) == [.value(UInt32(0x620010).hostBytes), .value(UInt32(0x620030).hostBytes)])
+        // Control traffic: bandwidth trains, probes, probe replies, announcements.
+        let control = try #require(r.rules[SteeringNames.shapeControlChain])
+        let priorities = control.flatMap(\.expressions).compactMap { e -> [UInt8]? in
             if case .immediate(let reg, .value(let v)) = e, reg == NFT.reg1 { return v } else { return nil }
         }
-        #expect(priorities == [0x620000, 0x620010, 0x620010, 0x620010, 0x620010, 0x620030].map { UInt32($0).hostBytes })
+        #expect(priorities == [0x620000, 0x620010, 0x620010, 0x620010].map { UInt32($0).hostBytes })
+        // Nothing outside the standard band: no map, no lookup.
+        var standard = shaped
+        for i in standard.classes.indices { standard.classes[i].band = .standard }
+        let plain = try SteeringCompiler.compile(standard)
+        #expect(plain.rules[SteeringNames.shapeChain]?.count == 2 && !plain.staticSets.contains { $0.set.name == SteeringNames.bandsMap })
         #expect(SteeringPlan(shapers: [.init(interface: "wg0", rateBitsPerSecond: 1000)]).structureProblems().count == 1)
     }
 
@@ -107,21 +120,27 @@ extension SteeringFixture {
         #expect(Set(classes.keys) == ["62:1", "62:10", "62:20", "62:30"])
         #expect(classes["62:1"]?.rate == 2_500_000)
         let chain = try f.router.check(["nft", "list", "chain", "inet", "patronus", "shape"])
-        #expect(chain.contains("hook postrouting") && chain.contains("meta priority set 62:10"))
+        #expect(chain.contains("hook postrouting") && chain.contains("meta priority set ct mark & 0x00ff0000 map @class_bands"), "\(chain)")
+        let bands = try f.router.check(["nft", "list", "map", "inet", "patronus", "class_bands"])
+        #expect(bands.contains("type mark : classid") && bands.contains("62:10") && bands.contains("62:30"), "\(bands)")
 
         // Each class's packets land in its band: voip (udp 5060) realtime, bulk (tcp 873) bulk, the rest
-        // (udp 9999) standard; a locally sent packet to the bandwidth port goes unshaped (htb direct).
+        // (udp 9999) standard; a locally sent packet to the bandwidth port of an overlay address goes unshaped
+        // (htb direct), one to the probe port realtime; to any other address the ports mean nothing.
+        _ = try f.router.check(["ip", "route", "add", "10.99.0.0/16", "via", "192.0.2.2", "dev", "pa"])
         try f.sendUDP(from: f.client, port: 5060, count: 7)
         try f.sendTCPSyn(from: f.client, port: 873)
         try f.sendUDP(from: f.client, port: 9999, count: 3)
-        try f.sendUDP(from: f.router, port: Conventions.bandwidthPort, count: 4, mark: Conventions.pathMark(slot: 1))
+        try f.sendUDP(from: f.client, port: Conventions.bandwidthPort, count: 2)
+        try f.sendUDP(from: f.router, port: Conventions.bandwidthPort, count: 4, mark: Conventions.pathMark(slot: 1), to: "10.99.0.7")
+        try f.sendUDP(from: f.router, port: Conventions.probePort, count: 2, mark: Conventions.pathMark(slot: 1), to: "10.99.0.7")
         #expect(try f.count(f.peer1, "voip") == 7)
         let sent = try f.classes()
-        #expect(sent["62:10"]?.packets == 7)
+        #expect(sent["62:10"]?.packets == 9, "7 voip and 2 probes")
         #expect((sent["62:30"]?.packets ?? 0) >= 1)
-        #expect((3...5).contains(sent["62:20"]?.packets ?? 0), "3 datagrams and perhaps an ARP request or two")
+        #expect((5...7).contains(sent["62:20"]?.packets ?? 0), "5 datagrams and perhaps an ARP request or two")
         let stats = try #require(try steering.shaperStatistics().first)
-        #expect(stats.interface == "pa" && stats.bands.first { $0.band == .realtime }?.sentPackets == 7)
+        #expect(stats.interface == "pa" && stats.bands.first { $0.band == .realtime }?.sentPackets == 9)
         let direct = try f.router.check(["tc", "-s", "qdisc", "show", "dev", "pa"])
         #expect(direct.contains("direct_packets_stat 4"), "\(direct)")
 
@@ -129,7 +148,7 @@ extension SteeringFixture {
         let slower = try steering.apply(f.shapedPlan(rate: 10_000_000))
         #expect(slower.shaperRatesChanged == ["pa"] && slower.batchMessages == 0 && slower.shapersInstalled.isEmpty)
         let after = try f.classes()
-        #expect(after["62:1"]?.rate == 1_250_000 && after["62:10"]?.packets == 7)
+        #expect(after["62:1"]?.rate == 1_250_000 && after["62:10"]?.packets == 9)
 
         // Somebody deletes it, or changes a rate: the drift check puts ours back.
         try f.router.check(["tc", "qdisc", "del", "dev", "pa", "root"])

@@ -120,13 +120,14 @@ final class SteeringFixture {
         return -1
     }
 
-    /// Sends `count` UDP datagrams from `ns` to 10.20.0.5:port (from one socket: one flow).
-    func sendUDP(from ns: NetworkNamespace, port: UInt16, count: Int = 5, mark: UInt32? = nil, source: String = "0.0.0.0") throws {
+    /// Sends `count` UDP datagrams from `ns` to 10.20.0.5:port (or `destination`; from one socket: one flow).
+    func sendUDP(from ns: NetworkNamespace, port: UInt16, count: Int = 5, mark: UInt32? = nil, source: String = "0.0.0.0",
+                 to destination: String = "10.20.0.5") throws {
         let socket = try UDPSocket(in: ns, bindTo: source)
         if var mark {
             _ = setsockopt(socket.fd, SOL_SOCKET, SO_MARK, &mark, socklen_t(4))
         }
-        for _ in 0..<count { _ = socket.send(Array(repeating: 0x55, count: 64), to: "10.20.0.5", port: port) }
+        for _ in 0..<count { _ = socket.send(Array(repeating: 0x55, count: 64), to: destination, port: port) }
         usleep(20_000)
     }
 
