@@ -103,6 +103,9 @@ public struct NFTHook: Hashable, Sendable {
     public static let prerouting = UInt32(NF_INET_PRE_ROUTING.rawValue)
     public static let output = UInt32(NF_INET_LOCAL_OUT.rawValue)
     public static let postrouting = UInt32(NF_INET_POST_ROUTING.rawValue)
+    public static let forward = UInt32(NF_INET_FORWARD.rawValue)
+    /// NF_IP_PRI_FILTER (nft's `priority filter`).
+    public static let filterPriority: Int32 = 0
     /// NF_IP_PRI_MANGLE: after conntrack, before the routing decision.
     public static let manglePriority: Int32 = -150
 }
@@ -132,6 +135,8 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
     case inetService
     case mark
     case dscp
+    /// An interface name (nftables' TYPE_IFNAME): 16 bytes, IFNAMSIZ, zero padded.
+    case ifname
     /// NFT_DATA_VERDICT: a verdict map's data.
     case verdict
     case concatenation([NFTDataType])
@@ -147,6 +152,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case .inetService: 13
         case .mark: 19
         case .dscp: 36
+        case .ifname: 41
         case .verdict: 0xffff_ff00
         case .concatenation(let fields): fields.reduce(0) { $0 << Self.fieldBits | $1.rawValue }
         case .other(let v): v
@@ -173,6 +179,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case 13: .inetService
         case 19: .mark
         case 36: .dscp
+        case 41: .ifname
         case 0xffff_ff00: .verdict
         default: nil
         }
@@ -189,6 +196,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case .inetService: "inet_service"
         case .mark: "mark"
         case .dscp: "dscp"
+        case .ifname: "ifname"
         case .verdict: "verdict"
         case .concatenation(let fields): fields.map(\.description).joined(separator: " . ")
         case .other(let v): "type \(v)"

@@ -74,7 +74,7 @@ public struct Daemon: Sendable {
         if let version { startMetadata["version"] = "\(version)" }
         logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: startMetadata)
 
-        let steering = try KernelSteering(logger: logger)
+        let steering = try KernelSteering(relay: configuration.relay, logger: logger)
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         await StaleTunnels.remove(prefix: configuration.interfaceName, uplinkCount: uplinks.count, backend: backend,
                                   logger: logger)

@@ -324,6 +324,7 @@ actor SiteRuntime {
                                            relayVia: route.path.relayName))
         }
         sample.selections = selectionSamples(selections, siteNames: siteNames)
+        sample.transitRefused = counters.transitRefused
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
         let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })

@@ -63,6 +63,11 @@ public enum SteeringNames {
     public static let outputChain = "output"
     /// Postrouting, only while something is shaped: sets `meta priority` to the htb class (docs/SHAPING.md).
     public static let shapeChain = "shape"
+    /// Forward hook, on every site that does not relay: drops what arrives by one of our tunnels and would
+    /// leave by one (docs/STEERING.md "Transit"); its rule's counter is the refused packets.
+    public static let forwardChain = "forward"
+    /// The tunnel interfaces (every path's interface), by name: what `forward` matches on both sides.
+    public static let tunnelsSet = "tunnels"
     /// Seed of the load-balancing flow hash: fixed, so a re-created chain hashes flows the same way.
     public static let hashSeed: UInt32 = 0x7061_7472
 

@@ -92,6 +92,30 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var shaping: [Shaper]? = nil
     /// Why the shapers could not be read.
     public var shapingError: String? = nil
+    /// Whether this site forwards between its tunnels, read from the kernel like `steering`; nil when not read.
+    public var transit: Transit? = nil
+
+    /// Transit between our tunnels (docs/MESH.md "Relayed paths"): a site that does not relay drops what
+    /// another member routes through it from one of our tunnels into one of our tunnels.
+    public struct Transit: Codable, Hashable, Sendable {
+        /// "refused": the `forward` chain drops tunnel-to-tunnel packets (a site without `--relay`);
+        /// "forwarded": no such chain (a relay, or no tunnel yet).
+        public var policy: String
+        /// Packets refused since the chain was installed (its rule's counter); nil when forwarded.
+        public var refusedPackets: UInt64?
+
+        public init(policy: String, refusedPackets: UInt64?) {
+            self.policy = policy
+            self.refusedPackets = refusedPackets
+        }
+
+        /// The report's line.
+        public var text: String {
+            policy == "refused"
+                ? "Transit between our tunnels: refused (not a relay), \(refusedPackets ?? 0) packets dropped"
+                : "Transit between our tunnels: forwarded (a relay, run --relay; or no tunnel yet)"
+        }
+    }
 
     /// One tunnel's egress shaper as the kernel holds it.
     public struct Shaper: Codable, Hashable, Sendable {
@@ -219,6 +243,7 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
             }
         }
         lines += steeringReport()
+        if let transit { lines.append(transit.text) }
         if let shaping, !shaping.isEmpty {
             lines.append("")
             lines.append("Shaping (\(Set(shaping.map(\.qdisc)).sorted().joined(separator: ", ")); docs/SHAPING.md):")

@@ -131,6 +131,16 @@ struct InternetRootTests {
         }
         let report = try Subprocess.run([Binary.path, "status", "--database", lab.database("east")])
         #expect(report.stdout.contains("relayed via hq"), "\(report.stdout)")
+        // Only the relay forwards between its tunnels: east (no --relay) refuses transit, hq does not (read
+        // from each router's kernel).
+        for (site, policy) in [("east", "refused"), ("hq", "forwarded")] {
+            let json = try Subprocess.run([Binary.path, "status", "--json", "--database", lab.database(site),
+                                           "--netns", lab.plan.routerNamespace(site)])
+            let status = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+            let transit = status?["transit"] as? [String: Any]
+            #expect(transit?["policy"] as? String == policy, "\(site): \(transit.map { "\($0)" } ?? json.stdout + json.stderr)")
+            #expect((transit?["refused_packets"] != nil) == (policy == "refused"), "\(site): \(String(describing: transit))")
+        }
 
         let (result, fromEast, fromHQ) = try streamEastToWest(lab)
         print("symmetric NAT both sides, east -> west stream relayed: \(result)")
