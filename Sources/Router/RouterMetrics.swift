@@ -179,6 +179,10 @@ public final class RouterMetrics: Sendable {
                     if let bandwidth = m.bandwidthMbps {
                         gauge("path_bandwidth_mbps", "Receiver-measured bandwidth", labels, bandwidth)
                     }
+                    if let download = m.downloadBandwidthMbps {
+                        gauge("path_download_bandwidth_mbps", "The far site's bandwidth trains as they arrived here over the path",
+                              labels, download)
+                    }
                     if let tx = m.throughputTxMbps, let rx = m.throughputRxMbps {
                         gauge("path_throughput_mbps", "What the path's tunnel peer carried over the last 5-10 s (passive)",
                               labels + [("direction", "transmit")], tx)

@@ -235,6 +235,17 @@ actor SiteRuntime {
         probes.excuse(names, for: .milliseconds(500))
     }
 
+    /// A train of a remote site's bandwidth test was measured here: it came in through our tunnel
+    /// `interface` from `source`. It is the download of the path that interface carries to the site whose
+    /// overlay address `source` is (WireGuard delivered it: only that site's peer, or its relay's, may send
+    /// from that address into the interface); a train from anything else (a LAN host, an unknown source,
+    /// an interface that is no tunnel of ours) is ignored.
+    func downloadTrainMeasured(through interface: String, from source: IPv4Address, _ report: TrainReport) {
+        guard let site = tunnelRoutes.first(where: { $0.overlay == source })?.site,
+              let name = registry.arriving(through: interface, from: site) else { return }
+        probes.recordDownloadTrain(path: name, report)
+    }
+
     /// A test that got no report is queued again, at most twice per round.
     func bandwidthTestFailed(_ name: String) {
         bandwidth.testFailed(name, exists: paths[name] != nil)

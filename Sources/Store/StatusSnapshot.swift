@@ -56,6 +56,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var jitterMs: Double?
         public var packetLossPct: Double?
         public var bandwidthMbps: Double?
+        /// The path's download: the far site's bandwidth trains as they arrived here (docs/SHAPING.md).
+        public var downloadBandwidthMbps: Double? = nil
         public var throughputTxMbps: Double?
         public var throughputRxMbps: Double?
         public var measuredAt: String?
@@ -233,7 +235,11 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
                 let via = Self.via(path)
                 let slot = path.slot.map { "slot \($0), table \(Conventions.pathTable(slot: $0))" } ?? "not planned"
                 let relay = path.relayVia.map { ", relayed via \($0)" } ?? ", direct"
-                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface)\(relay), \(path.status); \(slot))")
+                // Upload: the far receiver's measurement of our trains; download: ours of the far site's.
+                let measured = [path.bandwidthMbps.map { "up \(Self.formatNumber($0))" },
+                                path.downloadBandwidthMbps.map { "down \(Self.formatNumber($0))" }].compactMap { $0 }
+                let bandwidth = measured.isEmpty ? "" : " bandwidth \(measured.joined(separator: ", ")) Mbit/s"
+                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface)\(relay), \(path.status); \(slot))\(bandwidth)")
             }
         }
         lines += steeringReport()
@@ -335,7 +341,8 @@ extension Store {
                     remoteLabel: path.remoteEndpoint.label, remoteEndpoint: path.remoteEndpoint.address.description,
                     score: sample.map { $0.metrics.score } ?? path.score, latencyMs: sample?.metrics.latencyMs,
                     jitterMs: sample?.metrics.jitterMs, packetLossPct: sample?.metrics.lossPct,
-                    bandwidthMbps: sample?.metrics.bandwidthMbps, throughputTxMbps: sample?.metrics.throughputTxMbps,
+                    bandwidthMbps: sample?.metrics.bandwidthMbps, downloadBandwidthMbps: sample?.metrics.downloadBandwidthMbps,
+                    throughputTxMbps: sample?.metrics.throughputTxMbps,
                     throughputRxMbps: sample?.metrics.throughputRxMbps, measuredAt: sample?.measuredAt.utcText,
                     relayVia: path.relayVia)
             }
