@@ -26,7 +26,7 @@
 # SCHED_FIFO by 10-30 %. The kernel's RT throttling still leaves other processes 5 % of each CPU during a run.
 # The wireguard-go rows run at nice -20: wireguard-go at SCHED_FIFO (Go's runtime spins) once starved the
 # iperf3s of the same priority for 10 minutes. Every iperf3 client run has a timeout.
-# Usage: sudo bench/datapath.sh [SECONDS] [REPEATS]  -> prints and writes bench/results/datapath.txt
+# Usage: sudo bench/datapath.sh [SECONDS] [REPEATS]  -> prints and writes bench/results/datapath.txt (or $DATAPATH_OUT)
 # Needs iperf3, iptables (iptables-nft), ipset, wireguard-go, wg, python3: scripts/deps.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,6 +107,7 @@ NFT
     three) ip netns exec $r "$release/patronus-bench" apply 3 0 balanced >/dev/null ;;
     shipped) ip netns exec $r "$release/patronus-bench" apply 3 0 >/dev/null ;;   # rest: best-score, one path
     full) ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null ;;   # + voip duplication, shaping
+    relay) ip netns exec $r "$release/patronus-bench" apply 3 0 relay >/dev/null ;;   # as shipped, no forward chain (a relay)
     mwan3) mwan3 ;;
   esac
 }
@@ -228,7 +229,7 @@ wg_run() { # prints the receiver's TCP Mbit/s of one run (the first second, slow
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A runs
 for i in $(seq "$reps"); do
-  for c in none base floor ct stateless ten big three shipped full mwan3; do config $c; runs[$c]+="$(run) "; done
+  for c in none base floor ct stateless ten big three shipped full relay mwan3; do config $c; runs[$c]+="$(run) "; done
 done
 # Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
 # see a per-packet cost when there is one.
@@ -251,7 +252,7 @@ for i in $(seq "$reps"); do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-out=bench/results/datapath.txt
+out=${DATAPATH_OUT:-bench/results/datapath.txt}   # DATAPATH_OUT: another file (a side run)
 {
   echo "# sudo bench/datapath.sh $secs $reps   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nproc) cores,"
   echo "#   load average $load_before at the start, $load_after at the end; $(iptables-nft --version), $(ipset --version | head -1), wireguard-go $(dpkg-query -W -f '${Version}' wireguard-go 2>/dev/null || echo '?'))"
@@ -268,6 +269,7 @@ names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one
          "ten": "patronus, 10 policies", "big": "patronus, 10 policies + 10,000 entries",
          "three": "patronus, 3 default policies, rest balanced", "shipped": "patronus, 3 default policies as shipped",
          "full": "patronus, as shipped + voip copies + shaping",
+         "relay": "patronus, as shipped on a relay (no forward chain)",
          "mwan3": "mwan3 ruleset, same 3 policies, rest balanced",
          "linear": "control: 10,000 linear rules (not ours)",
          "wg_none": "wireguard-go TCP, no table", "wg_three": "wireguard-go TCP, patronus 3 default policies"}
@@ -290,6 +292,7 @@ ratio("shipped", "ct", "(budget >= 95%)")
 ratio("three", "mwan3", "(budget > 100%: ahead of mwan3)")
 ratio("shipped", "mwan3", "(rest on one path (best-score); mwan3's per-packet work is the same either way)")
 ratio("full", "shipped", "(what voip duplication's copy table and the tunnels' shapers add to every other packet)")
+ratio("shipped", "relay", "(what refusing transit, the forward chain of a site that does not relay, costs every forwarded packet)")
 ratio("full", "mwan3", "(as shipped with duplication and shaping, against mwan3 which has neither)")
 ratio("mwan3", "ct", "(reference)")
 ratio("big", "ten", "(target 95-105%: flat in the number of entries)")
