@@ -206,7 +206,9 @@ public struct Daemon: Sendable {
         }
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(writer: writer, pathIDs: try store.pathIDs(), controller: controller, probes: probes,
-                                  probeInterval: configuration.probeInterval, logger: logger)
+                                  probeInterval: configuration.probeInterval, logger: logger) { [driver] session, status in
+            driver.setPathDown(session, status == .down)
+        }
         // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink, and
         // its measurement is the download of the path it came in by.
         var receiverConfiguration = BandwidthReceiver.Configuration()

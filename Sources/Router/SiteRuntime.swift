@@ -34,8 +34,12 @@ actor SiteRuntime {
     typealias PlannedRoute = PathRegistry.PlannedRoute
 
     /// `pathIDs`: the `paths.id` of every path the database has (read at start); new paths are numbered after them.
+    /// Hears every path's status with its tunnel session (the relay decision's `pathDown`).
+    let onPathStatus: @Sendable (TunnelSession, PathStatus) -> Void
+
     init(writer: StoreWriter, pathIDs: [PathKey: PathID] = [:], controller: Controller, probes: PathProbeSet,
-         probeInterval: Duration, logger: Logger) {
+         probeInterval: Duration, logger: Logger, onPathStatus: @escaping @Sendable (TunnelSession, PathStatus) -> Void = { _, _ in }) {
+        self.onPathStatus = onPathStatus
         self.writer = writer
         registry = PathRegistry(ids: pathIDs)
         self.controller = controller
@@ -187,6 +191,7 @@ actor SiteRuntime {
     /// queue.
     func pathEvent(_ event: PathEvent) async {
         guard let route = paths[event.path] else { return }
+        onPathStatus(TunnelSession(interface: route.path.interface, peer: route.path.peer), event.status)
         var detectionMs: Double?
         if let change = event.change, change.to == .down, let first = change.firstMissSentAt {
             detectionMs = Controller.milliseconds(change.at - first)
