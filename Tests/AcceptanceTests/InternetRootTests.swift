@@ -184,9 +184,13 @@ struct InternetRootTests {
         print("relay: cut of hq's isp-a (the relay's uplink) under a 200 packets/s VoIP stream east -> west (duplicated): \(voip)")
         // Which of east's paths to west went down (and back up) around the cut: evidence for a long blackout.
         let changes = lab.log("east").split(separator: "\n").filter {
-            ($0.contains("path down") || $0.contains("path up")) && $0.contains("west")
+            ($0.contains("path down") || $0.contains("path up") || $0.contains("path degraded")) && $0.contains("west")
         }
         print("relay: east's path changes to west after the VoIP cut: \(changes.suffix(6).joined(separator: " | "))")
+        let voipEvents = try Subprocess.run(["sqlite3", lab.database("east"),
+            "SELECT s.name, f.from_path, f.to_path, f.reason, f.detection_ms, f.switch_ms, f.time FROM failover_events f "
+            + "LEFT JOIN sites s ON s.id = f.dst_site WHERE f.policy = 'voip' ORDER BY f.id DESC LIMIT 4"])
+        print("relay: east's last failovers of voip (site|from|to|reason|detection ms|switch ms|time): \(voipEvents.stdout.split(separator: "\n").joined(separator: "; "))")
         #expect(voip.lost <= 400, "\(voip)")
         // The same without copies: the `default` class (best score), failing over from the dead relayed path.
         try lab.impair("hq", "isp-a", .init(cut: false))
