@@ -1,10 +1,12 @@
 import Foundation
+@testable import Mesh
 import Model
 @testable import Probing
 @testable import Router
 import Routing
 @testable import Steering
 import Testing
+import WireGuard
 
 /// One shaper per tunnel interface: an interface carries one path per remote site reached over its uplink,
 /// and two shapers for one interface make the whole steering plan invalid (seen in a 3-site lab: every plan
@@ -179,5 +181,25 @@ import Testing
         var clean: [UInt64] = []
         for _ in 0..<50 { clean.append(step(rtt: 20, sendingMbps: Double(low) / 1e6)) } // busy and clean: 10 s
         #expect(clean.last! > low && clean.last! <= 19_000_000, "raised again, at most 95 %: \(clean)")
+    }
+
+    /// A far site's train is the download of the one path its tunnel interface carries to that site: east's
+    /// train in wg-hq1 is isp-b->east's, not isp-a->east's nor a path to west; a tunnel that carries no path
+    /// to the source's site (or an interface that is no tunnel) names none.
+    @Test func aTrainCountsForThePathItsTunnelCarriesToItsSite() {
+        func path(_ site: SiteID, _ name: String, _ label: String, _ interface: String, _ key: UInt8) -> PlannedPath {
+            PlannedPath(uplink: Uplink(interface: "eth-\(label)", label: label), slot: 1, remoteSite: site, remoteName: name,
+                        remoteEndpoint: Endpoint(label: label, address: SocketAddress4(IPv4Address(100, 64, key, 2), port: 51820)),
+                        interface: interface, peer: WireGuardKey(bytes: [UInt8](repeating: key, count: 32))!, destinations: [])
+        }
+        let plan = TunnelPlan(interfaces: [], paths: [path(Self.east, "east", "isp-a", "wg-hq0", 1), path(Self.west, "west", "isp-a", "wg-hq0", 2),
+                                                      path(Self.east, "east", "isp-b", "wg-hq1", 3)])
+        var registry = PathRegistry()
+        _ = registry.adopt(registry.routes(of: plan).routes, of: plan)
+        #expect(registry.arriving(through: "wg-hq1", from: Self.east) == "isp-b->east")
+        #expect(registry.arriving(through: "wg-hq0", from: Self.east) == "isp-a->east")
+        #expect(registry.arriving(through: "wg-hq0", from: Self.west) == "isp-a->west")
+        #expect(registry.arriving(through: "wg-hq1", from: Self.west) == nil)
+        #expect(registry.arriving(through: "lan0", from: Self.east) == nil)
     }
 }
