@@ -28,7 +28,7 @@
 # SCHED_FIFO by 10-30 %. The kernel's RT throttling still leaves other processes 5 % of each CPU during a run.
 # The wireguard-go rows run at nice -20: wireguard-go at SCHED_FIFO (Go's runtime spins) once starved the
 # iperf3s of the same priority for 10 minutes. Every iperf3 client run has a timeout.
-# Usage: sudo bench/datapath.sh [SECONDS] [REPEATS]  -> prints and writes bench/results/datapath.txt
+# Usage: sudo bench/datapath.sh [SECONDS] [REPEATS]  -> prints and writes bench/results/datapath.txt (or $DATAPATH_OUT)
 # Needs iperf3, iptables (iptables-nft), ipset, wireguard-go, wg, python3: scripts/deps.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,6 +120,7 @@ NFT
          ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null
          ip netns exec $r nft flush ruleset
          printf 'table inet ctonly {\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
+    relay) ip netns exec $r "$release/patronus-bench" apply 3 0 relay >/dev/null ;;   # as shipped, no forward chain (a relay)
     mwan3) mwan3 ;;
   esac
 }
@@ -241,7 +242,7 @@ wg_run() { # prints the receiver's TCP Mbit/s of one run (the first second, slow
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A runs
 for i in $(seq "$reps"); do
-  for c in none base floor ct stateless ten big three shipped copies nohtb full cthtb mwan3; do config $c; runs[$c]+="$(run) "; done
+  for c in none base floor ct stateless ten big three shipped relay copies nohtb full cthtb mwan3; do config $c; runs[$c]+="$(run) "; done
 done
 # Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
 # see a per-packet cost when there is one.
@@ -264,7 +265,7 @@ for i in $(seq "$reps"); do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-out=bench/results/datapath.txt
+out=${DATAPATH_OUT:-bench/results/datapath.txt}   # DATAPATH_OUT: another file (a side run)
 {
   echo "# sudo bench/datapath.sh $secs $reps   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nproc) cores,"
   echo "#   load average $load_before at the start, $load_after at the end; $(iptables-nft --version), $(ipset --version | head -1), wireguard-go $(dpkg-query -W -f '${Version}' wireguard-go 2>/dev/null || echo '?'))"
@@ -284,6 +285,7 @@ names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one
          "copies": "patronus, as shipped + voip copies",
          "nohtb": "patronus, full without its htb (the nft part)",
          "cthtb": "ref: conntrack on + the same htb, no rule",
+         "relay": "patronus, 3 default policies, rest on one path, on a relay (no forward chain)",
          "mwan3": "mwan3 ruleset, same 3 policies, rest balanced",
          "linear": "control: 10,000 linear rules (not ours)",
          "wg_none": "wireguard-go TCP, no table", "wg_three": "wireguard-go TCP, patronus 3 default policies"}
@@ -311,6 +313,7 @@ ratio("copies", "shipped", "(the copy table's hook and lookup)")
 ratio("nohtb", "copies", "(the shape chain)")
 ratio("full", "nohtb", "(htb at 10 Gbit/s instead of no qdisc on the veth)")
 ratio("cthtb", "ct", "(reference: htb by itself)")
+ratio("shipped", "relay", "(what refusing transit, the forward chain of a site that does not relay, costs every forwarded packet)")
 ratio("full", "mwan3", "(as shipped with duplication and shaping, against mwan3 which has neither)")
 ratio("mwan3", "ct", "(reference)")
 ratio("big", "ten", "(target 95-105%: flat in the number of entries)")

@@ -31,6 +31,7 @@ struct StatusCommand: ParsableCommand {
         } catch {
             snapshot.steeringError = "\(error)"
         }
+        snapshot.transit = try? SteeringInspector(store: store, netns: options.netns).transit()
         do {
             snapshot.shaping = try SteeringInspector(store: store, netns: options.netns).shapers(paths: snapshot.paths)
         } catch {

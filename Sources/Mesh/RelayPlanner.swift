@@ -10,13 +10,32 @@ public struct RelayInputs: Sendable {
     public var knownSince: [SiteID: Date]
     /// The last completed handshake of every planned (interface, peer), nil before the first.
     public var handshakes: [TunnelSession: Date?]
+    /// What else is known of each session: its path's status and when the peer last sent us anything.
+    /// A session without an entry is judged by its handshake alone.
+    public var liveness: [TunnelSession: SessionLiveness]
     public var now: Date
 
-    public init(members: [SiteDescription], knownSince: [SiteID: Date], handshakes: [TunnelSession: Date?], now: Date) {
+    public init(members: [SiteDescription], knownSince: [SiteID: Date], handshakes: [TunnelSession: Date?],
+                liveness: [TunnelSession: SessionLiveness] = [:], now: Date) {
         self.members = members
         self.knownSince = knownSince
         self.handshakes = handshakes
+        self.liveness = liveness
         self.now = now
+    }
+}
+
+/// One session's signs of life besides its handshake (`RelayPlanner.isDead`).
+public struct SessionLiveness: Hashable, Sendable {
+    /// The path's probes have been failing long enough for the prober to declare it down.
+    public var pathDown: Bool
+    /// When the peer's receive counter last moved (WireGuard counts only authenticated packets from it), or
+    /// when the session was first seen.
+    public var lastReceived: Date
+
+    public init(pathDown: Bool, lastReceived: Date) {
+        self.pathDown = pathDown
+        self.lastReceived = lastReceived
     }
 }
 
@@ -34,6 +53,8 @@ public struct TunnelSession: Hashable, Sendable {
 /// The relayed fallback (docs/MESH.md "Relayed paths"). Pure: the driver feeds it sessions and applies what
 /// it returns to the tunnel plan.
 ///
+/// A session works when WireGuard counts it (handshake within 180 s) and it is not dead (`isDead`: its path
+/// down and nothing received from the peer for `Conventions.relayDeadSilence`).
 /// A site we have no working direct session with on any path, `Conventions.relayDirectGrace` after we first
 /// planned it (the time NAT traversal needs), is reached through a relay: a member that announces `relay`,
 /// with which we have a working session. On every interface where both have a peer, the site's overlay /32
@@ -48,11 +69,12 @@ public enum RelayPlanner {
     /// decision: a relay in use stays while it still qualifies (no flapping between two equal relays).
     public static func decide(_ inputs: RelayInputs, plan: TunnelPlan, current: [SiteID: SiteID]) -> [SiteID: SiteID] {
         let members = Dictionary(inputs.members.map { ($0.siteID, $0) }, uniquingKeysWith: { a, _ in a })
-        // Working sessions per member: on how many of our interfaces its own peer has handshaken recently.
+        // Working sessions per member: on how many of our interfaces its own peer has handshaken recently
+        // and is not dead.
         var workingInterfaces: [SiteID: Int] = [:]
         for path in plan.paths where members[path.remoteSite] != nil {
             let session = TunnelSession(interface: path.interface, peer: path.peer)
-            if TunnelReconciler.isWorking(lastHandshake: inputs.handshakes[session] ?? nil, now: inputs.now) { workingInterfaces[path.remoteSite, default: 0] += 1 }
+            if isWorking(session, inputs) { workingInterfaces[path.remoteSite, default: 0] += 1 }
         }
         let relays = members.values.filter { $0.relay && workingInterfaces[$0.siteID, default: 0] > 0 }
         var decision: [SiteID: SiteID] = [:]
@@ -71,6 +93,32 @@ public enum RelayPlanner {
             if let best { decision[site] = best.siteID }
         }
         return decision
+    }
+
+    /// A session works when WireGuard counts it (handshake within `TunnelReconciler.workingSessionAge`) and
+    /// it is not dead (`isDead`).
+    static func isWorking(_ session: TunnelSession, _ inputs: RelayInputs) -> Bool {
+        TunnelReconciler.isWorking(lastHandshake: inputs.handshakes[session] ?? nil, now: inputs.now)
+            && !isDead(inputs.liveness[session], now: inputs.now)
+    }
+
+    /// Whether a session is dead although its handshake is recent: its path is down (every probe failing)
+    /// and the peer sent nothing for `Conventions.relayDeadSilence`. Both are needed: a path that loses
+    /// probes but gets a single reply through, or a quiet peer whose path is up, stays working.
+    public static func isDead(_ liveness: SessionLiveness?, now: Date) -> Bool {
+        guard let liveness, liveness.pathDown else { return false }
+        return now.timeIntervalSince(liveness.lastReceived) >= Conventions.relayDeadSilence
+    }
+
+    /// The planned sessions that WireGuard still counts (recent handshake) but that are dead (`isDead`):
+    /// the driver restarts them (the peer re-created, its old session gone), so the site is direct again
+    /// only after a new handshake proves the direct path, never on the stale one: no flapping between a
+    /// dead direct path and the relay.
+    public static func deadSessions(_ inputs: RelayInputs, plan: TunnelPlan) -> Set<TunnelSession> {
+        Set(plan.paths.map { TunnelSession(interface: $0.interface, peer: $0.peer) }.filter { session in
+            TunnelReconciler.isWorking(lastHandshake: inputs.handshakes[session] ?? nil, now: inputs.now)
+                && isDead(inputs.liveness[session], now: inputs.now)
+        })
     }
 
     /// Whether some interface has a peer for both sites (where a relayed path can run).

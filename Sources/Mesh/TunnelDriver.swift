@@ -48,10 +48,14 @@ public struct TunnelDriver: Sendable {
         init(_ uplinks: [Uplink]) { value = Mutex(uplinks) }
     }
 
-    /// The relay decision in force (site -> relay) and when each member was first planned.
+    /// The relay decision in force (site -> relay), when each member was first planned, and what the
+    /// decision knows of each session's life: the paths the probers hold down, and each peer's receive
+    /// counter with when it last moved.
     private struct RelayState {
         var decision: [SiteID: SiteID] = [:]
         var knownSince: [SiteID: Date] = [:]
+        var pathsDown: Set<TunnelSession> = []
+        var received: [TunnelSession: (bytes: UInt64, at: Date)] = [:]
     }
     private final class RelayBox: Sendable {
         let value = Mutex(RelayState())
@@ -61,25 +65,56 @@ public struct TunnelDriver: Sendable {
     /// Sites reached through a relay now: site -> relay.
     public var relayed: [SiteID: SiteID] { relayBox.value.withLock { $0.decision } }
 
+    /// The prober's verdict on a path's session (down: its probes all fail), for the relay decision.
+    public func setPathDown(_ session: TunnelSession, _ down: Bool) {
+        relayBox.value.withLock { state in
+            if down { state.pathsDown.insert(session) } else { state.pathsDown.remove(session) }
+        }
+    }
+
     /// Decides again which sites go through a relay, from the sessions the interfaces report now (`states`,
-    /// `RelayPlanner.decide`); logs each change.
-    func decideRelays(_ plan: TunnelPlan, states: [String: InterfaceState]) {
+    /// `RelayPlanner.decide`); logs each change. Returns the sessions found dead (`RelayPlanner.deadSessions`),
+    /// which the caller restarts.
+    func decideRelays(_ plan: TunnelPlan, states: [String: InterfaceState]) -> Set<TunnelSession> {
         let now = Date()
         var handshakes: [TunnelSession: Date?] = [:]
+        var received: [TunnelSession: UInt64] = [:]
         for path in plan.paths {
-            handshakes[TunnelSession(interface: path.interface, peer: path.peer)] = states[path.interface]?.peer(path.peer)?.lastHandshake
+            let session = TunnelSession(interface: path.interface, peer: path.peer)
+            let live = states[path.interface]?.peer(path.peer)
+            handshakes[session] = live?.lastHandshake
+            if let live { received[session] = live.rxBytes }
         }
         let members = discovery.sites.map(\.site)
         let names = Dictionary(members.map { ($0.siteID, $0.name) }, uniquingKeysWith: { a, _ in a })
-        let (old, new) = relayBox.value.withLock { state in
+        let (old, new, dead) = relayBox.value.withLock { state in
             let present = Set(members.map(\.siteID))
             state.knownSince = state.knownSince.filter { present.contains($0.key) }
             for site in present where state.knownSince[site] == nil { state.knownSince[site] = now }
+            // A counter that moved (or went back: the peer was re-created) is a sign of life now.
+            var seen: [TunnelSession: (bytes: UInt64, at: Date)] = [:]
+            for (session, bytes) in received {
+                let last = state.received[session]
+                seen[session] = last.map { $0.bytes == bytes ? $0 : (bytes, now) } ?? (bytes, now)
+            }
+            state.received = seen
+            state.pathsDown = state.pathsDown.filter { handshakes.keys.contains($0) }
+            var liveness: [TunnelSession: SessionLiveness] = [:]
+            for (session, last) in seen {
+                liveness[session] = SessionLiveness(pathDown: state.pathsDown.contains(session), lastReceived: last.at)
+            }
+            let inputs = RelayInputs(members: members, knownSince: state.knownSince, handshakes: handshakes,
+                                     liveness: liveness, now: now)
             let old = state.decision
-            state.decision = RelayPlanner.decide(RelayInputs(members: members, knownSince: state.knownSince,
-                                                             handshakes: handshakes, now: now),
-                                                 plan: plan, current: old)
-            return (old, state.decision)
+            state.decision = RelayPlanner.decide(inputs, plan: plan, current: old)
+            return (old, state.decision, RelayPlanner.deadSessions(inputs, plan: plan))
+        }
+        let siteOf = Dictionary(plan.paths.map { (TunnelSession(interface: $0.interface, peer: $0.peer), $0.remoteSite) },
+                                uniquingKeysWith: { a, _ in a })
+        for session in dead.sorted(by: { $0.interface < $1.interface }) {
+            let site = siteOf[session]
+            logger.notice("direct session dead (path down, nothing received for \(Int(Conventions.relayDeadSilence)) s): restarting it", metadata: [
+                "site": "\(site.flatMap { names[$0] } ?? site?.description ?? "-")", "interface": "\(session.interface)"])
         }
         for (site, relay) in new where old[site] != relay {
             logger.info("no direct session: reaching the site through a relay", metadata: [
@@ -88,6 +123,7 @@ public struct TunnelDriver: Sendable {
         for site in old.keys where new[site] == nil {
             logger.info("site reached directly again (or gone): relay dropped", metadata: ["site": "\(names[site] ?? site.description)"])
         }
+        return dead
     }
 
     /// The plan for the sites discovery knows now.
@@ -152,9 +188,12 @@ public struct TunnelDriver: Sendable {
             do {
                 // One read of every interface's sessions serves the relay decision and the observations.
                 let states = observing ? await reconciler.states() : [:]
-                if observing { decideRelays(try currentPlan(), states: states) }
+                let dead = observing ? decideRelays(try currentPlan(), states: states) : []
                 let plan = try relayedPlan()
                 let report = await reconciler.apply(plan)
+                // After the plan (a dead session's site is relayed now): the old session goes, and the site
+                // is direct again only once a new handshake proves the direct path.
+                if !dead.isEmpty { await reconciler.restartSessions(dead) }
                 await onPlan(plan, report)
                 if observing { observe(plan, states: states) }
             } catch {

@@ -306,6 +306,34 @@ public actor TunnelReconciler {
         keepaliveHeld[after.name] = keepaliveHeld[after.name]?.filter { kept.contains($0.key) }
     }
 
+    /// Re-creates the peers of `sessions` as applied (one set per interface): their sessions (keys, learned
+    /// endpoint, last handshake) are gone, and the first-handshake maintenance takes over as for a new
+    /// peer: we initiate (nudged) when our key sorts first, else the peer's keepalive is held for
+    /// `keepaliveHoldLimit`. For a session found dead (`RelayPlanner.deadSessions`).
+    public func restartSessions(_ sessions: Set<TunnelSession>) async {
+        await exclusively {
+            let due = ContinuousClock.now + Self.firstNudge
+            for (name, group) in Dictionary(grouping: sessions, by: \.interface).sorted(by: { $0.key < $1.key }) {
+                guard let interface = applied[name] else { continue }
+                let keys = Set(group.map(\.peer))
+                var update = DeviceUpdate()
+                for peer in interface.peers where keys.contains(peer.publicKey) {
+                    update.peers += [.removing(peer.publicKey), PeerUpdate(setting: peer)]
+                    if weInitiate(to: peer.publicKey) {
+                        awaitingHandshake[name, default: [:]][peer.publicKey] = Nudge(due: due, backoff: Self.firstNudge)
+                    }
+                }
+                guard !update.peers.isEmpty else { continue }
+                update = holdingKeepalive(update, fresh: keys, on: name)
+                do {
+                    try await backend.configure(name, update)
+                } catch {
+                    logger.warning("restarting a dead session failed", metadata: ["interface": "\(name)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+
     /// Deletes WireGuard interfaces named with `prefix` that this reconciler does not manage: what a crashed
     /// run left and no plan wants (a planned one is adopted by `apply` instead). Call once at start, after
     /// the first `apply`. Returns the names removed.

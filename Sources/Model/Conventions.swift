@@ -166,6 +166,13 @@ public enum Conventions {
     /// (NAT traversal through observed mappings needs about 2.6 s in the lab).
     public static let relayDirectGrace: Double = 5
 
+    /// A direct session WireGuard still counts (handshake within 180 s) is dead when its path is down (its
+    /// probes, every 50 ms, all fail) and nothing at all came from the peer for this long: the site is then
+    /// relayed and the session restarted (docs/MESH.md "Relayed paths"). 200 probe intervals, longer than
+    /// WireGuard's own 5 s handshake retry and any loss burst of a working path; a shorter outage (an uplink
+    /// flap) stays direct.
+    public static let relayDeadSilence: Double = 10
+
     // MARK: Ports and addresses
 
     /// The first tunnel's WireGuard port (`--listen-port`); the mesh layer derives the others from it.

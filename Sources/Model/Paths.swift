@@ -222,11 +222,16 @@ public struct PathMetrics: Hashable, Sendable, Codable {
     /// The smoothed RTT of the last few probes (RFC 6298's SRTT, 1/8 per sample), ms: reacts within a few
     /// probe intervals, where `latencyMs` is the median of the whole window. The shaper's delay signal.
     public var recentLatencyMs: Double?
+    /// The path's download: the rate at which the far site's bandwidth trains arrived here over this path
+    /// (measured by our receiver; `bandwidthMbps` is the far receiver's measurement of ours). nil until a
+    /// train of the far site was measured. The download shaper's estimate (docs/SHAPING.md, "The download rate").
+    public var downloadBandwidthMbps: Double?
 
     public init(latencyMs: Double, jitterMs: Double, lossPct: Double, bandwidthMbps: Double? = nil,
                 score: Double, throughputTxMbps: Double? = nil, throughputRxMbps: Double? = nil,
-                recentLatencyMs: Double? = nil) {
+                recentLatencyMs: Double? = nil, downloadBandwidthMbps: Double? = nil) {
         self.recentLatencyMs = recentLatencyMs
+        self.downloadBandwidthMbps = downloadBandwidthMbps
         self.latencyMs = latencyMs
         self.jitterMs = jitterMs
         self.lossPct = lossPct

@@ -22,10 +22,16 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     /// For duplicated classes: where the copy of a packet that took path `from` goes (docs/STEERING.md,
     /// "Duplication"). None for a (site, class) with one usable path: nothing is copied.
     public var copies: [Copy]
+    /// This site relays for other members (`run --relay`, docs/MESH.md "Relayed paths"): it forwards between
+    /// its tunnels. false (every other site): what arrives by one path's interface and would leave by one is
+    /// dropped and counted (the `forward` chain, docs/STEERING.md "Transit"), so no member routes another
+    /// site's traffic through us.
+    public var relay: Bool
 
     public init(classes: [TrafficClass] = [], paths: [SteeringPath] = [], destinations: [Destination] = [],
                 choices: [Choice] = [], uplinks: [UplinkPin] = [], shapers: [Shaper] = [], downloadShapers: [DownloadShaper] = [],
-                copies: [Copy] = []) {
+                copies: [Copy] = [], relay: Bool = false) {
+        self.relay = relay
         self.copies = copies
         self.downloadShapers = downloadShapers
         self.classes = classes
@@ -266,6 +272,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         lines += shapers.map { "  " + $0.description }
         lines += downloadShapers.map { "  " + $0.description }
         lines += copies.map { "  " + $0.description }
+        if relay { lines.append("  relay: forwards between tunnels") }
         return lines.joined(separator: "\n")
     }
 

@@ -14,6 +14,8 @@ public enum NFTMetaKey: UInt32, Hashable, Sendable {
     case length = 0, `protocol` = 1, priority = 2, mark = 3, inputInterface = 4, outputInterface = 5
     /// The input interface's name (16 bytes, IFNAMSIZ, zero padded).
     case inputInterfaceName = 6
+    /// The output interface's name (16 bytes, IFNAMSIZ, zero padded); known from the forward hook on.
+    case outputInterfaceName = 7
     case nfproto = 15, l4proto = 16
 }
 
@@ -95,6 +97,7 @@ public enum NFT {
     public static let reg1 = NFTRegister.reg1
     public static let reg32_01 = NFTRegister.reg32_01 // "reg 9" in nft's debug output
     public static let metaInputInterfaceName = NFTMetaKey.inputInterfaceName
+    public static let metaOutputInterfaceName = NFTMetaKey.outputInterfaceName
     public static let verdictRegister = NFTRegister.verdict
     public static let metaMark = NFTMetaKey.mark
     public static let metaL4Proto = NFTMetaKey.l4proto

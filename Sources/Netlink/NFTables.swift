@@ -103,6 +103,9 @@ public struct NFTHook: Hashable, Sendable {
     public static let prerouting = UInt32(NF_INET_PRE_ROUTING.rawValue)
     public static let output = UInt32(NF_INET_LOCAL_OUT.rawValue)
     public static let postrouting = UInt32(NF_INET_POST_ROUTING.rawValue)
+    public static let forward = UInt32(NF_INET_FORWARD.rawValue)
+    /// NF_IP_PRI_FILTER (nft's `priority filter`).
+    public static let filterPriority: Int32 = 0
     /// NF_IP_PRI_MANGLE: after conntrack, before the routing decision.
     public static let manglePriority: Int32 = -150
 }
@@ -134,6 +137,8 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
     case dscp
     /// An htb class id (`meta priority`, nft's `classid`).
     case classID
+    /// An interface name (nftables' TYPE_IFNAME): 16 bytes, IFNAMSIZ, zero padded.
+    case ifname
     /// NFT_DATA_VERDICT: a verdict map's data.
     case verdict
     case concatenation([NFTDataType])
@@ -150,6 +155,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case .mark: 19
         case .dscp: 36
         case .classID: 23
+        case .ifname: 41
         case .verdict: 0xffff_ff00
         case .concatenation(let fields): fields.reduce(0) { $0 << Self.fieldBits | $1.rawValue }
         case .other(let v): v
@@ -177,6 +183,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case 19: .mark
         case 36: .dscp
         case 23: .classID
+        case 41: .ifname
         case 0xffff_ff00: .verdict
         default: nil
         }
@@ -194,6 +201,7 @@ public enum NFTDataType: Hashable, Sendable, CustomStringConvertible {
         case .mark: "mark"
         case .dscp: "dscp"
         case .classID: "classid"
+        case .ifname: "ifname"
         case .verdict: "verdict"
         case .concatenation(let fields): fields.map(\.description).joined(separator: " . ")
         case .other(let v): "type \(v)"

@@ -118,16 +118,25 @@ public final class BandwidthReceiver: @unchecked Sendable {
     private var reports: UInt64 = 0
     static let maximumPacket = 1472
 
+    /// Trains whose report was handed to `onReport` already (a repeated request is answered, not counted again).
+    private var reported: Set<Key> = []
+
     private let dropLog: DropLog
     private let onTrain: @Sendable (Int32) -> Void
+    private let onReport: @Sendable (Int32, IPv4Address, TrainReport) -> Void
 
     /// `onTrain` hears the incoming interface of every train that starts arriving (a remote site's bandwidth
-    /// test is loading that uplink now: the daemon excuses the probes that cross it).
+    /// test is loading that uplink now: the daemon excuses the probes that cross it). `onReport` hears, once
+    /// per train, its measurement with the interface it came in on and its source: the rate at which that
+    /// path delivers to us (the daemon keeps it as the path's download, ``DownloadBandwidth``).
     public init(configuration: Configuration = Configuration(),
                 logger: Logger = Logger(label: "patronus.probing"),
-                onTrain: @escaping @Sendable (_ interfaceIndex: Int32) -> Void = { _ in }) throws(ProbeSocketError) {
+                onTrain: @escaping @Sendable (_ interfaceIndex: Int32) -> Void = { _ in },
+                onReport: @escaping @Sendable (_ interfaceIndex: Int32, _ source: IPv4Address, _ report: TrainReport) -> Void
+                    = { _, _, _ in }) throws(ProbeSocketError) {
         self.configuration = configuration
         self.onTrain = onTrain
+        self.onReport = onReport
         dropLog = DropLog(logger: logger, component: "bandwidth receiver")
         socket = try DatagramSocket(port: configuration.port, mark: configuration.replyMark, packetInfo: true,
                                     receiveBuffer: 4 << 20)
@@ -146,14 +155,16 @@ public final class BandwidthReceiver: @unchecked Sendable {
 
     private func handle(_ datagram: Datagram) {
         var started = false
-        if let reason = lock.withLock({ measure(datagram, started: &started) }) {
+        var measured: TrainReport?
+        if let reason = lock.withLock({ measure(datagram, started: &started, measured: &measured) }) {
             dropLog.dropped(reason, from: datagram.source)
         }
         if started { onTrain(datagram.interfaceIndex) }
+        if let measured { onReport(datagram.interfaceIndex, datagram.source.address, measured) }
     }
 
-    /// Called with the lock held; returns the drop reason, if dropped.
-    private func measure(_ datagram: Datagram, started: inout Bool) -> ProbeRejection? {
+    /// Called with the lock held; returns the drop reason, if dropped. `measured`: a train's first report.
+    private func measure(_ datagram: Datagram, started: inout Bool, measured: inout TrainReport?) -> ProbeRejection? {
         guard configuration.allowedSources.contains(where: { $0.contains(datagram.source.address) }) else {
             drops.count(.unknownPeer)
             return .unknownPeer
@@ -170,6 +181,7 @@ public final class BandwidthReceiver: @unchecked Sendable {
         let key = Key(source: datagram.source, session: packet.session, train: packet.train)
         let now = datagram.receivedAt
         trains = trains.filter { now - $0.value.lastArrival < .seconds(5) }
+        reported = reported.filter { trains[$0] != nil }
         if trains[key] == nil {
             if trains.count >= 16, let oldest = trains.min(by: { $0.value.lastArrival < $1.value.lastArrival }) {
                 trains[oldest.key] = nil
@@ -179,7 +191,9 @@ public final class BandwidthReceiver: @unchecked Sendable {
             started = true
         }
         if packet.isEndOfTrain {
-            let report = trains[key]!.report.encoded()
+            let measurement = trains[key]!.report
+            if reported.insert(key).inserted { measured = measurement }
+            let report = measurement.encoded()
             let failed = datagram.interfaceIndex > 0
                 ? socket.send(report, to: datagram.source, viaInterface: datagram.interfaceIndex,
                               from: datagram.destination)

@@ -89,6 +89,13 @@ public final class PathProbeSet: @unchecked Sendable {
         lock.withLock { probers[path] }?.recordBandwidth(mbps: mbps)
     }
 
+    /// Records the measurement of a train the far site sent us over `path` (its download; ``DownloadBandwidth``).
+    /// Returns whether it counted (false for an unknown path or an implausible train).
+    @discardableResult
+    public func recordDownloadTrain(path: String, _ report: TrainReport) -> Bool {
+        lock.withLock { probers[path] }?.recordDownloadTrain(report) ?? false
+    }
+
     /// Excuses the probes of `paths` for `duration` (a bandwidth test, ours or a remote site's, is loading
     /// their uplink; see ``PathMonitor/excusedUntil``). Unknown names are ignored.
     public func excuse(_ paths: [String], for duration: Duration) {

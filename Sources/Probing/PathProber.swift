@@ -88,6 +88,7 @@ public final class PathProber: @unchecked Sendable {
     private let lock = NSLock()
     private var monitor: PathMonitor
     private var bandwidthMbps: Double?
+    private var download = DownloadBandwidth()
     private let dropLog: DropLog
 
     /// Opens the pinned socket now, so a missing interface or permission is reported at once.
@@ -105,11 +106,18 @@ public final class PathProber: @unchecked Sendable {
 
     deinit { continuation.finish() }
 
-    /// The current metrics (bandwidth: the last test result, if any).
+    /// The current metrics (bandwidth: the last test result, if any; download: the far site's last trains).
     public var metrics: PathMetrics {
         lock.lock()
         defer { lock.unlock() }
-        return monitor.metrics(bandwidthMbps: bandwidthMbps)
+        return measured()
+    }
+
+    /// Called with the lock held.
+    private func measured() -> PathMetrics {
+        var metrics = monitor.metrics(bandwidthMbps: bandwidthMbps)
+        metrics.downloadBandwidthMbps = download.mbps
+        return metrics
     }
 
     public var status: PathStatus {
@@ -138,6 +146,13 @@ public final class PathProber: @unchecked Sendable {
         bandwidthMbps = mbps
         monitor.sizeExcuse(testBytes: testBytes, bandwidthMbps: mbps)
         lock.unlock()
+    }
+
+    /// Records the measurement of a train the far site sent us over this path (``DownloadBandwidth``);
+    /// returns whether it counted.
+    @discardableResult
+    public func recordDownloadTrain(_ report: TrainReport) -> Bool {
+        lock.withLock { download.record(report) }
     }
 
     /// Excuses this path's probes for `duration` from now: our own bandwidth test is loading the uplink, so
@@ -202,7 +217,7 @@ public final class PathProber: @unchecked Sendable {
     /// Called with the lock held.
     private func publish(_ change: PathStatusChange?) {
         continuation.yield(PathEvent(path: target.name, change: change, status: monitor.status,
-                                     metrics: monitor.metrics(bandwidthMbps: bandwidthMbps), date: Date()))
+                                     metrics: measured(), date: Date()))
     }
 
     private func handle(_ datagram: Datagram) {

@@ -74,7 +74,7 @@ public struct Daemon: Sendable {
         if let version { startMetadata["version"] = "\(version)" }
         logger.notice("site \(configuration.siteName) (\(siteID)) starting", metadata: startMetadata)
 
-        let steering = try KernelSteering(logger: logger)
+        let steering = try KernelSteering(relay: configuration.relay, logger: logger)
         let forwarding = try KernelSetting.enableIPv4Forwarding(journal: files.database + ".ip-forward")
         await StaleTunnels.remove(prefix: configuration.interfaceName, uplinkCount: uplinks.count, backend: backend,
                                   logger: logger)
@@ -206,16 +206,25 @@ public struct Daemon: Sendable {
         }
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(writer: writer, pathIDs: try store.pathIDs(), controller: controller, probes: probes,
-                                  probeInterval: configuration.probeInterval, logger: logger)
-        // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink.
+                                  probeInterval: configuration.probeInterval, logger: logger) { [driver] session, status in
+            driver.setPathDown(session, status == .down)
+        }
+        // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink, and
+        // its measurement is the download of the path it came in by.
         var receiverConfiguration = BandwidthReceiver.Configuration()
         receiverConfiguration.replyMark = Conventions.pinnedMark
-        let bandwidthReceiver = try BandwidthReceiver(configuration: receiverConfiguration, logger: logger) { interfaceIndex in
+        @Sendable func interfaceName(_ index: Int32) -> String? {
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-            guard interfaceIndex > 0, if_indextoname(UInt32(interfaceIndex), &name) != nil else { return }
-            let interface = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            Task { await runtime.trainArriving(through: interface) }
+            guard index > 0, if_indextoname(UInt32(index), &name) != nil else { return nil }
+            return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
+        let bandwidthReceiver = try BandwidthReceiver(configuration: receiverConfiguration, logger: logger, onTrain: { index in
+            guard let interface = interfaceName(index) else { return }
+            Task { await runtime.trainArriving(through: interface) }
+        }, onReport: { index, source, report in
+            guard let interface = interfaceName(index) else { return }
+            Task { await runtime.downloadTrainMeasured(through: interface, from: source, report) }
+        })
         let metrics = RouterMetrics()
         let shaping = ShapingState()
         // A restart (crash, upgrade, kill -9) picks up the sites it was talking to a moment ago, so the first

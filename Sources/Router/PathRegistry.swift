@@ -90,6 +90,11 @@ struct PathRegistry {
         return paths.filter { $0.key != name && $0.value.key.localLabel == label }.map(\.key).sorted()
     }
 
+    /// The path to `site` that tunnel `interface` carries (one peer per site on an interface), if any.
+    func arriving(through interface: String, from site: SiteID) -> String? {
+        paths.filter { $0.value.binding.interface == interface && $0.value.key.site == site }.map(\.key).min()
+    }
+
     /// Every path leaving by the uplink that carries tunnel `interface`.
     func leavingBy(interface: String) -> [String] {
         guard let label = paths.values.first(where: { $0.binding.interface == interface })?.key.localLabel else { return [] }

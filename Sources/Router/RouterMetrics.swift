@@ -111,6 +111,9 @@ public struct RouterSample: Sendable {
     public var storeWrites = StoreWriter.Statistics()
     /// Every shaped tunnel (docs/SHAPING.md).
     public var shapers: [ShaperSample] = []
+    /// Packets another member tried to route through us between two of our tunnels, refused (a site that
+    /// does not relay; docs/MESH.md "Relayed paths"); nil on a relay or without the nft counters.
+    public var transitRefused: UInt64?
 
     public struct DropKey: Hashable, Sendable {
         public var component: String
@@ -176,6 +179,10 @@ public final class RouterMetrics: Sendable {
                     if let bandwidth = m.bandwidthMbps {
                         gauge("path_bandwidth_mbps", "Receiver-measured bandwidth", labels, bandwidth)
                     }
+                    if let download = m.downloadBandwidthMbps {
+                        gauge("path_download_bandwidth_mbps", "The far site's bandwidth trains as they arrived here over the path",
+                              labels, download)
+                    }
                     if let tx = m.throughputTxMbps, let rx = m.throughputRxMbps {
                         gauge("path_throughput_mbps", "What the path's tunnel peer carried over the last 5-10 s (passive)",
                               labels + [("direction", "transmit")], tx)
@@ -221,6 +228,11 @@ public final class RouterMetrics: Sendable {
                     counter("shaper_sent_bytes_total", "Bytes the shaper's band sent", bandLabels, band.sentBytes)
                     counter("shaper_drops_total", "Packets the band's bounded queue dropped", bandLabels, UInt64(band.drops))
                 }
+            }
+            if let refused = sample.transitRefused {
+                counter("transit_refused_packets_total",
+                        "Packets that arrived by one of our tunnels and would have left by one, dropped: this site does not relay (nft counter)",
+                        [], refused)
             }
             counter("failovers_total", "Selections moved to another path", [], sample.failovers)
             gauge("prefix_conflicts", "Announced prefixes refused: they overlap an earlier holder's", [],

@@ -29,11 +29,12 @@ public final class ShapingState: Sendable {
     func set(_ value: [ShaperSample]) { samples.withLock { $0 = value } }
 }
 
-/// Egress shaping of every tunnel (docs/SHAPING.md): every `interval`, for each path whose uplink is shaped,
-/// the rate comes from `--uplink ...,shape=RATE`, or (auto) from a `ShaperRateController` fed with the
-/// path's bandwidth estimate, its probes' recent RTT and what the shaper sent; `KernelSteering` installs
-/// the shapers and changes their rates in place. A path without a bandwidth estimate yet stays unshaped
-/// (logged once), as does one whose shaper cannot be installed: routing never waits for shaping.
+/// Egress shaping of every tunnel and download shaping of every uplink (docs/SHAPING.md): every `interval`,
+/// for each path whose uplink is shaped, the rate comes from `--uplink ...,shape=RATE`, or (auto) from a
+/// `ShaperRateController` fed with the path's bandwidth estimate, its probes' recent RTT and what the
+/// shaper sent; an uplink's download likewise, from the highest download measured over its paths.
+/// `KernelSteering` installs the shapers and changes their rates in place. A shaper without an estimate yet
+/// stays off (logged once), as does one that cannot be installed: routing never waits for shaping.
 struct ShapingService: Service {
     let steering: KernelSteering
     let runtime: SiteRuntime
@@ -92,24 +93,39 @@ struct ShapingLoop {
         return out
     }
     private var downloadNotices: Set<String> = []
-    private var controllers: [String: ShaperRateController] = [:]
-    private var lastSent: [String: (bytes: UInt64, at: Double)] = [:]
-    private var lastReplies: [String: UInt64] = [:]
-    private var waiting: Set<String> = []
+    /// A shaper the loop drives in `auto`: a tunnel's egress, keyed by the path that drives it, or an
+    /// uplink's download (its ifb).
+    enum ShaperKey: Hashable {
+        case upload(path: String)
+        case download(uplink: String)
+    }
+    private var controllers: [ShaperKey: ShaperRateController] = [:]
+    private var lastSent: [ShaperKey: (bytes: UInt64, at: Double)] = [:]
+    private var lastReplies: [ShaperKey: UInt64] = [:]
+    private var waiting: Set<ShaperKey> = []
     /// Per tunnel interface, the path whose measurements drive its one shaper.
     private var drivers: [String: String] = [:]
-    /// Per path, its bandwidth measurements of the last `estimateWindow` seconds (time, bit/s).
-    private var estimates: [String: [(at: Double, bps: UInt64)]] = [:]
+    /// Per uplink label, the path whose probes give its download shaper the delay signal.
+    private var downloadDrivers: [String: String] = [:]
+    /// A path's measurement of one direction.
+    struct EstimateKey: Hashable {
+        var path: String
+        var download: Bool
+    }
+    /// Per path and direction, its bandwidth measurements of the last `estimateWindow` seconds (time, bit/s).
+    private var estimates: [EstimateKey: [(at: Double, bps: UInt64)]] = [:]
     /// The ceiling follows the highest measurement of this window, not the latest: a bandwidth test that
     /// ran while the bottleneck was briefly lower (a busy LTE cell) must not cap the rate after it recovers;
     /// the delay signal is what keeps the rate down while the bottleneck is low.
     static let estimateWindow = 600.0
 
-    /// The estimate the shaper of path `name` works from: the highest measurement of the window.
-    mutating func windowedEstimate(_ name: String, measured: UInt64, now: Double) -> UInt64 {
-        var kept = (estimates[name] ?? []).filter { now - $0.at <= Self.estimateWindow }
+    /// The estimate the shaper of path `name` (its upload, or its share of the uplink's download) works
+    /// from: the highest measurement of the window.
+    mutating func windowedEstimate(_ name: String, download: Bool = false, measured: UInt64, now: Double) -> UInt64 {
+        let key = EstimateKey(path: name, download: download)
+        var kept = (estimates[key] ?? []).filter { now - $0.at <= Self.estimateWindow }
         if kept.last?.bps != measured { kept.append((now, measured)) }
-        estimates[name] = kept
+        estimates[key] = kept
         return kept.map(\.bps).max() ?? measured
     }
 
@@ -125,18 +141,22 @@ struct ShapingLoop {
     /// drives the interface's shaper, and keeps driving it while it is there and measured (no flapping
     /// between paths of similar estimates). Unmeasured interfaces take their first path by name.
     mutating func chooseDrivers(_ bindings: [String: PathBinding], _ snapshot: [String: PathProbeSet.Snapshot]) {
-        func estimate(_ name: String) -> Double { snapshot[name]?.metrics.bandwidthMbps ?? 0 }
+        drivers = Self.drivers(groups: bindings.mapValues(\.interface), kept: drivers) { snapshot[$0]?.metrics.bandwidthMbps ?? 0 }
+    }
+
+    /// Per group, the path with the highest `estimate`; a path kept from before stays while it is in the
+    /// group and measured. `groups`: each path's group.
+    static func drivers(groups: [String: String], kept: [String: String], estimate: (String) -> Double) -> [String: String] {
         var chosen: [String: String] = [:]
-        for (name, binding) in bindings.sorted(by: { $0.key < $1.key }) {
-            let interface = binding.interface
-            if let kept = drivers[interface], bindings[kept]?.interface == interface, estimate(kept) > 0 {
-                chosen[interface] = kept
+        for (name, group) in groups.sorted(by: { $0.key < $1.key }) {
+            if let old = kept[group], groups[old] == group, estimate(old) > 0 {
+                chosen[group] = old
                 continue
             }
-            if let current = chosen[interface], estimate(current) >= estimate(name) { continue }
-            chosen[interface] = name
+            if let current = chosen[group], estimate(current) >= estimate(name) { continue }
+            chosen[group] = name
         }
-        drivers = chosen
+        return chosen
     }
 
     struct Step {
@@ -151,6 +171,7 @@ struct ShapingLoop {
     mutating func step(now: Double, bindings: [String: PathBinding], snapshot: [String: PathProbeSet.Snapshot],
                        statistics: [ShaperStatistics]) -> Step {
         var out = Step()
+        var live: Set<ShaperKey> = []
         let stats = Dictionary(statistics.map { ($0.interface, $0) }, uniquingKeysWith: { a, _ in a })
         chooseDrivers(bindings, snapshot)
         for (name, binding) in bindings.sorted(by: { $0.key < $1.key }) where drivers[binding.interface] == name {
@@ -158,37 +179,16 @@ struct ShapingLoop {
             let rate: UInt64
             switch mode {
             case .off:
-                controllers[name] = nil
                 continue
             case .fixed(let bps):
                 rate = bps
             case .auto:
-                guard let mbps = snapshot[name]?.metrics.bandwidthMbps, mbps > 0 else {
-                    if waiting.insert(name).inserted {
-                        out.log.append("path \(binding.id) (\(name)) stays unshaped until its bandwidth is measured")
-                    }
-                    continue
-                }
-                let estimate = windowedEstimate(name, measured: UInt64(mbps * 1e6), now: now)
-                if waiting.remove(name) != nil || controllers[name] == nil {
-                    controllers[name] = ShaperRateController(estimate: estimate)
-                    out.log.append("path \(binding.id) (\(name)) shaped from its measured \(ShapingMode.rateText(estimate))bit/s: starting at \(ShapingMode.rateText(controllers[name]!.rate))bit/s")
-                }
-                controllers[name]!.updateEstimate(estimate)
-                // What the shaper sent since the last step, and whether a probe reply came meanwhile.
-                let sentBytes = stats[binding.interface]?.sentBytes
-                var sentBps = 0.0
-                if let sentBytes, let last = lastSent[name], now > last.at, sentBytes >= last.bytes {
-                    sentBps = Double(sentBytes - last.bytes) * 8 / (now - last.at)
-                }
-                if let sentBytes { lastSent[name] = (sentBytes, now) }
-                let replies = snapshot[name]?.counters.repliesOnTime ?? 0
-                let answered = replies > (lastReplies[name] ?? 0)
-                lastReplies[name] = replies
-                let rtt = answered ? snapshot[name]?.metrics.recentLatencyMs : nil
-                let decision = controllers[name]!.observe(now: now, rttMs: rtt, sentBitsPerSecond: sentBps)
-                if decision != .hold { out.decisions.append("path \(binding.id) (\(name)): \(decision)") }
-                rate = controllers[name]!.rate
+                let measured = snapshot[name]?.metrics.bandwidthMbps.flatMap { $0 > 0 ? UInt64($0 * 1e6) : nil }
+                guard let auto = autoRate(.upload(path: name), "path \(binding.id) (\(name))", "its bandwidth is measured",
+                                          estimate: measured.map { windowedEstimate(name, measured: $0, now: now) },
+                                          device: binding.interface, probe: name, now: now, snapshot: snapshot,
+                                          stats: stats, live: &live, out: &out) else { continue }
+                rate = auto
             }
             out.shapers.append(SteeringPlan.Shaper(interface: binding.interface, rateBitsPerSecond: rate))
             let s = stats[binding.interface]
@@ -197,39 +197,91 @@ struct ShapingLoop {
                                             rateBitsPerSecond: rate, queueDelayMs: s?.queueDelayMs ?? 0,
                                             bands: s?.bands ?? []))
         }
-        downloadStep(bindings: bindings, stats: stats, into: &out)
-        for name in estimates.keys where bindings[name] == nil { estimates[name] = nil }
-        for name in controllers.keys where bindings[name] == nil || drivers[bindings[name]!.interface] != name {
-            controllers[name] = nil
-            lastSent[name] = nil
-            lastReplies[name] = nil
+        downloadStep(now: now, bindings: bindings, snapshot: snapshot, stats: stats, live: &live, into: &out)
+        for key in estimates.keys where bindings[key.path] == nil { estimates[key] = nil }
+        for key in controllers.keys where !live.contains(key) {
+            controllers[key] = nil
+            lastSent[key] = nil
+            lastReplies[key] = nil
         }
         return out
     }
 
-    /// The download shapers: one per uplink whose download has a fixed rate and tunnels now. `auto` needs
-    /// a download estimate, which is not measured yet: such a download stays unshaped (said once, debug).
-    private mutating func downloadStep(bindings: [String: PathBinding], stats: [String: ShaperStatistics], into out: inout Step) {
+    /// One step of an `auto` shaper (`subject` names it in the log): its controller starts at 90 % of
+    /// `estimate` and is fed what the shaper on `device` sent since the last step and the recent RTT of the
+    /// probes of path `probe` when a reply came meanwhile. nil (unshaped, said once: until `until`) without
+    /// an estimate.
+    private mutating func autoRate(_ key: ShaperKey, _ subject: String, _ until: String, estimate: UInt64?, device: String,
+                                   probe: String?, now: Double, snapshot: [String: PathProbeSet.Snapshot],
+                                   stats: [String: ShaperStatistics], live: inout Set<ShaperKey>, out: inout Step) -> UInt64? {
+        guard let estimate else {
+            if waiting.insert(key).inserted { out.log.append("\(subject) stays unshaped until \(until)") }
+            return nil
+        }
+        live.insert(key)
+        if waiting.remove(key) != nil || controllers[key] == nil {
+            controllers[key] = ShaperRateController(estimate: estimate)
+            out.log.append("\(subject) shaped from its measured \(ShapingMode.rateText(estimate))bit/s: starting at \(ShapingMode.rateText(controllers[key]!.rate))bit/s")
+        }
+        controllers[key]!.updateEstimate(estimate)
+        // What the shaper sent since the last step, and whether a probe reply came meanwhile.
+        let sentBytes = stats[device]?.sentBytes
+        var sentBps = 0.0
+        if let sentBytes, let last = lastSent[key], now > last.at, sentBytes >= last.bytes {
+            sentBps = Double(sentBytes - last.bytes) * 8 / (now - last.at)
+        }
+        if let sentBytes { lastSent[key] = (sentBytes, now) }
+        let probed = probe.flatMap { snapshot[$0] }
+        let replies = probed?.counters.repliesOnTime ?? 0
+        let answered = replies > (lastReplies[key] ?? 0)
+        lastReplies[key] = replies
+        let rtt = answered ? probed?.metrics.recentLatencyMs : nil
+        let decision = controllers[key]!.observe(now: now, rttMs: rtt, sentBitsPerSecond: sentBps)
+        if decision != .hold { out.decisions.append("\(subject): \(decision)") }
+        return controllers[key]!.rate
+    }
+
+    /// The download shapers: one per uplink whose download is shaped and that has tunnels now, over all of
+    /// them. A fixed rate is taken as it is; `auto` is the same controller as a tunnel's egress, driven by
+    /// the uplink's download estimate: the highest download measured over its paths (each is the far site's
+    /// trains as they arrived, min(far upload, our download): when the far upload is the lower, the queue
+    /// builds at the far site, not in our downstream buffer), with the delay of the probes of the path
+    /// measured highest (a full downstream buffer delays them as much as a full upstream one).
+    private mutating func downloadStep(now: Double, bindings: [String: PathBinding], snapshot: [String: PathProbeSet.Snapshot],
+                                       stats: [String: ShaperStatistics], live: inout Set<ShaperKey>, into out: inout Step) {
+        func measured(_ name: String) -> UInt64? {
+            snapshot[name]?.metrics.downloadBandwidthMbps.flatMap { $0 > 0 ? UInt64($0 * 1e6) : nil }
+        }
+        downloadDrivers = Self.drivers(groups: bindings.mapValues(\.key.localLabel), kept: downloadDrivers) {
+            Double(measured($0) ?? 0)
+        }
         for (label, setting) in downloads.sorted(by: { $0.key < $1.key }) {
-            let tunnels = Set(bindings.values.filter { $0.key.localLabel == label }.map(\.interface)).sorted()
-            guard !tunnels.isEmpty else { continue }
+            let paths = bindings.filter { $0.value.key.localLabel == label }.keys.sorted()
+            let tunnels = Set(paths.compactMap { bindings[$0]?.interface }).sorted()
+            guard !tunnels.isEmpty, setting.mode != .off else { continue }
+            guard !lanPrefixes.isEmpty else {
+                if downloadNotices.insert(label).inserted {
+                    let line = "the download of uplink \(label) stays unshaped: no --lan prefix says where downloads leave to"
+                    if setting.mode == .auto { out.decisions.append(line) } else { out.log.append(line) }
+                }
+                continue
+            }
+            let device = Conventions.downloadDevice(slot: setting.slot)
             let bps: UInt64
             switch setting.mode {
             case .off:
                 continue
             case .auto:
-                if downloadNotices.insert(label).inserted {
-                    out.decisions.append("the download of uplink \(label) stays unshaped: auto needs a download estimate, which is not measured yet (shape=UP/DOWN gives it a rate)")
-                }
-                continue
+                let estimate = paths.compactMap { name in
+                    measured(name).map { windowedEstimate(name, download: true, measured: $0, now: now) }
+                }.max()
+                guard let auto = autoRate(.download(uplink: label), "the download of uplink \(label)",
+                                          "its download is measured (the far sites' bandwidth trains over its paths; shape=UP/DOWN gives it a fixed rate)",
+                                          estimate: estimate, device: device, probe: downloadDrivers[label], now: now,
+                                          snapshot: snapshot, stats: stats, live: &live, out: &out) else { continue }
+                bps = auto
             case .fixed(let rate):
                 bps = rate
-            }
-            guard !lanPrefixes.isEmpty else {
-                if downloadNotices.insert(label).inserted {
-                    out.log.append("the download of uplink \(label) stays unshaped: no --lan prefix says where downloads leave to")
-                }
-                continue
             }
             let d = SteeringPlan.DownloadShaper(slot: setting.slot, tunnels: tunnels, lanPrefixes: lanPrefixes, rateBitsPerSecond: bps)
             out.downloadShapers.append(d)

@@ -34,8 +34,12 @@ actor SiteRuntime {
     typealias PlannedRoute = PathRegistry.PlannedRoute
 
     /// `pathIDs`: the `paths.id` of every path the database has (read at start); new paths are numbered after them.
+    /// Hears every path's status with its tunnel session (the relay decision's `pathDown`).
+    let onPathStatus: @Sendable (TunnelSession, PathStatus) -> Void
+
     init(writer: StoreWriter, pathIDs: [PathKey: PathID] = [:], controller: Controller, probes: PathProbeSet,
-         probeInterval: Duration, logger: Logger) {
+         probeInterval: Duration, logger: Logger, onPathStatus: @escaping @Sendable (TunnelSession, PathStatus) -> Void = { _, _ in }) {
+        self.onPathStatus = onPathStatus
         self.writer = writer
         registry = PathRegistry(ids: pathIDs)
         self.controller = controller
@@ -187,6 +191,7 @@ actor SiteRuntime {
     /// queue.
     func pathEvent(_ event: PathEvent) async {
         guard let route = paths[event.path] else { return }
+        onPathStatus(TunnelSession(interface: route.path.interface, peer: route.path.peer), event.status)
         var detectionMs: Double?
         if let change = event.change, change.to == .down, let first = change.firstMissSentAt {
             detectionMs = Controller.milliseconds(change.at - first)
@@ -228,6 +233,17 @@ actor SiteRuntime {
         let names = registry.leavingBy(interface: interface)
         guard !names.isEmpty else { return }
         probes.excuse(names, for: .milliseconds(500))
+    }
+
+    /// A train of a remote site's bandwidth test was measured here: it came in through our tunnel
+    /// `interface` from `source`. It is the download of the path that interface carries to the site whose
+    /// overlay address `source` is (WireGuard delivered it: only that site's peer, or its relay's, may send
+    /// from that address into the interface); a train from anything else (a LAN host, an unknown source,
+    /// an interface that is no tunnel of ours) is ignored.
+    func downloadTrainMeasured(through interface: String, from source: IPv4Address, _ report: TrainReport) {
+        guard let site = tunnelRoutes.first(where: { $0.overlay == source })?.site,
+              let name = registry.arriving(through: interface, from: site) else { return }
+        probes.recordDownloadTrain(path: name, report)
     }
 
     /// A test that got no report is queued again, at most twice per round.
@@ -313,6 +329,7 @@ actor SiteRuntime {
                                            relayVia: route.path.relayName))
         }
         sample.selections = selectionSamples(selections, siteNames: siteNames)
+        sample.transitRefused = counters.transitRefused
         // Every (class, path) chain counts, not only the selected ones: traffic that went a path before a
         // failover stays counted there, as `nft list table` shows it.
         let byID = Dictionary(paths.map { ($0.value.binding.id, $0) }, uniquingKeysWith: { a, _ in a })

@@ -32,9 +32,7 @@ extension SteeringCompiler {
     /// Each remembered packet's limiter: over after one packet (`limit rate over 1/hour burst 1 packets`).
     static let firstArrivalPasses = NFTExpression.limitOver(rate: 1, unitSeconds: 3600, burst: 1)
 
-    /// The kernel's `ifname` data type (nftables' TYPE_IFNAME), so `nft list` prints the map's keys as names.
-    static let ifnameType = NFTDataType.other(41)
-
+    /// An interface name as the kernel keys it (`ifname`): 16 bytes, zero padded.
     static func interfaceNameKey(_ name: String) -> [UInt8] {
         Array(name.utf8.prefix(15)) + Array(repeating: 0, count: 16 - min(name.utf8.count, 15))
     }
@@ -103,7 +101,7 @@ extension SteeringCompiler {
             // each), so the path of an arrival is its interface and the site its source address is in.
             let arrivals = NFTSet(family: family, table: table, name: SteeringNames.arrivalsMap(c.name),
                                   flags: NFTSet.flagMap | NFTSet.flagInterval | NFTSet.flagConcat,
-                                  keyType: .concatenation([ifnameType, .ipv4Address]), keyLength: 20, dataType: NFTSet.verdictDataType,
+                                  keyType: .concatenation([.ifname, .ipv4Address]), keyLength: 20, dataType: NFTSet.verdictDataType,
                                   dataLength: 0, fieldLengths: [16, 4],
                                   userdata: NFTUserdata.keyByteorder(.invalid) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                                       + NFTUserdata.comment("class \(c.name): tunnel . source of a second copy -> its path's counter", type: NFTUserdata.setCommentType))

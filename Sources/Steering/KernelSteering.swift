@@ -14,18 +14,27 @@ public actor KernelSteering {
     private var pins: [SteeringPlan.UplinkPin] = []
     private var shapers: [SteeringPlan.Shaper] = []
     private var downloadShapers: [SteeringPlan.DownloadShaper] = []
+    /// This site relays (`run --relay`): no transit refusal between its tunnels.
+    private let relay: Bool
 
-    public init(netns: String? = nil, logger: Logger) throws {
+    public init(netns: String? = nil, relay: Bool = false, logger: Logger) throws {
         steering = try Steering(netns: netns)
+        self.relay = relay
         self.logger = logger
     }
 
-    public func apply(_ plan: SteeringPlan) async throws {
+    /// `plan` with what this actor owns: the uplink pins, the shapers, whether the site relays.
+    private func full(_ plan: SteeringPlan) -> SteeringPlan {
         var full = plan
         full.uplinks = pins
         full.shapers = shapers
         full.downloadShapers = downloadShapers
-        let changes = try steering.apply(full)
+        full.relay = relay
+        return full
+    }
+
+    public func apply(_ plan: SteeringPlan) async throws {
+        let changes = try steering.apply(full(plan))
         routed = plan
         logger.debug("steering applied", metadata: ["changes": "\(changes)"])
         logShaperProblems(changes)
@@ -38,11 +47,7 @@ public actor KernelSteering {
         guard wanted != shapers || downloads != downloadShapers else { return SteeringChanges() }
         shapers = wanted
         downloadShapers = downloads
-        var full = routed
-        full.uplinks = pins
-        full.shapers = shapers
-        full.downloadShapers = downloadShapers
-        let changes = try steering.apply(full)
+        let changes = try steering.apply(full(routed))
         logShaperProblems(changes)
         return changes
     }
@@ -70,11 +75,7 @@ public actor KernelSteering {
         pins = interfaces.prefix(Conventions.uplinkSlots.count).enumerated().map {
             SteeringPlan.UplinkPin(slot: UInt8($0.offset + 1), interface: $0.element)
         }
-        var full = routed
-        full.uplinks = pins
-        full.shapers = shapers
-        full.downloadShapers = downloadShapers
-        let changes = try steering.apply(full, rereadUplinks: true)
+        let changes = try steering.apply(full(routed), rereadUplinks: true)
         logger.debug("uplinks pinned", metadata: ["changes": "\(changes)"])
     }
 

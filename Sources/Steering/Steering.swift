@@ -139,7 +139,7 @@ public final class Steering {
     private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
         let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations,
                                uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes, shaped: !plan.shapers.isEmpty,
-                               downloads: Self.downloadStructure(plan))
+                               downloads: Self.downloadStructure(plan), relay: plan.relay)
         if plan == lastPlan, key == structureKey, let lastRuleset { return lastRuleset }
         if key != structureKey || structure == nil {
             structure = try SteeringCompiler.compileStructure(plan, uplinkRoutes: uplinkRoutes)
@@ -158,6 +158,7 @@ public final class Steering {
         var uplinkRoutes: UplinkRoutes
         var shaped: Bool
         var downloads: [SteeringPlan.DownloadShaper]
+        var relay: Bool
     }
 
     /// The main table's routes out of each pinned uplink that exists now.
@@ -274,8 +275,9 @@ public final class Steering {
         return c
     }
 
-    /// Packets and bytes per class and path (the `<class>_path<id>` chains), and new flows per class (the
-    /// `classify` and `classify_reply` rules), read from the kernel in one dump. For the status report and metrics.
+    /// Packets and bytes per class and path (the `<class>_path<id>` chains), new flows per class (the
+    /// `classify` and `classify_reply` rules) and refused transit packets (`forward`), read from the kernel
+    /// in one dump. For the status report and metrics.
     public func counters() throws(SteeringError) -> SteeringCounters {
         let rules: [NFTables.ListedRule]
         do { rules = try nftables.rules(family: SteeringNames.family, table: SteeringNames.table) } catch {
@@ -292,6 +294,8 @@ public final class Steering {
                 out.flowsPerClass[name, default: 0] += packets
             } else if let (className, pathID) = SteeringNames.parseClassPathChain(r.chain, classNames: classNames) {
                 out.paths.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
+            } else if r.chain == SteeringNames.forwardChain {
+                out.transitRefused = (out.transitRefused ?? 0) + packets
             } else if let (className, pathID) = SteeringNames.parse(r.chain, classNames: classNames, SteeringNames.duplicateChain) {
                 out.duplicatesDropped.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
             }
@@ -475,6 +479,9 @@ public struct SteeringCounters: Hashable, Sendable {
     public var copiesSent: [PathCounter] = []
     /// Duplicated classes: second copies this site received and dropped, per (class, path they arrived by).
     public var duplicatesDropped: [PathCounter] = []
+    /// Packets that arrived by one of our tunnels and would have left by one, dropped (the `forward` chain of
+    /// a site that does not relay); nil when the chain is not installed (a relay, or no tunnel).
+    public var transitRefused: UInt64?
 
     public init() {}
 

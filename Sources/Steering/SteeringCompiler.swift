@@ -185,6 +185,12 @@ public enum SteeringCompiler {
             rules[SteeringNames.preroutingChain, default: []].append(receiver.hook)
         }
 
+        if let transit = transitRefusal(plan) {
+            chains.append(transit.chain)
+            staticSets.append(transit.set)
+            rules[SteeringNames.forwardChain] = [transit.rule]
+        }
+
         if !plan.shapers.isEmpty || !plan.downloadShapers.isEmpty {
             let shaping = shapeRules(plan)
             chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeControlChain,
@@ -203,6 +209,37 @@ public enum SteeringCompiler {
                             userdata: NFTUserdata.comment("patronus-router steering; managed, do not edit")),
             chains: chains, rules: rules, staticSets: staticSets, maps: maps, ipRules: ipRules, routes: routes)
     }
+
+    /// The `forward` chain of a site that does not relay (nil for a relay, or without paths): a packet that
+    /// arrived by one of our tunnels (a path's interface) and leaves by one (the same or another) is another
+    /// member routing its traffic through us: dropped, counted. Everything else (LAN <-> tunnel, foreign
+    /// interfaces) passes: the chain's policy is accept and its one rule looks up the input interface first,
+    /// so other traffic pays one hash lookup that misses.
+    static func transitRefusal(_ plan: SteeringPlan) -> (chain: NFTChain, set: SteeringRuleset.StaticSet, rule: NFTRule)? {
+        let tunnels = Set(plan.paths.map(\.interface)).sorted()
+        guard !plan.relay, !tunnels.isEmpty else { return nil }
+        let chain = SteeringNames.forwardChain
+        let set = NFTSet(family: family, table: table, name: SteeringNames.tunnelsSet, flags: 0, keyType: .ifname, keyLength: 16,
+                         userdata: NFTUserdata.keyByteorder(.host)
+                             + NFTUserdata.comment("our tunnels: no transit between them", type: NFTUserdata.setCommentType))
+        let elements = tunnels.map { NFTElement(key: interfaceNameKey($0)) }
+        let staticSet = SteeringRuleset.StaticSet(set: set, elements: elements, owners: [chain])
+        let rule = rule(chain, [
+            .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
+            .lookup(sreg: NFT.reg1, set: set.name, setID: nil, dreg: nil),
+            .meta(key: NFT.metaOutputInterfaceName, dreg: NFT.reg1),
+            .lookup(sreg: NFT.reg1, set: set.name, setID: nil, dreg: nil),
+            .counter,
+            .immediate(dreg: NFT.verdictRegister, data: .verdict(.drop)),
+        ], comment: transitRefusedComment, sets: [set], elements: [elements])
+        return (NFTChain(family: family, table: table, name: chain,
+                         hook: NFTHook(hook: NFTHook.forward, priority: NFTHook.filterPriority, type: "filter"),
+                         userdata: NFTUserdata.comment("not a relay (run --relay): no transit between our tunnels")),
+                staticSet, rule)
+    }
+
+    /// The comment of the `forward` chain's drop rule.
+    public static let transitRefusedComment = "tunnel to tunnel: transit refused"
 
     /// The `shape` chain (postrouting: forwarding rewrites `meta priority` from the TOS before the forward
     /// hook, so only a late hook can set it): for packets bound to a tunnel (path bits in the mark), the htb

@@ -146,14 +146,14 @@ extension Store {
     static func insertMetrics(_ samples: [MetricsSample], _ db: Database) throws {
         let statement = try db.cachedStatement(sql: """
             INSERT INTO path_metrics (path_id, latency_ms, jitter_ms, packet_loss_pct, bandwidth_mbps, score,
-                                      measured_at, throughput_tx_mbps, throughput_rx_mbps)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                      measured_at, throughput_tx_mbps, throughput_rx_mbps, download_bandwidth_mbps)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         for sample in samples {
             let m = sample.metrics
             try statement.execute(arguments: [sample.path, m.latencyMs, m.jitterMs, m.lossPct, m.bandwidthMbps,
                                               m.score, sample.measuredAt.utcText, m.throughputTxMbps,
-                                              m.throughputRxMbps])
+                                              m.throughputRxMbps, m.downloadBandwidthMbps])
         }
     }
 
@@ -242,7 +242,8 @@ extension Store {
                              metrics: PathMetrics(latencyMs: row["latency_ms"], jitterMs: row["jitter_ms"],
                                                   lossPct: row["packet_loss_pct"], bandwidthMbps: row["bandwidth_mbps"],
                                                   score: row["score"], throughputTxMbps: row["throughput_tx_mbps"],
-                                                  throughputRxMbps: row["throughput_rx_mbps"]),
+                                                  throughputRxMbps: row["throughput_rx_mbps"],
+                                                  downloadBandwidthMbps: row["download_bandwidth_mbps"]),
                              measuredAt: date)
     }
 }

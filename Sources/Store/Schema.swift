@@ -10,7 +10,7 @@ enum Schema {
     static let migrationIdentifiers = ["v1-sites-paths-metrics-policies", "v2-failover-events",
                                        "v3-policy-generation", "v4-path-throughput", "v5-prefix-conflicts",
                                        "v6-path-slot", "v7-endpoint-public-mapping", "v8-policy-duplicate",
-                                       "v9-path-relay"]
+                                       "v9-path-relay", "v10-path-download-bandwidth"]
 
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
@@ -179,6 +179,12 @@ enum Schema {
         migrator.registerMigration(migrationIdentifiers[8]) { db in
             // The name of the site a relayed path goes through (docs/MESH.md "Relayed paths"); NULL: direct.
             try db.execute(sql: "ALTER TABLE paths ADD COLUMN relay_via TEXT")
+        }
+        migrator.registerMigration(migrationIdentifiers[9]) { db in
+            // The path's download: the rate at which the far site's bandwidth trains arrived here over it
+            // (docs/SHAPING.md, "The download rate"); NULL until one was measured. Appended, so `SELECT *`
+            // keeps the seed's columns first.
+            try db.execute(sql: "ALTER TABLE path_metrics ADD COLUMN download_bandwidth_mbps REAL")
         }
         return migrator
     }

@@ -56,6 +56,8 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
         public var jitterMs: Double?
         public var packetLossPct: Double?
         public var bandwidthMbps: Double?
+        /// The path's download: the far site's bandwidth trains as they arrived here (docs/SHAPING.md).
+        public var downloadBandwidthMbps: Double? = nil
         public var throughputTxMbps: Double?
         public var throughputRxMbps: Double?
         public var measuredAt: String?
@@ -90,6 +92,30 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     public var shaping: [Shaper]? = nil
     /// Why the shapers could not be read.
     public var shapingError: String? = nil
+    /// Whether this site forwards between its tunnels, read from the kernel like `steering`; nil when not read.
+    public var transit: Transit? = nil
+
+    /// Transit between our tunnels (docs/MESH.md "Relayed paths"): a site that does not relay drops what
+    /// another member routes through it from one of our tunnels into one of our tunnels.
+    public struct Transit: Codable, Hashable, Sendable {
+        /// "refused": the `forward` chain drops tunnel-to-tunnel packets (a site without `--relay`);
+        /// "forwarded": no such chain (a relay, or no tunnel yet).
+        public var policy: String
+        /// Packets refused since the chain was installed (its rule's counter); nil when forwarded.
+        public var refusedPackets: UInt64?
+
+        public init(policy: String, refusedPackets: UInt64?) {
+            self.policy = policy
+            self.refusedPackets = refusedPackets
+        }
+
+        /// The report's line.
+        public var text: String {
+            policy == "refused"
+                ? "Transit between our tunnels: refused (not a relay), \(refusedPackets ?? 0) packets dropped"
+                : "Transit between our tunnels: forwarded (a relay, run --relay; or no tunnel yet)"
+        }
+    }
 
     /// One tunnel's egress shaper as the kernel holds it.
     public struct Shaper: Codable, Hashable, Sendable {
@@ -209,10 +235,15 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
                 let via = Self.via(path)
                 let slot = path.slot.map { "slot \($0), table \(Conventions.pathTable(slot: $0))" } ?? "not planned"
                 let relay = path.relayVia.map { ", relayed via \($0)" } ?? ", direct"
-                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface)\(relay), \(path.status); \(slot))")
+                // Upload: the far receiver's measurement of our trains; download: ours of the far site's.
+                let measured = [path.bandwidthMbps.map { "up \(Self.formatNumber($0))" },
+                                path.downloadBandwidthMbps.map { "down \(Self.formatNumber($0))" }].compactMap { $0 }
+                let bandwidth = measured.isEmpty ? "" : " bandwidth \(measured.joined(separator: ", ")) Mbit/s"
+                lines.append("  \(path.id): \(path.srcName) → \(path.dstName) via \(via) (\(path.wgInterface)\(relay), \(path.status); \(slot))\(bandwidth)")
             }
         }
         lines += steeringReport()
+        if let transit { lines.append(transit.text) }
         if let shaping, !shaping.isEmpty {
             lines.append("")
             lines.append("Shaping (\(Set(shaping.map(\.qdisc)).sorted().joined(separator: ", ")); docs/SHAPING.md):")
@@ -310,7 +341,8 @@ extension Store {
                     remoteLabel: path.remoteEndpoint.label, remoteEndpoint: path.remoteEndpoint.address.description,
                     score: sample.map { $0.metrics.score } ?? path.score, latencyMs: sample?.metrics.latencyMs,
                     jitterMs: sample?.metrics.jitterMs, packetLossPct: sample?.metrics.lossPct,
-                    bandwidthMbps: sample?.metrics.bandwidthMbps, throughputTxMbps: sample?.metrics.throughputTxMbps,
+                    bandwidthMbps: sample?.metrics.bandwidthMbps, downloadBandwidthMbps: sample?.metrics.downloadBandwidthMbps,
+                    throughputTxMbps: sample?.metrics.throughputTxMbps,
                     throughputRxMbps: sample?.metrics.throughputRxMbps, measuredAt: sample?.measuredAt.utcText,
                     relayVia: path.relayVia)
             }

@@ -122,6 +122,7 @@ public struct PathStateWrite: Hashable, Sendable {
             return result
         }
         new.bandwidthMbps = new.bandwidthMbps ?? old.bandwidthMbps
+        new.downloadBandwidthMbps = new.downloadBandwidthMbps ?? old.downloadBandwidthMbps
         new.throughputTxMbps = new.throughputTxMbps ?? old.throughputTxMbps
         new.throughputRxMbps = new.throughputRxMbps ?? old.throughputRxMbps
         result.metrics = new

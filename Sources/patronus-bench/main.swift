@@ -2,12 +2,13 @@
 //   patronus-bench resteer [ITERATIONS]   one class moved between two paths, acked, ITERATIONS times,
 //                                         then the nft CLI doing the same update; prints median/p99 in us
 //   patronus-bench churn                  applies two different plans alternately forever (crash tests)
-//   patronus-bench apply POLICIES ENTRIES [balanced|features|copies]
+//   patronus-bench apply POLICIES ENTRIES [balanced|features|copies|relay]
 //                                         applies a plan with POLICIES classes holding ENTRIES match
 //                                         entries in total, then exits (datapath bench); balanced: the
 //                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each);
 //                                         features: voip duplicated and both paths shaped, as shipped;
 //                                         copies: voip duplicated, nothing shaped
+//                                         relay: the plan of a relay (no forward chain refusing transit)
 //   patronus-bench stream-send HOST PORT PPS SECONDS [rtp SSRC] / stream-recv PORT SECONDS [rtp]
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.
@@ -180,8 +181,9 @@ case "apply":
     let copies = args.count > 4 && args[4] == "copies"
     do {
         let steering = try Steering(netns: nil)
-        let changes = try steering.apply(plan(voip: 1, policies: policies, entries: entries, balanced: balanced,
-                                              features: features, copies: copies))
+        var planned = plan(voip: 1, policies: policies, entries: entries, balanced: balanced, features: features, copies: copies)
+        planned.relay = args.count > 4 && args[4] == "relay"
+        let changes = try steering.apply(planned)
         print("applied \(policies) policies, \(entries) entries: \(changes.batchMessages) messages")
     } catch { fail("apply: \(error)") }
 
@@ -217,5 +219,5 @@ case "rawhash":
     } catch { fail("rawhash: \(error)") }
 
 default:
-    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced|features|copies]")
+    fail("usage: patronus-bench resteer [N [CLI_N]] | churn | apply POLICIES ENTRIES [balanced|features|copies|relay]")
 }

@@ -131,6 +131,16 @@ struct InternetRootTests {
         }
         let report = try Subprocess.run([Binary.path, "status", "--database", lab.database("east")])
         #expect(report.stdout.contains("relayed via hq"), "\(report.stdout)")
+        // Only the relay forwards between its tunnels: east (no --relay) refuses transit, hq does not (read
+        // from each router's kernel).
+        for (site, policy) in [("east", "refused"), ("hq", "forwarded")] {
+            let json = try Subprocess.run([Binary.path, "status", "--json", "--database", lab.database(site),
+                                           "--netns", lab.plan.routerNamespace(site)])
+            let status = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+            let transit = status?["transit"] as? [String: Any]
+            #expect(transit?["policy"] as? String == policy, "\(site): \(transit.map { "\($0)" } ?? json.stdout + json.stderr)")
+            #expect((transit?["refused_packets"] != nil) == (policy == "refused"), "\(site): \(String(describing: transit))")
+        }
 
         let (result, fromEast, fromHQ) = try streamEastToWest(lab)
         print("symmetric NAT both sides, east -> west stream relayed: \(result)")
@@ -172,6 +182,15 @@ struct InternetRootTests {
             try lab.impair("hq", "isp-a", .init(cut: true))
         }
         print("relay: cut of hq's isp-a (the relay's uplink) under a 200 packets/s VoIP stream east -> west (duplicated): \(voip)")
+        // Which of east's paths to west went down (and back up) around the cut: evidence for a long blackout.
+        let changes = lab.log("east").split(separator: "\n").filter {
+            ($0.contains("path down") || $0.contains("path up") || $0.contains("path degraded")) && $0.contains("west")
+        }
+        print("relay: east's path changes to west after the VoIP cut: \(changes.suffix(6).joined(separator: " | "))")
+        let voipEvents = try Subprocess.run(["sqlite3", lab.database("east"),
+            "SELECT s.name, f.from_path, f.to_path, f.reason, f.detection_ms, f.switch_ms, f.time FROM failover_events f "
+            + "LEFT JOIN sites s ON s.id = f.dst_site WHERE f.policy = 'voip' ORDER BY f.id DESC LIMIT 4"])
+        print("relay: east's last failovers of voip (site|from|to|reason|detection ms|switch ms|time): \(voipEvents.stdout.split(separator: "\n").joined(separator: "; "))")
         #expect(voip.lost <= 400, "\(voip)")
         // The same without copies: the `default` class (best score), failing over from the dead relayed path.
         try lab.impair("hq", "isp-a", .init(cut: false))
@@ -187,6 +206,35 @@ struct InternetRootTests {
             + "LEFT JOIN sites s ON s.id = f.dst_site WHERE f.policy = 'default' ORDER BY f.id DESC LIMIT 4"])
         print("relay: cut of hq's isp-a under a 200 packets/s default-class stream east -> west (no copies): \(plain); east's last failovers of default (site|from|to|reason|detection ms|switch ms): \(events.stdout.split(separator: "\n").joined(separator: "; "))")
         #expect(plain.lost <= 400, "\(plain)")
+    }
+
+    /// Bench only (`sudo bench/relay RUNS dead-direct`, PATRONUS_BENCH_RELAY set): routed ISPs, every uplink
+    /// public, hq the relay. East and west are direct; then every ISP drops the UDP between east's and west's
+    /// uplinks (nft in the ISP namespaces; hq stays reachable for both): the direct sessions die while
+    /// WireGuard still counts them (handshake within 180 s). The blackout of a 100 packets/s stream east ->
+    /// west is the time from the block to the first packet relayed through hq.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["PATRONUS_BENCH_RELAY"] != nil))
+    func benchADeadDirectPathMovesToTheRelayRoot() throws {
+        let lab = try AcceptanceLab(sites: 3, wan: .routed, hub: "hq")
+        defer { lab.down() }
+        try lab.waitForMesh(timeout: 30)
+        try lab.wait("east's paths to west up and direct", timeout: 20) {
+            let paths = try lab.paths("east", to: "west")
+            return paths.count == 2 && paths.values.allSatisfy { $0["relay_via"] == nil && $0["status"] as? String == "up" }
+        }
+        let branches = try ["east", "west"].flatMap { site in try lab.ispLabels.map { try lab.plan.uplink(site: site, named: $0).address } }
+        let set = "{ " + branches.joined(separator: ", ") + " }"
+        let result = try lab.stream(from: "east", to: "west", pps: 100, seconds: 30, after: 3) {
+            for isp in lab.ispLabels {
+                try lab.isp(isp).check(["nft", "add table inet block; add chain inet block cut { type filter hook forward priority -10; }; "
+                                        + "add rule inet block cut ip saddr \(set) ip daddr \(set) meta l4proto udp counter drop"])
+            }
+        }
+        let log = lab.log("east").split(separator: "\n").filter { $0.contains("direct session dead") || $0.contains("through a relay") }
+        print("dead direct: east -> west stream across a block of the direct UDP (hq reachable): \(result); east: \(log.count) lines: \(log.prefix(3).joined(separator: " | "))")
+        #expect(result.received > 0 && result.lost < 30 * 100, "\(result)")
+        let paths = try lab.paths("east", to: "west")
+        #expect(paths.values.allSatisfy { $0["relay_via"] as? String == "hq" }, "\(paths)")
     }
 
     /// A 3 s, 100 packets/s stream from east's LAN host to west's, and the stream-sized WireGuard data packets

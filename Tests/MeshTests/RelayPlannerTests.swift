@@ -131,4 +131,63 @@ struct RelayPlannerTests {
         // A relay is never its own relay.
         #expect(RelayPlanner.apply([hq.siteID: hq.siteID], to: plan) == plan)
     }
+
+    /// Liveness for every path of `site`: its path down or not, and the last packet from the peer `silent`
+    /// seconds before `inputs.now`.
+    func liveness(_ inputs: RelayInputs, _ site: SiteDescription, plan: TunnelPlan, pathDown: Bool, silent: Double,
+                  onlyInterface: String? = nil) -> RelayInputs {
+        var out = inputs
+        for path in plan.paths where path.remoteSite == site.siteID && (onlyInterface == nil || path.interface == onlyInterface) {
+            out.liveness[TunnelSession(interface: path.interface, peer: path.peer)] =
+                SessionLiveness(pathDown: pathDown, lastReceived: inputs.now.addingTimeInterval(-silent))
+        }
+        return out
+    }
+
+    @Test func aDirectSessionWhosePathIsDownAndSilentGoesToTheRelayAtOnce() throws {
+        let sites = [hq, west]
+        let plan = try plan(sites)
+        // West handshook 60 s ago (WireGuard counts the session for 180 s), but every probe fails and west
+        // has sent nothing for the dead silence: relayed now, not 120 s later, and both sessions restarted.
+        let base = inputs(sites, working: [hq.siteID, west.siteID], plan: plan, after: 60)
+        let dead = liveness(base, west, plan: plan, pathDown: true, silent: Conventions.relayDeadSilence)
+        #expect(RelayPlanner.decide(dead, plan: plan, current: [:]) == [west.siteID: hq.siteID])
+        let westSessions = Set(plan.paths.filter { $0.remoteSite == west.siteID }.map { TunnelSession(interface: $0.interface, peer: $0.peer) })
+        #expect(RelayPlanner.deadSessions(dead, plan: plan) == westSessions)
+        // hq, the relay, is alive: its sessions are never restarted.
+        #expect(RelayPlanner.deadSessions(dead, plan: plan).allSatisfy { $0.peer == west.publicKey })
+    }
+
+    @Test func aPathThatOnlyLosesProbesOrIsOnlyQuietStaysDirect() throws {
+        let sites = [hq, west]
+        let plan = try plan(sites)
+        let base = inputs(sites, working: [hq.siteID, west.siteID], plan: plan, after: 60)
+        // Down, but a packet came through within the dead silence (a lossy path, or one just cut): direct.
+        let lossy = liveness(base, west, plan: plan, pathDown: true, silent: Conventions.relayDeadSilence - 0.5)
+        #expect(RelayPlanner.decide(lossy, plan: plan, current: [:]).isEmpty)
+        #expect(RelayPlanner.deadSessions(lossy, plan: plan).isEmpty)
+        // Silent for long, but the probes get through (the prober says up): direct.
+        let quiet = liveness(base, west, plan: plan, pathDown: false, silent: 100)
+        #expect(RelayPlanner.decide(quiet, plan: plan, current: [:]).isEmpty)
+        #expect(RelayPlanner.deadSessions(quiet, plan: plan).isEmpty)
+        // One interface dead, the other alive: west has a working direct session, so it stays direct; only the
+        // dead one is restarted.
+        let half = liveness(base, west, plan: plan, pathDown: true, silent: 30, onlyInterface: plan.interfaces[0].name)
+        #expect(RelayPlanner.decide(half, plan: plan, current: [:]).isEmpty)
+        #expect(RelayPlanner.deadSessions(half, plan: plan).map(\.interface) == [plan.interfaces[0].name])
+        // A dead session that WireGuard no longer counts (no handshake: restarted, or never up) is not
+        // restarted again: the first-handshake maintenance handles it.
+        let never = liveness(inputs(sites, working: [hq.siteID], plan: plan, after: 60), west, plan: plan, pathDown: true, silent: 30)
+        #expect(RelayPlanner.deadSessions(never, plan: plan).isEmpty)
+        #expect(RelayPlanner.decide(never, plan: plan, current: [:]) == [west.siteID: hq.siteID])
+    }
+
+    @Test func deadNeedsBothTheDownPathAndTheSilence() {
+        let now = start
+        #expect(!RelayPlanner.isDead(nil, now: now))
+        #expect(RelayPlanner.isDead(SessionLiveness(pathDown: true, lastReceived: now.addingTimeInterval(-Conventions.relayDeadSilence)), now: now))
+        #expect(!RelayPlanner.isDead(SessionLiveness(pathDown: true, lastReceived: now.addingTimeInterval(-Conventions.relayDeadSilence + 0.1)), now: now))
+        #expect(!RelayPlanner.isDead(SessionLiveness(pathDown: false, lastReceived: now.addingTimeInterval(-1000)), now: now))
+        #expect(Conventions.relayDeadSilence >= 10, "no shorter than WireGuard's handshake retry and a loss burst")
+    }
 }

@@ -261,3 +261,39 @@ extension TunnelReconcilerTests {
         #expect(await reconciler.apply(try plan([east])).changedSomething == false)
     }
 }
+
+extension TunnelReconcilerTests {
+    /// A dead session (`RelayPlanner.deadSessions`) is restarted: its peer re-created as applied in one set
+    /// (the old session, learned endpoint and handshake gone), the other peers untouched, and the
+    /// first-handshake maintenance nudges it like a new peer.
+    @Test func aDeadSessionIsRestartedAndNudgedLikeANewPeer() async throws {
+        let backend = RecordingBackend()
+        let reconciler = TunnelReconciler(backend: backend, privateKey: key, addresses: overlay)
+        let east = remoteSite(1, labels: ["isp", "lte"]), west = remoteSite(2, labels: ["isp", "lte"])
+        let plan = try plan([east, west])
+        _ = await reconciler.apply(plan)
+        for name in ["wg-hq0", "wg-hq1"] {
+            backend.interfaces.withLock { interfaces in
+                for i in interfaces[name]!.peers.indices { interfaces[name]!.peers[i].lastHandshake = Date() }
+            }
+        }
+        _ = await reconciler.nudgeStalledHandshakes()  // both handshook: nothing awaits a first handshake
+        backend.reset()
+        await reconciler.restartSessions([TunnelSession(interface: "wg-hq0", peer: west.publicKey)])
+        let westPeer = try #require(plan.interfaces[0].peers.first { $0.publicKey == west.publicKey })
+        #expect(backend.recorded == [.configure("wg-hq0", DeviceUpdate(peers: [.removing(west.publicKey), PeerUpdate(setting: westPeer)]))])
+        backend.reset()
+        try await Task.sleep(for: TunnelReconciler.firstNudge + .milliseconds(50))
+        backend.interfaces.withLock { interfaces in
+            for i in interfaces["wg-hq0"]!.peers.indices where interfaces["wg-hq0"]!.peers[i].publicKey == west.publicKey {
+                interfaces["wg-hq0"]!.peers[i].lastHandshake = nil
+            }
+        }
+        #expect(await reconciler.nudgeStalledHandshakes() == 1, "the restarted peer awaits its first handshake")
+        #expect(await reconciler.apply(plan).changedSomething == false, "the plan did not change")
+        // Unknown interfaces and peers change nothing.
+        backend.reset()
+        await reconciler.restartSessions([TunnelSession(interface: "wg-none", peer: west.publicKey)])
+        #expect(backend.recorded.isEmpty)
+    }
+}

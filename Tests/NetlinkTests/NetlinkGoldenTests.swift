@@ -328,6 +328,8 @@ let table = "patronus"
             .lookup(sreg: .reg1, set: "voip_svc", setID: 3, dreg: nil), .lookup(sreg: .reg1, set: "sites", setID: nil, dreg: .verdict),
             .immediate(dreg: .verdict, data: .verdict(.jump("classify"))), .immediate(dreg: .reg1, data: .value([1, 2, 3, 4])),
             .counter, .jhash(sreg: .reg2, length: 8, dreg: .reg1, modulus: 64, seed: 0x7061_7472),
+            .meta(key: .inputInterfaceName, dreg: .reg1), .meta(key: .outputInterfaceName, dreg: .reg1),
+            .immediate(dreg: .verdict, data: .verdict(.drop)),
         ]
         let listed = try #require(try NFTables.parseRule(NFTables.newRule(NFTRule(family: .inet, table: table, chain: "c", expressions: all))))
         #expect(listed.expressions == all.map(Optional.some))
@@ -350,6 +352,9 @@ let table = "patronus"
         #expect(NFTRegister.reg32_05.rawValue == NFT_REG32_05.rawValue && NFTRegister.reg32_15.rawValue == NFT_REG32_15.rawValue)
         #expect(NFTMetaKey.mark.rawValue == NFT_META_MARK.rawValue && NFTMetaKey.nfproto.rawValue == NFT_META_NFPROTO.rawValue)
         #expect(NFTMetaKey.l4proto.rawValue == NFT_META_L4PROTO.rawValue && NFTMetaKey.outputInterface.rawValue == NFT_META_OIF.rawValue)
+        #expect(NFTMetaKey.inputInterfaceName.rawValue == NFT_META_IIFNAME.rawValue
+                && NFTMetaKey.outputInterfaceName.rawValue == NFT_META_OIFNAME.rawValue)
+        #expect(NFTHook.forward == UInt32(NF_INET_FORWARD.rawValue) && NFTDataType(rawValue: 41) == .ifname)
         #expect(NFTCtKey.mark.rawValue == NFT_CT_MARK.rawValue && NFTCtKey.direction.rawValue == NFT_CT_DIRECTION.rawValue)
         #expect(NFTCtKey.state.rawValue == NFT_CT_STATE.rawValue && NFTCtKey.status.rawValue == NFT_CT_STATUS.rawValue)
         #expect(NFTPayloadBase.network.rawValue == NFT_PAYLOAD_NETWORK_HEADER.rawValue)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Lab
 import Model
 import Testing
@@ -59,12 +60,26 @@ import Testing
     func receiverMeasuredBandwidthThroughTokenBucketsRoot() async throws {
         var runs: [(slow: Double, fast: Double)] = []
         for _ in 0..<3 {
-            let (estimates, drops) = try await measureThroughTokenBuckets(["pa0": 20, "pa1": 80], test: BandwidthTest())
+            let (estimates, drops, heard) = try await measureThroughTokenBuckets(["pa0": 20, "pa1": 80], test: BandwidthTest())
             for estimate in estimates.values {
                 #expect(estimate.reports.count == 3)
                 #expect(estimate.bytesSent == 3 * 100 * 1228)
             }
             #expect(drops == 0)
+            // The receiver's side hears each train's measurement once (the sender may ask more than once),
+            // with the source and the interface it came in by: the download of that path.
+            #expect(heard.count == 6 && Set(heard.map(\.interface)).count == 2, "\(heard)")
+            for (device, estimate) in estimates {
+                // pa0's trains come from 10.99.1.1, pa1's from 10.99.2.1 (ProbeTopology), each by its own
+                // device of b's (an ifb there: the token bucket's far end).
+                let index = UInt8(device.dropFirst(2))!
+                let ours = heard.filter { $0.source == IPv4Address(10, 99, index + 1, 1) }
+                #expect(Set(ours.map(\.report)) == Set(estimate.reports), "\(device): \(heard) vs \(estimate.reports)")
+                #expect(Set(ours.map(\.interface)).count == 1 && ours.first?.interface != "?", "\(ours)")
+                var download = DownloadBandwidth()
+                for h in ours { download.record(h.report) }
+                #expect(download.mbps == estimate.mbps, "the receiver's side keeps the figure the sender gets")
+            }
             let slow = try #require(estimates["pa0"]?.mbps)
             let fast = try #require(estimates["pa1"]?.mbps)
             print("bandwidth: tbf 20 Mbit/s -> \(slow) Mbit/s, tbf 80 Mbit/s -> \(fast) Mbit/s")
@@ -82,14 +97,22 @@ import Testing
 /// Runs `test` through a `tbf` of each given rate (Mbit/s, on that device of a fresh ProbeTopology) to a
 /// BandwidthReceiver; the estimates by device, and the receiver's drop count.
 func measureThroughTokenBuckets(_ rates: [String: Int], test: BandwidthTest) async throws
-    -> (estimates: [String: BandwidthEstimate], drops: UInt64) {
+    -> (estimates: [String: BandwidthEstimate], drops: UInt64, heard: [HeardTrain]) {
     let topology = try ProbeTopology()
     defer { topology.delete() }
     for (device, mbit) in rates {
         try topology.a.check(["tc", "qdisc", "add", "dev", device, "root", "tbf", "rate", "\(mbit)mbit", "burst",
                               "32kbit", "latency", "50ms"])
     }
-    let receiver = try topology.b.perform { try BandwidthReceiver() }
+    let heard = Mutex<[HeardTrain]>([])
+    let receiver = try topology.b.perform {
+        try BandwidthReceiver(onReport: { index, source, report in
+            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+            let interface = if_indextoname(UInt32(index), &name) != nil
+                ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+            heard.withLock { $0.append(HeardTrain(interface: interface, source: source, report: report)) }
+        })
+    }
     let receiving = Task { await receiver.run() }
     defer { receiving.cancel() }
     let remote = SocketAddress4(IPv4Address(10, 99, 9, 2), port: 51823)
@@ -99,7 +122,55 @@ func measureThroughTokenBuckets(_ rates: [String: Int], test: BandwidthTest) asy
         let socket = try topology.a.perform { try DatagramSocket(pinnedTo: target) }
         estimates[device] = try await test.run(socket: socket, remote: remote)
     }
-    return (estimates, receiver.statistics.drops.total)
+    return (estimates, receiver.statistics.drops.total, heard.withLock { $0 })
+}
+
+/// A train measurement the receiver handed to its `onReport`, with the name of the interface it came in by.
+struct HeardTrain: Sendable {
+    var interface: String
+    var source: IPv4Address
+    var report: TrainReport
+}
+
+/// What a path's download keeps of the far site's trains: plausible trains of the latest test, their median.
+@Suite struct DownloadBandwidthTests {
+    static func report(session: UInt32 = 7, train: UInt16, packets: UInt32 = 100, mbps: Double) -> TrainReport {
+        TrainReport(session: session, train: train, packets: packets, bytes: 100_000, spanNanoseconds: 40_000_000,
+                    bitsPerSecond: UInt64(mbps * 1e6))
+    }
+
+    @Test func theMedianOfTheLatestTestsTrains() {
+        var download = DownloadBandwidth()
+        #expect(download.mbps == nil)
+        download.record(Self.report(train: 0, mbps: 19))
+        #expect(download.mbps == 19)
+        download.record(Self.report(train: 1, mbps: 21))
+        download.record(Self.report(train: 2, mbps: 20))
+        #expect(download.mbps == 20)
+        download.record(Self.report(train: 2, mbps: 20)) // the same train again: no second vote
+        #expect(download.mbps == 20)
+        // The far site's next test replaces the last one's trains.
+        download.record(Self.report(session: 8, train: 0, mbps: 8))
+        #expect(download.mbps == 8)
+    }
+
+    /// A train is network input: too few packets, no span, a rate no link has, or more trains than a test
+    /// sends never count.
+    @Test func implausibleTrainsAreRefused() {
+        var download = DownloadBandwidth()
+        let refused = [Self.report(train: 0, packets: 19, mbps: 20), // too few packets to time the link
+                       Self.report(train: 0, mbps: 0), Self.report(train: 0, mbps: 0.01),
+                       Self.report(train: 0, mbps: 1e9), // a petabit per second
+                       TrainReport(session: 7, train: 0, packets: 100, bytes: 1, spanNanoseconds: 0, bitsPerSecond: 20_000_000)]
+        for report in refused {
+            #expect(!DownloadBandwidth.accepts(report), "\(report)")
+            download.record(report)
+        }
+        #expect(DownloadBandwidth.accepts(Self.report(train: 0, mbps: 20)))
+        #expect(download.mbps == nil)
+        for train in 0..<UInt16(20) { download.record(Self.report(train: train, mbps: train < 8 ? 20 : 1)) }
+        #expect(download.mbps == 20, "at most 8 trains of one test")
+    }
 }
 
 @Suite struct BandwidthTestSizingTests {

@@ -34,6 +34,7 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
         sample.selections = [SelectionSample(policy: "voip", site: "east", pathID: 1, path: "isp-a->east")]
         sample.failovers = 3
         sample.drops = [.init(component: "discovery", reason: "bad-mac"): 4]
+        sample.transitRefused = 6
         metrics.update(sample)
 
         let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
@@ -56,6 +57,7 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
             #expect(first.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path_id="1",path="isp-a->east"} 7"#))
             #expect(first.output.contains(#"patronus_class_selected_path{policy="voip",site="east",path_id="1",path="isp-a->east"} 1"#))
             #expect(first.output.contains("patronus_failovers_total 3"))
+            #expect(first.output.contains("patronus_transit_refused_packets_total 6"))
             #expect(first.output.contains(#"patronus_dropped_datagrams_total{component="discovery",reason="bad-mac"} 4"#))
 
             // Counters advance by the difference of absolute readings; a vanished path's series go away.
@@ -67,6 +69,10 @@ private func curl(_ arguments: [String]) throws -> (output: String, status: Int3
             #expect(second.output.contains(#"patronus_path_transmit_bytes_total{path_id="1",path="isp-a->east",site="east",uplink="isp-a"} 1500"#))
             #expect(second.output.contains(#"patronus_class_packets_total{policy="voip",site="east",path_id="1",path="isp-a->east"} 9"#))
             #expect(!second.output.contains("isp-b->east"))
+            // A relay has no forward chain: no transit series.
+            sample.transitRefused = nil
+            metrics.update(sample)
+            #expect(!(try curl([url]).output.contains("patronus_transit_refused")))
 
             let missing = try curl(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/nope"])
             #expect(missing.output == "404")

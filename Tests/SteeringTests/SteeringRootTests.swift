@@ -18,7 +18,7 @@ import Netlink
         let v = try KernelView.read(f.router, tables: [6201, 6202])
         #expect(v.tables == ["inet patronus"])
         let expectedChains: Set<String> = ["voip_path1", "voip_path2", "bulk_path1", "bulk_path2", "default_path1", "default_path2",
-                                           "site_branch", "classify", "classify_reply", "prerouting", "output"]
+                                           "site_branch", "classify", "classify_reply", "prerouting", "output", "forward"]
         #expect(Set(v.chains) == expectedChains)
         #expect(v.rulesPerChain["classify"] == 4)
         #expect(v.rulesPerChain["classify_reply"] == 4)
@@ -26,8 +26,8 @@ import Netlink
         #expect(v.rulesPerChain["output"] == 2)
         #expect(v.rulesPerChain["site_branch"] == 4)
         let ruleCount = v.rulesPerChain.values.reduce(0, +)
-        #expect(ruleCount == 21) // 6 path chains + 4 site + 4 + 4 classify + 1 prerouting + 2 output
-        let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch"]
+        #expect(ruleCount == 22) // 6 path chains + 4 site + 4 + 4 classify + 1 prerouting + 2 output + 1 forward
+        let expectedSets: Set<String> = ["voip_svc", "bulk_svc", "sites", "site_branch", "tunnels"]
         #expect(Set(v.sets) == expectedSets)
         let elements: [String] = v.mapElements["site_branch"]?.sorted() ?? []
         #expect(elements == ["131072:bulk_path2", "196608:default_path1", "65536:voip_path1"])
@@ -482,5 +482,37 @@ func referenceRulesetPath() -> String {
         #expect(try f.count(f.peer1, "other") == 5 && f.count(f.peer2, "other") == 5)
         try steering.removeAll()
         #expect(try KernelView.read(f.router, tables: [10294]).ourRules.isEmpty)
+    }
+}
+
+/// A site that does not relay refuses transit between its tunnels (docs/STEERING.md "Transit"): a member
+/// behind one path's interface that routes traffic for the site behind the other through us is dropped and
+/// counted, LAN -> tunnel traffic is not; drift repair puts a flushed rule back; a relay forwards.
+@Suite(.serialized) struct TransitRootTests {
+    @Test(.enabled(if: isRoot)) func rootTunnelToTunnelIsRefusedCountedAndRepairedUnlessTheSiteRelays() throws {
+        let f = try SteeringFixture()
+        let steering = try f.steering()
+        try f.peer1.addRoute("10.20.0.0/16", via: "192.0.2.1")
+        try steering.apply(f.plan(voip: 2))
+        #expect(try steering.repairDrift() == nil, "the first check finds our state as applied")
+        try f.sendUDP(from: f.client, port: 5060)
+        #expect(try f.count(f.peer2, "voip") == 5, "LAN -> tunnel passes")
+        try f.sendUDP(from: f.peer1, port: 5060)
+        #expect(try f.count(f.peer2, "voip") == 5, "transit from one tunnel into another was forwarded")
+        #expect(try steering.counters().transitRefused == 5)
+
+        try f.router.check(["nft", "flush", "chain", "inet", "patronus", "forward"])
+        #expect(try steering.repairDrift() != nil, "a flushed forward chain was not repaired")
+        try f.sendUDP(from: f.peer1, port: 5060)
+        #expect(try f.count(f.peer2, "voip") == 5, "transit passed after the repair")
+        #expect(try steering.counters().transitRefused == 5, "the re-created rule counts from 0")
+
+        var relay = f.plan(voip: 2)
+        relay.relay = true
+        try steering.apply(relay)
+        #expect(try steering.counters().transitRefused == nil)
+        try f.sendUDP(from: f.peer1, port: 5060)
+        #expect(try f.count(f.peer2, "voip") == 10, "a relay forwards between its tunnels")
+        try steering.removeAll()
     }
 }

@@ -104,20 +104,26 @@ import Testing
         }
     }
 
-    @Test func passiveThroughputIsStoredBesideTheMeasuredBandwidth() throws {
+    @Test func passiveThroughputAndTheDownloadAreStoredBesideTheMeasuredBandwidth() throws {
         try withTemporaryDirectory { dir in
             let fixture = try Fixture(dir)
             try fixture.store.insertMetrics([MetricsSample(
                 path: fixture.paths[0], metrics: PathMetrics(latencyMs: 30, jitterMs: 1, lossPct: 1, bandwidthMbps: 80,
-                                                             score: 50, throughputTxMbps: 12.5, throughputRxMbps: 0.25),
+                                                             score: 50, throughputTxMbps: 12.5, throughputRxMbps: 0.25,
+                                                             downloadBandwidthMbps: 18.5),
                 measuredAt: Fixture.now.addingTimeInterval(60))])
             let latest = try fixture.store.latestMetrics()
             #expect(latest[fixture.paths[0]]?.metrics.throughputTxMbps == 12.5)
             #expect(latest[fixture.paths[0]]?.metrics.throughputRxMbps == 0.25)
             #expect(latest[fixture.paths[0]]?.metrics.bandwidthMbps == 80)
+            #expect(latest[fixture.paths[0]]?.metrics.downloadBandwidthMbps == 18.5)
             #expect(latest[fixture.paths[1]]?.metrics.throughputTxMbps == nil)
-            let json = try fixture.store.statusSnapshot(now: Fixture.now).json()
+            #expect(latest[fixture.paths[1]]?.metrics.downloadBandwidthMbps == nil)
+            let snapshot = try fixture.store.statusSnapshot(now: Fixture.now)
+            let json = snapshot.json()
             #expect(json.contains("\"throughput_tx_mbps\" : 12.5") && json.contains("\"throughput_rx_mbps\" : 0.25"))
+            #expect(json.contains("\"download_bandwidth_mbps\" : 18.5"))
+            #expect(snapshot.report().contains("bandwidth up 80, down 18.5 Mbit/s"), "\(snapshot.report())")
         }
     }
 
