@@ -208,8 +208,10 @@ import Testing
         // The bottleneck passes 20 Mbit/s of outer packets: the trains' inner rate is a little less.
         #expect(measuredDown >= 15e6 && measuredDown <= 21e6, "hq's download of the isp-a path: \(path ?? [:])")
         // 90 % of the estimate, which is the highest measurement of the window (the one in status or an
-        // earlier one of the same path): between 90 % of this one and 95 % of 21 Mbit/s.
-        #expect(rate >= 0.9 * measuredDown - 1e5 && rate <= 0.95 * 21e6, "\(shaping) vs \(path ?? [:])")
+        // earlier one of the same path), and the controller may already have stepped it down on a delay blip
+        // (a full suite saw 16.75 for 90 % of 18.79): between 80 % of this one and 95 % of 21 Mbit/s, far
+        // from anything derived from the upload's figure (hundreds of Mbit/s here).
+        #expect(rate >= 0.8 * measuredDown && rate <= 0.95 * 21e6, "\(shaping) vs \(path ?? [:])")
 
         let server = try lab.host("east").spawn(["iperf3", "-s", "-p", "5201"])
         defer { server.terminate() }
