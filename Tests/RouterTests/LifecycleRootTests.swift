@@ -74,9 +74,13 @@ final class RouterPair {
     var databaseA: String { "\(directory)/a.db" }
     var logA: String { "\(directory)/a.log" }
 
+    /// Downloads are not shaped here (`shape=auto/off`): an `auto` download is shaped from the far site's
+    /// bandwidth trains, and a router restarted after kill -9 has none until the far site measures again
+    /// (its paths never went down: up to `--bandwidth-interval`), so "converged to the same state" could not
+    /// hold for it. Upload shaping (auto) stays on and is adopted like the rest.
     var argumentsA: [String] {
-        ["run", "--site-name", "opa", "--database", databaseA, "--interface", tunnelA, "--uplink", "up0=isp-a",
-         "--uplink", "up1=isp-b", "--lan", "10.20.1.0/24", "--mesh-key", "\(directory)/mesh.key"]
+        ["run", "--site-name", "opa", "--database", databaseA, "--interface", tunnelA, "--uplink", "up0=isp-a,shape=auto/off",
+         "--uplink", "up1=isp-b,shape=auto/off", "--lan", "10.20.1.0/24", "--mesh-key", "\(directory)/mesh.key"]
     }
 
     var argumentsB: [String] {
@@ -86,7 +90,7 @@ final class RouterPair {
 
     func startA(notifySocket: String? = nil, onlyFirstUplink: Bool = false, extra: [String] = []) throws {
         var arguments = argumentsA + extra
-        if onlyFirstUplink, let index = arguments.firstIndex(of: "up1=isp-b") { arguments.removeSubrange(index - 1...index) }
+        if onlyFirstUplink, let index = arguments.firstIndex(where: { $0.hasPrefix("up1=isp-b") }) { arguments.removeSubrange(index - 1...index) }
         routerA = try Ops.startRouter(in: a.name, arguments, log: logA, notifySocket: notifySocket)
     }
     func startB(extra: [String] = []) throws {
