@@ -120,7 +120,7 @@ NFT
          ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null
          ip netns exec $r nft flush ruleset
          printf 'table inet ctonly {\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
-    relay) ip netns exec $r "$release/patronus-bench" apply 3 0 relay >/dev/null ;;   # as shipped, no forward chain (a relay)
+    relay) ip netns exec $r "$release/patronus-bench" apply 3 0 relay >/dev/null ;;   # as shipped, no transit rule (a relay)
     mwan3) mwan3 ;;
   esac
 }
@@ -285,7 +285,7 @@ names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one
          "copies": "patronus, as shipped + voip copies",
          "nohtb": "patronus, full without its htb (the nft part)",
          "cthtb": "ref: conntrack on + the same htb, no rule",
-         "relay": "patronus, 3 default policies, rest on one path, on a relay (no forward chain)",
+         "relay": "patronus, 3 default policies, rest on one path, on a relay (no transit rule)",
          "mwan3": "mwan3 ruleset, same 3 policies, rest balanced",
          "linear": "control: 10,000 linear rules (not ours)",
          "wg_none": "wireguard-go TCP, no table", "wg_three": "wireguard-go TCP, patronus 3 default policies"}
@@ -313,7 +313,7 @@ ratio("copies", "shipped", "(the copy table's hook and lookup)")
 ratio("nohtb", "copies", "(the shape chain)")
 ratio("full", "nohtb", "(htb at 10 Gbit/s instead of no qdisc on the veth)")
 ratio("cthtb", "ct", "(reference: htb by itself)")
-ratio("shipped", "relay", "(what refusing transit, the forward chain of a site that does not relay, costs every forwarded packet)")
+ratio("shipped", "relay", "(what refusing transit, the site chains' rule of a site that does not relay, costs established flows)")
 ratio("full", "mwan3", "(as shipped with duplication and shaping, against mwan3 which has neither)")
 ratio("mwan3", "ct", "(reference)")
 ratio("big", "ten", "(target 95-105%: flat in the number of entries)")

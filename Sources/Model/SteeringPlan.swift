@@ -24,7 +24,7 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
     public var copies: [Copy]
     /// This site relays for other members (`run --relay`, docs/MESH.md "Relayed paths"): it forwards between
     /// its tunnels. false (every other site): what arrives by one path's interface and would leave by one is
-    /// dropped and counted (the `forward` chain, docs/STEERING.md "Transit"), so no member routes another
+    /// dropped and counted (the site chains' transit rule, docs/STEERING.md "Transit"), so no member routes another
     /// site's traffic through us.
     public var relay: Bool
 

@@ -124,13 +124,12 @@ public final class SteeringInspector {
         }
     }
 
-    /// Whether the kernel refuses transit between our tunnels (the `forward` chain) and how many packets it
+    /// Whether the kernel refuses transit between our tunnels (the site chains' transit rules) and how many packets it
     /// refused; nil when our table is not in this namespace.
     public func transit() throws(InspectionError) -> StatusSnapshot.Transit? {
         let installed = try ask { () throws(SteeringError) in try kernel.installed() }
         guard installed.tableExists else { return nil }
-        // The chain's one rule counts: its counter is there exactly when the chain is.
-        guard let refused = installed.chainCounters[SteeringNames.forwardChain] else {
+        guard let refused = installed.transitRefused else {
             return StatusSnapshot.Transit(policy: "forwarded", refusedPackets: nil)
         }
         return StatusSnapshot.Transit(policy: "refused", refusedPackets: refused.packets)

@@ -27,6 +27,9 @@ public struct InstalledSteering: Sendable, Equatable {
     public var chainCtMarks: [String: UInt32] = [:]
     /// Per chain: the first counter of its rules.
     public var chainCounters: [String: Counter] = [:]
+    /// The transit refusal (a site that does not relay): the packets its rules in the site chains dropped,
+    /// summed; nil when no such rule is installed (a relay, or no path yet).
+    public var transitRefused: Counter?
     /// Per chain: its comment.
     public var chainComments: [String: String] = [:]
     /// Per chain of `table ip patronus_copy` (duplication): its counter, the copies sent.
@@ -73,6 +76,11 @@ public struct InstalledSteering: Sendable, Equatable {
         for r in rules {
             if let counter = r.counter, chainCounters[r.chain] == nil {
                 chainCounters[r.chain] = Counter(packets: counter.packets, bytes: counter.bytes)
+            }
+            if NFTUserdata.comment(in: r.userdata) == SteeringCompiler.transitRefusedComment {
+                let counter = r.counter ?? (packets: 0, bytes: 0)
+                transitRefused = Counter(packets: (transitRefused?.packets ?? 0) + counter.packets,
+                                         bytes: (transitRefused?.bytes ?? 0) + counter.bytes)
             }
             for (i, e) in r.expressions.enumerated() {
                 switch e {

@@ -276,7 +276,7 @@ public final class Steering {
     }
 
     /// Packets and bytes per class and path (the `<class>_path<id>` chains), new flows per class (the
-    /// `classify` and `classify_reply` rules) and refused transit packets (`forward`), read from the kernel
+    /// `classify` and `classify_reply` rules) and refused transit packets (the site chains' transit rules), read from the kernel
     /// in one dump. For the status report and metrics.
     public func counters() throws(SteeringError) -> SteeringCounters {
         let rules: [NFTables.ListedRule]
@@ -294,7 +294,7 @@ public final class Steering {
                 out.flowsPerClass[name, default: 0] += packets
             } else if let (className, pathID) = SteeringNames.parseClassPathChain(r.chain, classNames: classNames) {
                 out.paths.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
-            } else if r.chain == SteeringNames.forwardChain {
+            } else if NFTUserdata.comment(in: r.userdata) == SteeringCompiler.transitRefusedComment {
                 out.transitRefused = (out.transitRefused ?? 0) + packets
             } else if let (className, pathID) = SteeringNames.parse(r.chain, classNames: classNames, SteeringNames.duplicateChain) {
                 out.duplicatesDropped.append(.init(className: className, pathID: pathID, packets: packets, bytes: bytes))
@@ -479,8 +479,8 @@ public struct SteeringCounters: Hashable, Sendable {
     public var copiesSent: [PathCounter] = []
     /// Duplicated classes: second copies this site received and dropped, per (class, path they arrived by).
     public var duplicatesDropped: [PathCounter] = []
-    /// Packets that arrived by one of our tunnels and would have left by one, dropped (the `forward` chain of
-    /// a site that does not relay); nil when the chain is not installed (a relay, or no tunnel).
+    /// Packets that arrived by one of our tunnels bound for a remote site, dropped (the site chains' transit
+    /// rules of a site that does not relay); nil when they are not installed (a relay, or no tunnel).
     public var transitRefused: UInt64?
 
     public init() {}

@@ -61,6 +61,8 @@ public enum SteeringCompiler {
 
         // Per site: a chain whose class -> path hash map is what a re-steer changes.
         var sitesElements: [(IPv4Prefix, NFTVerdict)] = []
+        let transit = transitRefusal(plan)
+        if let transit { staticSets.append(transit.set) }
         for d in plan.destinations {
             let name = SteeringNames.siteChain(d.name)
             let map = markMap(name, comment: "class -> path to \(d.name)")
@@ -75,7 +77,7 @@ public enum SteeringCompiler {
                 rule(name, classAndBucketBits + [
                     .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: nil, sets: [map]),
-            ] + classifyOnce(name) + [
+            ] + (transit.map { [$0.rule(name)] } ?? []) + classifyOnce(name) + [
                 rule(name, classBits + [
                     .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: nil, sets: [map]),
@@ -185,12 +187,6 @@ public enum SteeringCompiler {
             rules[SteeringNames.preroutingChain, default: []].append(receiver.hook)
         }
 
-        if let transit = transitRefusal(plan) {
-            chains.append(transit.chain)
-            staticSets.append(transit.set)
-            rules[SteeringNames.forwardChain] = [transit.rule]
-        }
-
         if !plan.shapers.isEmpty || !plan.downloadShapers.isEmpty {
             let shaping = shapeRules(plan)
             chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeControlChain,
@@ -210,36 +206,35 @@ public enum SteeringCompiler {
             chains: chains, rules: rules, staticSets: staticSets, maps: maps, ipRules: ipRules, routes: routes)
     }
 
-    /// The `forward` chain of a site that does not relay (nil for a relay, or without paths): a packet that
-    /// arrived by one of our tunnels (a path's interface) and leaves by one (the same or another) is another
-    /// member routing its traffic through us: dropped, counted. Everything else (LAN <-> tunnel, foreign
-    /// interfaces) passes: the chain's policy is accept and its one rule looks up the input interface first,
-    /// so other traffic pays one hash lookup that misses.
-    static func transitRefusal(_ plan: SteeringPlan) -> (chain: NFTChain, set: SteeringRuleset.StaticSet, rule: NFTRule)? {
+    /// Transit refusal on a site that does not relay (nil for a relay, or without paths or sites): a packet
+    /// that arrived by one of our tunnels (a path's interface) and is bound for a remote site (its prefix or
+    /// overlay address: the `sites` map sent it to that site's chain) is another member routing its traffic
+    /// through us: dropped, counted. The rule sits in every site chain after the established flows' lookup,
+    /// so only packets that lookup does not steer pay for it (a flow's first packets, and flows no policy
+    /// steers); nothing else of the forwarding path does (a `forward` base chain cost every forwarded
+    /// packet a hook: docs/STEERING.md "Transit"). WireGuard accepts from a peer only sources inside its
+    /// allowed IPs, so a member cannot pass its packets off as a flow a LAN host of ours opened.
+    static func transitRefusal(_ plan: SteeringPlan) -> (set: SteeringRuleset.StaticSet, rule: (String) -> NFTRule)? {
         let tunnels = Set(plan.paths.map(\.interface)).sorted()
-        guard !plan.relay, !tunnels.isEmpty else { return nil }
-        let chain = SteeringNames.forwardChain
+        guard !plan.relay, !tunnels.isEmpty, !plan.destinations.isEmpty else { return nil }
         let set = NFTSet(family: family, table: table, name: SteeringNames.tunnelsSet, flags: 0, keyType: .ifname, keyLength: 16,
                          userdata: NFTUserdata.keyByteorder(.host)
                              + NFTUserdata.comment("our tunnels: no transit between them", type: NFTUserdata.setCommentType))
         let elements = tunnels.map { NFTElement(key: interfaceNameKey($0)) }
-        let staticSet = SteeringRuleset.StaticSet(set: set, elements: elements, owners: [chain])
-        let rule = rule(chain, [
-            .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
-            .lookup(sreg: NFT.reg1, set: set.name, setID: nil, dreg: nil),
-            .meta(key: NFT.metaOutputInterfaceName, dreg: NFT.reg1),
-            .lookup(sreg: NFT.reg1, set: set.name, setID: nil, dreg: nil),
-            .counter,
-            .immediate(dreg: NFT.verdictRegister, data: .verdict(.drop)),
-        ], comment: transitRefusedComment, sets: [set], elements: [elements])
-        return (NFTChain(family: family, table: table, name: chain,
-                         hook: NFTHook(hook: NFTHook.forward, priority: NFTHook.filterPriority, type: "filter"),
-                         userdata: NFTUserdata.comment("not a relay (run --relay): no transit between our tunnels")),
-                staticSet, rule)
+        let staticSet = SteeringRuleset.StaticSet(set: set, elements: elements,
+                                                  owners: plan.destinations.map { SteeringNames.siteChain($0.name) })
+        return (staticSet, { chain in
+            rule(chain, [
+                .meta(key: NFT.metaInputInterfaceName, dreg: NFT.reg1),
+                .lookup(sreg: NFT.reg1, set: set.name, setID: nil, dreg: nil),
+                .counter,
+                .immediate(dreg: NFT.verdictRegister, data: .verdict(.drop)),
+            ], comment: transitRefusedComment, sets: [set], elements: [elements])
+        })
     }
 
-    /// The comment of the `forward` chain's drop rule.
-    public static let transitRefusedComment = "tunnel to tunnel: transit refused"
+    /// The comment of the site chains' transit drop rule (how counters and `status` find it).
+    public static let transitRefusedComment = "arrived by one of our tunnels: transit refused (not a relay)"
 
     /// The `shape` chain (postrouting: forwarding rewrites `meta priority` from the TOS before the forward
     /// hook, so only a late hook can set it): for packets bound to a tunnel (path bits in the mark), the htb

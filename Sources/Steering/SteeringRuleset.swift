@@ -67,10 +67,8 @@ public enum SteeringNames {
     public static let bandsMap = "class_bands"
     /// Our own control traffic (to an overlay address): probes, their replies, announcements, bandwidth trains.
     public static let shapeControlChain = "shape_control"
-    /// Forward hook, on every site that does not relay: drops what arrives by one of our tunnels and would
-    /// leave by one (docs/STEERING.md "Transit"); its rule's counter is the refused packets.
-    public static let forwardChain = "forward"
-    /// The tunnel interfaces (every path's interface), by name: what `forward` matches on both sides.
+    /// The tunnel interfaces (every path's interface), by name: a site that does not relay drops what arrives
+    /// by one of them bound for a remote site (the site chains' transit rule, docs/STEERING.md "Transit").
     public static let tunnelsSet = "tunnels"
     /// Seed of the load-balancing flow hash: fixed, so a re-created chain hashes flows the same way.
     public static let hashSeed: UInt32 = 0x7061_7472

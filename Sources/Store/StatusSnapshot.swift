@@ -98,10 +98,10 @@ public struct StatusSnapshot: Codable, Hashable, Sendable {
     /// Transit between our tunnels (docs/MESH.md "Relayed paths"): a site that does not relay drops what
     /// another member routes through it from one of our tunnels into one of our tunnels.
     public struct Transit: Codable, Hashable, Sendable {
-        /// "refused": the `forward` chain drops tunnel-to-tunnel packets (a site without `--relay`);
-        /// "forwarded": no such chain (a relay, or no tunnel yet).
+        /// "refused": the site chains drop what arrives by a tunnel for a remote site (a site without `--relay`);
+        /// "forwarded": no such rule (a relay, or no tunnel yet).
         public var policy: String
-        /// Packets refused since the chain was installed (its rule's counter); nil when forwarded.
+        /// Packets refused since the rules were installed (their counters, summed); nil when forwarded.
         public var refusedPackets: UInt64?
 
         public init(policy: String, refusedPackets: UInt64?) {

@@ -8,7 +8,7 @@
 //                                         default class is load balanced over paths 1 and 2 (16 buckets, 8 each);
 //                                         features: voip duplicated and both paths shaped, as shipped;
 //                                         copies: voip duplicated, nothing shaped
-//                                         relay: the plan of a relay (no forward chain refusing transit)
+//                                         relay: the plan of a relay (no transit rule in the site chains)
 //   patronus-bench stream-send HOST PORT PPS SECONDS [rtp SSRC] / stream-recv PORT SECONDS [rtp]
 //                                         a sequenced UDP stream and the longest silence (bench/failover)
 // Interfaces pbench1 and pbench2 (and pbench3 for churn) must exist in the namespace.

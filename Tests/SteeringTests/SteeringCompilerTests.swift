@@ -122,7 +122,7 @@ private extension NFTExpression {
     //   nft add rule inet patronus classify_reply meta l4proto . th sport @voip_svc (set id 1)
     @Test func firstPacketRulesAreWhatNftSends() throws {
         let r = try SteeringCompiler.compile(referencePlan())
-        var classifyOnce = try #require(r.rules["site_branch"]?[1])
+        var classifyOnce = try #require(r.rules["site_branch"]?[2]) // [1]: transit refused (TransitRefusalTests)
         classifyOnce.userdata = nil
         #expect(hex(NFTables.newRule(classifyOnce).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e6368002801048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c000480080001000000ff000c00058008000100000000002c00018008000100636d700020000280080001000000000108000200000000000c000380080001000000000020000180070001006374000014000280080002000000000108000100000000012c00018008000100636d700020000280080001000000000108000200000000000c0003800500010000000000400001800e000100696d6d6564696174650000002c0002800800010000000000200002801c00028008000100fffffffd0d000200636c61737369667900000000")
         // The reply classifier loads the source port where `classify` loads the destination port.
@@ -415,77 +415,80 @@ private extension NFTExpression {
 
 /// A site that does not relay refuses transit between its tunnels (docs/STEERING.md "Transit").
 @Suite struct TransitRefusalTests {
-    // scripts/capture-netlink.py 'nft add table inet patronus' -- nft add chain inet patronus forward
-    //   '{ type filter hook forward priority filter; policy accept; comment "not a relay (run --relay): no transit between our tunnels"; }'
     // and: nft add set inet patronus tunnels '{ type ifname; comment "our tunnels: no transit between them"; }'
     // and ('...; nft add set inet patronus tunnels "{ type ifname; }"' --) nft add element inet patronus tunnels
     //   '{ "wg-b-isp", "wg-b-lte" }'
-    // and ('...; nft add chain ... forward ...; nft add set ... tunnels ...' --) nft add rule inet patronus forward
-    //   meta iifname @tunnels meta oifname @tunnels counter drop comment '"transit"' (set id 1; our comment differs)
-    @Test func theForwardChainDropsTunnelToTunnelAndIsWhatNftSends() throws {
+    // and ('nft add table inet patronus; nft add chain inet patronus site_branch; nft add set inet patronus
+    //   tunnels "{ type ifname; }"' --) nft add rule inet patronus site_branch meta iifname @tunnels counter drop
+    //   comment '"transit"' (set id 1; our comment differs)
+    @Test func eachSiteChainDropsWhatArrivesByATunnelAndIsWhatNftSends() throws {
         var plan = referencePlan()
         plan.paths.removeAll { $0.site == siteC }
         plan.destinations.removeLast()
         plan.choices.removeAll { $0.site == siteC }
         let r = try SteeringCompiler.compile(plan)
-        let chain = try #require(r.chains.first { $0.name == "forward" })
-        #expect(NFTables.attributeTree(NFTables.newChain(chain).payload) == tree("010000000d000100706174726f6e7573000000000c000300666f7277617264000b00070066696c74657200000800050000000001140004800800010000000002080002000000000040000c00003a6e6f7420612072656c6179202872756e202d2d72656c6179293a206e6f207472616e736974206265747765656e206f75722074756e6e656c7300"))
+        #expect(!r.chains.contains { $0.hook?.hook == NFTHook.forward }, "no forward hook: every forwarded packet would pay it")
         let tunnels = try #require(r.staticSets.first { $0.set.name == "tunnels" })
         var set = tunnels.set
         set.id = 1
         #expect(hex(NFTables.newSet(set).payload) == "010000000d000100706174726f6e7573000000000c00020074756e6e656c730008000300000000000800040000000029080005000000001008000a000000000131000d0000040100000007256f75722074756e6e656c733a206e6f207472616e736974206265747765656e207468656d00000000")
         #expect(NFTables.attributeTree(NFTables.elements(tunnels.elements, family: .inet, table: "patronus", set: "tunnels", setID: 1).payload) == tree("010000000d000100706174726f6e7573000000000c00020074756e6e656c730008000400000000013c0003801c000180180001801400010077672d622d69737000000000000000001c000280180001801400010077672d622d6c74650000000000000000"))
-        var drop = try #require(r.rules["forward"]?.first)
-        #expect(r.rules["forward"]?.count == 1)
+        let site = try #require(r.rules["site_branch"])
+        // After the established flows' lookup, before classify-once: only packets that lookup did not steer
+        // read it.
+        #expect(site.count == 5)
+        var drop = site[1]
         #expect(NFTUserdata.comment(in: drop.userdata) == SteeringCompiler.transitRefusedComment)
         drop.userdata = NFTUserdata.comment("transit")
         drop.expressions = drop.expressions.map {
             if case let .lookup(sreg, set, _, dreg) = $0 { return .lookup(sreg: sreg, set: set, setID: 1, dreg: dreg) }
             return $0
         }
-        #expect(NFTables.attributeTree(NFTables.newRule(drop).payload) == tree("010000000d000100706174726f6e7573000000000c000200666f727761726400f000048024000180090001006d657461000000001400028008000200000000060800010000000001300001800b0001006c6f6f6b757000002000028008000200000000010c00010074756e6e656c7300080004000000000124000180090001006d657461000000001400028008000200000000070800010000000001300001800b0001006c6f6f6b757000002000028008000200000000010c00010074756e6e656c73000800040000000001140001800c000100636f756e7465720004000280300001800e000100696d6d6564696174650000001c0002800800010000000000100002800c00028008000100000000000e00070000087472616e736974000000"))
-        // A base chain comes after the chains it could reach, like the other hooks.
-        #expect(r.chains.last { $0.hook != nil }.map { _ in true } == true)
-        #expect(r.chains.firstIndex { $0.name == "forward" }! > r.chains.firstIndex { $0.name == "site_branch" }!)
+        #expect(NFTables.attributeTree(NFTables.newRule(drop).payload) == tree("010000000d000100706174726f6e75730000000010000200736974655f6272616e6368009c00048024000180090001006d657461000000001400028008000200000000060800010000000001300001800b0001006c6f6f6b757000002000028008000200000000010c00010074756e6e656c73000800040000000001140001800c000100636f756e7465720004000280300001800e000100696d6d6564696174650000001c0002800800010000000000100002800c00028008000100000000000e00070000087472616e736974000000"))
+        #expect(NFTUserdata.comment(in: site[2].userdata) == "new flow: classify once")
     }
 
-    @Test func everyPathInterfaceIsATunnelOnceAndNothingElseIsMatched() throws {
+    @Test func everyPathInterfaceIsATunnelOnceAndEverySiteChainChecksIt() throws {
         let r = try SteeringCompiler.compile(referencePlan())
         let tunnels = try #require(r.staticSets.first { $0.set.name == "tunnels" })
         #expect(tunnels.elements.map(\.key) == ["wg-b-isp", "wg-b-lte", "wg-c-isp", "wg-c-lte"].map {
             Array($0.utf8) + [UInt8](repeating: 0, count: 16 - $0.utf8.count)
         })
-        #expect(tunnels.owners == ["forward"])
-        // Both the input and the output interface must be tunnels: LAN <-> tunnel traffic never matches.
-        let loads = r.rules["forward"]!.first!.expressions.compactMap { e -> NFTMetaKey? in
-            if case let .meta(key, _) = e { return key }
-            return nil
+        #expect(tunnels.owners == ["site_branch", "site_depot"])
+        for chain in ["site_branch", "site_depot"] {
+            let drops = r.rules[chain]!.filter { NFTUserdata.comment(in: $0.userdata) == SteeringCompiler.transitRefusedComment }
+            #expect(drops.count == 1)
+            // The input interface only: what reaches a site chain leaves by a tunnel (or is dropped).
+            #expect(drops.first?.expressions.compactMap { e -> NFTMetaKey? in
+                if case let .meta(key, _) = e { return key }
+                return nil
+            } == [.inputInterfaceName])
         }
-        #expect(loads == [.inputInterfaceName, .outputInterfaceName])
-        // The chain's policy is accept: what the rule does not match passes.
-        #expect(r.chains.first { $0.name == "forward" }?.hook == NFTHook(hook: NFTHook.forward, priority: 0, type: "filter"))
+        // Nothing else reads the set: LAN -> tunnel and tunnel -> LAN traffic never meets the rule.
+        #expect(r.rules.filter { $0.value.contains { $0.expressions.contains(.lookup(sreg: NFT.reg1, set: "tunnels", setID: nil, dreg: nil)) } }
+            .keys.sorted() == ["site_branch", "site_depot"])
     }
 
-    @Test func aRelayOrASiteWithoutTunnelsInstallsNoForwardChain() throws {
+    @Test func aRelayOrASiteWithoutTunnelsInstallsNoTransitRule() throws {
         var relay = referencePlan()
         relay.relay = true
         let r = try SteeringCompiler.compile(relay)
-        #expect(!r.chains.contains { $0.name == "forward" } && !r.staticSets.contains { $0.set.name == "tunnels" })
-        #expect(r.rules["forward"] == nil)
+        #expect(!r.staticSets.contains { $0.set.name == "tunnels" })
+        #expect(!r.rules.values.joined().contains { NFTUserdata.comment(in: $0.userdata) == SteeringCompiler.transitRefusedComment })
         let empty = try SteeringCompiler.compile(SteeringPlan(classes: referencePlan().classes))
-        #expect(!empty.chains.contains { $0.name == "forward" })
-        // Turning --relay on or off changes only the forward chain and its set (one batch, nothing else moves).
+        #expect(!empty.staticSets.contains { $0.set.name == "tunnels" })
+        // Turning --relay on or off reloads the site chains' rules and removes the set; no map, no path chain moves.
         let diff = SteeringDiff(installed: Steering.afterApply(try SteeringCompiler.compile(referencePlan())), desired: r)
-        #expect(diff.changes.chainsDeleted == ["forward"])
-        #expect(diff.changes.chainsCreated.isEmpty && diff.changes.chainsReloaded.isEmpty && diff.changes.setsDeleted == ["tunnels"])
+        #expect(diff.changes.chainsDeleted.isEmpty && diff.changes.chainsCreated.isEmpty)
+        #expect(Set(diff.changes.chainsReloaded) == ["site_branch", "site_depot"] && diff.changes.setsDeleted == ["tunnels"])
         #expect(relay.description.contains("relay: forwards between tunnels"))
     }
 
-    @Test func theRefusedPacketsAreReadFromTheForwardRulesCounter() throws {
+    @Test func theRefusedPacketsAreTheTransitRulesCountersSummed() throws {
         let installed = try InstalledSteeringTests.installed(referencePlan())
-        #expect(installed.chainCounters["forward"] == InstalledSteering.Counter(packets: 0, bytes: 0))
+        #expect(installed.transitRefused == InstalledSteering.Counter(packets: 0, bytes: 0))
         var relay = referencePlan()
         relay.relay = true
-        #expect(try InstalledSteeringTests.installed(relay).chainCounters["forward"] == nil)
+        #expect(try InstalledSteeringTests.installed(relay).transitRefused == nil)
     }
 }
