@@ -9,10 +9,10 @@ dup_set() {
     for site in "${SITES[@]}"; do "$BIN" policy edit --database "$STATE/$site.db" voip "$flag" >/dev/null; done
     for _ in $(seq 100); do
         if [[ $on == 1 ]]; then
-            ip netns exec "$LAB_NS-hq" nft list map ip patronus_copy copies 2>/dev/null | grep -q "goto copy_voip_path" \
+            ip netns exec "$LAB_NS-hq" nft list map ip patronus_egress copies 2>/dev/null | grep -q "jump copy_voip_path" \
                 && ip netns exec "$LAB_NS-east" nft list chain inet patronus voip_dedup >/dev/null 2>&1 && return 0
         else
-            ip netns exec "$LAB_NS-hq" nft list table ip patronus_copy >/dev/null 2>&1 || return 0
+            ip netns exec "$LAB_NS-hq" nft list table ip patronus_egress >/dev/null 2>&1 || return 0
         fi
         sleep 0.1
     done
@@ -81,7 +81,7 @@ print(sum(d.get('$2', 0) for e in s.get('steering', []) if e['policy'] == 'voip'
     # Once a second: does hq's copy map copy voip (an element), and is east's de-duplication chain there?
     sampler=$(mktemp)
     ( end=$((SECONDS + FALSE_DROPS)); while (( SECONDS < end )); do
-        c=$(ip netns exec "$LAB_NS-hq" nft list map ip patronus_copy copies 2>/dev/null | grep -c "goto copy_voip_path" || true)
+        c=$(ip netns exec "$LAB_NS-hq" nft list map ip patronus_egress copies 2>/dev/null | grep -c "jump copy_voip_path" || true)
         d=$(ip netns exec "$LAB_NS-east" nft list chain inet patronus voip_dedup >/dev/null 2>&1 && echo 1 || echo 0)
         echo "$c $d" >>"$sampler"; sleep 1
       done ) &

@@ -146,13 +146,14 @@ public enum Conventions {
 
     public static let nftTable = "patronus"
 
+    /// The small `ip` table of what is done to packets on their way out (hook postrouting): the copies of
+    /// duplicated classes (nft's `dup` exists only in ip and ip6 tables, not in inet) and the shapers' htb
+    /// band (`meta priority`), in one base chain so a packet pays one hook for both. Owned by Steering like
+    /// `nftTable`; present while a class duplicates or something is shaped.
+    public static let egressTable = "patronus_egress"
+
     // MARK: Duplication (docs/STEERING.md, "Duplication")
 
-    /// The small `ip` table that makes the copies of duplicated classes: nft's `dup` exists only in ip and
-    /// ip6 tables, not in inet. Owned by Steering like `nftTable`.
-    public static let copyTable = "patronus_copy"
-    /// Its prerouting chain runs right after our inet table's (mangle, -150), which wrote the class and path.
-    public static let copyChainPriority: Int32 = -149
     /// The receiver remembers each duplicated packet this long (ms): a copy arriving later than this after
     /// the first one (a path-latency difference over 2 s) is delivered, not dropped.
     public static let copySeenTimeoutMs: UInt64 = 2000

@@ -42,7 +42,7 @@ public struct ClassSample: Hashable, Sendable {
     public var path: String
     public var packets: UInt64
     public var bytes: UInt64
-    /// Duplicated classes: copies this site sent by the path (`copy_<class>_path<id>` in `ip patronus_copy`).
+    /// Duplicated classes: copies this site sent by the path (`copy_<class>_path<id>` in `ip patronus_egress`).
     /// Nil for classes that do not duplicate.
     public var copiesSent: UInt64?
     /// Duplicated classes: second copies that arrived by the path and were dropped (`<class>_dup<id>`).

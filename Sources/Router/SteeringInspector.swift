@@ -196,7 +196,7 @@ public final class SteeringInspector {
         return out
     }
 
-    /// Where the copy table copies the class's packets that leave by `use`'s chain; nil when it does not.
+    /// Where the egress table copies the class's packets that leave by `use`'s chain; nil when it does not.
     private func copyTarget(_ installed: InstalledSteering, policy: Policy, classMark: UInt32, use: Use,
                             sitePaths: [StatusSnapshot.Path]) -> StatusSnapshot.CopyTarget? {
         guard let chain = installed.copyChain(classMark: classMark, pathChain: use.steered.chain) else { return nil }

@@ -2,7 +2,7 @@ import Model
 import Netlink
 
 /// Duplication (docs/STEERING.md, "Duplication"): the sending side copies each packet of a duplicated
-/// class onto a second path in `table ip patronus_copy` (nft's `dup` exists only in ip/ip6 tables); the
+/// class onto a second path in `table ip patronus_egress` (EgressCompiler: nft's `dup` exists only in ip/ip6 tables); the
 /// receiving side, in `table inet patronus`, remembers every packet of a duplicated class that arrives from
 /// a remote site for `Conventions.copySeenTimeoutMs` and drops a second arrival of the same packet.
 extension SteeringCompiler {
@@ -128,67 +128,5 @@ extension SteeringCompiler {
             }
         }
         return Deduplication(chains: chains, rules: rules, staticSets: [sourcesSet, seenSet], maps: maps, hook: hook)
-    }
-
-    /// The sending side: `table ip patronus_copy`, or nil when no class duplicates. `interfaceIndex`: the
-    /// tunnels' interface indexes (`dup` takes an index); a path whose interface does not exist gets no
-    /// copy chain and no copies until it does. Per packet: one concatenated map lookup (class . path) that
-    /// misses for every packet not to be copied; a hit jumps to `copy_<class>_path<id>`: `dup to ADDRESS
-    /// device INDEX` (ADDRESS: the path's gateway, or the packet's own destination on a point-to-point
-    /// tunnel) and a counter of the copies sent.
-    public static func compileCopies(_ plan: SteeringPlan, interfaceIndex: [String: Int32]) throws(SteeringError) -> SteeringRuleset? {
-        let duplicated = plan.classes.filter(\.duplicate)
-        guard !duplicated.isEmpty else { return nil }
-        let problems = plan.problems()
-        guard problems.isEmpty else { throw .invalidPlan(problems) }
-        let family = NFTFamily.ip, table = Conventions.copyTable
-        var chains: [NFTChain] = []
-        var rules: [String: [NFTRule]] = [:]
-        let paths = plan.paths.sorted { $0.slot < $1.slot }
-        var present: [UInt16: SteeringPlan.SteeringPath] = [:]
-        for c in duplicated {
-            for p in paths {
-                guard let index = interfaceIndex[p.interface] else { continue }
-                present[p.slot] = p
-                let name = SteeringNames.copyChain(c.name, p.id)
-                chains.append(NFTChain(family: family, table: table, name: name,
-                                       userdata: NFTUserdata.comment("class \(c.name): copies sent by \(p.label)")))
-                let address: NFTExpression = p.gateway.map { .immediate(dreg: NFT.reg1, data: .value($0.value.bigEndianBytes)) }
-                    ?? .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1)
-                rules[name] = [rule(name, [
-                    address,
-                    .immediate(dreg: .reg2, data: .value(UInt32(bitPattern: index).hostBytes)),
-                    .dup(sregAddress: NFT.reg1, sregDevice: .reg2),
-                    .counter,
-                ], comment: nil, family: family, table: table)]
-            }
-        }
-        let copies = NFTSet(family: family, table: table, name: SteeringNames.copiesMap, flags: NFTSet.flagMap,
-                            keyType: .concatenation([.mark, .mark]), keyLength: 8, dataType: NFTSet.verdictDataType, dataLength: 0,
-                            userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
-                                + NFTUserdata.comment("class . path taken -> copy to the second path", type: NFTUserdata.setCommentType))
-        let classByID = Dictionary(duplicated.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        var elements: [NFTElement] = []
-        for copy in plan.copies {
-            guard let c = classByID[copy.classID], let from = plan.paths.first(where: { $0.slot == copy.from }),
-                  let to = present[copy.to] else { continue }
-            elements.append(NFTElement(key: c.ctMark.hostBytes + from.mark.hostBytes,
-                                       data: .verdict(.goto(SteeringNames.copyChain(c.name, to.id)))))
-        }
-        let hook = SteeringNames.preroutingChain
-        chains.append(NFTChain(family: family, table: table, name: hook,
-                               hook: NFTHook(hook: NFTHook.prerouting, priority: Conventions.copyChainPriority, type: "filter"),
-                               userdata: NFTUserdata.comment("forwarded packets of duplicated classes: a copy to the second path")))
-        rules[hook] = [rule(hook, [
-            .ct(key: NFT.ctMark, dreg: NFT.reg1),
-            .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: classMask.hostBytes, xor: [0, 0, 0, 0]),
-            .meta(key: NFT.metaMark, dreg: NFT.reg32_01),
-            .bitwise(sreg: NFT.reg32_01, dreg: NFT.reg32_01, mask: pathMask.hostBytes, xor: [0, 0, 0, 0]),
-            .lookup(sreg: NFT.reg1, set: copies.name, setID: nil, dreg: NFT.verdictRegister),
-        ], comment: "class . path -> copy", sets: [copies], family: family, table: table)]
-        return SteeringRuleset(
-            table: NFTTable(family: family, name: table,
-                            userdata: NFTUserdata.comment("patronus-router packet copies; managed, do not edit")),
-            chains: chains, rules: rules, staticSets: [], maps: [.init(set: copies, elements: elements)], ipRules: [], routes: [])
     }
 }

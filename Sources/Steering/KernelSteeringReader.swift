@@ -32,9 +32,9 @@ public struct InstalledSteering: Sendable, Equatable {
     public var transitRefused: Counter?
     /// Per chain: its comment.
     public var chainComments: [String: String] = [:]
-    /// Per chain of `table ip patronus_copy` (duplication): its counter, the copies sent.
+    /// Per chain of `table ip patronus_egress` (duplication): its counter, the copies sent.
     public var copyCounters: [String: Counter] = [:]
-    /// The copy table's `copies` map: the class's ct mark bits . the path mark of the path taken -> the chain
+    /// The egress table's `copies` map: the class's ct mark bits . the path mark of the path taken -> the chain
     /// that copies the packet to the second path (`copy_<class>_path<id>`). Empty: nothing is copied.
     public var copies: [CopyKey: String] = [:]
 
@@ -127,22 +127,22 @@ public struct InstalledSteering: Sendable, Equatable {
             elements[set.name] = try nft.elements(family: family, table: table, set: set.name)
         }
         var installed = InstalledSteering(chains: chains, rules: rules, mapElements: elements)
-        if try nft.tables(family: SteeringNames.copyFamily).contains(where: { $0.name == SteeringNames.copyTable }) {
-            for r in try nft.rules(family: SteeringNames.copyFamily, table: SteeringNames.copyTable) {
+        if try nft.tables(family: SteeringNames.egressFamily).contains(where: { $0.name == SteeringNames.egressTable }) {
+            for r in try nft.rules(family: SteeringNames.egressFamily, table: SteeringNames.egressTable) {
                 if let counter = r.counter, installed.copyCounters[r.chain] == nil {
                     installed.copyCounters[r.chain] = Counter(packets: counter.packets, bytes: counter.bytes)
                 }
             }
-            let copyMaps = try nft.sets(family: SteeringNames.copyFamily, table: SteeringNames.copyTable)
+            let copyMaps = try nft.sets(family: SteeringNames.egressFamily, table: SteeringNames.egressTable)
             if copyMaps.contains(where: { $0.name == SteeringNames.copiesMap }) {
-                installed.addCopies(try nft.elements(family: SteeringNames.copyFamily, table: SteeringNames.copyTable,
+                installed.addCopies(try nft.elements(family: SteeringNames.egressFamily, table: SteeringNames.egressTable,
                                                      set: SteeringNames.copiesMap))
             }
         }
         return installed
     }
 
-    /// Takes in the elements of the copy table's `copies` map (key: two host-order u32, class . path mark).
+    /// Takes in the elements of the egress table's `copies` map (key: two host-order u32, class . path mark).
     public mutating func addCopies(_ elements: [NFTElement]) {
         for e in elements where e.key.count == 8 {
             guard let classMark = Self.hostU32(Array(e.key[0..<4])), let pathMark = Self.hostU32(Array(e.key[4..<8])),

@@ -19,11 +19,11 @@ public final class Steering {
     public let nftables: NFTablesClient
     public let routing: RouteNetlinkClient
     private var installed: InstalledState?
-    /// `table ip patronus_copy` (duplication), as installed; nil: unknown, read before the next diff.
-    private var installedCopies: InstalledState?
+    /// `table ip patronus_egress` (duplication), as installed; nil: unknown, read before the next diff.
+    private var installedEgress: InstalledState?
     private var lastPlan: SteeringPlan?
     private var lastRuleset: SteeringRuleset?
-    private var lastCopies: SteeringRuleset?
+    private var lastEgress: SteeringRuleset?
     private var interfaceIndex: [String: Int32] = [:]
     private var structureKey: StructureKey?
     private var structure: SteeringRuleset?
@@ -81,12 +81,12 @@ public final class Steering {
             uplinkRoutesRead = plan.uplinks
         }
         let ruleset = try compile(plan)
-        let copies = try compileCopies(plan)
+        let copies = try compileEgress(plan)
         do {
             var changes = try converge(to: ruleset, copies: copies)
             lastPlan = plan
             lastRuleset = ruleset
-            lastCopies = copies
+            lastEgress = copies
             convergeShaping(plan, changes: &changes)
             return changes
         } catch let first {
@@ -94,28 +94,31 @@ public final class Steering {
             if case .missingInterface = first { throw first }
             // The kernel state may have changed behind our back: read it again and retry once.
             installed = nil
-            installedCopies = nil
+            installedEgress = nil
             interfaceIndex = [:]
             var changes = try converge(to: ruleset, copies: copies)
             lastPlan = plan
             lastRuleset = ruleset
-            lastCopies = copies
+            lastEgress = copies
             convergeShaping(plan, changes: &changes)
             return changes
         }
     }
 
-    /// The copy table of a plan with duplicated classes (nil without). `dup` names its interface by index,
-    /// so the tunnels' indexes are read on every apply that has one: a tunnel re-created under the same
-    /// name gets a new index, which changes the copy rule's fingerprint and reloads it.
-    private func compileCopies(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset? {
-        guard plan.classes.contains(where: \.duplicate) else { return nil }
-        let links = try kernel { () throws(NetlinkError) in try routing.links() }
-        let index = Dictionary(links.map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
-        return try SteeringCompiler.compileCopies(plan, interfaceIndex: index)
+    /// The egress table of a plan (nil when no class duplicates and nothing is shaped). `dup` names its
+    /// interface by index, so the tunnels' indexes are read on every apply with a duplicated class: a tunnel
+    /// re-created under the same name gets a new index, which changes the copy rule's fingerprint and
+    /// reloads it.
+    private func compileEgress(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset? {
+        var index: [String: Int32] = [:]
+        if plan.classes.contains(where: \.duplicate) {
+            let links = try kernel { () throws(NetlinkError) in try routing.links() }
+            index = Dictionary(links.map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
+        }
+        return try SteeringCompiler.compileEgress(plan, interfaceIndex: index)
     }
 
-    /// The plan as nf_tables sees it: the `shape` chain exists while anything is shaped; rates and
+    /// The plan as nf_tables sees it: the egress table's band rules exist while anything is shaped; rates and
     /// interfaces of the shapers are rtnetlink's business only.
     private static func withoutShapers(_ plan: SteeringPlan) -> SteeringPlan {
         var p = plan
@@ -124,7 +127,7 @@ public final class Steering {
         return p
     }
 
-    /// The download shapers as the `shape` chain sees them: uplinks and tunnels, not rates.
+    /// The download shapers as the egress table sees them: uplinks and tunnels, not rates.
     private static func downloadStructure(_ plan: SteeringPlan) -> [SteeringPlan.DownloadShaper] {
         plan.downloadShapers.map { SteeringPlan.DownloadShaper(slot: $0.slot, tunnels: $0.tunnels, lanPrefixes: [], rateBitsPerSecond: 0) }
     }
@@ -184,7 +187,7 @@ public final class Steering {
     @discardableResult
     public func reconcile() throws(SteeringError) -> SteeringChanges {
         installed = nil
-        installedCopies = nil
+        installedEgress = nil
         interfaceIndex = [:]
         guard let lastRuleset else {
             _ = try currentState()
@@ -192,8 +195,8 @@ public final class Steering {
         }
         // A tunnel re-created under its name has a new index (its routes went with the old one, which is
         // what brings us here): the copy rules are compiled again with the indexes of now.
-        if let lastPlan { lastCopies = try compileCopies(lastPlan) }
-        return try converge(to: lastRuleset, copies: lastCopies)
+        if let lastPlan { lastEgress = try compileEgress(lastPlan) }
+        return try converge(to: lastRuleset, copies: lastEgress)
     }
 
     /// Finds changes somebody else made to what we own and puts our state back (the last plan). Cheap
@@ -256,14 +259,14 @@ public final class Steering {
             c.tableDeleted = true
             c.batchMessages = 1
         }
-        installedCopies = nil
-        if try copyState().tableExists {
-            try kernel { () throws(NetlinkError) in try nftables.commit([Self.deleteCopyTable]) }
-            c.copyTableDeleted = true
+        installedEgress = nil
+        if try egressState().tableExists {
+            try kernel { () throws(NetlinkError) in try nftables.commit([Self.deleteEgressTable]) }
+            c.egressTableDeleted = true
             c.batchMessages += 1
         }
-        installedCopies = InstalledState()
-        lastCopies = nil
+        installedEgress = InstalledState()
+        lastEgress = nil
         for r in state.ipRules { try deleteRule(r) }
         c.ipRulesDeleted = state.ipRules
         for r in state.routes { try deleteRoute(r) }
@@ -302,7 +305,7 @@ public final class Steering {
         }
         guard lastPlan?.classes.contains(where: \.duplicate) ?? false else { return out }
         let copyRules: [NFTables.ListedRule]
-        do { copyRules = try nftables.rules(family: SteeringNames.copyFamily, table: SteeringNames.copyTable) } catch {
+        do { copyRules = try nftables.rules(family: SteeringNames.egressFamily, table: SteeringNames.egressTable) } catch {
             if error.errno == 2 { return out }
             throw .kernel(error)
         }
@@ -324,18 +327,18 @@ public final class Steering {
         } catch { throw .kernel(error) }
     }
 
-    /// `table ip patronus_copy` as installed (read when unknown).
-    private func copyState() throws(SteeringError) -> InstalledState {
-        if let installedCopies { return installedCopies }
+    /// `table ip patronus_egress` as installed (read when unknown).
+    private func egressState() throws(SteeringError) -> InstalledState {
+        if let installedEgress { return installedEgress }
         let s = try kernel { () throws(NetlinkError) in
-            try InstalledState.read(nft: nftables, family: SteeringNames.copyFamily, table: SteeringNames.copyTable)
+            try InstalledState.read(nft: nftables, family: SteeringNames.egressFamily, table: SteeringNames.egressTable)
         }
-        installedCopies = s
+        installedEgress = s
         return s
     }
 
-    static let deleteCopyTable = NetlinkRequest(NFTables.deleteTable(family: SteeringNames.copyFamily, name: SteeringNames.copyTable),
-                                                "delete table ip \(SteeringNames.copyTable)")
+    static let deleteEgressTable = NetlinkRequest(NFTables.deleteTable(family: SteeringNames.egressFamily, name: SteeringNames.egressTable),
+                                                "delete table ip \(SteeringNames.egressTable)")
 
     /// The last converge left routes out because their interface did not exist yet.
     private var routesWaiting = false
@@ -343,9 +346,9 @@ public final class Steering {
     private func converge(to ruleset: SteeringRuleset, copies: SteeringRuleset?) throws(SteeringError) -> SteeringChanges {
         routesWaiting = true // until this converge completes
         let state = try currentState()
-        let copiesState = try copyState()
+        let copiesState = try egressState()
         let diff = SteeringDiff(installed: state, desired: ruleset)
-        // The copy table goes in the same atomic batch: a re-steer moves the class and its copies together.
+        // The egress table goes in the same atomic batch: a re-steer moves the class and its copies together.
         var copyBatch: [NetlinkRequest] = []
         var copyChanges = SteeringChanges()
         if let copies {
@@ -353,12 +356,12 @@ public final class Steering {
             copyBatch = copyDiff.batch
             copyChanges = copyDiff.changes
         } else if copiesState.tableExists {
-            copyBatch = [Self.deleteCopyTable]
-            copyChanges.copyTableDeleted = true
+            copyBatch = [Self.deleteEgressTable]
+            copyChanges.egressTableDeleted = true
         }
         // Until this converge completes, what is installed is unknown: a failure makes the next call re-read.
         installed = nil
-        installedCopies = nil
+        installedEgress = nil
         var changes = diff.changes
         changes.merge(copies: copyChanges)
         // Routes and rules first, so a mark never points at an empty table; deletions last.
@@ -383,9 +386,9 @@ public final class Steering {
             var known = Self.afterApply(copies)
             known.ipRules = []
             known.routes = []
-            installedCopies = known
+            installedEgress = known
         } else {
-            installedCopies = InstalledState()
+            installedEgress = InstalledState()
         }
         for r in diff.changes.ipRulesDeleted { try deleteRule(r) }
         for r in diff.changes.routesDeleted { try deleteRoute(r) }

@@ -187,18 +187,6 @@ public enum SteeringCompiler {
             rules[SteeringNames.preroutingChain, default: []].append(receiver.hook)
         }
 
-        if !plan.shapers.isEmpty || !plan.downloadShapers.isEmpty {
-            let shaping = shapeRules(plan)
-            chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeControlChain,
-                                   userdata: NFTUserdata.comment("our control traffic (to an overlay address): its band")))
-            chains.append(NFTChain(family: family, table: table, name: SteeringNames.shapeChain,
-                                   hook: NFTHook(hook: NFTHook.postrouting, priority: NFTHook.manglePriority, type: "filter"),
-                                   userdata: NFTUserdata.comment("shaped tunnels: class -> htb band (meta priority)")))
-            rules[SteeringNames.shapeControlChain] = shaping.control
-            rules[SteeringNames.shapeChain] = shaping.shape
-            if let bands = shaping.bands { staticSets.append(bands) }
-        }
-
         let (ipRules, routes) = policyRouting(plan, uplinkRoutes: uplinkRoutes)
         return SteeringRuleset(
             table: NFTTable(family: family, name: table,
@@ -236,17 +224,25 @@ public enum SteeringCompiler {
     /// The comment of the site chains' transit drop rule (how counters and `status` find it).
     public static let transitRefusedComment = "arrived by one of our tunnels: transit refused (not a relay)"
 
-    /// The `shape` chain (postrouting: forwarding rewrites `meta priority` from the TOS before the forward
-    /// hook, so only a late hook can set it): for packets bound to a tunnel (path bits in the mark), the htb
-    /// class of the shaped tunnel they leave by. Every packet pays for it, so it is short: one lookup of the
-    /// class in `class_bands` (realtime and bulk classes; the rest stays unset and htb puts it in its default,
-    /// standard, class), then one address test that sends only traffic to an overlay address (ours: probes,
-    /// their replies, announcements, bandwidth trains, also when a relay forwards them) on to `shape_control`:
-    /// trains take htb's direct queue (unshaped, so a test measures the path, not our shaper), the rest the
-    /// realtime class. Packets that leave by an unshaped interface carry the priority harmlessly (its low 4
-    /// bits, what pfifo_fast reads, are 0).
-    static func shapeRules(_ plan: SteeringPlan) -> (shape: [NFTRule], control: [NFTRule], bands: SteeringRuleset.StaticSet?) {
-        let chain = SteeringNames.shapeChain, control = SteeringNames.shapeControlChain
+    /// The shapers' part of the egress table's `postrouting` chain (forwarding rewrites `meta priority`
+    /// from the TOS before the forward hook, so only a late hook can set it): for packets bound to a tunnel
+    /// (path bits in the mark), the htb class of the shaped tunnel they leave by. Every packet pays for it,
+    /// so it is short: after `exits` (the "not for a tunnel" return, shared with the copies), one lookup of
+    /// the class in `class_bands` (realtime and bulk classes; the rest stays unset and htb puts it in its
+    /// default, standard, class), then one address test that sends only traffic to an overlay address (ours:
+    /// probes, their replies, announcements, bandwidth trains, also when a relay forwards them) on to
+    /// `shape_control`: trains take htb's direct queue (unshaped, so a test measures the path, not our
+    /// shaper), the rest the realtime class. Packets that leave by an unshaped interface carry the priority
+    /// harmlessly (its low 4 bits, what pfifo_fast reads, are 0).
+    /// Returns the download rules (before the exit), the exit, the band rules (after the copies), the
+    /// `shape_control` rules and the bands map.
+    static func shapeRules(_ plan: SteeringPlan) -> (downloads: [NFTRule], exit: NFTRule, bands: [NFTRule], control: [NFTRule],
+                                                   bandsMap: SteeringRuleset.StaticSet?) {
+        let chain = SteeringNames.egressChain, control = SteeringNames.shapeControlChain
+        let family = SteeringNames.egressFamily, table = SteeringNames.egressTable
+        func rule(_ chain: String, _ expressions: [NFTExpression], comment: String?, sets: [NFTSet] = []) -> NFTRule {
+            SteeringCompiler.rule(chain, expressions, comment: comment, sets: sets, family: family, table: table)
+        }
         func setPriority(_ value: UInt32) -> [NFTExpression] {
             [.immediate(dreg: NFT.reg1, data: .value(value.hostBytes)),
              .metaSet(key: NFT.metaPriority, sreg: NFT.reg1),
@@ -278,12 +274,13 @@ public enum SteeringCompiler {
         }
         let downloads = !plan.downloadShapers.isEmpty
         let notShaped: UInt32 = downloads ? pathMask | Conventions.uplinkMarkMask : pathMask
-        out.append(rule(chain, [
+        let exit = rule(chain, [
             .meta(key: NFT.metaMark, dreg: NFT.reg1),
             .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: notShaped.hostBytes, xor: [0, 0, 0, 0]),
             .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
             .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
-        ], comment: downloads ? "neither for a tunnel nor a download" : "not for a tunnel"))
+        ], comment: downloads ? "neither for a tunnel nor a download" : "not for a tunnel")
+        var bandRules: [NFTRule] = []
         var bands: SteeringRuleset.StaticSet?
         let banded = plan.classes.filter { $0.band != .standard }
         if !banded.isEmpty {
@@ -294,14 +291,14 @@ public enum SteeringCompiler {
             bands = .init(set: map, elements: banded.map {
                 NFTElement(key: $0.ctMark.hostBytes, data: .value(Conventions.shaperPriority($0.band).hostBytes))
             }, owners: [chain])
-            out.append(rule(chain, classBits + [
+            bandRules.append(rule(chain, classBits + [
                 .lookup(sreg: NFT.reg1, set: SteeringNames.bandsMap, setID: nil, dreg: NFT.reg1),
                 .metaSet(key: NFT.metaPriority, sreg: NFT.reg1),
                 .immediate(dreg: NFT.verdictRegister, data: .verdict(.return)),
             ], comment: "class: its band (" + banded.map { "\($0.name) \($0.band)" }.joined(separator: ", ") + ")", sets: [map]))
         }
         let pool = Conventions.overlayPool
-        out.append(rule(chain, ipv4Only + [
+        bandRules.append(rule(chain, [   // an ip table: IPv4 only, no nfproto test (nft 1.0.6 cannot list one there)
             .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
             .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: IPv4Address(pool.mask).bytes, xor: [0, 0, 0, 0]),
             .cmp(sreg: NFT.reg1, op: NFT.eq, data: pool.network.bytes),
@@ -317,7 +314,7 @@ public enum SteeringCompiler {
             rule(control, udpPort(2, Conventions.discoveryPort) + setPriority(Conventions.shaperPriority(.realtime)),
                  comment: "announcements through the tunnel: realtime"),
         ]
-        return (out, controlRules, bands)
+        return (out, exit, bandRules, controlRules, bands)
     }
 
     /// The ip rules and routes of a plan (`Conventions`, "ip rules"). Uplink pinning first; then every

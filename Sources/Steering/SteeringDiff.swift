@@ -5,10 +5,10 @@ import Netlink
 public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
     public var tableCreated = false
     public var tableDeleted = false
-    /// `table ip patronus_copy` (duplication) created or deleted; its chains, sets and elements are counted
+    /// `table ip patronus_egress` (duplication) created or deleted; its chains, sets and elements are counted
     /// with the rest, their names prefixed "copy:".
-    public var copyTableCreated = false
-    public var copyTableDeleted = false
+    public var egressTableCreated = false
+    public var egressTableDeleted = false
     public var chainsCreated: [String] = []
     public var chainsDeleted: [String] = []
     /// Chains whose rules were reloaded (policy or structure change). Empty for a re-steer.
@@ -38,10 +38,10 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
 
     public var isEmpty: Bool { self == SteeringChanges() }
 
-    /// Adds the changes of the copy table's diff.
+    /// Adds the changes of the egress table's diff.
     mutating func merge(copies c: SteeringChanges) {
-        copyTableCreated = copyTableCreated || c.tableCreated || c.copyTableCreated
-        copyTableDeleted = copyTableDeleted || c.tableDeleted || c.copyTableDeleted
+        egressTableCreated = egressTableCreated || c.tableCreated || c.egressTableCreated
+        egressTableDeleted = egressTableDeleted || c.tableDeleted || c.egressTableDeleted
         chainsCreated += c.chainsCreated.map { "copy:" + $0 }
         chainsDeleted += c.chainsDeleted.map { "copy:" + $0 }
         chainsReloaded += c.chainsReloaded.map { "copy:" + $0 }
@@ -49,7 +49,7 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
         setsDeleted += c.setsDeleted.map { "copy:" + $0 }
         elementsAdded += c.elementsAdded
         elementsDeleted += c.elementsDeleted
-        batchMessages += c.batchMessages + (c.copyTableDeleted ? 1 : 0)
+        batchMessages += c.batchMessages + (c.egressTableDeleted ? 1 : 0)
     }
 
     /// True when only map elements changed: the re-steer fast path.
@@ -66,8 +66,8 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
         var parts: [String] = []
         if tableCreated { parts.append("table created") }
         if tableDeleted { parts.append("table deleted") }
-        if copyTableCreated { parts.append("copy table created") }
-        if copyTableDeleted { parts.append("copy table deleted") }
+        if egressTableCreated { parts.append("egress table created") }
+        if egressTableDeleted { parts.append("egress table deleted") }
         if !chainsCreated.isEmpty { parts.append("chains created: \(chainsCreated.joined(separator: ","))") }
         if !chainsDeleted.isEmpty { parts.append("chains deleted: \(chainsDeleted.joined(separator: ","))") }
         if !chainsReloaded.isEmpty { parts.append("rules reloaded in: \(chainsReloaded.joined(separator: ","))") }

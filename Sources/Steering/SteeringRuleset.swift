@@ -61,8 +61,6 @@ public enum SteeringNames {
     public static let classifyReplyChain = "classify_reply"
     public static let preroutingChain = "prerouting"
     public static let outputChain = "output"
-    /// Postrouting, only while something is shaped: sets `meta priority` to the htb class (docs/SHAPING.md).
-    public static let shapeChain = "shape"
     /// Class -> htb class (`meta priority`) of the classes outside the standard band; looked up by `shape`.
     public static let bandsMap = "class_bands"
     /// Our own control traffic (to an overlay address): probes, their replies, announcements, bandwidth trains.
@@ -93,10 +91,13 @@ public enum SteeringNames {
     }
     public static func siteChain(_ siteName: String) -> String { "site_\(siteName)" }
 
-    // Duplication (docs/STEERING.md, "Duplication").
-    public static let copyFamily = NFTFamily.ip
-    public static let copyTable = Conventions.copyTable
-    /// In the copy table: class . path -> `copy_<class>_path<id>`.
+    // The egress table (`Conventions.egressTable`): copies (docs/STEERING.md "Duplication") and the shapers'
+    // bands (docs/SHAPING.md), one base chain.
+    public static let egressFamily = NFTFamily.ip
+    public static let egressTable = Conventions.egressTable
+    /// Its one base chain (postrouting, mangle), while a class duplicates or something is shaped.
+    public static let egressChain = "postrouting"
+    /// In the egress table: class . path -> `copy_<class>_path<id>`.
     public static let copiesMap = "copies"
     /// `copy_<class>_path<id>`: sends a copy of the class's packet by path `id`, counts it.
     public static func copyChain(_ className: String, _ pathID: Int64) -> String { "copy_\(className)_path\(pathID)" }

@@ -64,7 +64,7 @@ extension StatusSnapshot {
         /// The second path, which carries the copies (nil when the copy chain names no path of the site).
         public var pathId: Int64?
         public var name: String?
-        /// The copy table's chain that makes the copies (`copy_<class>_path<id>`).
+        /// The egress table's chain that makes the copies (`copy_<class>_path<id>`).
         public var chain: String
         /// Copies it has sent (its counter).
         public var copiesSent: UInt64?

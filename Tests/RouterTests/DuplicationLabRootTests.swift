@@ -148,9 +148,9 @@ struct DuplicationLabRootTests {
             let moved = try Self.activeUplink(lab) != active || abs(window.onActive - window.sent) > 4
             if !moved && abs(window.onSecond - window.onActive) <= 4 { break }
             // Copies stop while the routers judge no second path usable (seen once under load, 0 copies in a window).
-            let copyMap = (try? lab.router("hq").check(["nft", "list", "map", "ip", "patronus_copy", "copies"])) ?? ""
+            let copyMap = (try? lab.router("hq").check(["nft", "list", "map", "ip", "patronus_egress", "copies"])) ?? ""
             print("duplication lab, SIPp: window \(attempt): \(moved ? "voip moved (from \(active))" : "\(window.onSecond) copies on \(second) for \(window.onActive)"); "
-                  + "hq's copy elements: \(copyMap.split(separator: "\n").filter { $0.contains("goto") }); again")
+                  + "hq's copy elements: \(copyMap.split(separator: "\n").filter { $0.contains("jump") }); again")
         }
         let active = window.active, second = window.second
         defer { _ = try? lab.controller.impair(site: "hq", uplink: active, ImpairmentChange(cut: false), directions: [.inbound, .outbound]) }
@@ -198,8 +198,8 @@ struct DuplicationLabRootTests {
         try #require(Ops.waitUntil(timeout: .seconds(45)) { lab.upPaths("hq") == 3 && lab.upPaths("east") == 3 },
                      "paths did not come up: \((try? String(contentsOfFile: lab.log("hq"), encoding: .utf8))?.suffix(2000) ?? "")")
         // The copy map: one element (voip's path copied to another path) once the routers measured their paths.
-        func copies() -> String { (try? lab.router("hq").check(["nft", "list", "map", "ip", "patronus_copy", "copies"])) ?? "" }
-        try #require(Ops.waitUntil(timeout: .seconds(20)) { copies().contains("goto copy_voip_path") }, "no copies: \(copies())")
+        func copies() -> String { (try? lab.router("hq").check(["nft", "list", "map", "ip", "patronus_egress", "copies"])) ?? "" }
+        try #require(Ops.waitUntil(timeout: .seconds(20)) { copies().contains("jump copy_voip_path") }, "no copies: \(copies())")
         return lab
     }
 

@@ -312,7 +312,7 @@ struct LifecycleRootTests {
         // Our tables, each once: the steering table, and the copy table while voip is duplicated over the two paths.
         let tables = try pair.a.check(["nft", "list", "tables"]).split(separator: "\n").filter { $0.contains("patronus") }
         #expect(tables.contains("table inet patronus") && Set(tables).count == tables.count
-                && tables.allSatisfy { ["table inet patronus", "table ip patronus_copy"].contains($0) }, "\(tables)")
+                && tables.allSatisfy { ["table inet patronus", "table ip patronus_egress"].contains($0) }, "\(tables)")
         #expect((Ops.status(database: pair.databaseA)?["paths"] as? [Any])?.count == pathRows)
         #expect(Ops.waitUntil(timeout: .seconds(10)) { pair.pathsUp() })
 

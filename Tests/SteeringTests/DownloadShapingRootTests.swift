@@ -45,7 +45,7 @@ extension SteeringFixture {
         #expect(try f.router.check(["ip", "-6", "addr", "show", "dev", ifb]).isEmpty, "no IPv6 chatter on the ifb")
         let filters = try f.router.check(["tc", "filter", "show", "dev", "lan", "egress"])
         #expect(filters.contains("pref 6201 bpf") && filters.contains("Redirect to device \(ifb)"), "\(filters)")
-        let chain = try f.router.check(["nft", "list", "chain", "inet", "patronus", "shape"])
+        let chain = try f.router.check(["nft", "list", "chain", "ip", "patronus_egress", "postrouting"])
         #expect(chain.contains("iifname \"pa\"") && chain.contains("download of uplink 1"), "\(chain)")
 
         // Replies of a voip flow (udp 5060) land in the realtime band of the ifb, those of an unclassified
@@ -81,7 +81,7 @@ extension SteeringFixture {
         #expect(throws: (any Error).self) { try f.router.ip("link", "show", ifb) }
         #expect(try !f.router.check(["tc", "qdisc", "show", "dev", "lan"]).contains("clsact"))
         #expect(try f.qdiscs().contains("htb 62: root"))
-        #expect(try !f.router.check(["nft", "list", "chain", "inet", "patronus", "shape"]).contains("iifname"))
+        #expect(try !f.router.check(["nft", "list", "chain", "ip", "patronus_egress", "postrouting"]).contains("iifname"))
 
         // removeAll takes the download too.
         try steering.apply(f.downloadPlan())
@@ -96,8 +96,8 @@ extension SteeringFixture {
         var plan = SteeringPlan(classes: [.init(id: 1, name: "voip", matches: [TrafficMatch()], band: .realtime)])
         plan.downloadShapers = [.init(slot: 2, tunnels: ["wg-b1", "wg-b0"], lanPrefixes: [IPv4Prefix("10.1.0.0/24")!],
                                       rateBitsPerSecond: 50_000_000)]
-        let r = try SteeringCompiler.compile(plan)
-        let rules = try #require(r.rules[SteeringNames.shapeChain], "the shape chain exists for a download alone")
+        let r = try #require(try SteeringCompiler.compileEgress(plan, interfaceIndex: [:]), "the egress table exists for a download alone")
+        let rules = try #require(r.rules[SteeringNames.egressChain])
         // one per tunnel (sorted), then "neither for a tunnel nor a download", the class's band, overlay -> control
         #expect(rules.count == 2 + 3)
         let first = rules[0].expressions
@@ -112,7 +112,7 @@ extension SteeringFixture {
         var egress = plan
         egress.downloadShapers = []
         egress.shapers = [.init(interface: "wg-b0", rateBitsPerSecond: 10_000_000)]
-        #expect(try SteeringCompiler.compile(egress).rules[SteeringNames.shapeChain]?.count == 3)
+        #expect(try SteeringCompiler.compileEgress(egress, interfaceIndex: [:])?.rules[SteeringNames.egressChain]?.count == 3)
     }
 
     @Test func badDownloadShapersAreStructureProblems() {

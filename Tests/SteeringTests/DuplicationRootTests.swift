@@ -156,7 +156,7 @@ final class DuplicationFixture {
         for gw in ["192.0.2.1", "198.51.100.1"] { _ = try f.b.run(["ping", "-c1", "-W1", gw]) }
 
         // What nft shows of it (the router never runs nft; people do).
-        let listingA = try f.a.check(["nft", "list", "table", "ip", Conventions.copyTable])
+        let listingA = try f.a.check(["nft", "list", "table", "ip", Conventions.egressTable])
         #expect(listingA.contains("dup to 198.51.100.2 device \"pb\""), "\(listingA)")
         let listingB = try f.b.check(["nft", "list", "table", "inet", Conventions.nftTable])
         #expect(listingB.contains("add @copies_seen {") && listingB.contains("limit rate over 1/hour burst 1 packets }"), "\(listingB)")
@@ -183,12 +183,12 @@ final class DuplicationFixture {
         // 3. One path left: the plan copies nothing; the copy table holds no copy element.
         let single = try sa.apply(f.plan(local: true, voip: 2, copies: false))
         #expect(single.elementsAdded + single.elementsDeleted > 0)
-        let copyMap = try sa.nftables.elements(family: .ip, table: Conventions.copyTable, set: SteeringNames.copiesMap)
+        let copyMap = try sa.nftables.elements(family: .ip, table: Conventions.egressTable, set: SteeringNames.copiesMap)
         #expect(copyMap.isEmpty)
         // 4. It comes back: copying resumes (an element change only).
         let resumed = try sa.apply(f.plan(local: true, voip: 2, copies: true))
         #expect(resumed.elementsOnly, "\(resumed)")
-        #expect(try sa.nftables.elements(family: .ip, table: Conventions.copyTable, set: SteeringNames.copiesMap).count == 1)
+        #expect(try sa.nftables.elements(family: .ip, table: Conventions.egressTable, set: SteeringNames.copiesMap).count == 1)
 
         // 4b. The second path's tunnel is re-created under its name (a new interface index): a reconcile (the
         // daemon's reaction to its routes vanishing) points the copy rule at the new interface.
@@ -198,13 +198,13 @@ final class DuplicationFixture {
         try f.b.addAddress("198.51.100.2/24", to: "pb")
         try sa.reconcile()
         let index = try #require(Int(try f.a.check(["cat", "/sys/class/net/pb/ifindex"]).trimmingCharacters(in: .whitespacesAndNewlines)))
-        let rule = try sa.nftables.rules(family: .ip, table: Conventions.copyTable).first { $0.chain == "copy_voip_path8" }
+        let rule = try sa.nftables.rules(family: .ip, table: Conventions.egressTable).first { $0.chain == "copy_voip_path8" }
         #expect(rule?.expressions.contains(.immediate(dreg: .reg2, data: .value(UInt32(index).hostBytes))) == true,
                 "the copy rule still names the old interface index: \(String(describing: rule?.expressions))")
 
         // 5. Stop removes the copy table with the rest.
         let stop = try sa.removeAll()
-        #expect(stop.copyTableDeleted)
-        #expect(try !sa.nftables.tables(family: .ip).contains { $0.name == Conventions.copyTable })
+        #expect(stop.egressTableDeleted)
+        #expect(try !sa.nftables.tables(family: .ip).contains { $0.name == Conventions.egressTable })
     }
 }

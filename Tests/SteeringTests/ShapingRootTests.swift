@@ -1,5 +1,5 @@
 // Shapers as part of the plan (docs/SHAPING.md): installed over rtnetlink, classes from the steering's
-// own classes (meta priority set by the `shape` chain), rates changed in place, drift repaired, removed.
+// own classes (meta priority set by the egress table's `postrouting` chain), rates changed in place, drift repaired, removed.
 // Verified with `tc -j` and packets counted per htb class. Root tests skip without root.
 import Foundation
 import Glibc
@@ -66,13 +66,15 @@ extension SteeringFixture {
             .init(id: 2, name: "bulk", matches: [TrafficMatch()], band: .bulk),
             .init(id: 3, name: "default", matches: [TrafficMatch()]),
         ])
-        #expect(try !SteeringCompiler.compile(plan).chains.contains { $0.name == SteeringNames.shapeChain })
+        #expect(try SteeringCompiler.compileEgress(plan, interfaceIndex: [:]) == nil, "nothing shaped, nothing duplicated: no egress table")
         var shaped = plan
         shaped.shapers = [.init(interface: "wg0", rateBitsPerSecond: 10_000_000)]
-        let r = try SteeringCompiler.compile(shaped)
-        let chain = try #require(r.chains.first { $0.name == SteeringNames.shapeChain })
-        #expect(chain.hook?.hook == NFTHook.postrouting)
-        let rules = try #require(r.rules[SteeringNames.shapeChain])
+        let r = try #require(try SteeringCompiler.compileEgress(shaped, interfaceIndex: [:]))
+        #expect(r.table.family == .ip && r.table.name == "patronus_egress")
+        #expect(try !SteeringCompiler.compile(shaped).chains.contains { $0.hook?.hook == NFTHook.postrouting }, "the inet table has no postrouting hook")
+        let chain = try #require(r.chains.first { $0.name == SteeringNames.egressChain })
+        #expect(chain.hook == NFTHook(hook: NFTHook.postrouting, priority: NFTHook.manglePriority, type: "filter"))
+        let rules = try #require(r.rules[SteeringNames.egressChain])
         // Every packet: not for a tunnel; the class's band (one lookup); to an overlay address -> shape_control.
         #expect(rules.count == 3)
         #expect(rules[1].expressions.contains(.lookup(sreg: NFT.reg1, set: SteeringNames.bandsMap, setID: nil, dreg: NFT.reg1)))
@@ -91,8 +93,8 @@ extension SteeringFixture {
         // Nothing outside the standard band: no map, no lookup.
         var standard = shaped
         for i in standard.classes.indices { standard.classes[i].band = .standard }
-        let plain = try SteeringCompiler.compile(standard)
-        #expect(plain.rules[SteeringNames.shapeChain]?.count == 2 && !plain.staticSets.contains { $0.set.name == SteeringNames.bandsMap })
+        let plain = try #require(try SteeringCompiler.compileEgress(standard, interfaceIndex: [:]))
+        #expect(plain.rules[SteeringNames.egressChain]?.count == 2 && !plain.staticSets.contains { $0.set.name == SteeringNames.bandsMap })
         #expect(SteeringPlan(shapers: [.init(interface: "wg0", rateBitsPerSecond: 1000)]).structureProblems().count == 1)
     }
 
@@ -119,9 +121,9 @@ extension SteeringFixture {
         let classes = try f.classes()
         #expect(Set(classes.keys) == ["62:1", "62:10", "62:20", "62:30"])
         #expect(classes["62:1"]?.rate == 2_500_000)
-        let chain = try f.router.check(["nft", "list", "chain", "inet", "patronus", "shape"])
+        let chain = try f.router.check(["nft", "list", "chain", "ip", "patronus_egress", "postrouting"])
         #expect(chain.contains("hook postrouting") && chain.contains("meta priority set ct mark & 0x00ff0000 map @class_bands"), "\(chain)")
-        let bands = try f.router.check(["nft", "list", "map", "inet", "patronus", "class_bands"])
+        let bands = try f.router.check(["nft", "list", "map", "ip", "patronus_egress", "class_bands"])
         #expect(bands.contains("type mark : classid") && bands.contains("62:10") && bands.contains("62:30"), "\(bands)")
 
         // Each class's packets land in its band: voip (udp 5060) realtime, bulk (tcp 873) bulk, the rest
@@ -181,13 +183,13 @@ extension SteeringFixture {
             #expect(try f.qdiscs("nope0").contains("htb 62: root"))
         }
 
-        // Unshaped again: the shape chain and our qdisc go, the interface gets its default qdisc back.
+        // Unshaped again: the egress table and our qdisc go, the interface gets its default qdisc back.
         var unshaped = f.shapedPlan()
         unshaped.shapers = []
         let removed = try restarted.apply(unshaped)
         #expect(removed.shapersRemoved == ["nope0", "pa"])
         #expect(try !f.qdiscs().contains { $0.hasPrefix("htb 62:") })
-        #expect(try !f.router.check(["nft", "list", "table", "inet", "patronus"]).contains("chain shape"))
+        #expect(try !f.router.check(["nft", "list", "tables"]).contains("patronus_egress"))
         try restarted.removeAll()
     }
 

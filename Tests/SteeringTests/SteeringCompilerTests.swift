@@ -319,30 +319,34 @@ private extension NFTExpression {
     @Test func withoutDuplicatedClassesNothingChanges() throws {
         let r = try SteeringCompiler.compile(referencePlan())
         #expect(!r.chains.contains { $0.name == SteeringNames.dedupChain })
-        #expect(try SteeringCompiler.compileCopies(referencePlan(), interfaceIndex: ["wg-b-isp": 5]) == nil)
+        #expect(try SteeringCompiler.compileEgress(referencePlan(), interfaceIndex: ["wg-b-isp": 5]) == nil)
     }
 
-    @Test func theCopyTableSendsEachCopiedPathsPacketsToItsPartner() throws {
+    @Test func theEgressTableSendsEachCopiedPathsPacketsToItsPartner() throws {
         let p = plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 2), .init(site: siteB, classID: 1, from: 2, to: 1)])
         let index: [String: Int32] = ["wg-b-isp": 11, "wg-b-lte": 12, "wg-c-isp": 13]
-        let r = try #require(try SteeringCompiler.compileCopies(p, interfaceIndex: index))
-        #expect(r.table.family == .ip && r.table.name == Conventions.copyTable)
+        let r = try #require(try SteeringCompiler.compileEgress(p, interfaceIndex: index))
+        #expect(r.table.family == .ip && r.table.name == Conventions.egressTable)
         // One chain per (duplicated class, path whose tunnel exists), plus the hook; wg-c-lte is missing.
-        #expect(Set(r.chains.map(\.name)) == ["copy_voip_path1", "copy_voip_path2", "copy_voip_path3", "prerouting"])
-        #expect(r.chains.last?.hook?.priority == Conventions.copyChainPriority)
+        #expect(Set(r.chains.map(\.name)) == ["copy_voip_path1", "copy_voip_path2", "copy_voip_path3", "postrouting"])
+        #expect(r.chains.last?.hook == NFTHook(hook: NFTHook.postrouting, priority: NFTHook.manglePriority, type: "filter"))
+        // Nothing shaped: "not for a tunnel" returns, then the copies' lookup.
+        #expect(r.rules["postrouting"]?.count == 2)
         let copy2 = try #require(r.rules["copy_voip_path2"]?.first)
-        #expect(copy2.expressions.count == 4 && copy2.expressions[2] == .dup(sregAddress: .reg1, sregDevice: .reg2))
-        #expect(copy2.expressions[1] == .immediate(dreg: .reg2, data: .value(UInt32(12).hostBytes)))
+        #expect(copy2.expressions.count == 6 && copy2.expressions[4] == .dup(sregAddress: .reg1, sregDevice: .reg2))
+        #expect(copy2.expressions[3] == .immediate(dreg: .reg2, data: .value(UInt32(12).hostBytes)))
+        // Forwarded packets only: the router's own have no input interface.
+        #expect(Array(copy2.expressions.prefix(2)) == [.meta(key: .inputInterface, dreg: .reg1), .cmp(sreg: .reg1, op: .neq, data: [0, 0, 0, 0])])
         // A point-to-point tunnel (no gateway): the copy goes to the packet's own destination.
-        #expect(copy2.expressions[0] == .payload(base: .network, offset: 16, length: 4, dreg: .reg1))
+        #expect(copy2.expressions[2] == .payload(base: .network, offset: 16, length: 4, dreg: .reg1))
         let map = try #require(r.maps.first)
         #expect(map.set.name == SteeringNames.copiesMap && map.set.keyLength == 8)
         #expect(map.elements == [
-            NFTElement(key: Conventions.classMark(id: 1).hostBytes + Conventions.pathMark(slot: 1).hostBytes, data: .verdict(.goto("copy_voip_path2"))),
-            NFTElement(key: Conventions.classMark(id: 1).hostBytes + Conventions.pathMark(slot: 2).hostBytes, data: .verdict(.goto("copy_voip_path1"))),
+            NFTElement(key: Conventions.classMark(id: 1).hostBytes + Conventions.pathMark(slot: 1).hostBytes, data: .verdict(.jump("copy_voip_path2"))),
+            NFTElement(key: Conventions.classMark(id: 1).hostBytes + Conventions.pathMark(slot: 2).hostBytes, data: .verdict(.jump("copy_voip_path1"))),
         ])
         // A copy to a path whose tunnel is missing is left out until it exists.
-        let missing = try #require(try SteeringCompiler.compileCopies(p, interfaceIndex: ["wg-b-isp": 11]))
+        let missing = try #require(try SteeringCompiler.compileEgress(p, interfaceIndex: ["wg-b-isp": 11]))
         #expect(missing.maps.first?.elements.count == 1)
     }
 
@@ -351,7 +355,7 @@ private extension NFTExpression {
     @Test func theReaderFindsTheCopyOfEachPathTaken() throws {
         let p = plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 2), .init(site: siteB, classID: 1, from: 2, to: 1)])
         var kernel = try InstalledSteeringTests.installed(p)
-        let copies = try #require(try SteeringCompiler.compileCopies(p, interfaceIndex: ["wg-b-isp": 11, "wg-b-lte": 12]))
+        let copies = try #require(try SteeringCompiler.compileEgress(p, interfaceIndex: ["wg-b-isp": 11, "wg-b-lte": 12]))
         #expect(kernel.copyChain(classMark: Conventions.classMark(id: 1), pathChain: SteeringNames.classPathChain("voip", 1)) == nil, "no copies read yet")
         kernel.addCopies(try #require(copies.maps.first).elements.reversed())
         #expect(kernel.copies.count == 2)
@@ -364,7 +368,7 @@ private extension NFTExpression {
 
     @Test func copiesAreValidated() {
         #expect(throws: SteeringError.self) {
-            _ = try SteeringCompiler.compileCopies(plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 3)]), interfaceIndex: [:])
+            _ = try SteeringCompiler.compileEgress(plan(copies: [.init(site: siteB, classID: 1, from: 1, to: 3)]), interfaceIndex: [:])
         }
         var p = plan(copies: [.init(site: siteB, classID: 2, from: 1, to: 2)])
         #expect(p.choiceProblems().contains { $0.contains("does not duplicate") })
