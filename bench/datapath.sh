@@ -12,7 +12,8 @@
 # for a balanced and a one-path policy (after the first packet the mark comes from conntrack). And as shipped:
 # with what the shipped voip policy and shaping add on a site with two paths (the voip class copied to the
 # other path, htb on both paths at 10 Gbit/s so it never limits): the measured flow is not voip, so the row
-# shows what those features cost every other packet (the copy table's hook and lookup, the shape chain, htb),
+# shows what those features cost every other packet (the egress table's one postrouting hook: the copies'
+# lookup and the band rules; htb),
 # split into rows (copies only; copies and the shape chain without the htb) and set against a router with
 # conntrack and the same htb and no rule (what shaping costs any router).
 # Then TCP throughput (iperf3, one flow) through a wireguard-go tunnel, router to sink, with no table and
@@ -20,7 +21,8 @@
 # The rate is what the sink received (iperf3's receiver report), median of REPEATS runs of SECONDS each.
 # Reference configurations bound what ANY nftables steering can reach here: an empty base chain, and one
 # constant mark rule with the policy routing in place (the least a mark-and-ip-rule design does per packet),
-# and conntrack on with no rule (what classify-once by ct mark costs by itself), and a stateless prototype
+# and conntrack on with no rule (what classify-once by ct mark costs by itself), the two together (the least
+# a classify-once mark design does per packet: our rows set against it show what our own lookups add), and a stateless prototype
 # (what dropping classify-once would buy: per-packet port lookups, no conntrack).
 # The sender is pinned to CPU 0 and the sink to CPU 1: the forwarding runs in the sender's softirq on CPU 0.
 # The UDP sender and sink run SCHED_FIFO (chrt -f 50): the machine is shared with compilers, and at nice -20
@@ -68,7 +70,7 @@ run() { # prints received packets/s of one run
   ip netns exec $s timeout -k 5 $((secs + 30)) $rt taskset -c 0 iperf3 -c 10.20.0.5 -u -b 0 -l 64 -t "$secs" -J 2>/dev/null |
     python3 -c 'import json,sys; d=json.load(sys.stdin)["end"]["sum"]; print((d["packets"]-d["lost_packets"])/d["seconds"])'
 }
-config() { # none | base | floor | ct | stateless | ten | big | three | mwan3: installs that configuration in the router
+config() { # none | base | floor | ct | ctfloor | stateless | ten | big | three | mwan3: installs that configuration in the router
   ip netns exec $r nft flush ruleset   # iptables-nft's tables too
   ip netns exec $r ipset destroy 2>/dev/null || true
   ip -n $r rule flush protocol 77 2>/dev/null || true   # ours (Conventions.steeringProtocol)
@@ -84,6 +86,10 @@ config() { # none | base | floor | ct | stateless | ten | big | three | mwan3: i
          ip netns exec $r "$release/patronus-bench" apply 10 0 >/dev/null
          ip netns exec $r nft flush ruleset
          printf 'table inet floor {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;\n  meta mark set meta mark & 0xff00ffff | 0x00010000\n }\n}\n' | ip netns exec $r nft -f - ;;
+    ctfloor) # the floor with conntrack on: the least any classify-once mark + ip rule design does per packet
+         ip netns exec $r "$release/patronus-bench" apply 10 0 >/dev/null
+         ip netns exec $r nft flush ruleset
+         printf 'table inet floor {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;\n  meta mark set meta mark & 0xff00ffff | 0x00010000\n }\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
     stateless) # a prototype without conntrack: per-packet port maps straight to path chains (no classify-once)
          ip netns exec $r "$release/patronus-bench" apply 10 0 >/dev/null
          ip netns exec $r nft flush ruleset
@@ -242,7 +248,7 @@ wg_run() { # prints the receiver's TCP Mbit/s of one run (the first second, slow
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A runs
 for i in $(seq "$reps"); do
-  for c in none base floor ct stateless ten big three shipped relay copies nohtb full cthtb mwan3; do config $c; runs[$c]+="$(run) "; done
+  for c in none base floor ct ctfloor stateless ten big three shipped relay copies nohtb full cthtb mwan3; do config $c; runs[$c]+="$(run) "; done
 done
 # Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
 # see a per-packet cost when there is one.
@@ -278,7 +284,8 @@ import os, statistics, sys
 runs = {k: [float(x) for x in v.split()] for k, v in (l.split("=", 1) for l in os.environ["RUNS"].splitlines())}
 elements, mwan3_marked, ours_classified = sys.argv[1:4]
 names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one mark rule + ip rules",
-         "ct": "ref: conntrack on, no rule", "stateless": "ref: stateless prototype, no conntrack",
+         "ct": "ref: conntrack on, no rule", "ctfloor": "ref: conntrack on + one mark rule + ip rules",
+         "stateless": "ref: stateless prototype, no conntrack",
          "ten": "patronus, 10 policies", "big": "patronus, 10 policies + 10,000 entries",
          "three": "patronus, 3 default policies, rest balanced", "shipped": "patronus, 3 default policies, rest on one path",
          "full": "patronus as shipped: + voip copies + shaping",
@@ -302,15 +309,17 @@ def ratio(a, b, note):
     q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
     print(f"{names[a] + ' vs ' + names[b]:<92} {100 * med[a] / med[b]:5.1f}% of medians, {100 * q[1]:5.1f}% paired"
           f" (middle half {100 * q[0]:5.1f}-{100 * q[2]:5.1f}%)  {note}")
+ratio("ctfloor", "ct", "(the least any classify-once mark + ip rule design adds to conntrack: a hook, a mark write, policy routing)")
+ratio("shipped", "ctfloor", "(our per-packet work above that least: the site and class lookups, the path chain's counter)")
 ratio("ten", "ct", "(budget >= 95%: our rules on top of the conntrack that classify-once needs)")
 ratio("three", "ct", "(budget >= 95%)")
 ratio("shipped", "ct", "(budget >= 95%: the policies alone, no copies, no shaper)")
 ratio("three", "mwan3", "(budget > 100%: ahead of mwan3)")
 ratio("shipped", "mwan3", "(rest on one path (best-score); mwan3's per-packet work is the same either way)")
 ratio("full", "cthtb", "(budget >= 95%: as shipped, against a router with conntrack and the same shaper)")
-ratio("full", "shipped", "(what voip duplication's copy table and the tunnels' shapers add to every other packet)")
-ratio("copies", "shipped", "(the copy table's hook and lookup)")
-ratio("nohtb", "copies", "(the shape chain)")
+ratio("full", "shipped", "(what voip duplication's copies and the tunnels' shapers add to every other packet)")
+ratio("copies", "shipped", "(the egress hook with the copies' lookup)")
+ratio("nohtb", "copies", "(the band rules, in the same hook)")
 ratio("full", "nohtb", "(htb at 10 Gbit/s instead of no qdisc on the veth)")
 ratio("cthtb", "ct", "(reference: htb by itself)")
 ratio("shipped", "relay", "(what refusing transit, the site chains' rule of a site that does not relay, costs established flows)")

@@ -173,6 +173,14 @@ final class DuplicationFixture {
         let dropped = cb.duplicatesDropped.filter { $0.className == "voip" }.map(\.packets).reduce(0, +)
         #expect(dropped == UInt64(clean.sent), "router B dropped \(dropped) second copies of \(clean.sent)")
 
+        // 1b. The router's own packets of the class (no input interface) are steered but not copied. (A main
+        // table route lets the socket send at all; the output chain's mark then re-routes by the path.)
+        try f.a.addRoute("10.20.0.0/16", via: "192.0.2.2")
+        let own = try UDPSocket(in: f.a, bindTo: "10.1.0.1", port: 16600)
+        for _ in 0..<5 { #expect(own.send([0x80, 0, 0, 1] + [UInt8](repeating: 0, count: 40), to: "10.20.0.2", port: 16400)) }
+        #expect(try f.counter("isp1") == clean.sent + 5, "the router's own voip packets take the voip path")
+        #expect(try f.counter("isp2") == clean.sent, "the router's own packets were copied")
+
         // 2. The active path (isp1) is cut under the stream (no re-steer: the copies carry the call).
         let cut = try f.stream(ssrc: 0x0bad_cafe, seconds: 3) { t in
             if t >= 1.0, t < 1.05 { try f.b.check(["nft", "add", "rule", "inet", "isp", "in", "iifname", "pa", "drop"]) }
