@@ -120,9 +120,10 @@ public enum TunnelPlanner {
     /// all-pairs, the port is the base of the uplink's block (pair interface j listens on port + j).
     public static func localEndpoints(uplinks: [Uplink], addresses: [String: IPv4Address],
                                       settings: TunnelSettings) -> [Endpoint] {
-        uplinks.prefix(TunnelSettings.maxUplinks).enumerated().compactMap { index, uplink in
-            addresses[uplink.interface].map {
-                Endpoint(label: uplink.label, address: SocketAddress4($0, port: settings.listenPort(slot: UInt8(index + 1))))
+        uplinks.enumerated().compactMap { index, uplink in
+            guard let slot = Conventions.uplinkSlot(position: index) else { return nil }
+            return addresses[uplink.interface].map {
+                Endpoint(label: uplink.label, address: SocketAddress4($0, port: settings.listenPort(slot: slot)))
             }
         }
     }
@@ -142,7 +143,7 @@ public enum TunnelPlanner {
         var paths: [PlannedPath] = []
 
         for (index, uplink) in uplinks.enumerated() {
-            let slot = UInt8(index + 1)
+            guard let slot = Conventions.uplinkSlot(position: index) else { break } // at most maxUplinks: checked above
             // Interfaces of this uplink: key nil = same-label, else the remote endpoint index.
             var byRemoteIndex: [Int?: [PeerConfiguration]] = [:]
             let announcedIndex = localEndpoints.firstIndex { $0.label == uplink.label }

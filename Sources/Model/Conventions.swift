@@ -59,6 +59,12 @@ public enum Conventions {
     public static let uplinkMarkShift: UInt32 = 28
     /// Uplink slots are 1...15 (the mark field has 4 bits).
     public static let uplinkSlots: ClosedRange<UInt8> = 1...15
+    /// An uplink's slot: its position in the `--uplink` list (0-based) + 1; nil past the 15th (no slot:
+    /// neither pinned, nor given a listen port, nor download-shaped). The one place that says so: tunnels,
+    /// uplink pinning and download shaping all take it from here.
+    public static func uplinkSlot(position: Int) -> UInt8? {
+        position >= 0 && position < uplinkSlots.count ? uplinkSlots.lowerBound + UInt8(position) : nil
+    }
     public static func uplinkMark(slot: UInt8) -> UInt32 { UInt32(slot) << uplinkMarkShift & uplinkMarkMask }
     /// Per-uplink routing tables: 6100 + uplink slot (6101...6115), routes tagged `uplinkProtocol`.
     public static let uplinkTableBase: UInt32 = 6100

@@ -87,8 +87,9 @@ struct ShapingLoop {
     /// The download settings of the `--uplink` list: slot = position (1-based; at most the mark's 15).
     static func downloadSettings(_ uplinks: [Uplink]) -> [String: DownloadSetting] {
         var out: [String: DownloadSetting] = [:]
-        for (i, u) in uplinks.prefix(Conventions.uplinkSlots.count).enumerated() where out[u.label] == nil {
-            out[u.label] = DownloadSetting(slot: UInt8(i + 1), mode: u.downloadShaping)
+        for (i, u) in uplinks.enumerated() where out[u.label] == nil {
+            guard let slot = Conventions.uplinkSlot(position: i) else { break }
+            out[u.label] = DownloadSetting(slot: slot, mode: u.downloadShaping)
         }
         return out
     }

@@ -72,8 +72,8 @@ public actor KernelSteering {
     /// the main table prefers one. Call again whenever an uplink's interface, address, gateway or carrier
     /// changes: the main table's routes out of it change with them and are read again.
     public func pinUplinks(_ interfaces: [String]) throws {
-        pins = interfaces.prefix(Conventions.uplinkSlots.count).enumerated().map {
-            SteeringPlan.UplinkPin(slot: UInt8($0.offset + 1), interface: $0.element)
+        pins = interfaces.enumerated().compactMap { position, interface in
+            Conventions.uplinkSlot(position: position).map { SteeringPlan.UplinkPin(slot: $0, interface: interface) }
         }
         let changes = try steering.apply(full(routed), rereadUplinks: true)
         logger.debug("uplinks pinned", metadata: ["changes": "\(changes)"])

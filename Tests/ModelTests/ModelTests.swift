@@ -134,3 +134,14 @@ import Testing
         #expect(SiteID("not-a-uuid") == nil)
     }
 }
+
+@Suite struct UplinkSlotTests {
+    /// Tunnels, uplink pinning and download shaping number uplinks from this one function.
+    @Test func anUplinksSlotIsItsPositionPlusOneUpToFifteen() {
+        #expect(Conventions.uplinkSlot(position: 0) == 1)
+        #expect(Conventions.uplinkSlot(position: 14) == 15)
+        #expect(Conventions.uplinkSlot(position: 15) == nil)
+        #expect(Conventions.uplinkSlot(position: -1) == nil)
+        #expect((0..<15).compactMap { Conventions.uplinkSlot(position: $0) } == Array(Conventions.uplinkSlots))
+    }
+}
