@@ -157,6 +157,9 @@ public enum Conventions {
     /// band (`meta priority`), in one base chain so a packet pays one hook for both. Owned by Steering like
     /// `nftTable`; present while a class duplicates or something is shaped.
     public static let egressTable = "patronus_egress"
+    /// `ip` tables of ours under the names earlier versions gave them: removed at start. `patronus_copy`
+    /// held the copies, with its own prerouting hook, until 2026-12-04.
+    public static let legacyTables = ["patronus_copy"]
 
     // MARK: Duplication (docs/STEERING.md, "Duplication")
 

@@ -15,18 +15,25 @@ public struct DownloadBandwidth: Sendable, Hashable {
 
     private var session: UInt32?
     private var rates: [UInt16: UInt64] = [:]
+    /// The last run's estimate (a restart: the far site tests again only when its path comes up or after
+    /// its bandwidth interval); stands until a train of ours counts.
+    private var restored: Double?
 
-    public init() {}
+    /// `restoredMbps`: the estimate the last run had for this path (from the database), if any.
+    public init(restoredMbps: Double? = nil) {
+        restored = restoredMbps.flatMap { $0 > 0 && $0.isFinite ? $0 : nil }
+    }
 
     /// Whether a train's measurement may count: enough packets, a span, a plausible rate.
     public static func accepts(_ report: TrainReport) -> Bool {
         report.packets >= minimumPackets && report.spanNanoseconds > 0 && plausibleBitsPerSecond.contains(report.bitsPerSecond)
     }
 
-    /// The estimate in Mbit/s: the median of the latest session's trains; nil before any train counted.
+    /// The estimate in Mbit/s: the median of the latest session's trains; before any train counted, the
+    /// restored estimate, or nil.
     public var mbps: Double? {
         let sorted = rates.values.sorted()
-        guard !sorted.isEmpty else { return nil }
+        guard !sorted.isEmpty else { return restored }
         let n = sorted.count
         let median = n % 2 == 1 ? Double(sorted[n / 2]) : (Double(sorted[n / 2 - 1]) + Double(sorted[n / 2])) / 2
         return median / 1e6

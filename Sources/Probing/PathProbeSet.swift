@@ -47,11 +47,12 @@ public final class PathProbeSet: @unchecked Sendable {
 
     /// Starts probing a path (its socket is opened now, so a bad interface is reported here). Before `run()`
     /// starts, the prober waits for it.
-    public func add(_ target: ProbeTarget, configuration: ProbeConfiguration? = nil) throws(Failure) {
+    /// `restoredDownloadMbps`: the path's download estimate of the last run, if any.
+    public func add(_ target: ProbeTarget, configuration: ProbeConfiguration? = nil, restoredDownloadMbps: Double? = nil) throws(Failure) {
         let prober: PathProber
         do {
             prober = try PathProber(target: target, configuration: configuration ?? self.configuration,
-                                    metricsInterval: metricsInterval)
+                                    metricsInterval: metricsInterval, restoredDownloadMbps: restoredDownloadMbps)
         } catch {
             throw .socket(target.name, error)
         }

@@ -88,13 +88,15 @@ public final class PathProber: @unchecked Sendable {
     private let lock = NSLock()
     private var monitor: PathMonitor
     private var bandwidthMbps: Double?
-    private var download = DownloadBandwidth()
+    private var download: DownloadBandwidth
     private let dropLog: DropLog
 
     /// Opens the pinned socket now, so a missing interface or permission is reported at once.
+    /// `restoredDownloadMbps`: the path's download estimate of the last run (see ``DownloadBandwidth``).
     public init(target: ProbeTarget, configuration: ProbeConfiguration = ProbeConfiguration(),
-                metricsInterval: Duration = .seconds(1),
+                metricsInterval: Duration = .seconds(1), restoredDownloadMbps: Double? = nil,
                 logger: Logger = Logger(label: "patronus.probing")) throws(ProbeSocketError) {
+        download = DownloadBandwidth(restoredMbps: restoredDownloadMbps)
         dropLog = DropLog(logger: logger, component: "prober \(target.name)")
         self.target = target
         self.configuration = configuration

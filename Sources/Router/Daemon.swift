@@ -206,7 +206,9 @@ public struct Daemon: Sendable {
         }
         try await controller.setPolicies(try store.policies().map(\.policy))
         let runtime = SiteRuntime(writer: writer, pathIDs: try store.pathIDs(), controller: controller, probes: probes,
-                                  probeInterval: configuration.probeInterval, logger: logger) { [driver] session, status in
+                                  probeInterval: configuration.probeInterval,
+                                  restoredDownloads: Self.restorableDownloads(store, within: configuration.bandwidthInterval, logger: logger),
+                                  logger: logger) { [driver] session, status in
             driver.setPathDown(session, status == .down)
         }
         // A remote site's bandwidth train on one of our uplinks excuses the probes crossing that uplink, and
@@ -305,6 +307,24 @@ public struct Daemon: Sendable {
         SystemdNotify.send("READY=1")
         try await group.run()
         SystemdNotify.send("STOPPING=1")
+    }
+
+    /// Each path's download estimate (Mbit/s) as the last run had it, when that run wrote the path's newest
+    /// sample within `within` (a bandwidth interval: the far site measures again by then at the latest). A
+    /// path's download is measured from the far site's trains, which a restarted router does not get until
+    /// the far site tests again; until then the restored figure stands (an `auto` download shaper uses it).
+    static func restorableDownloads(_ store: Store, within: Duration, now: Date = Date(), logger: Logger) -> [PathID: Double] {
+        do {
+            let horizon = Double(within.components.seconds)
+            return try store.latestMetrics().compactMapValues { sample in
+                guard now.timeIntervalSince(sample.measuredAt) <= horizon, let mbps = sample.metrics.downloadBandwidthMbps,
+                      mbps > 0 else { return nil }
+                return mbps
+            }
+        } catch {
+            logger.error("reading the last run's download estimates: \(error)")
+            return [:]
+        }
     }
 
     /// How old a remote site's `last_seen` may be for a restart to restore it: a crash restart (systemd

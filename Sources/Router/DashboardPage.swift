@@ -187,7 +187,8 @@ enum DashboardPage {
             num("latency", fmt(path.latency_ms) + " ms"), num("jitter", fmt(path.jitter_ms) + " ms"),
             num("loss", fmt(path.packet_loss_pct, 2) + " %"), num("score", fmt(path.score)),
             num("throughput", fmt(path.throughput_tx_mbps, 2) + " / " + fmt(path.throughput_rx_mbps, 2) + " Mbit/s"),
-            num("bandwidth", path.bandwidth_mbps === undefined ? "not measured" : fmt(path.bandwidth_mbps) + " Mbit/s"),
+            num("bandwidth", [[path.bandwidth_mbps, "up"], [path.download_bandwidth_mbps, "down"]]
+              .map(([v, d]) => (v === undefined ? "not measured" : fmt(v) + " Mbit/s") + " " + d).join(", ")),
             h("span", { class: "num", text: `${path.wg_interface} via ${path.local_uplink} → ${path.remote_endpoint}` })));
           row.append(pathCharts(path, histories[path.id], t0, t1));
           section.append(row);

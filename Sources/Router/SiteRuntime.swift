@@ -37,9 +37,15 @@ actor SiteRuntime {
     /// Hears every path's status with its tunnel session (the relay decision's `pathDown`).
     let onPathStatus: @Sendable (TunnelSession, PathStatus) -> Void
 
+    /// The last run's download estimate of each path (`Daemon.restorableDownloads`): handed to the path's
+    /// first prober, once.
+    private var restoredDownloads: [PathID: Double]
+
     init(writer: StoreWriter, pathIDs: [PathKey: PathID] = [:], controller: Controller, probes: PathProbeSet,
-         probeInterval: Duration, logger: Logger, onPathStatus: @escaping @Sendable (TunnelSession, PathStatus) -> Void = { _, _ in }) {
+         probeInterval: Duration, restoredDownloads: [PathID: Double] = [:], logger: Logger,
+         onPathStatus: @escaping @Sendable (TunnelSession, PathStatus) -> Void = { _, _ in }) {
         self.onPathStatus = onPathStatus
+        self.restoredDownloads = restoredDownloads
         self.writer = writer
         registry = PathRegistry(ids: pathIDs)
         self.controller = controller
@@ -93,9 +99,11 @@ actor SiteRuntime {
                 var configuration = ProbeConfiguration()
                 configuration.interval = probeInterval
                 configuration.rttWindow = Self.latencyWindowSamples(probeInterval: probeInterval)
+                let restored = restoredDownloads.removeValue(forKey: route.binding.id)
                 try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: Conventions.probePort),
                                            pinning: .mark(route.binding.mark)),
-                               configuration: configuration)
+                               configuration: configuration, restoredDownloadMbps: restored)
+                if let restored { logger.info("path \(name): the last run's download estimate, \(restored) Mbit/s, stands until the far site measures again") }
             } catch {
                 logger.error("cannot probe path \(name): \(error)")
             }

@@ -327,14 +327,32 @@ public final class Steering {
         } catch { throw .kernel(error) }
     }
 
-    /// `table ip patronus_egress` as installed (read when unknown).
+    /// `table ip patronus_egress` as installed (read when unknown). An earlier version's copy table goes
+    /// then, once: it is ours, and left in place its hook would go on copying.
     private func egressState() throws(SteeringError) -> InstalledState {
         if let installedEgress { return installedEgress }
         let s = try kernel { () throws(NetlinkError) in
             try InstalledState.read(nft: nftables, family: SteeringNames.egressFamily, table: SteeringNames.egressTable)
         }
+        try removeLegacyTables()
         installedEgress = s
         return s
+    }
+
+    /// Deletes the tables of ours that earlier versions installed under other names
+    /// (`Conventions.legacyTables`), if any are there.
+    private func removeLegacyTables() throws(SteeringError) {
+        let present = try kernel { () throws(NetlinkError) in
+            let names = Set(try nftables.tables(family: SteeringNames.egressFamily).map(\.name))
+            return Conventions.legacyTables.filter(names.contains)
+        }
+        guard !present.isEmpty else { return }
+        try kernel { () throws(NetlinkError) in
+            try nftables.commit(present.map {
+                NetlinkRequest(NFTables.deleteTable(family: SteeringNames.egressFamily, name: $0), "delete table ip \($0) (an earlier version's)")
+            })
+        }
+        commitsSinceCheck &+= 1
     }
 
     static let deleteEgressTable = NetlinkRequest(NFTables.deleteTable(family: SteeringNames.egressFamily, name: SteeringNames.egressTable),

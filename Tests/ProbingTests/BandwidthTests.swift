@@ -139,6 +139,17 @@ struct HeardTrain: Sendable {
                     bitsPerSecond: UInt64(mbps * 1e6))
     }
 
+    /// A restarted router starts from the last run's figure; the far site's next test replaces it.
+    @Test func theLastRunsEstimateStandsUntilATrainCounts() {
+        var d = DownloadBandwidth(restoredMbps: 18.8)
+        #expect(d.mbps == 18.8)
+        #expect(!d.record(Self.report(train: 0, packets: 5, mbps: 50)), "a train too short to time")
+        #expect(d.mbps == 18.8)
+        #expect(d.record(Self.report(train: 0, mbps: 40)))
+        #expect(d.mbps == 40)
+        for bad in [0.0, -3, .infinity, .nan] { #expect(DownloadBandwidth(restoredMbps: bad).mbps == nil) }
+    }
+
     @Test func theMedianOfTheLatestTestsTrains() {
         var download = DownloadBandwidth()
         #expect(download.mbps == nil)

@@ -102,6 +102,8 @@ struct DashboardRootTests {
         #expect(mismatches.isEmpty, "\(mismatches); hq's log: \(pathLog(lab))")
         let paths = after["paths"] as? [[String: Any]] ?? []
         #expect(paths.count == 2)
+        // Each path's bandwidth both ways (the upload our tests measured, the download the far site's trains did).
+        #expect(matches(of: #"((?:not measured|[0-9.]+ Mbit/s) up, (?:not measured|[0-9.]+ Mbit/s) down)"#, in: dom).count == 2)
         for site in (after["active_sites"] as? [[String: Any]] ?? []) {
             #expect(dom.contains("data-site=\"\(site["name"] as? String ?? "?")\""), "site \(site["name"] ?? "?") shown")
         }

@@ -255,3 +255,38 @@ private func rawConnection(port: UInt16) throws -> Int32 {
     guard fd >= 0, connected == 0 else { throw POSIXError(.ECONNREFUSED) }
     return fd
 }
+
+/// A restart restores each path's download estimate from the last run's newest sample, if that run wrote it
+/// within a bandwidth interval.
+@Suite struct RestoredDownloadTests {
+    @Test func theNewestRecentSampleWithADownloadIsRestored() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pt-dl-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try Store.open(path: directory + "/a.db")
+        let now = Date()
+        _ = try store.ensureLocalSite(name: "hq", now: now)
+        let east = SiteID(UUID(uuidString: "550E8400-E29B-41D4-A716-446655440002")!)
+        try store.upsertRemoteSite(SiteRecord(id: east, name: "east", overlayAddress: IPv4Address("10.99.0.2"),
+                                              publicKey: "pub", lanPrefixes: []), now: now)
+        var ids: [PathID] = []
+        for (i, label) in ["isp-a", "isp-b", "isp-c"].enumerated() {
+            ids.append(try store.upsertPath(to: east, uplink: Uplink(interface: "eth\(i)", label: label),
+                                            endpoint: Endpoint(label: label, address: SocketAddress4("100.64.\(i).2:51820")!),
+                                            wgInterface: "wg-hq\(i)", now: now))
+        }
+        func metrics(_ download: Double?) -> PathMetrics {
+            var m = PathMetrics(latencyMs: 20, jitterMs: 1, lossPct: 0, score: 97)
+            m.downloadBandwidthMbps = download
+            return m
+        }
+        // isp-a: measured, sampled 2 minutes ago (an older sample had another figure); isp-b: its newest sample
+        // is an hour old; isp-c: never measured.
+        try store.recordPathStates([(ids[0], .up, metrics(12))], now: now.addingTimeInterval(-600))
+        try store.recordPathStates([(ids[0], .up, metrics(18.8)), (ids[2], .up, metrics(nil))], now: now.addingTimeInterval(-120))
+        try store.recordPathStates([(ids[1], .up, metrics(30))], now: now.addingTimeInterval(-3600))
+        let restored = Daemon.restorableDownloads(store, within: .seconds(900), now: now, logger: Logger(label: "test"))
+        #expect(restored == [ids[0]: 18.8])
+    }
+}
+

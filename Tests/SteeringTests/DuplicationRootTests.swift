@@ -215,4 +215,25 @@ final class DuplicationFixture {
         #expect(stop.egressTableDeleted)
         #expect(try !sa.nftables.tables(family: .ip).contains { $0.name == Conventions.egressTable })
     }
+
+    /// An earlier version's copy table (`table ip patronus_copy`, a prerouting hook that copies) is ours:
+    /// the first apply removes it; foreign ip tables stay.
+    @Test(.enabled(if: isRoot)) func rootAnEarlierVersionsCopyTableIsRemoved() throws {
+        let f = try SteeringFixture()
+        try loadNftScript(f.router, """
+            table ip patronus_copy {
+              chain prerouting { type filter hook prerouting priority -149; policy accept; }
+            }
+            table ip other {
+              chain prerouting { type filter hook prerouting priority 0; policy accept; }
+            }
+            """)
+        let steering = try f.steering()
+        try steering.apply(f.plan(voip: 1))
+        let tables = try f.router.check(["nft", "list", "tables"])
+        #expect(!tables.contains("patronus_copy") && tables.contains("table ip other"), "\(tables)")
+        #expect(try steering.repairDrift() == nil, "the removal is not taken for a foreign change")
+        try steering.removeAll()
+        #expect(try f.router.check(["nft", "list", "tables"]).contains("table ip other"))
+    }
 }
