@@ -182,6 +182,38 @@ final class ShaperInstaller {
         }
     }
 
+    /// Tunnel names already checked for an earlier run's shaper (once per name and Steering).
+    private var checkedForLeftovers: Set<String> = []
+
+    /// Removes our htb (root `62:`) from those of `tunnels` (the plan's path interfaces: ours) that the plan
+    /// does not shape: an earlier run (killed, or stopped before its shaper went) left it, and nothing else
+    /// would take it off, so the tunnel would stay shaped at the old rate. Each tunnel is checked once, when
+    /// it first exists; other interfaces are never looked at.
+    func removeLeftovers(tunnels: Set<String>, changes: inout SteeringChanges) {
+        let unchecked = tunnels.subtracting(checkedForLeftovers).subtracting(wanted.map(\.interface)).subtracting(installed.keys)
+        guard !unchecked.isEmpty else { return }
+        do {
+            let links = Dictionary(try routing.links().map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
+            let present = unchecked.compactMap { name in links[name].map { (name, $0) } }
+            guard !present.isEmpty else { return }
+            let qdiscs = try routing.qdiscs()
+            for (name, index) in present.sorted(by: { $0.0 < $1.0 }) {
+                checkedForLeftovers.insert(name)
+                guard qdiscs.contains(where: { $0.interfaceIndex == index && $0.parent == .root && $0.handle == ShaperLayout.rootHandle && $0.kind == "htb" })
+                else { continue }
+                do {
+                    try routing.deleteRootQdisc(interface: index)
+                    changes.shapersRemoved.append(name)
+                } catch where error.errno == ENOENT || error.errno == ENODEV || error.errno == EINVAL {
+                } catch {
+                    changes.shaperProblems.append("removing an earlier run's shaper from \(name): \(error)")
+                }
+            }
+        } catch {
+            changes.shaperProblems.append("looking for an earlier run's shapers: \(error)")
+        }
+    }
+
     private static func hint(_ error: NetlinkError) -> String {
         error.errno == ENOENT || error.errno == EOPNOTSUPP
             ? " (does this kernel have htb and bfifo, CONFIG_NET_SCH_HTB and CONFIG_NET_SCH_FIFO? The interface stays unshaped)"

@@ -57,6 +57,7 @@ public final class Steering {
     private func convergeShaping(_ plan: SteeringPlan, changes: inout SteeringChanges) {
         downloads.converge(plan.downloadShapers, changes: &changes)
         shaping.converge(plan.shapers + plan.downloadShapers.map(\.shaper), changes: &changes)
+        shaping.removeLeftovers(tunnels: Set(plan.paths.map(\.interface)), changes: &changes)
     }
 
     /// The plan last applied successfully.

@@ -193,6 +193,25 @@ extension SteeringFixture {
         try restarted.removeAll()
     }
 
+    /// A restart whose plan no longer shapes a tunnel (killed while shaped, restarted with shape=off) takes
+    /// the last run's htb off it; an htb with our handle on an interface that is not a tunnel of the plan stays.
+    @Test(.enabled(if: isRoot)) func rootARestartThatNoLongerShapesATunnelRemovesTheLastRunsShaper() throws {
+        let f = try SteeringFixture()
+        try f.steering().apply(f.shapedPlan())
+        #expect(try f.qdiscs().contains("htb 62: root"))
+        try f.router.ip("link", "add", "fx0", "type", "veth", "peer", "name", "fx1")
+        try f.router.check(["tc", "qdisc", "add", "dev", "fx0", "root", "handle", "62:", "htb"])
+        var unshaped = f.shapedPlan()
+        unshaped.shapers = []
+        let restarted = try f.steering()
+        let changes = try restarted.apply(unshaped)
+        #expect(changes.shapersRemoved == ["pa"] && changes.shaperProblems.isEmpty, "\(changes)")
+        #expect(try !f.qdiscs().contains { $0.hasPrefix("htb 62:") })
+        #expect(try f.qdiscs("fx0").contains("htb 62: root"), "not a tunnel of ours: left alone")
+        #expect(try restarted.apply(unshaped).shapersRemoved.isEmpty, "checked once")
+        try restarted.removeAll()
+    }
+
     @Test(.enabled(if: isRoot)) func rootRemoveAllTakesTheShapersToo() throws {
         let f = try SteeringFixture()
         let steering = try f.steering()
