@@ -103,7 +103,7 @@ actor SiteRuntime {
                 try probes.add(ProbeTarget(name: name, remote: SocketAddress4(overlay, port: Conventions.probePort),
                                            pinning: .mark(route.binding.mark)),
                                configuration: configuration, restoredDownloadMbps: restored)
-                if let restored { logger.info("path \(name): the last run's download estimate, \(restored) Mbit/s, stands until the far site measures again") }
+                if let restored { logger.info("path \(name): the last run's download estimate, \(String(format: "%.1f", restored)) Mbit/s, stands until the far site measures again") }
             } catch {
                 logger.error("cannot probe path \(name): \(error)")
             }

@@ -187,18 +187,18 @@ final class ShaperInstaller {
 
     /// Removes our htb (root `62:`) from those of `tunnels` (the plan's path interfaces: ours) that the plan
     /// does not shape: an earlier run (killed, or stopped before its shaper went) left it, and nothing else
-    /// would take it off, so the tunnel would stay shaped at the old rate. Each tunnel is checked once, when
-    /// it first exists; other interfaces are never looked at.
+    /// would take it off, so the tunnel would stay shaped at the old rate. Each tunnel name is checked once
+    /// (a re-steer reads nothing): one that does not exist yet counts as checked, since an interface created
+    /// later has no qdisc of an earlier run. Other interfaces are never looked at.
     func removeLeftovers(tunnels: Set<String>, changes: inout SteeringChanges) {
         let unchecked = tunnels.subtracting(checkedForLeftovers).subtracting(wanted.map(\.interface)).subtracting(installed.keys)
         guard !unchecked.isEmpty else { return }
         do {
             let links = Dictionary(try routing.links().map { ($0.name, $0.index) }, uniquingKeysWith: { a, _ in a })
             let present = unchecked.compactMap { name in links[name].map { (name, $0) } }
-            guard !present.isEmpty else { return }
-            let qdiscs = try routing.qdiscs()
+            let qdiscs = present.isEmpty ? [] : try routing.qdiscs()
+            checkedForLeftovers.formUnion(unchecked)
             for (name, index) in present.sorted(by: { $0.0 < $1.0 }) {
-                checkedForLeftovers.insert(name)
                 guard qdiscs.contains(where: { $0.interfaceIndex == index && $0.parent == .root && $0.handle == ShaperLayout.rootHandle && $0.kind == "htb" })
                 else { continue }
                 do {

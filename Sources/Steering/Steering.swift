@@ -19,7 +19,7 @@ public final class Steering {
     public let nftables: NFTablesClient
     public let routing: RouteNetlinkClient
     private var installed: InstalledState?
-    /// `table ip patronus_egress` (duplication), as installed; nil: unknown, read before the next diff.
+    /// `table ip patronus_egress` (copies, shaper bands), as installed; nil: unknown, read before the next diff.
     private var installedEgress: InstalledState?
     private var lastPlan: SteeringPlan?
     private var lastRuleset: SteeringRuleset?
@@ -82,12 +82,12 @@ public final class Steering {
             uplinkRoutesRead = plan.uplinks
         }
         let ruleset = try compile(plan)
-        let copies = try compileEgress(plan)
+        let egress = try compileEgress(plan)
         do {
-            var changes = try converge(to: ruleset, copies: copies)
+            var changes = try converge(to: ruleset, egress: egress)
             lastPlan = plan
             lastRuleset = ruleset
-            lastEgress = copies
+            lastEgress = egress
             convergeShaping(plan, changes: &changes)
             return changes
         } catch let first {
@@ -97,10 +97,10 @@ public final class Steering {
             installed = nil
             installedEgress = nil
             interfaceIndex = [:]
-            var changes = try converge(to: ruleset, copies: copies)
+            var changes = try converge(to: ruleset, egress: egress)
             lastPlan = plan
             lastRuleset = ruleset
-            lastEgress = copies
+            lastEgress = egress
             convergeShaping(plan, changes: &changes)
             return changes
         }
@@ -142,8 +142,7 @@ public final class Steering {
     /// Compiles with the structure (classes, paths, destinations) cached: a re-steer only rebuilds choices.
     private func compile(_ plan: SteeringPlan) throws(SteeringError) -> SteeringRuleset {
         let key = StructureKey(classes: plan.classes, paths: plan.paths, destinations: plan.destinations,
-                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes, shaped: !plan.shapers.isEmpty,
-                               downloads: Self.downloadStructure(plan), relay: plan.relay)
+                               uplinks: plan.uplinks, uplinkRoutes: uplinkRoutes, relay: plan.relay)
         if plan == lastPlan, key == structureKey, let lastRuleset { return lastRuleset }
         if key != structureKey || structure == nil {
             structure = try SteeringCompiler.compileStructure(plan, uplinkRoutes: uplinkRoutes)
@@ -160,8 +159,6 @@ public final class Steering {
         var destinations: [SteeringPlan.Destination]
         var uplinks: [SteeringPlan.UplinkPin]
         var uplinkRoutes: UplinkRoutes
-        var shaped: Bool
-        var downloads: [SteeringPlan.DownloadShaper]
         var relay: Bool
     }
 
@@ -197,7 +194,7 @@ public final class Steering {
         // A tunnel re-created under its name has a new index (its routes went with the old one, which is
         // what brings us here): the copy rules are compiled again with the indexes of now.
         if let lastPlan { lastEgress = try compileEgress(lastPlan) }
-        return try converge(to: lastRuleset, copies: lastEgress)
+        return try converge(to: lastRuleset, egress: lastEgress)
     }
 
     /// Finds changes somebody else made to what we own and puts our state back (the last plan). Cheap
@@ -362,27 +359,27 @@ public final class Steering {
     /// The last converge left routes out because their interface did not exist yet.
     private var routesWaiting = false
 
-    private func converge(to ruleset: SteeringRuleset, copies: SteeringRuleset?) throws(SteeringError) -> SteeringChanges {
+    private func converge(to ruleset: SteeringRuleset, egress: SteeringRuleset?) throws(SteeringError) -> SteeringChanges {
         routesWaiting = true // until this converge completes
         let state = try currentState()
-        let copiesState = try egressState()
+        let egressInstalled = try egressState()
         let diff = SteeringDiff(installed: state, desired: ruleset)
         // The egress table goes in the same atomic batch: a re-steer moves the class and its copies together.
-        var copyBatch: [NetlinkRequest] = []
-        var copyChanges = SteeringChanges()
-        if let copies {
-            let copyDiff = SteeringDiff(installed: copiesState, desired: copies)
-            copyBatch = copyDiff.batch
-            copyChanges = copyDiff.changes
-        } else if copiesState.tableExists {
-            copyBatch = [Self.deleteEgressTable]
-            copyChanges.egressTableDeleted = true
+        var egressBatch: [NetlinkRequest] = []
+        var egressChanges = SteeringChanges()
+        if let egress {
+            let egressDiff = SteeringDiff(installed: egressInstalled, desired: egress)
+            egressBatch = egressDiff.batch
+            egressChanges = egressDiff.changes
+        } else if egressInstalled.tableExists {
+            egressBatch = [Self.deleteEgressTable]
+            egressChanges.egressTableDeleted = true
         }
         // Until this converge completes, what is installed is unknown: a failure makes the next call re-read.
         installed = nil
         installedEgress = nil
         var changes = diff.changes
-        changes.merge(copies: copyChanges)
+        changes.merge(egress: egressChanges)
         // Routes and rules first, so a mark never points at an empty table; deletions last.
         for r in diff.changes.routesAdded {
             let route: IPRoute
@@ -398,11 +395,11 @@ public final class Steering {
             try kernel { () throws(NetlinkError) in try routing.route(route, .replace) }
         }
         for r in diff.changes.ipRulesAdded { try kernel { () throws(NetlinkError) in try routing.addRule(r) } }
-        let batch = diff.batch + copyBatch
+        let batch = diff.batch + egressBatch
         try kernel { () throws(NetlinkError) in try nftables.commit(batch) }
         if !batch.isEmpty { commitsSinceCheck &+= 1 }
-        if let copies {
-            var known = Self.afterApply(copies)
+        if let egress {
+            var known = Self.afterApply(egress)
             known.ipRules = []
             known.routes = []
             installedEgress = known

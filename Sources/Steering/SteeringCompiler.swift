@@ -227,7 +227,7 @@ public enum SteeringCompiler {
     /// The shapers' part of the egress table's `postrouting` chain (forwarding rewrites `meta priority`
     /// from the TOS before the forward hook, so only a late hook can set it): for packets bound to a tunnel
     /// (path bits in the mark), the htb class of the shaped tunnel they leave by. Every packet pays for it,
-    /// so it is short: after `exits` (the "not for a tunnel" return, shared with the copies), one lookup of
+    /// so it is short: after the exit (the "not for a tunnel" return, shared with the copies), one lookup of
     /// the class in `class_bands` (realtime and bulk classes; the rest stays unset and htb puts it in its
     /// default, standard, class), then one address test that sends only traffic to an overlay address (ours:
     /// probes, their replies, announcements, bandwidth trains, also when a relay forwards them) on to

@@ -6,7 +6,7 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
     public var tableCreated = false
     public var tableDeleted = false
     /// `table ip patronus_egress` (duplication) created or deleted; its chains, sets and elements are counted
-    /// with the rest, their names prefixed "copy:".
+    /// with the rest, their names prefixed "egress:".
     public var egressTableCreated = false
     public var egressTableDeleted = false
     public var chainsCreated: [String] = []
@@ -39,14 +39,14 @@ public struct SteeringChanges: Hashable, Sendable, CustomStringConvertible {
     public var isEmpty: Bool { self == SteeringChanges() }
 
     /// Adds the changes of the egress table's diff.
-    mutating func merge(copies c: SteeringChanges) {
+    mutating func merge(egress c: SteeringChanges) {
         egressTableCreated = egressTableCreated || c.tableCreated || c.egressTableCreated
         egressTableDeleted = egressTableDeleted || c.tableDeleted || c.egressTableDeleted
-        chainsCreated += c.chainsCreated.map { "copy:" + $0 }
-        chainsDeleted += c.chainsDeleted.map { "copy:" + $0 }
-        chainsReloaded += c.chainsReloaded.map { "copy:" + $0 }
-        setsCreated += c.setsCreated.map { "copy:" + $0 }
-        setsDeleted += c.setsDeleted.map { "copy:" + $0 }
+        chainsCreated += c.chainsCreated.map { "egress:" + $0 }
+        chainsDeleted += c.chainsDeleted.map { "egress:" + $0 }
+        chainsReloaded += c.chainsReloaded.map { "egress:" + $0 }
+        setsCreated += c.setsCreated.map { "egress:" + $0 }
+        setsDeleted += c.setsDeleted.map { "egress:" + $0 }
         elementsAdded += c.elementsAdded
         elementsDeleted += c.elementsDeleted
         batchMessages += c.batchMessages + (c.egressTableDeleted ? 1 : 0)
