@@ -143,9 +143,11 @@ struct HeardTrain: Sendable {
     @Test func theLastRunsEstimateStandsUntilATrainCounts() {
         var d = DownloadBandwidth(restoredMbps: 18.8)
         #expect(d.mbps == 18.8)
-        #expect(!d.record(Self.report(train: 0, packets: 5, mbps: 50)), "a train too short to time")
+        let tooShort = d.record(Self.report(train: 0, packets: 5, mbps: 50))
+        #expect(!tooShort, "a train too short to time")
         #expect(d.mbps == 18.8)
-        #expect(d.record(Self.report(train: 0, mbps: 40)))
+        let counted = d.record(Self.report(train: 0, mbps: 40))
+        #expect(counted)
         #expect(d.mbps == 40)
         for bad in [0.0, -3, .infinity, .nan] { #expect(DownloadBandwidth(restoredMbps: bad).mbps == nil) }
     }
