@@ -1,3 +1,5 @@
+import Foundation
+
 /// Every number the router shares with the kernel, the wire and the other sites, in one place. Nothing else
 /// in the code base spells these values; docs/STEERING.md ("What we own") and docs/MESH.md point here.
 ///
@@ -8,6 +10,8 @@
 ///                 (ct mark, bits 23-16: class id 1...254, 255 = no policy)  0x00ff0000
 ///                 (ct mark, bits 12-8: flow hash bucket 1...16 of a flow
 ///                  of a load-balanced class; 0 = not hashed)                 0x00001f00
+///     ct mark bits 31-24: the site index 1...255 of a flow classified by a packet
+///                 of its original direction (0: none)                       0xff000000
 public enum Conventions {
     // MARK: Paths
 
@@ -39,6 +43,26 @@ public enum Conventions {
     public static let classIDs: ClosedRange<UInt8> = 1...254
     public static let unclassifiedClassID: UInt8 = 255
     public static func classMark(id: UInt8) -> UInt32 { UInt32(id) << classMarkShift }
+
+    // MARK: Flow's site (conntrack mark)
+
+    /// A flow classified by a packet of its original direction also gets its destination site's index in
+    /// the ct mark, so every later packet of that direction finds its site by the ct mark (one hash lookup,
+    /// `flows`) instead of by its destination address (the `sites` interval map: about 4 % of a forwarded
+    /// packet's cost here, bench/results/datapath.txt). The index of a site is stable while it is planned
+    /// and, preferably, across restarts (`preferredSiteIndex`); 0 means "no index": the `sites` lookup.
+    public static let siteMarkMask: UInt32 = 0xff00_0000
+    public static let siteMarkShift: UInt32 = 24
+    public static let siteIndexes: ClosedRange<UInt8> = 1...255
+    public static func siteMark(index: UInt8) -> UInt32 { UInt32(index) << siteMarkShift & siteMarkMask }
+    /// The index a site asks for: a fold of its id's bytes into `siteIndexes`, the same in every run (a flow
+    /// that outlives a restart keeps finding its own site), unless another site took it first.
+    public static func preferredSiteIndex(_ site: SiteID) -> Int {
+        let u = site.uuid.uuid
+        let bytes = [u.0, u.1, u.2, u.3, u.4, u.5, u.6, u.7, u.8, u.9, u.10, u.11, u.12, u.13, u.14, u.15]
+        let folded = bytes.reduce(UInt32(2_166_136_261)) { ($0 ^ UInt32($1)) &* 16_777_619 }   // FNV-1a
+        return Int(siteIndexes.lowerBound) + Int(folded % UInt32(siteIndexes.count))
+    }
 
     // MARK: Load balancing (conntrack mark)
 

@@ -197,14 +197,20 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
         /// Short name for comments ("branch-1"); follows `Policy.isValidName`.
         public var name: String
         public var prefixes: [IPv4Prefix]
+        /// The site's index in the ct mark of its flows (`Conventions.siteMark`), 1...255: a later packet of
+        /// a flow finds the site by it, without the address lookup. nil: no index (the address lookup only).
+        public var index: UInt8?
 
-        public init(site: SiteID, name: String, prefixes: [IPv4Prefix]) {
+        public init(site: SiteID, name: String, prefixes: [IPv4Prefix], index: UInt8? = nil) {
             self.site = site
             self.name = name
             self.prefixes = prefixes
+            self.index = index
         }
 
-        public var description: String { "site \(name) (\(site)): \(prefixes.map(\.description).joined(separator: ", "))" }
+        public var description: String {
+            "site \(name) (\(site)): \(prefixes.map(\.description).joined(separator: ", "))" + (index.map { ", index \($0)" } ?? "")
+        }
     }
 
     /// Where one class's traffic to one site goes.
@@ -335,11 +341,15 @@ public struct SteeringPlan: Hashable, Sendable, Codable, CustomStringConvertible
                 out.append("download shaper of uplink \(d.slot): rate \(d.rateBitsPerSecond) bit/s is not in 64 kbit/s ... 1 Tbit/s")
             }
         }
-        var sites = Set<SiteID>(), siteNames = Set<String>()
+        var sites = Set<SiteID>(), siteNames = Set<String>(), siteIndexes = Set<UInt8>()
         for d in destinations {
             if !sites.insert(d.site).inserted { out.append("destination site \(d.site) is listed twice") }
             if !siteNames.insert(d.name).inserted { out.append("destination name \(d.name) is used twice") }
             if !Policy.isValidName(d.name) { out.append("destination name '\(d.name)' is not a valid name") }
+            if let i = d.index {
+                if !Conventions.siteIndexes.contains(i) { out.append("destination \(d.name): index \(i) is not in \(Conventions.siteIndexes)") }
+                if !siteIndexes.insert(i).inserted { out.append("site index \(i) is used twice") }
+            }
         }
         // Sorted by start, a prefix can only overlap a neighbour that starts before it ends.
         let all = destinations.flatMap { d in d.prefixes.map { (d.name, $0) } }.sorted { $0.1 < $1.1 }

@@ -49,6 +49,9 @@ public actor Controller {
     private var bindings: [PathKey: PathBinding] = [:]
     private var states: [PathKey: PathState] = [:]
     private var classNumbers = StableNumbering<String, UInt8>(range: Int(Conventions.classIDs.lowerBound)...Int(Conventions.classIDs.upperBound))
+    /// Each steered site's index in its flows' ct mark: the one its id asks for when free, so that a flow
+    /// outliving a restart finds its own site again; a released index is reused last.
+    private var siteNumbers = StableNumbering<SiteID, UInt8>(range: Int(Conventions.siteIndexes.lowerBound)...Int(Conventions.siteIndexes.upperBound))
     private var routing = RoutingState()
     public private(set) var installed: SteeringPlan?
     public private(set) var failovers: UInt64 = 0
@@ -111,9 +114,11 @@ public actor Controller {
         let enabled = policies.filter(\.enabled)
         let ids = classNumbers.update(enabled.sorted { $0.priority < $1.priority }.map(\.name))
         let decision = engine.decide(policies: enabled, paths: Array(states.values), previous: routing, now: now)
+        let steered = Set(bindings.keys.map(\.site))
+        let siteIndexes = siteNumbers.update(sites.keys.filter(steered.contains).sorted(), preferring: Conventions.preferredSiteIndex)
         let plan = SteeringPlanner.plan(policies: enabled, classIDs: ids, sites: Array(sites.values),
                                         paths: Array(bindings.values), selections: decision.state.selections,
-                                        copies: decision.state.copies)
+                                        copies: decision.state.copies, siteIndexes: siteIndexes)
         let began = clock.now
         if plan != installed {
             try await applier.apply(plan)

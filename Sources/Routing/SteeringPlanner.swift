@@ -100,9 +100,12 @@ public enum SteeringPlanner {
     ///   - paths: the kernel binding of every known path.
     ///   - selections: the engine's current decision.
     ///   - copies: for duplicating policies, the engine's copy target of each selected path.
+    ///   - siteIndexes: the stable index of each site (see `StableNumbering`, `Conventions.siteMark`); a site
+    ///     without one is steered by its addresses alone.
     public static func plan(policies: [Policy], classIDs: [String: UInt8], sites: [RemoteSite],
                             paths: [PathBinding], selections: [SelectionKey: Selection],
-                            copies: [SelectionKey: [PathKey: PathKey]] = [:]) -> SteeringPlan {
+                            copies: [SelectionKey: [PathKey: PathKey]] = [:],
+                            siteIndexes: [SiteID: UInt8] = [:]) -> SteeringPlan {
         let ordered = classOrder(policies).filter { classIDs[$0.name] != nil }
         let classes = ordered.map {
             SteeringPlan.TrafficClass(id: classIDs[$0.name]!, name: $0.name, matches: [$0.match], band: band(of: $0),
@@ -117,7 +120,7 @@ public enum SteeringPlanner {
         var usedNames = Set<String>()
         let destinations = sites.filter { reachable.contains($0.id) }.sorted { $0.id < $1.id }.map {
             SteeringPlan.Destination(site: $0.id, name: ruleName(for: $0, avoiding: &usedNames),
-                                     prefixes: $0.prefixes.sorted())
+                                     prefixes: $0.prefixes.sorted(), index: siteIndexes[$0.id])
         }
         var choices: [SteeringPlan.Choice] = []
         var planCopies: [SteeringPlan.Copy] = []

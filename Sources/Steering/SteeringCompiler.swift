@@ -77,13 +77,17 @@ public enum SteeringCompiler {
                 rule(name, classAndBucketBits + [
                     .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: nil, sets: [map]),
-            ] + (transit.map { [$0.rule(name)] } ?? []) + classifyOnce(name) + [
+            ] + (transit.map { [$0.rule(name)] } ?? []) + classifyOnce(name, siteIndex: d.index) + [
                 rule(name, classBits + [
                     .lookup(sreg: NFT.reg1, set: name, setID: nil, dreg: NFT.verdictRegister),
                 ], comment: nil, sets: [map]),
             ]
             for prefix in d.prefixes { sitesElements.append((prefix, .goto(name))) }
         }
+        // A flow's site . class . bucket (ct mark, written when it was classified by a packet of its original
+        // direction) -> its path: every later packet of that direction is steered by this one hash lookup,
+        // without the `sites` interval lookup by address. Elements come with the choices (`addChoices`).
+        maps.append(.init(set: flowsMap, elements: []))
         let sites = NFTSet(family: family, table: table, name: SteeringNames.sitesMap,
                            flags: NFTSet.flagMap | NFTSet.flagInterval, keyType: .ipv4Address, keyLength: 4,
                            dataType: NFTSet.verdictDataType, dataLength: 0,
@@ -172,6 +176,13 @@ public enum SteeringCompiler {
                                    hook: NFTHook(hook: hook, priority: NFTHook.manglePriority, type: type),
                                    userdata: NFTUserdata.comment(name == "output" ? "local traffic: a new mark re-routes" : "forwarded traffic")))
             let steer = [
+                rule(name, [
+                    .ct(key: NFT.ctDirection, dreg: NFT.reg1),
+                    .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0]),
+                    .ct(key: NFT.ctMark, dreg: NFT.reg1),
+                    .bitwise(sreg: NFT.reg1, dreg: NFT.reg1, mask: flowKeyMask.hostBytes, xor: [0, 0, 0, 0]),
+                    .lookup(sreg: NFT.reg1, set: SteeringNames.flowsMap, setID: nil, dreg: NFT.verdictRegister),
+                ], comment: "established flow: its path by the ct mark", sets: [flowsMap]),
                 rule(name, ipv4Only + [
                     .payload(base: NFT.networkHeader, offset: 16, length: 4, dreg: NFT.reg1),
                     .lookup(sreg: NFT.reg1, set: SteeringNames.sitesMap, setID: nil, dreg: NFT.verdictRegister),
@@ -380,13 +391,17 @@ public enum SteeringCompiler {
         // class|0 -> `lb_...`): a loop, even if no packet could take it. A path's weight is the number of
         // buckets it holds.
         var siteElements: [String: [NFTElement]] = [:]
+        // The same choices keyed by the site's index too (`flows`), for flows that carry it in the ct mark.
+        var flowElements: [NFTElement] = []
         var balanced = false
         for choice in plan.choices {
             guard let c = classByID[choice.classID], let d = destinationBySite[choice.site] else { continue }
             let siteChain = SteeringNames.siteChain(d.name)
+            let site = d.index.map(Conventions.siteMark(index:))
             switch choice.target {
             case .path(let slot):
                 siteElements[siteChain, default: []].append(NFTElement(key: c.ctMark.hostBytes, data: .verdict(.goto(pathChain(c, slot)))))
+                if let site { flowElements.append(NFTElement(key: (site | c.ctMark).hostBytes, data: .verdict(.goto(pathChain(c, slot))))) }
             case .buckets(let slots):
                 balanced = true
                 let name = SteeringNames.balanceChain(c.name, d.name)
@@ -411,6 +426,7 @@ public enum SteeringCompiler {
                     let bucket = Conventions.bucketMark(UInt32(i + 1))
                     elements.append(NFTElement(key: (c.ctMark | bucket).hostBytes, data: .verdict(.goto(pathChain(c, slot)))))
                     bucketElements.append(NFTElement(key: bucket.hostBytes, data: .verdict(.goto(pathChain(c, slot)))))
+                    if let site { flowElements.append(NFTElement(key: (site | c.ctMark | bucket).hostBytes, data: .verdict(.goto(pathChain(c, slot))))) }
                 }
                 siteElements[siteChain, default: []] += elements
                 maps.append(.init(set: map, elements: bucketElements))
@@ -429,7 +445,10 @@ public enum SteeringCompiler {
         }
         r.chains += chains
         r.rules.merge(rules) { _, new in new }
-        for i in r.maps.indices { if let e = siteElements[r.maps[i].set.name] { r.maps[i].elements = e } }
+        for i in r.maps.indices {
+            if let e = siteElements[r.maps[i].set.name] { r.maps[i].elements = e }
+            if r.maps[i].set.name == SteeringNames.flowsMap { r.maps[i].elements = flowElements }
+        }
         r.maps += maps
     }
 
@@ -444,15 +463,20 @@ public enum SteeringCompiler {
     ]
 
     /// A flow without a class (ct mark class bits 0) jumps once to `classify` (first packet in the original
-    /// direction) or `classify_reply` (first packet a reply); both return to the next rule.
-    static func classifyOnce(_ chain: String) -> [NFTRule] {
-        [
+    /// direction) or `classify_reply` (first packet a reply); both return to the next rule. A flow classified
+    /// in its original direction first gets the site's index (if it has one) into the ct mark: its later
+    /// packets of that direction are steered by `flows`. A flow classified by a reply gets none (`flows` is
+    /// looked up for the original direction only, and it is the replies that are steered).
+    static func classifyOnce(_ chain: String, siteIndex: UInt8? = nil) -> [NFTRule] {
+        let site = siteIndex.map { setMark(field: Conventions.siteMarkMask, value: Conventions.siteMark(index: $0)) } ?? []
+        return [
             rule(chain, classBits + [
                 .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
                 .ct(key: NFT.ctDirection, dreg: NFT.reg1),
                 .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0]),
+            ] + site + [
                 .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyChain))),
-            ], comment: "new flow: classify once"),
+            ], comment: siteIndex == nil ? "new flow: classify once" : "new flow: its site into the ct mark, classify once"),
             rule(chain, classBits + [
                 .cmp(sreg: NFT.reg1, op: NFT.eq, data: [0, 0, 0, 0]),
                 .immediate(dreg: NFT.verdictRegister, data: .verdict(.jump(SteeringNames.classifyReplyChain))),
@@ -501,6 +525,10 @@ public enum SteeringCompiler {
                userdata: NFTUserdata.keyByteorder(.host) + NFTUserdata.dataByteorder(.invalid) + NFTUserdata.dataInterval(false)
                    + NFTUserdata.comment(comment, type: NFTUserdata.setCommentType))
     }
+
+    /// A flow's site index, class id and bucket: the `flows` key.
+    static let flowKeyMask = Conventions.siteMarkMask | classMask | Conventions.bucketMarkMask
+    static let flowsMap = markMap(SteeringNames.flowsMap, comment: "established flow: site . class . bucket (ct mark) -> path")
 
     /// Flow hash -> the chain writing that bucket into the ct mark (present while a class is balanced).
     static let bucketsMap = markMap(SteeringNames.bucketsMap, comment: "flow hash -> bucket")

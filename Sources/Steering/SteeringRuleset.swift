@@ -57,6 +57,7 @@ public enum SteeringNames {
     public static let table = Conventions.nftTable
     public static let family = NFTFamily.inet
     public static let sitesMap = "sites"
+    public static let flowsMap = "flows"
     public static let classifyChain = "classify"
     public static let classifyReplyChain = "classify_reply"
     public static let preroutingChain = "prerouting"

@@ -54,7 +54,8 @@ func plan(voip: UInt16, policies: Int = 3, entries: Int = 0, thirdPath: Bool = f
                             : c.name == "default" && balanced ? balancedTarget : .path(thirdPath ? 3 : 1))
     }
     return SteeringPlan(classes: classes, paths: paths,
-                        destinations: [.init(site: site, name: "branch", prefixes: thirdPath ? [remote, IPv4Prefix("10.21.0.0/16")!] : [remote])],
+                        destinations: [.init(site: site, name: "branch", prefixes: thirdPath ? [remote, IPv4Prefix("10.21.0.0/16")!] : [remote],
+                                             index: UInt8(Conventions.preferredSiteIndex(site)))],
                         choices: choices,
                         shapers: features ? paths.map { .init(interface: $0.interface, rateBitsPerSecond: 10_000_000_000) } : [],
                         copies: features || copies ? [.init(site: site, classID: 1, from: voip, to: voip == 1 ? 2 : 1)] : [])

@@ -60,8 +60,9 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
             SelectionKey(site: east, policy: "default"): .buckets(Array(repeating: [a, b, b, a], count: 4).flatMap { $0 }),
         ]
         let plan = SteeringPlanner.plan(policies: [fallback, off, voip], classIDs: ["voip": 1, "default": 2, "off": 3],
-                                        sites: sites, paths: paths, selections: selections)
+                                        sites: sites, paths: paths, selections: selections, siteIndexes: [east: 9, west: 10])
         #expect(plan.problems() == [])
+        #expect(plan.destinations.map(\.index) == [9], "each site's index, for its flows' ct mark")
         #expect(plan.classes.map(\.name) == ["voip", "default"])
         #expect(plan.paths.map(\.slot) == [1, 2])
         #expect(plan.paths.map(\.id) == [1, 2], "without a database, a path's id is its slot")
@@ -83,5 +84,28 @@ private let west = SiteID(UUID(uuidString: "00000000-0000-0000-0000-0000000000e2
         #expect(names[1] == "s1st-site")
         #expect(names[2] == "branch_east_2")
         #expect(names.allSatisfy { Policy.isValidName($0) })
+    }
+}
+
+/// A site's index in its flows' ct mark: the same for the same site in every run (a flow that outlives a
+/// restart finds its site again), spread over 1...255, and a plan refuses two sites with one index.
+@Suite struct SiteIndexTests {
+    @Test func aSitePrefersTheSameIndexInEveryRunAndIndexesAreChecked() {
+        #expect(Conventions.preferredSiteIndex(east) == Conventions.preferredSiteIndex(SiteID(east.uuid)))
+        let many = (0..<2000).map { _ in Conventions.preferredSiteIndex(SiteID()) }
+        #expect(many.allSatisfy { Conventions.siteIndexes.contains(UInt8($0)) })
+        #expect(Set(many).count > 200, "spread over the range")
+        #expect(Conventions.siteMark(index: 255) == 0xff00_0000 && Conventions.siteMark(index: 1) == 0x0100_0000)
+        #expect(Conventions.siteMark(index: 1) & (Conventions.classMarkMask | Conventions.bucketMarkMask) == 0)
+
+        var numbers = StableNumbering<SiteID, UInt8>(range: 1...255)
+        let first = numbers.update([east, west], preferring: Conventions.preferredSiteIndex)
+        #expect(first[east].map(Int.init) == Conventions.preferredSiteIndex(east))
+
+        let twice = SteeringPlan(destinations: [.init(site: east, name: "east", prefixes: [IPv4Prefix("10.1.0.0/16")!], index: 4),
+                                                .init(site: west, name: "west", prefixes: [IPv4Prefix("10.2.0.0/16")!], index: 4)])
+        #expect(twice.problems().contains("site index 4 is used twice"))
+        let zero = SteeringPlan(destinations: [.init(site: east, name: "east", prefixes: [IPv4Prefix("10.1.0.0/16")!], index: 0)])
+        #expect(zero.problems().contains { $0.contains("index 0 is not in") })
     }
 }

@@ -36,8 +36,8 @@ func referencePlan(voip: UInt16 = 1, buckets: [UInt16] = (0..<16).map { $0 % 2 =
             .init(slot: 4, interface: "wg-c-lte", site: siteC, summary: "depot via lte (wwan0) to lte 203.0.113.30:51830"),
         ],
         destinations: [
-            .init(site: siteB, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.2.0/24")!]),
-            .init(site: siteC, name: "depot", prefixes: [IPv4Prefix("10.30.0.0/16")!]),
+            .init(site: siteB, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.2.0/24")!], index: 1),
+            .init(site: siteC, name: "depot", prefixes: [IPv4Prefix("10.30.0.0/16")!], index: 2),
         ],
         choices: [
             .init(site: siteB, classID: 1, target: .path(voip)),
@@ -117,14 +117,15 @@ private extension NFTExpression {
 
     // scripts/capture-netlink.py 'nft add table inet patronus; nft add chain inet patronus classify;
     //   nft add chain inet patronus site_branch' --
-    //   nft add rule inet patronus site_branch ct mark & 0x00ff0000 == 0 ct direction original jump classify
+    //   nft add rule inet patronus site_branch ct mark & 0x00ff0000 == 0 ct direction original
+    //     ct mark set ct mark & 0x01ffffff | 0x01000000 jump classify   (site index 1: the branch's)
     // and ('... classify_reply; nft add set inet patronus voip_svc { type inet_proto . inet_service; flags interval; }' --)
     //   nft add rule inet patronus classify_reply meta l4proto . th sport @voip_svc (set id 1)
     @Test func firstPacketRulesAreWhatNftSends() throws {
         let r = try SteeringCompiler.compile(referencePlan())
         var classifyOnce = try #require(r.rules["site_branch"]?[2]) // [1]: transit refused (TransitRefusalTests)
         classifyOnce.userdata = nil
-        #expect(hex(NFTables.newRule(classifyOnce).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e6368002801048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c000480080001000000ff000c00058008000100000000002c00018008000100636d700020000280080001000000000108000200000000000c000380080001000000000020000180070001006374000014000280080002000000000108000100000000012c00018008000100636d700020000280080001000000000108000200000000000c0003800500010000000000400001800e000100696d6d6564696174650000002c0002800800010000000000200002801c00028008000100fffffffd0d000200636c61737369667900000000")
+        #expect(hex(NFTables.newRule(classifyOnce).payload) == "010000000d000100706174726f6e75730000000010000200736974655f6272616e636800b401048020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c000480080001000000ff000c00058008000100000000002c00018008000100636d700020000280080001000000000108000200000000000c000380080001000000000020000180070001006374000014000280080002000000000108000100000000012c00018008000100636d700020000280080001000000000108000200000000000c000380050001000000000020000180070001006374000014000280080002000000000308000100000000014c0001800c00010062697477697365003c00028008000100000000010800020000000001080006000000000008000300000000040c00048008000100ffffff000c00058008000100000000012000018007000100637400001400028008000200000000030800040000000001400001800e000100696d6d6564696174650000002c0002800800010000000000200002801c00028008000100fffffffd0d000200636c61737369667900000000")
         // The reply classifier loads the source port where `classify` loads the destination port.
         var reply = try #require(r.rules["classify_reply"]?.first)
         reply.userdata = nil
@@ -146,9 +147,10 @@ private extension NFTExpression {
                     let m = UInt32(mask[0]) | UInt32(mask[1]) << 8 | UInt32(mask[2]) << 16 | UInt32(mask[3]) << 24
                     let x = UInt32(xor[0]) | UInt32(xor[1]) << 8 | UInt32(xor[2]) << 16 | UInt32(xor[3]) << 24
                     // The packet mark's path field, the ct mark's class field (the bucket field in the
-                    // bucket chains): nothing else.
+                    // bucket chains, the site field in the site chains): nothing else.
                     let field = rule.expressions[i + 1].isMetaSet ? Conventions.pathMarkMask
-                        : rule.chain.hasPrefix("bucket_") ? Conventions.bucketMarkMask : Conventions.classMarkMask
+                        : rule.chain.hasPrefix("bucket_") ? Conventions.bucketMarkMask
+                        : rule.chain.hasPrefix("site_") ? Conventions.siteMarkMask : Conventions.classMarkMask
                     #expect(m == ~field, "rule in \(rule.chain) clears bits outside \(field)")
                     #expect(x & ~field == 0, "rule in \(rule.chain) sets bits outside \(field)")
                     writes += 1
@@ -157,8 +159,8 @@ private extension NFTExpression {
             }
         }
         // class x path chains; per classify chain (original, reply): one rule per class match, "no policy
-        // matched"; one per bucket chain
-        #expect(writes == 4 * 4 + 2 * (4 + 1) + Int(Conventions.balanceBuckets))
+        // matched"; one per bucket chain; one per site chain (its index)
+        #expect(writes == 4 * 4 + 2 * (4 + 1) + Int(Conventions.balanceBuckets) + 2)
     }
 
     @Test func rulesAndRoutesFollowTheDocumentedNumbering() throws {
@@ -250,9 +252,10 @@ private extension NFTExpression {
         let after = try SteeringCompiler.compile(referencePlan(voip: 2))
         let diff = SteeringDiff(installed: Steering.afterApply(before), desired: after)
         #expect(diff.changes.elementsOnly)
-        // One element of the branch's class -> path map, replaced (delete + add) in one batch.
-        #expect(diff.changes.elementsDeleted == 1 && diff.changes.elementsAdded == 1)
-        #expect(diff.batch.map(\.message.type) == [0x0a0e, 0x0a0c])
+        // One element of the branch's class -> path map and its twin in `flows` (established flows, by
+        // site index), replaced (delete + add) in one batch.
+        #expect(diff.changes.elementsDeleted == 2 && diff.changes.elementsAdded == 2)
+        #expect(diff.batch.map(\.message.type) == [0x0a0e, 0x0a0e, 0x0a0c, 0x0a0c])
     }
 
     @Test func whenAPathLeavesABalancedSetOnlyItsBucketsMove() throws {
@@ -260,9 +263,9 @@ private extension NFTExpression {
         let after = try SteeringCompiler.compile(referencePlan(buckets: Array(repeating: 3, count: 16)))
         let diff = SteeringDiff(installed: Steering.afterApply(before), desired: after)
         #expect(diff.changes.elementsOnly)
-        // Path 4's 8 buckets, in the site map (class|bucket, what established flows read) and in the
-        // balance chain's own map (bucket, what a flow's first packet reads).
-        #expect(diff.changes.elementsDeleted == 16 && diff.changes.elementsAdded == 16)
+        // Path 4's 8 buckets, in the site map (class|bucket), in `flows` (site|class|bucket: what established
+        // flows read) and in the balance chain's own map (bucket, what a flow's first packet reads).
+        #expect(diff.changes.elementsDeleted == 24 && diff.changes.elementsAdded == 24)
     }
 
     @Test func aPolicyEditReloadsClassificationButNotThePathChains() throws {
@@ -449,7 +452,7 @@ private extension NFTExpression {
             return $0
         }
         #expect(NFTables.attributeTree(NFTables.newRule(drop).payload) == tree("010000000d000100706174726f6e75730000000010000200736974655f6272616e6368009c00048024000180090001006d657461000000001400028008000200000000060800010000000001300001800b0001006c6f6f6b757000002000028008000200000000010c00010074756e6e656c73000800040000000001140001800c000100636f756e7465720004000280300001800e000100696d6d6564696174650000001c0002800800010000000000100002800c00028008000100000000000e00070000087472616e736974000000"))
-        #expect(NFTUserdata.comment(in: site[2].userdata) == "new flow: classify once")
+        #expect(NFTUserdata.comment(in: site[2].userdata) == "new flow: its site into the ct mark, classify once")
     }
 
     @Test func everyPathInterfaceIsATunnelOnceAndEverySiteChainChecksIt() throws {

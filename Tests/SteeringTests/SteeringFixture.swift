@@ -87,7 +87,7 @@ final class SteeringFixture {
                 .init(slot: 1, interface: "pa", site: site, gateway: IPv4Address("192.0.2.2")),
                 .init(slot: 2, interface: "pb", site: site, gateway: IPv4Address("198.51.100.2")),
             ],
-            destinations: [.init(site: site, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!])],
+            destinations: [.init(site: site, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!], index: 7)],
             choices: [
                 .init(site: site, classID: 1, target: .path(voip)),
                 .init(site: site, classID: 2, target: .path(bulk)),
