@@ -310,7 +310,7 @@ def ratio(a, b, note):
     print(f"{names[a] + ' vs ' + names[b]:<92} {100 * med[a] / med[b]:5.1f}% of medians, {100 * q[1]:5.1f}% paired"
           f" (middle half {100 * q[0]:5.1f}-{100 * q[2]:5.1f}%)  {note}")
 ratio("ctfloor", "ct", "(the least any classify-once mark + ip rule design adds to conntrack: a hook, a mark write, policy routing)")
-ratio("shipped", "ctfloor", "(our per-packet work above that least: the site and class lookups, the path chain's counter)")
+ratio("shipped", "ctfloor", "(our per-packet work above that least: the flows lookup by ct mark, the path chain's counter)")
 ratio("ten", "ct", "(budget >= 95%: our rules on top of the conntrack that classify-once needs)")
 ratio("three", "ct", "(budget >= 95%)")
 ratio("shipped", "ct", "(budget >= 95%: the policies alone, no copies, no shaper)")

@@ -40,7 +40,7 @@ import Netlink
                       .init(id: 3, name: "default", matches: [TrafficMatch()])],
             paths: [.init(slot: 1, interface: "wg0", site: site), .init(slot: 2, interface: "wg1", site: site),
                     .init(slot: 3, interface: "wg0", site: other)],
-            destinations: [.init(site: site, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.0.7/32")!]),
+            destinations: [.init(site: site, name: "branch", prefixes: [IPv4Prefix("10.20.0.0/16")!, IPv4Prefix("10.99.0.7/32")!], index: 5),
                            .init(site: other, name: "east", prefixes: [IPv4Prefix("10.30.0.0/24")!, IPv4Prefix("10.21.0.0/16")!])],
             choices: [.init(site: site, classID: 1, target: .path(2)), .init(site: site, classID: 2, target: .buckets(spread)),
                       .init(site: site, classID: 3, target: .path(1)), .init(site: other, classID: 1, target: .path(3)),
