@@ -30,12 +30,16 @@
 # SCHED_FIFO by 10-30 %. The kernel's RT throttling still leaves other processes 5 % of each CPU during a run.
 # The wireguard-go rows run at nice -20: wireguard-go at SCHED_FIFO (Go's runtime spins) once starved the
 # iperf3s of the same priority for 10 minutes. Every iperf3 client run has a timeout.
-# Usage: sudo bench/datapath.sh [SECONDS] [REPEATS]  -> prints and writes bench/results/datapath.txt (or $DATAPATH_OUT)
+# Usage: sudo bench/datapath.sh [SECONDS] [REPEATS] [budget]  -> prints and writes bench/results/datapath.txt (or $DATAPATH_OUT)
+#   budget: only the rows the budget names (conntrack alone, conntrack + one mark rule, our policies, mwan3),
+#   so that more repeats fit in the same time (their ratios' middle half narrows) -> bench/results/datapath-budget.txt
 # Needs iperf3, iptables (iptables-nft), ipset, wireguard-go, wg, python3: scripts/deps.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 reps=${2:-3}
+mode=${3:-all}
+[[ $mode == all || $mode == budget ]] || { echo "bench/datapath.sh: the third argument is 'budget' or nothing" >&2; exit 2; }
 rt="chrt -f 50"
 source scripts/swift-path.sh
 release=$(scripts/build-release)   # the release build: numbers are measured on what users run
@@ -247,33 +251,40 @@ wg_run() { # prints the receiver's TCP Mbit/s of one run (the first second, slow
 # run (none, base, ..., mwan3, none, base, ...) so that load changes hit all of them alike; medians reported.
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A runs
+configs="none base floor ct ctfloor stateless ten big three shipped relay copies nohtb full cthtb mwan3"
+[[ $mode == all ]] || configs="ct ctfloor ten three shipped mwan3"
 for i in $(seq "$reps"); do
-  for c in none base floor ct ctfloor stateless ten big three shipped relay copies nohtb full cthtb mwan3; do config $c; runs[$c]+="$(run) "; done
+  for c in $configs; do config $c; runs[$c]+="$(run) "; done
 done
-# Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
-# see a per-packet cost when there is one.
-config none
-python3 -c 'print("table inet linear {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;"); [print(f"  tcp dport {1024+i} counter") for i in range(10000)]; print(" }\n}")' > "$linear"
-ip netns exec $r nft -f "$linear"
-for i in 1 2 3; do runs[linear]+="$(run) "; done
-elements=$(config big; ip netns exec $r nft -j list sets | python3 -c 'import json,sys; print(sum(len(o["set"].get("elem",[])) for o in json.load(sys.stdin)["nftables"] if "set" in o))')
-# Checks that each configuration steered what it claims: mwan3 marked the flow (its policy chains counted
-# packets), ours classified it (the "default" class counter).
-config mwan3; run >/dev/null
-mwan3_marked=$(ip netns exec $r iptables-nft -t mangle -vxnL mwan3_policy_balanced | awk 'NR > 2 {n += $1} END {print n + 0}')
-config three; run >/dev/null
-ours_classified=$(ip netns exec $r nft list chain inet patronus classify | awk '/class default/ && /packets [1-9]/ {n++} END {print n + 0}')
-config none
+elements=-; mwan3_marked=-; ours_classified=-
+if [[ $mode == all ]]; then
+  # Control: the same 10,000 entries as 10,000 linear rules (what the design avoids), to show the bench can
+  # see a per-packet cost when there is one.
+  config none
+  python3 -c 'print("table inet linear {\n chain pre {\n  type filter hook prerouting priority mangle; policy accept;"); [print(f"  tcp dport {1024+i} counter") for i in range(10000)]; print(" }\n}")' > "$linear"
+  ip netns exec $r nft -f "$linear"
+  for i in 1 2 3; do runs[linear]+="$(run) "; done
+  elements=$(config big; ip netns exec $r nft -j list sets | python3 -c 'import json,sys; print(sum(len(o["set"].get("elem",[])) for o in json.load(sys.stdin)["nftables"] if "set" in o))')
+  # Checks that each configuration steered what it claims: mwan3 marked the flow (its policy chains counted
+  # packets), ours classified it (the "default" class counter).
+  config mwan3; run >/dev/null
+  mwan3_marked=$(ip netns exec $r iptables-nft -t mangle -vxnL mwan3_policy_balanced | awk 'NR > 2 {n += $1} END {print n + 0}')
+  config three; run >/dev/null
+  ours_classified=$(ip netns exec $r nft list chain inet patronus classify | awk '/class default/ && /packets [1-9]/ {n++} END {print n + 0}')
+  config none
 
-wg_setup
-for i in $(seq "$reps"); do
-  for c in none three; do wg_config $c; runs[wg_$c]+="$(wg_run) "; done
-done
+  wg_setup
+  for i in $(seq "$reps"); do
+    for c in none three; do wg_config $c; runs[wg_$c]+="$(wg_run) "; done
+  done
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-out=${DATAPATH_OUT:-bench/results/datapath.txt}   # DATAPATH_OUT: another file (a side run)
+out=bench/results/datapath.txt
+[[ $mode == all ]] || out=bench/results/datapath-budget.txt
+out=${DATAPATH_OUT:-$out}   # DATAPATH_OUT: another file (a side run)
 {
-  echo "# sudo bench/datapath.sh $secs $reps   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nproc) cores,"
+  echo "# sudo bench/datapath.sh $secs $reps$([[ $mode == all ]] || echo " $mode")   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nproc) cores,"
   echo "#   load average $load_before at the start, $load_after at the end; $(iptables-nft --version), $(ipset --version | head -1), wireguard-go $(dpkg-query -W -f '${Version}' wireguard-go 2>/dev/null || echo '?'))"
   echo "#   UDP rows: $rt iperf3 -u -b 0 -l 64, one flow, sender on CPU 0, sink on CPU 1; pps = datagrams received"
   echo "#   by the sink per second. wireguard-go rows: nice -n -20 for iperf3 and wireguard-go, TCP, one flow, Mbit/s received."
@@ -297,14 +308,16 @@ names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one
          "linear": "control: 10,000 linear rules (not ours)",
          "wg_none": "wireguard-go TCP, no table", "wg_three": "wireguard-go TCP, patronus 3 default policies"}
 med = {k: statistics.median(v) for k, v in runs.items()}
-for k in names:
+for k in (k for k in names if k in runs):
     unit = "Mbit/s" if k.startswith("wg_") else "pps"
     spread = (max(runs[k]) - min(runs[k])) / med[k]
     print(f"{names[k]:<46} median {med[k]:>9.0f} {unit:<6} spread {100 * spread:3.0f}%   runs: " + " ".join(f"{x:.0f}" for x in runs[k]))
-print(f"# classification sets hold {elements} elements in the 10,000-entry configuration; checks: mwan3's balanced policy")
-print(f"#   chain marked {mwan3_marked} packets of one run (its first packets only: the rest restore the mark from conntrack),")
-print(f"#   our classify chain counted {ours_classified} 'class default' rule with packets")
+if elements != "-":
+  print(f"# classification sets hold {elements} elements in the 10,000-entry configuration; checks: mwan3's balanced policy")
+  print(f"#   chain marked {mwan3_marked} packets of one run (its first packets only: the rest restore the mark from conntrack),")
+  print(f"#   our classify chain counted {ours_classified} 'class default' rule with packets")
 def ratio(a, b, note):
+    if a not in runs or b not in runs: return   # a budget run has only the budget's rows
     pairs = [x / y for x, y in zip(runs[a], runs[b])]
     q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else pairs * 3
     print(f"{names[a] + ' vs ' + names[b]:<92} {100 * med[a] / med[b]:5.1f}% of medians, {100 * q[1]:5.1f}% paired"
