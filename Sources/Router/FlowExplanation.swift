@@ -40,6 +40,11 @@ public struct FlowExplanation: Codable, Hashable, Sendable {
         /// The chain that marks (and counts) the class's packets on the path.
         public var pathChain: String
         public var mark: String?
+        /// The ct mark the flow carries once classified (site index . class . bucket), the key of the `flows`
+        /// map that steers its later packets; nil when the site has no index (they take the first packet's way).
+        public var flowKey: String?
+        /// The chain that `flows` element goes to (nil: no element, the later packets take the first one's way).
+        public var establishedChain: String?
         public var table: UInt32?
         /// Our ip rule that sends the mark to `table`.
         public var rule: String?
@@ -102,6 +107,11 @@ public struct FlowExplanation: Codable, Hashable, Sendable {
             if let chain = k.balanceChain { way += " -> \(chain) bucket \(k.bucket ?? 0)/\(k.bucketCount ?? 0)" }
             way += " -> \(k.pathChain): mark \(k.mark ?? "none")"
             add("kernel", way)
+            if let key = k.flowKey {
+                add("later", "ct mark \(key) -> flows -> \(k.establishedChain ?? "no element: the first packet's way again")")
+            } else {
+                add("later", "the first packet's way again (\(site.name) has no index in the ct mark)")
+            }
             add("route", "ip rule \(k.rule ?? "(none of ours matches)") -> table \(k.table.map(String.init) ?? "?")"
                 + " -> dev \(k.interface ?? "?")\(k.gateway.map { " via \($0)" } ?? "")")
         }

@@ -76,7 +76,8 @@ public final class SteeringInspector {
         e.kernel = FlowExplanation.KernelPath(siteChain: siteChain, balanceChain: decision.balance?.chain,
                                               bucket: decision.balance.map { Int($0.bucket) },
                                               bucketCount: decision.balance.map { Int($0.buckets) },
-                                              pathChain: decision.pathChain, mark: decision.mark.map(hex))
+                                              pathChain: decision.pathChain, mark: decision.mark.map(hex),
+                                              flowKey: decision.flowKey.map(hex), establishedChain: decision.establishedChain)
         let hop = try route(decision, to: query.destination, origin: origin)
         e.kernel?.table = hop.table
         e.kernel?.rule = hop.rule
@@ -94,7 +95,12 @@ public final class SteeringInspector {
         e.reason = judged.reason
         e.winner = judged.winner
         e.runnerUp = judged.runnerUp
-        e.disagreements = ([all.first?.problem] + [judged.disagreement]).compactMap { $0 }
+        var established: String?
+        if let later = decision.establishedChain, later != decision.pathChain {
+            established = "the kernel steers this flow's first packet to \(decision.pathChain) but its later ones to \(later) "
+                + "(flows element \(decision.flowKey.map(hex) ?? "?")): the two maps disagree"
+        }
+        e.disagreements = ([all.first?.problem] + [judged.disagreement, established]).compactMap { $0 }
         if policy.duplicate {
             e.duplicate = true
             e.copy = all.first { $0.steered.chain == decision.pathChain }.flatMap { use in

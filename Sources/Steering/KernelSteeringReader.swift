@@ -173,15 +173,26 @@ public struct InstalledSteering: Sendable, Equatable {
                        destination: IPv4Address) -> Decision? {
         guard let target = maps[siteChain]?[classMark] else { return nil }
         guard let hash = chainHashes[target] else {
-            return Decision(siteChain: siteChain, pathChain: target, mark: chainMarks[target])
+            var decision = Decision(siteChain: siteChain, pathChain: target, mark: chainMarks[target])
+            decision.established(siteBits: siteIndexBits(siteChain: siteChain), classMark: classMark, in: self)
+            return decision
         }
         // A balanced class: the flow hash picks a bucket, whose chain writes its bits into the ct mark; the
         // site map then gives class|bucket -> path.
         let bucket = FlowHash.bucket(source: source, destination: destination, modulus: hash.modulus, seed: hash.seed) + hash.offset
         guard let chain = bucketTargets(siteChain: siteChain, classMark: classMark, hash: hash)[bucket] else { return nil }
-        return Decision(siteChain: siteChain, balance: Balance(chain: target, bucket: bucket, buckets: hash.modulus,
-                                                               seed: hash.seed),
-                        pathChain: chain, mark: chainMarks[chain])
+        var decision = Decision(siteChain: siteChain, balance: Balance(chain: target, bucket: bucket, buckets: hash.modulus,
+                                                                       seed: hash.seed),
+                                pathChain: chain, mark: chainMarks[chain])
+        let bucketBits = hash.map.flatMap { maps[$0]?[bucket] }.flatMap { chainCtMarks[$0] } ?? 0
+        decision.established(siteBits: siteIndexBits(siteChain: siteChain), classMark: classMark | bucketBits, in: self)
+        return decision
+    }
+
+    /// The site index a site chain writes into a new flow's ct mark (bits 31-24), nil when it writes none
+    /// (a site without an index: its established flows are steered by `sites`, like their first packet).
+    func siteIndexBits(siteChain: String) -> UInt32? {
+        chainCtMarks[siteChain].map { $0 & Conventions.siteMarkMask }.flatMap { $0 == 0 ? nil : $0 }
     }
 
     /// Bucket (hash value) -> path chain of a balanced class, as the kernel would resolve each bucket.
@@ -203,12 +214,27 @@ public struct InstalledSteering: Sendable, Equatable {
         public var pathChain: String
         /// The packet mark `pathChain` writes (nil if its rule writes none: not our ruleset).
         public var mark: UInt32?
+        /// The flow's ct mark once classified (site index . class . bucket): the key the `flows` map steers
+        /// its later packets by. Nil when the site chain writes no index (those go through `sites` each time).
+        public var flowKey: UInt32?
+        /// The chain the `flows` element of `flowKey` goes to: where the flow's later packets are steered.
+        /// Nil without a key or without an element (then they take the first packet's way).
+        public var establishedChain: String?
 
-        public init(siteChain: String, balance: Balance? = nil, pathChain: String, mark: UInt32?) {
+        public init(siteChain: String, balance: Balance? = nil, pathChain: String, mark: UInt32?,
+                    flowKey: UInt32? = nil, establishedChain: String? = nil) {
             self.siteChain = siteChain
             self.balance = balance
             self.pathChain = pathChain
             self.mark = mark
+            self.flowKey = flowKey
+            self.establishedChain = establishedChain
+        }
+
+        mutating func established(siteBits: UInt32?, classMark: UInt32, in installed: InstalledSteering) {
+            guard let siteBits else { return }
+            flowKey = siteBits | classMark
+            establishedChain = installed.maps[SteeringNames.flowsMap]?[siteBits | classMark]
         }
     }
 

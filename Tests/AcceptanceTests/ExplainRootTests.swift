@@ -130,6 +130,9 @@ import Testing
         else { throw AcceptanceFailure("explain to \(site) \(proto) \(port): \(result.stdout) \(result.stderr)") }
         let kernel = json["kernel"] as? [String: Any] ?? [:]
         let path = json["path"] as? [String: Any] ?? [:]
+        // Every lab site has an index in the ct mark: the flow's later packets go by `flows`, to the same chain.
+        #expect(kernel["flow_key"] is String && kernel["established_chain"] as? String == kernel["path_chain"] as? String,
+                "explain to \(site) \(proto) \(port): later packets by \(kernel["established_chain"] ?? "none"), first by \(kernel["path_chain"] ?? "none")")
         return Answer(policy: json["policy"] as? String, pathChain: kernel["path_chain"] as? String,
                       interface: kernel["interface"] as? String, localLabel: path["local_label"] as? String,
                       pathID: path["id"] as? Int, bucket: kernel["bucket"] as? Int)

@@ -83,7 +83,15 @@ import Netlink
         }
         let from = IPv4Address("10.1.0.2")!, to = IPv4Address("10.20.0.5")!
         let voip = kernel.decide(siteChain: "site_branch", classMark: plan.classes[0].ctMark, source: from, destination: to)
-        #expect(voip == .init(siteChain: "site_branch", pathChain: SteeringNames.classPathChain("voip", 2), mark: plan.paths[1].mark))
+        // Its later packets: the ct mark with branch's index 5 is the key of the `flows` element of the same path.
+        #expect(voip == .init(siteChain: "site_branch", pathChain: SteeringNames.classPathChain("voip", 2), mark: plan.paths[1].mark,
+                              flowKey: Conventions.siteMark(index: 5) | plan.classes[0].ctMark,
+                              establishedChain: SteeringNames.classPathChain("voip", 2)))
+        // east has no index: no key, its flows take the `sites` way every packet.
+        let eastVoip = try #require(kernel.decide(siteChain: "site_east", classMark: plan.classes[0].ctMark, source: from,
+                                                  destination: IPv4Address("10.30.0.5")!))
+        #expect(eastVoip.pathChain == SteeringNames.classPathChain("voip", 3) && eastVoip.flowKey == nil
+                && eastVoip.establishedChain == nil)
         #expect(kernel.decide(siteChain: "site_east", classMark: plan.classes[1].ctMark, source: from, destination: to) == nil,
                 "bulk has no choice to east")
         #expect(kernel.pathChains(siteChain: "site_branch", classMark: plan.classes[1].ctMark)
@@ -103,8 +111,27 @@ import Netlink
                     && decision.balance?.seed == SteeringNames.hashSeed)
             #expect(decision.pathChain == SteeringNames.classPathChain("bulk", Int64(slot)))
             #expect(decision.mark == Conventions.pathMark(slot: slot))
+            // The bucket's bits are in the flow's key, and `flows` sends it to the same path.
+            #expect(decision.flowKey == Conventions.siteMark(index: 5) | plan.classes[1].ctMark | bucket << 8)
+            #expect(decision.establishedChain == decision.pathChain)
         }
         #expect(seen == [1, 2])
+    }
+
+    /// A `flows` element that sends a class elsewhere than its site map (what a half-applied change or a hand
+    /// edit would leave) is read as such: explain reports it as a disagreement.
+    @Test func aFlowsElementThatDisagreesWithTheSiteMapIsRead() throws {
+        let plan = Self.plan()
+        var kernel = try Self.installed(plan)
+        let key = Conventions.siteMark(index: 5) | plan.classes[0].ctMark
+        kernel.maps[SteeringNames.flowsMap]?[key] = SteeringNames.classPathChain("voip", 1)
+        let voip = try #require(kernel.decide(siteChain: "site_branch", classMark: plan.classes[0].ctMark,
+                                              source: IPv4Address("10.1.0.2")!, destination: IPv4Address("10.20.0.5")!))
+        #expect(voip.pathChain == SteeringNames.classPathChain("voip", 2))
+        #expect(voip.flowKey == key && voip.establishedChain == SteeringNames.classPathChain("voip", 1))
+        kernel.maps[SteeringNames.flowsMap]?[key] = nil
+        #expect(kernel.decide(siteChain: "site_branch", classMark: plan.classes[0].ctMark, source: IPv4Address("10.1.0.2")!,
+                              destination: IPv4Address("10.20.0.5")!)?.establishedChain == nil)
     }
 
     @Test func aMissingTableReadsAsNothing() {
@@ -134,6 +161,8 @@ import Netlink
         for source in sources {
             let decision = try #require(kernel.decide(siteChain: site, classMark: plan.classes[2].ctMark, source: source,
                                                       destination: destination))
+            #expect(decision.flowKey != nil && decision.establishedChain == decision.pathChain,
+                    "\(source): later packets by \(decision.establishedChain ?? "none") (flows), first by \(decision.pathChain)")
             let route = try routing.lookup(destination: destination.value, source: source.value, inputInterface: lan,
                                            mark: decision.mark)
             let interface = try routing.link(index: try #require(route.outputInterface)).name
