@@ -173,37 +173,38 @@ public struct InstalledSteering: Sendable, Equatable {
                        destination: IPv4Address) -> Decision? {
         guard let target = maps[siteChain]?[classMark] else { return nil }
         guard let hash = chainHashes[target] else {
-            var decision = Decision(siteChain: siteChain, pathChain: target, mark: chainMarks[target])
-            decision.established(siteBits: siteIndexBits(siteChain: siteChain), classMark: classMark, in: self)
-            return decision
+            let later = established(siteChain: siteChain, flowBits: classMark)
+            return Decision(siteChain: siteChain, pathChain: target, mark: chainMarks[target],
+                            flowKey: later?.key, establishedChain: later?.chain)
         }
         // A balanced class: the flow hash picks a bucket, whose chain writes its bits into the ct mark; the
         // site map then gives class|bucket -> path.
         let bucket = FlowHash.bucket(source: source, destination: destination, modulus: hash.modulus, seed: hash.seed) + hash.offset
-        guard let chain = bucketTargets(siteChain: siteChain, classMark: classMark, hash: hash)[bucket] else { return nil }
-        var decision = Decision(siteChain: siteChain, balance: Balance(chain: target, bucket: bucket, buckets: hash.modulus,
-                                                                       seed: hash.seed),
-                                pathChain: chain, mark: chainMarks[chain])
-        let bucketBits = hash.map.flatMap { maps[$0]?[bucket] }.flatMap { chainCtMarks[$0] } ?? 0
-        decision.established(siteBits: siteIndexBits(siteChain: siteChain), classMark: classMark | bucketBits, in: self)
-        return decision
+        guard let bits = bucketBits(hash)[bucket], let chain = maps[siteChain]?[classMark | bits] else { return nil }
+        let later = established(siteChain: siteChain, flowBits: classMark | bits)
+        return Decision(siteChain: siteChain, balance: Balance(chain: target, bucket: bucket, buckets: hash.modulus,
+                                                               seed: hash.seed),
+                        pathChain: chain, mark: chainMarks[chain], flowKey: later?.key, establishedChain: later?.chain)
     }
 
-    /// The site index a site chain writes into a new flow's ct mark (bits 31-24), nil when it writes none
-    /// (a site without an index: its established flows are steered by `sites`, like their first packet).
-    func siteIndexBits(siteChain: String) -> UInt32? {
-        chainCtMarks[siteChain].map { $0 & Conventions.siteMarkMask }.flatMap { $0 == 0 ? nil : $0 }
+    /// A classified flow's ct mark (the site index its site chain writes, bits 31-24, with `flowBits`: class
+    /// and bucket) and the chain the `flows` element of that key goes to. Nil when the site chain writes no
+    /// index (a site without one: its established flows are steered by `sites`, like their first packet).
+    func established(siteChain: String, flowBits: UInt32) -> (key: UInt32, chain: String?)? {
+        guard let site = chainCtMarks[siteChain].map({ $0 & Conventions.siteMarkMask }), site != 0 else { return nil }
+        return (site | flowBits, maps[SteeringNames.flowsMap]?[site | flowBits])
+    }
+
+    /// Hash value -> the ct mark bits the chain of that bucket writes (the `buckets` map a hash looks up).
+    func bucketBits(_ hash: Hash) -> [UInt32: UInt32] {
+        guard let map = hash.map, let buckets = maps[map] else { return [:] }
+        return buckets.compactMapValues { chainCtMarks[$0] }
     }
 
     /// Bucket (hash value) -> path chain of a balanced class, as the kernel would resolve each bucket.
     func bucketTargets(siteChain: String, classMark: UInt32, hash: Hash) -> [UInt32: String] {
-        guard let map = hash.map, let buckets = maps[map], let site = maps[siteChain] else { return [:] }
-        var out: [UInt32: String] = [:]
-        for (value, setter) in buckets {
-            guard let bits = chainCtMarks[setter], let chain = site[classMark | bits] else { continue }
-            out[value] = chain
-        }
-        return out
+        guard let site = maps[siteChain] else { return [:] }
+        return bucketBits(hash).compactMapValues { site[classMark | $0] }
     }
 
     /// One flow's way through the table.
@@ -229,12 +230,6 @@ public struct InstalledSteering: Sendable, Equatable {
             self.mark = mark
             self.flowKey = flowKey
             self.establishedChain = establishedChain
-        }
-
-        mutating func established(siteBits: UInt32?, classMark: UInt32, in installed: InstalledSteering) {
-            guard let siteBits else { return }
-            flowKey = siteBits | classMark
-            establishedChain = installed.maps[SteeringNames.flowsMap]?[siteBits | classMark]
         }
     }
 

@@ -120,7 +120,7 @@ case "resteer":
         }
         // The same four messages sent directly (no compile, no diff): the kernel + syscall floor.
         let nft = try NFTablesClient(netns: nil)
-        let voipClass = UInt32(0x0001_0000)
+        let voipClass = Conventions.classMark(id: 1)   // plan(voip:)'s class 1
         let flowKey = Conventions.siteMark(index: UInt8(Conventions.preferredSiteIndex(site))) | voipClass
         var raw: [UInt64] = []
         for i in 0..<n {
@@ -138,12 +138,13 @@ case "resteer":
         let dir = "/tmp/patronus-bench-\(getpid())"
         mkdir(dir, 0o700)
         defer { _ = try? FileManager.default.removeItem(atPath: dir) }
+        let classText = String(format: "0x%08x", voipClass), flowText = String(format: "0x%08x", flowKey)
         for (name, to) in [("to2", "voip_path2"), ("to1", "voip_path1")] {
             try """
-                delete element inet patronus site_branch { 0x00010000 }
-                delete element inet patronus flows { \(String(format: "0x%08x", flowKey)) }
-                add element inet patronus site_branch { 0x00010000 : goto \(to) }
-                add element inet patronus flows { \(String(format: "0x%08x", flowKey)) : goto \(to) }
+                delete element inet patronus site_branch { \(classText) }
+                delete element inet patronus flows { \(flowText) }
+                add element inet patronus site_branch { \(classText) : goto \(to) }
+                add element inet patronus flows { \(flowText) : goto \(to) }
 
                 """.write(toFile: "\(dir)/\(name).nft", atomically: true, encoding: .utf8)
         }
