@@ -33,13 +33,16 @@
 # Usage: sudo bench/datapath.sh [SECONDS] [REPEATS] [budget]  -> prints and writes bench/results/datapath.txt (or $DATAPATH_OUT)
 #   budget: only the rows the budget names (conntrack alone, conntrack + one mark rule, our policies, mwan3),
 #   so that more repeats fit in the same time (their ratios' middle half narrows) -> bench/results/datapath-budget.txt
+#   variants: designs tried and not shipped, each set against what ships (config below says what each changes)
+#   -> bench/results/datapath-variants.txt
 # Needs iperf3, iptables (iptables-nft), ipset, wireguard-go, wg, python3: scripts/deps.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 reps=${2:-3}
 mode=${3:-all}
-[[ $mode == all || $mode == budget ]] || { echo "bench/datapath.sh: the third argument is 'budget' or nothing" >&2; exit 2; }
+[[ $mode == all || $mode == budget || $mode == variants ]] ||
+  { echo "bench/datapath.sh: the third argument is 'budget', 'variants' or nothing" >&2; exit 2; }
 rt="chrt -f 50"
 source scripts/swift-path.sh
 release=$(scripts/build-release)   # the release build: numbers are measured on what users run
@@ -48,9 +51,10 @@ for tool in iperf3 iptables-nft iptables-nft-restore ipset wireguard-go wg pytho
 done
 s=ptdps$$; r=ptdpr$$; k=ptdpk$$; ws=ptdws$$; wr=ptdwr$$; wk=ptdwk$$
 linear=$(mktemp /tmp/ptdp-linear.XXXXXX.nft)
+edited=$(mktemp /tmp/ptdp-edited.XXXXXX.nft)
 cleanup() {
   for n in $s $r $k $ws $wr $wk; do ip netns pids $n 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del $n 2>/dev/null || true; done
-  rm -f "$linear"
+  rm -f "$linear" "$edited"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
@@ -132,6 +136,28 @@ NFT
          printf 'table inet ctonly {\n chain unused {\n  ct state new counter\n }\n}\n' | ip netns exec $r nft -f - ;;
     relay) ip netns exec $r "$release/patronus-bench" apply 3 0 relay >/dev/null ;;   # as shipped, no transit rule (a relay)
     mwan3) mwan3 ;;
+    # Variants (not shipped): as shipped, listed by nft, edited, and loaded back with nft -f.
+    sized|nodir|nocounter)
+         ip netns exec $r "$release/patronus-bench" apply 3 0 >/dev/null
+         ip netns exec $r nft list ruleset > "$edited"
+         case $1 in
+           sized) sed -i '/^\tmap flows {/a\\t\tsize 4096' "$edited" ;;   # the kernel's fixed-size hash for `flows`
+           nodir) sed -i 's/ct direction original ct mark & 0xffff1f00 vmap @flows/ct mark \& 0xffff1f00 vmap @flows/' "$edited" ;;
+           nocounter) sed -i -E 's/(meta mark set meta mark & 0x[0-9a-f]+ \| 0x[0-9a-f]+) counter packets [0-9]+ bytes [0-9]+/\1/' "$edited" ;;
+         esac
+         ip netns exec $r nft flush ruleset
+         ip netns exec $r nft -f "$edited" ;;
+    noegress|tcband) # as shipped with copies and shaping, without table ip patronus_egress (its htb stays);
+         # tcband: + a classic-BPF classifier on each htb reading the packet mark (mark & 0x0fff0000 == slot 16:
+         # never here), the part the bands would need if they were set in tc instead of the egress hook
+         ip netns exec $r "$release/patronus-bench" apply 3 0 features >/dev/null
+         ip netns exec $r nft delete table ip patronus_egress
+         if [[ $1 == tcband ]]; then
+           for d in pbench1 pbench2; do
+             ip netns exec $r tc filter add dev $d parent 62: prio 1 bpf \
+               bytecode "5,32 0 0 4294963220,84 0 0 268369920,21 0 1 1048576,6 0 0 4294967295,6 0 0 0" classid 62:10
+           done
+         fi ;;
   esac
 }
 # mwan3's ruleset for the same three policies on two WAN interfaces (wan1 = pbench1, wan2 = pbench2), written
@@ -252,7 +278,8 @@ wg_run() { # prints the receiver's TCP Mbit/s of one run (the first second, slow
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A runs
 configs="none base floor ct ctfloor stateless ten big three shipped relay copies nohtb full cthtb mwan3"
-[[ $mode == all ]] || configs="ct ctfloor ten three shipped mwan3"
+[[ $mode == budget ]] && configs="ct ctfloor ten three shipped mwan3"
+[[ $mode == variants ]] && configs="ct ctfloor shipped sized nodir nocounter full noegress tcband"
 for i in $(seq "$reps"); do
   for c in $configs; do config $c; runs[$c]+="$(run) "; done
 done
@@ -281,7 +308,7 @@ fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 out=bench/results/datapath.txt
-[[ $mode == all ]] || out=bench/results/datapath-budget.txt
+[[ $mode == all ]] || out=bench/results/datapath-$mode.txt
 out=${DATAPATH_OUT:-$out}   # DATAPATH_OUT: another file (a side run)
 {
   echo "# sudo bench/datapath.sh $secs $reps$([[ $mode == all ]] || echo " $mode")   ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, kernel $(uname -r), $(nproc) cores,"
@@ -304,6 +331,11 @@ names = {"none": "no table", "base": "ref: empty base chain", "floor": "ref: one
          "nohtb": "patronus, full without its htb (the nft part)",
          "cthtb": "ref: conntrack on + the same htb, no rule",
          "relay": "patronus, 3 default policies, rest on one path, on a relay (no transit rule)",
+         "sized": "variant: as shipped, flows with a size (fixed hash)",
+         "nodir": "variant: as shipped, no ct direction test",
+         "nocounter": "variant: as shipped, path chains without counter",
+         "noegress": "variant: full without its egress table",
+         "tcband": "variant: full without egress table + tc bpf classifier",
          "mwan3": "mwan3 ruleset, same 3 policies, rest balanced",
          "linear": "control: 10,000 linear rules (not ours)",
          "wg_none": "wireguard-go TCP, no table", "wg_three": "wireguard-go TCP, patronus 3 default policies"}
@@ -340,6 +372,12 @@ ratio("full", "mwan3", "(as shipped with duplication and shaping, against mwan3 
 ratio("mwan3", "ct", "(reference)")
 ratio("big", "ten", "(target 95-105%: flat in the number of entries)")
 ratio("wg_three", "wg_none", "(TCP through wireguard-go)")
+ratio("sized", "shipped", "(variant: a size hint on flows: the kernel's fixed-size hash instead of the resizable one)")
+ratio("nodir", "shipped", "(variant: without the ct direction test (it would steer replies too))")
+ratio("nocounter", "shipped", "(variant: without the path chains' counters (status and explain read them))")
+ratio("full", "noegress", "(what table ip patronus_egress costs as shipped)")
+ratio("tcband", "noegress", "(variant: a classic-BPF classifier on each htb: what bands in tc would cost)")
+ratio("tcband", "full", "(variant: bands in tc instead of the egress hook, copies not counted)")
 ratio("ten", "none", "(former budget >= 95%; not reachable by any nftables mark design here)")
 ratio("three", "none", "(reference)")
 ratio("mwan3", "none", "(reference)")
